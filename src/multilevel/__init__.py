@@ -1,0 +1,34 @@
+"""multilevel: hierarchical (multilevel) and mixed-effects models.
+
+Public API::
+
+    from multilevel import lmer
+    fit = lmer("mathach ~ meanses*cses + sector*cses + (cses | school)", data)
+    print(fit.summary())
+"""
+
+from .errors import (
+    ConvergenceWarning,
+    DataError,
+    FormulaError,
+    ModelError,
+    MultilevelError,
+    SingularFitWarning,
+)
+from .formula import parse_formula
+from .models import lmer
+from .results import LmerFit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "DataError",
+    "FormulaError",
+    "LmerFit",
+    "ModelError",
+    "MultilevelError",
+    "SingularFitWarning",
+    "lmer",
+    "parse_formula",
+]

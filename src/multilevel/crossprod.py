@@ -1,0 +1,134 @@
+"""Cross-products of the blocks of [Z X y], formed in one pass over the rows.
+
+After this pass nothing in an LMM fit touches the rows again: the profiled
+criterion depends on the data only through these blocks.  Random-effects
+terms come ordered by number of levels, largest first.  The first term's
+block ZᵀZ is kept as a stack of q₁ x q₁ matrices (one per level); the cross
+block between it and the other terms ("the rest") as a sparse matrix; the
+rest's own block, usually small after the largest factor, as a dense matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def group_sums(codes: np.ndarray, M: np.ndarray, nlevels: int) -> np.ndarray:
+    """Per-level column sums of M (n x c) -> (nlevels x c), vectorized."""
+    n, c = M.shape
+    if n and np.all(codes[1:] >= codes[:-1]):
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        sums = np.add.reduceat(M, starts, axis=0)
+        if len(starts) == nlevels:
+            return sums
+        out = np.zeros((nlevels, c))
+        out[codes[starts]] = sums
+        return out
+    return np.stack(
+        [np.bincount(codes, weights=M[:, j], minlength=nlevels) for j in range(c)], axis=1
+    )
+
+
+def _outer_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Row-wise outer products, flattened: (n, a*b)."""
+    return (A[:, :, None] * B[:, None, :]).reshape(A.shape[0], -1)
+
+
+@dataclass
+class CrossProducts:
+    """Blocks of AᵀA for A = [Z₁ … Z_K X y] (rows already weighted)."""
+
+    q: list[int]  # columns per term
+    nlevels: list[int]  # levels per term
+    D1: np.ndarray  # (n1, q1, q1) Z₁ᵀZ₁ per level
+    B1F: np.ndarray  # (n1, q1, m) Z₁ᵀ[X y] per level
+    A1R: sp.csr_matrix | None  # (n1 q1, Q_r) Z₁ᵀZ_rest
+    ARR: np.ndarray | None  # (Q_r, Q_r) Z_restᵀZ_rest
+    ARF: np.ndarray | None  # (Q_r, m) Z_restᵀ[X y]
+    AFF: np.ndarray  # (m, m) [X y]ᵀ[X y]
+    n: int
+    p: int
+
+    @property
+    def Qr(self) -> int:
+        return 0 if self.ARR is None else self.ARR.shape[0]
+
+    @property
+    def rest_offsets(self) -> np.ndarray:
+        sizes = [n * q for n, q in zip(self.nlevels[1:], self.q[1:], strict=True)]
+        return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _pair_block(
+    ca: np.ndarray, Za: np.ndarray, na: int, cb: np.ndarray, Zb: np.ndarray, nb: int
+) -> sp.csr_matrix:
+    """Sparse Z_aᵀZ_b for two terms (rows: level*qa + i, cols: level*qb + j)."""
+    qa, qb = Za.shape[1], Zb.shape[1]
+    key = ca.astype(np.int64) * nb + cb
+    uniq, inv = np.unique(key, return_inverse=True)
+    vals = group_sums(inv.ravel(), _outer_rows(Za, Zb), len(uniq))  # (npairs, qa*qb)
+    la, lb = uniq // nb, uniq % nb
+    rows = (la[:, None] * qa + np.arange(qa)[None, :])[:, :, None].repeat(qb, axis=2)
+    cols = (lb[:, None] * qb + np.arange(qb)[None, :])[:, None, :].repeat(qa, axis=1)
+    return sp.csr_matrix(
+        (vals.ravel(), (rows.ravel(), cols.ravel())), shape=(na * qa, nb * qb)
+    )
+
+
+def cross_products(
+    Zs: list[np.ndarray],
+    codes: list[np.ndarray],
+    nlevels: list[int],
+    X: np.ndarray,
+    y: np.ndarray,
+    sqrtw: np.ndarray | None = None,
+) -> CrossProducts:
+    """One pass over the rows; terms must be ordered by decreasing levels."""
+    n, p = X.shape
+    F = np.empty((n, p + 1))
+    F[:, :p] = X
+    F[:, p] = y
+    if sqrtw is not None:
+        F *= sqrtw[:, None]
+        Zs = [Z * sqrtw[:, None] for Z in Zs]
+    m = p + 1
+    q = [Z.shape[1] for Z in Zs]
+    q1, n1 = q[0], nlevels[0]
+    sums = group_sums(codes[0], np.hstack([_outer_rows(Zs[0], Zs[0]), _outer_rows(Zs[0], F)]), n1)
+    D1 = sums[:, : q1 * q1].reshape(n1, q1, q1)
+    B1F = sums[:, q1 * q1 :].reshape(n1, q1, m)
+    AFF = F.T @ F
+    A1R = ARR = ARF = None
+    if len(Zs) > 1:
+        offs = np.concatenate([[0], np.cumsum([nl * qq for nl, qq in zip(nlevels[1:], q[1:])])])
+        Qr = int(offs[-1])
+        A1R = sp.hstack(
+            [
+                _pair_block(codes[0], Zs[0], n1, codes[k], Zs[k], nlevels[k])
+                for k in range(1, len(Zs))
+            ],
+            format="csr",
+        )
+        ARR = np.zeros((Qr, Qr))
+        ARF = np.zeros((Qr, m))
+        for a in range(1, len(Zs)):
+            sa = slice(offs[a - 1], offs[a])
+            s = group_sums(
+                codes[a], np.hstack([_outer_rows(Zs[a], Zs[a]), _outer_rows(Zs[a], F)]), nlevels[a]
+            )
+            qa = q[a]
+            Daa = s[:, : qa * qa].reshape(nlevels[a], qa, qa)
+            idx = np.arange(nlevels[a])
+            block = np.zeros((nlevels[a], qa, nlevels[a], qa))
+            block[idx, :, idx, :] = Daa
+            ARR[sa, sa] = block.reshape(nlevels[a] * qa, nlevels[a] * qa)
+            ARF[sa] = s[:, qa * qa :].reshape(nlevels[a] * qa, m)
+            for b in range(a + 1, len(Zs)):
+                sb = slice(offs[b - 1], offs[b])
+                blk = _pair_block(codes[a], Zs[a], nlevels[a], codes[b], Zs[b], nlevels[b])
+                ARR[sa, sb] = blk.toarray()
+                ARR[sb, sa] = ARR[sa, sb].T
+    return CrossProducts(q, list(nlevels), D1, B1F, A1R, ARR, ARF, AFF, n, p)

@@ -1,0 +1,527 @@
+"""Model frame and design matrices: from a parsed formula and data to X, y and
+the per-term random-effects structures.
+
+R semantics throughout: treatment contrasts with the first level as reference;
+a categorical factor in a term is coded by contrasts when the term without it
+is in the model (the intercept counting as the empty term) and by indicators
+otherwise; interaction columns vary the first factor fastest; numeric
+grouping columns are factors.  Rows with missing values in any used variable
+are dropped and counted; infinite values are refused.  Everything is checked
+before any numerical work.
+
+The random-effects structure of term k is kept as its raw columns ``Z`` (n x
+q_k) and the level index ``codes`` (n,) of its grouping factor; the sparse
+n x (n_k q_k) matrix is never formed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, FormulaError, ModelError
+from .evaluate import Evaluator, closest
+from .formula import Factor, ParsedFormula, RandomTerm, TermSet
+
+
+class RankDeficiencyWarning(UserWarning):
+    """Aliased fixed-effect columns were dropped."""
+
+
+@dataclass
+class Categorical:
+    codes: np.ndarray  # int64 level index per row; -1 for missing
+    values: pd.Index  # the data values of the levels, in level order
+    labels: list[str]  # printable level labels
+
+
+@dataclass
+class Numeric:
+    values: np.ndarray  # (n, k)
+    suffixes: list[str]  # column-name suffixes; [""] for a single column
+
+
+Value = Categorical | Numeric
+
+
+def _label(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def to_pandas(data: Any) -> pd.DataFrame:
+    """Accept pandas or polars data frames (and mappings of columns)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if type(data).__module__.startswith("polars"):
+        return data.to_pandas()
+    if isinstance(data, dict):
+        return pd.DataFrame(data)
+    raise DataError(f"data must be a pandas or polars DataFrame, not {type(data).__name__}")
+
+
+def _categorize(values: Any, label: str, level_order: list | None) -> Categorical:
+    """Factor coding of a column: pandas category order, otherwise sorted."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = s.cat.categories
+        codes = s.cat.codes.to_numpy().astype(np.int64)
+        # unused categories would give all-zero columns; R's droplevels() would drop them
+        used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
+        if not used.all():
+            remap = np.cumsum(used) - 1
+            codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+            cats = cats[used]
+        values_index = pd.Index(cats)
+    else:
+        codes, uniques = pd.factorize(s, sort=True, use_na_sentinel=True)
+        codes = codes.astype(np.int64)
+        values_index = pd.Index(uniques)
+    if level_order is not None:
+        order = list(level_order)
+        missing = [v for v in values_index if v not in order]
+        if missing:
+            raise DataError(
+                f"levels= for {label!r} lacks the data values {missing[:5]}; "
+                f"give all levels, the reference level first"
+            )
+        position = {v: i for i, v in enumerate(order)}
+        remap = np.array([position[v] for v in values_index], dtype=np.int64)
+        codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+        values_index = pd.Index(order)
+    return Categorical(codes, values_index, [_label(v) for v in values_index])
+
+
+def _is_categorical(values: Any) -> bool:
+    dtype = getattr(values, "dtype", None)
+    if dtype is None:
+        return True
+    return pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype)
+
+
+@dataclass
+class FactorSpec:
+    """How a factor was coded on the fitting data, reused for new data."""
+
+    factor: Factor
+    categorical: bool
+    values: pd.Index | None = None  # level values for categoricals
+    labels: list[str] | None = None
+    suffixes: list[str] | None = None  # numeric column suffixes
+
+
+@dataclass
+class MatrixSpec:
+    """A model matrix (fixed part, or one random term's columns) as built."""
+
+    intercept: bool
+    terms: list[tuple[str, ...]]
+    codings: list[tuple[str, ...]]  # per term, per factor: "num", "contrast", "full"
+    names: list[str]
+    keep: np.ndarray | None = None  # columns kept after aliasing checks
+
+
+@dataclass
+class RandomStructure:
+    """One random-effects term: raw columns and the grouping factor's levels."""
+
+    term: RandomTerm
+    Z: np.ndarray  # (n, q) values of the term's columns
+    codes: np.ndarray  # (n,) level of each row
+    levels: list[str]  # level labels in order
+    spec: MatrixSpec
+    group_values: list[pd.Index]  # per grouping column, level values (for new data)
+
+    @property
+    def name(self) -> str:
+        return self.term.group_name
+
+    @property
+    def cnames(self) -> list[str]:
+        return self.spec.names
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.levels)
+
+
+@dataclass
+class Design:
+    """Everything the engine needs, plus what prediction needs to rebuild it."""
+
+    formula: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    xspec: MatrixSpec
+    random: list[RandomStructure]
+    weights: np.ndarray | None
+    offset: np.ndarray | None
+    n_dropped: int
+    row_index: pd.Index  # index labels of the rows used
+    factor_specs: dict[str, FactorSpec]
+    evaluator: Evaluator
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def nobs(self) -> int:
+        return len(self.y)
+
+    @property
+    def fixef_names(self) -> list[str]:
+        return self.xspec.names
+
+
+def _evaluate_factor(
+    factor: Factor, frame: pd.DataFrame, evaluator: Evaluator, columns: list[str]
+) -> Any:
+    if factor.is_name:
+        if factor.label not in frame.columns:
+            raise DataError(
+                f"column {factor.label!r} is not in the data" + closest(factor.label, columns)
+            )
+        return frame[factor.label]
+    used = evaluator.columns_used(factor.code, columns, factor.label)
+    arrays = {c: _numeric_or_raw(frame[c]) for c in used}
+    with np.errstate(all="ignore"):
+        try:
+            return evaluator.evaluate(factor.code, arrays, factor.label)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"cannot evaluate {factor.label!r}: {exc}") from None
+
+
+def _numeric_or_raw(s: pd.Series) -> np.ndarray:
+    if _is_categorical(s):
+        return s.to_numpy()
+    return s.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _to_value(raw: Any, label: str, levels: dict | None) -> Value:
+    order = (levels or {}).get(label)
+    if _is_categorical(raw) or order is not None:
+        return _categorize(raw, label, order)
+    arr = np.asarray(raw, dtype=float)
+    if arr.ndim == 1:
+        return Numeric(arr[:, None], [""])
+    if arr.ndim == 2:
+        return Numeric(arr, [str(j + 1) for j in range(arr.shape[1])])
+    raise DataError(f"{label!r} evaluates to a {arr.ndim}-dimensional array")
+
+
+def _missing(value: Value) -> np.ndarray:
+    if isinstance(value, Categorical):
+        return value.codes < 0
+    return np.isnan(value.values).any(axis=1)
+
+
+def _subset(value: Value, keep: np.ndarray) -> Value:
+    if isinstance(value, Categorical):
+        codes = value.codes[keep]
+        used = np.bincount(codes, minlength=len(value.labels)) > 0
+        if used.all():
+            return Categorical(codes, value.values, value.labels)
+        remap = np.cumsum(used) - 1
+        return Categorical(
+            remap[codes], value.values[used], [lab for lab, u in zip(value.labels, used) if u]
+        )
+    return Numeric(value.values[keep], value.suffixes)
+
+
+def _factor_columns(value: Value, coding: str) -> tuple[np.ndarray, list[str]]:
+    if isinstance(value, Numeric):
+        return value.values, value.suffixes
+    nlev = len(value.labels)
+    start = 1 if coding == "contrast" else 0
+    ind = np.zeros((len(value.codes), nlev), dtype=float)
+    ind[np.arange(len(value.codes)), value.codes] = 1.0
+    return ind[:, start:], value.labels[start:]
+
+
+def _codings(tset: TermSet, values: dict[str, Value]) -> list[tuple[str, ...]]:
+    present = {frozenset(t) for t in tset.terms}
+    if tset.intercept:
+        present.add(frozenset())
+    out = []
+    for term in tset.terms:
+        coding = []
+        for f in term:
+            if isinstance(values[f], Numeric):
+                coding.append("num")
+            else:
+                margin = frozenset(term) - {f}
+                coding.append("contrast" if margin in present else "full")
+        out.append(tuple(coding))
+    return out
+
+
+def build_matrix(
+    tset: TermSet, values: dict[str, Value], n: int, codings: list[tuple[str, ...]] | None = None
+) -> tuple[np.ndarray, MatrixSpec]:
+    """Model matrix of a term set with R's column names and order."""
+    if codings is None:
+        codings = _codings(tset, values)
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    if tset.intercept:
+        blocks.append(np.ones((n, 1)))
+        names.append("(Intercept)")
+    for term, coding in zip(tset.terms, codings, strict=True):
+        mat = np.ones((n, 1))
+        cn = [""]
+        for f, c in zip(term, coding, strict=True):
+            cols, suffixes = _factor_columns(values[f], c)
+            # the first factor varies fastest, as in R
+            mat = (mat[:, None, :] * cols[:, :, None]).reshape(n, -1)
+            cn = [f"{a}:{f}{s}" if a else f"{f}{s}" for s in suffixes for a in cn]
+        blocks.append(mat)
+        names.extend(cn)
+    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
+    return X, MatrixSpec(tset.intercept, list(tset.terms), codings, names)
+
+
+def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Boolean mask of columns linearly dependent on earlier ones.
+
+    A Cholesky factorization of the scaled cross-product in column order that
+    skips pivots below ``tol``: the later of two aliased columns is dropped,
+    as R's column-pivoting QR does.
+    """
+    p = X.shape[1]
+    G = X.T @ X
+    d = np.sqrt(np.maximum(np.diag(G), 0.0))
+    zero = d == 0
+    d[zero] = 1.0
+    G = G / d[:, None] / d[None, :]
+    alias = zero.copy()
+    L = np.zeros((p, p))
+    for j in range(p):  # p columns, not rows or groups
+        if alias[j]:
+            continue
+        keep = ~alias[:j]
+        lj = L[j, :j][keep]
+        pivot = G[j, j] - lj @ lj
+        if pivot < tol:
+            alias[j] = True
+            continue
+        L[j, j] = np.sqrt(pivot)
+        rows = np.arange(j + 1, p)
+        L[rows, j] = (G[rows, j] - L[rows, :j][:, keep] @ lj) / L[j, j]
+    return alias
+
+
+def _vector_arg(arg: Any, frame: pd.DataFrame, name: str, columns: list[str]) -> np.ndarray | None:
+    if arg is None:
+        return None
+    if isinstance(arg, str):
+        if arg not in frame.columns:
+            raise DataError(f"{name} column {arg!r} is not in the data" + closest(arg, columns))
+        arg = frame[arg]
+    arr = np.asarray(arg, dtype=float)
+    if arr.shape != (len(frame),):
+        raise DataError(f"{name} must have one value per row ({len(frame)}), got shape {arr.shape}")
+    return arr
+
+
+def build_design(
+    parsed: ParsedFormula,
+    data: Any,
+    *,
+    weights: Any = None,
+    offset: Any = None,
+    levels: dict[str, list] | None = None,
+    na_action: str = "omit",
+    namespace: dict | None = None,
+) -> Design:
+    """Model frame, fixed-effects matrix and random-effects structures."""
+    frame = to_pandas(data)
+    if na_action not in ("omit", "raise"):
+        raise DataError(f"na_action must be 'omit' or 'raise', not {na_action!r}")
+    if len(frame) == 0:
+        raise DataError("the data have no rows")
+    if parsed.response is None:
+        raise FormulaError("the formula has no response", parsed.text, 0)
+    columns = [str(c) for c in frame.columns]
+    evaluator = Evaluator(namespace)
+
+    needed: dict[str, Factor] = {}
+    for label in _used_labels(parsed):
+        needed[label] = parsed.factors[label]
+    raw = {label: _evaluate_factor(f, frame, evaluator, columns) for label, f in needed.items()}
+    w = _vector_arg(weights, frame, "weights", columns)
+    off = _vector_arg(offset, frame, "offset", columns)
+
+    values = {label: _to_value(r, label, levels) for label, r in raw.items()}
+    n_all = len(frame)
+    for label, v in values.items():
+        if isinstance(v, Numeric) and v.values.shape[0] != n_all:
+            if v.values.size == 1:
+                values[label] = Numeric(np.full((n_all, 1), float(v.values.ravel()[0])), [""])
+            else:
+                raise DataError(f"{label!r} has {v.values.shape[0]} values for {n_all} rows")
+
+    missing = np.zeros(n_all, dtype=bool)
+    for v in values.values():
+        missing |= _missing(v)
+    for arr in (w, off):
+        if arr is not None:
+            missing |= np.isnan(arr)
+    n_dropped = int(missing.sum())
+    if n_dropped:
+        if na_action == "raise":
+            bad = [lab for lab, v in values.items() if _missing(v).any()]
+            raise DataError(
+                f"{n_dropped} rows have missing values (in {', '.join(map(repr, bad))}) "
+                "and na_action='raise'"
+            )
+        keep = ~missing
+        values = {lab: _subset(v, keep) for lab, v in values.items()}
+        w = None if w is None else w[keep]
+        off = None if off is None else off[keep]
+    else:
+        keep = None
+    n = n_all - n_dropped
+    if n == 0:
+        raise DataError("no rows are left after dropping rows with missing values")
+    for label, v in values.items():
+        if isinstance(v, Numeric) and not np.isfinite(v.values).all():
+            raise DataError(f"{label!r} has infinite values")
+    if w is not None:
+        if not np.isfinite(w).all() or (w <= 0).any():
+            raise DataError("weights must be positive and finite")
+    if off is not None and not np.isfinite(off).all():
+        raise DataError("offset has infinite values")
+
+    resp = values[parsed.response.label]
+    if isinstance(resp, Categorical):
+        raise DataError(
+            f"the response {parsed.response.label!r} is not numeric; a linear mixed model "
+            "needs a numeric response (use glmer for binary or count data)"
+        )
+    if resp.values.shape[1] != 1:
+        raise DataError(f"the response {parsed.response.label!r} must be a single column")
+    y = resp.values[:, 0].copy()
+
+    X, xspec = build_matrix(parsed.fixed, values, n)
+    messages: list[str] = []
+    if X.shape[1] == 0:
+        raise ModelError("the fixed-effects part has no columns; lmer needs at least one")
+    alias = aliased_columns(X)
+    if alias.any():
+        dropped = [nm for nm, a in zip(xspec.names, alias, strict=True) if a]
+        msg = (
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column{'s' if len(dropped) > 1 else ''} / coefficient"
+            f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}"
+        )
+        warnings.warn(msg, RankDeficiencyWarning, stacklevel=3)
+        messages.append(msg)
+        X = X[:, ~alias]
+        xspec.keep = ~alias
+        xspec.names = [nm for nm, a in zip(xspec.names, alias, strict=True) if not a]
+    if off is not None or parsed.fixed.offsets:
+        total = np.zeros(n) if off is None else off.copy()
+        for label in parsed.fixed.offsets:
+            total += values[label].values[:, 0]  # type: ignore[union-attr]
+        off = total
+
+    random = [_random_structure(rt, values, n) for rt in parsed.random]
+    specs = {
+        lab: FactorSpec(
+            parsed.factors[lab],
+            isinstance(v, Categorical),
+            getattr(v, "values", None) if isinstance(v, Categorical) else None,
+            v.labels if isinstance(v, Categorical) else None,
+            v.suffixes if isinstance(v, Numeric) else None,
+        )
+        for lab, v in values.items()
+    }
+    row_index = frame.index if keep is None else frame.index[keep]
+    if n_dropped:
+        messages.append(f"{n_dropped} rows with missing values were dropped")
+    return Design(
+        parsed, y, np.ascontiguousarray(X), xspec, random, w, off, n_dropped, row_index,
+        specs, evaluator, messages,
+    )
+
+
+def _used_labels(parsed: ParsedFormula) -> list[str]:
+    labels: list[str] = []
+
+    def add(lab: str) -> None:
+        if lab not in labels:
+            labels.append(lab)
+
+    assert parsed.response is not None
+    add(parsed.response.label)
+    for t in parsed.fixed.terms:
+        for f in t:
+            add(f)
+    for f in parsed.fixed.offsets:
+        add(f)
+    for rt in parsed.random:
+        for t in rt.expr.terms:
+            for f in t:
+                add(f)
+        for g in rt.group:
+            add(g)
+    return labels
+
+
+def group_codes(
+    parts: list[Categorical],
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Level index of the interaction of grouping factors (levels in the order
+    of the first factor, then the next...), only combinations that occur."""
+    if len(parts) == 1:
+        return parts[0].codes, list(parts[0].labels), parts[0].codes[:, None]
+    combo = np.zeros(len(parts[0].codes), dtype=np.int64)
+    for p in parts:
+        combo = combo * len(p.labels) + p.codes
+    uniq, codes = np.unique(combo, return_inverse=True)
+    comps = []
+    rem = uniq.copy()
+    for p in reversed(parts):
+        comps.append(rem % len(p.labels))
+        rem = rem // len(p.labels)
+    comps.reverse()
+    labels = [
+        ":".join(p.labels[c[i]] for p, c in zip(parts, comps, strict=True))
+        for i in range(len(uniq))
+    ]
+    return codes.astype(np.int64), labels, np.stack(comps, axis=1)
+
+
+def _random_structure(rt: RandomTerm, values: dict[str, Value], n: int) -> RandomStructure:
+    Z, spec = build_matrix(rt.expr, values, n)
+    parts: list[Categorical] = []
+    for g in rt.group:
+        v = values[g]
+        if isinstance(v, Numeric):
+            if v.values.shape[1] != 1:
+                raise DataError(f"grouping factor {g!r} must be a single column")
+            v = _categorize(pd.Series(v.values[:, 0]), g, None)
+            values[g] = v
+        parts.append(v)
+    codes, labels, _ = group_codes(parts)
+    if len(labels) < 2:
+        raise ModelError(
+            f"grouping factor {rt.group_name!r} has only {len(labels)} level; "
+            "a random effect needs at least two levels"
+        )
+    if len(labels) * Z.shape[1] >= n:
+        raise ModelError(
+            f"number of observations ({n}) <= number of random effects "
+            f"({len(labels) * Z.shape[1]}) for term {rt.text}; the random-effects "
+            "parameters and the residual variance are probably unidentifiable"
+        )
+    return RandomStructure(rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts])

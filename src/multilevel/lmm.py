@@ -1,0 +1,226 @@
+"""The profiled REML / ML criterion of a linear mixed model as a function of θ.
+
+For fixed θ, with Λ(θ) block diagonal, the blocked Cholesky factor of
+
+    [ΛᵀZᵀZΛ + I   ΛᵀZᵀX   ΛᵀZᵀy]
+    [    ·          XᵀX      Xᵀy  ]  =  L Lᵀ
+    [    ·           ·       yᵀy  ]
+
+gives log|L_Z|², log|R_X|² and r² (the penalized residual sum of squares, the
+square of L's last diagonal element), so that
+
+    ML deviance    = log|L_Z|² + n (1 + log(2π r²/n))
+    REML criterion = log|L_Z|² + log|R_X|² + (n-p)(1 + log(2π r²/(n-p)))
+
+(minus Σ log wᵢ with prior weights).  The factorization is blocked over the
+random-effects terms (Bates et al. 2015, J. Stat. Softw. 67(1)):
+
+* term 1 (most levels): a batch of q₁ x q₁ factorizations, one per level;
+* the other terms: one dense factorization of their Schur complement
+  Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I, where V = blockdiag(T₁ S₁ᵢ⁻¹ T₁ᵀ);
+* [X y]: a (p+1) x (p+1) factorization of its Schur complement.
+
+No step depends on the number of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+from .covariance import Template
+from .crossprod import CrossProducts
+
+_LOG2PI = np.log(2 * np.pi)
+
+
+@dataclass
+class Factorization:
+    """Everything at one θ needed for estimates after the optimum."""
+
+    theta: np.ndarray
+    T: list[np.ndarray]
+    L1: np.ndarray  # (n1, q1, q1)
+    W: np.ndarray  # (n1, q1, q1) L1⁻¹ T₁ᵀ
+    C1F: np.ndarray  # (n1, q1, m)
+    LR: np.ndarray | None  # (Q_r, Q_r) lower
+    CRF: np.ndarray | None  # (Q_r, m)
+    LambdaR: sp.csr_matrix | None
+    LFF: np.ndarray  # (m, m) lower
+    logdet_Z: float
+    logdet_X: float
+    r2: float
+
+
+class ProfiledCriterion:
+    """Evaluates the profiled deviance from precomputed cross-products."""
+
+    def __init__(
+        self, cp: CrossProducts, tmpl: list[Template], reml: bool, sum_log_w: float = 0.0
+    ):
+        self.cp = cp
+        self.tmpl = tmpl
+        self.reml = reml
+        self.sum_log_w = sum_log_w
+        self.n = cp.n
+        self.p = cp.p
+        q1 = cp.q[0]
+        self._eye1 = np.eye(q1)
+        self._q1 = q1
+        if cp.A1R is not None:
+            self._A1R = cp.A1R.tocsr()
+            self._AR1 = self._A1R.T.tocsr()
+            rest_q = cp.q[1:]
+            self._rest_scalar = all(q == 1 for q in rest_q)
+
+    # -- Λ of the terms after the first --------------------------------------
+    def _lambda_rest(self, T: list[np.ndarray]) -> sp.csr_matrix | np.ndarray:
+        cp = self.cp
+        if self._rest_scalar:
+            return np.concatenate(
+                [np.full(nl, t[0, 0]) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)]
+            )
+        return sp.block_diag(
+            [sp.kron(sp.identity(nl), t) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)],
+            format="csr",
+        )
+
+    def factor(self, theta: np.ndarray) -> Factorization | None:
+        """Blocked Cholesky at θ; None where a block is not positive definite."""
+        cp = self.cp
+        T = [t.matrix(theta) for t in self.tmpl]
+        T1 = T[0]
+        if self._q1 == 1:
+            t = T1[0, 0]
+            s = t * t * cp.D1[:, 0, 0] + 1.0
+            l1 = np.sqrt(s)
+            L1 = l1[:, None, None]
+            W = (t / l1)[:, None, None]
+            C1F = W * cp.B1F
+            logdet = 2.0 * np.log(l1).sum()
+        else:
+            S = T1.T @ cp.D1 @ T1 + self._eye1
+            try:
+                L1 = np.linalg.cholesky(S)
+            except np.linalg.LinAlgError:
+                return None
+            W = np.linalg.solve(L1, np.broadcast_to(T1.T, S.shape))
+            C1F = W @ cp.B1F
+            logdet = 2.0 * np.log(np.diagonal(L1, axis1=1, axis2=2)).sum()
+        m = self.p + 1
+        flat = C1F.reshape(-1, m)
+        MFF = cp.AFF - flat.T @ flat
+        LR = CRF = LamR = None
+        if cp.ARR is not None:
+            V = np.swapaxes(W, 1, 2) @ W  # T₁ S₁ᵢ⁻¹ T₁ᵀ per level
+            if self._q1 == 1:
+                VA = self._A1R.multiply(V[:, 0, 0][:, None]).tocsr()
+                VB = V[:, 0, 0][:, None] * cp.B1F[:, 0, :]
+            else:
+                n1 = V.shape[0]
+                Vb = sp.bsr_matrix(
+                    (V, np.arange(n1), np.arange(n1 + 1)), shape=(n1 * self._q1, n1 * self._q1)
+                )
+                VA = (Vb @ self._A1R).tocsr()
+                VB = (V @ cp.B1F).reshape(-1, m)
+            H = (self._AR1 @ VA).toarray()
+            MRR = cp.ARR - H
+            MRF = cp.ARF - self._AR1 @ VB
+            LamR = self._lambda_rest(T)
+            if isinstance(LamR, np.ndarray):
+                MRR = MRR * LamR[:, None] * LamR[None, :]
+                MRF = MRF * LamR[:, None]
+            else:
+                MRR = (LamR.T @ (LamR.T @ MRR).T).T
+                MRF = LamR.T @ MRF
+            MRR[np.diag_indices_from(MRR)] += 1.0
+            try:
+                LR = sla.cholesky(MRR, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                return None
+            logdet += 2.0 * np.log(np.diag(LR)).sum()
+            CRF = sla.solve_triangular(LR, MRF, lower=True, check_finite=False)
+            MFF = MFF - CRF.T @ CRF
+        try:
+            LFF = np.linalg.cholesky(MFF)
+        except np.linalg.LinAlgError:
+            return None
+        d = np.diag(LFF)
+        r2 = float(d[-1] ** 2)
+        logdet_X = float(2.0 * np.log(d[:-1]).sum())
+        return Factorization(theta, T, L1, W, C1F, LR, CRF, LamR, LFF, float(logdet), logdet_X, r2)
+
+    def value(self, f: Factorization) -> float:
+        if f.r2 <= 0:
+            return np.inf
+        if self.reml:
+            dof = self.n - self.p
+            return f.logdet_Z + f.logdet_X + dof * (1.0 + _LOG2PI + np.log(f.r2 / dof)) - self.sum_log_w
+        n = self.n
+        return f.logdet_Z + n * (1.0 + _LOG2PI + np.log(f.r2 / n)) - self.sum_log_w
+
+    def __call__(self, theta: np.ndarray) -> float:
+        f = self.factor(np.asarray(theta, dtype=float))
+        return np.inf if f is None else self.value(f)
+
+    # -- estimates at a θ ---------------------------------------------------------
+    def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
+        """β̂ and the spherical conditional modes u (per term, (n_k, q_k))."""
+        p = self.p
+        cp = self.cp
+        LFF = f.LFF
+        beta = sla.solve_triangular(LFF[:p, :p].T, LFF[p, :p], lower=False, check_finite=False)
+        us: list[np.ndarray] = []
+        rhs1 = f.C1F[:, :, p] - f.C1F[:, :, :p] @ beta
+        if f.LR is not None:
+            cR = f.CRF[:, p] - f.CRF[:, :p] @ beta
+            uR = sla.solve_triangular(f.LR.T, cR, lower=False, check_finite=False)
+            LamU = f.LambdaR * uR if isinstance(f.LambdaR, np.ndarray) else f.LambdaR @ uR
+            AU = (self._A1R @ LamU).reshape(-1, self._q1)
+            rhs1 = rhs1 - np.einsum("iab,ib->ia", f.W, AU)
+        u1 = np.linalg.solve(np.swapaxes(f.L1, 1, 2), rhs1[:, :, None])[:, :, 0]
+        us.append(u1)
+        if f.LR is not None:
+            offs = cp.rest_offsets
+            for k in range(1, len(cp.q)):
+                us.append(uR[offs[k - 1] : offs[k]].reshape(cp.nlevels[k], cp.q[k]))
+        return beta, us
+
+    def conditional_variances(self, f: Factorization) -> list[np.ndarray]:
+        """Diagonal blocks of Λ (ΛᵀZᵀZΛ + I)⁻¹ Λᵀ per term: (n_k, q_k, q_k), to be
+        multiplied by σ²."""
+        cp = self.cp
+        L1inv = np.linalg.inv(f.L1)
+        M1 = np.swapaxes(L1inv, 1, 2) @ L1inv  # (L1 L1ᵀ)⁻¹ per level
+        out = []
+        if f.LR is not None:
+            # Y = L_R⁻¹ C1Rᵀ L1⁻ᵀ-free form: C1R = W A1R Λ_R, so the correction to
+            # block i is L1ᵢ⁻ᵀ (C1R L_R⁻ᵀ)(·)ᵀ L1ᵢ⁻¹
+            Lam = f.LambdaR
+            C1R = (
+                sp.bsr_matrix(
+                    (f.W, np.arange(len(f.W)), np.arange(len(f.W) + 1)),
+                    shape=(f.W.shape[0] * self._q1,) * 2,
+                )
+                @ self._A1R
+            )
+            C1R = C1R.multiply(Lam[None, :]).tocsr() if isinstance(Lam, np.ndarray) else C1R @ Lam
+            Y = sla.solve_triangular(f.LR, C1R.T.toarray(), lower=True, check_finite=False)
+            Yb = Y.T.reshape(-1, self._q1, Y.shape[0])  # (n1, q1, Q_r)
+            G = Yb @ np.swapaxes(Yb, 1, 2)
+            M1 = M1 + np.swapaxes(L1inv, 1, 2) @ G @ L1inv
+        T1 = f.T[0]
+        out.append(T1 @ M1 @ T1.T)
+        if f.LR is not None:
+            LRinv = sla.solve_triangular(f.LR, np.eye(f.LR.shape[0]), lower=True)
+            offs = cp.rest_offsets
+            for k in range(1, len(cp.q)):
+                qk, nk = cp.q[k], cp.nlevels[k]
+                cols = LRinv[:, offs[k - 1] : offs[k]].reshape(-1, nk, qk)
+                Mk = np.einsum("rna,rnb->nab", cols, cols)
+                Tk = f.T[k]
+                out.append(Tk @ Mk @ Tk.T)
+        return out

@@ -1,0 +1,95 @@
+"""``lmer``: from an lme4 formula and data to a fitted linear mixed model."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .covariance import templates
+from .crossprod import cross_products
+from .design import Design, build_design
+from .errors import ConvergenceWarning, SingularFitWarning
+from .formula import parse_formula
+from .lmm import ProfiledCriterion
+from .optimize import BOUNDARY_TOL, minimize_theta
+from .results import LmerFit
+
+
+def lmer(
+    formula: str,
+    data: Any,
+    REML: bool = True,
+    *,
+    weights: Any = None,
+    offset: Any = None,
+    levels: dict[str, list] | None = None,
+    na_action: str = "omit",
+    namespace: dict | None = None,
+    start: Any = None,
+) -> LmerFit:
+    """Fit a linear mixed model by REML (default) or maximum likelihood.
+
+    ``formula`` uses lme4's syntax, e.g.
+    ``"mathach ~ meanses*cses + sector*cses + (cses | school)"``.
+    ``data`` is a pandas or polars DataFrame.  ``weights`` and ``offset`` are
+    column names or arrays (prior weights: residual variance σ²/wᵢ).
+    ``levels`` maps categorical columns to their level order, the first level
+    being the reference.  Rows with missing values in used columns are dropped
+    and counted (``na_action="raise"`` refuses them instead).  ``start`` is an
+    initial θ.
+
+    The model is y = Xβ + Zb + ε with b = Λ(θ)u, u ~ N(0, σ²I), ε ~ N(0, σ²I);
+    θ minimises the profiled REML/ML criterion (see :mod:`multilevel.lmm`).
+    """
+    parsed = parse_formula(formula)
+    if not parsed.random:
+        raise_no_random(formula)
+    design = build_design(
+        parsed, data, weights=weights, offset=offset, levels=levels, na_action=na_action,
+        namespace=namespace,
+    )
+    return fit_design(design, REML=REML, start=start, data_name=_data_name(data))
+
+
+def raise_no_random(formula: str) -> None:
+    from .errors import ModelError
+
+    raise ModelError(
+        f"no random-effects terms in {formula!r}; add e.g. (1 | group), or use a linear model"
+    )
+
+
+def _data_name(data: Any) -> str:
+    return getattr(data, "attrs", {}).get("name", "data") if hasattr(data, "attrs") else "data"
+
+
+def fit_design(
+    design: Design, *, REML: bool = True, start: Any = None, data_name: str = "data"
+) -> LmerFit:
+    """Order terms by levels, form cross-products once, optimise θ."""
+    # lme4's order: terms by decreasing number of levels (stable)
+    order = sorted(range(len(design.random)), key=lambda k: -design.random[k].nlevels)
+    design.random = [design.random[k] for k in order]
+    rs = design.random
+    y = design.y if design.offset is None else design.y - design.offset
+    sqrtw = None if design.weights is None else np.sqrt(design.weights)
+    cp = cross_products(
+        [r.Z for r in rs], [r.codes for r in rs], [r.nlevels for r in rs], design.X, y, sqrtw
+    )
+    tmpl = templates([r.q for r in rs])
+    sum_log_w = 0.0 if design.weights is None else float(np.log(design.weights).sum())
+    crit = ProfiledCriterion(cp, tmpl, REML, sum_log_w)
+    x0 = np.concatenate([t.initial() for t in tmpl]) if start is None else np.asarray(start, float)
+    lower = np.concatenate([t.lower_bounds() for t in tmpl])
+    record = minimize_theta(crit, x0, lower)
+    fit = LmerFit(design, crit, record, REML=REML, data_name=data_name)
+    for msg in record.messages:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    if fit.singular:
+        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=3)
+    return fit
+
+
+__all__ = ["lmer", "fit_design", "BOUNDARY_TOL"]

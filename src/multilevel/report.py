@@ -1,0 +1,205 @@
+"""Text reports in the layouts R users know (lme4's ``summary(merMod)``).
+
+Numbers follow R's ``format()`` rule: a column is printed with the fewest
+decimals that show every entry to ``digits`` significant digits (trailing
+zeros not counted), so the tables read like R's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .results import LmerFit
+
+
+def decimals_needed(x: float, digits: int) -> int:
+    """Decimals that show ``x`` to ``digits`` significant digits, as R's formatReal."""
+    if not math.isfinite(x) or x == 0:
+        return 0
+    e = math.floor(math.log10(abs(x)))
+    dec = max(0, digits - 1 - e)
+    s = f"{abs(x):.{dec}f}"
+    # rounding may carry into a new digit (9.9996 -> 10.000)
+    if "." in s:
+        s = s.rstrip("0")
+        dec = len(s.split(".")[1]) if "." in s and not s.endswith(".") else 0
+    return dec
+
+
+def format_r(values: Sequence[float], digits: int = 4) -> list[str]:
+    """Format a column as R's ``format(x, digits=)`` does (fixed notation)."""
+    vals = [float(v) for v in values]
+    dec = max((decimals_needed(v, digits) for v in vals), default=0)
+    dec = min(dec, 15)
+    out = []
+    for v in vals:
+        if math.isnan(v):
+            out.append("NA")
+        else:
+            out.append(f"{v:.{dec}f}")
+    return out
+
+
+def abbreviate(name: str, minlength: int) -> str:
+    """R's ``abbreviate()``: drop lower-case vowels from the right, then lower-case
+    letters from the right (never the first character), then truncate."""
+    if len(name) <= minlength:
+        return name
+    chars = list(name)
+    for pool in ("aeiou", "abcdefghijklmnopqrstuvwxyz"):
+        i = len(chars) - 1
+        while len(chars) > minlength and i > 0:
+            if chars[i] in pool:
+                del chars[i]
+            i -= 1
+        if len(chars) <= minlength:
+            return "".join(chars)
+    return "".join(chars[:minlength])
+
+
+def table(rows: list[list[str]], header: list[str] | None, align_left_first: bool = True) -> str:
+    """Right-aligned columns, the first (row names) left-aligned."""
+    allrows = ([header] if header is not None else []) + rows
+    ncol = max(len(r) for r in allrows)
+    allrows = [r + [""] * (ncol - len(r)) for r in allrows]
+    widths = [max(len(r[j]) for r in allrows) for j in range(ncol)]
+    lines = []
+    for r in allrows:
+        cells = []
+        for j, cell in enumerate(r):
+            if j == 0 and align_left_first:
+                cells.append(cell.ljust(widths[j]))
+            else:
+                cells.append(cell.rjust(widths[j]))
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def quantile_line(q: np.ndarray, digits: int = 4) -> str:
+    labels = ["Min", "1Q", "Median", "3Q", "Max"]
+    vals = format_r(q, digits)
+    width = max(max(len(v) for v in vals), max(len(lab) for lab in labels))
+    return (
+        " ".join(lab.rjust(width) for lab in labels)
+        + " \n"
+        + " ".join(v.rjust(width) for v in vals)
+        + " "
+    )
+
+
+def correlation_block(names: list[str], corr: np.ndarray) -> str:
+    """Lower triangle of a correlation matrix with R's abbreviated labels."""
+    p = len(names)
+    rows_names = [abbreviate(nm, 11) for nm in names[1:]]
+    col_names = [abbreviate(nm, 6) for nm in names[:-1]]
+    rows = []
+    for i in range(1, p):
+        row = [rows_names[i - 1]]
+        for j in range(p - 1):
+            row.append(f"{corr[i, j]:.3f}" if j < i else "")
+        rows.append(row)
+    widths = [max(len(c), 6) for c in col_names]
+    lines = [" " * max(len(r) for r in rows_names) + " " +
+             " ".join(c.ljust(w) for c, w in zip(col_names, widths, strict=True))]
+    rw = max(len(r) for r in rows_names)
+    for row in rows:
+        cells = [row[0].ljust(rw)]
+        for j, w in enumerate(widths):
+            v = row[j + 1]
+            cells.append(v.rjust(w) if v else " " * w)
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def lmer_summary(fit: LmerFit) -> str:
+    """lme4's ``print(summary(fit))`` layout."""
+    method = "REML" if fit.REML else "maximum likelihood"
+    out = [f"Linear mixed model fit by {method} ['lmerMod']"]
+    out.append(f"Formula: {fit.formula}")
+    out.append(f"   Data: {fit.data_name}")
+    if fit.design.n_dropped:
+        out.append(f"   ({fit.design.n_dropped} observations deleted due to missingness)")
+    out.append("")
+    if fit.REML:
+        out.append(f"REML criterion at convergence: {fit.reml_criterion:.1f}")
+    else:
+        vals = [fit.aic, fit.bic, fit.loglik, fit.deviance, float(fit.df_resid)]
+        labels = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
+        cells = format_r(vals[:4], 4) + [str(int(vals[4]))]
+        cells = [f"{v:.1f}" for v in vals[:4]] + [str(int(vals[4]))]
+        w = [max(len(a), len(b)) for a, b in zip(labels, cells, strict=True)]
+        out.append(" " + " ".join(a.rjust(x) for a, x in zip(labels, w, strict=True)))
+        out.append(" " + " ".join(a.rjust(x) for a, x in zip(cells, w, strict=True)))
+    out.append("")
+    q = np.quantile(fit.residuals(type="pearson", scaled=True), [0, 0.25, 0.5, 0.75, 1])
+    out.append("Scaled residuals: ")
+    out.append(quantile_line(q))
+    out.append("")
+    out.append("Random effects:")
+    out.append(random_effects_block(fit))
+    groups = "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
+    out.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
+    out.append("")
+    out.append("Fixed effects:")
+    est = fit.fixef.to_numpy()
+    se = fit.se.to_numpy()
+    both = format_r(np.concatenate([est, se]), 4)
+    tv = format_r(est / se, 4)
+    names = list(fit.fixef.index)
+    rows = [[nm, both[i], both[len(est) + i], tv[i]] for i, nm in enumerate(names)]
+    out.append(table(rows, ["", "Estimate", "Std. Error", "t value"]))
+    if len(names) > 1:
+        out.append("")
+        out.append("Correlation of Fixed Effects:")
+        v = fit.vcov.to_numpy()
+        d = np.sqrt(np.diag(v))
+        out.append(correlation_block(names, v / np.outer(d, d)))
+    notes = []
+    if fit.singular:
+        notes.append(fit.singular_message)
+    notes.extend(fit.optinfo.messages)
+    if notes:
+        out.append("")
+        out.extend(notes)
+    return "\n".join(out)
+
+
+def random_effects_block(fit: LmerFit) -> str:
+    vc = fit.varcorr
+    rows: list[list[str]] = []
+    variances = vc[vc["var2"].isna()]
+    var_txt = format_r(variances["vcov"].to_numpy(), 4)
+    sd_txt = format_r(variances["sdcor"].to_numpy(), 4)
+    show_corr = any(t.q > 1 for t in fit.design.random)
+    k = 0
+    for name, cnames, corr in fit._varcorr_blocks():
+        for i, cn in enumerate(cnames):
+            row = [name if i == 0 else "", cn, var_txt[k], sd_txt[k]]
+            if show_corr:
+                row.append(" ".join(f"{corr[i, j]:.2f}" for j in range(i)))
+            rows.append(row)
+            k += 1
+    row = ["Residual", "", var_txt[k], sd_txt[k]]
+    if show_corr:
+        row.append("")
+    rows.append(row)
+    header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if show_corr else [])
+    # lme4 left-aligns the group and name columns
+    widths = [max(len(r[j]) for r in rows + [header]) for j in range(len(header))]
+    lines = []
+    for r in [header] + rows:
+        cells = [
+            r[0].ljust(widths[0]),
+            r[1].ljust(widths[1]),
+            r[2].rjust(widths[2]) if r is not header else r[2].ljust(widths[2]),
+            r[3].ljust(widths[3]),
+        ]
+        if show_corr:
+            cells.append(r[4].ljust(widths[4]))
+        lines.append(" " + " ".join(cells))
+    return "\n".join(lines)

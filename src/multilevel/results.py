@@ -1,0 +1,390 @@
+"""Fitted linear mixed models: estimates, random effects, predictions.
+
+Attributes follow lme4's accessors (``fixef``, ``ranef``, ``varcorr``,
+``theta``, ``sigma``, ``loglik``, ...) and return pandas objects indexed by
+R-style names.  Everything is computed from the blocked Cholesky factor at the
+optimal θ; nothing refits.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .covariance import sd_corr, theta_names
+from .design import Categorical, Design, build_matrix, to_pandas
+from .errors import DataError
+from .optimize import BOUNDARY_TOL, OptRecord
+
+if TYPE_CHECKING:
+    from .lmm import ProfiledCriterion
+
+
+class LmerFit:
+    """A linear mixed model fitted by :func:`multilevel.lmer`."""
+
+    def __init__(
+        self,
+        design: Design,
+        criterion: ProfiledCriterion,
+        record: OptRecord,
+        *,
+        REML: bool,
+        data_name: str = "data",
+    ):
+        self.design = design
+        self.criterion = criterion
+        self.optinfo = record
+        self.REML = REML
+        self.data_name = data_name
+        self.formula = design.formula.text
+        fac = criterion.factor(record.theta)
+        if fac is None:  # pragma: no cover - the optimum is always factorable
+            raise RuntimeError("the optimum is not positive definite")
+        self._fac = fac
+        beta, us = criterion.solve(fac)
+        self._beta = beta
+        self._u = us
+        n, p = design.nobs, design.X.shape[1]
+        self._sigma2 = fac.r2 / (n - p if REML else n)
+        self._crit = criterion.value(fac)
+
+    # -- basic quantities -----------------------------------------------------
+    @property
+    def nobs(self) -> int:
+        return self.design.nobs
+
+    @property
+    def method(self) -> str:
+        return "REML" if self.REML else "ML"
+
+    @property
+    def fixef(self) -> pd.Series:
+        """Fixed-effects estimates β̂."""
+        return pd.Series(self._beta, index=self.design.fixef_names, name="Estimate")
+
+    @property
+    def sigma(self) -> float:
+        """Residual standard deviation σ̂."""
+        return float(np.sqrt(self._sigma2))
+
+    @property
+    def theta(self) -> pd.Series:
+        """Relative covariance factors' lower triangles (lme4's ``getME(, "theta")``)."""
+        names: list[str] = []
+        for r in self.design.random:
+            names.extend(theta_names(r.name, r.cnames))
+        return pd.Series(self.optinfo.theta, index=names, name="theta")
+
+    @cached_property
+    def vcov(self) -> pd.DataFrame:
+        """σ̂² (R_XᵀR_X)⁻¹: covariance of β̂ (conditional on θ̂)."""
+        p = len(self._beta)
+        Linv = np.linalg.inv(self._fac.LFF[:p, :p])
+        V = self._sigma2 * (Linv.T @ Linv)
+        names = self.design.fixef_names
+        return pd.DataFrame(V, index=names, columns=names)
+
+    @property
+    def se(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.vcov)), index=self.design.fixef_names,
+                         name="Std. Error")
+
+    @property
+    def tvalues(self) -> pd.Series:
+        return pd.Series(self._beta / self.se.to_numpy(), index=self.design.fixef_names,
+                         name="t value")
+
+    @property
+    def df_model(self) -> int:
+        return len(self._beta) + len(self.optinfo.theta) + 1
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.df_model
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood at the optimum (the REML log-likelihood for REML fits)."""
+        return -0.5 * self._crit
+
+    @property
+    def reml_criterion(self) -> float:
+        """-2 × REML log-likelihood (lme4's ``REMLcrit``); NaN for ML fits."""
+        return self._crit if self.REML else float("nan")
+
+    @property
+    def deviance(self) -> float:
+        """-2 × log-likelihood of the ML fit; for a REML fit the -2 log-likelihood
+        at the REML estimates (θ̂, β̂, σ̂)."""
+        if not self.REML:
+            return self._crit
+        n = self.nobs
+        f = self._fac
+        return (f.logdet_Z + n * np.log(2 * np.pi * self._sigma2) + f.r2 / self._sigma2
+                - self.criterion.sum_log_w)
+
+    @property
+    def aic(self) -> float:
+        return -2 * self.loglik + 2 * self.df_model
+
+    @property
+    def bic(self) -> float:
+        return -2 * self.loglik + np.log(self.nobs) * self.df_model
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.design.random:
+            out.setdefault(r.name, r.nlevels)
+        return out
+
+    # -- variance components ----------------------------------------------------
+    def _varcorr_blocks(self) -> list[tuple[str, list[str], np.ndarray]]:
+        """Per term: (printed group name, columns, correlation matrix)."""
+        seen: dict[str, int] = {}
+        out = []
+        for r, T in zip(self.design.random, self._fac.T, strict=True):
+            k = seen.get(r.name, 0)
+            seen[r.name] = k + 1
+            name = r.name if k == 0 else f"{r.name}.{k}"
+            _, corr = sd_corr(T @ T.T)
+            out.append((name, r.cnames, corr))
+        return out
+
+    @cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """Variances and covariances as lme4's ``as.data.frame(VarCorr(fit))``:
+        columns grp, var1, var2, vcov, sdcor (a correlation in covariance rows)."""
+        rows = []
+        for (name, cnames, _), T in zip(self._varcorr_blocks(), self._fac.T, strict=True):
+            cov = self._sigma2 * (T @ T.T)
+            sd, corr = sd_corr(cov)
+            for i, cn in enumerate(cnames):
+                rows.append((name, cn, None, cov[i, i], sd[i]))
+            for i in range(len(cnames)):
+                for j in range(i + 1, len(cnames)):
+                    rows.append((name, cnames[i], cnames[j], cov[i, j], corr[i, j]))
+        rows.append(("Residual", None, None, self._sigma2, self.sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    # -- boundary fits ------------------------------------------------------------
+    @cached_property
+    def _boundary(self) -> list[str]:
+        msgs = []
+        for r, T in zip(self.design.random, self._fac.T, strict=True):
+            for j in range(r.q):
+                if abs(T[j, j]) < BOUNDARY_TOL:
+                    if j == 0 or r.q == 1:
+                        what = f"the variance of {r.cnames[j]!r} is estimated as 0"
+                    else:
+                        what = (f"{r.cnames[j]!r} is perfectly correlated with the earlier "
+                                "columns (a correlation of ±1 or a zero variance)")
+                    msgs.append(f"{r.term.text}: {what}")
+        return msgs
+
+    @property
+    def singular(self) -> bool:
+        """Boundary (singular) fit: some random-effects covariance matrix is singular."""
+        return bool(self._boundary)
+
+    @property
+    def singular_message(self) -> str:
+        if not self._boundary:
+            return ""
+        return "boundary (singular) fit: " + "; ".join(self._boundary)
+
+    @property
+    def converged(self) -> bool:
+        return self.optinfo.converged
+
+    # -- random effects -------------------------------------------------------------
+    @cached_property
+    def _b(self) -> list[np.ndarray]:
+        return [u @ T.T for u, T in zip(self._u, self._fac.T, strict=True)]
+
+    def _by_group(self, blocks: list[np.ndarray]) -> dict[str, pd.DataFrame]:
+        out: dict[str, pd.DataFrame] = {}
+        for r, b in zip(self.design.random, blocks, strict=True):
+            df = pd.DataFrame(b, index=pd.Index(r.levels, name=r.name), columns=r.cnames)
+            if r.name in out:
+                df.columns = [c if c not in out[r.name].columns else f"{c}.1" for c in df.columns]
+                df = pd.concat([out[r.name], df], axis=1)
+            out[r.name] = df
+        return out
+
+    @cached_property
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes b̂ per grouping factor: DataFrames indexed by level."""
+        return self._by_group(self._b)
+
+    @cached_property
+    def condvar(self) -> list[np.ndarray]:
+        """Per term, conditional covariance matrices of b given y at θ̂, β̂:
+        (n_k, q_k, q_k) arrays (lme4's ``postVar``)."""
+        return [self._sigma2 * v for v in self.criterion.conditional_variances(self._fac)]
+
+    @cached_property
+    def ranef_condsd(self) -> dict[str, pd.DataFrame]:
+        """Conditional standard deviations of the random effects, laid out as ranef."""
+        return self._by_group(
+            [np.sqrt(np.diagonal(v, axis1=1, axis2=2)) for v in self.condvar]
+        )
+
+    @cached_property
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Per grouping factor: fixed effects plus that factor's random effects."""
+        out = {}
+        fe = self.fixef
+        for g, re in self.ranef.items():
+            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index,
+                              columns=fe.index)
+            for c in re.columns:
+                if c in df.columns:
+                    df[c] = df[c] + re[c]
+                else:
+                    df[c] = re[c]
+            out[g] = df
+        return out
+
+    # -- fitted values, residuals, predictions -------------------------------------
+    def _zb(self) -> np.ndarray:
+        out = np.zeros(self.nobs)
+        for r, b in zip(self.design.random, self._b, strict=True):
+            out += np.einsum("nq,nq->n", r.Z, b[r.codes])
+        return out
+
+    @cached_property
+    def _fitted(self) -> np.ndarray:
+        eta = self.design.X @ self._beta + self._zb()
+        if self.design.offset is not None:
+            eta = eta + self.design.offset
+        return eta
+
+    @property
+    def fitted(self) -> pd.Series:
+        """Conditional fitted values Xβ̂ + Zb̂ (+ offset)."""
+        return pd.Series(self._fitted, index=self.design.row_index, name="fitted")
+
+    def residuals(self, type: str = "response", scaled: bool = False) -> pd.Series:
+        """Residuals y - fitted: ``type="response"`` or ``"pearson"`` (times √w);
+        ``scaled=True`` divides by σ̂ (lme4's scaled residuals)."""
+        res = self.design.y - self._fitted
+        if type == "pearson":
+            if self.design.weights is not None:
+                res = res * np.sqrt(self.design.weights)
+        elif type != "response":
+            raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
+        if scaled:
+            res = res / self.sigma
+        return pd.Series(res, index=self.design.row_index, name="residuals")
+
+    def predict(
+        self, newdata: Any = None, re_form: str | None = None, allow_new_levels: bool = False
+    ) -> pd.Series:
+        """Predictions Xβ̂ + Zb̂ on the fitting data or ``newdata``.
+
+        ``re_form=None`` includes all random effects; ``"~0"`` (or ``"NA"``) none,
+        giving population-level predictions.  Levels not seen in the fit are an
+        error unless ``allow_new_levels=True``, which predicts them with b = 0.
+        """
+        population = re_form is not None and re_form.replace(" ", "") in ("~0", "NA", "~-1")
+        if re_form is not None and not population:
+            raise ValueError("re_form must be None (all random effects) or '~0' (none)")
+        if newdata is None:
+            if population:
+                eta = self.design.X @ self._beta
+                if self.design.offset is not None:
+                    eta = eta + self.design.offset
+                return pd.Series(eta, index=self.design.row_index, name="predicted")
+            return self.fitted.rename("predicted")
+        frame = to_pandas(newdata)
+        values = self._new_values(frame)
+        n = len(frame)
+        X, _ = build_matrix(self.design.formula.fixed, values, n, self.design.xspec.codings)
+        if self.design.xspec.keep is not None:
+            X = X[:, self.design.xspec.keep]
+        eta = X @ self._beta
+        for label in self.design.formula.fixed.offsets:
+            eta = eta + values[label].values[:, 0]
+        if not population:
+            for r, b in zip(self.design.random, self._b, strict=True):
+                Z, _ = build_matrix(r.term.expr, values, n, r.spec.codings)
+                lookup = {lab: i for i, lab in enumerate(r.levels)}
+                labels = _group_labels(frame, r)
+                idx = np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)
+                if (idx < 0).any() and not allow_new_levels:
+                    new = sorted({lab for lab, i in zip(labels, idx, strict=True) if i < 0})
+                    raise DataError(
+                        f"new levels of {r.name!r} in newdata: {new[:5]}; "
+                        "use allow_new_levels=True to predict them at the population level"
+                    )
+                bb = np.where((idx >= 0)[:, None], b[np.maximum(idx, 0)], 0.0)
+                eta = eta + np.einsum("nq,nq->n", Z, bb)
+        return pd.Series(eta, index=frame.index, name="predicted")
+
+    def _new_values(self, frame: pd.DataFrame) -> dict[str, Any]:
+        from .design import Numeric, _evaluate_factor, _is_categorical
+
+        values: dict[str, Any] = {}
+        columns = [str(c) for c in frame.columns]
+        for label, spec in self.design.factor_specs.items():
+            if label == self.design.formula.response.label:  # type: ignore[union-attr]
+                continue
+            if any(label in r.term.group for r in self.design.random):
+                continue
+            raw = _evaluate_factor(spec.factor, frame, self.design.evaluator, columns)
+            if spec.categorical:
+                s = raw if isinstance(raw, pd.Series) else pd.Series(raw)
+                codes = spec.values.get_indexer(s.to_numpy())
+                if (codes < 0).any():
+                    bad = sorted({str(v) for v, c in zip(s, codes, strict=True) if c < 0})
+                    raise DataError(f"{label!r} has levels not seen in the fit: {bad[:5]}")
+                values[label] = Categorical(codes.astype(np.int64), spec.values, spec.labels)
+            else:
+                if _is_categorical(raw):
+                    raise DataError(f"{label!r} was numeric in the fit but is not in newdata")
+                arr = np.asarray(raw, dtype=float)
+                values[label] = Numeric(arr.reshape(len(frame), -1), spec.suffixes or [""])
+        return values
+
+    # -- printing -------------------------------------------------------------------
+    def summary(self) -> LmerSummary:
+        """lme4-style summary; ``print(fit.summary())`` shows it."""
+        return LmerSummary(self)
+
+    def __repr__(self) -> str:
+        return (f"<LmerFit {self.method}: {self.formula}; nobs={self.nobs}, "
+                f"loglik={self.loglik:.4f}>")
+
+
+class LmerSummary:
+    """The summary of a fit: text in lme4's layout, and the coefficient table."""
+
+    def __init__(self, fit: LmerFit):
+        self.fit = fit
+
+    @property
+    def coefficients(self) -> pd.DataFrame:
+        f = self.fit
+        return pd.DataFrame({"Estimate": f.fixef, "Std. Error": f.se, "t value": f.tvalues})
+
+    def __str__(self) -> str:
+        from .report import lmer_summary
+
+        return lmer_summary(self.fit)
+
+    __repr__ = __str__
+
+
+def _group_labels(frame: pd.DataFrame, r) -> list[str]:
+    from .design import _label
+
+    for g in r.term.group:
+        if g not in frame.columns:
+            raise DataError(f"newdata lacks the grouping column {g!r}")
+    cols = [frame[g].to_numpy() for g in r.term.group]
+    return [":".join(_label(v) for v in row) for row in zip(*cols, strict=True)]
