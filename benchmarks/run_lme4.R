@@ -1,17 +1,19 @@
 # Time lme4::lmer on one benchmark case.
 #
-# Usage: Rscript run_lme4.R CSV FORMULA FACTORS REPEATS
+# Usage: Rscript run_lme4.R CSV FORMULA FACTORS REPEATS BUDGET_S
 #   FACTORS: "col:lev1,lev2;col2" (levels optional; first level = reference)
 # Prints one line "RESULT {json}" that benchmarks/run.py parses.
 # Each timed fit is the whole lmer() call (formula processing included);
-# one untimed warm-up fit comes first.
+# one untimed warm-up fit comes first. If REPEATS fits would exceed BUDGET_S
+# (judged by the warm-up), fewer are timed, but at least 3 (as runner_common.py).
 
 args <- commandArgs(trailingOnly = TRUE)
-stopifnot(length(args) == 4)
+stopifnot(length(args) == 5)
 csv <- args[[1]]
 form <- as.formula(args[[2]])
 factors <- strsplit(args[[3]], ";", fixed = TRUE)[[1]]
 repeats <- as.integer(args[[4]])
+budget <- as.numeric(args[[5]])
 
 vm_hwm_mb <- function() {
   line <- grep("^VmHWM:", readLines("/proc/self/status"), value = TRUE)
@@ -32,24 +34,31 @@ for (spec in factors[nzchar(factors)]) {
 rss_before <- vm_hwm_mb()
 
 fit <- function() lmer(form, data = dat, REML = TRUE)
-m <- fit() # warm-up
-wall <- numeric(repeats)
-cpu <- numeric(repeats)
-for (i in seq_len(repeats)) {
-  st <- system.time(m <- fit())
-  wall[[i]] <- st[["elapsed"]]
-  cpu[[i]] <- st[["user.self"]] + st[["sys.self"]]
+# Wall time from Sys.time() (microsecond resolution); CPU time from proc.time()
+# (millisecond resolution). No gc() between fits, as in the Python runners.
+timed <- function() {
+  c0 <- proc.time()
+  t0 <- Sys.time()
+  m <<- fit()
+  t1 <- Sys.time()
+  c1 <- proc.time() - c0
+  c(as.numeric(difftime(t1, t0, units = "secs")), c1[["user.self"]] + c1[["sys.self"]])
 }
+warmup <- timed()[[1]]
+if (warmup * repeats > budget) repeats <- max(min(3L, repeats), as.integer(budget / warmup))
+runs <- vapply(seq_len(repeats), function(i) timed(), numeric(2))
+wall <- runs[1, ]
+cpu <- runs[2, ]
 
 num <- function(x) paste0("[", paste(sprintf("%.6f", x), collapse = ", "), "]")
 msgs <- m@optinfo$conv$lme4$messages
 cat(sprintf(
   paste0(
     "RESULT {\"engine_version\": \"lme4 %s (R %s.%s)\", \"nobs\": %d, ",
-    "\"times_s\": %s, \"cpu_s\": %s, \"evals\": %d, \"criterion\": %.10f, ",
+    "\"warmup_s\": %.6f, \"times_s\": %s, \"cpu_s\": %s, \"evals\": %d, \"criterion\": %.10f, ",
     "\"optimizer\": \"%s\", \"converged\": %s, \"rss_before_fit_mb\": %.1f}\n"
   ),
-  packageVersion("lme4"), R.version$major, R.version$minor, nobs(m),
+  packageVersion("lme4"), R.version$major, R.version$minor, nobs(m), warmup,
   num(wall), num(cpu), as.integer(m@optinfo$feval), REMLcrit(m),
   m@optinfo$optimizer, if (is.null(msgs)) "true" else "false", rss_before
 ))

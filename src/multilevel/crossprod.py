@@ -73,9 +73,7 @@ def _pair_block(
     la, lb = uniq // nb, uniq % nb
     rows = (la[:, None] * qa + np.arange(qa)[None, :])[:, :, None].repeat(qb, axis=2)
     cols = (lb[:, None] * qb + np.arange(qb)[None, :])[:, None, :].repeat(qa, axis=1)
-    return sp.csr_matrix(
-        (vals.ravel(), (rows.ravel(), cols.ravel())), shape=(na * qa, nb * qb)
-    )
+    return sp.csr_matrix((vals.ravel(), (rows.ravel(), cols.ravel())), shape=(na * qa, nb * qb))
 
 
 def cross_products(

@@ -61,7 +61,8 @@ def to_pandas(data: Any) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         return data
     if type(data).__module__.startswith("polars"):
-        return data.to_pandas()
+        # column by column: polars' own to_pandas() needs pyarrow
+        return pd.DataFrame({c: data[c].to_numpy() for c in data.columns})
     if isinstance(data, dict):
         return pd.DataFrame(data)
     raise DataError(f"data must be a pandas or polars DataFrame, not {type(data).__name__}")
@@ -449,8 +450,18 @@ def build_design(
     if n_dropped:
         messages.append(f"{n_dropped} rows with missing values were dropped")
     return Design(
-        parsed, y, np.ascontiguousarray(X), xspec, random, w, off, n_dropped, row_index,
-        specs, evaluator, messages,
+        parsed,
+        y,
+        np.ascontiguousarray(X),
+        xspec,
+        random,
+        w,
+        off,
+        n_dropped,
+        row_index,
+        specs,
+        evaluator,
+        messages,
     )
 
 
@@ -524,4 +535,6 @@ def _random_structure(rt: RandomTerm, values: dict[str, Value], n: int) -> Rando
             f"({len(labels) * Z.shape[1]}) for term {rt.text}; the random-effects "
             "parameters and the residual variance are probably unidentifiable"
         )
-    return RandomStructure(rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts])
+    return RandomStructure(
+        rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts]
+    )

@@ -198,7 +198,9 @@ class _Parser:
         if tok.kind == "name":
             name = tok.text[1:-1] if tok.text.startswith("`") else tok.text
             if name == ".":
-                raise self.error("'.' (all other columns) is not supported; name the columns", tok.pos)
+                raise self.error(
+                    "'.' (all other columns) is not supported; name the columns", tok.pos
+                )
             return Name(tok.pos, tok.end, name)
         if tok.kind == "number":
             return Num(tok.pos, tok.end, tok.text)

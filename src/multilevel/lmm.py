@@ -58,9 +58,7 @@ class Factorization:
 class ProfiledCriterion:
     """Evaluates the profiled deviance from precomputed cross-products."""
 
-    def __init__(
-        self, cp: CrossProducts, tmpl: list[Template], reml: bool, sum_log_w: float = 0.0
-    ):
+    def __init__(self, cp: CrossProducts, tmpl: list[Template], reml: bool, sum_log_w: float = 0.0):
         self.cp = cp
         self.tmpl = tmpl
         self.reml = reml
@@ -158,7 +156,12 @@ class ProfiledCriterion:
             return np.inf
         if self.reml:
             dof = self.n - self.p
-            return f.logdet_Z + f.logdet_X + dof * (1.0 + _LOG2PI + np.log(f.r2 / dof)) - self.sum_log_w
+            return (
+                f.logdet_Z
+                + f.logdet_X
+                + dof * (1.0 + _LOG2PI + np.log(f.r2 / dof))
+                - self.sum_log_w
+            )
         n = self.n
         return f.logdet_Z + n * (1.0 + _LOG2PI + np.log(f.r2 / n)) - self.sum_log_w
 

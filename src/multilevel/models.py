@@ -47,7 +47,12 @@ def lmer(
     if not parsed.random:
         raise_no_random(formula)
     design = build_design(
-        parsed, data, weights=weights, offset=offset, levels=levels, na_action=na_action,
+        parsed,
+        data,
+        weights=weights,
+        offset=offset,
+        levels=levels,
+        na_action=na_action,
         namespace=namespace,
     )
     return fit_design(design, REML=REML, start=start, data_name=_data_name(data))

@@ -49,8 +49,17 @@ class OptRecord:
         return getattr(self, key)
 
     def keys(self) -> list[str]:
-        return ["optimizer", "status", "converged", "evals", "criterion", "theta", "gradient",
-                "messages", "log"]
+        return [
+            "optimizer",
+            "status",
+            "converged",
+            "evals",
+            "criterion",
+            "theta",
+            "gradient",
+            "messages",
+            "log",
+        ]
 
 
 class _Logged:
@@ -106,8 +115,16 @@ def minimize_theta(
             "random-effects structure"
         )
     return OptRecord(
-        optimizer, status, converged, len(logged.values), fx, x, grad, messages,
-        logged.thetas, logged.values,
+        optimizer,
+        status,
+        converged,
+        len(logged.values),
+        fx,
+        x,
+        grad,
+        messages,
+        logged.thetas,
+        logged.values,
     )
 
 
@@ -148,7 +165,9 @@ def _brent(logged: _Logged, x0: float, lower: float, xtol: float) -> tuple[str, 
         else:
             break
     res = minimize_scalar(
-        lambda t: logged(np.array([t])), bounds=(lower, hi), method="bounded",
+        lambda t: logged(np.array([t])),
+        bounds=(lower, hi),
+        method="bounded",
         options={"xatol": xtol},
     )
     # the bounded method never evaluates the bound itself: a zero variance is

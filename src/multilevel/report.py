@@ -104,8 +104,11 @@ def correlation_block(names: list[str], corr: np.ndarray) -> str:
             row.append(f"{corr[i, j]:.3f}" if j < i else "")
         rows.append(row)
     widths = [max(len(c), 6) for c in col_names]
-    lines = [" " * max(len(r) for r in rows_names) + " " +
-             " ".join(c.ljust(w) for c, w in zip(col_names, widths, strict=True))]
+    lines = [
+        " " * max(len(r) for r in rows_names)
+        + " "
+        + " ".join(c.ljust(w) for c, w in zip(col_names, widths, strict=True))
+    ]
     rw = max(len(r) for r in rows_names)
     for row in rows:
         cells = [row[0].ljust(rw)]

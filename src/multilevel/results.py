@@ -90,13 +90,15 @@ class LmerFit:
 
     @property
     def se(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.vcov)), index=self.design.fixef_names,
-                         name="Std. Error")
+        return pd.Series(
+            np.sqrt(np.diag(self.vcov)), index=self.design.fixef_names, name="Std. Error"
+        )
 
     @property
     def tvalues(self) -> pd.Series:
-        return pd.Series(self._beta / self.se.to_numpy(), index=self.design.fixef_names,
-                         name="t value")
+        return pd.Series(
+            self._beta / self.se.to_numpy(), index=self.design.fixef_names, name="t value"
+        )
 
     @property
     def df_model(self) -> int:
@@ -124,8 +126,12 @@ class LmerFit:
             return self._crit
         n = self.nobs
         f = self._fac
-        return (f.logdet_Z + n * np.log(2 * np.pi * self._sigma2) + f.r2 / self._sigma2
-                - self.criterion.sum_log_w)
+        return (
+            f.logdet_Z
+            + n * np.log(2 * np.pi * self._sigma2)
+            + f.r2 / self._sigma2
+            - self.criterion.sum_log_w
+        )
 
     @property
     def aic(self) -> float:
@@ -181,8 +187,10 @@ class LmerFit:
                     if j == 0 or r.q == 1:
                         what = f"the variance of {r.cnames[j]!r} is estimated as 0"
                     else:
-                        what = (f"{r.cnames[j]!r} is perfectly correlated with the earlier "
-                                "columns (a correlation of ±1 or a zero variance)")
+                        what = (
+                            f"{r.cnames[j]!r} is perfectly correlated with the earlier "
+                            "columns (a correlation of ±1 or a zero variance)"
+                        )
                     msgs.append(f"{r.term.text}: {what}")
         return msgs
 
@@ -230,9 +238,7 @@ class LmerFit:
     @cached_property
     def ranef_condsd(self) -> dict[str, pd.DataFrame]:
         """Conditional standard deviations of the random effects, laid out as ranef."""
-        return self._by_group(
-            [np.sqrt(np.diagonal(v, axis1=1, axis2=2)) for v in self.condvar]
-        )
+        return self._by_group([np.sqrt(np.diagonal(v, axis1=1, axis2=2)) for v in self.condvar])
 
     @cached_property
     def coef(self) -> dict[str, pd.DataFrame]:
@@ -240,8 +246,9 @@ class LmerFit:
         out = {}
         fe = self.fixef
         for g, re in self.ranef.items():
-            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index,
-                              columns=fe.index)
+            df = pd.DataFrame(
+                np.tile(fe.to_numpy(), (len(re), 1)), index=re.index, columns=fe.index
+            )
             for c in re.columns:
                 if c in df.columns:
                     df[c] = df[c] + re[c]
@@ -357,8 +364,9 @@ class LmerFit:
         return LmerSummary(self)
 
     def __repr__(self) -> str:
-        return (f"<LmerFit {self.method}: {self.formula}; nobs={self.nobs}, "
-                f"loglik={self.loglik:.4f}>")
+        return (
+            f"<LmerFit {self.method}: {self.formula}; nobs={self.nobs}, loglik={self.loglik:.4f}>"
+        )
 
 
 class LmerSummary:

@@ -1,0 +1,36 @@
+"""Runner for ``glmm`` (PyPI; Rust core). Run under the benchmark venv.
+
+API used: ``glmm.fit(df, formula, reml=True)``; evaluations ``Fit.n_eval``
+(objective evaluations; gradient evaluations ``Fit.n_grad`` are reported in the
+note), criterion ``-2 * Fit.loglik`` (the REML criterion on a REML fit).
+"""
+
+from __future__ import annotations
+
+import warnings
+from importlib.metadata import version
+
+import pandas as pd
+
+import runner_common
+
+
+def fit(formula: str, df: pd.DataFrame) -> object:
+    import glmm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return glmm.fit(df, formula, reml=True)
+
+
+def info(m: object) -> runner_common.FitInfo:
+    return runner_common.FitInfo(
+        evals=int(m.n_eval),
+        criterion=-2.0 * float(m.loglik),
+        converged=bool(m.converged),
+        note=f"+{m.n_grad} gradient evals" if m.n_grad else "",
+    )
+
+
+if __name__ == "__main__":
+    runner_common.main(lambda: f"glmm {version('glmm')}", fit, info)

@@ -1,0 +1,88 @@
+"""Shared timing loop of the Python engine runners (``run_<engine>.py``).
+
+A runner is started by ``run.py`` in a fresh process, one per engine and case:
+
+    python run_ENGINE.py CASE_KEY REPEATS BUDGET_S
+
+It loads the case's data (not timed), fits once as a warm-up, then times
+``repeats`` whole fit calls with ``time.perf_counter`` (and CPU time with
+``time.process_time``, summed over all threads), and prints one line
+``RESULT {json}``. When the warm-up took long, the number of timed fits is cut
+to fit ``BUDGET_S`` seconds, but never below 3 (or ``repeats`` if smaller).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+import cases
+
+MIN_REPEATS = 3
+
+
+@dataclass
+class FitInfo:
+    evals: int | None  # criterion evaluations, as the engine reports them
+    criterion: float | None  # REML criterion (-2 * REML log-likelihood)
+    converged: bool | None = None
+    note: str = ""
+
+
+def vm_hwm_mb() -> float:
+    """Peak resident set size of this process so far, in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main(version: Callable[[], str], fit: Callable[[str, pd.DataFrame], Any], info: Callable[[Any], FitInfo]) -> None:
+    """Run one case: ``fit(formula, df)`` returns a model, ``info(model)`` reads it."""
+    key, repeats, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    case = cases.CASES[key]
+    try:
+        engine_version = version()
+        df = cases.load(case)
+        rss_before = vm_hwm_mb()
+        t0 = time.perf_counter()
+        model = fit(case.formula, df)  # warm-up
+        warm = time.perf_counter() - t0
+        n = repeats if warm * repeats <= budget else max(min(MIN_REPEATS, repeats), int(budget / warm))
+        wall, cpu = [], []
+        for _ in range(n):
+            c0, t0 = time.process_time(), time.perf_counter()
+            model = fit(case.formula, df)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        fi = info(model)
+    except Exception as exc:  # report any engine failure to the driver
+        traceback.print_exc()
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        sys.exit(1)
+    emit(
+        {
+            "engine_version": engine_version,
+            "nobs": len(df),
+            "warmup_s": warm,
+            "times_s": wall,
+            "cpu_s": cpu,
+            "evals": fi.evals,
+            "criterion": fi.criterion,
+            "converged": fi.converged,
+            "note": fi.note,
+            "rss_before_fit_mb": rss_before,
+        }
+    )
