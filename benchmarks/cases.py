@@ -44,7 +44,13 @@ CASES = {
             "hsb.csv",
             {"sector": ["Public", "Catholic"], "school": None},
         ),
-        Case("b", "sleepstudy", "Reaction ~ Days + (Days | Subject)", "sleepstudy.csv", {"Subject": None}),
+        Case(
+            "b",
+            "sleepstudy",
+            "Reaction ~ Days + (Days | Subject)",
+            "sleepstudy.csv",
+            {"Subject": None},
+        ),
         Case(
             "c",
             "penicillin",

@@ -11,7 +11,6 @@ import warnings
 from importlib.metadata import version
 
 import pandas as pd
-
 import runner_common
 
 

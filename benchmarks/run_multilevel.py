@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 import runner_common
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -23,7 +22,9 @@ if (SRC / "multilevel").is_dir():
 def version() -> str:
     import multilevel
 
-    return f"multilevel {getattr(multilevel, '__version__', '?')} ({Path(multilevel.__file__).parent})"
+    return (
+        f"multilevel {getattr(multilevel, '__version__', '?')} ({Path(multilevel.__file__).parent})"
+    )
 
 
 def fit(formula: str, df: pd.DataFrame) -> object:

@@ -21,9 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
 import cases
+import pandas as pd
 
 MIN_REPEATS = 3
 
@@ -49,7 +48,11 @@ def emit(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def main(version: Callable[[], str], fit: Callable[[str, pd.DataFrame], Any], info: Callable[[Any], FitInfo]) -> None:
+def main(
+    version: Callable[[], str],
+    fit: Callable[[str, pd.DataFrame], Any],
+    info: Callable[[Any], FitInfo],
+) -> None:
     """Run one case: ``fit(formula, df)`` returns a model, ``info(model)`` reads it."""
     key, repeats, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     case = cases.CASES[key]
@@ -60,7 +63,11 @@ def main(version: Callable[[], str], fit: Callable[[str, pd.DataFrame], Any], in
         t0 = time.perf_counter()
         model = fit(case.formula, df)  # warm-up
         warm = time.perf_counter() - t0
-        n = repeats if warm * repeats <= budget else max(min(MIN_REPEATS, repeats), int(budget / warm))
+        n = (
+            repeats
+            if warm * repeats <= budget
+            else max(min(MIN_REPEATS, repeats), int(budget / warm))
+        )
         wall, cpu = [], []
         for _ in range(n):
             c0, t0 = time.process_time(), time.perf_counter()

@@ -7,6 +7,7 @@ Public API::
     print(fit.summary())
 """
 
+from . import datasets
 from .errors import (
     ConvergenceWarning,
     DataError,

@@ -101,7 +101,9 @@ def cross_products(
     AFF = F.T @ F
     A1R = ARR = ARF = None
     if len(Zs) > 1:
-        offs = np.concatenate([[0], np.cumsum([nl * qq for nl, qq in zip(nlevels[1:], q[1:])])])
+        offs = np.concatenate(
+            [[0], np.cumsum([nl * qq for nl, qq in zip(nlevels[1:], q[1:], strict=True)])]
+        )
         Qr = int(offs[-1])
         A1R = sp.hstack(
             [

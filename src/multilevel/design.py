@@ -233,7 +233,9 @@ def _subset(value: Value, keep: np.ndarray) -> Value:
             return Categorical(codes, value.values, value.labels)
         remap = np.cumsum(used) - 1
         return Categorical(
-            remap[codes], value.values[used], [lab for lab, u in zip(value.labels, used) if u]
+            remap[codes],
+            value.values[used],
+            [lab for lab, u in zip(value.labels, used, strict=True) if u],
         )
     return Numeric(value.values[keep], value.suffixes)
 

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from scipy.linalg.lapack import dpotrf
 
+from . import batched
 from .covariance import Template
 from .crossprod import CrossProducts
 
@@ -65,14 +67,28 @@ class ProfiledCriterion:
         self.sum_log_w = sum_log_w
         self.n = cp.n
         self.p = cp.p
-        q1 = cp.q[0]
-        self._eye1 = np.eye(q1)
-        self._q1 = q1
+        self._q1 = cp.q[0]
+        self._tidx = [(t.rows, t.cols, t.offset, t.size) for t in tmpl]
+        # level-last layout for the batched kernels
+        self._D1 = np.ascontiguousarray(np.moveaxis(cp.D1, 0, -1))  # (q1, q1, n1)
+        self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
+        self._pairs = None
         if cp.A1R is not None:
             self._A1R = cp.A1R.tocsr()
             self._AR1 = self._A1R.T.tocsr()
-            rest_q = cp.q[1:]
-            self._rest_scalar = all(q == 1 for q in rest_q)
+            self._rest_scalar = all(q == 1 for q in cp.q[1:])
+            if self._q1 == 1:
+                self._pairs = _pair_products(self._A1R)
+            self._MRR = np.empty_like(cp.ARR)
+
+    def templates(self, theta: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for rows, cols, off, size in self._tidx:
+            q = int(rows.max()) + 1
+            T = np.zeros((q, q))
+            T[rows, cols] = theta[off : off + size]
+            out.append(T)
+        return out
 
     # -- Λ of the terms after the first --------------------------------------
     def _lambda_rest(self, T: list[np.ndarray]) -> sp.csr_matrix | np.ndarray:
@@ -86,60 +102,44 @@ class ProfiledCriterion:
             format="csr",
         )
 
-    def factor(self, theta: np.ndarray) -> Factorization | None:
-        """Blocked Cholesky at θ; None where a block is not positive definite."""
+    def factor(self, theta: np.ndarray, keep: bool = False) -> Factorization | None:
+        """Blocked Cholesky at θ; None where a block is not positive definite.
+
+        Work buffers are reused between evaluations; ``keep=True`` copies them
+        so that the factorization stays valid after further evaluations."""
         cp = self.cp
-        T = [t.matrix(theta) for t in self.tmpl]
+        T = self.templates(theta)
         T1 = T[0]
+        m = self.p + 1
         if self._q1 == 1:
             t = T1[0, 0]
-            s = t * t * cp.D1[:, 0, 0] + 1.0
-            l1 = np.sqrt(s)
-            L1 = l1[:, None, None]
-            W = (t / l1)[:, None, None]
-            C1F = W * cp.B1F
+            l1 = np.sqrt(t * t * self._D1[0, 0] + 1.0)
+            w = t / l1
+            L1 = l1[None, None, :]
+            W = w[None, None, :]
+            C1F = (w * self._B1F[0])[None]
             logdet = 2.0 * np.log(l1).sum()
         else:
-            S = T1.T @ cp.D1 @ T1 + self._eye1
-            try:
-                L1 = np.linalg.cholesky(S)
-            except np.linalg.LinAlgError:
+            S = np.einsum("ai,ijn,jb->abn", T1.T, self._D1, T1)
+            S[np.diag_indices(self._q1)] += 1.0
+            L1 = batched.cholesky(S)
+            if L1 is None:
                 return None
-            W = np.linalg.solve(L1, np.broadcast_to(T1.T, S.shape))
-            C1F = W @ cp.B1F
-            logdet = 2.0 * np.log(np.diagonal(L1, axis1=1, axis2=2)).sum()
-        m = self.p + 1
-        flat = C1F.reshape(-1, m)
-        MFF = cp.AFF - flat.T @ flat
+            W = batched.solve_lower(L1, T1.T)
+            C1F = np.einsum("abn,bmn->amn", W, self._B1F)
+            logdet = 2.0 * np.log(np.diagonal(L1)).sum()
+        flat = C1F.transpose(1, 0, 2).reshape(m, -1)
+        MFF = cp.AFF - flat @ flat.T
         LR = CRF = LamR = None
         if cp.ARR is not None:
-            V = np.swapaxes(W, 1, 2) @ W  # T₁ S₁ᵢ⁻¹ T₁ᵀ per level
-            if self._q1 == 1:
-                VA = self._A1R.multiply(V[:, 0, 0][:, None]).tocsr()
-                VB = V[:, 0, 0][:, None] * cp.B1F[:, 0, :]
-            else:
-                n1 = V.shape[0]
-                Vb = sp.bsr_matrix(
-                    (V, np.arange(n1), np.arange(n1 + 1)), shape=(n1 * self._q1, n1 * self._q1)
-                )
-                VA = (Vb @ self._A1R).tocsr()
-                VB = (V @ cp.B1F).reshape(-1, m)
-            H = (self._AR1 @ VA).toarray()
-            MRR = cp.ARR - H
-            MRF = cp.ARF - self._AR1 @ VB
             LamR = self._lambda_rest(T)
-            if isinstance(LamR, np.ndarray):
-                MRR = MRR * LamR[:, None] * LamR[None, :]
-                MRF = MRF * LamR[:, None]
-            else:
-                MRR = (LamR.T @ (LamR.T @ MRR).T).T
-                MRF = LamR.T @ MRF
-            MRR[np.diag_indices_from(MRR)] += 1.0
-            try:
-                LR = sla.cholesky(MRR, lower=True, check_finite=False)
-            except np.linalg.LinAlgError:
+            MRR, MRF = self._rest_schur(W, LamR)
+            LR, info = dpotrf(MRR, lower=1, clean=0, overwrite_a=1)
+            if info != 0:
                 return None
             logdet += 2.0 * np.log(np.diag(LR)).sum()
+            if keep:
+                LR = np.tril(LR)
             CRF = sla.solve_triangular(LR, MRF, lower=True, check_finite=False)
             MFF = MFF - CRF.T @ CRF
         try:
@@ -149,7 +149,54 @@ class ProfiledCriterion:
         d = np.diag(LFF)
         r2 = float(d[-1] ** 2)
         logdet_X = float(2.0 * np.log(d[:-1]).sum())
-        return Factorization(theta, T, L1, W, C1F, LR, CRF, LamR, LFF, float(logdet), logdet_X, r2)
+        return Factorization(
+            theta,
+            T,
+            batched.to_levels_first(L1),
+            batched.to_levels_first(W),
+            batched.to_levels_first(C1F),
+            LR,
+            CRF,
+            LamR,
+            LFF,
+            float(logdet),
+            logdet_X,
+            r2,
+        )
+
+    def _rest_schur(self, W: np.ndarray, LamR) -> tuple[np.ndarray, np.ndarray]:
+        """Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I and Λ_Rᵀ(A_RF − A_R1 V B_1F),
+        V = blockdiag(WᵢᵀWᵢ) = blockdiag(T₁ S₁ᵢ⁻¹ T₁ᵀ)."""
+        cp = self.cp
+        m = self.p + 1
+        MRR = self._MRR
+        if self._q1 == 1:
+            v = W[0, 0] ** 2
+            # only the lower triangle: LAPACK's potrf reads no more
+            np.subtract(cp.ARR, self._pairs(v), out=MRR)
+            if not self._rest_scalar:  # Λ_R mixes columns: needs both triangles
+                upper = np.triu_indices(MRR.shape[0], 1)
+                MRR[upper] = MRR.T[upper]
+            VB = (v * self._B1F[0]).T
+        else:
+            V = np.einsum("kan,kbn->nab", W, W)
+            n1 = V.shape[0]
+            Vb = sp.bsr_matrix(
+                (V, np.arange(n1), np.arange(n1 + 1)), shape=(n1 * self._q1, n1 * self._q1)
+            )
+            H = (self._AR1 @ (Vb @ self._A1R).tocsr()).toarray()
+            np.subtract(cp.ARR, H, out=MRR)
+            VB = np.einsum("abn,bmn->nam", V.transpose(1, 2, 0), self._B1F).reshape(-1, m)
+        MRF = cp.ARF - self._AR1 @ VB
+        if isinstance(LamR, np.ndarray):
+            MRR *= LamR[:, None]
+            MRR *= LamR[None, :]
+            MRF = MRF * LamR[:, None]
+        else:
+            MRR[:] = (LamR.T @ (LamR.T @ MRR).T).T
+            MRF = LamR.T @ MRF
+        MRR[np.diag_indices_from(MRR)] += 1.0
+        return MRR, MRF
 
     def value(self, f: Factorization) -> float:
         if f.r2 <= 0:
@@ -227,3 +274,36 @@ class ProfiledCriterion:
                 Tk = f.T[k]
                 out.append(Tk @ Mk @ Tk.T)
         return out
+
+
+def _pair_products(A: sp.csr_matrix):
+    """For a scalar first term: H(v) = Aᵀ diag(v) A as a linear map of v.
+
+    Every row of A (a level of the first factor) contributes v_s a_s a_sᵀ;
+    the products of its nonzeros are formed once, so that each evaluation is a
+    single sparse matrix-vector product.  Only the lower triangle is kept.
+    """
+    n1, Q = A.shape
+    cnt = np.diff(A.indptr)
+    rows = np.repeat(np.arange(n1), cnt)
+    # every nonzero e paired with every nonzero of its row
+    per = cnt[rows]
+    e1 = np.repeat(np.arange(A.nnz), per)
+    block_start = np.repeat(np.cumsum(per) - per, per)
+    e2 = A.indptr[rows[e1]] + (np.arange(e1.size) - block_start)
+    c1, c2 = A.indices[e1], A.indices[e2]
+    keep = c1 >= c2
+    key = c1[keep].astype(np.int64) * Q + c2[keep]
+    K = sp.csr_matrix(
+        (A.data[e1[keep]] * A.data[e2[keep]], (key, rows[e1[keep]])), shape=(Q * Q, n1)
+    )
+    K.sum_duplicates()
+    nonempty = np.flatnonzero(np.diff(K.indptr))
+    K = K[nonempty]
+    out = np.zeros(Q * Q)
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        out[nonempty] = K @ v
+        return out.reshape(Q, Q)
+
+    return apply

@@ -41,7 +41,7 @@ class LmerFit:
         self.REML = REML
         self.data_name = data_name
         self.formula = design.formula.text
-        fac = criterion.factor(record.theta)
+        fac = criterion.factor(record.theta, keep=True)
         if fac is None:  # pragma: no cover - the optimum is always factorable
             raise RuntimeError("the optimum is not positive definite")
         self._fac = fac

@@ -1,0 +1,301 @@
+"""Benchmark driver: time LMM fits of several engines side by side.
+
+    python benchmarks/run.py [--cases a,b,c,d,e] [--repeats N]
+                             [--engines multilevel,lme4,glmm,mixedlm]
+
+Every (case, engine, thread setting) runs in a fresh subprocess, one after the
+other; the subprocess's peak RSS comes from ``os.wait4``. Results are printed
+as a table and written to ``benchmarks/results/latest.json``. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import cases  # noqa: E402
+import sysload  # noqa: E402
+
+BENCH_PYTHON = os.environ.get("BENCH_PYTHON", "/work/benchenv/bin/python")
+PROJECT_PYTHON = os.environ.get("BENCH_PROJECT_PYTHON", sys.executable)
+RSCRIPT = os.environ.get("BENCH_RSCRIPT", "Rscript")
+BUSY_WARN = 0.10  # flag runs during which other processes used more CPU than this
+THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    kind: str  # "python" or "r"
+    interpreter: str
+    script: str
+    threaded: bool = True  # run once per --threads setting
+    unsupported: dict[str, str] = field(default_factory=dict)  # case key -> reason
+
+    def command(self, case: cases.Case, repeats: int, budget: float) -> list[str]:
+        if self.kind == "r":
+            csv = str(case.csv_path())
+            return [
+                self.interpreter,
+                str(HERE / self.script),
+                csv,
+                case.formula,
+                cases.factor_spec(case),
+            ] + [
+                str(repeats),
+                str(budget),
+            ]
+        return [self.interpreter, str(HERE / self.script), case.key, str(repeats), str(budget)]
+
+    def missing(self) -> str | None:
+        """Why this engine cannot run at all, or None."""
+        if shutil.which(self.interpreter) is None and not Path(self.interpreter).exists():
+            return f"interpreter {self.interpreter!r} not found"
+        return None
+
+
+ENGINES = {
+    e.name: e
+    for e in [
+        Engine("multilevel", "python", PROJECT_PYTHON, "run_multilevel.py"),
+        # Debian's R links the reference BLAS, which is single-threaded.
+        Engine("lme4", "r", RSCRIPT, "run_lme4.R", threaded=False),
+        Engine("glmm", "python", BENCH_PYTHON, "run_glmm.py"),
+        Engine("mixedlm", "python", BENCH_PYTHON, "run_mixedlm.py"),
+    ]
+}
+
+
+@dataclass
+class Proc:
+    code: int
+    out: str
+    err: str
+    peak_mb: float  # peak RSS of the process (and its waited-for children)
+    others_busy: float  # share of all cores used by other processes meanwhile
+
+
+def run_subprocess(cmd: list[str], env: dict[str, str], timeout: float) -> Proc:
+    """Run ``cmd`` in a new session, killed after ``timeout`` seconds."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        b0, t0 = sysload.busy_seconds(), time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, env=env, cwd=HERE, start_new_session=True
+        )
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - t0
+        others = sysload.busy_seconds() - b0 - usage.ru_utime - usage.ru_stime
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Proc(
+            proc.returncode,
+            out.read(),
+            err.read(),
+            usage.ru_maxrss / 1024,
+            max(0.0, others) / (wall * sysload.NCPU),
+        )
+
+
+def parse_result(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return None
+
+
+def run_one(
+    engine: Engine, case: cases.Case, threads: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "case": case.key,
+        "case_name": case.name,
+        "engine": engine.name,
+        "threads": threads,
+    }
+    if case.key in engine.unsupported:
+        return rec | {"status": "unsupported", "reason": engine.unsupported[case.key]}
+    env = dict(os.environ)
+    if threads == "1":
+        env.update({v: "1" for v in THREAD_VARS})
+    if args.native_blas:
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    if args.idle_threshold < 1:
+        rec["busy_before"] = sysload.wait_idle(args.idle_threshold, args.idle_wait)
+    p = run_subprocess(engine.command(case, args.repeats, args.budget), env, args.timeout)
+    rec["others_busy"] = p.others_busy
+    res = parse_result(p.out)
+    if res is None or "error" in res or p.code != 0:
+        why = (res or {}).get("error") or (p.err.strip().splitlines() or [f"exit {p.code}"])[-1]
+        if p.code == -signal.SIGKILL:
+            why = f"killed after the {args.timeout:.0f} s timeout"
+        return rec | {"status": "error", "reason": why, "stderr_tail": p.err[-2000:]}
+    med = statistics.median(res["times_s"])
+    evals = res.get("evals")
+    return rec | {
+        "status": "ok",
+        **res,
+        "median_s": med,
+        "cpu_median_s": statistics.median(res["cpu_s"]),
+        "repeats": len(res["times_s"]),
+        "ms_per_eval": 1000 * med / evals if evals else None,
+        "peak_mb": p.peak_mb,
+    }
+
+
+def add_ratios(results: list[dict[str, Any]], baseline: str) -> None:
+    """ratio = engine median / baseline median (same case; same threads if the baseline has it)."""
+    base = {
+        (r["case"], r["threads"]): r["median_s"]
+        for r in results
+        if r["engine"] == baseline and r["status"] == "ok"
+    }
+    for r in results:
+        if r["status"] != "ok":
+            continue
+        b = base.get((r["case"], r["threads"])) or base.get((r["case"], "default"))
+        r["ratio"] = r["median_s"] / b if b else None
+        best = min(
+            x["criterion"]
+            for x in results
+            if x["case"] == r["case"] and x.get("criterion") is not None
+        )
+        r["crit_minus_best"] = None if r.get("criterion") is None else r["criterion"] - best
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+# (header, width, cell) for the table; cell() reads one ok result.
+COLUMNS: list[tuple[str, int, Any]] = [
+    ("median ms", 11, lambda r: f"{r['median_s'] * 1000:.2f}"),
+    ("cpu/wall", 9, lambda r: f"{r['cpu_median_s'] / r['median_s']:.2f}"),
+    ("n", 3, lambda r: str(r["repeats"])),
+    ("evals", 6, lambda r: fmt(r["evals"], "d")),
+    ("ms/eval", 9, lambda r: fmt(r["ms_per_eval"], ".3f")),
+    ("peak MB", 8, lambda r: f"{r['peak_mb']:.0f}"),
+    ("+fit MB", 8, lambda r: f"{r['peak_mb'] - r['rss_before_fit_mb']:.0f}"),
+    ("crit-best", 10, lambda r: fmt(r["crit_minus_best"], ".1e")),
+]
+
+
+def print_table(results: list[dict[str, Any]], baseline: str) -> None:
+    cols = COLUMNS + [(f"x {baseline}", 13, lambda r: fmt(r["ratio"], ".2f"))]
+    head = f"{'engine':<11}{'thr':>4}" + "".join(f"{h:>{w}}" for h, w, _ in cols)
+    for key in dict.fromkeys(r["case"] for r in results):
+        case = cases.CASES[key]
+        print(f"\n({key}) {case.name}: {case.formula}")
+        print(head)
+        for r in (r for r in results if r["case"] == key):
+            label = f"{r['engine']:<11}{r['threads']:>4}"
+            if r["status"] != "ok":
+                print(f"{label}  {r['status'].upper()}: {r['reason']}")
+                continue
+            flags = "" if r.get("converged") in (True, None) else "  (not converged)"
+            if r["others_busy"] > BUSY_WARN:
+                flags += f"  (!) other processes used {r['others_busy']:.0%} of the CPUs"
+            print(label + "".join(f"{cell(r):>{w}}" for _, w, cell in cols) + flags)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--cases", default=",".join(cases.CASES), help="comma-separated case keys (default: all)"
+    )
+    ap.add_argument(
+        "--engines", default=",".join(ENGINES), help="comma-separated engines (default: all)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="timed fits after one warm-up (default 5)"
+    )
+    ap.add_argument(
+        "--budget", type=float, default=120.0, help="seconds per run; fewer (>=3) fits if exceeded"
+    )
+    ap.add_argument(
+        "--threads", default="default,1", help="'default', '1' or both (threaded engines)"
+    )
+    ap.add_argument("--baseline", default="multilevel", help="engine the ratios divide by")
+    ap.add_argument(
+        "--timeout", type=float, default=1800.0, help="kill one run after this many seconds"
+    )
+    ap.add_argument(
+        "--native-blas", action="store_true", help="unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE"
+    )
+    ap.add_argument(
+        "--idle-threshold",
+        type=float,
+        default=0.15,
+        help="before each run, wait until less than this share of the CPUs is busy (1 = no wait)",
+    )
+    ap.add_argument("--idle-wait", type=float, default=300.0, help="give up waiting after N s")
+    ap.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
+    args = ap.parse_args()
+
+    keys = [k.strip() for k in args.cases.split(",") if k.strip()]
+    names = [e.strip() for e in args.engines.split(",") if e.strip()]
+    modes = [t.strip() for t in args.threads.split(",") if t.strip()]
+    for k in keys:
+        cases.CASES[k].csv_path()  # generate simulated data before any timing
+    results: list[dict[str, Any]] = []
+    for key in keys:
+        case = cases.CASES[key]
+        for name in names:
+            engine = ENGINES[name]
+            why = engine.missing()
+            for threads in modes if engine.threaded else ["default"]:
+                print(f"running ({key}) {name} threads={threads} ...", file=sys.stderr, flush=True)
+                if why:
+                    rec = {"case": key, "case_name": case.name, "engine": name, "threads": threads}
+                    results.append(rec | {"status": "skipped", "reason": why})
+                else:
+                    results.append(run_one(engine, case, threads, args))
+                if results[-1]["status"] != "ok":
+                    print(
+                        f"  {results[-1]['status']}: {results[-1]['reason']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    add_ratios(results, args.baseline)
+    print_table(results, args.baseline)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "processor": platform.machine(),
+        },
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "formulas": {k: cases.CASES[k].formula for k in keys},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
