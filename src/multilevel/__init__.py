@@ -30,6 +30,7 @@ __all__ = [
     "ModelError",
     "MultilevelError",
     "SingularFitWarning",
+    "datasets",
     "lmer",
     "parse_formula",
 ]

@@ -18,15 +18,24 @@ def cholesky(S: np.ndarray) -> np.ndarray | None:
     q = S.shape[0]
     L = np.zeros_like(S)
     for j in range(q):
-        d = S[j, j] - np.einsum("kn,kn->n", L[j, :j], L[j, :j]) if j else S[j, j].copy()
+        d = S[j, j] - _dot(L[j, :j], L[j, :j])
         if not (d > 0).all():
             return None
         ljj = np.sqrt(d)
         L[j, j] = ljj
         for i in range(j + 1, q):
-            s = S[i, j] - np.einsum("kn,kn->n", L[i, :j], L[j, :j]) if j else S[i, j]
-            L[i, j] = s / ljj
+            L[i, j] = (S[i, j] - _dot(L[i, :j], L[j, :j])) / ljj
     return L
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
+    """Σ_k a[k] * b[k] over a short leading axis (0 when it is empty)."""
+    k = a.shape[0]
+    if k == 0:
+        return 0.0
+    if k == 1:
+        return a[0] * b[0]
+    return np.einsum("kn,kn->n", a, b)
 
 
 def solve_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -36,8 +45,12 @@ def solve_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     X = np.empty((q, B.shape[1], n))
     for i in range(q):
         rhs = B[i] if B.ndim == 3 else B[i][:, None]
-        acc = rhs - np.einsum("kn,krn->rn", L[i, :i], X[:i]) if i else rhs
-        X[i] = acc / L[i, i]
+        if i == 0:
+            X[i] = rhs / L[i, i]
+        elif i == 1:
+            X[i] = (rhs - L[i, 0] * X[0]) / L[i, i]
+        else:
+            X[i] = (rhs - np.einsum("kn,krn->rn", L[i, :i], X[:i])) / L[i, i]
     return X
 
 

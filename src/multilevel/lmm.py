@@ -30,7 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-from scipy.linalg.lapack import dpotrf
+
+# LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
+from scipy.linalg.lapack import dpotrf, dtrtri
 
 from . import batched
 from .covariance import Template
@@ -45,9 +47,10 @@ class Factorization:
 
     theta: np.ndarray
     T: list[np.ndarray]
-    L1: np.ndarray  # (n1, q1, q1)
-    W: np.ndarray  # (n1, q1, q1) L1⁻¹ T₁ᵀ
-    C1F: np.ndarray  # (n1, q1, m)
+    # first term, level-last (see multilevel.batched)
+    L1: np.ndarray  # (q1, q1, n1)
+    W: np.ndarray  # (q1, q1, n1) L1⁻¹ T₁ᵀ
+    C1F: np.ndarray  # (q1, m, n1)
     LR: np.ndarray | None  # (Q_r, Q_r) lower
     CRF: np.ndarray | None  # (Q_r, m)
     LambdaR: sp.csr_matrix | None
@@ -152,9 +155,9 @@ class ProfiledCriterion:
         return Factorization(
             theta,
             T,
-            batched.to_levels_first(L1),
-            batched.to_levels_first(W),
-            batched.to_levels_first(C1F),
+            L1,
+            W,
+            C1F,
             LR,
             CRF,
             LamR,
@@ -216,22 +219,83 @@ class ProfiledCriterion:
         f = self.factor(np.asarray(theta, dtype=float))
         return np.inf if f is None else self.value(f)
 
+    @property
+    def has_gradient(self) -> bool:
+        """Analytic gradients are implemented for one random-effects term."""
+        return self.cp.ARR is None
+
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Criterion and its exact gradient in θ (one random-effects term).
+
+        With Sᵢ = TᵀDᵢT + I, R = Sᵢ⁻¹Tᵀ, the conditional modes uᵢ = R Zᵢᵀ(y − Xβ̂)
+        and the residual cross-products Zᵢᵀr = Zᵢᵀ(y − Xβ̂) − DᵢTuᵢ, for the
+        entry (r, c) of T:
+          ∂ log|L_Z|² = 2 [Σᵢ R Dᵢ]_{c,r}
+          ∂ log|R_X|² = −2 [Σᵢ R Qᵢ − R Qᵢ Rᵀ Tᵀ Dᵢ]_{c,r},  Qᵢ = B_Xᵢ (R_XᵀR_X)⁻¹ B_Xᵢᵀ
+          ∂ r²        = −2 [Σᵢ uᵢ (Zᵢᵀr)ᵀ]_{c,r}
+        (envelope theorem for r²: β̂ and u minimise the penalized sum of squares).
+        """
+        theta = np.asarray(theta, dtype=float)
+        f = self.factor(theta)
+        g = np.zeros(theta.size)
+        if f is None:
+            return np.inf, g
+        val = self.value(f)
+        p = self.p
+        T = f.T[0]
+        q = T.shape[0]
+        D, B = self._D1, self._B1F
+        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
+        beta = LXinv.T @ f.LFF[p, :p]
+        P = LXinv.T @ LXinv
+        if q == 1:
+            l1 = f.L1[0, 0]
+            R = (f.W[0, 0] / l1)[None, None]
+        else:
+            Linv = batched.solve_lower(f.L1, np.eye(q))
+            R = np.einsum("kan,kbn->abn", Linv, f.W)
+        z = np.append(-beta, 1.0)
+        c = np.einsum("amn,m->an", B, z)
+        u = np.einsum("abn,bn->an", R, c)
+        Zr = c - np.einsum("abn,bn->an", D, T @ u)
+        A1 = np.einsum("abn,bcn->ac", R, D)
+        A3 = u @ Zr.T
+        BXP = np.einsum("apn,pr->arn", B[:, :p], P)
+        Q = np.einsum("arn,brn->abn", BXP, B[:, :p])
+        RQ = np.einsum("abn,bcn->acn", R, Q)
+        Y = np.einsum("acn,dcn->adn", RQ, R)
+        YT = np.einsum("adn,ed->aen", Y, T)
+        A2 = RQ.sum(axis=-1) - np.einsum("aen,efn->af", YT, D)
+        rows, cols, _, _ = self._tidx[0]
+        dZ = 2.0 * A1[cols, rows]
+        dr2 = -2.0 * A3[cols, rows]
+        if self.reml:
+            dX = -2.0 * A2[cols, rows]
+            g[:] = dZ + dX + (self.n - p) * dr2 / f.r2
+        else:
+            g[:] = dZ + self.n * dr2 / f.r2
+        return val, g
+
     # -- estimates at a θ ---------------------------------------------------------
     def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
         """β̂ and the spherical conditional modes u (per term, (n_k, q_k))."""
         p = self.p
         cp = self.cp
         LFF = f.LFF
-        beta = sla.solve_triangular(LFF[:p, :p].T, LFF[p, :p], lower=False, check_finite=False)
+        LXinv, _ = dtrtri(LFF[:p, :p], lower=1)
+        W = batched.to_levels_first(f.W)
+        C1F = batched.to_levels_first(f.C1F)
+        L1 = batched.to_levels_first(f.L1)
+        beta = LXinv.T @ LFF[p, :p]
         us: list[np.ndarray] = []
-        rhs1 = f.C1F[:, :, p] - f.C1F[:, :, :p] @ beta
+        rhs1 = C1F[:, :, p] - C1F[:, :, :p] @ beta
         if f.LR is not None:
             cR = f.CRF[:, p] - f.CRF[:, :p] @ beta
             uR = sla.solve_triangular(f.LR.T, cR, lower=False, check_finite=False)
             LamU = f.LambdaR * uR if isinstance(f.LambdaR, np.ndarray) else f.LambdaR @ uR
             AU = (self._A1R @ LamU).reshape(-1, self._q1)
-            rhs1 = rhs1 - np.einsum("iab,ib->ia", f.W, AU)
-        u1 = np.linalg.solve(np.swapaxes(f.L1, 1, 2), rhs1[:, :, None])[:, :, 0]
+            rhs1 = rhs1 - np.einsum("iab,ib->ia", W, AU)
+        u1 = np.linalg.solve(np.swapaxes(L1, 1, 2), rhs1[:, :, None])[:, :, 0]
         us.append(u1)
         if f.LR is not None:
             offs = cp.rest_offsets
@@ -243,7 +307,8 @@ class ProfiledCriterion:
         """Diagonal blocks of Λ (ΛᵀZᵀZΛ + I)⁻¹ Λᵀ per term: (n_k, q_k, q_k), to be
         multiplied by σ²."""
         cp = self.cp
-        L1inv = np.linalg.inv(f.L1)
+        W = batched.to_levels_first(f.W)
+        L1inv = np.linalg.inv(batched.to_levels_first(f.L1))
         M1 = np.swapaxes(L1inv, 1, 2) @ L1inv  # (L1 L1ᵀ)⁻¹ per level
         out = []
         if f.LR is not None:
@@ -252,8 +317,8 @@ class ProfiledCriterion:
             Lam = f.LambdaR
             C1R = (
                 sp.bsr_matrix(
-                    (f.W, np.arange(len(f.W)), np.arange(len(f.W) + 1)),
-                    shape=(f.W.shape[0] * self._q1,) * 2,
+                    (W, np.arange(len(W)), np.arange(len(W) + 1)),
+                    shape=(W.shape[0] * self._q1,) * 2,
                 )
                 @ self._A1R
             )

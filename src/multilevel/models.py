@@ -88,7 +88,12 @@ def fit_design(
     crit = ProfiledCriterion(cp, tmpl, REML, sum_log_w)
     x0 = np.concatenate([t.initial() for t in tmpl]) if start is None else np.asarray(start, float)
     lower = np.concatenate([t.lower_bounds() for t in tmpl])
-    record = minimize_theta(crit, x0, lower)
+    record = minimize_theta(
+        crit,
+        x0,
+        lower,
+        value_and_gradient=crit.value_and_gradient if crit.has_gradient else None,
+    )
     fit = LmerFit(design, crit, record, REML=REML, data_name=data_name)
     for msg in record.messages:
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)

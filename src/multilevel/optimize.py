@@ -1,8 +1,10 @@
 """Bounded minimisation of a profiled criterion over θ, with a record.
 
-BOBYQA (Powell's bounded quadratic-model method, through nlopt) does the
-search; bounded Brent is used for a single parameter, where BOBYQA's
-quadratic model is degenerate.  Every evaluation is logged.  Afterwards the
+Where the criterion comes with its exact gradient (one random-effects term), a
+bounded quasi-Newton method (BFGS) does the search in a few dozen
+evaluations.  Otherwise BOBYQA (Powell's bounded quadratic-model method,
+through nlopt) does it; bounded Brent is used for a single parameter, where
+BOBYQA's quadratic model is degenerate.  Every evaluation is logged.  Afterwards the
 gradient is checked by central differences: an optimum is reported only when
 the free parameters' gradient is small, and parameters on their bound (a
 variance of zero) are reported as a boundary fit, not as a failure.
@@ -64,16 +66,15 @@ class OptRecord:
 
 
 class _Logged:
-    def __init__(self, fun: Callable[[np.ndarray], float]):
+    def __init__(self, fun: Callable[[np.ndarray], float], fg=None):
         self.fun = fun
+        self.fg = fg
         self.thetas: list[np.ndarray] = []
         self.values: list[float] = []
         self.best = math.inf
         self.best_x: np.ndarray | None = None
 
-    def __call__(self, x: np.ndarray, grad: np.ndarray | None = None) -> float:
-        x = np.array(x, dtype=float)
-        v = float(self.fun(x))
+    def _log(self, x: np.ndarray, v: float) -> float:
         if not math.isfinite(v):
             v = 1e300
         self.thetas.append(x)
@@ -82,20 +83,32 @@ class _Logged:
             self.best, self.best_x = v, x
         return v
 
+    def __call__(self, x: np.ndarray, grad: np.ndarray | None = None) -> float:
+        x = np.array(x, dtype=float)
+        return self._log(x, float(self.fun(x)))
+
+    def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        x = np.array(x, dtype=float)
+        v, g = self.fg(x)
+        return self._log(x, float(v)), np.asarray(g, dtype=float)
+
 
 def minimize_theta(
     fun: Callable[[np.ndarray], float],
     x0: np.ndarray,
     lower: np.ndarray,
     *,
+    value_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
     xtol: float = 1e-10,
     ftol: float = 1e-12,
     maxeval: int = 100_000,
 ) -> OptRecord:
     """Minimise ``fun`` over θ ≥ lower (elementwise) from x0."""
-    logged = _Logged(fun)
+    logged = _Logged(fun, value_and_gradient)
     x0 = np.asarray(x0, dtype=float)
-    if x0.size == 1:
+    if value_and_gradient is not None:
+        optimizer, status = _bfgs(logged, x0, lower, maxeval)
+    elif x0.size == 1:
         optimizer, status = _brent(logged, float(x0[0]), float(lower[0]), xtol)
     else:
         optimizer, status = _bobyqa(logged, x0, lower, xtol, ftol, maxeval)
@@ -127,6 +140,68 @@ def minimize_theta(
         logged.thetas,
         logged.values,
     )
+
+
+def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> tuple[str, str]:
+    """Bounded BFGS with backtracking (Armijo) line search.
+
+    A diagonal θ on its bound 0 has zero gradient by symmetry (the criterion is
+    even in it), so a step that would reach the bound is cut to a tenth of the
+    remaining distance: bounds are approached geometrically and reached only
+    by the final snap, when that does not raise the criterion.
+    """
+    x = x0.copy()
+    f, g = logged.value_grad(x)
+    n = x.size
+    bounded = np.isfinite(lower)
+    Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(g)))
+    status = "MAXEVAL_REACHED"
+    for it in range(maxeval):
+        active = bounded & (x <= lower) & (g >= 0)
+        pg = np.where(active, 0.0, g)
+        if np.max(np.abs(pg)) < 1e-6:
+            status = "CONVERGED"
+            break
+        d = -Hinv @ pg
+        d[active] = 0.0
+        if d @ pg >= 0:  # curvature information went bad: restart from steepest descent
+            Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(pg)))
+            d = -Hinv @ pg
+            d[active] = 0.0
+        length = np.linalg.norm(d)
+        if length > 1.0:  # θ is a ratio of standard deviations: steps of order 1
+            d *= 1.0 / length
+        t = 1.0
+        while True:
+            xn = x + t * d
+            hit = bounded & (xn <= lower) & (x > lower)
+            xn[hit] = lower[hit] + 0.1 * (x[hit] - lower[hit])
+            fn, gn = logged.value_grad(xn)
+            if fn <= f + 1e-4 * (g @ (xn - x)) or t < 1e-10:
+                break
+            t *= 0.5
+        if fn > f or len(logged.values) >= maxeval:
+            status = "CONVERGED" if fn > f else "MAXEVAL_REACHED"
+            break
+        s, y = xn - x, gn - g
+        df = f - fn
+        x, f, g = xn, fn, gn
+        sy = s @ y
+        if sy > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
+            if it == 0:
+                Hinv = np.eye(n) * sy / (y @ y)
+            rho = 1.0 / sy
+            V = np.eye(n) - rho * np.outer(s, y)
+            Hinv = V @ Hinv @ V.T + rho * np.outer(s, s)
+        if df < 1e-13 * (1 + abs(f)) and np.max(np.abs(s)) < 1e-8:
+            status = "CONVERGED"
+            break
+    near = bounded & (x - lower < BOUNDARY_TOL) & (x > lower)
+    if near.any():
+        xs = x.copy()
+        xs[near] = lower[near]
+        logged.value_grad(xs)  # kept as the optimum if not worse
+    return "bfgs", status
 
 
 def _bobyqa(logged: _Logged, x0, lower, xtol, ftol, maxeval) -> tuple[str, str]:
@@ -220,6 +295,13 @@ def _polish(
 
 def _hessian(logged: _Logged, x: np.ndarray, idx: np.ndarray, h: float = 1e-4) -> np.ndarray:
     k = idx.size
+    if logged.fg is not None:  # differences of the exact gradient
+        H = np.zeros((k, k))
+        for a in range(k):
+            e = np.zeros_like(x)
+            e[idx[a]] = h
+            H[a] = (logged.value_grad(x + e)[1][idx] - logged.value_grad(x - e)[1][idx]) / (2 * h)
+        return 0.5 * (H + H.T)
     H = np.zeros((k, k))
     f0 = logged(x)
     for a in range(k):  # a few parameters, not rows or groups
@@ -241,6 +323,8 @@ def _hessian(logged: _Logged, x: np.ndarray, idx: np.ndarray, h: float = 1e-4) -
 
 
 def _gradient(logged: _Logged, x: np.ndarray, lower: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    if logged.fg is not None:
+        return np.asarray(logged.fg(x)[1], dtype=float)
     g = np.zeros_like(x)
     for i in range(x.size):  # a few parameters, not rows or groups
         e = np.zeros_like(x)
