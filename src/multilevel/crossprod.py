@@ -37,6 +37,28 @@ def _outer_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (A[:, :, None] * B[:, None, :]).reshape(A.shape[0], -1)
 
 
+def level_crossprod(codes: np.ndarray, A: np.ndarray, B: np.ndarray, nlevels: int) -> np.ndarray:
+    """Σ over the rows of each level of aᵢbᵢᵀ: (nlevels, a, b).
+
+    Sorted levels: one reduceat over the row-wise outer products.  Otherwise
+    one weighted bincount per pair of columns, which needs no sort and no
+    n x (a·b) temporary.
+    """
+    n, a = A.shape
+    b = B.shape[1]
+    if n and np.all(codes[1:] >= codes[:-1]) and n * a * b <= 50_000_000:
+        return group_sums(codes, _outer_rows(A, B), nlevels).reshape(nlevels, a, b)
+    out = np.empty((nlevels, a, b))
+    same = A is B
+    for i in range(a):  # columns, not rows or groups
+        for j in range(b):
+            if same and j < i:
+                out[:, i, j] = out[:, j, i]
+                continue
+            out[:, i, j] = np.bincount(codes, weights=A[:, i] * B[:, j], minlength=nlevels)
+    return out
+
+
 @dataclass
 class CrossProducts:
     """Blocks of AᵀA for A = [Z₁ … Z_K X y] (rows already weighted)."""
@@ -94,10 +116,9 @@ def cross_products(
         Zs = [Z * sqrtw[:, None] for Z in Zs]
     m = p + 1
     q = [Z.shape[1] for Z in Zs]
-    q1, n1 = q[0], nlevels[0]
-    sums = group_sums(codes[0], np.hstack([_outer_rows(Zs[0], Zs[0]), _outer_rows(Zs[0], F)]), n1)
-    D1 = sums[:, : q1 * q1].reshape(n1, q1, q1)
-    B1F = sums[:, q1 * q1 :].reshape(n1, q1, m)
+    n1 = nlevels[0]
+    D1 = level_crossprod(codes[0], Zs[0], Zs[0], n1)
+    B1F = level_crossprod(codes[0], Zs[0], F, n1)
     AFF = F.T @ F
     A1R = ARR = ARF = None
     if len(Zs) > 1:
@@ -116,16 +137,13 @@ def cross_products(
         ARF = np.zeros((Qr, m))
         for a in range(1, len(Zs)):
             sa = slice(offs[a - 1], offs[a])
-            s = group_sums(
-                codes[a], np.hstack([_outer_rows(Zs[a], Zs[a]), _outer_rows(Zs[a], F)]), nlevels[a]
-            )
             qa = q[a]
-            Daa = s[:, : qa * qa].reshape(nlevels[a], qa, qa)
+            Daa = level_crossprod(codes[a], Zs[a], Zs[a], nlevels[a])
             idx = np.arange(nlevels[a])
             block = np.zeros((nlevels[a], qa, nlevels[a], qa))
             block[idx, :, idx, :] = Daa
             ARR[sa, sa] = block.reshape(nlevels[a] * qa, nlevels[a] * qa)
-            ARF[sa] = s[:, qa * qa :].reshape(nlevels[a] * qa, m)
+            ARF[sa] = level_crossprod(codes[a], Zs[a], F, nlevels[a]).reshape(nlevels[a] * qa, m)
             for b in range(a + 1, len(Zs)):
                 sb = slice(offs[b - 1], offs[b])
                 blk = _pair_block(codes[a], Zs[a], nlevels[a], codes[b], Zs[b], nlevels[b])

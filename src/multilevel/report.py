@@ -121,7 +121,7 @@ def correlation_block(names: list[str], corr: np.ndarray) -> str:
 
 def lmer_summary(fit: LmerFit) -> str:
     """lme4's ``print(summary(fit))`` layout."""
-    method = "REML" if fit.REML else "maximum likelihood"
+    method = "REML" if fit.REML else "maximum likelihood "
     out = [f"Linear mixed model fit by {method} ['lmerMod']"]
     out.append(f"Formula: {fit.formula}")
     out.append(f"   Data: {fit.data_name}")
@@ -133,11 +133,10 @@ def lmer_summary(fit: LmerFit) -> str:
     else:
         vals = [fit.aic, fit.bic, fit.loglik, fit.deviance, float(fit.df_resid)]
         labels = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-        cells = format_r(vals[:4], 4) + [str(int(vals[4]))]
         cells = [f"{v:.1f}" for v in vals[:4]] + [str(int(vals[4]))]
-        w = [max(len(a), len(b)) for a, b in zip(labels, cells, strict=True)]
-        out.append(" " + " ".join(a.rjust(x) for a, x in zip(labels, w, strict=True)))
-        out.append(" " + " ".join(a.rjust(x) for a, x in zip(cells, w, strict=True)))
+        w = max(len(c) for c in labels + cells)
+        out.append(" ".join(a.rjust(w) for a in labels) + " ")
+        out.append(" ".join(a.rjust(w) for a in cells) + " ")
     out.append("")
     q = np.quantile(fit.residuals(type="pearson", scaled=True), [0, 0.25, 0.5, 0.75, 1])
     out.append("Scaled residuals: ")
@@ -172,12 +171,17 @@ def lmer_summary(fit: LmerFit) -> str:
     return "\n".join(out)
 
 
+def _common_width(cells: list[str]) -> list[str]:
+    width = max(len(c) for c in cells)
+    return [c.rjust(width) for c in cells]
+
+
 def random_effects_block(fit: LmerFit) -> str:
     vc = fit.varcorr
     rows: list[list[str]] = []
     variances = vc[vc["var2"].isna()]
-    var_txt = format_r(variances["vcov"].to_numpy(), 4)
-    sd_txt = format_r(variances["sdcor"].to_numpy(), 4)
+    var_txt = _common_width(format_r(variances["vcov"].to_numpy(), 4))
+    sd_txt = _common_width(format_r(variances["sdcor"].to_numpy(), 4))
     show_corr = any(t.q > 1 for t in fit.design.random)
     k = 0
     for name, cnames, corr in fit._varcorr_blocks():
@@ -199,7 +203,7 @@ def random_effects_block(fit: LmerFit) -> str:
         cells = [
             r[0].ljust(widths[0]),
             r[1].ljust(widths[1]),
-            r[2].rjust(widths[2]) if r is not header else r[2].ljust(widths[2]),
+            r[2].ljust(widths[2]),
             r[3].ljust(widths[3]),
         ]
         if show_corr:
