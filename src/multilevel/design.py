@@ -173,6 +173,7 @@ class Design:
     factor_specs: dict[str, FactorSpec]
     evaluator: Evaluator
     messages: list[str] = field(default_factory=list)
+    response: Value | None = None  # the response as evaluated (GLMMs interpret it)
 
     @property
     def nobs(self) -> int:
@@ -344,8 +345,16 @@ def build_design(
     levels: dict[str, list] | None = None,
     na_action: str = "omit",
     namespace: dict | None = None,
+    numeric_response: bool = True,
+    check_nobs: bool = True,
 ) -> Design:
-    """Model frame, fixed-effects matrix and random-effects structures."""
+    """Model frame, fixed-effects matrix and random-effects structures.
+
+    ``numeric_response=False`` keeps a categorical or multi-column response
+    (``Design.response``) for the GLMM code to interpret; ``check_nobs=False``
+    allows as many random effects as observations (families without a scale
+    parameter, e.g. an observation-level random effect in a Poisson model).
+    """
     frame = to_pandas(data)
     if na_action not in ("omit", "raise"):
         raise DataError(f"na_action must be 'omit' or 'raise', not {na_action!r}")
@@ -405,14 +414,18 @@ def build_design(
         raise DataError("offset has infinite values")
 
     resp = values[parsed.response.label]
-    if isinstance(resp, Categorical):
-        raise DataError(
-            f"the response {parsed.response.label!r} is not numeric; a linear mixed model "
-            "needs a numeric response (use glmer for binary or count data)"
-        )
-    if resp.values.shape[1] != 1:
-        raise DataError(f"the response {parsed.response.label!r} must be a single column")
-    y = resp.values[:, 0].copy()
+    if numeric_response:
+        if isinstance(resp, Categorical):
+            raise DataError(
+                f"the response {parsed.response.label!r} is not numeric; a linear mixed model "
+                "needs a numeric response (use glmer for binary or count data)"
+            )
+        if resp.values.shape[1] != 1:
+            raise DataError(f"the response {parsed.response.label!r} must be a single column")
+    if isinstance(resp, Numeric) and resp.values.shape[1] == 1:
+        y = resp.values[:, 0].copy()
+    else:
+        y = np.full(n, np.nan)
 
     X, xspec = build_matrix(parsed.fixed, values, n)
     messages: list[str] = []
@@ -437,7 +450,7 @@ def build_design(
             total += values[label].values[:, 0]  # type: ignore[union-attr]
         off = total
 
-    random = [_random_structure(rt, values, n) for rt in parsed.random]
+    random = [_random_structure(rt, values, n, check_nobs) for rt in parsed.random]
     specs = {
         lab: FactorSpec(
             parsed.factors[lab],
@@ -464,6 +477,7 @@ def build_design(
         specs,
         evaluator,
         messages,
+        resp,
     )
 
 
@@ -514,7 +528,9 @@ def group_codes(
     return codes.astype(np.int64), labels, np.stack(comps, axis=1)
 
 
-def _random_structure(rt: RandomTerm, values: dict[str, Value], n: int) -> RandomStructure:
+def _random_structure(
+    rt: RandomTerm, values: dict[str, Value], n: int, check_nobs: bool = True
+) -> RandomStructure:
     Z, spec = build_matrix(rt.expr, values, n)
     parts: list[Categorical] = []
     for g in rt.group:
@@ -531,7 +547,7 @@ def _random_structure(rt: RandomTerm, values: dict[str, Value], n: int) -> Rando
             f"grouping factor {rt.group_name!r} has only {len(labels)} level; "
             "a random effect needs at least two levels"
         )
-    if len(labels) * Z.shape[1] >= n:
+    if check_nobs and len(labels) * Z.shape[1] >= n:
         raise ModelError(
             f"number of observations ({n}) <= number of random effects "
             f"({len(labels) * Z.shape[1]}) for term {rt.text}; the random-effects "

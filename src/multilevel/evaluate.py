@@ -41,6 +41,7 @@ def _center(x: np.ndarray, state: dict) -> np.ndarray:
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "I": lambda x: x,
     "offset": lambda x: x,  # the parser accepts offset() only at the top level
+    "cbind": lambda *cols: np.column_stack(cols),  # binomial responses: successes, failures
     "log": np.log,
     "log2": np.log2,
     "log10": np.log10,
