@@ -4,8 +4,9 @@ After this pass nothing in an LMM fit touches the rows again: the profiled
 criterion depends on the data only through these blocks.  Random-effects
 terms come ordered by number of levels, largest first.  The first term's
 block ZᵀZ is kept as a stack of q₁ x q₁ matrices (one per level); the cross
-block between it and the other terms ("the rest") as a sparse matrix; the
-rest's own block, usually small after the largest factor, as a dense matrix.
+block between it and the other terms ("the rest") and the rest's own block as
+sparse matrices; the criterion decides how to factor the rest's Schur
+complement (dense or sparse) from its pattern.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class CrossProducts:
     D1: np.ndarray  # (n1, q1, q1) Z₁ᵀZ₁ per level
     B1F: np.ndarray  # (n1, q1, m) Z₁ᵀ[X y] per level
     A1R: sp.csr_matrix | None  # (n1 q1, Q_r) Z₁ᵀZ_rest
-    ARR: np.ndarray | None  # (Q_r, Q_r) Z_restᵀZ_rest
+    ARR: sp.csr_matrix | None  # (Q_r, Q_r) Z_restᵀZ_rest
     ARF: np.ndarray | None  # (Q_r, m) Z_restᵀ[X y]
     AFF: np.ndarray  # (m, m) [X y]ᵀ[X y]
     n: int
@@ -133,20 +134,18 @@ def cross_products(
             ],
             format="csr",
         )
-        ARR = np.zeros((Qr, Qr))
+        blocks: list[list[sp.spmatrix | None]] = [[None] * (len(Zs) - 1) for _ in Zs[1:]]
         ARF = np.zeros((Qr, m))
         for a in range(1, len(Zs)):
-            sa = slice(offs[a - 1], offs[a])
-            qa = q[a]
-            Daa = level_crossprod(codes[a], Zs[a], Zs[a], nlevels[a])
-            idx = np.arange(nlevels[a])
-            block = np.zeros((nlevels[a], qa, nlevels[a], qa))
-            block[idx, :, idx, :] = Daa
-            ARR[sa, sa] = block.reshape(nlevels[a] * qa, nlevels[a] * qa)
-            ARF[sa] = level_crossprod(codes[a], Zs[a], F, nlevels[a]).reshape(nlevels[a] * qa, m)
+            qa, na = q[a], nlevels[a]
+            Daa = level_crossprod(codes[a], Zs[a], Zs[a], na)
+            blocks[a - 1][a - 1] = sp.bsr_matrix(
+                (Daa, np.arange(na), np.arange(na + 1)), shape=(na * qa, na * qa)
+            )
+            ARF[offs[a - 1] : offs[a]] = level_crossprod(codes[a], Zs[a], F, na).reshape(na * qa, m)
             for b in range(a + 1, len(Zs)):
-                sb = slice(offs[b - 1], offs[b])
-                blk = _pair_block(codes[a], Zs[a], nlevels[a], codes[b], Zs[b], nlevels[b])
-                ARR[sa, sb] = blk.toarray()
-                ARR[sb, sa] = ARR[sa, sb].T
+                blk = _pair_block(codes[a], Zs[a], na, codes[b], Zs[b], nlevels[b])
+                blocks[a - 1][b - 1] = blk
+                blocks[b - 1][a - 1] = blk.T
+        ARR = sp.bmat(blocks, format="csr")
     return CrossProducts(q, list(nlevels), D1, B1F, A1R, ARR, ARF, AFF, n, p)

@@ -16,8 +16,9 @@ square of L's last diagonal element), so that
 random-effects terms (Bates et al. 2015, J. Stat. Softw. 67(1)):
 
 * term 1 (most levels): a batch of q₁ x q₁ factorizations, one per level;
-* the other terms: one dense factorization of their Schur complement
-  Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I, where V = blockdiag(T₁ S₁ᵢ⁻¹ T₁ᵀ);
+* the other terms: one factorization of their Schur complement
+  Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I, where V = blockdiag(T₁ S₁ᵢ⁻¹ T₁ᵀ), dense or
+  sparse by its pattern (:mod:`multilevel.rest`);
 * [X y]: a (p+1) x (p+1) factorization of its Schur complement.
 
 No step depends on the number of rows.
@@ -28,15 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
-from scipy.linalg.lapack import dpotrf, dtrtri
+from scipy.linalg.lapack import dtrtri
 
 from . import batched
 from .covariance import Template
 from .crossprod import CrossProducts
+from .rest import RestBlock, RestFactor
 
 _LOG2PI = np.log(2 * np.pi)
 
@@ -51,9 +52,7 @@ class Factorization:
     L1: np.ndarray  # (q1, q1, n1)
     W: np.ndarray  # (q1, q1, n1) L1⁻¹ T₁ᵀ
     C1F: np.ndarray  # (q1, m, n1)
-    LR: np.ndarray | None  # (Q_r, Q_r) lower
-    CRF: np.ndarray | None  # (Q_r, m)
-    LambdaR: sp.csr_matrix | None
+    rest: RestFactor | None  # the terms after the first
     LFF: np.ndarray  # (m, m) lower
     logdet_Z: float
     logdet_X: float
@@ -75,14 +74,7 @@ class ProfiledCriterion:
         # level-last layout for the batched kernels
         self._D1 = np.ascontiguousarray(np.moveaxis(cp.D1, 0, -1))  # (q1, q1, n1)
         self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
-        self._pairs = None
-        if cp.A1R is not None:
-            self._A1R = cp.A1R.tocsr()
-            self._AR1 = self._A1R.T.tocsr()
-            self._rest_scalar = all(q == 1 for q in cp.q[1:])
-            if self._q1 == 1:
-                self._pairs = _pair_products(self._A1R)
-            self._MRR = np.empty_like(cp.ARR)
+        self._rest = RestBlock(cp) if cp.A1R is not None else None
 
     def templates(self, theta: np.ndarray) -> list[np.ndarray]:
         out = []
@@ -92,18 +84,6 @@ class ProfiledCriterion:
             T[rows, cols] = theta[off : off + size]
             out.append(T)
         return out
-
-    # -- Λ of the terms after the first --------------------------------------
-    def _lambda_rest(self, T: list[np.ndarray]) -> sp.csr_matrix | np.ndarray:
-        cp = self.cp
-        if self._rest_scalar:
-            return np.concatenate(
-                [np.full(nl, t[0, 0]) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)]
-            )
-        return sp.block_diag(
-            [sp.kron(sp.identity(nl), t) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)],
-            format="csr",
-        )
 
     def factor(self, theta: np.ndarray, keep: bool = False) -> Factorization | None:
         """Blocked Cholesky at θ; None where a block is not positive definite.
@@ -133,18 +113,13 @@ class ProfiledCriterion:
             logdet = 2.0 * np.log(np.diagonal(L1)).sum()
         flat = C1F.transpose(1, 0, 2).reshape(m, -1)
         MFF = cp.AFF - flat @ flat.T
-        LR = CRF = LamR = None
-        if cp.ARR is not None:
-            LamR = self._lambda_rest(T)
-            MRR, MRF = self._rest_schur(W, LamR)
-            LR, info = dpotrf(MRR, lower=1, clean=0, overwrite_a=1)
-            if info != 0:
+        rest = None
+        if self._rest is not None:
+            rest = self._rest.factor(W, T, keep)
+            if rest is None:
                 return None
-            logdet += 2.0 * np.log(np.diag(LR)).sum()
-            if keep:
-                LR = np.tril(LR)
-            CRF = sla.solve_triangular(LR, MRF, lower=True, check_finite=False)
-            MFF = MFF - CRF.T @ CRF
+            logdet += rest.logdet
+            MFF = MFF - rest.schur_FF
         try:
             LFF = np.linalg.cholesky(MFF)
         except np.linalg.LinAlgError:
@@ -158,48 +133,12 @@ class ProfiledCriterion:
             L1,
             W,
             C1F,
-            LR,
-            CRF,
-            LamR,
+            rest,
             LFF,
             float(logdet),
             logdet_X,
             r2,
         )
-
-    def _rest_schur(self, W: np.ndarray, LamR) -> tuple[np.ndarray, np.ndarray]:
-        """Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I and Λ_Rᵀ(A_RF − A_R1 V B_1F),
-        V = blockdiag(WᵢᵀWᵢ) = blockdiag(T₁ S₁ᵢ⁻¹ T₁ᵀ)."""
-        cp = self.cp
-        m = self.p + 1
-        MRR = self._MRR
-        if self._q1 == 1:
-            v = W[0, 0] ** 2
-            # only the lower triangle: LAPACK's potrf reads no more
-            np.subtract(cp.ARR, self._pairs(v), out=MRR)
-            if not self._rest_scalar:  # Λ_R mixes columns: needs both triangles
-                upper = np.triu_indices(MRR.shape[0], 1)
-                MRR[upper] = MRR.T[upper]
-            VB = (v * self._B1F[0]).T
-        else:
-            V = np.einsum("kan,kbn->nab", W, W)
-            n1 = V.shape[0]
-            Vb = sp.bsr_matrix(
-                (V, np.arange(n1), np.arange(n1 + 1)), shape=(n1 * self._q1, n1 * self._q1)
-            )
-            H = (self._AR1 @ (Vb @ self._A1R).tocsr()).toarray()
-            np.subtract(cp.ARR, H, out=MRR)
-            VB = np.einsum("abn,bmn->nam", V.transpose(1, 2, 0), self._B1F).reshape(-1, m)
-        MRF = cp.ARF - self._AR1 @ VB
-        if isinstance(LamR, np.ndarray):
-            MRR *= LamR[:, None]
-            MRR *= LamR[None, :]
-            MRF = MRF * LamR[:, None]
-        else:
-            MRR[:] = (LamR.T @ (LamR.T @ MRR).T).T
-            MRF = LamR.T @ MRF
-        MRR[np.diag_indices_from(MRR)] += 1.0
-        return MRR, MRF
 
     def value(self, f: Factorization) -> float:
         if f.r2 <= 0:
@@ -289,15 +228,16 @@ class ProfiledCriterion:
         beta = LXinv.T @ LFF[p, :p]
         us: list[np.ndarray] = []
         rhs1 = C1F[:, :, p] - C1F[:, :, :p] @ beta
-        if f.LR is not None:
-            cR = f.CRF[:, p] - f.CRF[:, :p] @ beta
-            uR = sla.solve_triangular(f.LR.T, cR, lower=False, check_finite=False)
-            LamU = f.LambdaR * uR if isinstance(f.LambdaR, np.ndarray) else f.LambdaR @ uR
-            AU = (self._A1R @ LamU).reshape(-1, self._q1)
+        if f.rest is not None:
+            # u_R = M_RR⁻¹(M_Ry − M_RX β): back-substitution through both factors
+            uR = f.rest.solve(f.rest.MRF[:, p] - f.rest.MRF[:, :p] @ beta)
+            lam = f.rest.lam
+            LamU = lam * uR if isinstance(lam, np.ndarray) else lam @ uR
+            AU = (self._rest.A1R @ LamU).reshape(-1, self._q1)
             rhs1 = rhs1 - np.einsum("iab,ib->ia", W, AU)
         u1 = np.linalg.solve(np.swapaxes(L1, 1, 2), rhs1[:, :, None])[:, :, 0]
         us.append(u1)
-        if f.LR is not None:
+        if f.rest is not None:
             offs = cp.rest_offsets
             for k in range(1, len(cp.q)):
                 us.append(uR[offs[k - 1] : offs[k]].reshape(cp.nlevels[k], cp.q[k]))
@@ -305,70 +245,38 @@ class ProfiledCriterion:
 
     def conditional_variances(self, f: Factorization) -> list[np.ndarray]:
         """Diagonal blocks of Λ (ΛᵀZᵀZΛ + I)⁻¹ Λᵀ per term: (n_k, q_k, q_k), to be
-        multiplied by σ²."""
+        multiplied by σ².
+
+        Block i of the first term is L1ᵢ⁻ᵀ(I + [C1R M_RR⁻¹ C1Rᵀ]ᵢᵢ)L1ᵢ⁻¹ with
+        C1R = W A_1R Λ_R; the rest's blocks are those of M_RR⁻¹."""
         cp = self.cp
+        q1 = self._q1
         W = batched.to_levels_first(f.W)
         L1inv = np.linalg.inv(batched.to_levels_first(f.L1))
         M1 = np.swapaxes(L1inv, 1, 2) @ L1inv  # (L1 L1ᵀ)⁻¹ per level
         out = []
-        if f.LR is not None:
-            # Y = L_R⁻¹ C1Rᵀ L1⁻ᵀ-free form: C1R = W A1R Λ_R, so the correction to
-            # block i is L1ᵢ⁻ᵀ (C1R L_R⁻ᵀ)(·)ᵀ L1ᵢ⁻¹
-            Lam = f.LambdaR
-            C1R = (
-                sp.bsr_matrix(
-                    (W, np.arange(len(W)), np.arange(len(W) + 1)),
-                    shape=(W.shape[0] * self._q1,) * 2,
+        if f.rest is not None:
+            n1 = W.shape[0]
+            lam = f.rest.lam
+            Wb = sp.bsr_matrix((W, np.arange(n1), np.arange(n1 + 1)), shape=(n1 * q1,) * 2)
+            C1R = (Wb @ self._rest.A1R).tocsr()
+            C1R = C1R.multiply(lam[None, :]).tocsr() if isinstance(lam, np.ndarray) else C1R @ lam
+            CT = C1R.T.tocsc()
+            G = np.empty((n1, q1, q1))
+            step = max(1, 2048 // q1)
+            for lo in range(0, n1, step):  # chunks of levels bound the memory
+                hi = min(n1, lo + step)
+                B = CT[:, lo * q1 : hi * q1].toarray()
+                S = f.rest.solve(B)
+                G[lo:hi] = np.einsum(
+                    "ria,rib->iab", B.reshape(-1, hi - lo, q1), S.reshape(-1, hi - lo, q1)
                 )
-                @ self._A1R
-            )
-            C1R = C1R.multiply(Lam[None, :]).tocsr() if isinstance(Lam, np.ndarray) else C1R @ Lam
-            Y = sla.solve_triangular(f.LR, C1R.T.toarray(), lower=True, check_finite=False)
-            Yb = Y.T.reshape(-1, self._q1, Y.shape[0])  # (n1, q1, Q_r)
-            G = Yb @ np.swapaxes(Yb, 1, 2)
             M1 = M1 + np.swapaxes(L1inv, 1, 2) @ G @ L1inv
         T1 = f.T[0]
         out.append(T1 @ M1 @ T1.T)
-        if f.LR is not None:
-            LRinv = sla.solve_triangular(f.LR, np.eye(f.LR.shape[0]), lower=True)
-            offs = cp.rest_offsets
-            for k in range(1, len(cp.q)):
-                qk, nk = cp.q[k], cp.nlevels[k]
-                cols = LRinv[:, offs[k - 1] : offs[k]].reshape(-1, nk, qk)
-                Mk = np.einsum("rna,rnb->nab", cols, cols)
+        if f.rest is not None:
+            blocks = f.rest.inverse_diag_blocks(cp.rest_offsets, cp.q[1:], cp.nlevels[1:])
+            for k, Mk in enumerate(blocks, start=1):
                 Tk = f.T[k]
                 out.append(Tk @ Mk @ Tk.T)
         return out
-
-
-def _pair_products(A: sp.csr_matrix):
-    """For a scalar first term: H(v) = Aᵀ diag(v) A as a linear map of v.
-
-    Every row of A (a level of the first factor) contributes v_s a_s a_sᵀ;
-    the products of its nonzeros are formed once, so that each evaluation is a
-    single sparse matrix-vector product.  Only the lower triangle is kept.
-    """
-    n1, Q = A.shape
-    cnt = np.diff(A.indptr)
-    rows = np.repeat(np.arange(n1), cnt)
-    # every nonzero e paired with every nonzero of its row
-    per = cnt[rows]
-    e1 = np.repeat(np.arange(A.nnz), per)
-    block_start = np.repeat(np.cumsum(per) - per, per)
-    e2 = A.indptr[rows[e1]] + (np.arange(e1.size) - block_start)
-    c1, c2 = A.indices[e1], A.indices[e2]
-    keep = c1 >= c2
-    key = c1[keep].astype(np.int64) * Q + c2[keep]
-    K = sp.csr_matrix(
-        (A.data[e1[keep]] * A.data[e2[keep]], (key, rows[e1[keep]])), shape=(Q * Q, n1)
-    )
-    K.sum_duplicates()
-    nonempty = np.flatnonzero(np.diff(K.indptr))
-    K = K[nonempty]
-    out = np.zeros(Q * Q)
-
-    def apply(v: np.ndarray) -> np.ndarray:
-        out[nonempty] = K @ v
-        return out.reshape(Q, Q)
-
-    return apply

@@ -99,8 +99,8 @@ def minimize_theta(
     lower: np.ndarray,
     *,
     value_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
-    xtol: float = 1e-10,
-    ftol: float = 1e-12,
+    xtol: float = 1e-8,
+    ftol: float = 1e-8,
     maxeval: int = 100_000,
 ) -> OptRecord:
     """Minimise ``fun`` over θ ≥ lower (elementwise) from x0."""
