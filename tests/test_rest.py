@@ -30,12 +30,17 @@ def test_sparse_path_gives_the_dense_answer(case, monkeypatch):
     monkeypatch.setattr(rest, "SPARSE_DENSITY", 1.1)
     sparse, _ = fit_case(case)
     assert sparse.criterion._rest.kind == "sparse"
-    assert sparse.loglik == pytest.approx(dense.loglik, abs=1e-8)
+    # the sparse path optimises without gradients (BOBYQA), the dense one with
+    # them (BFGS): the same optimum up to the optimisers' tolerances
+    assert sparse.loglik == pytest.approx(dense.loglik, abs=1e-6)
     assert sparse.loglik >= ref["loglik"] - 1e-4
-    np.testing.assert_allclose(sparse.fixef, dense.fixef, rtol=1e-7)
+    np.testing.assert_allclose(sparse.fixef, dense.fixef, rtol=1e-6)
     for g in dense.ranef:
-        np.testing.assert_allclose(sparse.ranef[g], dense.ranef[g], rtol=1e-5, atol=1e-8)
-        np.testing.assert_allclose(sparse.ranef_condsd[g], dense.ranef_condsd[g], rtol=1e-6)
+        np.testing.assert_allclose(sparse.ranef[g], dense.ranef[g], rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(sparse.ranef_condsd[g], dense.ranef_condsd[g], rtol=1e-3)
+    # at the same θ both factorizations give the same criterion and conditional variances
+    th = dense.optinfo.theta
+    assert sparse.criterion(th) == pytest.approx(dense.criterion(th), rel=1e-12)
 
 
 def nested(n_districts: int, schools_per: int, students_per: int, seed: int = 3) -> pd.DataFrame:

@@ -17,12 +17,21 @@ from .errors import (
     SingularFitWarning,
 )
 from .formula import parse_formula
+from .groups import add_centered, attach_level2, center_grand, center_within, group_mean
+from .lmlist import LmList, lmList
 from .models import lmer
 from .results import LmerFit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LmList",
+    "add_centered",
+    "attach_level2",
+    "center_grand",
+    "center_within",
+    "group_mean",
+    "lmList",
     "ConvergenceWarning",
     "DataError",
     "FormulaError",

@@ -113,6 +113,8 @@ def attach_level2(
     keys = _as_list(on, "on")
     _check_columns(l1, keys, "level-1 key")
     _check_columns(l2, keys, "level-2 key")
+    for k in keys:
+        _check_key_types(l1[k], l2[k], k)
     if columns is None:
         cols = [c for c in l2.columns if c not in keys]
     else:
@@ -125,8 +127,6 @@ def attach_level2(
             f"level-1 data already have column(s) {clash}; pass columns= to choose the "
             "level-2 columns to attach, or rename them"
         )
-    for k in keys:
-        _check_key_types(l1[k], l2[k], k)
 
     key2 = l2[keys]
     dup = key2.duplicated(keep=False)

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
-from scipy.linalg.lapack import dtrtri
+from scipy.linalg.lapack import dpotri, dtrtri
 
 from . import batched
 from .covariance import Template
@@ -160,10 +160,90 @@ class ProfiledCriterion:
 
     @property
     def has_gradient(self) -> bool:
-        """Analytic gradients are implemented for one random-effects term."""
-        return self.cp.ARR is None
+        """Exact gradients: one random-effects term, or scalar terms whose rest
+        block is factored densely (crossed intercepts, e.g. InstEval's shape)."""
+        if self._rest is None:
+            return True
+        return all(q == 1 for q in self.cp.q) and not self._rest.sparse
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Criterion and its exact gradient in θ (see :meth:`has_gradient`)."""
+        if self._rest is None:
+            return self._value_and_gradient_one_term(theta)
+        return self._value_and_gradient_scalar_terms(theta)
+
+    def _value_and_gradient_scalar_terms(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Scalar terms k with Λ = diag(λ), A = ZᵀZ, M = ΛAΛ + I, G = ΛZᵀX,
+        B = M⁻¹G, P = (R_XᵀR_X)⁻¹, u the conditional modes and Zᵀr = Zᵀ(y − Xβ̂) − AΛu:
+
+          ∂ log|M|     = 2 (n_k − tr_k M⁻¹) / λ_k      (ΛAΛ = M − I)
+          ∂ log|R_X|²  = −2 Σ_{j∈k} (ZᵀX − AΛB)_j · (BP)_j
+          ∂ r²         = −2 Σ_{j∈k} (Zᵀr)_j u_j
+
+        tr M⁻¹ over the first term needs M⁻¹'s diagonal there: 1/sᵢ plus
+        Σ_ab (Λ_R M_RR⁻¹ Λ_R)_ab [A_R1 diag(λ₁²/sᵢ²) A_1R]_ab, the same pair
+        products as the criterion with other weights.
+        """
+        theta = np.asarray(theta, dtype=float)
+        g = np.zeros(theta.size)
+        f = self.factor(theta)
+        if f is None:
+            return np.inf, g
+        val = self.value(f)
+        cp, rb, rf, p = self.cp, self._rest, f.rest, self.p
+        lam1 = f.T[0][0, 0]
+        lamR = rf.lam
+        d = cp.D1[:, 0, 0]
+        s = lam1 * lam1 * d + 1.0
+        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
+        beta = LXinv.T @ f.LFF[p, :p]
+        P = LXinv.T @ LXinv
+        # U = M⁻¹ Λ Zᵀ[X y] through the two blocks
+        Sinv, _ = dpotri(rf.L, lower=1)  # M_RR⁻¹ (lower triangle), L no longer needed
+        Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
+        UR = Sinv @ rf.MRF
+        U1 = (lam1 * cp.B1F[:, 0, :] - lam1 * (rb.A1R @ (lamR[:, None] * UR))) / s[:, None]
+
+        def a_lam(v1: np.ndarray, vR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            lv1, lvR = lam1 * v1, lamR[:, None] * vR
+            return d[:, None] * lv1 + rb.A1R @ lvR, rb.AR1 @ lv1 + rb.ARR @ lvR
+
+        z = np.append(-beta, 1.0)
+        u1, uR = U1 @ z, UR @ z
+        au1, auR = a_lam(u1[:, None], uR[:, None])
+        zr1 = cp.B1F[:, 0, :] @ z - au1[:, 0]
+        zrR = cp.ARF @ z - auR[:, 0]
+        B1, BR = U1[:, :p], UR[:, :p]
+        ab1, abR = a_lam(B1, BR)
+        e1 = np.einsum("jc,jc->j", (cp.B1F[:, 0, :p] - ab1) @ P, B1)
+        eR = np.einsum("jc,jc->j", (cp.ARF[:, :p] - abR) @ P, BR)
+        # traces of M⁻¹ per term
+        tr1 = (1.0 / s).sum()
+        h = rb.pairs(lam1 * lam1 / (s * s))
+        w = Sinv.ravel()[rb.pairs.flat] * lamR[rb.pairs.rows] * lamR[rb.pairs.cols]
+        tr1 += float(np.dot(h, w) * 2.0 - np.dot(h[rb.pairs.rows == rb.pairs.cols],
+                                                 w[rb.pairs.rows == rb.pairs.cols]))
+        diagR = np.diag(Sinv)
+        offs = cp.rest_offsets
+        terms = [(slice(0, cp.nlevels[0]), None)] + [
+            (slice(int(offs[k - 1]), int(offs[k])), k) for k in range(1, len(cp.q))
+        ]
+        for k, (sl, rk) in enumerate(terms):
+            lam_k = theta[k]
+            if rk is None:
+                trk, zr, uu, ee = tr1, zr1, u1, e1
+            else:
+                trk, zr, uu, ee = diagR[sl].sum(), zrR[sl], uR[sl], eR[sl]
+            nk = sl.stop - sl.start
+            dZ = 2.0 * (nk - trk) / lam_k if lam_k != 0 else 0.0
+            dr2 = -2.0 * float(zr @ uu)
+            if self.reml:
+                g[k] = dZ - 2.0 * float(ee.sum()) + (self.n - p) * dr2 / f.r2
+            else:
+                g[k] = dZ + self.n * dr2 / f.r2
+        return val, g
+
+    def _value_and_gradient_one_term(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """Criterion and its exact gradient in θ (one random-effects term).
 
         With Sᵢ = TᵀDᵢT + I, R = Sᵢ⁻¹Tᵀ, the conditional modes uᵢ = R Zᵢᵀ(y − Xβ̂)

@@ -48,7 +48,8 @@ class PairProducts:
         c1, c2 = A.indices[e1], A.indices[e2]
         keep = c1 >= c2
         key = c1[keep].astype(np.int64) * Q + c2[keep]
-        codes, uniq = pd.factorize(key)
+        # sorted keys make the per-evaluation scatter into M_RR sequential
+        codes, uniq = pd.factorize(key, sort=True)
         self.K = sp.csr_matrix(
             (A.data[e1[keep]] * A.data[e2[keep]], (codes, rows[e1[keep]])),
             shape=(len(uniq), n1),
@@ -56,6 +57,7 @@ class PairProducts:
         self.K.sum_duplicates()
         self.rows = (uniq // Q).astype(np.int64)
         self.cols = (uniq % Q).astype(np.int64)
+        self.flat = np.asarray(uniq, dtype=np.int64)  # row-major positions in a Q x Q matrix
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         return self.K @ v
@@ -81,6 +83,8 @@ class RestBlock:
         else:
             self.ARR = cp.ARR.toarray()
             self.buf = np.empty((self.Q, self.Q))
+            # H's entries sit at fixed positions: a buffer that is zero elsewhere
+            self.Hbuf = np.zeros((self.Q, self.Q)) if self.pairs is not None else None
 
     @property
     def kind(self) -> str:
@@ -123,9 +127,9 @@ class RestBlock:
     def _dense(self, W: np.ndarray, lam) -> np.ndarray:
         M = self.buf
         if self.q1 == 1:
-            np.copyto(M, self.ARR)
-            # only the lower triangle: LAPACK's potrf reads no more
-            M[self.pairs.rows, self.pairs.cols] -= self.pairs(W[0, 0] ** 2)
+            # only the lower triangle of H: LAPACK's potrf reads no more
+            self.Hbuf.ravel()[self.pairs.flat] = self.pairs(W[0, 0] ** 2)
+            np.subtract(self.ARR, self.Hbuf, out=M)
             if not self.scalar:
                 upper = np.triu_indices(self.Q, 1)
                 M[upper] = M.T[upper]
