@@ -347,13 +347,15 @@ def build_design(
     namespace: dict | None = None,
     numeric_response: bool = True,
     check_nobs: bool = True,
+    drop_aliased: bool = True,
 ) -> Design:
     """Model frame, fixed-effects matrix and random-effects structures.
 
     ``numeric_response=False`` keeps a categorical or multi-column response
     (``Design.response``) for the GLMM code to interpret; ``check_nobs=False``
     allows as many random effects as observations (families without a scale
-    parameter, e.g. an observation-level random effect in a Poisson model).
+    parameter, e.g. an observation-level random effect in a Poisson model);
+    ``drop_aliased=False`` keeps aliased columns (per-group fits judge them).
     """
     frame = to_pandas(data)
     if na_action not in ("omit", "raise"):
@@ -431,7 +433,7 @@ def build_design(
     messages: list[str] = []
     if X.shape[1] == 0:
         raise ModelError("the fixed-effects part has no columns; lmer needs at least one")
-    alias = aliased_columns(X)
+    alias = aliased_columns(X) if drop_aliased else np.zeros(X.shape[1], dtype=bool)
     if alias.any():
         dropped = [nm for nm, a in zip(xspec.names, alias, strict=True) if a]
         msg = (

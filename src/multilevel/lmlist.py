@@ -491,7 +491,11 @@ def lmList(
             f"{group_name!r} and na_action='raise'"
         )
     design = build_design(
-        parsed, work[~missing] if missing.any() else work, levels=levels, na_action=na_action
+        parsed,
+        work[~missing] if missing.any() else work,
+        levels=levels,
+        na_action=na_action,
+        drop_aliased=False,  # aliasing is judged per group, as nlme's lm() fits do
     )
     keep = np.zeros(len(work), dtype=bool)
     keep[design.row_index.to_numpy()] = True
