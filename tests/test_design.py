@@ -167,3 +167,22 @@ def test_constant_weights_scale_sigma_only():
     # Var(εᵢ) = σ²/wᵢ: the same residual variance needs σ twice as large
     assert b.sigma == pytest.approx(2 * a.sigma, rel=1e-6)
     assert b.loglik == pytest.approx(a.loglik, rel=1e-8)
+
+
+def test_random_slope_not_in_fixed_part():
+    df = small()
+    fit = lmer("y ~ 1 + (x | g)", df)
+    assert fit.design.fixef_names == ["(Intercept)"]
+    assert list(fit.ranef["g"].columns) == ["(Intercept)", "x"]
+
+
+def test_interaction_grouping_factor_labels_and_fit():
+    from .conftest import reference, reference_data
+
+    ref = reference("pastes_reml")
+    data = reference_data(ref)
+    explicit = lmer("strength ~ 1 + (1 | cask:batch) + (1 | batch)", data)
+    nested = lmer("strength ~ 1 + (1 | batch/cask)", data)
+    assert explicit.loglik == pytest.approx(nested.loglik, abs=1e-8)
+    assert list(explicit.ranef["cask:batch"].index[:2]) == ["a:A", "a:B"]
+    assert list(nested.ranef["cask:batch"].index) == list(ref["ranef"]["cask:batch"])
