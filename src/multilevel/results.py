@@ -358,10 +358,67 @@ class LmerFit:
                 values[label] = Numeric(arr.reshape(len(frame), -1), spec.suffixes or [""])
         return values
 
+    # -- export ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Every number of the summary as plain Python types (JSON-ready)."""
+        q = np.quantile(self.residuals(type="pearson", scaled=True), [0, 0.25, 0.5, 0.75, 1])
+        vc = self.varcorr
+        return {
+            "model": "lmer",
+            "formula": self.formula,
+            "method": self.method,
+            "nobs": self.nobs,
+            "n_dropped": self.design.n_dropped,
+            "ngroups": dict(self.ngroups),
+            "fixef": _floats(self.fixef),
+            "se": _floats(self.se),
+            "t": _floats(self.tvalues),
+            "vcov": self.vcov.to_numpy().tolist(),
+            "varcorr": [
+                {
+                    "grp": r.grp,
+                    "var1": None if pd.isna(r.var1) else r.var1,
+                    "var2": None if pd.isna(r.var2) else r.var2,
+                    "vcov": float(r.vcov),
+                    "sdcor": float(r.sdcor),
+                }
+                for r in vc.itertuples()
+            ],
+            "theta": _floats(self.theta),
+            "sigma": self.sigma,
+            "loglik": self.loglik,
+            "aic": self.aic,
+            "bic": self.bic,
+            "deviance": float(self.deviance),
+            "reml_criterion": None if not self.REML else self.reml_criterion,
+            "df_model": self.df_model,
+            "df_resid": self.df_resid,
+            "scaled_residual_quantiles": [float(v) for v in q],
+            "singular": self.singular,
+            "converged": self.converged,
+            "optimizer": {
+                "name": self.optinfo.optimizer,
+                "status": self.optinfo.status,
+                "evals": self.optinfo.evals,
+                "criterion": self.optinfo.criterion,
+            },
+            "messages": list(self.design.messages)
+            + list(self.optinfo.messages)
+            + ([self.singular_message] if self.singular else []),
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), **kwargs)
+
     # -- printing -------------------------------------------------------------------
     def summary(self) -> LmerSummary:
         """lme4-style summary; ``print(fit.summary())`` shows it."""
         return LmerSummary(self)
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
 
     def __repr__(self) -> str:
         return (
@@ -386,6 +443,18 @@ class LmerSummary:
         return lmer_summary(self.fit)
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.fit.to_dict()
+
+
+def _floats(series: pd.Series) -> dict[str, float]:
+    return {str(k): float(v) for k, v in series.items()}
 
 
 def _group_labels(frame: pd.DataFrame, r) -> list[str]:
