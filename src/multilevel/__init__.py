@@ -18,13 +18,20 @@ from .errors import (
 )
 from .formula import parse_formula
 from .groups import add_centered, attach_level2, center_grand, center_within, group_mean
+from .levels import Multilevel, MultilevelFit
 from .lmlist import LmList, lmList
 from .models import lmer
+from .nlme import LmeFit, lme, lme_from_formula
 from .results import LmerFit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Multilevel",
+    "MultilevelFit",
+    "LmeFit",
+    "lme",
+    "lme_from_formula",
     "LmList",
     "add_centered",
     "attach_level2",

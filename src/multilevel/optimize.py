@@ -174,7 +174,8 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
         t = 1.0
         while True:
             xn = x + t * d
-            hit = bounded & (xn <= lower) & (x > lower)
+            # "reaching" includes landing within rounding of the bound
+            hit = bounded & (xn - lower < 0.1 * (x - lower)) & (x > lower)
             xn[hit] = lower[hit] + 0.1 * (x[hit] - lower[hit])
             fn, gn = logged.value_grad(xn)
             if fn <= f + 1e-4 * (g @ (xn - x)) or t < 1e-10:
@@ -200,7 +201,9 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
     if near.any():
         xs = x.copy()
         xs[near] = lower[near]
-        logged.value_grad(xs)  # kept as the optimum if not worse
+        fs, _ = logged.value_grad(xs)
+        if fs <= f:  # on the bound the criterion is flat to rounding: prefer the bound
+            logged.best, logged.best_x = fs, xs
     return "bfgs", status
 
 
