@@ -1057,6 +1057,14 @@ class MultilevelFit:
         """Level-wise equations, estimated equations and variance components."""
         return render_text(self.sections(), header=self._header(), digits=digits)
 
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(self.to_text())}</pre>"
+
+    def _repr_latex_(self) -> str:
+        return self.to_latex()
+
     def to_latex(self, digits: int = 4) -> str:
         """The same as :meth:`to_text`, as an amsmath ``align*`` environment."""
         return render_latex(self.sections(), digits=digits)

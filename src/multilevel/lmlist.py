@@ -400,6 +400,11 @@ class LmList:
         out.append(f"Residual standard error: {_fmt(self.pooled_sd)}")
         return "\n".join(out + self._notes())
 
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(repr(self))}</pre>"
+
     def summary(self) -> str:
         """nlme's ``summary(lmList)`` layout: for each coefficient a table of
         estimate, standard error, t value and p-value by group."""

@@ -808,6 +808,9 @@ class LmeFit:
         return json.dumps(self.to_dict(), **kwargs)
 
     # -- printing -------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
     def summary(self) -> LmeSummary:
         """nlme's summary; ``print(fit.summary())`` shows it."""
         return LmeSummary(self)
@@ -835,6 +838,11 @@ class LmeSummary:
         return lme_summary(self.fit)
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
 
 
 def _pairs(q: int) -> tuple[np.ndarray, np.ndarray]:
