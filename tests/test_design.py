@@ -186,3 +186,17 @@ def test_interaction_grouping_factor_labels_and_fit():
     assert explicit.loglik == pytest.approx(nested.loglik, abs=1e-8)
     assert list(explicit.ranef["cask:batch"].index[:2]) == ["a:A", "a:B"]
     assert list(nested.ranef["cask:batch"].index) == list(ref["ranef"]["cask:batch"])
+
+
+def test_poly_gives_orthonormal_columns_and_new_data_reuses_them():
+    import multilevel as ml
+
+    d = ml.datasets.load("sleepstudy")
+    fit = lmer("Reaction ~ poly(Days, 2) + (1 | Subject)", d)
+    assert fit.design.fixef_names == ["(Intercept)", "poly(Days, 2)1", "poly(Days, 2)2"]
+    P = fit.design.X[:, 1:]
+    np.testing.assert_allclose(P.T @ P, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(P.sum(axis=0), 0, atol=1e-12)
+    # R: poly(0:9 repeated 18 times, 2)[1, ] = (-0.1167748, 0.1230915)
+    np.testing.assert_allclose(P[0], [-0.1167748, 0.1230915], atol=1e-7)
+    np.testing.assert_allclose(fit.predict(d.iloc[5:9]), fit.fitted.iloc[5:9], atol=1e-9)

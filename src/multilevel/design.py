@@ -465,7 +465,10 @@ def build_design(
     }
     row_index = frame.index if keep is None else frame.index[keep]
     if n_dropped:
-        messages.append(f"{n_dropped} rows with missing values were dropped")
+        messages.append(
+            f"{n_dropped} row{'s' if n_dropped != 1 else ''} with missing values "
+            f"{'were' if n_dropped != 1 else 'was'} dropped"
+        )
     return Design(
         parsed,
         y,

@@ -7,11 +7,12 @@ numbers, strings, arithmetic (``+ - * / ** % //``, unary minus), comparisons,
 ``&``/``|``/``~`` on booleans and calls of
 
 ``I, log, log2, log10, log1p, exp, expm1, sqrt, abs, sin, cos, tan, floor,
-ceiling, round, sign, scale, center, pi``.
+ceiling, round, sign, scale, center, poly, offset, cbind, pi``.
 
-``scale(x)`` and ``center(x)`` are stateful: the mean and standard deviation
-of the fitting data are remembered so that ``predict`` on new data applies the
-same transformation (as R's ``makepredictcall`` does).
+``scale(x)``, ``center(x)`` and ``poly(x, degree)`` (orthogonal polynomials)
+are stateful: the constants computed on the fitting data are remembered so
+that ``predict`` on new data applies the same transformation (as R's
+``makepredictcall`` does).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from .errors import DataError, FormulaError
 
 
-def _scale(x: np.ndarray, state: dict, center: bool = True, scale: bool = True) -> np.ndarray:
+def _scale(state: dict, x: np.ndarray, center: bool = True, scale: bool = True) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     if "mean" not in state:
         state["mean"] = float(np.nanmean(x)) if center else 0.0
@@ -34,8 +35,37 @@ def _scale(x: np.ndarray, state: dict, center: bool = True, scale: bool = True) 
     return (x - state["mean"]) / state["sd"]
 
 
-def _center(x: np.ndarray, state: dict) -> np.ndarray:
-    return _scale(x, state, center=True, scale=False)
+def _center(state: dict, x: np.ndarray) -> np.ndarray:
+    return _scale(state, x, center=True, scale=False)
+
+
+def _poly(state: dict, x: np.ndarray, degree: int = 1) -> np.ndarray:
+    """Orthogonal polynomials of x (columns 1..degree), by the three-term
+    recurrence p_{k+1} = (x − a_k) p_k − (n_k / n_{k−1}) p_{k−1} with
+    a_k = Σ x p_k² / n_k and n_k = Σ p_k² computed on the fitting data and kept
+    for new data; columns are scaled to unit length on the fitting data."""
+    x = np.asarray(x, dtype=float)
+    degree = int(degree)
+    if degree < 1:
+        raise FormulaError("poly() needs a degree of at least 1")
+    if "alpha" not in state:
+        ok = x[np.isfinite(x)]
+        if np.unique(ok).size <= degree:
+            raise FormulaError(f"poly(): degree {degree} needs more than {degree} distinct values")
+        alpha, norm = [], [1.0, float(ok.size)]
+        p_prev, p = np.zeros_like(ok), np.ones_like(ok)
+        for _ in range(degree):
+            alpha.append(float(np.sum(ok * p * p) / norm[-1]))
+            p_prev, p = p, (ok - alpha[-1]) * p - (norm[-1] / norm[-2]) * p_prev
+            norm.append(float(np.sum(p * p)))
+        state["alpha"], state["norm"] = alpha, norm
+    alpha, norm = state["alpha"], state["norm"]
+    out = np.empty((x.size, degree))
+    p_prev, p = np.zeros_like(x), np.ones_like(x)
+    for k in range(degree):  # the degree, not rows
+        p_prev, p = p, (x - alpha[k]) * p - (norm[k + 1] / norm[k]) * p_prev
+        out[:, k] = p / np.sqrt(norm[k + 2])
+    return out
 
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -58,7 +88,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "round": np.round,
     "sign": np.sign,
 }
-_STATEFUL = {"scale": _scale, "center": _center}
+_STATEFUL = {"scale": _scale, "center": _center, "poly": _poly}
 _CONSTANTS = {"pi": np.pi, "TRUE": True, "FALSE": False, "True": True, "False": False}
 ALLOWED_FUNCTIONS = sorted([*_FUNCTIONS, *_STATEFUL])
 
@@ -189,7 +219,7 @@ class Evaluator:
             kwargs = {k.arg: self._eval(k.value, data, state, counter) for k in node.keywords}
             if fname in _STATEFUL:
                 sub = state.setdefault(f"{fname}#{next(counter)}", {})
-                return _STATEFUL[fname](*args, sub, **kwargs)
+                return _STATEFUL[fname](sub, *args, **kwargs)
             if fname in _FUNCTIONS:
                 with np.errstate(all="ignore"):
                     return _FUNCTIONS[fname](*args, **kwargs)
