@@ -56,6 +56,29 @@ def _label(v: Any) -> str:
     return str(v)
 
 
+def _label_strings(s: pd.Series) -> pd.Series:
+    """Printable labels of a column, vectorized (integral floats without '.0')."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return s.map({True: "TRUE", False: "FALSE"})
+    if pd.api.types.is_float_dtype(s.dtype):
+        v = s.to_numpy()
+        if np.all(np.isnan(v) | (v == np.round(v))):
+            return pd.Series(np.where(np.isnan(v), "nan", v.astype(np.int64).astype(str)))
+    return s.astype(str)
+
+
+def _match_levels(values: pd.Index, column: pd.Series) -> np.ndarray:
+    """Level positions of new data's values; by value, else by printed label
+    (a school read as 1224 in one file and "1224" in another is one level)."""
+    idx = values.get_indexer(column.to_numpy())
+    if (idx < 0).any():
+        by_label = pd.Index(_label_strings(pd.Series(values))).get_indexer(
+            _label_strings(column.reset_index(drop=True))
+        )
+        idx = np.where(idx < 0, by_label, idx)
+    return idx
+
+
 def to_pandas(data: Any) -> pd.DataFrame:
     """Accept pandas or polars data frames (and mappings of columns)."""
     if isinstance(data, pd.DataFrame):
@@ -139,6 +162,29 @@ class RandomStructure:
     levels: list[str]  # level labels in order
     spec: MatrixSpec
     group_values: list[pd.Index]  # per grouping column, level values (for new data)
+    group_combos: np.ndarray | None = None  # (nlevels, ncols) column codes of each level
+
+    def level_index(self, frame: pd.DataFrame) -> np.ndarray:
+        """Level of each row of new data (-1 for levels not seen in the fit)."""
+        for g in self.term.group:
+            if g not in frame.columns:
+                raise DataError(f"newdata lacks the grouping column {g!r}")
+        codes = [
+            _match_levels(vals, frame[g])
+            for vals, g in zip(self.group_values, self.term.group, strict=True)
+        ]
+        if len(codes) == 1:
+            return codes[0].astype(np.int64)
+        sizes = [len(v) for v in self.group_values]
+        key = np.zeros(len(frame), dtype=np.int64)
+        level_key = np.zeros(len(self.levels), dtype=np.int64)
+        for j, (c, size) in enumerate(zip(codes, sizes, strict=True)):
+            key = key * size + np.maximum(c, 0)
+            level_key = level_key * size + self.group_combos[:, j]
+        unknown = np.any(np.stack(codes) < 0, axis=0)
+        pos = np.minimum(np.searchsorted(level_key, key), len(level_key) - 1)
+        found = (level_key[pos] == key) & ~unknown
+        return np.where(found, pos, -1).astype(np.int64)
 
     @property
     def name(self) -> str:
@@ -546,7 +592,7 @@ def _random_structure(
             v = _categorize(pd.Series(v.values[:, 0]), g, None)
             values[g] = v
         parts.append(v)
-    codes, labels, _ = group_codes(parts)
+    codes, labels, combos = group_codes(parts)
     if len(labels) < 2:
         raise ModelError(
             f"grouping factor {rt.group_name!r} has only {len(labels)} level; "
@@ -559,5 +605,5 @@ def _random_structure(
             "parameters and the residual variance are probably unidentifiable"
         )
     return RandomStructure(
-        rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts]
+        rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts], combos
     )

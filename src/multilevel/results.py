@@ -320,11 +320,10 @@ class LmerFit:
         if not population:
             for r, b in zip(self.design.random, self._b, strict=True):
                 Z, _ = build_matrix(r.term.expr, values, n, r.spec.codings)
-                lookup = {lab: i for i, lab in enumerate(r.levels)}
-                labels = _group_labels(frame, r)
-                idx = np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)
+                idx = r.level_index(frame)
                 if (idx < 0).any() and not allow_new_levels:
-                    new = sorted({lab for lab, i in zip(labels, idx, strict=True) if i < 0})
+                    rows = frame.loc[idx < 0, list(r.term.group)].drop_duplicates().head(5)
+                    new = [":".join(map(str, row)) for row in rows.itertuples(index=False)]
                     raise DataError(
                         f"new levels of {r.name!r} in newdata: {new[:5]}; "
                         "use allow_new_levels=True to predict them at the population level"
@@ -455,13 +454,3 @@ class LmerSummary:
 
 def _floats(series: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in series.items()}
-
-
-def _group_labels(frame: pd.DataFrame, r) -> list[str]:
-    from .design import _label
-
-    for g in r.term.group:
-        if g not in frame.columns:
-            raise DataError(f"newdata lacks the grouping column {g!r}")
-    cols = [frame[g].to_numpy() for g in r.term.group]
-    return [":".join(_label(v) for v in row) for row in zip(*cols, strict=True)]
