@@ -108,3 +108,20 @@ def test_fit_is_reproducible(hsb):
         b = ml.lmer(HSB, hsb)
     assert a.loglik == b.loglik
     np.testing.assert_array_equal(a.fixef, b.fixef)
+
+
+def test_summary_with_denominator_df(fit):
+    ref = reference("hsb_lmer_reml")
+    text = str(fit.summary(ddf="Satterthwaite"))
+    assert "Fixed effects (Satterthwaite df):" in text and "Signif. codes" in text
+    sat = fit.summary(ddf="Satterthwaite").coefficients
+    for name, df in ref["satterthwaite_df"].items():
+        assert sat.loc[name, "df"] == pytest.approx(df, rel=1e-3)
+    nlme = fit.summary(ddf="nlme").coefficients
+    assert nlme["df"].to_dict() == reference("hsb_nlme_reml")["df"]
+
+
+def test_inference_methods_are_on_the_fit(fit):
+    ci = fit.confint(method="wald")
+    assert ci.shape[1] == 2
+    assert fit.refit_ml().REML is False

@@ -18,6 +18,19 @@ from .errors import (
 )
 from .formula import parse_formula
 from .groups import add_centered, attach_level2, center_grand, center_within, group_mean
+from .inference import (
+    BootResult,
+    Profile,
+    anova,
+    bootstrap,
+    coef_table,
+    confint,
+    contrast,
+    profile,
+    ranova,
+    refit_ml,
+    simulate,
+)
 from .levels import Multilevel, MultilevelFit
 from .lmlist import LmList, lmList
 from .models import lmer
@@ -27,6 +40,17 @@ from .results import LmerFit
 __version__ = "0.1.0"
 
 __all__ = [
+    "BootResult",
+    "Profile",
+    "anova",
+    "bootstrap",
+    "coef_table",
+    "confint",
+    "contrast",
+    "profile",
+    "ranova",
+    "refit_ml",
+    "simulate",
     "Multilevel",
     "MultilevelFit",
     "LmeFit",

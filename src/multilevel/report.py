@@ -119,8 +119,25 @@ def correlation_block(names: list[str], corr: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def lmer_summary(fit: LmerFit) -> str:
-    """lme4's ``print(summary(fit))`` layout."""
+def format_pval(p: float, digits: int = 3, eps: float = 2.220446e-16) -> str:
+    """R's ``format.pval``: ``< 2e-16`` below machine precision, else ``digits``
+    significant digits."""
+    if not np.isfinite(p):
+        return "NA"
+    if p < eps:
+        return "< 2e-16"
+    return f"{p:.{digits}g}" if p >= 1e-4 else f"{p:.{max(digits - 1, 1)}e}"
+
+
+def stars(p: float) -> str:
+    return (
+        "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else " "
+    )
+
+
+def lmer_summary(fit: LmerFit, coefs=None, ddf: str | None = None) -> str:
+    """lme4's ``print(summary(fit))`` layout; with a ``coefs`` table holding df
+    and p-values, lmerTest's fixed-effects table."""
     method = "REML" if fit.REML else "maximum likelihood "
     out = [f"Linear mixed model fit by {method} ['lmerMod']"]
     out.append(f"Formula: {fit.formula}")
@@ -147,14 +164,25 @@ def lmer_summary(fit: LmerFit) -> str:
     groups = "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
     out.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
     out.append("")
-    out.append("Fixed effects:")
+    out.append("Fixed effects:" if coefs is None else f"Fixed effects ({ddf} df):")
     est = fit.fixef.to_numpy()
     se = fit.se.to_numpy()
     both = format_r(np.concatenate([est, se]), 4)
     tv = format_r(est / se, 4)
     names = list(fit.fixef.index)
-    rows = [[nm, both[i], both[len(est) + i], tv[i]] for i, nm in enumerate(names)]
-    out.append(table(rows, ["", "Estimate", "Std. Error", "t value"]))
+    if coefs is None:
+        rows = [[nm, both[i], both[len(est) + i], tv[i]] for i, nm in enumerate(names)]
+        out.append(table(rows, ["", "Estimate", "Std. Error", "t value"]))
+    else:
+        dfs = format_r(coefs["df"].to_numpy(), 4)
+        ps = coefs["Pr(>|t|)"].to_numpy()
+        rows = [
+            [nm, both[i], both[len(est) + i], dfs[i], tv[i], format_pval(ps[i]), stars(ps[i])]
+            for i, nm in enumerate(names)
+        ]
+        out.append(table(rows, ["", "Estimate", "Std. Error", "df", "t value", "Pr(>|t|)", ""]))
+        out.append("---")
+        out.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
     if len(names) > 1:
         out.append("")
         out.append("Correlation of Fixed Effects:")

@@ -357,6 +357,56 @@ class LmerFit:
                 values[label] = Numeric(arr.reshape(len(frame), -1), spec.suffixes or [""])
         return values
 
+    # -- inference (multilevel.inference) ---------------------------------------------
+    def coef_table(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """Estimate, Std. Error, df, t value, Pr(>|t|) with Satterthwaite,
+        Kenward-Roger or no denominator degrees of freedom."""
+        from .inference import coef_table
+
+        return coef_table(self, ddf=ddf)
+
+    def contrast(self, L: Any, ddf: str = "Satterthwaite", joint: bool = False) -> pd.DataFrame:
+        """Tests of linear combinations Lβ (rows of L, or named combinations)."""
+        from .inference import contrast
+
+        return contrast(self, L, ddf=ddf, joint=joint)
+
+    def confint(self, method: str = "profile", level: float = 0.95, **kw: Any) -> pd.DataFrame:
+        """Confidence intervals: "profile" (likelihood), "wald" or "boot"."""
+        from .inference import confint
+
+        return confint(self, method=method, level=level, **kw)
+
+    def profile(self, **kw: Any):
+        """Likelihood profiles (ζ traces) of σ, the SDs, correlations and β."""
+        from .inference import profile
+
+        return profile(self, **kw)
+
+    def simulate(self, nsim: int = 1, seed: int | None = None):
+        """Responses simulated from the fitted model."""
+        from .inference import simulate
+
+        return simulate(self, nsim, seed=seed)
+
+    def bootstrap(self, nsim: int = 500, seed: int | None = None, **kw: Any):
+        """Parametric bootstrap with warm-started refits."""
+        from .inference import bootstrap
+
+        return bootstrap(self, nsim, seed=seed, **kw)
+
+    def ranova(self) -> pd.DataFrame:
+        """Likelihood-ratio tests of each random-effects term (lmerTest's ranova)."""
+        from .inference import ranova
+
+        return ranova(self)
+
+    def refit_ml(self) -> LmerFit:
+        """The same model fitted by maximum likelihood."""
+        from .inference import refit_ml
+
+        return refit_ml(self)
+
     # -- export ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Every number of the summary as plain Python types (JSON-ready)."""
@@ -412,9 +462,30 @@ class LmerFit:
         return json.dumps(self.to_dict(), **kwargs)
 
     # -- printing -------------------------------------------------------------------
-    def summary(self) -> LmerSummary:
-        """lme4-style summary; ``print(fit.summary())`` shows it."""
-        return LmerSummary(self)
+    def summary(self, ddf: str | None = None) -> LmerSummary:
+        """lme4-style summary; ``print(fit.summary())`` shows it.  With ``ddf``
+        ("Satterthwaite", "Kenward-Roger", "nlme") the fixed-effects table gets
+        denominator degrees of freedom and p-values, as lmerTest prints it."""
+        return LmerSummary(self, ddf)
+
+    def nlme_df(self) -> pd.Series:
+        """nlme's between/within denominator DF (nested grouping factors only)."""
+        from .errors import ModelError
+        from .nlme import _term_columns, between_within_df
+
+        groups: dict[str, np.ndarray] = {}
+        for r in sorted(self.design.random, key=lambda r: r.nlevels):
+            groups.setdefault(r.name, r.codes)
+        codes = list(groups.values())
+        for outer, inner in zip(codes, codes[1:], strict=False):
+            # nested: every inner group lies in one outer group
+            pairs = np.unique(np.stack([inner, outer]), axis=1)
+            if pairs.shape[1] != len(np.unique(inner)):
+                raise ModelError("nlme's DF rule needs nested grouping factors")
+        df, _ = between_within_df(
+            self.design.X, _term_columns(self.design), codes, self.design.xspec.intercept
+        )
+        return pd.Series(df, index=self.design.fixef_names, name="df")
 
     def _repr_html_(self) -> str:
         return self.summary()._repr_html_()
@@ -428,18 +499,38 @@ class LmerFit:
 class LmerSummary:
     """The summary of a fit: text in lme4's layout, and the coefficient table."""
 
-    def __init__(self, fit: LmerFit):
+    def __init__(self, fit: LmerFit, ddf: str | None = None):
         self.fit = fit
+        self.ddf = ddf
 
     @property
     def coefficients(self) -> pd.DataFrame:
+        """Estimate, Std. Error, t value; with ``ddf`` also df and Pr(>|t|)."""
         f = self.fit
-        return pd.DataFrame({"Estimate": f.fixef, "Std. Error": f.se, "t value": f.tvalues})
+        if self.ddf is None or self.ddf == "none":
+            return pd.DataFrame({"Estimate": f.fixef, "Std. Error": f.se, "t value": f.tvalues})
+        if self.ddf == "nlme":
+            from scipy import stats
+
+            df = f.nlme_df()
+            t = f.tvalues
+            return pd.DataFrame(
+                {
+                    "Estimate": f.fixef,
+                    "Std. Error": f.se,
+                    "df": df,
+                    "t value": t,
+                    "Pr(>|t|)": 2 * stats.t.sf(np.abs(t), df),
+                }
+            )
+        return f.coef_table(ddf=self.ddf)
 
     def __str__(self) -> str:
         from .report import lmer_summary
 
-        return lmer_summary(self.fit)
+        return lmer_summary(
+            self.fit, self.coefficients if self.ddf not in (None, "none") else None, self.ddf
+        )
 
     __repr__ = __str__
 
