@@ -75,6 +75,41 @@ class CrossProducts:
     n: int
     p: int
 
+    def __add__(self, other: CrossProducts) -> CrossProducts:
+        """Cross-products of two sets of rows with the same levels: their sum."""
+
+        def add(a, b):
+            return None if a is None else a + b
+
+        return CrossProducts(
+            self.q,
+            self.nlevels,
+            self.D1 + other.D1,
+            self.B1F + other.B1F,
+            add(self.A1R, other.A1R),
+            add(self.ARR, other.ARR),
+            add(self.ARF, other.ARF),
+            self.AFF + other.AFF,
+            self.n + other.n,
+            self.p,
+        )
+
+    def drop_x_columns(self, keep: np.ndarray) -> CrossProducts:
+        """The same cross-products without some columns of X (aliased ones)."""
+        cols = np.append(np.flatnonzero(keep), self.p)  # y stays last
+        return CrossProducts(
+            self.q,
+            self.nlevels,
+            self.D1,
+            self.B1F[:, :, cols],
+            self.A1R,
+            self.ARR,
+            None if self.ARF is None else self.ARF[:, cols],
+            self.AFF[np.ix_(cols, cols)],
+            self.n,
+            int(keep.sum()),
+        )
+
     @property
     def Qr(self) -> int:
         return 0 if self.ARR is None else self.ARR.shape[0]

@@ -220,10 +220,11 @@ class Design:
     evaluator: Evaluator
     messages: list[str] = field(default_factory=list)
     response: Value | None = None  # the response as evaluated (GLMMs interpret it)
+    n_rows: int | None = None  # set when the rows are not held (chunked data)
 
     @property
     def nobs(self) -> int:
-        return len(self.y)
+        return len(self.y) if self.n_rows is None else self.n_rows
 
     @property
     def fixef_names(self) -> list[str]:
@@ -272,11 +273,11 @@ def _missing(value: Value) -> np.ndarray:
     return np.isnan(value.values).any(axis=1)
 
 
-def _subset(value: Value, keep: np.ndarray) -> Value:
+def _subset(value: Value, keep: np.ndarray, keep_levels: bool = False) -> Value:
     if isinstance(value, Categorical):
         codes = value.codes[keep]
         used = np.bincount(codes, minlength=len(value.labels)) > 0
-        if used.all():
+        if used.all() or keep_levels:
             return Categorical(codes, value.values, value.labels)
         remap = np.cumsum(used) - 1
         return Categorical(
@@ -340,14 +341,17 @@ def build_matrix(
 
 
 def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
-    """Boolean mask of columns linearly dependent on earlier ones.
+    """Boolean mask of columns linearly dependent on earlier ones."""
+    return aliased_from_gram(X.T @ X, tol)
 
-    A Cholesky factorization of the scaled cross-product in column order that
-    skips pivots below ``tol``: the later of two aliased columns is dropped,
-    as R's column-pivoting QR does.
+
+def aliased_from_gram(G: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Aliased columns from the cross-product XᵀX: a Cholesky factorization
+    of the scaled cross-product in column order that skips pivots below
+    ``tol``; the later of two aliased columns is dropped, as R's
+    column-pivoting QR does.
     """
-    p = X.shape[1]
-    G = X.T @ X
+    p = G.shape[0]
     d = np.sqrt(np.maximum(np.diag(G), 0.0))
     zero = d == 0
     d[zero] = 1.0
@@ -394,6 +398,7 @@ def build_design(
     numeric_response: bool = True,
     check_nobs: bool = True,
     drop_aliased: bool = True,
+    frozen: dict | None = None,
 ) -> Design:
     """Model frame, fixed-effects matrix and random-effects structures.
 
@@ -402,6 +407,12 @@ def build_design(
     allows as many random effects as observations (families without a scale
     parameter, e.g. an observation-level random effect in a Poisson model);
     ``drop_aliased=False`` keeps aliased columns (per-group fits judge them).
+
+    ``frozen`` fixes the complete level sets (one chunk of a larger data set,
+    :mod:`multilevel.partitioned`): ``{label: level values}`` for every
+    categorical factor and grouping column, and ``{("combos", group name):
+    level keys}`` for interaction grouping factors; unused levels are kept and
+    level-count checks are left to the caller.
     """
     frame = to_pandas(data)
     if na_action not in ("omit", "raise"):
@@ -420,6 +431,8 @@ def build_design(
     w = _vector_arg(weights, frame, "weights", columns)
     off = _vector_arg(offset, frame, "offset", columns)
 
+    if frozen is not None:
+        levels = {**(levels or {}), **{k: list(v) for k, v in frozen.items() if isinstance(k, str)}}
     values = {label: _to_value(r, label, levels) for label, r in raw.items()}
     n_all = len(frame)
     for label, v in values.items():
@@ -444,7 +457,7 @@ def build_design(
                 "and na_action='raise'"
             )
         keep = ~missing
-        values = {lab: _subset(v, keep) for lab, v in values.items()}
+        values = {lab: _subset(v, keep, frozen is not None) for lab, v in values.items()}
         w = None if w is None else w[keep]
         off = None if off is None else off[keep]
     else:
@@ -498,7 +511,16 @@ def build_design(
             total += values[label].values[:, 0]  # type: ignore[union-attr]
         off = total
 
-    random = [_random_structure(rt, values, n, check_nobs) for rt in parsed.random]
+    random = [
+        _random_structure(
+            rt,
+            values,
+            n,
+            check_nobs and frozen is None,
+            None if frozen is None else frozen.get(("combos", rt.group_name)),
+        )
+        for rt in parsed.random
+    ]
     specs = {
         lab: FactorSpec(
             parsed.factors[lab],
@@ -555,17 +577,28 @@ def _used_labels(parsed: ParsedFormula) -> list[str]:
     return labels
 
 
-def group_codes(
-    parts: list[Categorical],
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Level index of the interaction of grouping factors (levels in the order
-    of the first factor, then the next...), only combinations that occur."""
-    if len(parts) == 1:
-        return parts[0].codes, list(parts[0].labels), parts[0].codes[:, None]
+def combo_keys(parts: list[Categorical]) -> np.ndarray:
+    """One integer per row for the combination of several factors' levels."""
     combo = np.zeros(len(parts[0].codes), dtype=np.int64)
     for p in parts:
         combo = combo * len(p.labels) + p.codes
-    uniq, codes = np.unique(combo, return_inverse=True)
+    return combo
+
+
+def group_codes(
+    parts: list[Categorical], known: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Level index of the interaction of grouping factors (levels in the order
+    of the first factor, then the next...): the combinations that occur, or
+    the sorted ``known`` combination keys (see :func:`combo_keys`)."""
+    if len(parts) == 1:
+        return parts[0].codes, list(parts[0].labels), parts[0].codes[:, None]
+    combo = combo_keys(parts)
+    if known is None:
+        uniq, codes = np.unique(combo, return_inverse=True)
+    else:
+        uniq = np.asarray(known, dtype=np.int64)
+        codes = np.searchsorted(uniq, combo)
     comps = []
     rem = uniq.copy()
     for p in reversed(parts):
@@ -580,7 +613,11 @@ def group_codes(
 
 
 def _random_structure(
-    rt: RandomTerm, values: dict[str, Value], n: int, check_nobs: bool = True
+    rt: RandomTerm,
+    values: dict[str, Value],
+    n: int,
+    check_nobs: bool = True,
+    combos: np.ndarray | None = None,
 ) -> RandomStructure:
     Z, spec = build_matrix(rt.expr, values, n)
     parts: list[Categorical] = []
@@ -592,8 +629,8 @@ def _random_structure(
             v = _categorize(pd.Series(v.values[:, 0]), g, None)
             values[g] = v
         parts.append(v)
-    codes, labels, combos = group_codes(parts)
-    if len(labels) < 2:
+    codes, labels, combos = group_codes(parts, combos)
+    if len(labels) < 2 and check_nobs:
         raise ModelError(
             f"grouping factor {rt.group_name!r} has only {len(labels)} level; "
             "a random effect needs at least two levels"

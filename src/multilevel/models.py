@@ -33,7 +33,9 @@ def lmer(
 
     ``formula`` uses lme4's syntax, e.g.
     ``"mathach ~ meanses*cses + sector*cses + (cses | school)"``.
-    ``data`` is a pandas or polars DataFrame.  ``weights`` and ``offset`` are
+    ``data`` is a pandas or polars DataFrame, or a Dask DataFrame or Parquet
+    path (fitted in two passes over its partitions,
+    :mod:`multilevel.partitioned`).  ``weights`` and ``offset`` are
     column names or arrays (prior weights: residual variance σ²/wᵢ).
     ``levels`` maps categorical columns to their level order, the first level
     being the reference.  Rows with missing values in used columns are dropped
@@ -43,6 +45,21 @@ def lmer(
     The model is y = Xβ + Zb + ε with b = Λ(θ)u, u ~ N(0, σ²I), ε ~ N(0, σ²I);
     θ minimises the profiled REML/ML criterion (see :mod:`multilevel.lmm`).
     """
+    from .partitioned import is_partitioned
+
+    if is_partitioned(data):
+        from .partitioned import lmer_partitioned
+
+        return lmer_partitioned(
+            formula,
+            data,
+            REML,
+            weights=weights,
+            offset=offset,
+            levels=levels,
+            na_action=na_action,
+            start=start,
+        )
     parsed = parse_formula(formula)
     if not parsed.random:
         raise_no_random(formula)

@@ -197,6 +197,38 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
         if df < 1e-13 * (1 + abs(f)) and np.max(np.abs(s)) < 1e-8:
             status = "CONVERGED"
             break
+    # Near the optimum the criterion's differences drown in rounding (its
+    # value is known to ~1e-12 relative, so θ only to ~1e-7 from values) while
+    # the exact gradient still points the way: Newton steps with a Hessian from
+    # differences of the exact gradient, accepted while the gradient shrinks,
+    # pin θ down to what the gradient resolves.
+    free = ~(bounded & (x <= lower) & (g >= 0))
+    idx = np.flatnonzero(free)
+    if idx.size and np.max(np.abs(g[idx])) > 1e-10 * (1 + abs(f)):
+        H = np.empty((idx.size, idx.size))
+        for a, i in enumerate(idx):  # a few parameters, not rows or groups
+            h = 1e-5 * max(1.0, abs(x[i]))
+            e = np.zeros(n)
+            e[i] = h
+            H[a] = (logged.value_grad(x + e)[1][idx] - logged.value_grad(x - e)[1][idx]) / (2 * h)
+        H = 0.5 * (H + H.T)
+        for _ in range(4):
+            gnorm = np.linalg.norm(g[idx])
+            if gnorm < 1e-10 * (1 + abs(f)):
+                break
+            try:
+                step = -np.linalg.solve(H, g[idx])
+            except np.linalg.LinAlgError:
+                break
+            xn = x.copy()
+            xn[idx] += step
+            if np.any(bounded & (xn <= lower)) or np.linalg.norm(step) > 1e-3:
+                break
+            fn, gn = logged.value_grad(xn)
+            if not (np.linalg.norm(gn[idx]) < 0.5 * gnorm and fn <= f + 1e-11 * (1 + abs(f))):
+                break
+            x, f, g = xn, fn, gn
+    logged.best, logged.best_x = f, x
     near = bounded & (x - lower < BOUNDARY_TOL) & (x > lower)
     if near.any():
         xs = x.copy()

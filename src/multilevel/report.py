@@ -155,7 +155,7 @@ def lmer_summary(fit: LmerFit, coefs=None, ddf: str | None = None) -> str:
         out.append(" ".join(a.rjust(w) for a in labels) + " ")
         out.append(" ".join(a.rjust(w) for a in cells) + " ")
     out.append("")
-    q = np.quantile(fit.residuals(type="pearson", scaled=True), [0, 0.25, 0.5, 0.75, 1])
+    q = fit.residual_quantiles()
     out.append("Scaled residuals: ")
     out.append(quantile_line(q))
     out.append("")

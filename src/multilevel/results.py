@@ -289,6 +289,12 @@ class LmerFit:
             res = res / self.sigma
         return pd.Series(res, index=self.design.row_index, name="residuals")
 
+    def residual_quantiles(self) -> np.ndarray:
+        """Min, quartiles and max of the scaled Pearson residuals (lme4's
+        "Scaled residuals")."""
+        r = self.residuals(type="pearson", scaled=True)
+        return np.quantile(r, [0, 0.25, 0.5, 0.75, 1])
+
     def predict(
         self, newdata: Any = None, re_form: str | None = None, allow_new_levels: bool = False
     ) -> pd.Series:
@@ -410,7 +416,7 @@ class LmerFit:
     # -- export ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Every number of the summary as plain Python types (JSON-ready)."""
-        q = np.quantile(self.residuals(type="pearson", scaled=True), [0, 0.25, 0.5, 0.75, 1])
+        q = self.residual_quantiles()
         vc = self.varcorr
         return {
             "model": "lmer",

@@ -1,0 +1,102 @@
+"""Fitting from chunks (issue 8): a pandas frame in slices, a Dask DataFrame,
+a Parquet path and a local dask.distributed cluster of worker processes all
+give the in-memory fit up to summation-order rounding (1e-8 relative)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import multilevel as ml
+from multilevel.partitioned import PartitionedLmerFit, lmer_partitioned
+
+CASES = [
+    ("hsb", "mathach ~ meanses*cses + sector*cses + (cses | school)", 700),
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", 37),
+    ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", 25),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)", 17),
+]
+
+
+def quiet(fn, *args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kw)
+
+
+def assert_same_fit(a, b, rtol=1e-8):
+    assert b.loglik == pytest.approx(a.loglik, rel=1e-12, abs=1e-9)
+    np.testing.assert_allclose(b.fixef, a.fixef, rtol=rtol)
+    np.testing.assert_allclose(b.se, a.se, rtol=rtol)
+    np.testing.assert_allclose(b.varcorr["sdcor"], a.varcorr["sdcor"], rtol=rtol)
+    assert b.nobs == a.nobs
+    for g in a.ranef:
+        np.testing.assert_allclose(b.ranef[g], a.ranef[g], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name, formula, rows", CASES)
+def test_pandas_in_chunks_equals_in_memory(name, formula, rows):
+    data = ml.datasets.load(name)
+    a = quiet(ml.lmer, formula, data)
+    b = quiet(lmer_partitioned, formula, data, chunk_rows=rows)
+    assert isinstance(b, PartitionedLmerFit)
+    assert_same_fit(a, b)
+    np.testing.assert_allclose(b.fitted, a.fitted, rtol=1e-8)
+    np.testing.assert_allclose(b.residual_quantiles(), a.residual_quantiles(), rtol=1e-7)
+
+
+def test_dask_dataframe_and_parquet_equal_in_memory(tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    pytest.importorskip("pyarrow")
+    name, formula, _ = CASES[0]
+    data = ml.datasets.load(name)
+    a = quiet(ml.lmer, formula, data)
+    ddf = dd.from_pandas(data, npartitions=5)
+    b = quiet(ml.lmer, formula, ddf)
+    assert_same_fit(a, b)
+    fitted = b.fitted
+    assert type(fitted).__module__.startswith(("dask", "dask_expr"))  # lazy
+    np.testing.assert_allclose(fitted.compute().to_numpy(), a.fitted.to_numpy(), rtol=1e-8)
+    path = tmp_path / "hsb.parquet"
+    ddf.to_parquet(str(path))
+    c = quiet(ml.lmer, formula, str(path))
+    assert_same_fit(a, c)
+
+
+def test_local_distributed_cluster_of_processes():
+    pytest.importorskip("dask.dataframe")
+    distributed = pytest.importorskip("distributed")
+    import dask.dataframe as dd
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        for name, formula, _ in CASES[:3]:
+            data = ml.datasets.load(name)
+            a = quiet(ml.lmer, formula, data)
+            b = quiet(ml.lmer, formula, dd.from_pandas(data, npartitions=4))
+            assert_same_fit(a, b)
+
+
+def test_refusals():
+    data = ml.datasets.load("sleepstudy")
+    with pytest.raises(ml.ModelError, match="whole column"):
+        lmer_partitioned("Reaction ~ scale(Days) + (1 | Subject)", data, chunk_rows=50)
+    with pytest.raises(ml.DataError, match="column name"):
+        lmer_partitioned("Reaction ~ Days + (1 | Subject)", data, weights=np.ones(180))
+    with pytest.raises(ml.DataError, match="did you mean"):
+        lmer_partitioned("Reaction ~ Dayz + (1 | Subject)", data, chunk_rows=50)
+
+
+def test_levels_missing_from_some_chunks():
+    """A chunk that lacks a level, or a category, still codes it globally."""
+    data = ml.datasets.load("hsb").sort_values("sector", kind="stable")  # chunks of one sector
+    formula = CASES[0][1]
+    a = quiet(ml.lmer, formula, data)
+    b = quiet(lmer_partitioned, formula, data, chunk_rows=1000)
+    assert_same_fit(a, b)
