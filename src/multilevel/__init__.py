@@ -16,7 +16,10 @@ from .errors import (
     MultilevelError,
     SingularFitWarning,
 )
+from .families import Family, binomial, poisson
 from .formula import parse_formula
+from .glmm import glmer
+from .glmm_results import GlmerFit
 from .groups import add_centered, attach_level2, center_grand, center_within, group_mean
 from .inference import (
     BootResult,
@@ -34,12 +37,19 @@ from .inference import (
 from .levels import Multilevel, MultilevelFit
 from .lmlist import LmList, lmList
 from .models import lmer
+from .montecarlo import loglik_mc
 from .nlme import LmeFit, lme, lme_from_formula
 from .results import LmerFit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Family",
+    "GlmerFit",
+    "binomial",
+    "glmer",
+    "loglik_mc",
+    "poisson",
     "BootResult",
     "Profile",
     "anova",

@@ -315,53 +315,13 @@ class LmerFit:
                 return pd.Series(eta, index=self.design.row_index, name="predicted")
             return self.fitted.rename("predicted")
         frame = to_pandas(newdata)
-        values = self._new_values(frame)
-        n = len(frame)
-        X, _ = build_matrix(self.design.formula.fixed, values, n, self.design.xspec.codings)
-        if self.design.xspec.keep is not None:
-            X = X[:, self.design.xspec.keep]
-        eta = X @ self._beta
-        for label in self.design.formula.fixed.offsets:
-            eta = eta + values[label].values[:, 0]
-        if not population:
-            for r, b in zip(self.design.random, self._b, strict=True):
-                Z, _ = build_matrix(r.term.expr, values, n, r.spec.codings)
-                idx = r.level_index(frame)
-                if (idx < 0).any() and not allow_new_levels:
-                    rows = frame.loc[idx < 0, list(r.term.group)].drop_duplicates().head(5)
-                    new = [":".join(map(str, row)) for row in rows.itertuples(index=False)]
-                    raise DataError(
-                        f"new levels of {r.name!r} in newdata: {new[:5]}; "
-                        "use allow_new_levels=True to predict them at the population level"
-                    )
-                bb = np.where((idx >= 0)[:, None], b[np.maximum(idx, 0)], 0.0)
-                eta = eta + np.einsum("nq,nq->n", Z, bb)
+        eta = linear_predictor(
+            self.design, self._beta, self._b, frame, population, allow_new_levels
+        )
         return pd.Series(eta, index=frame.index, name="predicted")
 
     def _new_values(self, frame: pd.DataFrame) -> dict[str, Any]:
-        from .design import Numeric, _evaluate_factor, _is_categorical
-
-        values: dict[str, Any] = {}
-        columns = [str(c) for c in frame.columns]
-        for label, spec in self.design.factor_specs.items():
-            if label == self.design.formula.response.label:  # type: ignore[union-attr]
-                continue
-            if any(label in r.term.group for r in self.design.random):
-                continue
-            raw = _evaluate_factor(spec.factor, frame, self.design.evaluator, columns)
-            if spec.categorical:
-                s = raw if isinstance(raw, pd.Series) else pd.Series(raw)
-                codes = spec.values.get_indexer(s.to_numpy())
-                if (codes < 0).any():
-                    bad = sorted({str(v) for v, c in zip(s, codes, strict=True) if c < 0})
-                    raise DataError(f"{label!r} has levels not seen in the fit: {bad[:5]}")
-                values[label] = Categorical(codes.astype(np.int64), spec.values, spec.labels)
-            else:
-                if _is_categorical(raw):
-                    raise DataError(f"{label!r} was numeric in the fit but is not in newdata")
-                arr = np.asarray(raw, dtype=float)
-                values[label] = Numeric(arr.reshape(len(frame), -1), spec.suffixes or [""])
-        return values
+        return new_values(self.design, frame)
 
     # -- inference (multilevel.inference) ---------------------------------------------
     def coef_table(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
@@ -551,3 +511,66 @@ class LmerSummary:
 
 def _floats(series: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in series.items()}
+
+
+def new_values(design: Design, frame: pd.DataFrame) -> dict[str, Any]:
+    """The formula's factors evaluated on new data with the fit's codings
+    (levels, stateful transforms), grouping columns excepted."""
+    from .design import Numeric, _evaluate_factor, _is_categorical, _match_levels
+
+    values: dict[str, Any] = {}
+    columns = [str(c) for c in frame.columns]
+    for label, spec in design.factor_specs.items():
+        if label == design.formula.response.label:  # type: ignore[union-attr]
+            continue
+        if any(label in r.term.group for r in design.random):
+            continue
+        raw = _evaluate_factor(spec.factor, frame, design.evaluator, columns)
+        if spec.categorical:
+            s = raw if isinstance(raw, pd.Series) else pd.Series(raw)
+            codes = _match_levels(spec.values, s)
+            if (codes < 0).any():
+                bad = [str(v) for v in pd.unique(s.to_numpy()[codes < 0])[:5]]
+                raise DataError(f"{label!r} has levels not seen in the fit: {bad}")
+            values[label] = Categorical(codes.astype(np.int64), spec.values, spec.labels)
+        else:
+            if _is_categorical(raw):
+                raise DataError(f"{label!r} was numeric in the fit but is not in newdata")
+            arr = np.asarray(raw, dtype=float)
+            values[label] = Numeric(arr.reshape(len(frame), -1), spec.suffixes or [""])
+    return values
+
+
+def linear_predictor(
+    design: Design,
+    beta: np.ndarray,
+    b: list[np.ndarray],
+    frame: pd.DataFrame,
+    population: bool,
+    allow_new_levels: bool,
+) -> np.ndarray:
+    """Xβ (+ offset) (+ Zb unless ``population``) on new data; levels not seen
+    in the fit get b = 0 when allowed and are an error otherwise."""
+    values = new_values(design, frame)
+    n = len(frame)
+    X, _ = build_matrix(design.formula.fixed, values, n, design.xspec.codings)
+    if design.xspec.keep is not None:
+        X = X[:, design.xspec.keep]
+    eta = X @ beta
+    for label in design.formula.fixed.offsets:
+        eta = eta + values[label].values[:, 0]
+    if population:
+        return eta
+    for r, br in zip(design.random, b, strict=True):
+        Z, _ = build_matrix(r.term.expr, values, n, r.spec.codings)
+        idx = r.level_index(frame)
+        if (idx < 0).any() and not allow_new_levels:
+            rows = frame.loc[idx < 0, list(r.term.group)].drop_duplicates().head(5)
+            new = [":".join(map(str, row)) for row in rows.itertuples(index=False)]
+            raise DataError(
+                f"new levels of {r.name!r} in newdata: {new}; "
+                "use allow_new_levels=True to predict them at the population level"
+            )
+        bb = np.where((idx >= 0)[:, None], br[np.maximum(idx, 0)], 0.0)
+        eta = eta + np.einsum("nq,nq->n", Z, bb)
+    return eta

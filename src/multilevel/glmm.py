@@ -1,0 +1,536 @@
+"""``glmer``: generalized linear mixed models by Laplace, adaptive Gauss–Hermite
+quadrature (AGQ) or Monte Carlo integration.
+
+Model: yᵢ | b ~ family(μᵢ), g(μᵢ) = ηᵢ = offsetᵢ + xᵢᵀβ + zᵢᵀb, b = Λ(θ)u,
+u ~ N(0, I).  The marginal likelihood
+
+    L(θ, β) = ∫ Πᵢ f(yᵢ | ηᵢ(u)) φ(u) du
+
+is approximated at the conditional mode ũ(θ, β) found by PIRLS
+(:mod:`multilevel.pirls`):
+
+* Laplace (nAGQ = 1): −2 log L ≈ −2 Σ log f(yᵢ | η̃ᵢ) + ‖ũ‖² + log|L|²;
+* AGQ (nAGQ > 1, one random-effects term, scalar or vector):
+  :mod:`multilevel.quadrature`;
+* Monte Carlo (``method="mc"``): importance sampling with common random
+  numbers, :mod:`multilevel.montecarlo`.
+
+Optimisation follows lme4: first θ with β inside PIRLS (lme4's nAGQ = 0
+stage), then (θ, β) together with the chosen integration.  In the second
+stage β is whitened, β = β₀ + R⁻¹δ with R from the first stage's fixed-effects
+factor, so that BOBYQA sees parameters of comparable scale.  Standard errors
+come, as lme4's, from the Hessian of the approximated deviance in (θ, β)
+(central finite differences): vcov(β̂) = the β block of 2 H⁻¹.
+
+One log-likelihood for every method.  ``loglik`` is always the *full*
+marginal log-likelihood, normalising constants of the density included
+(binomial coefficients log C(nᵢ, kᵢ), −log yᵢ! for Poisson), so that Laplace,
+AGQ and Monte Carlo values of one model compare directly, and compare with
+lme4's Laplace ``logLik`` and glmmTMB's.  lme4 1.1-31 leaves out the
+saturated-model term Σ log f(yᵢ | μᵢ = yᵢ) from its AGQ (nAGQ > 1)
+log-likelihood: for a binomial-with-trials or Poisson response
+
+    lme4's AGQ logLik = our loglik − Σᵢ log f(yᵢ | μᵢ = yᵢ)
+
+(``fit.saturated_loglik``); e.g. cbpp, where lme4 prints −2 logLik 184.05 for
+nAGQ = 1 and 100.01 for nAGQ = 25, the difference being 2 × 41.978, twice that
+constant, not the integration.  For 0/1 responses the term is 0.
+``deviance`` is −2 × loglik (the column summary() prints).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from .covariance import templates
+from .design import build_design
+from .errors import ConvergenceWarning, ModelError, SingularFitWarning
+from .families import Family, get_family
+from .formula import parse_formula
+from .glmm_results import GlmerFit
+from .montecarlo import DEFAULT_DF, Draws, mc_loglik, warn_degenerate
+from .optimize import BOUNDARY_TOL, GRAD_TOL, OptRecord, minimize_theta
+from .pirls import Mode, PirlsError, PirlsProblem, RandomBlocks
+from .quadrature import agq_deviance
+
+METHODS = ("laplace", "agq", "mc")
+MAX_NODES = 20_000  # nAGQ^q nodes per level
+
+
+def glmer(
+    formula: str,
+    data: Any,
+    family: str | Family = "binomial",
+    nAGQ: int = 1,
+    *,
+    weights: Any = None,
+    offset: Any = None,
+    levels: dict[str, list] | None = None,
+    na_action: str = "omit",
+    method: str | None = None,
+    mc_samples: int = 1000,
+    seed: int | None = 1,
+    mc_df: float = DEFAULT_DF,
+    namespace: dict | None = None,
+) -> GlmerFit:
+    """Fit a generalized linear mixed model by maximum likelihood.
+
+    ``formula`` uses lme4's syntax; a binomial response may be 0/1, boolean, a
+    two-level factor (second level = success), proportions with ``weights=``
+    the numbers of trials, or ``cbind(successes, failures)``.  ``family`` is
+    ``"binomial"`` (logit; also ``"binomial(probit)"``, ``"binomial(cloglog)"``),
+    ``"poisson"`` or a :class:`multilevel.families.Family`.
+
+    ``nAGQ`` = 1: Laplace approximation; > 1: adaptive Gauss–Hermite
+    quadrature with nAGQ nodes per dimension (one random-effects term, which
+    may be vector-valued: nAGQ^q nodes per level); 0: only lme4's first stage
+    (β estimated inside PIRLS).  ``method="mc"`` maximises an importance-
+    sampling estimate with ``mc_samples`` draws per level (t proposal with
+    ``mc_df`` degrees of freedom, reproducible from ``seed``).
+
+    ``loglik`` is the full marginal log-likelihood for every method (see the
+    module docstring for how it relates to lme4's AGQ numbers).
+    """
+    parsed = parse_formula(formula)
+    if not parsed.random:
+        raise ModelError(
+            f"no random-effects terms in {formula!r}; add e.g. (1 | group), or use a GLM"
+        )
+    fam = get_family(family)
+    meth = _resolve_method(method, nAGQ)
+    if meth == "agq" and len(parsed.random) > 1:
+        raise ModelError(
+            f"nAGQ > 1 (adaptive quadrature) needs a single random-effects term; the model "
+            f"has {len(parsed.random)} ({', '.join(t.text for t in parsed.random)}). Use "
+            "nAGQ=1 (Laplace) or method='mc'"
+        )
+    if meth == "mc" and (int(mc_samples) != mc_samples or mc_samples < 2):
+        raise ModelError(f"mc_samples must be a whole number of at least 2, not {mc_samples!r}")
+    design = build_design(
+        parsed,
+        data,
+        weights=weights,
+        offset=offset,
+        levels=levels,
+        na_action=na_action,
+        namespace=namespace,
+        numeric_response=False,
+        check_nobs=False,
+    )
+    resp = fam.response(design.response, design.weights, parsed.response.label)
+    if meth == "agq":
+        q = design.random[0].q
+        if nAGQ**q > MAX_NODES:
+            raise ModelError(
+                f"nAGQ = {nAGQ} with {q} random effects per level needs {nAGQ**q} nodes per "
+                f"level (limit {MAX_NODES}); use fewer nodes"
+            )
+    with single_threaded_blas():
+        return fit_glmm(
+            design,
+            fam,
+            resp,
+            nAGQ=int(nAGQ),
+            method=meth,
+            mc_samples=int(mc_samples),
+            seed=seed,
+            mc_df=float(mc_df),
+            data_name=_data_name(data),
+        )
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread while fitting: the dense blocks here are small, and a
+    threaded BLAS on them loses to thread start-up and, on a busy machine, to
+    oversubscription (DESIGN.md, principle 7).  Uses threadpoolctl when it is
+    installed; otherwise changes nothing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _data_name(data: Any) -> str:
+    return getattr(data, "attrs", {}).get("name", "data") if hasattr(data, "attrs") else "data"
+
+
+def _resolve_method(method: str | None, nAGQ: Any) -> str:
+    if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or nAGQ < 0:
+        raise ModelError(f"nAGQ must be a whole number >= 0, not {nAGQ!r}")
+    if method is None:
+        return "agq" if nAGQ > 1 else "laplace"
+    m = str(method).lower()
+    m = {"montecarlo": "mc", "monte carlo": "mc", "importance": "mc", "quadrature": "agq"}.get(m, m)
+    if m not in METHODS:
+        raise ModelError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if m == "agq" and nAGQ < 2:
+        raise ModelError("method='agq' needs nAGQ >= 2 quadrature nodes")
+    if m != "agq" and nAGQ > 1:
+        raise ModelError(f"nAGQ = {nAGQ} is for method='agq', not method={method!r}")
+    return m
+
+
+# --------------------------------------------------------------------------- objective
+
+
+class _Objective:
+    """Deviance functions of the two stages, with warm-started PIRLS."""
+
+    def __init__(self, prob: PirlsProblem, method: str, nagq: int, draws: Draws | None):
+        self.prob = prob
+        self.method = method
+        self.nagq = nagq
+        self.draws = draws
+        self.ntheta = sum(t.size for t in prob.tmpl)
+        self.u: np.ndarray | None = None
+        self.beta = prob.initial_beta()
+        self.beta0 = self.beta.copy()
+        self.Rinv = np.eye(prob.p)
+
+    def mode(self, theta: np.ndarray, beta: np.ndarray, joint: bool) -> Mode:
+        try:
+            m = self.prob.mode(theta, beta, self.u, joint)
+        except PirlsError:
+            if self.u is None:
+                raise
+            m = self.prob.mode(theta, beta, None, joint)  # cold restart from u = 0
+        self.u = m.u
+        return m
+
+    # stage 1: θ, with β inside PIRLS
+    def stage1(self, theta: np.ndarray) -> float:
+        try:
+            m = self.mode(theta, self.beta, joint=True)
+        except PirlsError:
+            return math.inf
+        self.beta = m.beta
+        return m.laplace
+
+    # stage 2: (θ, δ), β = β₀ + R⁻¹δ
+    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[: self.ntheta], self.beta0 + self.Rinv @ x[self.ntheta :]
+
+    def natural(self, x: np.ndarray) -> np.ndarray:
+        """(θ, δ) -> (θ, β)."""
+        theta, beta = self.unpack(x)
+        return np.concatenate([theta, beta])
+
+    def deviance(self, m: Mode) -> float:
+        if self.method == "laplace":
+            return m.laplace
+        if self.method == "agq":
+            return agq_deviance(self.prob, m, self.nagq)
+        return mc_loglik(self.prob, m, self.draws).deviance
+
+    def stage2(self, x: np.ndarray) -> float:
+        theta, beta = self.unpack(np.asarray(x, dtype=float))
+        try:
+            m = self.mode(theta, beta, joint=False)
+        except PirlsError:
+            return math.inf
+        v = self.deviance(m)
+        return v if np.isfinite(v) else math.inf
+
+
+def fd_hessian(
+    fun, x: np.ndarray, h: np.ndarray | float = 1e-3, f0: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference Hessian and gradient of a scalar function (2d² + 1
+    evaluations; the gradient comes from the diagonal's evaluations)."""
+    d = x.size
+    h = np.broadcast_to(np.asarray(h, dtype=float), (d,))
+    f0 = fun(x) if f0 is None else f0
+    H = np.zeros((d, d))
+    g = np.zeros(d)
+    for a in range(d):  # parameters, not rows or groups
+        e = np.zeros(d)
+        e[a] = h[a]
+        fp, fm = fun(x + e), fun(x - e)
+        H[a, a] = (fp - 2 * f0 + fm) / h[a] ** 2
+        g[a] = (fp - fm) / (2 * h[a])
+    for a in range(d):
+        for b in range(a + 1, d):
+            ea = np.zeros(d)
+            eb = np.zeros(d)
+            ea[a], eb[b] = h[a], h[b]
+            H[a, b] = H[b, a] = (
+                fun(x + ea + eb) - fun(x + ea - eb) - fun(x - ea + eb) + fun(x - ea - eb)
+            ) / (4 * h[a] * h[b])
+    return H, g
+
+
+class _Logged:
+    """Records every evaluation (natural parameters and value)."""
+
+    def __init__(self, fun, to_natural):
+        self.fun = fun
+        self.to_natural = to_natural
+        self.xs: list[np.ndarray] = []
+        self.values: list[float] = []
+        self.best_x: np.ndarray | None = None
+        self.best = math.inf
+
+    def __call__(self, x, grad=None) -> float:
+        x = np.array(x, dtype=float)
+        v = float(self.fun(x))
+        self.xs.append(self.to_natural(x))
+        self.values.append(v)
+        if v < self.best:
+            self.best, self.best_x = v, x
+        return v if math.isfinite(v) else 1e300
+
+
+def _bobyqa(
+    fun: _Logged, x0: np.ndarray, lower: np.ndarray, step: np.ndarray, ftol: float
+) -> np.ndarray:
+    import nlopt
+
+    opt = nlopt.opt(nlopt.LN_BOBYQA, x0.size)
+    opt.set_min_objective(fun)
+    opt.set_lower_bounds(lower)
+    opt.set_initial_step(step)
+    opt.set_ftol_abs(ftol)
+    opt.set_xtol_abs(1e-8)
+    opt.set_maxeval(50_000)
+    try:
+        opt.optimize(x0)
+    except (nlopt.RoundoffLimited, RuntimeError, ValueError):
+        pass  # the best point so far is kept by the logger
+    return x0 if fun.best_x is None else fun.best_x.copy()
+
+
+def optimize_stage2(
+    fun, x0: np.ndarray, lower: np.ndarray, ntheta: int, to_natural
+) -> tuple[OptRecord, np.ndarray | None]:
+    """Minimise the stage-2 deviance over (θ, δ): BOBYQA to about 1e-6 deviance
+    units, then Newton steps with a central-difference Hessian (h = 1e-3, the
+    parameters being on unit scales) until the Newton decrement is below 1e-9.
+    Returns the record and the last Hessian (at the optimum, or where the
+    Newton steps stopped)."""
+    logged = _Logged(fun, to_natural)
+    step = np.concatenate(
+        [0.25 * np.maximum(np.abs(x0[:ntheta]), 0.5), np.full(x0.size - ntheta, 0.5)]
+    )
+    x = _bobyqa(logged, x0, lower, step, 1e-7)
+    fx = logged.best
+    H = g = None
+    status = "CONVERGED"
+    for _ in range(6):  # Newton iterations
+        H, g = fd_hessian(logged, x, 1e-3, fx)
+        free = ~((x <= lower) & (g >= 0))
+        idx = np.flatnonzero(free)
+        try:
+            c = np.linalg.cholesky(H[np.ix_(idx, idx)])
+        except np.linalg.LinAlgError:
+            status = "HESSIAN_NOT_PD"
+            break
+        s = np.zeros_like(x)
+        s[idx] = -np.linalg.solve(c.T, np.linalg.solve(c, g[idx]))
+        decrement = float(-0.5 * g @ s)
+        if decrement < 1e-9:
+            break
+        for t in (1.0, 0.5, 0.25, 0.1):
+            trial = np.maximum(x + t * s, lower)
+            ft = logged(trial)
+            if ft < fx:
+                x, fx = trial, ft
+                break
+        else:
+            break
+    # variances that BOBYQA left just above their bound: put them on it when that
+    # does not raise the deviance (a singular fit is reported as such)
+    near = np.isfinite(lower) & (x > lower) & (x - lower < BOUNDARY_TOL)
+    if near.any():
+        trial = np.where(near, lower, x)
+        ft = logged(trial)
+        if ft <= fx + 1e-10 * (1 + abs(fx)):
+            x, fx = trial, ft
+            g = np.where(near, 0.0, g)
+    free = ~((x <= lower) & (g >= 0))
+    gmax = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    messages = []
+    converged = status == "CONVERGED"
+    if not converged:
+        messages.append(
+            "the Hessian of the deviance is not positive definite at the optimum: the "
+            "likelihood is flat or unbounded in some direction (complete separation of a "
+            "binary response, or an unidentifiable fixed effect?)"
+        )
+    if gmax > GRAD_TOL:
+        converged = False
+        messages.append(
+            f"Model failed to converge: largest |gradient| of the free parameters is "
+            f"{gmax:.3g} (tolerance {GRAD_TOL}); try rescaling covariates or a simpler "
+            "random-effects structure"
+        )
+    rec = OptRecord(
+        "bobyqa+newton",
+        status,
+        converged,
+        len(logged.values),
+        fx,
+        x,
+        g,
+        messages,
+        logged.xs,
+        logged.values,
+    )
+    return rec, H
+
+
+def _vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
+    """2 H⁻¹ in the stage-2 coordinates (θ, δ); its δ block alone when H is not
+    positive definite (e.g. a variance on its boundary)."""
+    if H is None:
+        return None, "none"
+    H = 0.5 * (H + H.T)
+    try:
+        np.linalg.cholesky(H)
+        return 2.0 * np.linalg.inv(H), "hessian"
+    except np.linalg.LinAlgError:
+        pass
+    Hb = H[ntheta:, ntheta:]
+    try:
+        np.linalg.cholesky(Hb)
+    except np.linalg.LinAlgError:
+        return None, "none"
+    V = np.full_like(H, np.nan)
+    V[ntheta:, ntheta:] = 2.0 * np.linalg.inv(Hb)
+    return V, "hessian-beta"
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit_glmm(
+    design,
+    family: Family,
+    resp,
+    *,
+    nAGQ: int = 1,
+    method: str = "laplace",
+    mc_samples: int = 1000,
+    seed: int | None = 1,
+    mc_df: float = DEFAULT_DF,
+    data_name: str = "data",
+) -> GlmerFit:
+    """Order terms (lme4: by decreasing levels), sort rows by the first grouping
+    factor, then the two optimisation stages and the Hessian."""
+    order = sorted(range(len(design.random)), key=lambda k: -design.random[k].nlevels)
+    design.random = [design.random[k] for k in order]
+    rs = design.random
+    # rows sorted by the first factor: its per-level sums become contiguous reductions
+    perm = np.argsort(rs[0].codes, kind="stable")
+    rb = RandomBlocks([r.Z[perm] for r in rs], [r.codes[perm] for r in rs], [r.nlevels for r in rs])
+    tmpl = templates([r.q for r in rs])
+    offset = None if design.offset is None else design.offset[perm]
+    prob = PirlsProblem(family, resp.take(perm), design.X[perm], offset, rb, tmpl)
+    draws = Draws(prob, mc_samples, seed, mc_df) if method == "mc" else None
+    obj = _Objective(prob, method, nAGQ, draws)
+
+    theta0 = np.concatenate([t.initial() for t in tmpl])
+    lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
+    with np.errstate(over="ignore", under="ignore"):
+        rec1 = minimize_theta(obj.stage1, theta0, lower_t)
+    theta1 = rec1.theta
+    try:
+        mode1 = obj.mode(theta1, obj.beta, joint=True)
+    except PirlsError as exc:
+        raise ModelError(_pirls_message(exc)) from None
+    rec2: OptRecord | None = None
+    hess = None
+    if nAGQ == 0 and method == "laplace":
+        mode = mode1
+        x_hat = np.concatenate([theta1, np.zeros(prob.p)])
+        vcov = _conditional_vcov(mode1)
+        vcov_note = "conditional"
+    else:
+        obj.beta0 = mode1.beta.copy()
+        LXX = mode1.factor.LFF
+        obj.Rinv = np.linalg.inv(LXX).T  # β = β₀ + L⁻ᵀδ: δ has unit conditional scale
+        x0 = np.concatenate([theta1, np.zeros(prob.p)])
+        lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
+        with np.errstate(over="ignore", under="ignore"):
+            rec2, H = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
+        x_hat = rec2.theta
+        # the record in natural coordinates (θ, β): δ = R(β − β₀), ∂/∂β = Rᵀ∂/∂δ
+        J = np.eye(x_hat.size)
+        J[obj.ntheta :, obj.ntheta :] = np.linalg.inv(obj.Rinv)
+        rec2.theta = obj.natural(x_hat)
+        rec2.gradient = J.T @ rec2.gradient
+        theta_hat, beta_hat = obj.unpack(x_hat)
+        try:
+            mode = obj.mode(theta_hat, beta_hat, joint=False)
+        except PirlsError as exc:
+            raise ModelError(_pirls_message(exc)) from None
+        Vx, vcov_note = _vcov_from_hessian(H, obj.ntheta)
+        if H is not None:
+            hess = J.T @ H @ J
+        if Vx is not None:
+            vcov = obj.Rinv @ Vx[obj.ntheta :, obj.ntheta :] @ obj.Rinv.T
+        else:
+            vcov = _conditional_vcov(mode1)
+    theta_hat = x_hat[: obj.ntheta]
+    with np.errstate(over="ignore", under="ignore"):
+        if method == "laplace":
+            dev = mode.laplace
+            mc = None
+        elif method == "agq":
+            dev = agq_deviance(prob, mode, nAGQ)
+            mc = None
+        else:
+            mc = mc_loglik(prob, mode, draws)
+            dev = mc.deviance
+            warn_degenerate(mc, stacklevel=4)
+    fit = GlmerFit(
+        design=design,
+        family=family,
+        prob=prob,
+        perm=perm,
+        mode=mode,
+        theta=theta_hat,
+        vcov=vcov,
+        vcov_note=vcov_note,
+        deviance=float(dev),
+        method=method,
+        nAGQ=nAGQ,
+        mc=mc,
+        optinfo=rec2 if rec2 is not None else rec1,
+        stage1=rec1,
+        hessian=hess,
+        data_name=data_name,
+    )
+    for msg in fit.optinfo.messages:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    if vcov_note not in ("hessian", "conditional"):
+        warnings.warn(fit.vcov_message, ConvergenceWarning, stacklevel=3)
+    if fit.singular:
+        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=3)
+    return fit
+
+
+def _conditional_vcov(mode: Mode) -> np.ndarray:
+    """(R_XᵀR_X)⁻¹ from a joint PIRLS factor: the covariance of β conditional on θ."""
+    Linv = np.linalg.inv(mode.factor.LFF)
+    return Linv.T @ Linv
+
+
+def _pirls_message(exc: Exception) -> str:
+    return (
+        f"PIRLS failed to find the conditional modes of the random effects at the estimates "
+        f"({exc}); the model may be overparameterised (e.g. complete separation of a "
+        "binary response) — simplify the random effects or rescale covariates"
+    )
+
+
+__all__ = ["glmer", "fit_glmm", "fd_hessian", "optimize_stage2"]
