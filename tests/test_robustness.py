@@ -69,7 +69,7 @@ def _dense_z(d):
 def _block_lambda(d, T):
     from scipy.linalg import block_diag
 
-    return block_diag(*[np.kron(np.eye(r.nlevels), t) for r, t in zip(d.random, T)])
+    return block_diag(*[np.kron(np.eye(r.nlevels), t) for r, t in zip(d.random, T, strict=True)])
 
 
 def sim(n_groups=15, per=6, seed=0, corr=0.3, scale=1.0, offset=0.0, sizes=None):

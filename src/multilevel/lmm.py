@@ -221,8 +221,10 @@ class ProfiledCriterion:
         tr1 = (1.0 / s).sum()
         h = rb.pairs(lam1 * lam1 / (s * s))
         w = Sinv.ravel()[rb.pairs.flat] * lamR[rb.pairs.rows] * lamR[rb.pairs.cols]
-        tr1 += float(np.dot(h, w) * 2.0 - np.dot(h[rb.pairs.rows == rb.pairs.cols],
-                                                 w[rb.pairs.rows == rb.pairs.cols]))
+        tr1 += float(
+            np.dot(h, w) * 2.0
+            - np.dot(h[rb.pairs.rows == rb.pairs.cols], w[rb.pairs.rows == rb.pairs.cols])
+        )
         diagR = np.diag(Sinv)
         offs = cp.rest_offsets
         terms = [(slice(0, cp.nlevels[0]), None)] + [
