@@ -100,3 +100,11 @@ def test_levels_missing_from_some_chunks():
     a = quiet(ml.lmer, formula, data)
     b = quiet(lmer_partitioned, formula, data, chunk_rows=1000)
     assert_same_fit(a, b)
+
+
+def test_glmer_on_dask_data_says_it_is_not_supported():
+    dd = pytest.importorskip("dask.dataframe")
+    data = ml.datasets.load("cbpp")
+    with pytest.raises(ml.ModelError, match="not supported"):
+        ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                 dd.from_pandas(data, npartitions=2), family="binomial")

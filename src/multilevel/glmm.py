@@ -97,6 +97,13 @@ def glmer(
     ``loglik`` is the full marginal log-likelihood for every method (see the
     module docstring for how it relates to lme4's AGQ numbers).
     """
+    from .partitioned import is_partitioned
+
+    if is_partitioned(data):
+        raise ModelError(
+            "glmer on Dask or Parquet data is not supported yet (each evaluation needs a "
+            "pass over the rows); fit an in-memory pandas frame, or use lmer for Dask data"
+        )
     parsed = parse_formula(formula)
     if not parsed.random:
         raise ModelError(
