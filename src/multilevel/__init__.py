@@ -7,7 +7,7 @@ Public API::
     print(fit.summary())
 """
 
-from . import datasets
+from . import datasets, plotting
 from .errors import (
     ConvergenceWarning,
     DataError,
@@ -44,6 +44,7 @@ from .results import LmerFit
 __version__ = "0.1.0"
 
 __all__ = [
+    "plotting",
     "Family",
     "GlmerFit",
     "binomial",

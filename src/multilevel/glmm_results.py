@@ -18,10 +18,18 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .covariance import sd_corr, theta_names
 from .design import to_pandas
-from .optimize import BOUNDARY_TOL, OptRecord
-from .report import correlation_block, format_r, quantile_line, table
+from .mixed import MixedModelFit
+from .optimize import OptRecord
+from .report import (
+    correlation_block,
+    format_pvalues,
+    format_r,
+    quantile_line,
+    random_effects_block,
+    stars,
+    table,
+)
 
 if TYPE_CHECKING:
     from .design import Design
@@ -30,7 +38,7 @@ if TYPE_CHECKING:
     from .pirls import Mode, PirlsProblem
 
 
-class GlmerFit:
+class GlmerFit(MixedModelFit):
     """A generalized linear mixed model fitted by :func:`multilevel.glmer`.
 
     Beyond the lme4-style accessors: ``method`` ("laplace", "agq", "mc") and
@@ -40,6 +48,8 @@ class GlmerFit:
     ``theta`` holds (θ, β), ``log`` every evaluation) and ``stage1`` (θ with β
     inside PIRLS).
     """
+
+    _has_residual = False  # binomial and Poisson have no scale parameter
 
     def __init__(
         self,
@@ -81,6 +91,8 @@ class GlmerFit:
         self.data_name = data_name
         self.formula = design.formula.text
         self._T = mode.factor.T
+        self._templates = self._T
+        self._theta_values = self._theta
 
     # -- data-order helpers ----------------------------------------------------------
     def _data_order(self, a: np.ndarray) -> np.ndarray:
@@ -94,15 +106,6 @@ class GlmerFit:
     def fixef(self) -> pd.Series:
         """Fixed-effects estimates β̂."""
         return pd.Series(self._mode.beta, index=self.design.fixef_names, name="Estimate")
-
-    @property
-    def theta(self) -> pd.Series:
-        """Relative covariance factors' lower triangles (lme4's ``getME(, "theta")``);
-        for a GLMM they are the Cholesky factors of the random effects' covariances."""
-        names: list[str] = []
-        for r in self.design.random:
-            names.extend(theta_names(r.name, r.cnames))
-        return pd.Series(self._theta, index=names, name="theta")
 
     @property
     def sigma(self) -> float:
@@ -205,17 +208,6 @@ class GlmerFit:
         return self._deviance + math.log(self.nobs) * self.df_model
 
     @property
-    def ngroups(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.design.random:
-            out.setdefault(r.name, r.nlevels)
-        return out
-
-    @property
-    def converged(self) -> bool:
-        return self.optinfo.converged
-
-    @property
     def method_title(self) -> str:
         if self.method == "agq" or (self.method == "laplace" and self.nAGQ == 0):
             return f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nAGQ}"
@@ -226,72 +218,11 @@ class GlmerFit:
             )
         return "Laplace Approximation"
 
-    # -- variance components -----------------------------------------------------------
-    def _blocks(self) -> list[tuple[str, list[str], np.ndarray]]:
-        seen: dict[str, int] = {}
-        out = []
-        for r, T in zip(self.design.random, self._T, strict=True):
-            k = seen.get(r.name, 0)
-            seen[r.name] = k + 1
-            out.append((r.name if k == 0 else f"{r.name}.{k}", r.cnames, T @ T.T))
-        return out
-
-    @cached_property
-    def varcorr(self) -> pd.DataFrame:
-        """lme4's ``as.data.frame(VarCorr(fit))``: grp, var1, var2, vcov, sdcor (no
-        Residual row: binomial and Poisson have no scale parameter)."""
-        rows = []
-        for name, cnames, cov in self._blocks():
-            sd, corr = sd_corr(cov)
-            for i, cn in enumerate(cnames):
-                rows.append((name, cn, None, cov[i, i], sd[i]))
-            for i in range(len(cnames)):
-                for j in range(i + 1, len(cnames)):
-                    rows.append((name, cnames[i], cnames[j], cov[i, j], corr[i, j]))
-        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
-
-    @cached_property
-    def _boundary(self) -> list[str]:
-        msgs = []
-        for r, T in zip(self.design.random, self._T, strict=True):
-            for j in range(r.q):
-                if abs(T[j, j]) < BOUNDARY_TOL:
-                    what = (
-                        f"the variance of {r.cnames[j]!r} is estimated as 0"
-                        if j == 0 or r.q == 1
-                        else f"{r.cnames[j]!r} is perfectly correlated with the earlier columns"
-                    )
-                    msgs.append(f"{r.term.text}: {what}")
-        return msgs
-
-    @property
-    def singular(self) -> bool:
-        return bool(self._boundary)
-
-    @property
-    def singular_message(self) -> str:
-        return "boundary (singular) fit: " + "; ".join(self._boundary) if self._boundary else ""
-
     # -- random effects ------------------------------------------------------------------
     @cached_property
     def _b(self) -> list[np.ndarray]:
         us = self._prob.rb.split(self._mode.u)
         return [u @ T.T for u, T in zip(us, self._T, strict=True)]
-
-    def _by_group(self, blocks: list[np.ndarray]) -> dict[str, pd.DataFrame]:
-        out: dict[str, pd.DataFrame] = {}
-        for r, b in zip(self.design.random, blocks, strict=True):
-            df = pd.DataFrame(b, index=pd.Index(r.levels, name=r.name), columns=r.cnames)
-            if r.name in out:
-                df.columns = [c if c not in out[r.name].columns else f"{c}.1" for c in df.columns]
-                df = pd.concat([out[r.name], df], axis=1)
-            out[r.name] = df
-        return out
-
-    @cached_property
-    def ranef(self) -> dict[str, pd.DataFrame]:
-        """Conditional modes b̃ (linear-predictor scale) per grouping factor."""
-        return self._by_group(self._b)
 
     @cached_property
     def condvar(self) -> list[np.ndarray]:
@@ -300,25 +231,6 @@ class GlmerFit:
         from .pirls import conditional_variances
 
         return conditional_variances(self._prob.rb, self._mode.factor)
-
-    @cached_property
-    def ranef_condsd(self) -> dict[str, pd.DataFrame]:
-        """Conditional standard deviations of the random effects, laid out as ranef."""
-        return self._by_group([np.sqrt(np.diagonal(v, axis1=1, axis2=2)) for v in self.condvar])
-
-    @cached_property
-    def coef(self) -> dict[str, pd.DataFrame]:
-        """Per grouping factor: fixed effects plus that factor's random effects."""
-        out = {}
-        fe = self.fixef
-        for g, re in self.ranef.items():
-            df = pd.DataFrame(
-                np.tile(fe.to_numpy(), (len(re), 1)), index=re.index, columns=fe.index
-            )
-            for c in re.columns:
-                df[c] = df[c] + re[c] if c in df.columns else re[c]
-            out[g] = df
-        return out
 
     # -- fitted values and residuals -------------------------------------------------------
     @cached_property
@@ -437,61 +349,6 @@ SIGNIF_LEGEND = (
 )
 
 
-def _format_sci(values: list[float], digits: int) -> list[str]:
-    """R's scientific format: the fewest significant digits (at most ``digits``)
-    that show every value to ``digits`` significant digits, exponent ≥ 2 digits."""
-    sig = 1
-    for v in values:
-        target = float(f"{v:.{digits - 1}e}")
-        for d in range(1, digits + 1):
-            if float(f"{v:.{d - 1}e}") == target:
-                sig = max(sig, d)
-                break
-    out = []
-    for v in values:
-        mant, exp = f"{v:.{sig - 1}e}".split("e")
-        out.append(f"{mant}e{int(exp):+03d}")
-    return out
-
-
-def format_numbers(values: list[float], digits: int) -> list[str]:
-    """R's ``format(x, digits=)``: fixed notation unless scientific is narrower."""
-    fixed = format_r(values, digits)
-    sci = _format_sci(values, digits)
-    if max(map(len, fixed)) <= max(map(len, sci)):
-        return fixed
-    return sci
-
-
-def format_pvalues(p: np.ndarray, digits: int = 3) -> list[str]:
-    """R's ``format.pval``: p-values down to 1e-4 (exponent ≥ −4 when digits > 1)
-    formatted together, smaller ones together, those below machine epsilon as
-    ``< 2e-16``."""
-    out = ["NA"] * len(p)
-    eps = np.finfo(float).eps
-    ok = [i for i, v in enumerate(p) if np.isfinite(v) and v >= eps]
-    lim = -4 if digits > 1 else -3
-    fixed = [i for i in ok if math.floor(math.log10(p[i])) >= lim]
-    small = [i for i in ok if math.floor(math.log10(p[i])) < lim]
-    for group in (fixed, small):
-        if group:
-            for i, txt in zip(group, format_numbers([p[i] for i in group], digits), strict=True):
-                out[i] = txt
-    for i, v in enumerate(p):
-        if np.isfinite(v) and v < eps:
-            out[i] = "< 2e-16"
-    return out
-
-
-def _stars(p: float) -> str:
-    if not np.isfinite(p):
-        return ""
-    for cut, s in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
-        if p <= cut:
-            return s
-    return ""
-
-
 def fixed_effects_table(fit: GlmerFit) -> str:
     """printCoefmat: estimates and SEs rounded together, z to 3 decimals, p-values
     by format.pval, significance stars."""
@@ -510,40 +367,11 @@ def fixed_effects_table(fit: GlmerFit) -> str:
     ztxt = format_r(np.round(z, 3), digits)
     p = fit.pvalues.to_numpy()
     ptxt = format_pvalues(p, 3)
-    stars = [_stars(v).ljust(3) for v in p]
+    marks = [stars(v).ljust(3) for v in p]
     names = list(fit.fixef.index)
     k = len(est)
-    rows = [[nm, txt[i], txt[k + i], ztxt[i], ptxt[i], stars[i]] for i, nm in enumerate(names)]
+    rows = [[nm, txt[i], txt[k + i], ztxt[i], ptxt[i], marks[i]] for i, nm in enumerate(names)]
     return table(rows, ["", "Estimate", "Std. Error", "z value", "Pr(>|z|)", "   "])
-
-
-def random_effects_block(fit: GlmerFit) -> str:
-    """lme4's random-effects table for a GLMM (no Residual row)."""
-    vc = fit.varcorr
-    variances = vc[vc["var2"].isna()]
-    var_txt = format_numbers(list(variances["vcov"]), 4)
-    sd_txt = format_numbers(list(variances["sdcor"]), 4)
-    show_corr = any(r.q > 1 for r in fit.design.random)
-    rows: list[list[str]] = []
-    k = 0
-    for name, cnames, cov in fit._blocks():
-        _, corr = sd_corr(cov)
-        for i, cn in enumerate(cnames):
-            row = [name if i == 0 else "", cn, var_txt[k], sd_txt[k]]
-            if show_corr:
-                row.append(" ".join(f"{corr[i, j]:.2f}" for j in range(i)))
-            rows.append(row)
-            k += 1
-    header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if show_corr else [])
-    widths = [max(len(r[j]) for r in rows + [header]) for j in range(len(header))]
-    for j in (2, 3):  # numbers share the column's width and align right inside it
-        w = max(len(r[j]) for r in rows)
-        for r in rows:
-            r[j] = r[j].rjust(w)
-    lines = []
-    for r in [header] + rows:
-        lines.append(" " + " ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    return "\n".join(lines)
 
 
 def glmer_summary(fit: GlmerFit) -> str:

@@ -119,20 +119,59 @@ def correlation_block(names: list[str], corr: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def format_pval(p: float, digits: int = 3, eps: float = 2.220446e-16) -> str:
-    """R's ``format.pval``: ``< 2e-16`` below machine precision, else ``digits``
-    significant digits."""
-    if not np.isfinite(p):
-        return "NA"
-    if p < eps:
-        return "< 2e-16"
-    return f"{p:.{digits}g}" if p >= 1e-4 else f"{p:.{max(digits - 1, 1)}e}"
+def _format_sci(values: list[float], digits: int) -> list[str]:
+    """R's scientific format: the fewest significant digits (at most ``digits``)
+    that show every value to ``digits`` significant digits, exponent ≥ 2 digits."""
+    sig = 1
+    for v in values:
+        target = float(f"{v:.{digits - 1}e}")
+        for d in range(1, digits + 1):
+            if float(f"{v:.{d - 1}e}") == target:
+                sig = max(sig, d)
+                break
+    out = []
+    for v in values:
+        mant, exp = f"{v:.{sig - 1}e}".split("e")
+        out.append(f"{mant}e{int(exp):+03d}")
+    return out
+
+
+def format_numbers(values: list[float], digits: int) -> list[str]:
+    """R's ``format(x, digits=)``: fixed notation unless scientific is narrower."""
+    fixed = format_r(values, digits)
+    sci = _format_sci(values, digits)
+    if max(map(len, fixed)) <= max(map(len, sci)):
+        return fixed
+    return sci
+
+
+def format_pvalues(p: np.ndarray, digits: int = 3) -> list[str]:
+    """R's ``format.pval``: p-values down to 1e-4 (exponent ≥ −4 when digits > 1)
+    formatted together, smaller ones together, those below machine epsilon as
+    ``< 2e-16``."""
+    out = ["NA"] * len(p)
+    eps = np.finfo(float).eps
+    ok = [i for i, v in enumerate(p) if np.isfinite(v) and v >= eps]
+    lim = -4 if digits > 1 else -3
+    fixed = [i for i in ok if math.floor(math.log10(p[i])) >= lim]
+    small = [i for i in ok if math.floor(math.log10(p[i])) < lim]
+    for group in (fixed, small):
+        if group:
+            for i, txt in zip(group, format_numbers([p[i] for i in group], digits), strict=True):
+                out[i] = txt
+    for i, v in enumerate(p):
+        if np.isfinite(v) and v < eps:
+            out[i] = "< 2e-16"
+    return out
 
 
 def stars(p: float) -> str:
-    return (
-        "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else " "
-    )
+    if not np.isfinite(p):
+        return ""
+    for cut, s in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p <= cut:
+            return s
+    return ""
 
 
 def lmer_summary(fit: LmerFit, coefs=None, ddf: str | None = None) -> str:
@@ -176,8 +215,9 @@ def lmer_summary(fit: LmerFit, coefs=None, ddf: str | None = None) -> str:
     else:
         dfs = format_r(coefs["df"].to_numpy(), 4)
         ps = coefs["Pr(>|t|)"].to_numpy()
+        ptxt = format_pvalues(ps)
         rows = [
-            [nm, both[i], both[len(est) + i], dfs[i], tv[i], format_pval(ps[i]), stars(ps[i])]
+            [nm, both[i], both[len(est) + i], dfs[i], tv[i], ptxt[i], stars(ps[i])]
             for i, nm in enumerate(names)
         ]
         out.append(table(rows, ["", "Estimate", "Std. Error", "df", "t value", "Pr(>|t|)", ""]))
@@ -199,18 +239,15 @@ def lmer_summary(fit: LmerFit, coefs=None, ddf: str | None = None) -> str:
     return "\n".join(out)
 
 
-def _common_width(cells: list[str]) -> list[str]:
-    width = max(len(c) for c in cells)
-    return [c.rjust(width) for c in cells]
-
-
-def random_effects_block(fit: LmerFit) -> str:
+def random_effects_block(fit) -> str:
+    """lme4's random-effects table: Groups, Name, Variance, Std.Dev. (and Corr),
+    with the Residual row for models that have a scale parameter."""
     vc = fit.varcorr
-    rows: list[list[str]] = []
     variances = vc[vc["var2"].isna()]
-    var_txt = _common_width(format_r(variances["vcov"].to_numpy(), 4))
-    sd_txt = _common_width(format_r(variances["sdcor"].to_numpy(), 4))
-    show_corr = any(t.q > 1 for t in fit.design.random)
+    var_txt = format_numbers(list(variances["vcov"]), 4)
+    sd_txt = format_numbers(list(variances["sdcor"]), 4)
+    show_corr = any(r.q > 1 for r in fit.design.random)
+    rows: list[list[str]] = []
     k = 0
     for name, cnames, corr in fit._varcorr_blocks():
         for i, cn in enumerate(cnames):
@@ -219,22 +256,14 @@ def random_effects_block(fit: LmerFit) -> str:
                 row.append(" ".join(f"{corr[i, j]:.2f}" for j in range(i)))
             rows.append(row)
             k += 1
-    row = ["Residual", "", var_txt[k], sd_txt[k]]
-    if show_corr:
-        row.append("")
-    rows.append(row)
+    if fit._has_residual:
+        rows.append(["Residual", "", var_txt[k], sd_txt[k]] + ([""] if show_corr else []))
     header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if show_corr else [])
-    # lme4 left-aligns the group and name columns
+    for j in (2, 3):  # numbers share the column's width and align right inside it
+        w = max(len(r[j]) for r in rows)
+        for r in rows:
+            r[j] = r[j].rjust(w)
     widths = [max(len(r[j]) for r in rows + [header]) for j in range(len(header))]
-    lines = []
-    for r in [header] + rows:
-        cells = [
-            r[0].ljust(widths[0]),
-            r[1].ljust(widths[1]),
-            r[2].ljust(widths[2]),
-            r[3].ljust(widths[3]),
-        ]
-        if show_corr:
-            cells.append(r[4].ljust(widths[4]))
-        lines.append(" " + " ".join(cells))
-    return "\n".join(lines)
+    return "\n".join(
+        " " + " ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header] + rows
+    )

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .covariance import sd_corr, theta_names
 from .design import Categorical, Design, build_matrix, to_pandas
 from .errors import DataError
-from .optimize import BOUNDARY_TOL, OptRecord
+from .mixed import MixedModelFit
+from .optimize import OptRecord
 
 if TYPE_CHECKING:
     from .lmm import ProfiledCriterion
 
 
-class LmerFit:
+class LmerFit(MixedModelFit):
     """A linear mixed model fitted by :func:`multilevel.lmer`."""
 
     def __init__(
@@ -70,14 +70,6 @@ class LmerFit:
     def sigma(self) -> float:
         """Residual standard deviation σ̂."""
         return float(np.sqrt(self._sigma2))
-
-    @property
-    def theta(self) -> pd.Series:
-        """Relative covariance factors' lower triangles (lme4's ``getME(, "theta")``)."""
-        names: list[str] = []
-        for r in self.design.random:
-            names.extend(theta_names(r.name, r.cnames))
-        return pd.Series(self.optinfo.theta, index=names, name="theta")
 
     @cached_property
     def vcov(self) -> pd.DataFrame:
@@ -141,121 +133,24 @@ class LmerFit:
     def bic(self) -> float:
         return -2 * self.loglik + np.log(self.nobs) * self.df_model
 
-    @property
-    def ngroups(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.design.random:
-            out.setdefault(r.name, r.nlevels)
-        return out
-
-    # -- variance components ----------------------------------------------------
-    def _varcorr_blocks(self) -> list[tuple[str, list[str], np.ndarray]]:
-        """Per term: (printed group name, columns, correlation matrix)."""
-        seen: dict[str, int] = {}
-        out = []
-        for r, T in zip(self.design.random, self._fac.T, strict=True):
-            k = seen.get(r.name, 0)
-            seen[r.name] = k + 1
-            name = r.name if k == 0 else f"{r.name}.{k}"
-            _, corr = sd_corr(T @ T.T)
-            out.append((name, r.cnames, corr))
-        return out
-
-    @cached_property
-    def varcorr(self) -> pd.DataFrame:
-        """Variances and covariances as lme4's ``as.data.frame(VarCorr(fit))``:
-        columns grp, var1, var2, vcov, sdcor (a correlation in covariance rows)."""
-        rows = []
-        for (name, cnames, _), T in zip(self._varcorr_blocks(), self._fac.T, strict=True):
-            cov = self._sigma2 * (T @ T.T)
-            sd, corr = sd_corr(cov)
-            for i, cn in enumerate(cnames):
-                rows.append((name, cn, None, cov[i, i], sd[i]))
-            for i in range(len(cnames)):
-                for j in range(i + 1, len(cnames)):
-                    rows.append((name, cnames[i], cnames[j], cov[i, j], corr[i, j]))
-        rows.append(("Residual", None, None, self._sigma2, self.sigma))
-        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
-
-    # -- boundary fits ------------------------------------------------------------
-    @cached_property
-    def _boundary(self) -> list[str]:
-        msgs = []
-        for r, T in zip(self.design.random, self._fac.T, strict=True):
-            for j in range(r.q):
-                if abs(T[j, j]) < BOUNDARY_TOL:
-                    if j == 0 or r.q == 1:
-                        what = f"the variance of {r.cnames[j]!r} is estimated as 0"
-                    else:
-                        what = (
-                            f"{r.cnames[j]!r} is perfectly correlated with the earlier "
-                            "columns (a correlation of ±1 or a zero variance)"
-                        )
-                    msgs.append(f"{r.term.text}: {what}")
-        return msgs
-
-    @property
-    def singular(self) -> bool:
-        """Boundary (singular) fit: some random-effects covariance matrix is singular."""
-        return bool(self._boundary)
-
-    @property
-    def singular_message(self) -> str:
-        if not self._boundary:
-            return ""
-        return "boundary (singular) fit: " + "; ".join(self._boundary)
-
-    @property
-    def converged(self) -> bool:
-        return self.optinfo.converged
-
     # -- random effects -------------------------------------------------------------
+    @property
+    def _templates(self) -> list[np.ndarray]:
+        return self._fac.T
+
+    @property
+    def _theta_values(self) -> np.ndarray:
+        return self.optinfo.theta
+
     @cached_property
     def _b(self) -> list[np.ndarray]:
         return [u @ T.T for u, T in zip(self._u, self._fac.T, strict=True)]
-
-    def _by_group(self, blocks: list[np.ndarray]) -> dict[str, pd.DataFrame]:
-        out: dict[str, pd.DataFrame] = {}
-        for r, b in zip(self.design.random, blocks, strict=True):
-            df = pd.DataFrame(b, index=pd.Index(r.levels, name=r.name), columns=r.cnames)
-            if r.name in out:
-                df.columns = [c if c not in out[r.name].columns else f"{c}.1" for c in df.columns]
-                df = pd.concat([out[r.name], df], axis=1)
-            out[r.name] = df
-        return out
-
-    @cached_property
-    def ranef(self) -> dict[str, pd.DataFrame]:
-        """Conditional modes b̂ per grouping factor: DataFrames indexed by level."""
-        return self._by_group(self._b)
 
     @cached_property
     def condvar(self) -> list[np.ndarray]:
         """Per term, conditional covariance matrices of b given y at θ̂, β̂:
         (n_k, q_k, q_k) arrays (lme4's ``postVar``)."""
         return [self._sigma2 * v for v in self.criterion.conditional_variances(self._fac)]
-
-    @cached_property
-    def ranef_condsd(self) -> dict[str, pd.DataFrame]:
-        """Conditional standard deviations of the random effects, laid out as ranef."""
-        return self._by_group([np.sqrt(np.diagonal(v, axis1=1, axis2=2)) for v in self.condvar])
-
-    @cached_property
-    def coef(self) -> dict[str, pd.DataFrame]:
-        """Per grouping factor: fixed effects plus that factor's random effects."""
-        out = {}
-        fe = self.fixef
-        for g, re in self.ranef.items():
-            df = pd.DataFrame(
-                np.tile(fe.to_numpy(), (len(re), 1)), index=re.index, columns=fe.index
-            )
-            for c in re.columns:
-                if c in df.columns:
-                    df[c] = df[c] + re[c]
-                else:
-                    df[c] = re[c]
-            out[g] = df
-        return out
 
     # -- fitted values, residuals, predictions -------------------------------------
     def _zb(self) -> np.ndarray:
