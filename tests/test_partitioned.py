@@ -106,5 +106,8 @@ def test_glmer_on_dask_data_says_it_is_not_supported():
     dd = pytest.importorskip("dask.dataframe")
     data = ml.datasets.load("cbpp")
     with pytest.raises(ml.ModelError, match="not supported"):
-        ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
-                 dd.from_pandas(data, npartitions=2), family="binomial")
+        ml.glmer(
+            "cbind(incidence, size - incidence) ~ period + (1 | herd)",
+            dd.from_pandas(data, npartitions=2),
+            family="binomial",
+        )
