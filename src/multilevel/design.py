@@ -109,18 +109,19 @@ def _categorize(values: Any, label: str, level_order: list | None) -> Categorica
         codes = codes.astype(np.int64)
         values_index = pd.Index(uniques)
     if level_order is not None:
-        order = list(level_order)
-        missing = [v for v in values_index if v not in order]
-        if missing:
+        order = pd.Index(level_order)
+        if not order.is_unique:
+            raise DataError(f"levels= for {label!r} repeats a level")
+        remap = order.get_indexer(values_index).astype(np.int64)
+        if (remap < 0).any():
+            missing = list(values_index[remap < 0][:5])
             raise DataError(
-                f"levels= for {label!r} lacks the data values {missing[:5]}; "
+                f"levels= for {label!r} lacks the data values {missing}; "
                 f"give all levels, the reference level first"
             )
-        position = {v: i for i, v in enumerate(order)}
-        remap = np.array([position[v] for v in values_index], dtype=np.int64)
         codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
-        values_index = pd.Index(order)
-    return Categorical(codes, values_index, [_label(v) for v in values_index])
+        values_index = order
+    return Categorical(codes, values_index, _label_strings(pd.Series(values_index)).tolist())
 
 
 def _is_categorical(values: Any) -> bool:
