@@ -111,3 +111,10 @@ def test_glmer_on_dask_data_says_it_is_not_supported():
             dd.from_pandas(data, npartitions=2),
             family="binomial",
         )
+
+
+def test_in_memory_only_functions_say_so_for_dask_data():
+    dd = pytest.importorskip("dask.dataframe")
+    data = dd.from_pandas(ml.datasets.load("sleepstudy"), npartitions=2)
+    with pytest.raises(ml.DataError, match="needs the data in memory"):
+        ml.lme("Reaction ~ Days", "~ Days | Subject", data)

@@ -88,7 +88,15 @@ def to_pandas(data: Any) -> pd.DataFrame:
         return pd.DataFrame({c: data[c].to_numpy() for c in data.columns})
     if isinstance(data, dict):
         return pd.DataFrame(data)
-    raise DataError(f"data must be a pandas or polars DataFrame, not {type(data).__name__}")
+    if type(data).__module__.split(".")[0] in ("dask", "dask_expr"):
+        raise DataError(
+            "this function needs the data in memory (call .compute() on the Dask "
+            "DataFrame); lmer() fits Dask and Parquet data directly"
+        )
+    raise DataError(
+        f"data must be a pandas or polars DataFrame, not {type(data).__module__}."
+        f"{type(data).__name__}"
+    )
 
 
 def _categorize(values: Any, label: str, level_order: list | None) -> Categorical:
