@@ -100,8 +100,19 @@ def fit_design(
     cp = cross_products(
         [r.Z for r in rs], [r.codes for r in rs], [r.nlevels for r in rs], design.X, y, sqrtw
     )
-    tmpl = templates([r.q for r in rs])
     sum_log_w = 0.0 if design.weights is None else float(np.log(design.weights).sum())
+    crit, record = optimize_cross_products(cp, [r.q for r in rs], REML, sum_log_w, start)
+    fit = LmerFit(design, crit, record, REML=REML, data_name=data_name)
+    warn_about(fit)
+    return fit
+
+
+def optimize_cross_products(
+    cp: Any, qs: list[int], REML: bool, sum_log_w: float, start: Any = None
+) -> tuple[ProfiledCriterion, Any]:
+    """The profiled criterion of summed cross-products and its optimum in θ
+    (from identity templates unless ``start``)."""
+    tmpl = templates(qs)
     crit = ProfiledCriterion(cp, tmpl, REML, sum_log_w)
     x0 = np.concatenate([t.initial() for t in tmpl]) if start is None else np.asarray(start, float)
     lower = np.concatenate([t.lower_bounds() for t in tmpl])
@@ -111,12 +122,16 @@ def fit_design(
         lower,
         value_and_gradient=crit.value_and_gradient if crit.has_gradient else None,
     )
-    fit = LmerFit(design, crit, record, REML=REML, data_name=data_name)
-    for msg in record.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    return crit, record
+
+
+def warn_about(fit: LmerFit) -> None:
+    """Convergence problems and boundary fits as Python warnings (they are also
+    kept on the fit and printed in its summary)."""
+    for msg in fit.optinfo.messages:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
     if fit.singular:
-        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=3)
-    return fit
+        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=4)
 
 
-__all__ = ["lmer", "fit_design", "BOUNDARY_TOL"]
+__all__ = ["lmer", "fit_design", "optimize_cross_products", "warn_about", "BOUNDARY_TOL"]

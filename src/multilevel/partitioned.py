@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .covariance import templates
 from .crossprod import CrossProducts, cross_products
 from .design import (
     Categorical,
@@ -45,11 +44,10 @@ from .design import (
     build_design,
     combo_keys,
 )
-from .errors import ConvergenceWarning, DataError, ModelError, SingularFitWarning
+from .errors import DataError, ModelError
 from .evaluate import Evaluator
 from .formula import ParsedFormula, parse_formula
-from .lmm import ProfiledCriterion
-from .optimize import minimize_theta
+from .models import optimize_cross_products, warn_about
 from .results import LmerFit
 
 _STATEFUL = ("scale(", "center(", "poly(")
@@ -315,23 +313,13 @@ def lmer_partitioned(
     template.n_rows, template.n_dropped = n, total["dropped"]
     template.messages = messages
 
-    tmpl = templates([r.q for r in template.random])
-    crit = ProfiledCriterion(cp, tmpl, REML, total["sum_log_w"])
-    x0 = np.concatenate([t.initial() for t in tmpl]) if start is None else np.asarray(start)
-    lower = np.concatenate([t.lower_bounds() for t in tmpl])
-    record = minimize_theta(
-        crit,
-        x0,
-        lower,
-        value_and_gradient=crit.value_and_gradient if crit.has_gradient else None,
+    crit, record = optimize_cross_products(
+        cp, [r.q for r in template.random], REML, total["sum_log_w"], start
     )
     fit = PartitionedLmerFit(template, crit, record, REML=REML, data_name="data")
     fit._chunks = chunks
     fit._weights = weights
-    for msg in record.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    if fit.singular:
-        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=2)
+    warn_about(fit)
     return fit
 
 
