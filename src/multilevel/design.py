@@ -129,7 +129,11 @@ def _categorize(values: Any, label: str, level_order: list | None) -> Categorica
             )
         codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
         values_index = order
-    return Categorical(codes, values_index, _label_strings(pd.Series(values_index)).tolist())
+    if len(values_index) > 1000:  # pandas' fixed cost pays off only for many levels
+        labels = _label_strings(pd.Series(values_index)).tolist()
+    else:
+        labels = [_label(v) for v in values_index]
+    return Categorical(codes, values_index, labels)
 
 
 def _is_categorical(values: Any) -> bool:
