@@ -102,17 +102,6 @@ def test_levels_missing_from_some_chunks():
     assert_same_fit(a, b)
 
 
-def test_glmer_on_dask_data_says_it_is_not_supported():
-    dd = pytest.importorskip("dask.dataframe")
-    data = ml.datasets.load("cbpp")
-    with pytest.raises(ml.ModelError, match="not supported"):
-        ml.glmer(
-            "cbind(incidence, size - incidence) ~ period + (1 | herd)",
-            dd.from_pandas(data, npartitions=2),
-            family="binomial",
-        )
-
-
 def test_in_memory_only_functions_say_so_for_dask_data():
     dd = pytest.importorskip("dask.dataframe")
     data = dd.from_pandas(ml.datasets.load("sleepstudy"), npartitions=2)

@@ -125,3 +125,10 @@ def test_inference_methods_are_on_the_fit(fit):
     ci = fit.confint(method="wald")
     assert ci.shape[1] == 2
     assert fit.refit_ml().REML is False
+
+
+def test_predict_when_a_grouping_column_is_also_a_fixed_effect():
+    # once a bug: labels used in a grouping factor were never evaluated on new data
+    d = ml.datasets.load("sleepstudy").assign(half=lambda x: x.Days >= 5)
+    fit = ml.lmer("Reaction ~ Days + half + (1 | Subject:half)", d)
+    np.testing.assert_allclose(fit.predict(d.iloc[:7]), fit.fitted.iloc[:7], atol=1e-9)

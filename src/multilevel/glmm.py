@@ -100,9 +100,22 @@ def glmer(
     from .partitioned import is_partitioned
 
     if is_partitioned(data):
-        raise ModelError(
-            "glmer on Dask or Parquet data is not supported yet (each evaluation needs a "
-            "pass over the rows); fit an in-memory pandas frame, or use lmer for Dask data"
+        from .partitioned_glmm import glmer_partitioned
+
+        return glmer_partitioned(
+            formula,
+            data,
+            family,
+            nAGQ,
+            weights=weights,
+            offset=offset,
+            levels=levels,
+            na_action=na_action,
+            method=method,
+            mc_samples=mc_samples,
+            seed=seed,
+            mc_df=mc_df,
+            namespace=namespace,
         )
     parsed = parse_formula(formula)
     if not parsed.random:

@@ -187,7 +187,9 @@ def _frozen_levels(scan: dict, parsed: ParsedFormula, user_levels: dict | None) 
 # ------------------------------------------------------------------------------ pass 2
 
 
-def _design(part, parsed, frozen, weights, offset, na_action) -> Design:
+def _design(
+    part, parsed, frozen, weights, offset, na_action, numeric_response: bool = True
+) -> Design:
     return build_design(
         parsed,
         part,
@@ -197,6 +199,7 @@ def _design(part, parsed, frozen, weights, offset, na_action) -> Design:
         frozen=frozen,
         drop_aliased=False,
         check_nobs=False,
+        numeric_response=numeric_response,
     )
 
 

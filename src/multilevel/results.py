@@ -408,6 +408,15 @@ def _floats(series: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in series.items()}
 
 
+def _grouping_only(design: Design) -> set[str]:
+    """Labels used only as grouping columns (they get levels, not codings)."""
+    grouping = {g for r in design.random for g in r.term.group}
+    used = {f for t in design.formula.fixed.terms for f in t} | set(design.formula.fixed.offsets)
+    for r in design.random:
+        used |= {f for t in r.term.expr.terms for f in t}
+    return grouping - used
+
+
 def new_values(design: Design, frame: pd.DataFrame) -> dict[str, Any]:
     """The formula's factors evaluated on new data with the fit's codings
     (levels, stateful transforms), grouping columns excepted."""
@@ -418,7 +427,7 @@ def new_values(design: Design, frame: pd.DataFrame) -> dict[str, Any]:
     for label, spec in design.factor_specs.items():
         if label == design.formula.response.label:  # type: ignore[union-attr]
             continue
-        if any(label in r.term.group for r in design.random):
+        if label in _grouping_only(design):
             continue
         raw = _evaluate_factor(spec.factor, frame, design.evaluator, columns)
         if spec.categorical:
