@@ -75,6 +75,7 @@ class ProfiledCriterion:
         self._D1 = np.ascontiguousarray(np.moveaxis(cp.D1, 0, -1))  # (q1, q1, n1)
         self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
         self._rest = RestBlock(cp) if cp.A1R is not None else None
+        self._kernel = _one_term_kernel(cp) if self._rest is None else None
 
     def templates(self, theta: np.ndarray) -> list[np.ndarray]:
         out = []
@@ -154,7 +155,27 @@ class ProfiledCriterion:
         n = self.n
         return f.logdet_Z + n * (1.0 + _LOG2PI + np.log(f.r2 / n)) - self.sum_log_w
 
+    def _kernel_call(self, theta: np.ndarray, grad: np.ndarray | None) -> float:
+        fn, D, B, AFF, q, m, nlev = self._kernel
+        out = np.zeros(theta.size) if grad is None else grad
+        val = fn(
+            D,
+            B,
+            AFF,
+            np.ascontiguousarray(theta, dtype=float),
+            out,
+            q,
+            m,
+            nlev,
+            float(self.n),
+            int(self.reml),
+            int(grad is not None),
+        )
+        return val - self.sum_log_w
+
     def __call__(self, theta: np.ndarray) -> float:
+        if self._kernel is not None:
+            return self._kernel_call(np.asarray(theta, dtype=float), None)
         f = self.factor(np.asarray(theta, dtype=float))
         return np.inf if f is None else self.value(f)
 
@@ -168,6 +189,10 @@ class ProfiledCriterion:
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """Criterion and its exact gradient in θ (see :meth:`has_gradient`)."""
+        if self._kernel is not None:
+            theta = np.asarray(theta, dtype=float)
+            g = np.zeros(theta.size)
+            return self._kernel_call(theta, g), g
         if self._rest is None:
             return self._value_and_gradient_one_term(theta)
         return self._value_and_gradient_scalar_terms(theta)
@@ -362,3 +387,27 @@ class ProfiledCriterion:
                 Tk = f.T[k]
                 out.append(Tk @ Mk @ Tk.T)
         return out
+
+
+def _one_term_kernel(cp: CrossProducts):
+    """The compiled criterion for one random-effects term, if it was built
+    (``multilevel._kernels``); None falls back to numpy."""
+    try:
+        from . import _kernels
+    except ImportError:
+        return None
+    if _KERNEL_DISABLED:
+        return None
+    q, m = cp.q[0], cp.p + 1
+    return (
+        _kernels.one_term,
+        np.ascontiguousarray(cp.D1, dtype=float),
+        np.ascontiguousarray(cp.B1F, dtype=float),
+        np.ascontiguousarray(cp.AFF, dtype=float),
+        q,
+        m,
+        cp.nlevels[0],
+    )
+
+
+_KERNEL_DISABLED = False  # tests switch the kernel off to compare with numpy

@@ -1,0 +1,273 @@
+/*
+ * Compiled kernel of the profiled REML/ML criterion of a linear mixed model
+ * with ONE random-effects term, and its exact gradient (multilevel.lmm gives
+ * the same computation in numpy; this file only removes the per-call
+ * overhead that dominates small models).
+ *
+ * Inputs (C-contiguous float64, level-first):
+ *   D    (nlev, q, q)  Z_i^T Z_i per level
+ *   B    (nlev, q, m)  Z_i^T [X y] per level, m = p + 1
+ *   AFF  (m, m)        [X y]^T [X y]
+ *   theta              lower triangle of T by columns, q(q+1)/2 entries
+ * Per level S_i = T^T D_i T + I = L_i L_i^T, W_i = L_i^{-1} T^T,
+ * C_i = W_i B_i; M = AFF - sum_i C_i^T C_i = L_F L_F^T gives r^2 = L_F[p,p]^2
+ * and log|R_X|^2; the criterion follows DESIGN.md / multilevel.lmm.
+ * Gradient (entry (r, c) of T), with R_i = S_i^{-1} T^T, z = [-beta; 1],
+ * u_i = R_i B_i z, Zr_i = B_i z - D_i T u_i, Q_i = B_Xi P B_Xi^T:
+ *   d log|L_Z|^2 = 2 [sum R_i D_i]_{c,r}
+ *   d log|R_X|^2 = -2 [sum R_i Q_i - R_i Q_i R_i^T T^T D_i]_{c,r}
+ *   d r^2        = -2 [sum u_i Zr_i^T]_{c,r}
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* lower Cholesky of the n x n matrix a (row-major) in place; 0 if not PD */
+static int chol(double *a, int n) {
+    for (int j = 0; j < n; j++) {
+        double d = a[j * n + j];
+        for (int k = 0; k < j; k++) d -= a[j * n + k] * a[j * n + k];
+        if (!(d > 0.0)) return 0;
+        d = sqrt(d);
+        a[j * n + j] = d;
+        for (int i = j + 1; i < n; i++) {
+            double s = a[i * n + j];
+            for (int k = 0; k < j; k++) s -= a[i * n + k] * a[j * n + k];
+            a[i * n + j] = s / d;
+        }
+        for (int i = 0; i < j; i++) a[i * n + j] = 0.0;
+    }
+    return 1;
+}
+
+/* inverse of the lower-triangular n x n matrix l into out (lower) */
+static void tri_inv(const double *l, double *out, int n) {
+    memset(out, 0, sizeof(double) * n * n);
+    for (int c = 0; c < n; c++) {
+        out[c * n + c] = 1.0 / l[c * n + c];
+        for (int i = c + 1; i < n; i++) {
+            double s = 0.0;
+            for (int k = c; k < i; k++) s += l[i * n + k] * out[k * n + c];
+            out[i * n + c] = -s / l[i * n + i];
+        }
+    }
+}
+
+/* S = T^T D T + I, factor it; returns 0 if not PD. Also W = L^{-1} T^T. */
+static int level_factor(const double *D, const double *T, int q, double *S,
+                        double *DT, double *W, double *Linv, double *logdet) {
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = 0.0;
+            for (int j = b; j < q; j++) s += D[a * q + j] * T[j * q + b];
+            DT[a * q + b] = s;
+        }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = (a == b) ? 1.0 : 0.0;
+            for (int i = a; i < q; i++) s += T[i * q + a] * DT[i * q + b];
+            S[a * q + b] = s;
+        }
+    if (!chol(S, q)) return 0;
+    for (int a = 0; a < q; a++) *logdet += 2.0 * log(S[a * q + a]);
+    tri_inv(S, Linv, q);
+    /* W = Linv T^T */
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = 0.0;
+            for (int k = 0; k <= a; k++) s += Linv[a * q + k] * T[b * q + k];
+            W[a * q + b] = s;
+        }
+    return 1;
+}
+
+static PyObject *one_term(PyObject *self, PyObject *args) {
+    Py_buffer bD, bB, bA, bth, bg;
+    int q, m, nlev, reml, want_grad;
+    double nobs;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*iiidii", &bD, &bB, &bA, &bth, &bg, &q, &m, &nlev,
+                          &nobs, &reml, &want_grad))
+        return NULL;
+    const double *D = bD.buf, *B = bB.buf, *AFF = bA.buf, *theta = bth.buf;
+    double *grad = bg.buf;
+    int p = m - 1;
+    double value = INFINITY;
+    size_t qq = (size_t)q * q;
+    double *T = calloc(qq, sizeof(double));
+    double *work = malloc(sizeof(double) * (7 * qq + 2 * (size_t)q * m + 3 * (size_t)m * m + 4 * q + 3 * qq));
+    if (!T || !work) {
+        free(T);
+        free(work);
+        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
+        PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+        return PyErr_NoMemory();
+    }
+    double *S = work, *DT = S + qq, *W = DT + qq, *Linv = W + qq, *R = Linv + qq;
+    double *Q = R + qq, *RQ = Q + qq, *C = RQ + qq, *BXP = C + (size_t)q * m;
+    double *M = BXP + (size_t)q * m, *LXinv = M + (size_t)m * m, *P = LXinv + (size_t)m * m;
+    double *cvec = P + (size_t)m * m, *u = cvec + q, *Tu = u + q, *Zr = Tu + q;
+    double *A1 = Zr + q, *A2 = A1 + qq, *A3 = A2 + qq;
+    int k = 0;
+    for (int j = 0; j < q; j++)
+        for (int i = j; i < q; i++) T[i * q + j] = theta[k++];
+    double logdet = 0.0;
+    memcpy(M, AFF, sizeof(double) * m * m);
+    int ok = 1;
+    for (int lev = 0; lev < nlev && ok; lev++) {
+        const double *Di = D + lev * qq, *Bi = B + (size_t)lev * q * m;
+        if (!level_factor(Di, T, q, S, DT, W, Linv, &logdet)) { ok = 0; break; }
+        for (int a = 0; a < q; a++)
+            for (int c = 0; c < m; c++) {
+                double s = 0.0;
+                for (int b = 0; b < q; b++) s += W[a * q + b] * Bi[b * m + c];
+                C[a * m + c] = s;
+            }
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c <= r; c++) {
+                double s = 0.0;
+                for (int a = 0; a < q; a++) s += C[a * m + r] * C[a * m + c];
+                M[r * m + c] -= s;
+            }
+    }
+    if (ok) ok = chol(M, m);
+    if (ok) {
+        double r2 = M[p * m + p] * M[p * m + p];
+        double logdetX = 0.0;
+        for (int a = 0; a < p; a++) logdetX += 2.0 * log(M[a * m + a]);
+        const double log2pi = 1.8378770664093453;
+        if (reml) {
+            double dof = nobs - p;
+            value = logdet + logdetX + dof * (1.0 + log2pi + log(r2 / dof));
+        } else {
+            value = logdet + nobs * (1.0 + log2pi + log(r2 / nobs));
+        }
+        if (want_grad && r2 > 0) {
+            /* beta from L_XX^T beta = l, l = M[p, :p]; P = (L_XX L_XX^T)^{-1} */
+            double *LX = malloc(sizeof(double) * (size_t)p * p + sizeof(double) * m);
+            double *z = LX + (size_t)p * p;
+            for (int a = 0; a < p; a++)
+                for (int b = 0; b < p; b++) LX[a * p + b] = M[a * m + b];
+            tri_inv(LX, LXinv, p);
+            for (int a = 0; a < p; a++) {
+                double s = 0.0;
+                for (int kk = a; kk < p; kk++) s += LXinv[kk * p + a] * M[p * m + kk];
+                z[a] = -s;
+            }
+            z[p] = 1.0;
+            for (int a = 0; a < p; a++)
+                for (int b = 0; b < p; b++) {
+                    double s = 0.0;
+                    for (int kk = (a > b ? a : b); kk < p; kk++)
+                        s += LXinv[kk * p + a] * LXinv[kk * p + b];
+                    P[a * p + b] = s;
+                }
+            memset(A1, 0, sizeof(double) * 3 * qq);
+            double dummy = 0.0;
+            for (int lev = 0; lev < nlev; lev++) {
+                const double *Di = D + lev * qq, *Bi = B + (size_t)lev * q * m;
+                level_factor(Di, T, q, S, DT, W, Linv, &dummy);
+                /* R = S^{-1} T^T = Linv^T W */
+                for (int a = 0; a < q; a++)
+                    for (int b = 0; b < q; b++) {
+                        double s = 0.0;
+                        for (int kk = a; kk < q; kk++) s += Linv[kk * q + a] * W[kk * q + b];
+                        R[a * q + b] = s;
+                    }
+                for (int a = 0; a < q; a++) {
+                    double s = 0.0;
+                    for (int c = 0; c < m; c++) s += Bi[a * m + c] * z[c];
+                    cvec[a] = s;
+                }
+                for (int a = 0; a < q; a++) {
+                    double s = 0.0;
+                    for (int b = 0; b < q; b++) s += R[a * q + b] * cvec[b];
+                    u[a] = s;
+                }
+                for (int a = 0; a < q; a++) {
+                    double s = 0.0;
+                    for (int b = 0; b <= a; b++) s += T[a * q + b] * u[b];
+                    Tu[a] = s;
+                }
+                for (int a = 0; a < q; a++) {
+                    double s = 0.0;
+                    for (int b = 0; b < q; b++) s += Di[a * q + b] * Tu[b];
+                    Zr[a] = cvec[a] - s;
+                }
+                for (int a = 0; a < q; a++)
+                    for (int b = 0; b < q; b++) {
+                        double s = 0.0;
+                        for (int kk = 0; kk < q; kk++) s += R[a * q + kk] * Di[kk * q + b];
+                        A1[a * q + b] += s;
+                        A3[a * q + b] += u[a] * Zr[b];
+                    }
+                /* Q = B_X P B_X^T */
+                for (int a = 0; a < q; a++)
+                    for (int c = 0; c < p; c++) {
+                        double s = 0.0;
+                        for (int kk = 0; kk < p; kk++) s += Bi[a * m + kk] * P[kk * p + c];
+                        BXP[a * m + c] = s;
+                    }
+                for (int a = 0; a < q; a++)
+                    for (int b = 0; b < q; b++) {
+                        double s = 0.0;
+                        for (int c = 0; c < p; c++) s += BXP[a * m + c] * Bi[b * m + c];
+                        Q[a * q + b] = s;
+                    }
+                for (int a = 0; a < q; a++)
+                    for (int b = 0; b < q; b++) {
+                        double s = 0.0;
+                        for (int kk = 0; kk < q; kk++) s += R[a * q + kk] * Q[kk * q + b];
+                        RQ[a * q + b] = s;
+                    }
+                /* Y = RQ R^T into S (free now); then Y T^T into DT; A2 += RQ - (Y T^T) D */
+                for (int a = 0; a < q; a++)
+                    for (int b = 0; b < q; b++) {
+                        double s = 0.0;
+                        for (int kk = 0; kk < q; kk++) s += RQ[a * q + kk] * R[b * q + kk];
+                        S[a * q + b] = s;
+                    }
+                for (int a = 0; a < q; a++)
+                    for (int e = 0; e < q; e++) {
+                        double s = 0.0;
+                        for (int d = 0; d <= e; d++) s += S[a * q + d] * T[e * q + d];
+                        DT[a * q + e] = s;
+                    }
+                for (int a = 0; a < q; a++)
+                    for (int f = 0; f < q; f++) {
+                        double s = 0.0;
+                        for (int e = 0; e < q; e++) s += DT[a * q + e] * Di[e * q + f];
+                        A2[a * q + f] += RQ[a * q + f] - s;
+                    }
+            }
+            k = 0;
+            for (int j = 0; j < q; j++)
+                for (int i = j; i < q; i++) {
+                    double dZ = 2.0 * A1[j * q + i];
+                    double dr2 = -2.0 * A3[j * q + i];
+                    if (reml)
+                        grad[k] = dZ - 2.0 * A2[j * q + i] + (nobs - p) * dr2 / r2;
+                    else
+                        grad[k] = dZ + nobs * dr2 / r2;
+                    k++;
+                }
+            free(LX);
+        }
+    }
+    free(T);
+    free(work);
+    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
+    PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+    return PyFloat_FromDouble(value);
+}
+
+static PyMethodDef methods[] = {
+    {"one_term", one_term, METH_VARARGS,
+     "one_term(D, B, AFF, theta, grad_out, q, m, nlev, nobs, reml, want_grad) -> criterion"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
+                                    "Compiled LMM criterion kernels.", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
