@@ -49,6 +49,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 from .errors import ModelError
+from .threads import one_blas_thread
 
 if TYPE_CHECKING:
     from .results import LmerFit
@@ -169,6 +170,7 @@ def _pos_inverse(H: np.ndarray) -> np.ndarray:
     return (U[:, keep] / w[keep]) @ U[:, keep].T
 
 
+@one_blas_thread
 def satterthwaite_df(fit: LmerFit, L: np.ndarray) -> np.ndarray:
     """Satterthwaite DF of each row of L (one contrast per row)."""
     vc = varpar_covariance(fit)
@@ -205,6 +207,7 @@ class KenwardRoger:
     names: list[str]  # the variance parameters γ
 
 
+@one_blas_thread
 def kenward_roger(fit: LmerFit) -> KenwardRoger:
     """Φ_A, Pᵢ and W at the REML estimates (see the module docstring)."""
     if not fit.REML:
@@ -468,6 +471,7 @@ def _contrast_matrix(fit: LmerFit, L: Any) -> tuple[np.ndarray, list[str]]:
     return arr, [str(i + 1) for i in range(arr.shape[0])]
 
 
+@one_blas_thread
 def contrast(
     fit: LmerFit,
     L: Any,
@@ -535,6 +539,7 @@ def _ftable(F: float, k: int, den: float) -> pd.DataFrame:
     )
 
 
+@one_blas_thread
 def coef_table(fit: LmerFit, ddf: str = "Satterthwaite") -> pd.DataFrame:
     """The fixed-effects table of ``summary`` with denominator DF and p-values.
 

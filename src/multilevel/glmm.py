@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -58,6 +56,7 @@ from .montecarlo import DEFAULT_DF, Draws, mc_loglik, warn_degenerate
 from .optimize import BOUNDARY_TOL, GRAD_TOL, OptRecord, minimize_theta
 from .pirls import Mode, PirlsError, PirlsProblem, RandomBlocks
 from .quadrature import agq_deviance
+from .threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
 MAX_NODES = 20_000  # nAGQ^q nodes per level
@@ -163,21 +162,6 @@ def glmer(
             mc_df=float(mc_df),
             data_name=_data_name(data),
         )
-
-
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """One BLAS thread while fitting: the dense blocks here are small, and a
-    threaded BLAS on them loses to thread start-up and, on a busy machine, to
-    oversubscription (DESIGN.md, principle 7).  Uses threadpoolctl when it is
-    installed; otherwise changes nothing."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _data_name(data: Any) -> str:

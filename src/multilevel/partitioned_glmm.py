@@ -69,7 +69,6 @@ from .glmm import (
     _resolve_method,
     _vcov_from_hessian,
     optimize_stage2,
-    single_threaded_blas,
 )
 from .glmm_results import GlmerFit, GlmerSummary, glmer_summary
 from .montecarlo import DEFAULT_DF
@@ -93,6 +92,7 @@ from .pirls import (
     factor,
 )
 from .quadrature import agq_deviance
+from .threads import single_threaded_blas
 
 MAX_DENSE_REST = 4000  # several terms of one factor: dense (levels x q) block per partition
 HESSIAN_STEP = 1e-3  # optimize_stage2's central-difference step (see _Objective.stage2)

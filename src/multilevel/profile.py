@@ -38,6 +38,7 @@ from scipy import optimize, stats
 
 from .covariance import sd_corr
 from .errors import ModelError, SingularFitWarning
+from .threads import one_blas_thread
 
 if TYPE_CHECKING:
     from .results import LmerFit
@@ -320,6 +321,7 @@ class Profile:
         return f"<Profile of {len(self.traces)} parameters, {self.level:.0%} intervals>"
 
 
+@one_blas_thread
 def profile(
     fit: LmerFit,
     which: list[str] | str | None = None,
@@ -444,6 +446,7 @@ def _fixef_profiler(m: LmerFit, j: int, theta_hat: np.ndarray, dmin: float):
     return prof, list(m.theta.index)
 
 
+@one_blas_thread
 def confint(
     fit: LmerFit,
     method: str = "profile",

@@ -1,0 +1,39 @@
+"""BLAS threads sized to the work (DESIGN.md, principle 7).
+
+Mixed-model work after the one pass over the rows is a stream of small
+matrix operations; a threaded BLAS on them loses to thread start-up and, on a
+busy machine, to oversubscription.  These helpers run such code with one BLAS
+thread (through threadpoolctl, a dependency; without it they change nothing).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread inside the block."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def one_blas_thread(fn: F) -> F:
+    """Decorator: run ``fn`` with one BLAS thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with single_threaded_blas():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
