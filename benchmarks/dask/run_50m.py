@@ -55,22 +55,36 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-limit", default="3GB")
     ap.add_argument("--inmem-rows", type=int, default=10_000_000)
-    ap.add_argument("--data", default=os.environ.get("BENCH_DATA_DIR", str(ROOT / "benchmarks/.data")))
+    ap.add_argument(
+        "--data", default=os.environ.get("BENCH_DATA_DIR", str(ROOT / "benchmarks/.data"))
+    )
     args = ap.parse_args()
     from distributed import Client, LocalCluster
 
     path = Path(args.data) / f"lmm_{args.rows}_{args.groups}.parquet"
-    out: dict = {"rows": args.rows, "groups": args.groups, "workers": args.workers,
-                 "memory_limit": args.memory_limit, "formula": FORMULA}
+    out: dict = {
+        "rows": args.rows,
+        "groups": args.groups,
+        "workers": args.workers,
+        "memory_limit": args.memory_limit,
+        "formula": FORMULA,
+    }
     t = time.perf_counter()
     if not path.exists():
         write_parquet(path, args.rows, args.groups)
     out["write_s"] = time.perf_counter() - t
 
     warnings.simplefilter("ignore")
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      memory_limit=args.memory_limit, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=args.memory_limit,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         t = time.perf_counter()
         fit = ml.lmer(FORMULA, str(path))
         out["fit_s"] = time.perf_counter() - t
@@ -80,8 +94,9 @@ def main() -> None:
         )
     out["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["fixef"] = fit.fixef.to_dict()
-    out["varcorr"] = fit.varcorr.assign(var1=fit.varcorr.var1.astype(str),
-                                        var2=fit.varcorr.var2.astype(str)).to_dict("records")
+    out["varcorr"] = fit.varcorr.assign(
+        var1=fit.varcorr.var1.astype(str), var2=fit.varcorr.var2.astype(str)
+    ).to_dict("records")
     out["loglik"] = fit.loglik
 
     if args.inmem_rows:
@@ -89,7 +104,7 @@ def main() -> None:
 
         code = f"""
 import sys, time, resource, warnings, numpy as np, pandas as pd
-sys.path.insert(0, {str(ROOT / 'src')!r})
+sys.path.insert(0, {str(ROOT / "src")!r})
 import multilevel as ml
 warnings.simplefilter('ignore')
 import glob

@@ -1,0 +1,145 @@
+"""GLMM benchmark cases: data, formula per engine, family, nAGQ.
+
+Imported by the driver and by the Python runners (also under the separate
+benchmark virtualenv), so it needs only numpy and pandas.
+
+Every engine reads the same *prepared* CSV in ``.data/`` (written once by
+:func:`prepare`, before any timing): the source file plus the derived columns
+some engine's formula syntax needs (``fail`` = size − incidence for ``glmm``'s
+two-column ``cbind``; ``use`` recoded N/Y → 0/1).  Factor columns are then made
+factors by each runner (pandas Categorical of strings / R ``factor()``) with the
+level order given here, first level = reference.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+SHARED_DATA = Path(os.environ.get("BENCH_SHARED_DATA", "/work/shared/data"))
+DATA_DIR = Path(os.environ.get("BENCH_GLMM_DATA_DIR", HERE / ".data"))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: str  # a file in SHARED_DATA, or "sim:NAME" for simulate.py
+    # factor column -> level order (None: sorted values, numbers numerically)
+    factors: dict[str, list[str] | None]
+    derived: str = ""  # what prepare() adds or recodes, for the README/JSON
+
+    def prepared_path(self) -> Path:
+        return DATA_DIR / f"{self.name}.prepared.csv"
+
+
+DATASETS = {
+    d.name: d
+    for d in [
+        Dataset(
+            "cbpp",
+            "cbpp.csv",
+            {"period": ["1", "2", "3", "4"], "herd": None},
+            "fail = size - incidence",
+        ),
+        Dataset(
+            "contraception",
+            "contraception.csv",
+            {"urban": ["N", "Y"], "livch": ["0", "1", "2", "3+"], "district": None},
+            "use: N -> 0, Y -> 1",
+        ),
+        Dataset(
+            "grouseticks",
+            "grouseticks.csv",
+            {"YEAR": ["95", "96", "97"], "BROOD": None, "INDEX": None, "LOCATION": None},
+        ),
+        Dataset("binary_sim", "sim:binary_sim", {"g": None}),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    data: str  # a DATASETS key
+    family: str  # "binomial" or "poisson"
+    nagq: int
+    formula: str  # multilevel's and lme4's formula
+    formulas: dict[str, str] = field(default_factory=dict)  # engine -> its own spelling
+
+    def formula_for(self, engine: str) -> str:
+        return self.formulas.get(engine, self.formula)
+
+    @property
+    def dataset(self) -> Dataset:
+        return DATASETS[self.data]
+
+
+CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+# glmm's cbind() takes two column names; mixedlm spells binomial trials "successes / trials"
+CBPP_OTHER = {
+    "glmm": "cbind(incidence, fail) ~ period + (1 | herd)",
+    "mixedlm": "incidence / size ~ period + (1 | herd)",
+}
+CONTRA = "use ~ age + age2 + urban + livch + (1 | district)"
+GROUSE = "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)"
+SIM = "y ~ x1 + x2 + (1 | g)"
+
+CASES = {
+    c.key: c
+    for c in [
+        Case("cbpp-1", "cbpp", "binomial", 1, CBPP, CBPP_OTHER),
+        Case("cbpp-25", "cbpp", "binomial", 25, CBPP, CBPP_OTHER),
+        Case("contra-1", "contraception", "binomial", 1, CONTRA),
+        Case("contra-15", "contraception", "binomial", 15, CONTRA),
+        Case("grouse-1", "grouseticks", "poisson", 1, GROUSE),
+        Case("sim-1", "binary_sim", "binomial", 1, SIM),
+        Case("sim-25", "binary_sim", "binomial", 25, SIM),
+    ]
+}
+
+
+def _source_path(d: Dataset) -> Path:
+    if d.source.startswith("sim:"):
+        import simulate  # local module; writes the file on first use
+
+        return simulate.ensure(d.source[4:])
+    return SHARED_DATA / d.source
+
+
+def prepare(d: Dataset) -> Path:
+    """Write (once) the CSV every engine reads for data set ``d``; returns its path."""
+    path = d.prepared_path()
+    if path.exists():
+        return path
+    df = pd.read_csv(_source_path(d))
+    if d.name == "cbpp":
+        df["fail"] = df["size"] - df["incidence"]
+    elif d.name == "contraception":
+        df["use"] = (df["use"] == "Y").astype(int)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def load(d: Dataset) -> pd.DataFrame:
+    """Read the prepared CSV; factor columns become pandas Categoricals of strings."""
+    df = pd.read_csv(d.prepared_path())
+    for col, levels in d.factors.items():
+        values = df[col].astype(str)
+        if levels is None:
+            levels = [str(v) for v in sorted(df[col].unique())]  # numbers sort numerically
+        df[col] = pd.Categorical(values, categories=levels)
+    return df
+
+
+def factor_spec(d: Dataset) -> str:
+    """Factor columns for the R runner: ``col[:lev1,lev2];col2``."""
+    return ";".join(
+        col if lev is None else f"{col}:{','.join(lev)}" for col, lev in d.factors.items()
+    )

@@ -1,0 +1,101 @@
+"""Timing loop shared by the Python GLMM runners (``run_<engine>.py``).
+
+A runner is started by ``run.py`` in a fresh process, one per engine and case:
+
+    python run_ENGINE.py CASE_KEY REPEATS BUDGET_S
+
+It loads the prepared CSV (not timed), fits once as a warm-up, then times
+``REPEATS`` whole fit calls with ``time.perf_counter`` (CPU time with
+``time.process_time``, all threads), and prints one line ``RESULT {json}``.
+If the warm-up shows that the repeats would exceed ``BUDGET_S`` seconds, fewer
+fits are timed, but at least 3 (or ``REPEATS`` if smaller).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cases
+import pandas as pd
+
+MIN_REPEATS = 3
+LAST_WARNINGS: list[str] = []  # a runner's fit() stores the warnings of its last fit here
+
+
+@dataclass
+class FitInfo:
+    evals: int | None  # objective evaluations, as the engine counts them
+    loglik_reported: float  # the engine's own log-likelihood number
+    loglik_full: float  # full marginal log-likelihood (all density constants)
+    fixef: dict[str, float] = field(default_factory=dict)
+    converged: bool | None = None
+    note: str = ""
+
+
+def vm_hwm_mb() -> float:
+    """Peak resident set size of this process so far, in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main(
+    version: Callable[[], str],
+    fit: Callable[[cases.Case, pd.DataFrame], Any],
+    info: Callable[[cases.Case, Any], FitInfo],
+) -> None:
+    """Run one case: ``fit(case, df)`` returns a model, ``info(case, model)`` reads it."""
+    key, repeats, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    case = cases.CASES[key]
+    try:
+        engine_version = version()
+        df = cases.load(case.dataset)
+        rss_before = vm_hwm_mb()
+        t0 = time.perf_counter()
+        model = fit(case, df)  # warm-up (imports, JIT, caches)
+        warm = time.perf_counter() - t0
+        n = (
+            repeats
+            if warm * repeats <= budget
+            else max(min(MIN_REPEATS, repeats), int(budget / warm))
+        )
+        wall, cpu = [], []
+        for _ in range(n):
+            c0, t0 = time.process_time(), time.perf_counter()
+            model = fit(case, df)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        fi = info(case, model)
+    except Exception as exc:  # report any engine failure to the driver
+        traceback.print_exc()
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        sys.exit(1)
+    emit(
+        {
+            "engine_version": engine_version,
+            "nobs": len(df),
+            "warmup_s": warm,
+            "times_s": wall,
+            "cpu_s": cpu,
+            "evals": fi.evals,
+            "loglik_reported": fi.loglik_reported,
+            "loglik_full": fi.loglik_full,
+            "fixef": fi.fixef,
+            "converged": fi.converged,
+            "note": fi.note,
+            "warnings": sorted(set(LAST_WARNINGS)),
+            "rss_before_fit_mb": rss_before,
+        }
+    )
