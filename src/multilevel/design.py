@@ -618,10 +618,10 @@ def group_codes(
         comps.append(rem % len(p.labels))
         rem = rem // len(p.labels)
     comps.reverse()
-    labels = [
-        ":".join(p.labels[c[i]] for p, c in zip(parts, comps, strict=True))
-        for i in range(len(uniq))
+    cols = [
+        pd.Series(np.asarray(p.labels, dtype=object)[c]) for p, c in zip(parts, comps, strict=True)
     ]
+    labels = cols[0].str.cat(cols[1:], sep=":").tolist()
     return codes.astype(np.int64), labels, np.stack(comps, axis=1)
 
 
