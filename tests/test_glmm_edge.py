@@ -51,13 +51,24 @@ def test_all_zero_poisson_group_fits_finitely():
     "formula, data, family, message",
     [
         ("y ~ x + (1 | g)", binary().assign(y=lambda d: d.y * 2), "binomial", "outside"),
-        ("cbind(s, n - s) ~ 1 + (1 | g)",
-         pd.DataFrame({"s": [3, 5] * 10, "n": [4, 4] * 10, "g": np.repeat(np.arange(10), 2)}),
-         "binomial", "negative counts"),
-        ("c ~ 1 + (1 | g)", pd.DataFrame({"c": [-1, 2] * 10, "g": np.repeat(np.arange(10), 2)}),
-         "poisson", "negative"),
-        ("c ~ 1 + (1 | g)", pd.DataFrame({"c": [1.5, 2] * 10, "g": np.repeat(np.arange(10), 2)}),
-         "poisson", "non-integer"),
+        (
+            "cbind(s, n - s) ~ 1 + (1 | g)",
+            pd.DataFrame({"s": [3, 5] * 10, "n": [4, 4] * 10, "g": np.repeat(np.arange(10), 2)}),
+            "binomial",
+            "negative counts",
+        ),
+        (
+            "c ~ 1 + (1 | g)",
+            pd.DataFrame({"c": [-1, 2] * 10, "g": np.repeat(np.arange(10), 2)}),
+            "poisson",
+            "negative",
+        ),
+        (
+            "c ~ 1 + (1 | g)",
+            pd.DataFrame({"c": [1.5, 2] * 10, "g": np.repeat(np.arange(10), 2)}),
+            "poisson",
+            "non-integer",
+        ),
     ],
 )
 def test_invalid_responses_are_refused(formula, data, family, message):

@@ -60,6 +60,7 @@ from .threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
 MAX_NODES = 20_000  # nAGQ^q nodes per level
+BOBYQA_BUDGET = 10  # × (parameters + 1): BOBYQA evaluations before Newton steps take over
 
 
 def glmer(
@@ -246,30 +247,51 @@ class _Objective:
         return v if np.isfinite(v) else math.inf
 
 
-def fd_hessian(
-    fun, x: np.ndarray, h: np.ndarray | float = 1e-3, f0: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Central-difference Hessian and gradient of a scalar function (2d² + 1
-    evaluations; the gradient comes from the diagonal's evaluations)."""
+def hessian_stencil(x: np.ndarray, h: np.ndarray | float = 1e-3) -> list[np.ndarray]:
+    """The points :func:`fd_hessian` evaluates around x, in its order: x ± hₐeₐ for
+    every a, then x ± (hₐeₐ + h_b e_b) for every pair a < b (d² + d points)."""
     d = x.size
     h = np.broadcast_to(np.asarray(h, dtype=float), (d,))
-    f0 = fun(x) if f0 is None else f0
-    H = np.zeros((d, d))
-    g = np.zeros(d)
+    pts = []
     for a in range(d):  # parameters, not rows or groups
         e = np.zeros(d)
         e[a] = h[a]
-        fp, fm = fun(x + e), fun(x - e)
+        pts += [x + e, x - e]
+    for a in range(d):
+        for b in range(a + 1, d):
+            e = np.zeros(d)
+            e[a], e[b] = h[a], h[b]
+            pts += [x + e, x - e]
+    return pts
+
+
+def fd_hessian(
+    fun, x: np.ndarray, h: np.ndarray | float = 1e-3, f0: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference Hessian and gradient of a scalar function from d² + d + 1
+    evaluations (:func:`hessian_stencil`): with Sₐ± = f(x ± hₐeₐ),
+
+        Hₐₐ = (Sₐ₊ − 2f₀ + Sₐ₋)/hₐ²,   gₐ = (Sₐ₊ − Sₐ₋)/(2hₐ),
+        Hₐ_b = [f(x + hₐeₐ + h_b e_b) + f(x − hₐeₐ − h_b e_b) − 2f₀
+                − hₐ²Hₐₐ − h_b²H_bb] / (2hₐh_b),
+
+    each with O(h²) error (the second-order expansion along eₐ + e_b less its
+    diagonal parts), half the evaluations of the four-point cross formula."""
+    d = x.size
+    h = np.broadcast_to(np.asarray(h, dtype=float), (d,))
+    f0 = fun(x) if f0 is None else f0
+    vals = iter([fun(pt) for pt in hessian_stencil(x, h)])
+    H = np.zeros((d, d))
+    g = np.zeros(d)
+    for a in range(d):  # parameters, not rows or groups
+        fp, fm = next(vals), next(vals)
         H[a, a] = (fp - 2 * f0 + fm) / h[a] ** 2
         g[a] = (fp - fm) / (2 * h[a])
     for a in range(d):
         for b in range(a + 1, d):
-            ea = np.zeros(d)
-            eb = np.zeros(d)
-            ea[a], eb[b] = h[a], h[b]
-            H[a, b] = H[b, a] = (
-                fun(x + ea + eb) - fun(x + ea - eb) - fun(x - ea + eb) + fun(x - ea - eb)
-            ) / (4 * h[a] * h[b])
+            fp, fm = next(vals), next(vals)
+            curv = fp + fm - 2 * f0 - h[a] ** 2 * H[a, a] - h[b] ** 2 * H[b, b]
+            H[a, b] = H[b, a] = curv / (2 * h[a] * h[b])
     return H, g
 
 
@@ -295,7 +317,12 @@ class _Logged:
 
 
 def _bobyqa(
-    fun: _Logged, x0: np.ndarray, lower: np.ndarray, step: np.ndarray, ftol: float
+    fun: _Logged,
+    x0: np.ndarray,
+    lower: np.ndarray,
+    step: np.ndarray,
+    ftol: float,
+    maxeval: int = 50_000,
 ) -> np.ndarray:
     import nlopt
 
@@ -305,7 +332,7 @@ def _bobyqa(
     opt.set_initial_step(step)
     opt.set_ftol_abs(ftol)
     opt.set_xtol_abs(1e-8)
-    opt.set_maxeval(50_000)
+    opt.set_maxeval(maxeval)
     try:
         opt.optimize(x0)
     except (nlopt.RoundoffLimited, RuntimeError, ValueError):
@@ -313,36 +340,24 @@ def _bobyqa(
     return x0 if fun.best_x is None else fun.best_x.copy()
 
 
-def optimize_stage2(
-    fun, x0: np.ndarray, lower: np.ndarray, ntheta: int, to_natural
-) -> tuple[OptRecord, np.ndarray | None]:
-    """Minimise the stage-2 deviance over (θ, δ): BOBYQA to about 1e-6 deviance
-    units, then Newton steps with a central-difference Hessian (h = 1e-3, the
-    parameters being on unit scales) until the Newton decrement is below 1e-9.
-    Returns the record and the last Hessian (at the optimum, or where the
-    Newton steps stopped)."""
-    logged = _Logged(fun, to_natural)
-    step = np.concatenate(
-        [0.25 * np.maximum(np.abs(x0[:ntheta]), 0.5), np.full(x0.size - ntheta, 0.5)]
-    )
-    x = _bobyqa(logged, x0, lower, step, 1e-7)
-    fx = logged.best
+def _newton(logged: _Logged, x, fx, lower, hessian_step, maxit: int):
+    """Projected Newton steps with central-difference Hessians from x until the
+    Newton decrement is below 1e-9 (``done``) or a step fails."""
     H = g = None
     status = "CONVERGED"
-    for _ in range(6):  # Newton iterations
-        H, g = fd_hessian(logged, x, 1e-3, fx)
+    for _ in range(maxit):  # Newton iterations
+        H, g = fd_hessian(logged, x, hessian_step, fx)
         free = ~((x <= lower) & (g >= 0))
         idx = np.flatnonzero(free)
         try:
             c = np.linalg.cholesky(H[np.ix_(idx, idx)])
         except np.linalg.LinAlgError:
-            status = "HESSIAN_NOT_PD"
-            break
+            return x, fx, H, g, "HESSIAN_NOT_PD", False
         s = np.zeros_like(x)
         s[idx] = -np.linalg.solve(c.T, np.linalg.solve(c, g[idx]))
         decrement = float(-0.5 * g @ s)
         if decrement < 1e-9:
-            break
+            return x, fx, H, g, status, True
         for t in (1.0, 0.5, 0.25, 0.1):
             trial = np.maximum(x + t * s, lower)
             ft = logged(trial)
@@ -350,7 +365,41 @@ def optimize_stage2(
                 x, fx = trial, ft
                 break
         else:
-            break
+            return x, fx, H, g, status, False
+    return x, fx, H, g, status, False
+
+
+def optimize_stage2(
+    fun,
+    x0: np.ndarray,
+    lower: np.ndarray,
+    ntheta: int,
+    to_natural,
+    hessian_step: np.ndarray | float = 1e-3,
+) -> tuple[OptRecord, np.ndarray | None]:
+    """Minimise the stage-2 deviance over (θ, δ): BOBYQA to about 1e-6 deviance
+    units (or at most 10(d + 1) evaluations), then Newton steps with a
+    central-difference Hessian (steps ``hessian_step``, the parameters being on
+    unit scales) until the Newton decrement is below 1e-9; when BOBYQA was cut
+    short and the Newton steps fail, BOBYQA to its end and Newton again.
+    Returns the record and the last Hessian (at the optimum, or where the
+    Newton steps stopped)."""
+    logged = _Logged(fun, to_natural)
+    step = np.concatenate(
+        [0.25 * np.maximum(np.abs(x0[:ntheta]), 0.5), np.full(x0.size - ntheta, 0.5)]
+    )
+    # BOBYQA's last digits cost many evaluations when stage 1 ends far from the
+    # optimum (large data); a few Newton steps (d² + d + 1 evaluations each) finish
+    # faster.  If they do not reach the optimum, BOBYQA runs to its end after all.
+    budget = BOBYQA_BUDGET * (x0.size + 1)
+    x = _bobyqa(logged, x0, lower, step, 1e-7, budget)
+    truncated = len(logged.values) >= budget
+    x, fx, H, g, status, done = _newton(
+        logged, x, logged.best, lower, hessian_step, 4 if truncated else 6
+    )
+    if truncated and not done:
+        x = _bobyqa(logged, x, lower, step, 1e-7)
+        x, fx, H, g, status, done = _newton(logged, x, logged.best, lower, hessian_step, 6)
     # variances that BOBYQA left just above their bound: put them on it when that
     # does not raise the deviance (a singular fit is reported as such)
     near = np.isfinite(lower) & (x > lower) & (x - lower < BOUNDARY_TOL)
@@ -445,7 +494,11 @@ def fit_glmm(
     theta0 = np.concatenate([t.initial() for t in tmpl])
     lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
     with np.errstate(over="ignore", under="ignore"):
-        rec1 = minimize_theta(obj.stage1, theta0, lower_t)
+        # stage 1 is only stage 2's start unless nAGQ = 0: Brent's (scalar θ) last
+        # digits are not needed (BOBYQA's looser stop costs more polishing: kept)
+        start_only = theta0.size == 1 and not (nAGQ == 0 and method == "laplace")
+        tol = 1e-5 if start_only else 1e-8
+        rec1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=tol, ftol=tol)
     theta1 = rec1.theta
     try:
         mode1 = obj.mode(theta1, obj.beta, joint=True)
@@ -537,4 +590,4 @@ def _pirls_message(exc: Exception) -> str:
     )
 
 
-__all__ = ["glmer", "fit_glmm", "fd_hessian", "optimize_stage2"]
+__all__ = ["glmer", "fit_glmm", "fd_hessian", "hessian_stencil", "optimize_stage2"]

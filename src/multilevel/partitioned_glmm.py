@@ -68,6 +68,7 @@ from .glmm import (
     _pirls_message,
     _resolve_method,
     _vcov_from_hessian,
+    hessian_stencil,
     optimize_stage2,
 )
 from .glmm_results import GlmerFit, GlmerSummary, glmer_summary
@@ -418,24 +419,10 @@ class _Objective:
 
 
 def _stencil(x: np.ndarray, h: float = HESSIAN_STEP, first: bool = False) -> list[np.ndarray]:
-    """The points of glmm.fd_hessian around x, computed as it computes them
-    (``first``: only the first)."""
-    d = x.size
-    hv = np.broadcast_to(np.asarray(h, dtype=float), (d,))
-    pts = []
-    for a in range(d):  # parameters, not rows or groups
-        e = np.zeros(d)
-        e[a] = hv[a]
-        pts += [x + e, x - e]
-        if first:
-            return pts
-    for a in range(d):
-        for b in range(a + 1, d):
-            ea = np.zeros(d)
-            eb = np.zeros(d)
-            ea[a], eb[b] = hv[a], hv[b]
-            pts += [x + ea + eb, x + ea - eb, x - ea + eb, x - ea - eb]
-    return pts
+    """The points of glmm.fd_hessian around x, in its order (``first``: only
+    the first, which announces a Hessian)."""
+    pts = hessian_stencil(x, h)
+    return pts[:1] if first else pts
 
 
 def _solve_normal(A: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -116,6 +116,13 @@ class RandomBlocks:
         self.Q0 = self.nlevels[0] * self.q[0]
         self.Q = self.Q0 + self.Qr
         self.sorted0 = bool(np.all(self.codes[0][1:] >= self.codes[0][:-1]))
+        # rows sorted by the first factor with every level present: its per-level
+        # sums are one reduceat at these row offsets (found once, not per iteration)
+        self._starts0 = None
+        if self.sorted0 and self.n:
+            starts = np.flatnonzero(np.r_[True, self.codes[0][1:] != self.codes[0][:-1]])
+            if starts.size == self.nlevels[0]:
+                self._starts0 = starts
         if self.K > 1:
             self._setup_rest()
 
@@ -162,9 +169,18 @@ class RandomBlocks:
         """Cross-products with weights w (n,) of Z and F (n, m), one pass over rows."""
         Z0 = self.Zs[0]
         Zw0 = Z0 * w[:, None]
-        n0 = self.nlevels[0]
-        D0 = np.moveaxis(level_crossprod(self.codes[0], Zw0, Z0, n0), 0, -1)
-        B0F = level_crossprod(self.codes[0], Zw0, F, n0)
+        n0, q0 = self.nlevels[0], self.q[0]
+        if self._starts0 is not None:
+            outer = np.concatenate(
+                [Zw0[:, :, None] * Z0[:, None, :], Zw0[:, :, None] * F[:, None, :]], axis=2
+            )
+            S = np.add.reduceat(outer.reshape(self.n, -1), self._starts0, axis=0)
+            S = S.reshape(n0, q0, q0 + F.shape[1])
+            D0 = np.moveaxis(S[:, :, :q0], 0, -1)
+            B0F = S[:, :, q0:]
+        else:
+            D0 = np.moveaxis(level_crossprod(self.codes[0], Zw0, Z0, n0), 0, -1)
+            B0F = level_crossprod(self.codes[0], Zw0, F, n0)
         Fw = F * w[:, None]
         AFF = F.T @ Fw
         if self.K == 1:
@@ -411,9 +427,8 @@ class PirlsProblem:
         beta = np.zeros(self.p)
         dev = np.inf
         for _ in range(50):  # IRLS iterations
-            d = fam.mu_eta(eta)
-            w = fam.working_weights(eta, r.weights)
-            z = eta - self.offset + (r.y - fam.linkinv(eta)) / d
+            mu, d, w = fam.irls_terms(eta, r.weights)
+            z = eta - self.offset + (r.y - mu) / d
             sw = np.sqrt(w)
             beta_new = np.linalg.lstsq(self.X * sw[:, None], z * sw, rcond=None)[0]
             eta_new = self.offset + self.X @ beta_new
@@ -447,9 +462,8 @@ class PirlsProblem:
         if not np.isfinite(pdev):
             raise PirlsError("the starting linear predictor gives an infinite deviance")
         for it in range(1, MAX_ITER + 1):
-            d = fam.mu_eta(eta)
-            w = fam.working_weights(eta, r.weights)
-            z = eta - self.offset + (r.y - fam.linkinv(eta)) / d
+            mu, d, w = fam.irls_terms(eta, r.weights)
+            z = eta - self.offset + (r.y - mu) / d
             F = np.column_stack([self.X, z]) if joint else (z - self.X @ beta)[:, None]
             blocks = rb.crossprods(w, F)
             f = factor(rb, blocks, T, joint)

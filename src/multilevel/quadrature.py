@@ -27,10 +27,12 @@ import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.special import logsumexp
 
+from .crossprod import group_sums
+from .families import Family
 from .pirls import Mode, PirlsProblem, lower_t_solve
 
 _LOG2PI = float(np.log(2 * np.pi))
-CHUNK_CELLS = 2_000_000  # rows × nodes evaluated at once
+CHUNK_CELLS = 250_000  # rows × nodes evaluated at once: ~2 MB arrays stay in cache
 
 
 @lru_cache(maxsize=32)
@@ -60,6 +62,18 @@ def level_logliks(
     Z0, codes = rb.Zs[0], rb.codes[0]
     K = nodes.shape[0]
     chunk = max(1, CHUNK_CELLS // max(1, prob.n))
+    fam, r = prob.family, prob.resp
+    intercept_only = q == 1 and bool(np.all(Z0 == 1.0))
+    # a user's Family subclass may have a canonical link but no cumulant
+    canonical = fam.canonical and type(fam).cumulant is not Family.cumulant
+    if canonical:
+        # log f = w(yη − b(η)) + const: the part linear in η is a per-level sum,
+        # Σᵢ (wᵢyᵢη_fixed,ᵢ + constᵢ) + (Σᵢ wᵢyᵢzᵢ)ᵀbₗ, so only b(η) is evaluated
+        # at every (row, node)
+        wy = r.weights * r.y
+        base = group_sums(codes, (wy * eta_fixed + r.const)[:, None], n0)[:, 0]
+        wyz = group_sums(codes, wy[:, None] * Z0, n0)  # (n0, q)
+        unit = bool(np.all(r.weights == 1.0))
     parts = []
     for start in range(0, K, chunk):  # chunks of nodes, bounded memory
         z = nodes[start : start + chunk]  # (k, q)
@@ -68,10 +82,20 @@ def level_logliks(
         u = u0[:, :, None] + v  # (q, n0, k)
         b = np.einsum("ab,bnk->ank", T0, u)
         if q == 1:
-            zb = Z0[:, :1] * b[0][codes]
+            zb = np.take(b[0], codes, axis=0)
+            if not intercept_only:
+                zb *= Z0[:, :1]
         else:
             zb = np.einsum("ia,aik->ik", Z0, b[:, codes, :])
-        g = -2.0 * prob.group_loglik(eta_fixed[:, None] + zb) + np.einsum("ank,ank->nk", u, u)
+        if canonical:
+            zb += eta_fixed[:, None]
+            cum = fam.cumulant(zb)
+            if not unit:
+                cum *= r.weights[:, None]
+            ll = base[:, None] + np.einsum("nq,qnk->nk", wyz, b) - group_sums(codes, cum, n0)
+        else:
+            ll = prob.group_loglik(eta_fixed[:, None] + zb)
+        g = -2.0 * ll + np.einsum("ank,ank->nk", u, u)
         parts.append(logw[start : start + k] - 0.5 * g + 0.5 * np.einsum("kq,kq->k", z, z))
     terms = np.concatenate(parts, axis=1)  # (n0, K)
     return -0.5 * q * _LOG2PI - 0.5 * f.logdet0 + logsumexp(terms, axis=1)
