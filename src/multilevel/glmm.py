@@ -188,7 +188,37 @@ def _resolve_method(method: str | None, nAGQ: Any) -> str:
 # --------------------------------------------------------------------------- objective
 
 
-class _Objective:
+class StagedObjective:
+    """What both fitting stages share, in memory or over partitions: stage 1
+    optimises θ with β inside PIRLS (``joint_mode``); stage 2 optimises
+    (θ, δ) with β = β₀ + R⁻¹δ (whitened fixed effects)."""
+
+    ntheta: int
+    beta: np.ndarray
+    beta0: np.ndarray
+    Rinv: np.ndarray
+
+    def joint_mode(self, theta: np.ndarray, beta: np.ndarray):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stage1(self, theta: np.ndarray) -> float:
+        try:
+            m = self.joint_mode(theta, self.beta)
+        except PirlsError:
+            return math.inf
+        self.beta = m.beta
+        return m.laplace
+
+    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[: self.ntheta], self.beta0 + self.Rinv @ x[self.ntheta :]
+
+    def natural(self, x: np.ndarray) -> np.ndarray:
+        """(θ, δ) -> (θ, β)."""
+        theta, beta = self.unpack(x)
+        return np.concatenate([theta, beta])
+
+
+class _Objective(StagedObjective):
     """Deviance functions of the two stages, with warm-started PIRLS."""
 
     def __init__(self, prob: PirlsProblem, method: str, nagq: int, draws: Draws | None):
@@ -212,23 +242,8 @@ class _Objective:
         self.u = m.u
         return m
 
-    # stage 1: θ, with β inside PIRLS
-    def stage1(self, theta: np.ndarray) -> float:
-        try:
-            m = self.mode(theta, self.beta, joint=True)
-        except PirlsError:
-            return math.inf
-        self.beta = m.beta
-        return m.laplace
-
-    # stage 2: (θ, δ), β = β₀ + R⁻¹δ
-    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x[: self.ntheta], self.beta0 + self.Rinv @ x[self.ntheta :]
-
-    def natural(self, x: np.ndarray) -> np.ndarray:
-        """(θ, δ) -> (θ, β)."""
-        theta, beta = self.unpack(x)
-        return np.concatenate([theta, beta])
+    def joint_mode(self, theta: np.ndarray, beta: np.ndarray) -> Mode:
+        return self.mode(theta, beta, joint=True)
 
     def deviance(self, m: Mode) -> float:
         if self.method == "laplace":

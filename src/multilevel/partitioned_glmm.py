@@ -65,6 +65,7 @@ from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
 from .glmm import (
     MAX_NODES,
+    StagedObjective,
     _pirls_message,
     _resolve_method,
     _vcov_from_hessian,
@@ -301,7 +302,7 @@ class _JointMode:
     LFF: np.ndarray  # lower Cholesky factor of R_XᵀR_X
 
 
-class _Objective:
+class _Objective(StagedObjective):
     """glmer's two objectives over the partitions (see the module docstring)."""
 
     def __init__(self, parts: _Partitions, p: int, ntheta: int, method: str, nagq: int):
@@ -372,22 +373,7 @@ class _Objective:
             beta = beta + delta
         raise PirlsError(f"PIRLS did not converge in {MAX_ITER} iterations")
 
-    def stage1(self, theta: np.ndarray) -> float:
-        try:
-            m = self.joint_mode(theta, self.beta)
-        except PirlsError:
-            return math.inf
-        self.beta = m.beta
-        return m.laplace
-
     # -- stage 2 ---------------------------------------------------------------------
-    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x[: self.ntheta], self.beta0 + self.Rinv @ x[self.ntheta :]
-
-    def natural(self, x: np.ndarray) -> np.ndarray:
-        theta, beta = self.unpack(x)
-        return np.concatenate([theta, beta])
-
     def deviances(self, xs: list[np.ndarray]) -> np.ndarray:
         pts = [self.unpack(np.asarray(x, dtype=float)) for x in xs]
         thetas = np.array([t for t, _ in pts])
