@@ -156,6 +156,7 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
     bounded = np.isfinite(lower)
     Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(g)))
     status = "MAXEVAL_REACHED"
+    restarted = False
     for it in range(maxeval):
         active = bounded & (x <= lower) & (g >= 0)
         pg = np.where(active, 0.0, g)
@@ -178,12 +179,25 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
             hit = bounded & (xn - lower < 0.1 * (x - lower)) & (x > lower)
             xn[hit] = lower[hit] + 0.1 * (x[hit] - lower[hit])
             fn, gn = logged.value_grad(xn)
-            if fn <= f + 1e-4 * (g @ (xn - x)) or t < 1e-10:
+            if fn <= f + 1e-4 * (g @ (xn - x)) or t < 1e-3:
+                break
+            if fn - f < 1e-11 * (1 + abs(f)):  # a change below rounding: at the optimum
                 break
             t *= 0.5
-        if fn > f or len(logged.values) >= maxeval:
-            status = "CONVERGED" if fn > f else "MAXEVAL_REACHED"
+        if len(logged.values) >= maxeval:
+            status = "MAXEVAL_REACHED"
             break
+        if fn > f:
+            # no decrease along a short step: either rounding noise at the
+            # optimum (the Newton steps below take over) or a stale Hessian
+            # approximation (one restart from steepest descent)
+            if restarted or fn - f < 1e-11 * (1 + abs(f)):
+                status = "CONVERGED"
+                break
+            restarted = True
+            Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(pg)))
+            continue
+        restarted = False
         s, y = xn - x, gn - g
         df = f - fn
         x, f, g = xn, fn, gn
