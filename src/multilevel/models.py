@@ -92,6 +92,16 @@ def fit_design(
     design: Design, *, REML: bool = True, start: Any = None, data_name: str = "data"
 ) -> LmerFit:
     """Order terms by levels, form cross-products once, optimise θ."""
+    # One BLAS thread: after the pass over the rows every factorization is
+    # small or medium, and a threaded BLAS whose cores are shared with other
+    # work spins instead of computing (measured here with another process on
+    # one core: a 6 x 6 Cholesky plus solve took 4 ms with two threads and
+    # 1.2 µs with one; the InstEval-shaped fit 63 s against 2.6 s).
+    with single_threaded_blas():
+        return _fit_design(design, REML=REML, start=start, data_name=data_name)
+
+
+def _fit_design(design: Design, *, REML: bool, start: Any, data_name: str) -> LmerFit:
     # lme4's order: terms by decreasing number of levels (stable)
     order = sorted(range(len(design.random)), key=lambda k: -design.random[k].nlevels)
     design.random = [design.random[k] for k in order]
@@ -114,14 +124,6 @@ def optimize_cross_products(
     """The profiled criterion of summed cross-products and its optimum in θ
     (from identity templates unless ``start``)."""
     tmpl = templates(qs)
-    with single_threaded_blas():
-        return _optimize(cp, tmpl, REML, sum_log_w, start)
-
-
-def _optimize(cp: Any, tmpl: list, REML: bool, sum_log_w: float, start: Any):
-    # one BLAS thread: the factorizations here are small or medium, and a
-    # threaded BLAS that shares its cores with other work spins instead of
-    # computing (measured: 63 s against 2.6 s for the InstEval-shaped model)
     crit = ProfiledCriterion(cp, tmpl, REML, sum_log_w)
     x0 = np.concatenate([t.initial() for t in tmpl]) if start is None else np.asarray(start, float)
     lower = np.concatenate([t.lower_bounds() for t in tmpl])

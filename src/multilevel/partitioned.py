@@ -49,6 +49,7 @@ from .evaluate import Evaluator
 from .formula import ParsedFormula, parse_formula
 from .models import optimize_cross_products, warn_about
 from .results import LmerFit
+from .threads import single_threaded_blas
 
 _STATEFUL = ("scale(", "center(", "poly(")
 
@@ -316,10 +317,11 @@ def lmer_partitioned(
     template.n_rows, template.n_dropped = n, total["dropped"]
     template.messages = messages
 
-    crit, record = optimize_cross_products(
-        cp, [r.q for r in template.random], REML, total["sum_log_w"], start
-    )
-    fit = PartitionedLmerFit(template, crit, record, REML=REML, data_name="data")
+    with single_threaded_blas():  # as models.fit_design: small factorizations only
+        crit, record = optimize_cross_products(
+            cp, [r.q for r in template.random], REML, total["sum_log_w"], start
+        )
+        fit = PartitionedLmerFit(template, crit, record, REML=REML, data_name="data")
     fit._chunks = chunks
     fit._weights = weights
     warn_about(fit)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-from scipy.linalg.lapack import dpotrf
+
+# LAPACK directly: scipy.linalg's wrappers cost more than small solves
+from scipy.linalg.lapack import dpotrf, dpotrs, dtrtrs
 
 from .crossprod import CrossProducts
 
@@ -212,7 +213,9 @@ class RestBlock:
         L, info = dpotrf(self._dense(W, lam), lower=1, clean=0, overwrite_a=1)
         if info != 0:
             return None
-        C = sla.solve_triangular(L, MRF, lower=True, check_finite=False)
+        C, info = dtrtrs(L, MRF, lower=1)
+        if info != 0:
+            return None
         return RestFactor(
             lam,
             MRF,
@@ -238,7 +241,10 @@ class RestFactor:
         """M_RR⁻¹ B."""
         if self.lu is not None:
             return self.lu.solve(B)
-        return sla.cho_solve((self.L, True), B, check_finite=False)
+        X, info = dpotrs(self.L, B, lower=1)
+        if info != 0:  # pragma: no cover - L came from a successful potrf
+            raise np.linalg.LinAlgError("potrs failed")
+        return X
 
     def inverse_diag_blocks(self, offs: np.ndarray, q: list[int], nlevels: list[int]):
         """Diagonal q_k x q_k blocks of M_RR⁻¹ per rest term: (n_k, q_k, q_k)."""

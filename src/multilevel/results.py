@@ -150,7 +150,10 @@ class LmerFit(MixedModelFit):
     def condvar(self) -> list[np.ndarray]:
         """Per term, conditional covariance matrices of b given y at θ̂, β̂:
         (n_k, q_k, q_k) arrays (lme4's ``postVar``)."""
-        return [self._sigma2 * v for v in self.criterion.conditional_variances(self._fac)]
+        from .threads import single_threaded_blas
+
+        with single_threaded_blas():
+            return [self._sigma2 * v for v in self.criterion.conditional_variances(self._fac)]
 
     # -- fitted values, residuals, predictions -------------------------------------
     def _zb(self) -> np.ndarray:
