@@ -50,19 +50,11 @@ class Engine:
     unsupported: dict[str, str] = field(default_factory=dict)  # case key -> reason
 
     def command(self, case: cases.Case, repeats: int, budget: float) -> list[str]:
+        script = str(HERE / self.script)
         if self.kind == "r":
-            csv = str(case.csv_path())
-            return [
-                self.interpreter,
-                str(HERE / self.script),
-                csv,
-                case.formula,
-                cases.factor_spec(case),
-            ] + [
-                str(repeats),
-                str(budget),
-            ]
-        return [self.interpreter, str(HERE / self.script), case.key, str(repeats), str(budget)]
+            spec = [str(case.csv_path()), case.formula, cases.factor_spec(case)]
+            return [self.interpreter, script, *spec, str(repeats), str(budget)]
+        return [self.interpreter, script, case.key, str(repeats), str(budget)]
 
     def missing(self) -> str | None:
         """Why this engine cannot run at all, or None."""
@@ -246,6 +238,23 @@ def print_table(results: list[dict[str, Any]], baseline: str) -> None:
             print(label + "".join(f"{cell(r):>{w}}" for _, w, cell in cols) + flags)
 
 
+def git_state() -> str:
+    """Commit of the working tree (and whether it has uncommitted changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "../src"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' + uncommitted changes in src/' if dirty else ''}"
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -315,6 +324,7 @@ def main() -> None:
     print_table(results, args.baseline)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git": git_state(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
