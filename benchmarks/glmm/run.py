@@ -17,10 +17,7 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,49 +84,6 @@ ENGINES = {
 }
 
 
-@dataclass
-class Proc:
-    code: int
-    out: str
-    err: str
-    peak_mb: float  # peak RSS of the process (and its waited-for children)
-    others_busy: float  # share of all cores used by other processes meanwhile
-
-
-def run_subprocess(cmd: list[str], env: dict[str, str], timeout: float) -> Proc:
-    """Run ``cmd`` in a new session, killed after ``timeout`` seconds."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        b0, t0 = sysload.busy_seconds(), time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=err, env=env, cwd=HERE, start_new_session=True
-        )
-        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - t0
-        others = sysload.busy_seconds() - b0 - usage.ru_utime - usage.ru_stime
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Proc(
-            code,
-            out.read(),
-            err.read(),
-            usage.ru_maxrss / 1024,
-            max(0.0, others) / (wall * sysload.NCPU),
-        )
-
-
-def parse_result(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    return None
-
-
 def run_one(
     engine: Engine, case: cases.Case, threads: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -148,9 +102,11 @@ def run_one(
         rec["busy_before"] = sysload.wait_idle(args.idle_threshold, args.idle_wait)
     rec["loadavg_before"] = list(os.getloadavg())
     rec["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    p = run_subprocess(engine.command(case, args.repeats, args.budget), env, args.timeout)
+    p = sysload.run_subprocess(
+        engine.command(case, args.repeats, args.budget), env, args.timeout, HERE
+    )
     rec["others_busy"] = p.others_busy
-    res = parse_result(p.out)
+    res = sysload.parse_result(p.out)
     if res is None or "error" in res or p.code != 0:
         why = (res or {}).get("error") or (p.err.strip().splitlines() or [f"exit {p.code}"])[-1]
         if p.code == -signal.SIGKILL:
