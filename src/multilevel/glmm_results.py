@@ -71,27 +71,61 @@ class GlmerFit(MixedModelFit):
         hessian: np.ndarray | None,
         data_name: str = "data",
     ):
-        self.design = design
-        self.family = family
         self._prob = prob
         self._mode = mode
         self._perm = perm
         self._inv = np.empty_like(perm)
         self._inv[perm] = np.arange(perm.size)
+        self.mc = mc
+        self._set_estimates(
+            design=design,
+            family=family,
+            theta=theta,
+            templates=mode.factor.T,
+            vcov=vcov,
+            vcov_note=vcov_note,
+            deviance=deviance,
+            method=method,
+            nAGQ=nAGQ,
+            optinfo=optinfo,
+            stage1=stage1,
+            hessian=hessian,
+            data_name=data_name,
+        )
+
+    def _set_estimates(
+        self,
+        *,
+        design,
+        family,
+        theta,
+        templates,
+        vcov,
+        vcov_note,
+        deviance,
+        method,
+        nAGQ,
+        optinfo,
+        stage1,
+        hessian,
+        data_name,
+    ) -> None:
+        """What every GLMM fit records, however it was computed."""
+        self.design = design
+        self.family = family
         self._theta = np.asarray(theta, dtype=float)
         self._vcov = np.asarray(vcov, dtype=float)
         self.vcov_note = vcov_note
         self._deviance = deviance
         self.method = method
         self.nAGQ = nAGQ
-        self.mc = mc
         self.optinfo = optinfo
         self.stage1 = stage1
         self.hessian = hessian
         self.data_name = data_name
         self.formula = design.formula.text
-        self._T = mode.factor.T
-        self._templates = self._T
+        self._T = templates
+        self._templates = templates
         self._theta_values = self._theta
 
     # -- data-order helpers ----------------------------------------------------------

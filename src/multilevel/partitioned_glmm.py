@@ -786,27 +786,26 @@ class PartitionedGlmerFit(GlmerFit):
         hessian: np.ndarray | None,
         data_name: str = "data",
     ):
-        self.design = design
-        self.family = family
         self._mode = _Estimates(np.asarray(beta, dtype=float), templates)
         self._b_terms = b
         self._condvar = condvar
-        self._theta = np.asarray(theta, dtype=float)
-        self._vcov = np.asarray(vcov, dtype=float)
-        self.vcov_note = vcov_note
-        self._deviance = deviance
         self._saturated = saturated
-        self.method = method
-        self.nAGQ = nAGQ
         self.mc = None
-        self.optinfo = optinfo
-        self.stage1 = stage1
-        self.hessian = hessian
-        self.data_name = data_name
-        self.formula = design.formula.text
-        self._T = templates
-        self._templates = templates
-        self._theta_values = self._theta
+        self._set_estimates(
+            design=design,
+            family=family,
+            theta=theta,
+            templates=templates,
+            vcov=vcov,
+            vcov_note=vcov_note,
+            deviance=deviance,
+            method=method,
+            nAGQ=nAGQ,
+            optinfo=optinfo,
+            stage1=stage1,
+            hessian=hessian,
+            data_name=data_name,
+        )
 
     @property
     def _prob(self):
