@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from . import scalar_glmm
 from .covariance import templates
 from .design import build_design
 from .errors import ConvergenceWarning, ModelError, SingularFitWarning
@@ -60,6 +61,12 @@ from .threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
 MAX_NODES = 20_000  # nAGQ^q nodes per level
+GROUPWISE = True  # one scalar term, canonical link: exact-gradient path (scalar_glmm)
+NOT_PD_MESSAGE = (
+    "the Hessian of the deviance is not positive definite at the optimum: the "
+    "likelihood is flat or unbounded in some direction (complete separation of a "
+    "binary response, or an unidentifiable fixed effect?)"
+)
 BOBYQA_BUDGET = 10  # × (parameters + 1): BOBYQA evaluations before Newton steps take over
 
 
@@ -429,11 +436,7 @@ def optimize_stage2(
     messages = []
     converged = status == "CONVERGED"
     if not converged:
-        messages.append(
-            "the Hessian of the deviance is not positive definite at the optimum: the "
-            "likelihood is flat or unbounded in some direction (complete separation of a "
-            "binary response, or an unidentifiable fixed effect?)"
-        )
+        messages.append(NOT_PD_MESSAGE)
     if gmax > GRAD_TOL:
         converged = False
         messages.append(
@@ -454,6 +457,18 @@ def optimize_stage2(
         logged.values,
     )
     return rec, H
+
+
+def _positive_definite(H: np.ndarray | None, x: np.ndarray, lower_t: np.ndarray) -> bool:
+    """Whether H is clearly positive definite over the parameters off their
+    bounds: its smallest eigenvalue above 1e-8 of the largest (a likelihood
+    flat to rounding in some direction, as under separation, is not)."""
+    if H is None:
+        return False
+    free = np.ones(x.size, dtype=bool)
+    free[: lower_t.size] = x[: lower_t.size] > lower_t
+    lam = np.linalg.eigvalsh(H[np.ix_(free, free)])
+    return bool(lam.size == 0 or lam[0] > 1e-8 * max(lam[-1], 0.0))
 
 
 def _vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
@@ -508,17 +523,25 @@ def fit_glmm(
 
     theta0 = np.concatenate([t.initial() for t in tmpl])
     lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
-    with np.errstate(over="ignore", under="ignore"):
-        # stage 1 is only stage 2's start unless nAGQ = 0: Brent's (scalar θ) last
-        # digits are not needed (BOBYQA's looser stop costs more polishing: kept)
-        start_only = theta0.size == 1 and not (nAGQ == 0 and method == "laplace")
-        tol = 1e-5 if start_only else 1e-8
-        rec1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=tol, ftol=tol)
-    theta1 = rec1.theta
-    try:
-        mode1 = obj.mode(theta1, obj.beta, joint=True)
-    except PirlsError as exc:
-        raise ModelError(_pirls_message(exc)) from None
+    groupwise = (
+        GROUPWISE
+        and method in ("laplace", "agq")
+        and nAGQ >= 1
+        and scalar_glmm.supported(family, len(rs), rs[0].q)
+    )
+    rec1: OptRecord | None = None
+    if not groupwise:
+        with np.errstate(over="ignore", under="ignore"):
+            # stage 1 is only stage 2's start unless nAGQ = 0: Brent's (scalar θ) last
+            # digits are not needed (BOBYQA's looser stop costs more polishing: kept)
+            start_only = theta0.size == 1 and not (nAGQ == 0 and method == "laplace")
+            tol = 1e-5 if start_only else 1e-8
+            rec1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=tol, ftol=tol)
+        theta1 = rec1.theta
+        try:
+            mode1 = obj.mode(theta1, obj.beta, joint=True)
+        except PirlsError as exc:
+            raise ModelError(_pirls_message(exc)) from None
     rec2: OptRecord | None = None
     hess = None
     if nAGQ == 0 and method == "laplace":
@@ -527,13 +550,24 @@ def fit_glmm(
         vcov = _conditional_vcov(mode1)
         vcov_note = "conditional"
     else:
-        obj.beta0 = mode1.beta.copy()
-        LXX = mode1.factor.LFF
-        obj.Rinv = np.linalg.inv(LXX).T  # β = β₀ + L⁻ᵀδ: δ has unit conditional scale
-        x0 = np.concatenate([theta1, np.zeros(prob.p)])
-        lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
-        with np.errstate(over="ignore", under="ignore"):
-            rec2, H = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
+        if groupwise:
+            with np.errstate(over="ignore", under="ignore"):
+                rec2, H, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
+                    prob, nAGQ, float(theta0[0])
+                )
+            rec2._thetas = [obj.natural(x) for x in rec2._thetas]
+            rec2.optimizer = "bfgs (exact gradient)"
+            if not _positive_definite(H, rec2.theta, lower_t):
+                rec2.status, rec2.converged = "HESSIAN_NOT_PD", False
+                rec2.messages.append(NOT_PD_MESSAGE)
+        else:
+            obj.beta0 = mode1.beta.copy()
+            LXX = mode1.factor.LFF
+            obj.Rinv = np.linalg.inv(LXX).T  # β = β₀ + L⁻ᵀδ: δ has unit conditional scale
+            x0 = np.concatenate([theta1, np.zeros(prob.p)])
+            lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
+            with np.errstate(over="ignore", under="ignore"):
+                rec2, H = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
         x_hat = rec2.theta
         # the record in natural coordinates (θ, β): δ = R(β − β₀), ∂/∂β = Rᵀ∂/∂δ
         J = np.eye(x_hat.size)
@@ -550,8 +584,10 @@ def fit_glmm(
             hess = J.T @ H @ J
         if Vx is not None:
             vcov = obj.Rinv @ Vx[obj.ntheta :, obj.ntheta :] @ obj.Rinv.T
-        else:
+        elif rec1 is not None:
             vcov = _conditional_vcov(mode1)
+        else:
+            vcov = _conditional_vcov(obj.joint_mode(theta_hat, beta_hat))
     theta_hat = x_hat[: obj.ntheta]
     with np.errstate(over="ignore", under="ignore"):
         if method == "laplace":

@@ -67,7 +67,7 @@ class GlmerFit(MixedModelFit):
         nAGQ: int,
         mc: MCEstimate | None,
         optinfo: OptRecord,
-        stage1: OptRecord,
+        stage1: OptRecord | None,
         hessian: np.ndarray | None,
         data_name: str = "data",
     ):

@@ -102,12 +102,19 @@ def minimize_theta(
     xtol: float = 1e-8,
     ftol: float = 1e-8,
     maxeval: int = 100_000,
+    hessian0: np.ndarray | None = None,
+    newton_polish: bool = True,
 ) -> OptRecord:
-    """Minimise ``fun`` over θ ≥ lower (elementwise) from x0."""
+    """Minimise ``fun`` over θ ≥ lower (elementwise) from x0.
+
+    With ``value_and_gradient``: BFGS from the Hessian approximation
+    ``hessian0`` (default a scaled identity), then, if ``newton_polish``,
+    Newton steps with a Hessian from differences of the gradient (callers that
+    compute that Hessian themselves turn it off)."""
     logged = _Logged(fun, value_and_gradient)
     x0 = np.asarray(x0, dtype=float)
     if value_and_gradient is not None:
-        optimizer, status = _bfgs(logged, x0, lower, maxeval)
+        optimizer, status = _bfgs(logged, x0, lower, maxeval, hessian0, newton_polish)
     elif x0.size == 1:
         optimizer, status = _brent(logged, float(x0[0]), float(lower[0]), xtol)
     else:
@@ -142,7 +149,14 @@ def minimize_theta(
     )
 
 
-def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> tuple[str, str]:
+def _bfgs(
+    logged: _Logged,
+    x0: np.ndarray,
+    lower: np.ndarray,
+    maxeval: int,
+    hessian0: np.ndarray | None = None,
+    newton_polish: bool = True,
+) -> tuple[str, str]:
     """Bounded BFGS with backtracking (Armijo) line search.
 
     A diagonal θ on its bound 0 has zero gradient by symmetry (the criterion is
@@ -155,6 +169,8 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
     n = x.size
     bounded = np.isfinite(lower)
     Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(g)))
+    if hessian0 is not None:
+        Hinv = np.linalg.inv(hessian0)
     status = "MAXEVAL_REACHED"
     restarted = False
     for it in range(maxeval):
@@ -203,7 +219,7 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
         x, f, g = xn, fn, gn
         sy = s @ y
         if sy > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
-            if it == 0:
+            if it == 0 and hessian0 is None:
                 Hinv = np.eye(n) * sy / (y @ y)
             rho = 1.0 / sy
             V = np.eye(n) - rho * np.outer(s, y)
@@ -218,7 +234,7 @@ def _bfgs(logged: _Logged, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
     # pin θ down to what the gradient resolves.
     free = ~(bounded & (x <= lower) & (g >= 0))
     idx = np.flatnonzero(free)
-    if idx.size and np.max(np.abs(g[idx])) > 1e-10 * (1 + abs(f)):
+    if newton_polish and idx.size and np.max(np.abs(g[idx])) > 1e-10 * (1 + abs(f)):
         H = np.empty((idx.size, idx.size))
         for a, i in enumerate(idx):  # a few parameters, not rows or groups
             h = 1e-5 * max(1.0, abs(x[i]))

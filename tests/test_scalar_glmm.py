@@ -1,0 +1,158 @@
+"""The groupwise path for one scalar random effect (``scalar_glmm``).
+
+* its deviance equals the general PIRLS path's (Laplace and quadrature) at
+  arbitrary (θ, β), binomial and Poisson, intercept and slope-only terms,
+  with offsets and binomial trials;
+* its gradient equals central differences of the deviance;
+* a glmer fit by it reaches the general two-stage search's optimum (no
+  higher deviance, the same estimates and standard errors).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import multilevel.glmm as glmm_mod
+from multilevel.glmm import glmer
+from multilevel.quadrature import agq_deviance
+from multilevel.scalar_glmm import ScalarGLMM, supported
+
+from .conftest import reference, reference_data
+
+
+def _problem(kind: str, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    J, m = 30, 12
+    g = np.repeat(np.arange(J), m)
+    x = rng.normal(size=J * m)
+    off = rng.normal(scale=0.3, size=J * m)
+    u = rng.normal(size=J)
+    d = pd.DataFrame({"x": x, "g": g.astype(str), "off": off})
+    if kind == "poisson":
+        d["y"] = rng.poisson(np.exp(0.3 + 0.5 * x + off + 0.7 * u[g]))
+        f, fam = "y ~ x + offset(off) + (1 | g)", "poisson"
+    elif kind == "trials":
+        n = rng.integers(1, 8, size=J * m)
+        d["k"] = rng.binomial(n, 1 / (1 + np.exp(-(0.2 - 0.8 * x + u[g]))))
+        d["nk"] = n - d["k"]
+        f, fam = "cbind(k, nk) ~ x + (1 | g)", "binomial"
+    else:  # random slope only, 0/1 response
+        d["y"] = rng.binomial(1, 1 / (1 + np.exp(-(-0.3 + 0.6 * x + 0.9 * x * u[g]))))
+        f, fam = "y ~ x + (0 + x | g)", "binomial"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = glmer(f, d, family=fam)
+    return fit
+
+
+def _model(fit, nagq: int) -> ScalarGLMM:
+    prob, rb = fit._prob, fit._prob.rb
+    return ScalarGLMM(
+        prob.family,
+        prob.resp,
+        prob.X,
+        rb.Zs[0][:, 0],
+        prob.offset,
+        rb.codes[0],
+        rb.nlevels[0],
+        nagq,
+    )
+
+
+FITS = {k: _problem(k) for k in ("poisson", "trials", "slope")}
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+@pytest.mark.parametrize("nagq", [1, 7])
+def test_deviance_equals_the_general_path(kind, nagq):
+    fit = FITS[kind]
+    prob = fit._prob
+    phi = np.concatenate([fit.theta, fit.fixef.values]) + np.linspace(0.1, -0.1, prob.p + 1)
+    dev, _ = _model(fit, nagq).deviance_grad(phi, grad=False)
+    mode = prob.mode(phi[:1], phi[1:], None, joint=False)
+    ref = mode.laplace if nagq == 1 else agq_deviance(prob, mode, nagq)
+    assert dev == pytest.approx(ref, abs=1e-8)
+
+
+def _fd_gradient(model: ScalarGLMM, phi: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    out = np.empty_like(phi)
+    for a in range(phi.size):
+        e = np.zeros_like(phi)
+        e[a] = h
+        out[a] = (
+            model.deviance_grad(phi + e, False)[0] - model.deviance_grad(phi - e, False)[0]
+        ) / (2 * h)
+    return out
+
+
+@pytest.fixture
+def tight_modes(monkeypatch):
+    # the Laplace value moves with û at first order (through log h): differences
+    # of values need the modes to rounding, not to the default step tolerance
+    monkeypatch.setattr("multilevel.scalar_glmm.STEP_TOL", 1e-14)
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+@pytest.mark.parametrize("nagq", [1, 5])
+def test_gradient_equals_differences(kind, nagq, tight_modes):
+    fit = FITS[kind]
+    model = _model(fit, nagq)
+    phi = np.concatenate([fit.theta, fit.fixef.values]) + 0.05
+    _, g = model.deviance_grad(phi)
+    fd = _fd_gradient(model, phi)
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6 * np.max(np.abs(g)))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    theta=st.floats(-2.0, 2.5),
+    shift=st.lists(st.floats(-0.5, 0.5), min_size=2, max_size=2),
+    nagq=st.sampled_from([1, 3]),
+)
+def test_gradient_property_over_parameters(theta, shift, nagq):
+    """Anywhere in (θ, β), negative θ included (the deviance is even in θ)."""
+    fit = FITS["poisson"]
+    model = _model(fit, nagq)
+    phi = np.concatenate([[theta], fit.fixef.values + np.array(shift)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("multilevel.scalar_glmm.STEP_TOL", 1e-14)
+        _, g = model.deviance_grad(phi)
+        fd = _fd_gradient(model, phi)
+        mirrored = model.deviance_grad(phi * np.r_[-1.0, np.ones(phi.size - 1)], False)[0]
+    assert mirrored == pytest.approx(model.deviance_grad(phi, False)[0], abs=1e-8)
+    np.testing.assert_allclose(g, fd, atol=1e-5 * (1 + np.max(np.abs(g))))
+
+
+def test_only_one_scalar_term_with_a_canonical_link():
+    from multilevel.families import binomial, poisson
+
+    assert supported(binomial(), 1, 1) and supported(poisson(), 1, 1)
+    assert not supported(binomial("probit"), 1, 1)
+    assert not supported(binomial(), 2, 1) and not supported(binomial(), 1, 2)
+
+
+@pytest.mark.parametrize("case", ["cbpp_laplace", "cbpp_agq25", "contra_laplace", "contra_agq"])
+def test_fit_reaches_the_two_stage_optimum(case, monkeypatch):
+    ref = reference(case)
+    data = reference_data(ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = glmer(ref["formula"], data, ref["family"], nAGQ=ref["nAGQ"])
+        monkeypatch.setattr(glmm_mod, "GROUPWISE", False)
+        slow = glmer(ref["formula"], data, ref["family"], nAGQ=ref["nAGQ"])
+    assert fast.optinfo.optimizer.startswith("bfgs")
+    assert not slow.optinfo.optimizer.startswith("bfgs")
+    assert fast.converged and slow.converged
+    assert fast.deviance <= slow.deviance + 1e-8
+    assert np.max(np.abs(fast.optinfo.gradient)) < 1e-4
+    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-4 * slow.se.min())
+    np.testing.assert_allclose(fast.se, slow.se, rtol=1e-3)
+    np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4)
+    for g in slow.ranef:
+        np.testing.assert_allclose(fast.ranef[g], slow.ranef[g], atol=1e-4)
