@@ -553,7 +553,7 @@ def fit_glmm(
         if groupwise:
             with np.errstate(over="ignore", under="ignore"):
                 rec2, H, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
-                    prob, nAGQ, float(theta0[0])
+                    prob, nAGQ, obj.beta, float(theta0[0])
                 )
             rec2._thetas = [obj.natural(x) for x in rec2._thetas]
             rec2.optimizer = "bfgs (exact gradient)"

@@ -104,17 +104,19 @@ def minimize_theta(
     maxeval: int = 100_000,
     hessian0: np.ndarray | None = None,
     newton_polish: bool = True,
+    max_step: float = 1.0,
 ) -> OptRecord:
     """Minimise ``fun`` over θ ≥ lower (elementwise) from x0.
 
     With ``value_and_gradient``: BFGS from the Hessian approximation
     ``hessian0`` (default a scaled identity), then, if ``newton_polish``,
     Newton steps with a Hessian from differences of the gradient (callers that
-    compute that Hessian themselves turn it off)."""
+    compute that Hessian themselves turn it off); search directions are cut to
+    length ``max_step`` (θ is a ratio of standard deviations: steps of order 1)."""
     logged = _Logged(fun, value_and_gradient)
     x0 = np.asarray(x0, dtype=float)
     if value_and_gradient is not None:
-        optimizer, status = _bfgs(logged, x0, lower, maxeval, hessian0, newton_polish)
+        optimizer, status = _bfgs(logged, x0, lower, maxeval, hessian0, newton_polish, max_step)
     elif x0.size == 1:
         optimizer, status = _brent(logged, float(x0[0]), float(lower[0]), xtol)
     else:
@@ -156,6 +158,7 @@ def _bfgs(
     maxeval: int,
     hessian0: np.ndarray | None = None,
     newton_polish: bool = True,
+    max_step: float = 1.0,
 ) -> tuple[str, str]:
     """Bounded BFGS with backtracking (Armijo) line search.
 
@@ -186,8 +189,8 @@ def _bfgs(
             d = -Hinv @ pg
             d[active] = 0.0
         length = np.linalg.norm(d)
-        if length > 1.0:  # θ is a ratio of standard deviations: steps of order 1
-            d *= 1.0 / length
+        if length > max_step:
+            d *= max_step / length
         t = 1.0
         while True:
             xn = x + t * d

@@ -241,10 +241,9 @@ class ScalarGLMM:
         return dev, alpha, gamma, direct_b, direct_t
 
 
-def _whitening(prob) -> np.ndarray:
-    """R with RᵀR = 2XᵀWX at the GLM fit (the deviance's β-curvature without
+def _whitening(prob, beta0: np.ndarray) -> np.ndarray:
+    """R with RᵀR = 2XᵀWX at the GLM fit β₀ (the deviance's β-curvature without
     random effects): β = β₀ + R⁻¹δ puts δ on unit scales for the search."""
-    beta0 = prob.initial_beta()
     eta0 = prob.offset + prob.X @ beta0
     w = prob.family.irls_terms(eta0, prob.resp.weights)[2]
     A = 2.0 * (prob.X.T * w) @ prob.X
@@ -254,7 +253,7 @@ def _whitening(prob) -> np.ndarray:
             raise np.linalg.LinAlgError
     except np.linalg.LinAlgError:
         R = np.eye(prob.p)
-    return beta0, R
+    return R
 
 
 class _Search:
@@ -264,6 +263,7 @@ class _Search:
     def __init__(self, model: ScalarGLMM, beta0: np.ndarray, Rinv: np.ndarray):
         self.model, self.beta0, self.Rinv = model, beta0, Rinv
         self.d = beta0.size + 1
+        self.lower = np.concatenate([[0.0], np.full(self.d - 1, -np.inf)])
         self._last: tuple[bytes, float, np.ndarray, np.ndarray] | None = None
 
     def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -300,53 +300,80 @@ class _Search:
         self.fg(x)
         return 0.5 * (H + H.T)
 
-    def minimize(self, x0: np.ndarray, H0: np.ndarray):
-        """BFGS from (x0, H0), then Newton steps with the Hessian at its end."""
-        from .optimize import minimize_theta
-
-        d = self.d
-        lower = np.concatenate([[0.0], np.full(d - 1, -np.inf)])
-        lam, V = np.linalg.eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
-        lam = np.maximum(np.abs(lam), 1e-3 * max(1.0, float(np.max(np.abs(lam)))))
-        rec = minimize_theta(
-            self.fun,
-            x0,
-            lower,
-            value_and_gradient=self.fg,
-            hessian0=(V * lam) @ V.T,
-            newton_polish=False,
-        )
-        x, f = rec.theta, rec.criterion
-        H = self.hessian(x)
-        g = self.fg(x)[1]
-        for _ in range(3):  # Newton steps with the final Hessian
+    def _newton(self, x, f, g, H, maxit: int, tol: float, log: tuple[list, list]):
+        """Projected Newton steps with a fixed H (the exact Hessian, or a nearby
+        model's as a chord method) until the decrement ½gᵀH⁻¹g is below tol;
+        a step that raises the deviance is halved (three times at most)."""
+        lower = self.lower
+        for _ in range(maxit):  # Newton iterations
             free = np.flatnonzero(~((x <= lower) & (g >= 0)))
             try:
                 step = -np.linalg.solve(H[np.ix_(free, free)], g[free])
             except np.linalg.LinAlgError:
                 break
-            if -0.5 * g[free] @ step < 1e-12:
+            if not -0.5 * g[free] @ step >= tol:
                 break
-            xn = x.copy()
-            xn[free] += step
-            xn = np.maximum(xn, lower)
-            fn, gn = self.fg(xn)
-            if not (fn <= f + 1e-11 * (1 + abs(f)) and np.linalg.norm(gn) < np.linalg.norm(g)):
+            for t in (1.0, 0.5, 0.25, 0.125):
+                xn = x.copy()
+                xn[free] += t * step
+                xn = np.maximum(xn, lower)
+                fn, gn = self.fg(xn)
+                log[0].append(xn)
+                log[1].append(fn)
+                if fn <= f + 1e-11 * (1 + abs(f)):
+                    break
+            else:
                 break
             x, f, g = xn, fn, gn
-            rec._thetas.append(xn)
-            rec._values.append(fn)
+        return x, f, g
+
+    def minimize(self, x0: np.ndarray, H0: np.ndarray, chord: bool = False):
+        """From (x0, H0): BFGS, or (``chord``, H0 being the Hessian of a nearby
+        model at its optimum x0) Newton steps with H0; then Newton steps with
+        the Hessian at the point reached."""
+        from .optimize import GRAD_TOL, OptRecord, minimize_theta
+
+        d = self.d
+        lower = self.lower
+        lam, V = np.linalg.eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
+        lam = np.maximum(np.abs(lam), 1e-10 * max(1.0, float(np.max(np.abs(lam)))))
+        H0 = (V * lam) @ V.T
+        if chord:
+            f, g = self.fg(x0)
+            log: tuple[list, list] = ([x0], [f])
+            x, f, g = self._newton(x0, f, g, H0, 20, 1e-9, log)
+            gmax = float(np.max(np.abs(np.where((x <= lower) & (g >= 0), 0.0, g))))
+            ok = gmax <= GRAD_TOL
+            msg = [] if ok else [f"Model failed to converge: largest |gradient| {gmax:.3g}"]
+            rec = OptRecord("newton", "CONVERGED" if ok else "FAILED", ok, 0, f, x, g, msg)
+            rec._thetas, rec._values = log
+        else:
+            rec = minimize_theta(
+                self.fun,
+                x0,
+                lower,
+                value_and_gradient=self.fg,
+                hessian0=H0,
+                newton_polish=False,
+                max_step=np.inf,  # δ is in curvature units: Newton steps may be long
+            )
+        x, f = rec.theta, rec.criterion
+        H = self.hessian(x)
+        g = self.fg(x)[1]
+        x, f, g = self._newton(x, f, g, H, 3, 1e-12, (rec._thetas, rec._values))
         rec.theta, rec.criterion, rec.gradient = x, f, g
         self.fg(x)  # leaves the modes at the optimum
         return rec, H
 
 
-def optimize_groupwise(prob, nagq: int, theta0: float = 1.0):
+def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0: float = 1.0):
     """Minimise the deviance over x = (θ, δ) by BFGS with the exact gradient.
 
+    β₀ is the GLM's fit without random effects.
     Laplace: from x₀ = (θ₀, 0) with a forward-difference Hessian there.
-    AGQ: the Laplace optimum and its Hessian are the start (the two optima are
-    close, and a Laplace evaluation costs 1/nAGQ of a quadrature one).
+    AGQ: from the Laplace optimum, Newton steps with the Laplace Hessian (the
+    two optima and curvatures are close, and a Laplace evaluation costs 1/nAGQ
+    of a quadrature one).
     Returns the record (in x; evals counts both searches), the Hessian
     in x at the optimum, β₀, R⁻¹ (β = β₀ + R⁻¹δ) and the conditional modes."""
     rb = prob.rb
@@ -359,7 +386,7 @@ def optimize_groupwise(prob, nagq: int, theta0: float = 1.0):
         rb.codes[0],
         rb.nlevels[0],
     )
-    beta0, R = _whitening(prob)
+    R = _whitening(prob, beta0)
     Rinv = np.linalg.inv(R)
     lap = _Search(ScalarGLMM(*args, 1), beta0, Rinv)
     x0 = np.concatenate([[theta0], np.zeros(prob.p)])
@@ -370,7 +397,7 @@ def optimize_groupwise(prob, nagq: int, theta0: float = 1.0):
         search = _Search(ScalarGLMM(*args, nagq), beta0, Rinv)
         search.model.u = lap.model.u.copy()
         rec_l = rec
-        rec, H = search.minimize(rec_l.theta, H)
+        rec, H = search.minimize(rec_l.theta, H, chord=True)
         evals += search.model.evals  # the log keeps the quadrature evaluations only
     rec.evals = evals
     return rec, (H if np.all(np.isfinite(H)) else None), beta0, Rinv, search.model.u.copy()
