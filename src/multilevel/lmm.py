@@ -38,6 +38,7 @@ from . import batched
 from .covariance import Template
 from .crossprod import CrossProducts
 from .rest import RestBlock, RestFactor
+from .threads import threads_for_order
 
 _LOG2PI = np.log(2 * np.pi)
 
@@ -224,9 +225,11 @@ class ProfiledCriterion:
         beta = LXinv.T @ f.LFF[p, :p]
         P = LXinv.T @ LXinv
         # U = M⁻¹ Λ Zᵀ[X y] through the two blocks
-        Sinv, _ = dpotri(rf.L, lower=1)  # M_RR⁻¹ (lower triangle), L no longer needed
-        Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
-        UR = Sinv @ rf.MRF
+        UR = rf.solve(rf.MRF)
+        # M_RR⁻¹'s lower triangle, in place of L (a work buffer, rebuilt next time):
+        # only its diagonal and the pair positions (lower) are read
+        with threads_for_order(rf.L.shape[0]):
+            Sinv, _ = dpotri(rf.L, lower=1, overwrite_c=1)
         U1 = (lam1 * cp.B1F[:, 0, :] - lam1 * (rb.A1R @ (lamR[:, None] * UR))) / s[:, None]
 
         def a_lam(v1: np.ndarray, vR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,12 +248,12 @@ class ProfiledCriterion:
         # traces of M⁻¹ per term
         tr1 = (1.0 / s).sum()
         h = rb.pairs(lam1 * lam1 / (s * s))
-        w = Sinv.ravel()[rb.pairs.flat] * lamR[rb.pairs.rows] * lamR[rb.pairs.cols]
+        w = Sinv[rb.pairs.rows, rb.pairs.cols] * lamR[rb.pairs.rows] * lamR[rb.pairs.cols]
         tr1 += float(
             np.dot(h, w) * 2.0
             - np.dot(h[rb.pairs.rows == rb.pairs.cols], w[rb.pairs.rows == rb.pairs.cols])
         )
-        diagR = np.diag(Sinv)
+        diagR = np.diagonal(Sinv)
         offs = cp.rest_offsets
         terms = [(slice(0, cp.nlevels[0]), None)] + [
             (slice(int(offs[k - 1]), int(offs[k])), k) for k in range(1, len(cp.q))

@@ -25,6 +25,7 @@ import scipy.sparse.linalg as spla
 from scipy.linalg.lapack import dpotrf, dpotrs, dtrtrs
 
 from .crossprod import CrossProducts
+from .threads import threads_for_order
 
 DENSE_MAX = 1500  # below this size a dense factorization is always cheapest
 SPARSE_DENSITY = 0.05  # above this fill the dense factorization wins
@@ -210,7 +211,9 @@ class RestBlock:
                 return None
             sol = lu.solve(MRF)
             return RestFactor(lam, MRF, float(np.log(d).sum()), MRF.T @ sol, None, lu)
-        L, info = dpotrf(self._dense(W, lam), lower=1, clean=0, overwrite_a=1)
+        M = self._dense(W, lam)
+        with threads_for_order(self.Q):
+            L, info = dpotrf(M, lower=1, clean=0, overwrite_a=1)
         if info != 0:
             return None
         C, info = dtrtrs(L, MRF, lower=1)

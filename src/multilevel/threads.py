@@ -3,7 +3,9 @@
 Mixed-model work after the one pass over the rows is a stream of small
 matrix operations; a threaded BLAS on them loses to thread start-up and, on a
 busy machine, to oversubscription.  These helpers run such code with one BLAS
-thread (through threadpoolctl, a dependency; without it they change nothing).
+thread (through threadpoolctl, a dependency; without it they change nothing),
+except dense factorizations of order ~1000 and more (a crossed model's rest
+block), which get the BLAS's threads back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 _controller: Any = None
+_default_threads = 1
+THREADED_MIN_ORDER = 900  # dense factorizations at least this large use every BLAS thread
 
 
 def _blas_controller() -> Any:
@@ -29,7 +33,10 @@ def _blas_controller() -> Any:
         except ImportError:
             _controller = False
         else:
+            global _default_threads
             _controller = ThreadpoolController()
+            blas = [m.num_threads for m in _controller.select(user_api="blas").lib_controllers]
+            _default_threads = max(blas, default=1)
     return _controller
 
 
@@ -41,6 +48,19 @@ def single_threaded_blas() -> Iterator[None]:
         yield
         return
     with controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+@contextmanager
+def threads_for_order(n: int) -> Iterator[None]:
+    """The BLAS's own thread count (as loaded) for a dense factorization of
+    order n >= THREADED_MIN_ORDER, inside :func:`single_threaded_blas`: at that
+    size one call is milliseconds of work, which threads share well."""
+    controller = _blas_controller()
+    if not controller or n < THREADED_MIN_ORDER or _default_threads <= 1:
+        yield
+        return
+    with controller.limit(limits=_default_threads, user_api="blas"):
         yield
 
 
