@@ -202,6 +202,10 @@ def _bfgs(
                 break
             if fn - f < 1e-11 * (1 + abs(f)):  # a change below rounding: at the optimum
                 break
+            if hit.any():
+                # the cut point failed: halve from where the step would first be
+                # cut, or the halvings move only the other parameters
+                t = min(t, float(np.min(0.9 * (x[hit] - lower[hit]) / -d[hit])))
             t *= 0.5
         if len(logged.values) >= maxeval:
             status = "MAXEVAL_REACHED"
@@ -240,10 +244,12 @@ def _bfgs(
     if newton_polish and idx.size and np.max(np.abs(g[idx])) > 1e-10 * (1 + abs(f)):
         H = np.empty((idx.size, idx.size))
         for a, i in enumerate(idx):  # a few parameters, not rows or groups
+            # forward differences: an O(h) error in H only slows Newton's
+            # convergence by that factor per step
             h = 1e-5 * max(1.0, abs(x[i]))
             e = np.zeros(n)
             e[i] = h
-            H[a] = (logged.value_grad(x + e)[1][idx] - logged.value_grad(x - e)[1][idx]) / (2 * h)
+            H[a] = (logged.value_grad(x + e)[1][idx] - g[idx]) / h
         H = 0.5 * (H + H.T)
         for _ in range(4):
             gnorm = np.linalg.norm(g[idx])
