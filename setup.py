@@ -1,6 +1,6 @@
-"""Build of the optional compiled kernel; everything else is in pyproject.toml.
+"""Build of the optional compiled kernels (LMM criterion, scalar GLMM deviance); everything else is in pyproject.toml.
 
-The kernel removes per-call overhead for small models; if it cannot be
+The kernels remove per-call overhead for small models; if it cannot be
 compiled the package falls back to the numpy implementation.
 """
 
@@ -13,6 +13,12 @@ setup(
             sources=["src/multilevel/_kernels.c"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "multilevel._glmm_kernels",
+            sources=["src/multilevel/_glmm_kernels.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

@@ -68,9 +68,17 @@ def _model(fit, nagq: int) -> ScalarGLMM:
 FITS = {k: _problem(k) for k in ("poisson", "trials", "slope")}
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def path(request, monkeypatch):
+    """Both implementations of the deviance (the compiled one where built)."""
+    if request.param == "numpy":
+        monkeypatch.setattr("multilevel.scalar_glmm.KERNEL_DISABLED", True)
+    return request.param
+
+
 @pytest.mark.parametrize("kind", sorted(FITS))
 @pytest.mark.parametrize("nagq", [1, 7])
-def test_deviance_equals_the_general_path(kind, nagq):
+def test_deviance_equals_the_general_path(kind, nagq, path):
     fit = FITS[kind]
     prob = fit._prob
     phi = np.concatenate([fit.theta, fit.fixef.values]) + np.linspace(0.1, -0.1, prob.p + 1)
@@ -100,7 +108,7 @@ def tight_modes(monkeypatch):
 
 @pytest.mark.parametrize("kind", sorted(FITS))
 @pytest.mark.parametrize("nagq", [1, 5])
-def test_gradient_equals_differences(kind, nagq, tight_modes):
+def test_gradient_equals_differences(kind, nagq, tight_modes, path):
     fit = FITS[kind]
     model = _model(fit, nagq)
     phi = np.concatenate([fit.theta, fit.fixef.values]) + 0.05
@@ -156,3 +164,25 @@ def test_fit_reaches_the_two_stage_optimum(case, monkeypatch):
     np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4)
     for g in slow.ranef:
         np.testing.assert_allclose(fast.ranef[g], slow.ranef[g], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+@pytest.mark.parametrize("nagq", [1, 9])
+def test_compiled_kernel_equals_numpy(kind, nagq, monkeypatch):
+    """The C kernel (when built) and the numpy path: same modes, deviance and
+    gradient to rounding."""
+    fit = FITS[kind]
+    compiled = _model(fit, nagq)
+    if compiled._kernel is None:
+        pytest.skip("the compiled kernel was not built")
+    monkeypatch.setattr("multilevel.scalar_glmm.KERNEL_DISABLED", True)
+    plain = _model(fit, nagq)
+    assert plain._kernel is None
+    phi = np.concatenate([fit.theta, fit.fixef.values]) + np.linspace(-0.2, 0.2, fit._prob.p + 1)
+    for _ in range(2):  # cold, then warm-started modes
+        d1, g1 = compiled.deviance_grad(phi)
+        d2, g2 = plain.deviance_grad(phi)
+        assert d1 == pytest.approx(d2, rel=1e-12, abs=1e-8)
+        np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-8 * (1 + np.abs(g2).max()))
+        np.testing.assert_allclose(compiled.u, plain.u, atol=1e-9)
+        assert compiled.deviance_grad(phi, grad=False)[0] == pytest.approx(d1, abs=1e-9)

@@ -25,7 +25,8 @@ E_j = Σ_k P_jk F_jk t_k, D_j = Σ_k P_jk F_jk,
 where dû_j = −(∂f_j'/∂φ)/h_j (implicit function theorem) and
 dh_j = ∂h_j/∂φ + θ³ Σᵢ zᵢ³ w'ᵢ dû_j.  For Laplace E_j = D_j = 0.  A canonical
 link makes the observed and expected weights agree, so PIRLS' curvature is
-f_j''.  Nothing loops over groups or rows.
+f_j''.  Nothing loops over groups or rows in numpy; the compiled kernel
+(``_glmm_kernels.c``, used when it was built) does the same group by group.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 MAX_NEWTON = 100
 STEP_TOL = 1e-10
 CHUNK_CELLS = 400_000  # rows × nodes per block of the quadrature
+KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
+
+
+def _load_kernel():
+    """The compiled deviance (``multilevel._glmm_kernels``) if it was built."""
+    try:
+        from ._glmm_kernels import scalar_glmm
+    except ImportError:
+        return None
+    return scalar_glmm
 
 
 def supported(family: Family, nterms: int, q: int) -> bool:
@@ -84,6 +95,15 @@ class ScalarGLMM:
         self.logw = logw
         self.u = np.zeros(nlevels)
         self.evals = 0
+        self._kernel = None if KERNEL_DISABLED else _load_kernel()
+        if self._kernel is not None:
+            self._starts64 = np.r_[starts, codes.size].astype(np.int64)
+            sizes = np.diff(self._starts64)
+            self._scratch = np.empty(int(sizes.max(initial=1)) * (self.t.size + 4))
+            self._cargs = [
+                np.ascontiguousarray(a, dtype=float)
+                for a in (self.X, self.z, offset, resp.y, resp.weights)
+            ]
         self._block_cache: dict[int, list] = {}
 
     def _blocks(self, K: int) -> list[tuple[int, int, int, int, np.ndarray]]:
@@ -163,6 +183,28 @@ class ScalarGLMM:
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):
         """D(φ) and, if asked, dD/dφ, φ = (θ, β₁..β_p)."""
         self.evals += 1
+        if self._kernel is not None:
+            u = self.u.copy()
+            g = np.zeros(phi.size)
+            try:
+                dev = self._kernel(
+                    *self._cargs,
+                    self._starts64,
+                    np.ascontiguousarray(self.t),
+                    np.ascontiguousarray(self.logw),
+                    np.ascontiguousarray(phi, dtype=float),
+                    u,
+                    g,
+                    self._scratch,
+                    self.X.shape[1],
+                    int(self.logit),
+                    int(grad),
+                    STEP_TOL,
+                )
+            except ArithmeticError as exc:
+                raise PirlsError(str(exc)) from None
+            self.u = u
+            return dev - 2.0 * self.const, (g if grad else None)
         theta = float(phi[0])
         beta = phi[1:]
         base = self.offset + self.X @ beta
