@@ -49,9 +49,9 @@ def quiet(fn, *args, **kw):
 @pytest.fixture(autouse=True)
 def two_stage_in_memory(monkeypatch):
     """In-memory fits by the algorithm the partitioned one distributes (the
-    two-stage search; glmer's groupwise exact-gradient path, which reaches the
+    two-stage search; glmer's exact-gradient search, which reaches the
     same optimum by another route, is off)."""
-    monkeypatch.setattr(glmm_module, "GROUPWISE", False)
+    monkeypatch.setattr(glmm_module, "EXACT_GRADIENT", False)
 
 
 def in_memory(case: str):

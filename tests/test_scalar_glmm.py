@@ -152,7 +152,7 @@ def test_fit_reaches_the_two_stage_optimum(case, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = glmer(ref["formula"], data, ref["family"], nAGQ=ref["nAGQ"])
-        monkeypatch.setattr(glmm_mod, "GROUPWISE", False)
+        monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
         slow = glmer(ref["formula"], data, ref["family"], nAGQ=ref["nAGQ"])
     assert fast.optinfo.optimizer.startswith("bfgs")
     assert not slow.optinfo.optimizer.startswith("bfgs")

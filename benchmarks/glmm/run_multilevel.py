@@ -4,8 +4,9 @@ API used: ``multilevel.glmer(formula, df, family=FAMILY, nAGQ=K)``.  Reported:
 ``fit.loglik`` (the full marginal log-likelihood, all density constants
 included, for Laplace and AGQ alike; ``fit.loglik_lme4`` is lme4's number, which
 for nAGQ > 1 omits the saturated-model term); evaluations
-``fit.optinfo.evals`` (second stage, (θ, β) jointly, as lme4's ``feval``), the
-first stage's ``fit.stage1.evals`` in the note.
+``fit.optinfo.evals`` (every deviance evaluation of the (θ, β) search, as
+lme4's ``feval``; with the two-stage search also the first stage's
+``fit.stage1.evals``, in the note).
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ def info(case: cases.Case, m) -> common.FitInfo:
         loglik_full=float(m.loglik),
         fixef={k: float(v) for k, v in m.fixef.items()},
         converged=bool(m.optinfo.converged),
-        note=f"stage 1: {m.stage1.evals} evals; loglik_lme4 {m.loglik_lme4:.6f}",
+        note=(
+            f"{m.optinfo.optimizer}; "
+            + (f"stage 1: {m.stage1.evals} evals; " if m.stage1 is not None else "")
+            + f"loglik_lme4 {m.loglik_lme4:.6f}"
+        ),
     )
 
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from . import scalar_glmm
+from . import laplace_gradient, scalar_glmm
 from .covariance import templates
 from .design import build_design
 from .errors import ConvergenceWarning, ModelError, SingularFitWarning
@@ -61,7 +61,7 @@ from .threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
 MAX_NODES = 20_000  # nAGQ^q nodes per level
-GROUPWISE = True  # one scalar term, canonical link: exact-gradient path (scalar_glmm)
+EXACT_GRADIENT = True  # scalar terms, canonical link: scalar_glmm or laplace_gradient
 NOT_PD_MESSAGE = (
     "the Hessian of the deviance is not positive definite at the optimum: the "
     "likelihood is flat or unbounded in some direction (complete separation of a "
@@ -523,14 +523,21 @@ def fit_glmm(
 
     theta0 = np.concatenate([t.initial() for t in tmpl])
     lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
+    qs, nlev = [r.q for r in rs], [r.nlevels for r in rs]
     groupwise = (
-        GROUPWISE
+        EXACT_GRADIENT
         and method in ("laplace", "agq")
         and nAGQ >= 1
         and scalar_glmm.supported(family, len(rs), rs[0].q)
     )
+    general = (
+        EXACT_GRADIENT
+        and method == "laplace"
+        and nAGQ == 1
+        and laplace_gradient.supported(family, qs, nlev)
+    )
     rec1: OptRecord | None = None
-    if not groupwise:
+    if not (groupwise or general):
         with np.errstate(over="ignore", under="ignore"):
             # stage 1 is only stage 2's start unless nAGQ = 0: Brent's (scalar θ) last
             # digits are not needed (BOBYQA's looser stop costs more polishing: kept)
@@ -550,11 +557,16 @@ def fit_glmm(
         vcov = _conditional_vcov(mode1)
         vcov_note = "conditional"
     else:
-        if groupwise:
+        if groupwise or general:
             with np.errstate(over="ignore", under="ignore"):
-                rec2, H, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
-                    prob, nAGQ, obj.beta, float(theta0[0])
-                )
+                if groupwise:
+                    rec2, H, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
+                        prob, nAGQ, obj.beta, float(theta0[0])
+                    )
+                else:
+                    rec2, H, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
+                        prob, obj.beta, theta0
+                    )
             rec2._thetas = [obj.natural(x) for x in rec2._thetas]
             rec2.optimizer = "bfgs (exact gradient)"
             if not _positive_definite(H, rec2.theta, lower_t):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .exact_search import Search, whitening
 from .families import Binomial, Family, GlmResponse, Poisson
 from .pirls import PirlsError
 from .quadrature import gauss_hermite_grid
@@ -283,131 +284,6 @@ class ScalarGLMM:
         return dev, alpha, gamma, direct_b, direct_t
 
 
-def _whitening(prob, beta0: np.ndarray) -> np.ndarray:
-    """R with RᵀR = 2XᵀWX at the GLM fit β₀ (the deviance's β-curvature without
-    random effects): β = β₀ + R⁻¹δ puts δ on unit scales for the search."""
-    eta0 = prob.offset + prob.X @ beta0
-    w = prob.family.irls_terms(eta0, prob.resp.weights)[2]
-    A = 2.0 * (prob.X.T * w) @ prob.X
-    try:
-        R = np.linalg.cholesky(A).T
-        if not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R))) < 1e-8:
-            raise np.linalg.LinAlgError
-    except np.linalg.LinAlgError:
-        R = np.eye(prob.p)
-    return R
-
-
-class _Search:
-    """The deviance of one model in x = (θ, δ), β = β₀ + R⁻¹δ, with the last
-    point remembered (BFGS asks for it again) and the modes it left."""
-
-    def __init__(self, model: ScalarGLMM, beta0: np.ndarray, Rinv: np.ndarray):
-        self.model, self.beta0, self.Rinv = model, beta0, Rinv
-        self.d = beta0.size + 1
-        self.lower = np.concatenate([[0.0], np.full(self.d - 1, -np.inf)])
-        self._last: tuple[bytes, float, np.ndarray, np.ndarray] | None = None
-
-    def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        key = x.tobytes()
-        if self._last is not None and self._last[0] == key:
-            self.model.u = self._last[3]
-            return self._last[1], self._last[2]
-        try:
-            dev, g = self.model.deviance_grad(
-                np.concatenate([x[:1], self.beta0 + self.Rinv @ x[1:]])
-            )
-        except PirlsError:
-            dev, g = np.inf, None
-        if not np.isfinite(dev) or g is None or not np.all(np.isfinite(g)):
-            dev, gx = np.inf, np.zeros(self.d)
-        else:
-            gx = np.concatenate([g[:1], self.Rinv.T @ g[1:]])
-        self._last = (key, dev, gx, self.model.u.copy())
-        return dev, gx
-
-    def fun(self, x: np.ndarray) -> float:
-        return self.fg(x)[0]
-
-    def hessian(self, x: np.ndarray, h: float = 1e-4) -> np.ndarray:
-        """Forward differences of the exact gradient, symmetrised (relative
-        error about h, far below what standard errors need)."""
-        d = self.d
-        g0 = self.fg(x)[1]
-        H = np.empty((d, d))
-        for a in range(d):  # parameters, not rows or groups
-            e = np.zeros(d)
-            e[a] = h
-            H[a] = (self.fg(x + e)[1] - g0) / h
-        self.fg(x)
-        return 0.5 * (H + H.T)
-
-    def _newton(self, x, f, g, H, maxit: int, tol: float, log: tuple[list, list]):
-        """Projected Newton steps with a fixed H (the exact Hessian, or a nearby
-        model's as a chord method) until the decrement ½gᵀH⁻¹g is below tol;
-        a step that raises the deviance is halved (three times at most)."""
-        lower = self.lower
-        for _ in range(maxit):  # Newton iterations
-            free = np.flatnonzero(~((x <= lower) & (g >= 0)))
-            try:
-                step = -np.linalg.solve(H[np.ix_(free, free)], g[free])
-            except np.linalg.LinAlgError:
-                break
-            if not -0.5 * g[free] @ step >= tol:
-                break
-            for t in (1.0, 0.5, 0.25, 0.125):
-                xn = x.copy()
-                xn[free] += t * step
-                xn = np.maximum(xn, lower)
-                fn, gn = self.fg(xn)
-                log[0].append(xn)
-                log[1].append(fn)
-                if fn <= f + 1e-11 * (1 + abs(f)):
-                    break
-            else:
-                break
-            x, f, g = xn, fn, gn
-        return x, f, g
-
-    def minimize(self, x0: np.ndarray, H0: np.ndarray, chord: bool = False):
-        """From (x0, H0): BFGS, or (``chord``, H0 being the Hessian of a nearby
-        model at its optimum x0) Newton steps with H0; then Newton steps with
-        the Hessian at the point reached."""
-        from .optimize import GRAD_TOL, OptRecord, minimize_theta
-
-        d = self.d
-        lower = self.lower
-        lam, V = np.linalg.eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
-        lam = np.maximum(np.abs(lam), 1e-10 * max(1.0, float(np.max(np.abs(lam)))))
-        H0 = (V * lam) @ V.T
-        if chord:
-            f, g = self.fg(x0)
-            log: tuple[list, list] = ([x0], [f])
-            x, f, g = self._newton(x0, f, g, H0, 20, 1e-9, log)
-            gmax = float(np.max(np.abs(np.where((x <= lower) & (g >= 0), 0.0, g))))
-            ok = gmax <= GRAD_TOL
-            msg = [] if ok else [f"Model failed to converge: largest |gradient| {gmax:.3g}"]
-            rec = OptRecord("newton", "CONVERGED" if ok else "FAILED", ok, 0, f, x, g, msg)
-            rec._thetas, rec._values = log
-        else:
-            rec = minimize_theta(
-                self.fun,
-                x0,
-                lower,
-                value_and_gradient=self.fg,
-                hessian0=H0,
-                newton_polish=False,
-                max_step=np.inf,  # δ is in curvature units: Newton steps may be long
-            )
-        x, f = rec.theta, rec.criterion
-        H = self.hessian(x)
-        g = self.fg(x)[1]
-        x, f, g = self._newton(x, f, g, H, 3, 1e-12, (rec._thetas, rec._values))
-        rec.theta, rec.criterion, rec.gradient = x, f, g
-        self.fg(x)  # leaves the modes at the optimum
-        return rec, H
-
-
 def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0: float = 1.0):
     """Minimise the deviance over x = (θ, δ) by BFGS with the exact gradient.
 
@@ -428,15 +304,15 @@ def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0: float = 1.0):
         rb.codes[0],
         rb.nlevels[0],
     )
-    R = _whitening(prob, beta0)
+    R = whitening(prob, beta0)
     Rinv = np.linalg.inv(R)
-    lap = _Search(ScalarGLMM(*args, 1), beta0, Rinv)
+    lap = Search(ScalarGLMM(*args, 1), beta0, Rinv)
     x0 = np.concatenate([[theta0], np.zeros(prob.p)])
     rec, H = lap.minimize(x0, lap.hessian(x0))
     evals = lap.model.evals
     search = lap
     if nagq > 1:
-        search = _Search(ScalarGLMM(*args, nagq), beta0, Rinv)
+        search = Search(ScalarGLMM(*args, nagq), beta0, Rinv)
         search.model.u = lap.model.u.copy()
         rec_l = rec
         rec, H = search.minimize(rec_l.theta, H, chord=True)
