@@ -94,25 +94,30 @@ class LaplaceGLMM:
         else:
             mu = v = v3 = np.exp(np.minimum(m.eta, 700.0))
         w, w3, lp = r.weights * v, r.weights * v3, r.weights * (r.y - mu)
-        # M⁻¹ on the pattern: first-term diagonal, first × rest, rest × rest
+        # M⁻¹ on the pattern only: first-term diagonal, first × rest and
+        # rest × rest at the pairs of levels rows meet, each a dot product of
+        # columns of L_R⁻¹ and Kᵀ = D₀⁻¹C₀ᵣL_R⁻ᵀ (C₀ᵣ sparse)
         l0 = f.L0[0, 0]
         LRinv, info = dtrtri(f.LR, lower=1)
         if info != 0:  # pragma: no cover - L_R came from a successful potrf
             raise PirlsError("the rest block's factor is singular")
-        LRinv = np.tril(LRinv)
-        Km = LRinv @ (f.C0R.T.toarray() / l0[None, :])
-        d00 = 1.0 / (l0 * l0) + np.einsum("rn,rn->n", Km, Km)
-        M0R = -(Km.T @ LRinv)
-        MRR = LRinv.T @ LRinv
+        # rows of LiT are the columns of L_R⁻¹ (dpotrf cleaned the upper triangle,
+        # which dtrtri leaves alone)
+        LiT = np.ascontiguousarray(LRinv.T)
+        KmT = np.asarray(f.C0R @ LiT) / l0[:, None]  # (n₀, Qr)
+        d00 = 1.0 / (l0 * l0) + np.einsum("nr,nr->n", KmT, KmT)
+        dMRR = np.einsum("rj,rj->r", LiT, LiT)
         zt = [theta[k] * self.z[k] for k in range(K)]
         c0 = rb.codes[0]
         h = zt[0] * zt[0] * d00[c0]
+        K0 = KmT[c0]  # (n, Qr): row i's level of the first term
+        cols = [LiT[ra] for ra in self.rest]  # (n, Qr) each
         for a in range(1, K):  # terms, not rows or levels
-            ra = self.rest[a - 1]
-            h += 2.0 * zt[0] * zt[a] * M0R[c0, ra]
-            h += zt[a] * zt[a] * MRR[ra, ra]
+            ra, Ca = self.rest[a - 1], cols[a - 1]
+            h -= 2.0 * zt[0] * zt[a] * np.einsum("nj,nj->n", K0, Ca)
+            h += zt[a] * zt[a] * dMRR[ra]
             for b in range(a + 1, K):
-                h += 2.0 * zt[a] * zt[b] * MRR[ra, self.rest[b - 1]]
+                h += 2.0 * zt[a] * zt[b] * np.einsum("nj,nj->n", Ca, cols[b - 1])
         c = w3 * h
         rhs = np.zeros(rb.Q)
         for k in range(K):
@@ -122,7 +127,6 @@ class LaplaceGLMM:
         common = c - 2.0 * lp - w * zlv
         g = np.empty(phi.size)
         g[K:] = prob.X.T @ common
-        dMRR = np.diagonal(MRR)
         for k in range(K):
             if theta[k] == 0.0:
                 g[k] = 0.0
