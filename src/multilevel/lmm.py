@@ -230,11 +230,11 @@ class ProfiledCriterion:
         # only its diagonal and the pair positions (lower) are read
         with threads_for_order(rf.L.shape[0]):
             Sinv, _ = dpotri(rf.L, lower=1, overwrite_c=1)
-        U1 = (lam1 * cp.B1F[:, 0, :] - lam1 * (rb.A1R @ (lamR[:, None] * UR))) / s[:, None]
+        U1 = (lam1 * cp.B1F[:, 0, :] - lam1 * (rb.A1R_op @ (lamR[:, None] * UR))) / s[:, None]
 
         def a_lam(v1: np.ndarray, vR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             lv1, lvR = lam1 * v1, lamR[:, None] * vR
-            return d[:, None] * lv1 + rb.A1R @ lvR, rb.AR1 @ lv1 + rb.ARR @ lvR
+            return d[:, None] * lv1 + rb.A1R_op @ lvR, rb.AR1_op @ lv1 + rb.ARR @ lvR
 
         z = np.append(-beta, 1.0)
         u1, uR = U1 @ z, UR @ z
@@ -343,7 +343,7 @@ class ProfiledCriterion:
             uR = f.rest.solve(f.rest.MRF[:, p] - f.rest.MRF[:, :p] @ beta)
             lam = f.rest.lam
             LamU = lam * uR if isinstance(lam, np.ndarray) else lam @ uR
-            AU = (self._rest.A1R @ LamU).reshape(-1, self._q1)
+            AU = (self._rest.A1R_op @ LamU).reshape(-1, self._q1)
             rhs1 = rhs1 - np.einsum("iab,ib->ia", W, AU)
         u1 = np.linalg.solve(np.swapaxes(L1, 1, 2), rhs1[:, :, None])[:, :, 0]
         us.append(u1)

@@ -29,6 +29,7 @@ from .threads import threads_for_order
 
 DENSE_MAX = 1500  # below this size a dense factorization is always cheapest
 SPARSE_DENSITY = 0.05  # above this fill the dense factorization wins
+SMALL_DENSE = 250_000  # entries: sparse first × rest maps held dense below this
 
 
 class PairProducts:
@@ -60,9 +61,12 @@ class PairProducts:
         self.rows = (uniq // Q).astype(np.int64)
         self.cols = (uniq % Q).astype(np.int64)
         self.flat = np.asarray(uniq, dtype=np.int64)  # row-major positions in a Q x Q matrix
+        # small maps as dense arrays: a numpy product costs less than scipy's dispatch
+        small = self.K.shape[0] * self.K.shape[1] <= SMALL_DENSE
+        self._op = self.K.toarray() if small else self.K
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
-        return self.K @ v
+        return self._op @ v
 
 
 class RestBlock:
@@ -74,6 +78,11 @@ class RestBlock:
         self.q1 = cp.q[0]
         self.A1R = cp.A1R.tocsr()
         self.AR1 = self.A1R.T.tocsr()
+        # operators for products with dense vectors: dense arrays when small
+        # (scipy's sparse dispatch costs more than the arithmetic there)
+        small = self.A1R.shape[0] * self.A1R.shape[1] <= SMALL_DENSE
+        self.A1R_op = self.A1R.toarray() if small else self.A1R
+        self.AR1_op = self.A1R_op.T.copy() if small else self.AR1
         self.scalar = all(q == 1 for q in cp.q[1:])
         self.Q = cp.ARR.shape[0]
         self.pairs = PairProducts(self.A1R) if self.q1 == 1 else None
@@ -85,6 +94,7 @@ class RestBlock:
         else:
             self.ARR = cp.ARR.toarray()
             self.buf = np.empty((self.Q, self.Q))
+            self._diag = np.diag_indices(self.Q)
             # H's entries sit at fixed positions: a buffer that is zero elsewhere
             self.Hbuf = np.zeros((self.Q, self.Q)) if self.pairs is not None else None
 
@@ -122,7 +132,7 @@ class RestBlock:
             VB = (W[0, 0] ** 2)[:, None] * cp.B1F[:, 0, :]
         else:
             VB = (self._v(W) @ cp.B1F).reshape(-1, m)
-        MRF = cp.ARF - self.AR1 @ VB
+        MRF = cp.ARF - self.AR1_op @ VB
         return MRF * lam[:, None] if isinstance(lam, np.ndarray) else lam.T @ MRF
 
     # -- dense ------------------------------------------------------------------
@@ -142,7 +152,7 @@ class RestBlock:
             M *= lam[None, :]
         else:
             M[:] = (lam.T @ (lam.T @ M).T).T
-        M[np.diag_indices_from(M)] += 1.0
+        M[self._diag] += 1.0
         return M
 
     # -- sparse -----------------------------------------------------------------
