@@ -18,7 +18,7 @@ import pytest
 import multilevel.glmm as glmm_mod
 from multilevel.families import binomial, poisson
 from multilevel.glmm import glmer
-from multilevel.laplace_gradient import LaplaceGLMM, supported
+from multilevel.laplace_gradient import LaplaceGLMM, optimize_laplace, supported
 
 from .conftest import reference, reference_data
 
@@ -100,3 +100,28 @@ def test_fit_reaches_the_two_stage_optimum(monkeypatch):
     np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-4 * slow.se.min())
     np.testing.assert_allclose(fast.se, slow.se, rtol=1e-3)
     np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4, atol=1e-6)
+
+
+def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
+    """Simulated crossed binary data where BFGS from θ = (1, 1) drives both
+    variances to 0, a stationary point that is not a minimum (the deviance
+    curves down in θ_g): the fit is handed to lme4's two-stage route and
+    reaches its optimum (θ_g ≈ 0.27), not the 0.9 higher saddle."""
+    from pathlib import Path
+
+    d = pd.read_csv(
+        Path(__file__).parent / "data" / "crossed_binary_saddle.csv", dtype={"g": str, "h": str}
+    )
+    f = "y ~ x + (1 | g) + (1 | h)"
+    fit = _quiet(f, d, family="binomial")
+    monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
+    slow = _quiet(f, d, family="binomial")
+    assert fit.converged
+    assert fit.optinfo.optimizer == slow.optinfo.optimizer  # the fallback's record
+    assert fit.deviance == pytest.approx(slow.deviance, abs=1e-8)
+    assert fit.theta.iloc[0] == pytest.approx(0.2703, abs=1e-3)
+    # the exact search alone stops at the saddle θ = 0
+    with np.errstate(over="ignore", invalid="ignore"):  # its wild BFGS trial steps
+        rec, H, *_ = optimize_laplace(fit._prob, fit._prob.initial_beta(), np.ones(2))
+    assert np.all(rec.theta[:2] == 0.0) and H[0, 0] < 0
+    assert rec.criterion > fit.deviance + 0.5

@@ -536,50 +536,88 @@ def fit_glmm(
         and nAGQ == 1
         and laplace_gradient.supported(family, qs, nlev)
     )
-    rec1: OptRecord | None = None
-    if not (groupwise or general):
+    lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
+
+    def two_stage():
+        """lme4's route: θ with β inside PIRLS, then (θ, δ) by BOBYQA + Newton."""
         with np.errstate(over="ignore", under="ignore"):
             # stage 1 is only stage 2's start unless nAGQ = 0: Brent's (scalar θ) last
             # digits are not needed (BOBYQA's looser stop costs more polishing: kept)
             start_only = theta0.size == 1 and not (nAGQ == 0 and method == "laplace")
             tol = 1e-5 if start_only else 1e-8
-            rec1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=tol, ftol=tol)
-        theta1 = rec1.theta
+            r1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=tol, ftol=tol)
         try:
-            mode1 = obj.mode(theta1, obj.beta, joint=True)
+            m1 = obj.mode(r1.theta, obj.beta, joint=True)
         except PirlsError as exc:
             raise ModelError(_pirls_message(exc)) from None
-    rec2: OptRecord | None = None
+        if nAGQ == 0 and method == "laplace":
+            return r1, m1, None, None
+        obj.beta0 = m1.beta.copy()
+        obj.Rinv = np.linalg.inv(m1.factor.LFF).T  # β = β₀ + L⁻ᵀδ: δ has unit scale
+        x0 = np.concatenate([r1.theta, np.zeros(prob.p)])
+        with np.errstate(over="ignore", under="ignore"):
+            r2, H2 = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
+        return r1, m1, r2, H2
+
+    def exact_gradient():
+        with np.errstate(over="ignore", under="ignore"):
+            if groupwise:
+                r2, H2, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
+                    prob, nAGQ, obj.beta, float(theta0[0])
+                )
+            else:
+                r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
+                    prob, obj.beta, theta0
+                )
+        r2._thetas = [obj.natural(x) for x in r2._thetas]
+        r2.optimizer = "bfgs (exact gradient)"
+        if not _positive_definite(H2, r2.theta, lower_t):
+            r2.status, r2.converged = "HESSIAN_NOT_PD", False
+            r2.messages.append(NOT_PD_MESSAGE)
+        elif H2 is not None:
+            # θ_k = 0 is stationary by symmetry; it is a minimum only if the
+            # deviance curves up from it
+            nt = lower_t.size
+            at0 = r2.theta[:nt] <= lower_t
+            curv = np.diag(H2)[:nt]
+            if np.any(at0 & (curv < -1e-6 * max(1.0, float(np.max(np.abs(curv)))))):
+                r2.status, r2.converged = "BOUNDARY_NOT_MINIMUM", False
+                r2.messages.append(
+                    "a variance estimated as 0 is not a minimum of the deviance (it "
+                    "falls as the variance grows)"
+                )
+        return r2, H2
+
+    rec1 = mode1 = rec2 = H = None
+    if groupwise or general:
+        rec2, H = exact_gradient()
+        if not rec2.converged:
+            # the BFGS search can stall where the deviance is far from quadratic
+            # (a variance driven towards 0 early): lme4's route decides, and the
+            # lower deviance is kept
+            kept = (rec2, H, obj.beta0, obj.Rinv, obj.u)
+            obj.u = None
+            try:
+                alt = two_stage()
+            except ModelError:
+                alt = None
+            better = alt is not None and (
+                alt[2].criterion < rec2.criterion - 1e-8
+                or (alt[2].converged and alt[2].criterion <= rec2.criterion + 1e-8)
+            )
+            if better:
+                rec1, mode1, rec2, H = alt
+            else:
+                rec2, H, obj.beta0, obj.Rinv, obj.u = kept
+    else:
+        rec1, mode1, rec2, H = two_stage()
     hess = None
-    if nAGQ == 0 and method == "laplace":
+    if rec2 is None:  # nAGQ = 0: stage 1 only
         mode = mode1
-        x_hat = np.concatenate([theta1, np.zeros(prob.p)])
+        x_hat = np.concatenate([rec1.theta, np.zeros(prob.p)])
         vcov = _conditional_vcov(mode1)
         vcov_note = "conditional"
     else:
-        if groupwise or general:
-            with np.errstate(over="ignore", under="ignore"):
-                if groupwise:
-                    rec2, H, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
-                        prob, nAGQ, obj.beta, float(theta0[0])
-                    )
-                else:
-                    rec2, H, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
-                        prob, obj.beta, theta0
-                    )
-            rec2._thetas = [obj.natural(x) for x in rec2._thetas]
-            rec2.optimizer = "bfgs (exact gradient)"
-            if not _positive_definite(H, rec2.theta, lower_t):
-                rec2.status, rec2.converged = "HESSIAN_NOT_PD", False
-                rec2.messages.append(NOT_PD_MESSAGE)
-        else:
-            obj.beta0 = mode1.beta.copy()
-            LXX = mode1.factor.LFF
-            obj.Rinv = np.linalg.inv(LXX).T  # β = β₀ + L⁻ᵀδ: δ has unit conditional scale
-            x0 = np.concatenate([theta1, np.zeros(prob.p)])
-            lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
-            with np.errstate(over="ignore", under="ignore"):
-                rec2, H = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
         x_hat = rec2.theta
         # the record in natural coordinates (θ, β): δ = R(β − β₀), ∂/∂β = Rᵀ∂/∂δ
         J = np.eye(x_hat.size)
