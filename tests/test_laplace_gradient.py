@@ -18,7 +18,7 @@ import pytest
 import multilevel.glmm as glmm_mod
 from multilevel.families import binomial, poisson
 from multilevel.glmm import glmer
-from multilevel.laplace_gradient import LaplaceGLMM, optimize_laplace, supported
+from multilevel.laplace_gradient import LaplaceGLMM, supported
 
 from .conftest import reference, reference_data
 
@@ -103,25 +103,35 @@ def test_fit_reaches_the_two_stage_optimum(monkeypatch):
 
 
 def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
-    """Simulated crossed binary data where BFGS from θ = (1, 1) drives both
-    variances to 0, a stationary point that is not a minimum (the deviance
-    curves down in θ_g): the fit is handed to lme4's two-stage route and
-    reaches its optimum (θ_g ≈ 0.27), not the 0.9 higher saddle."""
+    """θ = 0 is a stationary point of the deviance (it is even in θ), so a
+    search that reaches it stops there even where it is a saddle.  Started at
+    θ = (0, 0) on crossed binary data whose optimum has θ_g ≈ 0.27, the exact
+    search stops at the saddle, 0.9 above the optimum; glmer sees that the
+    deviance curves down in θ_g there, hands the fit to lme4's two-stage
+    route and reports its optimum."""
     from pathlib import Path
+
+    import multilevel.laplace_gradient as lg
 
     d = pd.read_csv(
         Path(__file__).parent / "data" / "crossed_binary_saddle.csv", dtype={"g": str, "h": str}
     )
     f = "y ~ x + (1 | g) + (1 | h)"
-    fit = _quiet(f, d, family="binomial")
     monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
     slow = _quiet(f, d, family="binomial")
+    monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", True)
+    real = lg.optimize_laplace
+
+    def from_zero(prob, beta0, theta0):
+        return real(prob, beta0, np.zeros_like(theta0))
+
+    monkeypatch.setattr(lg, "optimize_laplace", from_zero)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rec, H, *_ = from_zero(slow._prob, slow._prob.initial_beta(), np.ones(2))
+    assert np.all(rec.theta[:2] == 0.0) and H[0, 0] < 0
+    assert rec.criterion > slow.deviance + 0.5
+    fit = _quiet(f, d, family="binomial")
     assert fit.converged
-    assert fit.optinfo.optimizer == slow.optinfo.optimizer  # the fallback's record
+    assert fit.optinfo.optimizer == slow.optinfo.optimizer == "bobyqa+newton"
     assert fit.deviance == pytest.approx(slow.deviance, abs=1e-8)
     assert fit.theta.iloc[0] == pytest.approx(0.2703, abs=1e-3)
-    # the exact search alone stops at the saddle θ = 0
-    with np.errstate(over="ignore", invalid="ignore"):  # its wild BFGS trial steps
-        rec, H, *_ = optimize_laplace(fit._prob, fit._prob.initial_beta(), np.ones(2))
-    assert np.all(rec.theta[:2] == 0.0) and H[0, 0] < 0
-    assert rec.criterion > fit.deviance + 0.5

@@ -202,10 +202,6 @@ def _bfgs(
                 break
             if fn - f < 1e-11 * (1 + abs(f)):  # a change below rounding: at the optimum
                 break
-            if hit.any():
-                # the cut point failed: halve from where the step would first be
-                # cut, or the halvings move only the other parameters
-                t = min(t, float(np.min(0.9 * (x[hit] - lower[hit]) / -d[hit])))
             t *= 0.5
         if len(logged.values) >= maxeval:
             status = "MAXEVAL_REACHED"
