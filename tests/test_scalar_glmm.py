@@ -52,17 +52,7 @@ def _problem(kind: str, seed: int = 3):
 
 
 def _model(fit, nagq: int) -> ScalarGLMM:
-    prob, rb = fit._prob, fit._prob.rb
-    return ScalarGLMM(
-        prob.family,
-        prob.resp,
-        prob.X,
-        rb.Zs[0][:, 0],
-        prob.offset,
-        rb.codes[0],
-        rb.nlevels[0],
-        nagq,
-    )
+    return ScalarGLMM.from_problem(fit._prob, nagq)
 
 
 FITS = {k: _problem(k) for k in ("poisson", "trials", "slope")}

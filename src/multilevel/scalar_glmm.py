@@ -128,6 +128,22 @@ class ScalarGLMM:
             ]
         return self._block_cache[K]
 
+    @classmethod
+    def from_problem(cls, prob, nagq: int = 1) -> ScalarGLMM:
+        """The model of a PIRLS problem (:class:`multilevel.pirls.PirlsProblem`)
+        with one scalar term, rows sorted by its levels."""
+        rb = prob.rb
+        return cls(
+            prob.family,
+            prob.resp,
+            prob.X,
+            rb.Zs[0][:, 0],
+            prob.offset,
+            rb.codes[0],
+            rb.nlevels[0],
+            nagq,
+        )
+
     # -- per-row pieces of the log-density
     def _gsum(self, v: np.ndarray) -> np.ndarray:
         return np.add.reduceat(v, self.starts, axis=0)
@@ -294,25 +310,15 @@ def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0: float = 1.0):
     of a quadrature one).
     Returns the record (in x; evals counts both searches), the Hessian
     in x at the optimum, β₀, R⁻¹ (β = β₀ + R⁻¹δ) and the conditional modes."""
-    rb = prob.rb
-    args = (
-        prob.family,
-        prob.resp,
-        prob.X,
-        rb.Zs[0][:, 0],
-        prob.offset,
-        rb.codes[0],
-        rb.nlevels[0],
-    )
     R = whitening(prob, beta0)
     Rinv = np.linalg.inv(R)
-    lap = Search(ScalarGLMM(*args, 1), beta0, Rinv)
+    lap = Search(ScalarGLMM.from_problem(prob, 1), beta0, Rinv)
     x0 = np.concatenate([[theta0], np.zeros(prob.p)])
     rec, H = lap.minimize(x0, lap.hessian(x0))
     evals = lap.model.evals
     search = lap
     if nagq > 1:
-        search = Search(ScalarGLMM(*args, nagq), beta0, Rinv)
+        search = Search(ScalarGLMM.from_problem(prob, nagq), beta0, Rinv)
         search.model.u = lap.model.u.copy()
         rec_l = rec
         rec, H = search.minimize(rec_l.theta, H, chord=True)
