@@ -135,3 +135,28 @@ def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
     assert fit.optinfo.optimizer == slow.optinfo.optimizer == "bobyqa+newton"
     assert fit.deviance == pytest.approx(slow.deviance, abs=1e-8)
     assert fit.theta.iloc[0] == pytest.approx(0.2703, abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+def test_compiled_kernel_equals_numpy(kind, monkeypatch):
+    """The C kernel (when built) and the numpy path: same modes, deviance and
+    gradient to rounding, cold and warm started."""
+    import multilevel.laplace_gradient as lg
+
+    prob = FITS[kind]._prob
+    compiled = LaplaceGLMM(prob)
+    if compiled._kernel is None:
+        pytest.skip("the compiled kernel was not built")
+    monkeypatch.setattr(lg, "KERNEL_DISABLED", True)
+    plain = LaplaceGLMM(prob)
+    assert plain._kernel is None
+    fit = FITS[kind]
+    phi = np.concatenate([fit.theta.values, fit.fixef.values]) + 0.05
+    for _ in range(2):
+        d1, g1 = compiled.deviance_grad(phi)
+        d2, g2 = plain.deviance_grad(phi)
+        assert d1 == pytest.approx(d2, rel=1e-12, abs=1e-8)
+        np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-8 * (1 + np.abs(g2).max()))
+        np.testing.assert_allclose(compiled.u, plain.u, atol=1e-9)
+        assert compiled.deviance_grad(phi, grad=False)[0] == pytest.approx(d1, abs=1e-9)
+        phi = phi - 0.02

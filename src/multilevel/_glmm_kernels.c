@@ -233,10 +233,331 @@ done:
     return PyFloat_FromDouble(dev);
 }
 
+/* ------------------------------------------------------------------------
+ * Several scalar random-effects terms (multilevel.laplace_gradient): PIRLS for
+ * the conditional modes on the blocked factor of M = Lambda Z'WZ Lambda + I
+ * (first term diagonal, the rest a dense Schur complement factored by
+ * LAPACK's dpotrf, whose address scipy exports), the Laplace deviance and its
+ * exact gradient in (theta, beta).  Formulas: laplace_gradient.py.
+ * ------------------------------------------------------------------------ */
+typedef void (*potrf_t)(char *, int *, double *, int *, int *);
+typedef void (*trtri_t)(char *, char *, int *, double *, int *, int *);
+static potrf_t lapack_potrf = NULL;
+static trtri_t lapack_trtri = NULL;
+
+static PyObject *set_lapack(PyObject *self, PyObject *args) {
+    PyObject *cp, *ct;
+    if (!PyArg_ParseTuple(args, "OO", &cp, &ct)) return NULL;
+    void *a = PyCapsule_GetPointer(cp, PyCapsule_GetName(cp));
+    if (!a) return NULL;
+    void *b = PyCapsule_GetPointer(ct, PyCapsule_GetName(ct));
+    if (!b) return NULL;
+    lapack_potrf = (potrf_t)a;
+    lapack_trtri = (trtri_t)b;
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    int64_t n, p, K, n0, Qr, nnz, npairs;
+    const double *X, *y, *wt, *off, *z;         /* z: K x n */
+    const int64_t *pos;                         /* K x n: level (k = 0) or rest index */
+    const int64_t *slot;                        /* (K-1) x n: entry of the first x rest block */
+    const int64_t *erow, *ecol;                 /* entries: first level, rest index */
+    const int64_t *pe1, *pe2;                   /* pairs of entries of one first level */
+    const int64_t *term;                        /* rest index -> term */
+    int logit;
+} Design;
+
+/* eta = base + sum_k theta_k z_k u[pos_k]; returns sum wt (y eta - b) */
+static double eta_loglik(const Design *D, const double *base, const double *theta,
+                         const double *u, double *eta) {
+    double ll = 0.0;
+    for (int64_t i = 0; i < D->n; i++) {
+        double e = base[i];
+        for (int64_t k = 0; k < D->K; k++) {
+            int64_t q = D->pos[k * D->n + i];
+            e += theta[k] * D->z[k * D->n + i] * u[k == 0 ? q : D->n0 + q];
+        }
+        eta[i] = e;
+        ll += D->wt[i] * (D->y[i] * e - cumulant(D->logit, e, NULL, NULL, NULL));
+    }
+    return ll;
+}
+
+/* Factor M at the weights w: Dg = sqrt(M00) (n0), Cd = C0R entries (nnz),
+ * S = L_R (Qr x Qr, column-major lower).  0 if not positive definite. */
+static int factor_m(const Design *D, const double *theta, const double *w, double *Dg,
+                    double *Cd, double *S) {
+    int64_t n = D->n, n0 = D->n0, Qr = D->Qr;
+    memset(Dg, 0, sizeof(double) * n0);
+    memset(Cd, 0, sizeof(double) * D->nnz);
+    memset(S, 0, sizeof(double) * Qr * Qr);
+    for (int64_t i = 0; i < n; i++) {
+        double z0 = D->z[i], wi = w[i];
+        Dg[D->pos[i]] += wi * z0 * z0;
+        for (int64_t a = 1; a < D->K; a++) {
+            double za = D->z[a * n + i];
+            int64_t ra = D->pos[a * n + i];
+            Cd[D->slot[(a - 1) * n + i]] += wi * z0 * za;
+            for (int64_t b = 1; b <= a; b++) {
+                int64_t rb = D->pos[b * n + i];
+                int64_t r = ra > rb ? ra : rb, c = ra > rb ? rb : ra;
+                S[r + c * Qr] += wi * za * D->z[b * n + i];
+            }
+        }
+    }
+    double t0 = theta[0];
+    for (int64_t l = 0; l < n0; l++) Dg[l] = sqrt(t0 * t0 * Dg[l] + 1.0);
+    for (int64_t e = 0; e < D->nnz; e++)
+        Cd[e] *= t0 * theta[D->term[D->ecol[e]]] / Dg[D->erow[e]];
+    for (int64_t c = 0; c < Qr; c++)
+        for (int64_t r = c; r < Qr; r++)
+            S[r + c * Qr] *= theta[D->term[r]] * theta[D->term[c]];
+    for (int64_t r = 0; r < Qr; r++) S[r + r * Qr] += 1.0;
+    for (int64_t q = 0; q < D->npairs; q++) {
+        int64_t e1 = D->pe1[q], e2 = D->pe2[q];
+        S[D->ecol[e1] + D->ecol[e2] * Qr] -= Cd[e1] * Cd[e2];
+    }
+    int nn = (int)Qr, info = 0;
+    char lo = 'L';
+    if (Qr > 0) lapack_potrf(&lo, &nn, S, &nn, &info);
+    return info == 0;
+}
+
+/* x = M^{-1} r (Q = n0 + Qr) with L = [[Dg, 0], [C0R', L_R]] */
+static void solve_m(const Design *D, const double *Dg, const double *Cd, const double *S,
+                    const double *r, double *x) {
+    int64_t n0 = D->n0, Qr = D->Qr;
+    double *x0 = x, *xR = x + n0;
+    for (int64_t l = 0; l < n0; l++) x0[l] = r[l] / Dg[l];
+    for (int64_t j = 0; j < Qr; j++) xR[j] = r[n0 + j];
+    for (int64_t e = 0; e < D->nnz; e++) xR[D->ecol[e]] -= Cd[e] * x0[D->erow[e]];
+    for (int64_t j = 0; j < Qr; j++) { /* forward with L_R */
+        double v = xR[j];
+        for (int64_t k = 0; k < j; k++) v -= S[j + k * Qr] * xR[k];
+        xR[j] = v / S[j + j * Qr];
+    }
+    for (int64_t j = Qr - 1; j >= 0; j--) { /* back with L_R' */
+        double v = xR[j];
+        for (int64_t k = j + 1; k < Qr; k++) v -= S[k + j * Qr] * xR[k];
+        xR[j] = v / S[j + j * Qr];
+    }
+    for (int64_t e = 0; e < D->nnz; e++) x0[D->erow[e]] -= Cd[e] * xR[D->ecol[e]];
+    for (int64_t l = 0; l < n0; l++) x0[l] /= Dg[l];
+}
+
+/* Lambda Z' v for a per-row vector v, into out (Q) */
+static void zt_rows(const Design *D, const double *theta, const double *v, double *out) {
+    memset(out, 0, sizeof(double) * (D->n0 + D->Qr));
+    for (int64_t k = 0; k < D->K; k++)
+        for (int64_t i = 0; i < D->n; i++) {
+            int64_t q = D->pos[k * D->n + i];
+            out[k == 0 ? q : D->n0 + q] += theta[k] * D->z[k * D->n + i] * v[i];
+        }
+}
+
+static PyObject *laplace_terms(PyObject *self, PyObject *args) {
+    Py_buffer b[17];
+    int64_t n0, Qr;
+    int logit, want_grad;
+    double step_tol;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*LLiid", &b[0], &b[1], &b[2],
+                          &b[3], &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11],
+                          &b[12], &b[13], &b[14], &b[15], &b[16], &n0, &Qr, &logit, &want_grad,
+                          &step_tol))
+        return NULL;
+    if (!lapack_potrf || !lapack_trtri) {
+        for (int j = 0; j < 17; j++) PyBuffer_Release(&b[j]);
+        PyErr_SetString(PyExc_RuntimeError, "set_lapack() was not called");
+        return NULL;
+    }
+    Design D;
+    D.X = b[0].buf; D.y = b[1].buf; D.wt = b[2].buf; D.off = b[3].buf; D.z = b[4].buf;
+    D.pos = b[5].buf; D.slot = b[6].buf; D.erow = b[7].buf; D.ecol = b[8].buf;
+    D.pe1 = b[9].buf; D.pe2 = b[10].buf; D.term = b[11].buf;
+    const double *phi = b[12].buf;
+    double *U = b[14].buf, *grad = b[15].buf, *work = b[16].buf;
+    (void)b[13];
+    D.n = (int64_t)(b[1].len / sizeof(double));
+    D.K = (int64_t)(b[5].len / sizeof(int64_t)) / (D.n ? D.n : 1);
+    D.p = (int64_t)(b[0].len / sizeof(double)) / (D.n ? D.n : 1);
+    D.nnz = (int64_t)(b[7].len / sizeof(int64_t));
+    D.npairs = (int64_t)(b[9].len / sizeof(int64_t));
+    D.n0 = n0; D.Qr = Qr; D.logit = logit;
+    int64_t n = D.n, K = D.K, p = D.p, Q = n0 + Qr;
+    const double *theta = phi, *beta = phi + K;
+    /* work layout */
+    double *base = work, *eta = base + n, *etac = eta + n, *w = etac + n, *lp = w + n;
+    double *w3 = lp + n, *Dg = w3 + n, *Cd = Dg + n0, *S = Cd + D.nnz, *r = S + Qr * Qr;
+    double *du = r + Q, *uc = du + Q, *vs = uc + Q, *h = vs + Q, *KmT = h + n;
+    int failed = 0;
+    double laplace = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t i = 0; i < n; i++) {
+        double s = D.off[i];
+        for (int64_t a = 0; a < p; a++) s += D.X[i * p + a] * beta[a];
+        base[i] = s;
+    }
+    double ll = eta_loglik(&D, base, theta, U, eta);
+    double uu = 0.0;
+    for (int64_t q = 0; q < Q; q++) uu += U[q] * U[q];
+    double pdev = -2.0 * ll + uu;
+    int converged = 0;
+    for (int it = 0; it < 200 && isfinite(pdev); it++) {
+        for (int64_t i = 0; i < n; i++) {
+            double mu, v, v3;
+            cumulant(logit, eta[i], &mu, &v, &v3);
+            w[i] = D.wt[i] * v;
+            lp[i] = D.wt[i] * (D.y[i] - mu);
+        }
+        if (!factor_m(&D, theta, w, Dg, Cd, S)) break;
+        zt_rows(&D, theta, lp, r);
+        for (int64_t q = 0; q < Q; q++) r[q] -= U[q];
+        solve_m(&D, Dg, Cd, S, r, du);
+        double step = 0.0;
+        for (int64_t q = 0; q < Q; q++) step = fmax(step, fabs(du[q]));
+        if (step < step_tol) {
+            converged = 1;
+            break;
+        }
+        double slack = 1e-12 * (1.0 + fabs(pdev)), t = 1.0;
+        int ok = 0;
+        for (int hv = 0; hv < 30; hv++) {
+            double ucu = 0.0;
+            for (int64_t q = 0; q < Q; q++) {
+                uc[q] = U[q] + t * du[q];
+                ucu += uc[q] * uc[q];
+            }
+            double llc = eta_loglik(&D, base, theta, uc, etac);
+            double pc = -2.0 * llc + ucu;
+            if (pc <= pdev + slack) {
+                memcpy(U, uc, sizeof(double) * Q);
+                memcpy(eta, etac, sizeof(double) * n);
+                pdev = pc;
+                ok = 1;
+                break;
+            }
+            t *= 0.5;
+        }
+        if (!ok) break;
+    }
+    if (!converged) failed = 1;
+    if (!failed) {
+        double logdet = 0.0;
+        for (int64_t l = 0; l < n0; l++) logdet += 2.0 * log(Dg[l]);
+        for (int64_t j = 0; j < Qr; j++) logdet += 2.0 * log(S[j + j * Qr]);
+        laplace = pdev + logdet;
+    }
+    if (!failed && want_grad) {
+        for (int64_t i = 0; i < n; i++) {
+            double mu, v, v3;
+            cumulant(logit, eta[i], &mu, &v, &v3);
+            w3[i] = D.wt[i] * v3;
+        }
+        /* L_R^{-1} in place of L_R (column-major lower) */
+        int nn = (int)Qr, info = 0;
+        char lo = 'L', nd = 'N';
+        if (Qr > 0) lapack_trtri(&lo, &nd, &nn, S, &nn, &info);
+        if (info != 0) failed = 2;
+        if (!failed) {
+            /* KmT (n0 x Qr, row-major) = D0^{-1} C0R L_R^{-T} / ...: row l = sum_e c_e col_e(Linv) / Dg[l] */
+            memset(KmT, 0, sizeof(double) * n0 * Qr);
+            for (int64_t e = 0; e < D.nnz; e++) {
+                int64_t l = D.erow[e], c = D.ecol[e];
+                double ce = Cd[e] / Dg[l];
+                double *row = KmT + l * Qr;
+                for (int64_t j = c; j < Qr; j++) row[j] += ce * S[j + c * Qr];
+            }
+            double tr0 = 0.0;
+            double *trk = calloc((size_t)K, sizeof(double));
+            double *dM = vs; /* reuse: dMRR (Qr) first, then the solve */
+            for (int64_t c = 0; c < Qr; c++) {
+                double s2 = 0.0;
+                for (int64_t j = c; j < Qr; j++) s2 += S[j + c * Qr] * S[j + c * Qr];
+                dM[c] = s2;
+                trk[D.term[c]] += s2;
+            }
+            for (int64_t l = 0; l < n0; l++) {
+                double s2 = 1.0 / (Dg[l] * Dg[l]);
+                const double *row = KmT + l * Qr;
+                for (int64_t j = 0; j < Qr; j++) s2 += row[j] * row[j];
+                tr0 += s2;
+                du[l] = s2; /* d00 */
+            }
+            trk[0] = tr0;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t l = D.pos[i];
+                double zt0 = theta[0] * D.z[i];
+                double hi = zt0 * zt0 * du[l];
+                const double *row = KmT + l * Qr;
+                for (int64_t a = 1; a < K; a++) {
+                    int64_t ra = D.pos[a * n + i];
+                    double zta = theta[a] * D.z[a * n + i];
+                    double dot = 0.0;
+                    for (int64_t j = ra; j < Qr; j++) dot += row[j] * S[j + ra * Qr];
+                    hi -= 2.0 * zt0 * zta * dot;
+                    hi += zta * zta * dM[ra];
+                    for (int64_t bb = a + 1; bb < K; bb++) {
+                        int64_t rb = D.pos[bb * n + i];
+                        double ztb = theta[bb] * D.z[bb * n + i];
+                        int64_t j0 = ra > rb ? ra : rb;
+                        double d2 = 0.0;
+                        for (int64_t j = j0; j < Qr; j++) d2 += S[j + ra * Qr] * S[j + rb * Qr];
+                        hi += 2.0 * zta * ztb * d2;
+                    }
+                }
+                h[i] = w3[i] * hi; /* c_i */
+            }
+            /* v = M^{-1} Lambda Z' c: the factor again (S now holds L_R^{-1}) */
+            if (!factor_m(&D, theta, w, Dg, Cd, S)) failed = 2;
+            if (!failed) {
+                zt_rows(&D, theta, h, r);
+                solve_m(&D, Dg, Cd, S, r, vs);
+                for (int64_t a = 0; a < K + p; a++) grad[a] = 0.0;
+                for (int64_t i = 0; i < n; i++) {
+                    double zlv = 0.0;
+                    for (int64_t k = 0; k < K; k++) {
+                        int64_t q = D.pos[k * n + i];
+                        zlv += theta[k] * D.z[k * n + i] * vs[k == 0 ? q : n0 + q];
+                    }
+                    double common = h[i] - 2.0 * lp[i] - w[i] * zlv;
+                    for (int64_t a = 0; a < p; a++) grad[K + a] += D.X[i * p + a] * common;
+                    for (int64_t k = 0; k < K; k++) {
+                        int64_t q = D.pos[k * n + i];
+                        int64_t qq = k == 0 ? q : n0 + q;
+                        double zk = D.z[k * n + i];
+                        grad[k] += common * zk * U[qq] + lp[i] * zk * vs[qq];
+                    }
+                }
+                int64_t *nk = calloc((size_t)K, sizeof(int64_t));
+                nk[0] = n0;
+                for (int64_t c = 0; c < Qr; c++) nk[D.term[c]] += 1;
+                for (int64_t k = 0; k < K; k++)
+                    grad[k] = theta[k] == 0.0 ? 0.0
+                                              : grad[k] + 2.0 * ((double)nk[k] - trk[k]) / theta[k];
+                free(nk);
+            }
+            free(trk);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    for (int j = 0; j < 17; j++) PyBuffer_Release(&b[j]);
+    if (failed) {
+        PyErr_SetString(PyExc_ArithmeticError,
+                        failed == 1 ? "PIRLS did not converge" : "a factor was not positive definite");
+        return NULL;
+    }
+    return PyFloat_FromDouble(laplace);
+}
+
 static PyMethodDef methods[] = {
     {"scalar_glmm", scalar_glmm, METH_VARARGS,
      "scalar_glmm(X, z, offset, y, wt, starts, t, logw, phi, u, grad, scratch, p, logit, "
      "want_grad, step_tol) -> deviance without constants"},
+    {"set_lapack", set_lapack, METH_VARARGS, "set_lapack(dpotrf_capsule, dtrtri_capsule)"},
+    {"laplace_terms", laplace_terms, METH_VARARGS,
+     "laplace_terms(X, y, wt, offset, z, pos, slot, erow, ecol, pe1, pe2, term, phi, unused, "
+     "u, grad, work, n0, Qr, logit, want_grad, step_tol) -> Laplace deviance without constants"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_glmm_kernels",

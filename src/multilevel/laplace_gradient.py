@@ -28,12 +28,15 @@ import numpy as np
 import scipy.linalg as sla
 from scipy.linalg.lapack import dtrtri
 
+from . import pirls
 from .exact_search import Search, whitening
 from .families import Binomial, Family, Poisson
 from .pirls import PirlsError, PirlsProblem, back_solve
 
 MAX_REST = 1500  # rest-block order up to which M⁻¹'s blocks are formed densely
 MAX_CELLS = 4_000_000  # n₀ × rest order: the dense K
+MAX_PAIRS = 5_000_000  # pairs of first × rest entries of one first level (compiled kernel)
+KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
 
 
 def supported(family: Family, qs: list[int], nlevels: list[int]) -> bool:
@@ -66,6 +69,7 @@ class LaplaceGLMM:
         self.rest = [self.pos[k] - rb.Q0 for k in range(1, rb.K)]
         self.u: np.ndarray | None = None
         self.evals = 0
+        self._kernel = None if KERNEL_DISABLED else _kernel_args(prob)
 
     def _mode(self, theta: np.ndarray, beta: np.ndarray):
         try:
@@ -77,6 +81,8 @@ class LaplaceGLMM:
 
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):
         self.evals += 1
+        if self._kernel is not None:
+            return self._compiled(np.ascontiguousarray(phi, dtype=float), grad)
         K, prob, rb = self.K, self.prob, self.prob.rb
         theta, beta = np.asarray(phi[:K], float), np.asarray(phi[K:], float)
         m = self._mode(theta, beta)
@@ -145,12 +151,84 @@ class LaplaceGLMM:
             )
         return m.laplace, g
 
+    def _compiled(self, phi: np.ndarray, grad: bool):
+        fn, args, work, const, Q = self._kernel
+        g = np.zeros(phi.size)
+        for cold in (False, True):  # a failed warm start is retried from u = 0
+            u = np.zeros(Q) if cold or self.u is None else self.u.copy()
+            try:
+                dev = fn(*args[:12], phi, phi, u, g, work, *args[12:], int(grad), pirls.STEP_TOL)
+                break
+            except ArithmeticError as exc:
+                if cold or self.u is None:
+                    raise PirlsError(str(exc)) from None
+        self.u = u
+        return dev - 2.0 * const, (g if grad else None)
+
     def _solve(self, f, rhs: np.ndarray) -> np.ndarray:
         """M⁻¹ rhs through L: forward with [[D₀, 0], [C₀ᵣᵀ, L_R]], then Lᵀ."""
         rb = self.prob.rb
         y0 = rhs[: rb.Q0] / f.L0[0, 0]
         yR = sla.solve_triangular(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0, lower=True, check_finite=False)
         return back_solve(rb, f, y0, yR)
+
+
+def _kernel_args(prob: PirlsProblem):
+    """The compiled kernel (``_glmm_kernels.laplace_terms``) and its index
+    arrays, or None (not built, or the pairs of the first × rest block too
+    many).  Entries of that block are the distinct (first level, rest level)
+    pairs rows meet, sorted; pairs of entries of one first level (rest index
+    descending-or-equal) update the Schur complement."""
+    try:
+        from scipy.linalg import cython_lapack
+
+        from . import _glmm_kernels as kern
+    except ImportError:
+        return None
+    if not hasattr(kern, "laplace_terms"):
+        return None
+    kern.set_lapack(cython_lapack.__pyx_capi__["dpotrf"], cython_lapack.__pyx_capi__["dtrtri"])
+    rb, r = prob.rb, prob.resp
+    n, K, Qr, n0 = rb.n, rb.K, rb.Qr, rb.nlevels[0]
+    pos = np.stack(
+        [rb.codes[0]] + [int(rb.rest_offsets[k - 1]) + rb.codes[k] for k in range(1, K)]
+    ).astype(np.int64)
+    keys = (pos[0][None, :] * Qr + pos[1:]).ravel()
+    uniq, inv = np.unique(keys, return_inverse=True)
+    erow, ecol = (uniq // Qr).astype(np.int64), (uniq % Qr).astype(np.int64)
+    slot = inv.reshape(K - 1, n).astype(np.int64)
+    cnt = np.bincount(erow, minlength=n0)
+    npairs = int((cnt * (cnt + 1) // 2).sum())
+    if npairs > MAX_PAIRS:
+        return None
+    start = np.r_[0, np.cumsum(cnt)[:-1]]
+    # entries e1 ≥ e2 of one first level: e1 = start + i, e2 = start + j, j ≤ i
+    rows_e = np.arange(uniq.size) - start[erow]  # position within its level
+    e1 = np.repeat(np.arange(uniq.size), rows_e + 1)
+    offs = np.arange(e1.size) - np.repeat(np.cumsum(rows_e + 1) - (rows_e + 1), rows_e + 1)
+    e2 = start[erow[e1]] + offs
+    term = np.concatenate([np.full(rb.nlevels[k], k, dtype=np.int64) for k in range(1, K)])
+    z = np.ascontiguousarray(np.stack([Z[:, 0] for Z in rb.Zs]), dtype=float)
+    Q = n0 + Qr
+    work = np.empty(7 * n + n0 + uniq.size + Qr * Qr + 4 * Q + n0 * Qr)
+    args = (
+        np.ascontiguousarray(prob.X, dtype=float),
+        np.ascontiguousarray(r.y, dtype=float),
+        np.ascontiguousarray(r.weights, dtype=float),
+        np.ascontiguousarray(prob.offset, dtype=float),
+        z,
+        pos,
+        slot,
+        erow,
+        ecol,
+        e1.astype(np.int64),
+        e2.astype(np.int64),
+        term,
+        n0,
+        Qr,
+        int(isinstance(prob.family, Binomial)),
+    )
+    return kern.laplace_terms, args, work, float(r.const.sum()), Q
 
 
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray):
