@@ -332,10 +332,11 @@ static void solve_m(const Design *D, const double *Dg, const double *Cd, const d
     for (int64_t l = 0; l < n0; l++) x0[l] = r[l] / Dg[l];
     for (int64_t j = 0; j < Qr; j++) xR[j] = r[n0 + j];
     for (int64_t e = 0; e < D->nnz; e++) xR[D->ecol[e]] -= Cd[e] * x0[D->erow[e]];
-    for (int64_t j = 0; j < Qr; j++) { /* forward with L_R */
-        double v = xR[j];
-        for (int64_t k = 0; k < j; k++) v -= S[j + k * Qr] * xR[k];
-        xR[j] = v / S[j + j * Qr];
+    for (int64_t j = 0; j < Qr; j++) { /* forward with L_R, by columns (contiguous) */
+        double v = xR[j] / S[j + j * Qr];
+        xR[j] = v;
+        const double *col = S + j * Qr;
+        for (int64_t k = j + 1; k < Qr; k++) xR[k] -= col[k] * v;
     }
     for (int64_t j = Qr - 1; j >= 0; j--) { /* back with L_R' */
         double v = xR[j];
@@ -390,6 +391,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     double *base = work, *eta = base + n, *etac = eta + n, *w = etac + n, *lp = w + n;
     double *w3 = lp + n, *Dg = w3 + n, *Cd = Dg + n0, *S = Cd + D.nnz, *r = S + Qr * Qr;
     double *du = r + Q, *uc = du + Q, *vs = uc + Q, *h = vs + Q, *KmT = h + n;
+    double *Li = KmT + n0 * Qr; /* L_R^{-1}, beside the factor (which the solves need) */
     int failed = 0;
     double laplace = 0.0;
     Py_BEGIN_ALLOW_THREADS
@@ -454,10 +456,11 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
             cumulant(logit, eta[i], &mu, &v, &v3);
             w3[i] = D.wt[i] * v3;
         }
-        /* L_R^{-1} in place of L_R (column-major lower) */
+        /* L_R^{-1} (column-major lower) in Li; S keeps L_R */
         int nn = (int)Qr, info = 0;
         char lo = 'L', nd = 'N';
-        if (Qr > 0) lapack_trtri(&lo, &nd, &nn, S, &nn, &info);
+        memcpy(Li, S, sizeof(double) * Qr * Qr);
+        if (Qr > 0) lapack_trtri(&lo, &nd, &nn, Li, &nn, &info);
         if (info != 0) failed = 2;
         if (!failed) {
             /* KmT (n0 x Qr, row-major) = D0^{-1} C0R L_R^{-T} / ...: row l = sum_e c_e col_e(Linv) / Dg[l] */
@@ -466,14 +469,14 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
                 int64_t l = D.erow[e], c = D.ecol[e];
                 double ce = Cd[e] / Dg[l];
                 double *row = KmT + l * Qr;
-                for (int64_t j = c; j < Qr; j++) row[j] += ce * S[j + c * Qr];
+                for (int64_t j = c; j < Qr; j++) row[j] += ce * Li[j + c * Qr];
             }
             double tr0 = 0.0;
             double *trk = calloc((size_t)K, sizeof(double));
             double *dM = vs; /* reuse: dMRR (Qr) first, then the solve */
             for (int64_t c = 0; c < Qr; c++) {
                 double s2 = 0.0;
-                for (int64_t j = c; j < Qr; j++) s2 += S[j + c * Qr] * S[j + c * Qr];
+                for (int64_t j = c; j < Qr; j++) s2 += Li[j + c * Qr] * Li[j + c * Qr];
                 dM[c] = s2;
                 trk[D.term[c]] += s2;
             }
@@ -494,7 +497,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
                     int64_t ra = D.pos[a * n + i];
                     double zta = theta[a] * D.z[a * n + i];
                     double dot = 0.0;
-                    for (int64_t j = ra; j < Qr; j++) dot += row[j] * S[j + ra * Qr];
+                    for (int64_t j = ra; j < Qr; j++) dot += row[j] * Li[j + ra * Qr];
                     hi -= 2.0 * zt0 * zta * dot;
                     hi += zta * zta * dM[ra];
                     for (int64_t bb = a + 1; bb < K; bb++) {
@@ -502,15 +505,14 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
                         double ztb = theta[bb] * D.z[bb * n + i];
                         int64_t j0 = ra > rb ? ra : rb;
                         double d2 = 0.0;
-                        for (int64_t j = j0; j < Qr; j++) d2 += S[j + ra * Qr] * S[j + rb * Qr];
+                        for (int64_t j = j0; j < Qr; j++) d2 += Li[j + ra * Qr] * Li[j + rb * Qr];
                         hi += 2.0 * zta * ztb * d2;
                     }
                 }
                 h[i] = w3[i] * hi; /* c_i */
             }
-            /* v = M^{-1} Lambda Z' c: the factor again (S now holds L_R^{-1}) */
-            if (!factor_m(&D, theta, w, Dg, Cd, S)) failed = 2;
-            if (!failed) {
+            /* v = M^{-1} Lambda Z' c */
+            {
                 zt_rows(&D, theta, h, r);
                 solve_m(&D, Dg, Cd, S, r, vs);
                 for (int64_t a = 0; a < K + p; a++) grad[a] = 0.0;
