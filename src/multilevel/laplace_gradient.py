@@ -187,7 +187,11 @@ def _kernel_args(prob: PirlsProblem):
         return None
     if not hasattr(kern, "laplace_terms"):
         return None
-    kern.set_lapack(cython_lapack.__pyx_capi__["dpotrf"], cython_lapack.__pyx_capi__["dtrtri"])
+    try:
+        capi = cython_lapack.__pyx_capi__
+        kern.set_lapack(capi["dpotrf"], capi["dtrtri"])
+    except (AttributeError, KeyError, ValueError):  # a scipy without exported LAPACK
+        return None
     rb, r = prob.rb, prob.resp
     n, K, Qr, n0 = rb.n, rb.K, rb.Qr, rb.nlevels[0]
     pos = np.stack(
