@@ -38,11 +38,19 @@ class Search:
     """The deviance of one model in x = (θ, δ), β = β₀ + R⁻¹δ, with the last
     point remembered (BFGS asks for it again) and the modes it left."""
 
-    def __init__(self, model, beta0: np.ndarray, Rinv: np.ndarray, ntheta: int = 1):
+    def __init__(
+        self,
+        model,
+        beta0: np.ndarray,
+        Rinv: np.ndarray,
+        ntheta: int = 1,
+        lower_theta: np.ndarray | None = None,
+    ):
         self.model, self.beta0, self.Rinv = model, beta0, Rinv
         self.nt = ntheta
         self.d = beta0.size + ntheta
-        self.lower = np.concatenate([np.zeros(ntheta), np.full(beta0.size, -np.inf)])
+        lt = np.zeros(ntheta) if lower_theta is None else np.asarray(lower_theta, float)
+        self.lower = np.concatenate([lt, np.full(beta0.size, -np.inf)])
         self._last: tuple[bytes, float, np.ndarray, np.ndarray] | None = None
 
     def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from . import laplace_gradient, scalar_glmm
+from . import laplace_gradient, scalar_glmm, vector_glmm
 from .covariance import templates
 from .design import build_design
 from .errors import ConvergenceWarning, ModelError, SingularFitWarning
@@ -536,6 +536,12 @@ def fit_glmm(
         and nAGQ == 1
         and laplace_gradient.supported(family, qs, nlev)
     )
+    vector = (
+        EXACT_GRADIENT
+        and method == "laplace"
+        and nAGQ == 1
+        and vector_glmm.supported(family, len(rs), rs[0].q)
+    )
     lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
 
     def two_stage():
@@ -565,6 +571,10 @@ def fit_glmm(
                 r2, H2, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
                     prob, nAGQ, obj.beta, float(theta0[0])
                 )
+            elif vector:
+                r2, H2, obj.beta0, obj.Rinv, obj.u = vector_glmm.optimize_vector(
+                    prob, obj.beta, theta0, lower_t
+                )
             else:
                 r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
                     prob, obj.beta, theta0
@@ -589,7 +599,7 @@ def fit_glmm(
         return r2, H2
 
     rec1 = mode1 = rec2 = H = None
-    if groupwise or general:
+    if groupwise or general or vector:
         rec2, H = exact_gradient()
         if not rec2.converged:
             # the BFGS search can stall where the deviance is far from quadratic

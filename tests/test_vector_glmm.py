@@ -1,0 +1,143 @@
+"""The groupwise Laplace path for one vector random-effects term (``vector_glmm``).
+
+* its deviance equals the general PIRLS path's at arbitrary (θ, β);
+* its gradient equals central differences of the deviance (binomial with a
+  correlated intercept and slope, Poisson with three correlated effects and
+  an offset);
+* glmer with it reaches the two-stage search's optimum on contra_slope.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel.glmm as glmm_mod
+from multilevel.families import binomial, poisson
+from multilevel.glmm import glmer
+from multilevel.vector_glmm import VectorGLMM, supported
+
+from .conftest import reference, reference_data
+
+
+def _quiet(*args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return glmer(*args, **kw)
+
+
+def _poisson3():
+    rng = np.random.default_rng(5)
+    J, m = 40, 15
+    g = np.repeat(np.arange(J), m)
+    x1, x2 = rng.normal(size=J * m), rng.normal(size=J * m)
+    off = rng.normal(scale=0.2, size=J * m)
+    L = np.array([[0.6, 0, 0], [0.2, 0.3, 0], [-0.1, 0.1, 0.25]])
+    b = rng.normal(size=(J, 3)) @ L.T
+    eta = 0.4 + 0.3 * x1 - 0.2 * x2 + off + b[g, 0] + b[g, 1] * x1 + b[g, 2] * x2
+    d = pd.DataFrame({"y": rng.poisson(np.exp(eta)), "x1": x1, "x2": x2, "off": off})
+    d["g"] = g.astype(str)
+    return _quiet("y ~ x1 + x2 + offset(off) + (1 + x1 + x2 | g)", d, family="poisson")
+
+
+def _contra_slope():
+    ref = reference("contra_slope")
+    return _quiet(ref["formula"], reference_data(ref), family=ref["family"])
+
+
+FITS = {"poisson3": _poisson3(), "contra_slope": _contra_slope()}
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+def test_deviance_equals_the_general_path(kind):
+    fit = FITS[kind]
+    prob = fit._prob
+    nt = fit.theta.size
+    phi = np.concatenate([fit.theta.values, fit.fixef.values]) + 0.02
+    dev, _ = VectorGLMM(prob).deviance_grad(phi, grad=False)
+    mode = prob.mode(phi[:nt], phi[nt:], None, joint=False)
+    assert dev == pytest.approx(mode.laplace, abs=1e-8)
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+def test_gradient_equals_differences(kind, monkeypatch):
+    monkeypatch.setattr("multilevel.vector_glmm.STEP_TOL", 1e-14)
+    fit = FITS[kind]
+    model = VectorGLMM(fit._prob)
+    phi = np.concatenate([fit.theta.values, fit.fixef.values]) + 0.03
+    _, g = model.deviance_grad(phi)
+    fd = np.empty_like(phi)
+    for a in range(phi.size):
+        e = np.zeros_like(phi)
+        e[a] = 1e-5
+        fd[a] = (
+            model.deviance_grad(phi + e, False)[0] - model.deviance_grad(phi - e, False)[0]
+        ) / 2e-5
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(g)))
+
+
+def test_which_models():
+    assert supported(binomial(), 1, 2) and supported(poisson(), 1, 3)
+    assert not supported(binomial(), 1, 1)  # scalar: scalar_glmm
+    assert not supported(binomial(), 2, 2)
+    assert not supported(binomial("cloglog"), 1, 2)
+
+
+def test_fit_reaches_the_two_stage_optimum(monkeypatch):
+    ref = reference("contra_slope")
+    data = reference_data(ref)
+    fast = _quiet(ref["formula"], data, family=ref["family"])
+    monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
+    slow = _quiet(ref["formula"], data, family=ref["family"])
+    assert fast.optinfo.optimizer.startswith("bfgs")
+    assert fast.converged and slow.converged
+    assert fast.deviance <= slow.deviance + 1e-8
+    # the gradient in units of each parameter's scale (age2 runs to ~400)
+    nt = fast.theta.size
+    g = fast.optinfo.gradient
+    assert np.max(np.abs(g[:nt])) < 1e-4
+    assert np.max(np.abs(g[nt:] * fast.se.to_numpy())) < 1e-4
+    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-4 * slow.se.min())
+    np.testing.assert_allclose(fast.se, slow.se, rtol=1e-3)
+    np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4, atol=1e-5)
+
+
+def test_zero_diagonal_with_a_column_below_is_searched_past(monkeypatch):
+    """Simulated Poisson data with a nearly zero random-intercept variance:
+    the search reaches T₁₁ = 0 with T₂₁ > 0, a bound of the parametrisation
+    only (negating T's first column gives the same model), where the deviance
+    falls as T₁₁ grows from the negated column.  The fit continues from there
+    and reaches the two-stage optimum (T₂₁ < 0), 0.0185 below the bound."""
+    from pathlib import Path
+
+    import multilevel.vector_glmm as vg
+
+    d = pd.read_csv(Path(__file__).parent / "data" / "poisson_slope_flip.csv", dtype={"g": str})
+    f = "y ~ x + (1 + x | g)"
+    fit = _quiet(f, d, family="poisson")
+    monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
+    slow = _quiet(f, d, family="poisson")
+    assert fit.optinfo.optimizer.startswith("bfgs")
+    assert fit.deviance <= slow.deviance + 1e-8
+    np.testing.assert_allclose(fit.theta, slow.theta, atol=1e-5)
+    assert fit.theta.iloc[1] < 0
+    # the search ran twice: to the bound, then on from the negated column
+    real_minimize = vg.Search.minimize
+    ends = []
+
+    def recorded(self, x0, H0, chord=False):
+        rec, H = real_minimize(self, x0, H0, chord)
+        ends.append((rec.theta[:3].copy(), rec.criterion))
+        return rec, H
+
+    monkeypatch.setattr(vg.Search, "minimize", recorded)
+    monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", True)
+    again = _quiet(f, d, family="poisson")
+    assert len(ends) == 2
+    (t1, c1), (t2, c2) = ends
+    assert t1[0] == 0.0 and t1[1] > 0 and t2[1] < 0
+    assert c1 > c2 + 0.018
+    assert again.deviance == pytest.approx(fit.deviance, abs=1e-9)
