@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -262,9 +263,45 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(value);
 }
 
+/* Per-level cross-products in one pass over the rows, in any row order:
+ * out[l] += a_i b_i^T for the rows i of level l.  A (n, a), B (n, b) and
+ * out (nlev, a, b) C-contiguous; out must be zeroed by the caller. */
+static PyObject *level_crossprod(PyObject *self, PyObject *args) {
+    Py_buffer bc, bA, bB, bo;
+    int a, b;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*ii", &bc, &bA, &bB, &bo, &a, &b)) return NULL;
+    const int64_t *codes = bc.buf;
+    const double *A = bA.buf, *B = bB.buf;
+    double *out = bo.buf;
+    Py_ssize_t n = bc.len / (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t nlev = bo.len / (Py_ssize_t)(sizeof(double) * a * b);
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t l = codes[i];
+        if (l < 0 || l >= nlev) { bad = 1; break; }
+        const double *ai = A + i * a, *bi = B + i * b;
+        double *o = out + l * a * b;
+        for (int r = 0; r < a; r++) {
+            double v = ai[r];
+            double *orow = o + r * b;
+            for (int c = 0; c < b; c++) orow[c] += v * bi[c];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&bc); PyBuffer_Release(&bA); PyBuffer_Release(&bB); PyBuffer_Release(&bo);
+    if (bad) {
+        PyErr_SetString(PyExc_IndexError, "level code out of range");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"one_term", one_term, METH_VARARGS,
      "one_term(D, B, AFF, theta, grad_out, q, m, nlev, nobs, reml, want_grad) -> criterion"},
+    {"level_crossprod", level_crossprod, METH_VARARGS,
+     "level_crossprod(codes, A, B, out, a, b): out[l] += a_i b_i^T over the rows of level l"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",

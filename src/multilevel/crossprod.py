@@ -33,6 +33,18 @@ def group_sums(codes: np.ndarray, M: np.ndarray, nlevels: int) -> np.ndarray:
     )
 
 
+KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
+
+
+def _kernel():
+    """The compiled one-pass per-level cross-product, if it was built."""
+    try:
+        from ._kernels import level_crossprod as fn
+    except ImportError:
+        return None
+    return fn
+
+
 def _outer_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Row-wise outer products, flattened: (n, a*b)."""
     return (A[:, :, None] * B[:, None, :]).reshape(A.shape[0], -1)
@@ -41,12 +53,25 @@ def _outer_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 def level_crossprod(codes: np.ndarray, A: np.ndarray, B: np.ndarray, nlevels: int) -> np.ndarray:
     """Σ over the rows of each level of aᵢbᵢᵀ: (nlevels, a, b).
 
-    Sorted levels: one reduceat over the row-wise outer products.  Otherwise
-    one weighted bincount per pair of columns, which needs no sort and no
-    n x (a·b) temporary.
+    The compiled kernel (``_kernels.level_crossprod``) accumulates row by row
+    in any order.  Without it: sorted levels, one reduceat over the row-wise
+    outer products; otherwise one weighted bincount per pair of columns, which
+    needs no sort and no n x (a·b) temporary.
     """
     n, a = A.shape
     b = B.shape[1]
+    kernel = None if KERNEL_DISABLED else _kernel()
+    if kernel is not None:
+        out = np.zeros((nlevels, a, b))
+        kernel(
+            np.ascontiguousarray(codes, dtype=np.int64),
+            np.ascontiguousarray(A, dtype=float),
+            np.ascontiguousarray(B, dtype=float),
+            out,
+            a,
+            b,
+        )
+        return out
     if n and np.all(codes[1:] >= codes[:-1]) and n * a * b <= 50_000_000:
         return group_sums(codes, _outer_rows(A, B), nlevels).reshape(nlevels, a, b)
     out = np.empty((nlevels, a, b))

@@ -1,0 +1,80 @@
+"""Per-level cross-products (``crossprod``): the compiled one-pass kernel, the
+sorted ``reduceat`` and the unsorted ``bincount`` paths give the same sums as
+a plain loop, and ``cross_products`` blocks equal the dense ZᵀZ they stand for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import multilevel.crossprod as cpm
+from multilevel.crossprod import cross_products, level_crossprod
+
+
+def _loop(codes, A, B, nlev):
+    out = np.zeros((nlev, A.shape[1], B.shape[1]))
+    for i, c in enumerate(codes):
+        out[c] += np.outer(A[i], B[i])
+    return out
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def path(request, monkeypatch):
+    if request.param == "numpy":
+        monkeypatch.setattr(cpm, "KERNEL_DISABLED", True)
+    elif cpm._kernel() is None:
+        pytest.skip("the compiled kernel was not built")
+    return request.param
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    nlev=st.integers(1, 7),
+    a=st.integers(1, 3),
+    b=st.integers(1, 4),
+    sort=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_level_crossprod_equals_a_loop(n, nlev, a, b, sort, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, nlev, size=n)
+    if sort:
+        codes = np.sort(codes)
+    A, B = rng.normal(size=(n, a)), rng.normal(size=(n, b))
+    expected = _loop(codes, A, B, nlev)
+    for disabled in (False, True):
+        cpm.KERNEL_DISABLED = disabled
+        try:
+            np.testing.assert_allclose(level_crossprod(codes, A, B, nlev), expected, atol=1e-12)
+            np.testing.assert_allclose(
+                level_crossprod(codes, A, A, nlev), _loop(codes, A, A, nlev), atol=1e-12
+            )
+        finally:
+            cpm.KERNEL_DISABLED = False
+
+
+def test_cross_products_equal_dense_blocks(path):
+    rng = np.random.default_rng(2)
+    n = 200
+    c1, c2 = rng.integers(0, 12, n), rng.integers(0, 5, n)
+    Z1 = np.column_stack([np.ones(n), rng.normal(size=n)])
+    Z2 = np.ones((n, 1))
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = rng.normal(size=n)
+    cp = cross_products([Z1, Z2], [c1, c2], [12, 5], X, y)
+    Zd1 = np.zeros((n, 24))
+    for i in range(n):
+        Zd1[i, 2 * c1[i] : 2 * c1[i] + 2] = Z1[i]
+    Zd2 = np.zeros((n, 5))
+    Zd2[np.arange(n), c2] = 1.0
+    F = np.column_stack([X, y])
+    D1 = np.stack([Zd1[:, 2 * j : 2 * j + 2].T @ Zd1[:, 2 * j : 2 * j + 2] for j in range(12)])
+    np.testing.assert_allclose(cp.D1, D1, atol=1e-12)
+    np.testing.assert_allclose(cp.B1F.reshape(24, 3), Zd1.T @ F, atol=1e-12)
+    np.testing.assert_allclose(cp.A1R.toarray(), Zd1.T @ Zd2, atol=1e-12)
+    np.testing.assert_allclose(cp.ARR.toarray(), Zd2.T @ Zd2, atol=1e-12)
+    np.testing.assert_allclose(cp.ARF, Zd2.T @ F, atol=1e-12)
+    np.testing.assert_allclose(cp.AFF, F.T @ F, atol=1e-12)
