@@ -15,12 +15,18 @@ is approximated at the conditional mode ũ(θ, β) found by PIRLS
 * Monte Carlo (``method="mc"``): importance sampling with common random
   numbers, :mod:`multilevel.montecarlo`.
 
-Optimisation follows lme4: first θ with β inside PIRLS (lme4's nAGQ = 0
-stage), then (θ, β) together with the chosen integration.  In the second
-stage β is whitened, β = β₀ + R⁻¹δ with R from the first stage's fixed-effects
-factor, so that BOBYQA sees parameters of comparable scale.  Standard errors
-come, as lme4's, from the Hessian of the approximated deviance in (θ, β)
-(central finite differences): vcov(β̂) = the β block of 2 H⁻¹.
+Optimisation.  With a canonical link and scalar terms, or one vector term
+(Laplace; one scalar term also AGQ), the deviance comes with its exact
+gradient in (θ, β) (:mod:`multilevel.scalar_glmm`,
+:mod:`multilevel.laplace_gradient`, :mod:`multilevel.vector_glmm`) and BFGS
+searches (θ, β) together (:mod:`multilevel.exact_search`); a search that
+ends unconverged, or at a zero variance that is not a minimum, is handed to
+the route every other model takes, lme4's: first θ with β inside PIRLS
+(lme4's nAGQ = 0 stage), then (θ, β) together by BOBYQA with the chosen
+integration, β whitened, β = β₀ + R⁻¹δ, so that the parameters have
+comparable scales.  Standard errors come, as lme4's, from the Hessian of the
+approximated deviance in (θ, β) (differences of the exact gradient, or
+central differences of the deviance): vcov(β̂) = the β block of 2 H⁻¹.
 
 One log-likelihood for every method.  ``loglik`` is always the *full*
 marginal log-likelihood, normalising constants of the density included
@@ -61,7 +67,7 @@ from .threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
 MAX_NODES = 20_000  # nAGQ^q nodes per level
-EXACT_GRADIENT = True  # scalar terms, canonical link: scalar_glmm or laplace_gradient
+EXACT_GRADIENT = True  # the exact-gradient routes (see the module docstring)
 NOT_PD_MESSAGE = (
     "the Hessian of the deviance is not positive definite at the optimum: the "
     "likelihood is flat or unbounded in some direction (complete separation of a "
@@ -459,6 +465,43 @@ def optimize_stage2(
     return rec, H
 
 
+def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t: np.ndarray):
+    """The exact-gradient search of ``route`` (groupwise, vector or terms),
+    its record in natural coordinates and its Hessian; not converged when the
+    Hessian is not positive definite or a zero variance is not a minimum."""
+    with np.errstate(over="ignore", under="ignore"):
+        if route == "groupwise":
+            r2, H2, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
+                prob, nAGQ, obj.beta, float(theta0[0])
+            )
+        elif route == "vector":
+            r2, H2, obj.beta0, obj.Rinv, obj.u = vector_glmm.optimize_vector(
+                prob, obj.beta, theta0, lower_t
+            )
+        else:
+            r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
+                prob, obj.beta, theta0
+            )
+    r2._thetas = [obj.natural(x) for x in r2._thetas]
+    r2.optimizer = "bfgs (exact gradient)"
+    if not _positive_definite(H2, r2.theta, lower_t):
+        r2.status, r2.converged = "HESSIAN_NOT_PD", False
+        r2.messages.append(NOT_PD_MESSAGE)
+    elif H2 is not None:
+        # a scalar θ_k = 0 is stationary by symmetry; it is a minimum only if
+        # the deviance curves up from it
+        nt = lower_t.size
+        at0 = r2.theta[:nt] <= lower_t
+        curv = np.diag(H2)[:nt]
+        if np.any(at0 & (curv < -1e-6 * max(1.0, float(np.max(np.abs(curv)))))):
+            r2.status, r2.converged = "BOUNDARY_NOT_MINIMUM", False
+            r2.messages.append(
+                "a variance estimated as 0 is not a minimum of the deviance (it "
+                "falls as the variance grows)"
+            )
+    return r2, H2
+
+
 def _positive_definite(H: np.ndarray | None, x: np.ndarray, lower_t: np.ndarray) -> bool:
     """Whether H is clearly positive definite over the parameters off their
     bounds: its smallest eigenvalue above 1e-8 of the largest (a likelihood
@@ -565,42 +608,10 @@ def fit_glmm(
             r2, H2 = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
         return r1, m1, r2, H2
 
-    def exact_gradient():
-        with np.errstate(over="ignore", under="ignore"):
-            if groupwise:
-                r2, H2, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
-                    prob, nAGQ, obj.beta, float(theta0[0])
-                )
-            elif vector:
-                r2, H2, obj.beta0, obj.Rinv, obj.u = vector_glmm.optimize_vector(
-                    prob, obj.beta, theta0, lower_t
-                )
-            else:
-                r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
-                    prob, obj.beta, theta0
-                )
-        r2._thetas = [obj.natural(x) for x in r2._thetas]
-        r2.optimizer = "bfgs (exact gradient)"
-        if not _positive_definite(H2, r2.theta, lower_t):
-            r2.status, r2.converged = "HESSIAN_NOT_PD", False
-            r2.messages.append(NOT_PD_MESSAGE)
-        elif H2 is not None:
-            # θ_k = 0 is stationary by symmetry; it is a minimum only if the
-            # deviance curves up from it
-            nt = lower_t.size
-            at0 = r2.theta[:nt] <= lower_t
-            curv = np.diag(H2)[:nt]
-            if np.any(at0 & (curv < -1e-6 * max(1.0, float(np.max(np.abs(curv)))))):
-                r2.status, r2.converged = "BOUNDARY_NOT_MINIMUM", False
-                r2.messages.append(
-                    "a variance estimated as 0 is not a minimum of the deviance (it "
-                    "falls as the variance grows)"
-                )
-        return r2, H2
-
     rec1 = mode1 = rec2 = H = None
-    if groupwise or general or vector:
-        rec2, H = exact_gradient()
+    route = "groupwise" if groupwise else "vector" if vector else "terms" if general else None
+    if route is not None:
+        rec2, H = _exact_search(route, prob, obj, nAGQ, theta0, lower_t)
         if not rec2.converged:
             # the BFGS search can stall where the deviance is far from quadratic
             # (a variance driven towards 0 early): lme4's route decides, and the

@@ -191,7 +191,10 @@ def optimize_vector(prob, beta0: np.ndarray, theta0: np.ndarray, lower_theta: np
         if gf[dpos] >= -1e-6 * max(1.0, float(np.max(np.abs(gf)))):
             continue
         flip[dpos] = 0.1 * float(np.linalg.norm(x[below]))
-        rec2, H2 = search.minimize(flip, H if H is not None else search.hessian(flip))
+        sgn = np.ones(x.size)
+        sgn[below] = -1.0  # the Hessian at the negated column: S H S
+        H0 = H * np.outer(sgn, sgn) if H is not None else search.hessian(flip)
+        rec2, H2 = search.minimize(flip, H0)
         if rec2.criterion < rec.criterion:
             rec2._thetas = rec._thetas + rec2._thetas
             rec2._values = rec._values + rec2._values
