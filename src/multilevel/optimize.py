@@ -188,7 +188,7 @@ def _bfgs(
             Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(pg)))
             d = -Hinv @ pg
             d[active] = 0.0
-        length = np.linalg.norm(d)
+        length = math.sqrt(d @ d)
         if length > max_step:
             d *= max_step / length
         t = 1.0
@@ -221,12 +221,17 @@ def _bfgs(
         df = f - fn
         x, f, g = xn, fn, gn
         sy = s @ y
-        if sy > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
+        if sy > 1e-12 * math.sqrt((s @ s) * (y @ y)):
             if it == 0 and hessian0 is None:
                 Hinv = np.eye(n) * sy / (y @ y)
+            # the BFGS update (I − ρsyᵀ)H(I − ρysᵀ) + ρssᵀ, expanded
             rho = 1.0 / sy
-            V = np.eye(n) - rho * np.outer(s, y)
-            Hinv = V @ Hinv @ V.T + rho * np.outer(s, s)
+            Hy = Hinv @ y
+            Hinv = (
+                Hinv
+                + (rho * rho * (sy + y @ Hy)) * np.outer(s, s)
+                - rho * (np.outer(Hy, s) + np.outer(s, Hy))
+            )
         if df < 1e-13 * (1 + abs(f)) and np.max(np.abs(s)) < 1e-8:
             status = "CONVERGED"
             break
