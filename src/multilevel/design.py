@@ -132,7 +132,8 @@ def _categorize(values: Any, label: str, level_order: list | None) -> Categorica
     if len(values_index) > 1000:  # pandas' fixed cost pays off only for many levels
         labels = _label_strings(pd.Series(values_index)).tolist()
     else:
-        labels = [_label(v) for v in values_index]
+        # a plain array first: iterating an Arrow-backed index costs µs per item
+        labels = [_label(v) for v in values_index.to_numpy()]
     return Categorical(codes, values_index, labels)
 
 
