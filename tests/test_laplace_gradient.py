@@ -9,24 +9,23 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
 
 import multilevel.glmm as glmm_mod
 from multilevel.families import binomial, poisson
-from multilevel.glmm import glmer
 from multilevel.laplace_gradient import LaplaceGLMM, supported
 
 from .conftest import reference, reference_data
-
-
-def _quiet(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return glmer(*args, **kw)
+from .model_checks import (
+    assert_compiled_equals_numpy,
+    assert_gradient_matches_differences,
+    assert_same_optimum,
+    fit_both_routes,
+    quiet_glmer,
+    reference_fit,
+)
 
 
 def _crossed_binomial():
@@ -41,32 +40,16 @@ def _crossed_binomial():
         {"y": rng.binomial(1, 1 / (1 + np.exp(-eta))), "x": x, "a": a.astype(str), "b": b}
     )
     d["b"] = d["b"].astype(str)
-    return _quiet("y ~ x + (1 | a) + (1 | b) + (0 + x | b)", d, family="binomial")
+    return quiet_glmer("y ~ x + (1 | a) + (1 | b) + (0 + x | b)", d, family="binomial")
 
 
-def _grouse():
-    ref = reference("grouse_poisson")
-    return _quiet(ref["formula"], reference_data(ref), family=ref["family"])
-
-
-FITS = {"grouse": _grouse(), "crossed_binomial": _crossed_binomial()}
+FITS = {"grouse": reference_fit("grouse_poisson"), "crossed_binomial": _crossed_binomial()}
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
 def test_gradient_equals_differences(kind, monkeypatch):
     monkeypatch.setattr("multilevel.pirls.STEP_TOL", 1e-13)
-    fit = FITS[kind]
-    model = LaplaceGLMM(fit._prob)
-    phi = np.concatenate([fit.theta.values, fit.fixef.values]) + 0.03
-    _, g = model.deviance_grad(phi)
-    fd = np.empty_like(phi)
-    for a in range(phi.size):
-        e = np.zeros_like(phi)
-        e[a] = 1e-5
-        fd[a] = (
-            model.deviance_grad(phi + e, False)[0] - model.deviance_grad(phi - e, False)[0]
-        ) / 2e-5
-    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * np.max(np.abs(g)))
+    assert_gradient_matches_differences(LaplaceGLMM(FITS[kind]._prob), FITS[kind])
 
 
 def test_zero_variance_has_zero_derivative():
@@ -89,17 +72,8 @@ def test_which_models():
 
 def test_fit_reaches_the_two_stage_optimum(monkeypatch):
     ref = reference("grouse_poisson")
-    data = reference_data(ref)
-    fast = _quiet(ref["formula"], data, family=ref["family"])
-    monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
-    slow = _quiet(ref["formula"], data, family=ref["family"])
-    assert fast.optinfo.optimizer.startswith("bfgs")
-    assert fast.converged and slow.converged
-    assert fast.deviance <= slow.deviance + 1e-8
-    assert np.max(np.abs(fast.optinfo.gradient)) < 1e-4
-    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-4 * slow.se.min())
-    np.testing.assert_allclose(fast.se, slow.se, rtol=1e-3)
-    np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4, atol=1e-6)
+    fast, slow = fit_both_routes(monkeypatch, ref["formula"], reference_data(ref), ref["family"])
+    assert_same_optimum(fast, slow)
 
 
 def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
@@ -118,7 +92,7 @@ def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
     )
     f = "y ~ x + (1 | g) + (1 | h)"
     monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
-    slow = _quiet(f, d, family="binomial")
+    slow = quiet_glmer(f, d, family="binomial")
     monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", True)
     real = lg.optimize_laplace
 
@@ -130,7 +104,7 @@ def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
         rec, H, *_ = from_zero(slow._prob, slow._prob.initial_beta(), np.ones(2))
     assert np.all(rec.theta[:2] == 0.0) and H[0, 0] < 0
     assert rec.criterion > slow.deviance + 0.5
-    fit = _quiet(f, d, family="binomial")
+    fit = quiet_glmer(f, d, family="binomial")
     assert fit.converged
     assert fit.optinfo.optimizer == slow.optinfo.optimizer == "bobyqa+newton"
     assert fit.deviance == pytest.approx(slow.deviance, abs=1e-8)
@@ -152,11 +126,4 @@ def test_compiled_kernel_equals_numpy(kind, monkeypatch):
     assert plain._kernel is None
     fit = FITS[kind]
     phi = np.concatenate([fit.theta.values, fit.fixef.values]) + 0.05
-    for _ in range(2):
-        d1, g1 = compiled.deviance_grad(phi)
-        d2, g2 = plain.deviance_grad(phi)
-        assert d1 == pytest.approx(d2, rel=1e-12, abs=1e-8)
-        np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-8 * (1 + np.abs(g2).max()))
-        np.testing.assert_allclose(compiled.u, plain.u, atol=1e-9)
-        assert compiled.deviance_grad(phi, grad=False)[0] == pytest.approx(d1, abs=1e-9)
-        phi = phi - 0.02
+    assert_compiled_equals_numpy(compiled, plain, phi)

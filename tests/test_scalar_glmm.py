@@ -18,12 +18,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import multilevel.glmm as glmm_mod
 from multilevel.glmm import glmer
 from multilevel.quadrature import agq_deviance
 from multilevel.scalar_glmm import ScalarGLMM, supported
 
 from .conftest import reference, reference_data
+from .model_checks import (
+    assert_compiled_equals_numpy,
+    assert_same_optimum,
+    fd_gradient,
+    fit_both_routes,
+)
 
 
 def _problem(kind: str, seed: int = 3):
@@ -78,17 +83,6 @@ def test_deviance_equals_the_general_path(kind, nagq, path):
     assert dev == pytest.approx(ref, abs=1e-8)
 
 
-def _fd_gradient(model: ScalarGLMM, phi: np.ndarray, h: float = 1e-5) -> np.ndarray:
-    out = np.empty_like(phi)
-    for a in range(phi.size):
-        e = np.zeros_like(phi)
-        e[a] = h
-        out[a] = (
-            model.deviance_grad(phi + e, False)[0] - model.deviance_grad(phi - e, False)[0]
-        ) / (2 * h)
-    return out
-
-
 @pytest.fixture
 def tight_modes(monkeypatch):
     # the Laplace value moves with û at first order (through log h): differences
@@ -103,7 +97,7 @@ def test_gradient_equals_differences(kind, nagq, tight_modes, path):
     model = _model(fit, nagq)
     phi = np.concatenate([fit.theta, fit.fixef.values]) + 0.05
     _, g = model.deviance_grad(phi)
-    fd = _fd_gradient(model, phi)
+    fd = fd_gradient(model, phi)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6 * np.max(np.abs(g)))
 
 
@@ -121,7 +115,7 @@ def test_gradient_property_over_parameters(theta, shift, nagq):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("multilevel.scalar_glmm.STEP_TOL", 1e-14)
         _, g = model.deviance_grad(phi)
-        fd = _fd_gradient(model, phi)
+        fd = fd_gradient(model, phi)
         mirrored = model.deviance_grad(phi * np.r_[-1.0, np.ones(phi.size - 1)], False)[0]
     assert mirrored == pytest.approx(model.deviance_grad(phi, False)[0], abs=1e-8)
     np.testing.assert_allclose(g, fd, atol=1e-5 * (1 + np.max(np.abs(g))))
@@ -138,22 +132,10 @@ def test_only_one_scalar_term_with_a_canonical_link():
 @pytest.mark.parametrize("case", ["cbpp_laplace", "cbpp_agq25", "contra_laplace", "contra_agq"])
 def test_fit_reaches_the_two_stage_optimum(case, monkeypatch):
     ref = reference(case)
-    data = reference_data(ref)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fast = glmer(ref["formula"], data, ref["family"], nAGQ=ref["nAGQ"])
-        monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
-        slow = glmer(ref["formula"], data, ref["family"], nAGQ=ref["nAGQ"])
-    assert fast.optinfo.optimizer.startswith("bfgs")
-    assert not slow.optinfo.optimizer.startswith("bfgs")
-    assert fast.converged and slow.converged
-    assert fast.deviance <= slow.deviance + 1e-8
-    assert np.max(np.abs(fast.optinfo.gradient)) < 1e-4
-    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-4 * slow.se.min())
-    np.testing.assert_allclose(fast.se, slow.se, rtol=1e-3)
-    np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4)
-    for g in slow.ranef:
-        np.testing.assert_allclose(fast.ranef[g], slow.ranef[g], atol=1e-4)
+    fast, slow = fit_both_routes(
+        monkeypatch, ref["formula"], reference_data(ref), ref["family"], ref["nAGQ"]
+    )
+    assert_same_optimum(fast, slow)
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
@@ -169,10 +151,4 @@ def test_compiled_kernel_equals_numpy(kind, nagq, monkeypatch):
     plain = _model(fit, nagq)
     assert plain._kernel is None
     phi = np.concatenate([fit.theta, fit.fixef.values]) + np.linspace(-0.2, 0.2, fit._prob.p + 1)
-    for _ in range(2):  # cold, then warm-started modes
-        d1, g1 = compiled.deviance_grad(phi)
-        d2, g2 = plain.deviance_grad(phi)
-        assert d1 == pytest.approx(d2, rel=1e-12, abs=1e-8)
-        np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-8 * (1 + np.abs(g2).max()))
-        np.testing.assert_allclose(compiled.u, plain.u, atol=1e-9)
-        assert compiled.deviance_grad(phi, grad=False)[0] == pytest.approx(d1, abs=1e-9)
+    assert_compiled_equals_numpy(compiled, plain, phi, shift=0.0)

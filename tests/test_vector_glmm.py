@@ -9,24 +9,22 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
 
 import multilevel.glmm as glmm_mod
 from multilevel.families import binomial, poisson
-from multilevel.glmm import glmer
 from multilevel.vector_glmm import VectorGLMM, supported
 
 from .conftest import reference, reference_data
-
-
-def _quiet(*args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return glmer(*args, **kw)
+from .model_checks import (
+    assert_gradient_matches_differences,
+    assert_same_optimum,
+    fit_both_routes,
+    quiet_glmer,
+    reference_fit,
+)
 
 
 def _poisson3():
@@ -40,15 +38,10 @@ def _poisson3():
     eta = 0.4 + 0.3 * x1 - 0.2 * x2 + off + b[g, 0] + b[g, 1] * x1 + b[g, 2] * x2
     d = pd.DataFrame({"y": rng.poisson(np.exp(eta)), "x1": x1, "x2": x2, "off": off})
     d["g"] = g.astype(str)
-    return _quiet("y ~ x1 + x2 + offset(off) + (1 + x1 + x2 | g)", d, family="poisson")
+    return quiet_glmer("y ~ x1 + x2 + offset(off) + (1 + x1 + x2 | g)", d, family="poisson")
 
 
-def _contra_slope():
-    ref = reference("contra_slope")
-    return _quiet(ref["formula"], reference_data(ref), family=ref["family"])
-
-
-FITS = {"poisson3": _poisson3(), "contra_slope": _contra_slope()}
+FITS = {"poisson3": _poisson3(), "contra_slope": reference_fit("contra_slope")}
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
@@ -66,17 +59,7 @@ def test_deviance_equals_the_general_path(kind):
 def test_gradient_equals_differences(kind, monkeypatch):
     monkeypatch.setattr("multilevel.vector_glmm.STEP_TOL", 1e-14)
     fit = FITS[kind]
-    model = VectorGLMM(fit._prob)
-    phi = np.concatenate([fit.theta.values, fit.fixef.values]) + 0.03
-    _, g = model.deviance_grad(phi)
-    fd = np.empty_like(phi)
-    for a in range(phi.size):
-        e = np.zeros_like(phi)
-        e[a] = 1e-5
-        fd[a] = (
-            model.deviance_grad(phi + e, False)[0] - model.deviance_grad(phi - e, False)[0]
-        ) / 2e-5
-    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(g)))
+    assert_gradient_matches_differences(VectorGLMM(fit._prob), fit, atol=1e-6)
 
 
 def test_which_models():
@@ -88,21 +71,8 @@ def test_which_models():
 
 def test_fit_reaches_the_two_stage_optimum(monkeypatch):
     ref = reference("contra_slope")
-    data = reference_data(ref)
-    fast = _quiet(ref["formula"], data, family=ref["family"])
-    monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
-    slow = _quiet(ref["formula"], data, family=ref["family"])
-    assert fast.optinfo.optimizer.startswith("bfgs")
-    assert fast.converged and slow.converged
-    assert fast.deviance <= slow.deviance + 1e-8
-    # the gradient in units of each parameter's scale (age2 runs to ~400)
-    nt = fast.theta.size
-    g = fast.optinfo.gradient
-    assert np.max(np.abs(g[:nt])) < 1e-4
-    assert np.max(np.abs(g[nt:] * fast.se.to_numpy())) < 1e-4
-    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-4 * slow.se.min())
-    np.testing.assert_allclose(fast.se, slow.se, rtol=1e-3)
-    np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4, atol=1e-5)
+    fast, slow = fit_both_routes(monkeypatch, ref["formula"], reference_data(ref), ref["family"])
+    assert_same_optimum(fast, slow, theta_atol=1e-5)
 
 
 def test_zero_diagonal_with_a_column_below_is_searched_past(monkeypatch):
@@ -117,9 +87,9 @@ def test_zero_diagonal_with_a_column_below_is_searched_past(monkeypatch):
 
     d = pd.read_csv(Path(__file__).parent / "data" / "poisson_slope_flip.csv", dtype={"g": str})
     f = "y ~ x + (1 + x | g)"
-    fit = _quiet(f, d, family="poisson")
+    fit = quiet_glmer(f, d, family="poisson")
     monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)
-    slow = _quiet(f, d, family="poisson")
+    slow = quiet_glmer(f, d, family="poisson")
     assert fit.optinfo.optimizer.startswith("bfgs")
     assert fit.deviance <= slow.deviance + 1e-8
     np.testing.assert_allclose(fit.theta, slow.theta, atol=1e-5)
@@ -135,7 +105,7 @@ def test_zero_diagonal_with_a_column_below_is_searched_past(monkeypatch):
 
     monkeypatch.setattr(vg.Search, "minimize", recorded)
     monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", True)
-    again = _quiet(f, d, family="poisson")
+    again = quiet_glmer(f, d, family="poisson")
     assert len(ends) == 2
     (t1, c1), (t2, c2) = ends
     assert t1[0] == 0.0 and t1[1] > 0 and t2[1] < 0

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .compiled import kernel
+
 
 def group_sums(codes: np.ndarray, M: np.ndarray, nlevels: int) -> np.ndarray:
     """Per-level column sums of M (n x c) -> (nlevels x c), vectorized."""
@@ -38,11 +40,7 @@ KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the num
 
 def _kernel():
     """The compiled one-pass per-level cross-product, if it was built."""
-    try:
-        from ._kernels import level_crossprod as fn
-    except ImportError:
-        return None
-    return fn
+    return kernel("_kernels", "level_crossprod")
 
 
 def _outer_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import scipy.linalg as sla
 from scipy.linalg.lapack import dtrtri
 
 from . import pirls
+from .compiled import kernel
 from .exact_search import Search, whitening
 from .families import Binomial, Family, Poisson
 from .pirls import PirlsError, PirlsProblem, back_solve
@@ -179,18 +180,16 @@ def _kernel_args(prob: PirlsProblem):
     many).  Entries of that block are the distinct (first level, rest level)
     pairs rows meet, sorted; pairs of entries of one first level (rest index
     descending-or-equal) update the Schur complement."""
+    terms = kernel("_glmm_kernels", "laplace_terms")
+    set_lapack = kernel("_glmm_kernels", "set_lapack")
+    if terms is None or set_lapack is None:
+        return None
     try:
         from scipy.linalg import cython_lapack
 
-        from . import _glmm_kernels as kern
-    except ImportError:
-        return None
-    if not hasattr(kern, "laplace_terms"):
-        return None
-    try:
         capi = cython_lapack.__pyx_capi__
-        kern.set_lapack(capi["dpotrf"], capi["dtrtri"])
-    except (AttributeError, KeyError, ValueError):  # a scipy without exported LAPACK
+        set_lapack(capi["dpotrf"], capi["dtrtri"])
+    except (ImportError, AttributeError, KeyError, ValueError):  # no exported LAPACK
         return None
     rb, r = prob.rb, prob.resp
     n, K, Qr, n0 = rb.n, rb.K, rb.Qr, rb.nlevels[0]
@@ -232,7 +231,7 @@ def _kernel_args(prob: PirlsProblem):
         Qr,
         int(isinstance(prob.family, Binomial)),
     )
-    return kern.laplace_terms, args, work, float(r.const.sum()), Q
+    return terms, args, work, float(r.const.sum()), Q
 
 
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray):

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from scipy.linalg.lapack import dpotri, dtrtri
 
 from . import batched
+from .compiled import kernel
 from .covariance import Template
 from .crossprod import CrossProducts
 from .rest import RestBlock, RestFactor
@@ -395,15 +396,12 @@ class ProfiledCriterion:
 def _one_term_kernel(cp: CrossProducts):
     """The compiled criterion for one random-effects term, if it was built
     (``multilevel._kernels``); None falls back to numpy."""
-    try:
-        from . import _kernels
-    except ImportError:
-        return None
-    if _KERNEL_DISABLED:
+    fn = kernel("_kernels", "one_term")
+    if fn is None or _KERNEL_DISABLED:
         return None
     q, m = cp.q[0], cp.p + 1
     return (
-        _kernels.one_term,
+        fn,
         np.ascontiguousarray(cp.D1, dtype=float),
         np.ascontiguousarray(cp.B1F, dtype=float),
         np.ascontiguousarray(cp.AFF, dtype=float),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .compiled import kernel
 from .exact_search import Search, whitening
 from .families import Binomial, Family, GlmResponse, Poisson
 from .pirls import PirlsError
@@ -47,11 +48,7 @@ KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the num
 
 def _load_kernel():
     """The compiled deviance (``multilevel._glmm_kernels``) if it was built."""
-    try:
-        from ._glmm_kernels import scalar_glmm
-    except ImportError:
-        return None
-    return scalar_glmm
+    return kernel("_glmm_kernels", "scalar_glmm")
 
 
 def supported(family: Family, nterms: int, q: int) -> bool:
