@@ -26,6 +26,7 @@
 
 #define MAX_NEWTON 100
 #define MAX_HALVINGS 40
+#define MAX_TERMS 64 /* random-effects terms in laplace_terms */
 
 /* b(eta), and when mu != NULL: mu, b'' and b''' at eta */
 static inline double cumulant(int logit, double eta, double *mu, double *v, double *v3) {
@@ -386,6 +387,11 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     D.npairs = (int64_t)(b[9].len / sizeof(int64_t));
     D.n0 = n0; D.Qr = Qr; D.logit = logit;
     int64_t n = D.n, K = D.K, p = D.p, Q = n0 + Qr;
+    if (K < 1 || K > MAX_TERMS) {
+        for (int j = 0; j < 17; j++) PyBuffer_Release(&b[j]);
+        PyErr_SetString(PyExc_ValueError, "laplace_terms takes 1 to 64 terms");
+        return NULL;
+    }
     const double *theta = phi, *beta = phi + K;
     /* work layout */
     double *base = work, *eta = base + n, *etac = eta + n, *w = etac + n, *lp = w + n;
@@ -417,7 +423,12 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
         for (int64_t q = 0; q < Q; q++) r[q] -= U[q];
         solve_m(&D, Dg, Cd, S, r, du);
         double step = 0.0;
-        for (int64_t q = 0; q < Q; q++) step = fmax(step, fabs(du[q]));
+        int finite = 1;
+        for (int64_t q = 0; q < Q; q++) {
+            if (!isfinite(du[q])) finite = 0;
+            step = fmax(step, fabs(du[q]));
+        }
+        if (!finite) break; /* fmax would skip a NaN: a failed step, not a converged one */
         if (step < step_tol) {
             converged = 1;
             break;
@@ -472,7 +483,8 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
                 for (int64_t j = c; j < Qr; j++) row[j] += ce * Li[j + c * Qr];
             }
             double tr0 = 0.0;
-            double *trk = calloc((size_t)K, sizeof(double));
+            double trk[MAX_TERMS] = {0.0}; /* K <= MAX_TERMS: the caller checks */
+            int64_t nk[MAX_TERMS] = {0};
             double *dM = vs; /* reuse: dMRR (Qr) first, then the solve */
             for (int64_t c = 0; c < Qr; c++) {
                 double s2 = 0.0;
@@ -531,15 +543,12 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
                         grad[k] += common * zk * U[qq] + lp[i] * zk * vs[qq];
                     }
                 }
-                int64_t *nk = calloc((size_t)K, sizeof(int64_t));
                 nk[0] = n0;
                 for (int64_t c = 0; c < Qr; c++) nk[D.term[c]] += 1;
                 for (int64_t k = 0; k < K; k++)
                     grad[k] = theta[k] == 0.0 ? 0.0
                                               : grad[k] + 2.0 * ((double)nk[k] - trk[k]) / theta[k];
-                free(nk);
             }
-            free(trk);
         }
     }
     Py_END_ALLOW_THREADS

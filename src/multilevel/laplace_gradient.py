@@ -200,6 +200,8 @@ def _kernel_args(prob: PirlsProblem):
     uniq, inv = np.unique(keys, return_inverse=True)
     erow, ecol = (uniq // Qr).astype(np.int64), (uniq % Qr).astype(np.int64)
     slot = inv.reshape(K - 1, n).astype(np.int64)
+    if K > 64:  # the kernel's fixed per-term arrays
+        return None
     cnt = np.bincount(erow, minlength=n0)
     npairs = int((cnt * (cnt + 1) // 2).sum())
     if npairs > MAX_PAIRS:
