@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from . import laplace_gradient, scalar_glmm, vector_glmm
+from . import laplace_gradient, link_glmm, scalar_glmm, vector_glmm
 from .covariance import templates
 from .design import build_design
 from .errors import ConvergenceWarning, ModelError, SingularFitWarning
@@ -466,7 +466,7 @@ def optimize_stage2(
 
 
 def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t: np.ndarray):
-    """The exact-gradient search of ``route`` (groupwise, vector or terms),
+    """The exact-gradient search of ``route`` (groupwise, vector, terms, link),
     its record in natural coordinates and its Hessian; not converged when the
     Hessian is not positive definite or a zero variance is not a minimum."""
     with np.errstate(over="ignore", under="ignore"):
@@ -477,6 +477,10 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
         elif route == "vector":
             r2, H2, obj.beta0, obj.Rinv, obj.u = vector_glmm.optimize_vector(
                 prob, obj.beta, theta0, lower_t
+            )
+        elif route == "link":
+            r2, H2, obj.beta0, obj.Rinv, obj.u = link_glmm.optimize_link(
+                prob, obj.beta, float(theta0[0])
             )
         else:
             r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
@@ -585,6 +589,12 @@ def fit_glmm(
         and nAGQ == 1
         and vector_glmm.supported(family, len(rs), rs[0].q)
     )
+    link = (
+        EXACT_GRADIENT
+        and method == "laplace"
+        and nAGQ == 1
+        and link_glmm.supported(family, len(rs), rs[0].q)
+    )
     lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
 
     def two_stage():
@@ -609,7 +619,19 @@ def fit_glmm(
         return r1, m1, r2, H2
 
     rec1 = mode1 = rec2 = H = None
-    route = "groupwise" if groupwise else "vector" if vector else "terms" if general else None
+    route = next(
+        (
+            name
+            for name, ok in (
+                ("groupwise", groupwise),
+                ("vector", vector),
+                ("terms", general),
+                ("link", link),
+            )
+            if ok
+        ),
+        None,
+    )
     if route is not None:
         rec2, H = _exact_search(route, prob, obj, nAGQ, theta0, lower_t)
         if not rec2.converged:
