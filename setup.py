@@ -1,6 +1,8 @@
-"""Build of the optional compiled kernels (LMM criterion, scalar GLMM deviance); everything else is in pyproject.toml.
+"""Build of the optional compiled kernels (``_kernels``: LMM criterion and
+per-level cross-products; ``_glmm_kernels``: GLMM deviances and gradients);
+everything else is in pyproject.toml.
 
-The kernels remove per-call overhead for small models; if it cannot be
+The kernels remove per-call overhead and temporaries; if one cannot be
 compiled the package falls back to the numpy implementation.
 """
 
