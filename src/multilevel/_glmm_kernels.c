@@ -93,11 +93,11 @@ static PyObject *scalar_glmm(PyObject *self, PyObject *args) {
         for (int a = 0; a <= p; a++) grad[a] = 0.0;
     double P[64], F[64];
     double *Pk = K <= 64 ? P : malloc(sizeof(double) * 2 * K);
-    double *Fk = K <= 64 ? F : Pk + K;
     if (!Pk) {
         failed = 2;
         goto done;
     }
+    double *Fk = K <= 64 ? F : Pk + K;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t j = 0; j < J && !failed; j++) {
         int64_t r0 = starts[j], m = starts[j + 1] - r0;
