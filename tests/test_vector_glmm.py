@@ -15,6 +15,7 @@ import pytest
 
 import multilevel.glmm as glmm_mod
 from multilevel.families import binomial, poisson
+from multilevel.quadrature import agq_deviance
 from multilevel.vector_glmm import VectorGLMM, supported
 
 from .conftest import reference, reference_data
@@ -45,21 +46,26 @@ FITS = {"poisson3": _poisson3(), "contra_slope": reference_fit("contra_slope")}
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
-def test_deviance_equals_the_general_path(kind):
+@pytest.mark.parametrize("nagq", [1, 3])
+def test_deviance_equals_the_general_path(kind, nagq):
     fit = FITS[kind]
     prob = fit._prob
     nt = fit.theta.size
     phi = np.concatenate([fit.theta.values, fit.fixef.values]) + 0.02
-    dev, _ = VectorGLMM(prob).deviance_grad(phi, grad=False)
+    dev, _ = VectorGLMM(prob, nagq).deviance_grad(phi, grad=False)
     mode = prob.mode(phi[:nt], phi[nt:], None, joint=False)
-    assert dev == pytest.approx(mode.laplace, abs=1e-8)
+    expected = mode.laplace if nagq == 1 else agq_deviance(prob, mode, nagq)
+    assert dev == pytest.approx(expected, abs=1e-8)
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
-def test_gradient_equals_differences(kind, monkeypatch):
+@pytest.mark.parametrize("nagq", [1, 3])
+def test_gradient_equals_differences(kind, nagq, monkeypatch):
+    """Quadrature included: the nodes move with the modes and with the
+    Cholesky factor of the curvature (dL = LΦ(L⁻¹dH L⁻ᵀ))."""
     monkeypatch.setattr("multilevel.vector_glmm.STEP_TOL", 1e-14)
     fit = FITS[kind]
-    assert_gradient_matches_differences(VectorGLMM(fit._prob), fit, atol=1e-6)
+    assert_gradient_matches_differences(VectorGLMM(fit._prob, nagq), fit, atol=1e-6)
 
 
 def test_which_models():
@@ -69,9 +75,12 @@ def test_which_models():
     assert not supported(binomial("cloglog"), 1, 2)
 
 
-def test_fit_reaches_the_two_stage_optimum(monkeypatch):
+@pytest.mark.parametrize("nagq", [1, 5])
+def test_fit_reaches_the_two_stage_optimum(nagq, monkeypatch):
     ref = reference("contra_slope")
-    fast, slow = fit_both_routes(monkeypatch, ref["formula"], reference_data(ref), ref["family"])
+    fast, slow = fit_both_routes(
+        monkeypatch, ref["formula"], reference_data(ref), ref["family"], nagq
+    )
     assert_same_optimum(fast, slow, theta_atol=1e-5)
 
 

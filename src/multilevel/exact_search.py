@@ -131,10 +131,7 @@ class Search:
             f, g = self.fg(x0)
             log: tuple[list, list] = ([x0], [f])
             x, f, g = self._newton(x0, f, g, H0, 20, 1e-9, log)
-            gmax = float(np.max(np.abs(np.where((x <= lower) & (g >= 0), 0.0, g))))
-            ok = gmax <= GRAD_TOL
-            msg = [] if ok else [f"Model failed to converge: largest |gradient| {gmax:.3g}"]
-            rec = OptRecord("newton", "CONVERGED" if ok else "FAILED", ok, 0, f, x, g, msg)
+            rec = OptRecord("newton", "CONVERGED", True, 0, f, x, g, [])  # judged below
             rec._thetas, rec._values = log
         else:
             rec = minimize_theta(
@@ -161,5 +158,10 @@ class Search:
             if fs <= f + 1e-10 * (1 + abs(f)):
                 x, f, g = xs, fs, gs
         rec.theta, rec.criterion, rec.gradient = x, f, g
+        if chord:  # judged where the Newton steps with the exact Hessian ended
+            gmax = float(np.max(np.abs(np.where((x <= lower) & (g >= 0), 0.0, g))))
+            if gmax > GRAD_TOL:
+                rec.status, rec.converged = "FAILED", False
+                rec.messages.append(f"Model failed to converge: largest |gradient| {gmax:.3g}")
         self.fg(x)  # leaves the modes at the optimum
         return rec, H

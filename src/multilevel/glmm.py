@@ -476,7 +476,7 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
             )
         elif route == "vector":
             r2, H2, obj.beta0, obj.Rinv, obj.u = vector_glmm.optimize_vector(
-                prob, obj.beta, theta0, lower_t
+                prob, obj.beta, theta0, lower_t, nAGQ
             )
         elif route == "link":
             r2, H2, obj.beta0, obj.Rinv, obj.u = link_glmm.optimize_link(
@@ -585,8 +585,8 @@ def fit_glmm(
     )
     vector = (
         EXACT_GRADIENT
-        and method == "laplace"
-        and nAGQ == 1
+        and method in ("laplace", "agq")
+        and nAGQ >= 1
         and vector_glmm.supported(family, len(rs), rs[0].q)
     )
     link = (

@@ -30,8 +30,11 @@ from .crossprod import group_sums
 from .exact_search import Search, whitening
 from .families import Binomial, Family, Poisson
 from .pirls import PirlsError
+from .quadrature import gauss_hermite_grid
 
 MAX_NEWTON = 100
+CHUNK_CELLS = 400_000  # rows × nodes per block of the quadrature
+_LOG2PI = float(np.log(2.0 * np.pi))
 STEP_TOL = 1e-10
 
 
@@ -49,7 +52,7 @@ def _lower(q: int) -> tuple[np.ndarray, np.ndarray]:
 class VectorGLMM:
     """Laplace deviance and gradient in φ = (θ, β) for rows sorted by group."""
 
-    def __init__(self, prob):
+    def __init__(self, prob, nagq: int = 1):
         rb = prob.rb
         self.logit = isinstance(prob.family, Binomial)
         r = prob.resp
@@ -63,6 +66,9 @@ class VectorGLMM:
         self.ZZ = (self.Z[:, :, None] * self.Z[:, None, :]).reshape(-1, self.q * self.q)
         self.u = np.zeros((self.J, self.q))
         self.evals = 0
+        self.nagq = nagq
+        if nagq > 1:
+            self.nodes, self.logw = gauss_hermite_grid(nagq, self.q)
 
     def _gsum(self, M: np.ndarray) -> np.ndarray:
         return group_sums(self.codes, M, self.J)
@@ -136,22 +142,88 @@ class VectorGLMM:
         sign, logdet = np.linalg.slogdet(H)
         if np.any(sign <= 0):
             raise PirlsError("a group's curvature is not positive definite")
-        dev = float(np.sum(2.0 * f + logdet)) - 2.0 * self.const
-        if not grad:
-            return dev, None
-        P = np.linalg.inv(H)
-        Mj = np.einsum("ab,jbc,dc->jad", T, P, T)  # T P Tᵀ
-        h = np.einsum("na,nab,nb->n", self.Z, Mj[self.codes], self.Z)
         gz = self._gsum(self.Z * lp[:, None])  # (J, q)
+        P = np.linalg.inv(H)
+        if self.nagq > 1:
+            dev, Q, Dj, lbar, Gn = self._quadrature(base, T, u, H, P, logdet, grad)
+            if not grad:
+                return dev, None
+        else:
+            dev = float(np.sum(2.0 * f + logdet)) - 2.0 * self.const
+            if not grad:
+                return dev, None
+            Q, Dj, lbar = P, np.zeros_like(u), lp
+            Gn = np.einsum("ja,jb->ab", gz, u)
+        Mj = np.einsum("ab,jbc,dc->jad", T, Q, T)  # T Q Tᵀ
+        h = np.einsum("na,nab,nb->n", self.Z, Mj[self.codes], self.Z)
         c = self._gsum(self.Z * (w3 * h)[:, None])
-        vj = np.einsum("jab,cb,jc->ja", P, T, c)  # P Tᵀ c
+        vj = np.einsum("jab,jb->ja", P, c @ T + 2.0 * Dj)  # H⁻¹(Tᵀc + 2D)
         Tv = vj @ T.T
-        r = -2.0 * lp + w3 * h - w * np.einsum("nq,nq->n", self.Z, Tv[self.codes])
+        r = -2.0 * lbar + w3 * h - w * np.einsum("nq,nq->n", self.Z, Tv[self.codes])
         g_beta = self.X.T @ r
         ATv = np.einsum("jab,jb->ja", A, Tv)
-        GT = np.einsum("ja,jb->ab", c - 2.0 * gz - ATv, u) + np.einsum("ja,jb->ab", gz, vj)
-        GT += 2.0 * np.einsum("jab,bc,jcd->ad", A, T, P)
+        GT = np.einsum("ja,jb->ab", c - ATv, u) + np.einsum("ja,jb->ab", gz, vj) - 2.0 * Gn
+        GT += 2.0 * np.einsum("jab,bc,jcd->ad", A, T, Q)
         return dev, np.concatenate([GT[self.rows, self.cols], g_beta])
+
+    def _node_pass(self, base, T, ujk, lo, hi, want_lp):
+        """Rows' η at nodes lo:hi (n, k), their Σ wt(yη − b) per group and,
+        if asked, ℓ' per row and node."""
+        bj = np.einsum("jka,ba->jkb", ujk[:, lo:hi], T)  # T u_jk
+        eta = base[:, None] + np.einsum("nq,nkq->nk", self.Z, bj[self.codes])
+        b, mu, _, _ = self._terms(eta)
+        ll = self._gsum(self.wy[:, None] * eta - self.wt[:, None] * b)
+        lpk = self.wt[:, None] * (self.y[:, None] - mu) if want_lp else None
+        return ll, lpk
+
+    def _quadrature(self, base, T, u, H, P, logdet, grad):
+        """AGQ deviance with nodes u_jk = û_j + L_j⁻ᵀt_k (H_j = L_jL_jᵀ) and the
+        pieces of its gradient: Q = H⁻¹ − 2K̃ (K̃ from the derivative of L⁻ᵀ
+        through dH: dL = LΦ(L⁻¹dH L⁻ᵀ), Φ the lower triangle with half the
+        diagonal), D_j = Σ_k P_jk ∇f_j(u_jk), ℓ̄' = Σ_k P_jk ℓ'_k per row and
+        Σ_jk P_jk g_jk u_jkᵀ (g_jk = Σᵢ ℓ'ᵢₖzᵢ)."""
+        q, J = self.q, self.J
+        t, logw = self.nodes, self.logw
+        Kn = t.shape[0]
+        L = np.linalg.cholesky(H)
+        C = np.swapaxes(np.linalg.inv(L), 1, 2)  # L⁻ᵀ
+        ujk = u[:, None, :] + np.einsum("jab,kb->jka", C, t)  # (J, Kn, q)
+        step = max(1, CHUNK_CELLS // max(1, self.codes.size))
+        ll = np.empty((J, Kn))
+        gk = np.empty((J, Kn, q)) if grad else None
+        for lo in range(0, Kn, step):  # blocks of nodes bound the memory
+            hi = min(Kn, lo + step)
+            ll[:, lo:hi], lpk = self._node_pass(base, T, ujk, lo, hi, grad)
+            if grad:
+                zl = self.Z[:, :, None] * lpk[:, None, :]  # (n, q, k)
+                gk[:, lo:hi] = np.swapaxes(
+                    self._gsum(zl.reshape(zl.shape[0], -1)).reshape(J, q, hi - lo), 1, 2
+                )
+        fjk = 0.5 * np.einsum("jka,jka->jk", ujk, ujk) - ll
+        a = logw[None, :] - fjk + 0.5 * np.einsum("ka,ka->k", t, t)[None, :]
+        amax = a.max(axis=1)
+        lse = amax + np.log(np.exp(a - amax[:, None]).sum(axis=1))
+        dev = float(np.sum(q * _LOG2PI + logdet - 2.0 * lse)) - 2.0 * self.const
+        if not grad:
+            return dev, None, None, None, None
+        Pk = np.exp(a - lse[:, None])  # (J, Kn)
+        F = ujk - gk @ T  # ∇f_j(u_jk) = u − Tᵀg
+        Dj = np.einsum("jk,jka->ja", Pk, F)
+        G = np.einsum("jk,ka,jkb->jab", Pk, t, F)
+        M = np.einsum("jab,jbc,jcd->jad", C, G, C)  # C G C, C = L⁻ᵀ
+        N = np.einsum("jba,jbc->jac", L, M)  # Lᵀ M
+        Psi = np.tril(N)
+        Psi[:, np.arange(q), np.arange(q)] *= 0.5
+        Kt = np.einsum("jab,jcb,jdc->jad", C, Psi, C)  # C Ψᵀ Cᵀ
+        Q = P - (Kt + np.swapaxes(Kt, 1, 2))
+        lbar = np.zeros(self.codes.size)
+        Gn = np.zeros((q, q))
+        for lo in range(0, Kn, step):  # ℓ' again, weighted by the nodes' P
+            hi = min(Kn, lo + step)
+            _, lpk = self._node_pass(base, T, ujk, lo, hi, True)
+            lbar += np.einsum("nk,nk->n", Pk[self.codes, lo:hi], lpk)
+        Gn = np.einsum("jk,jka,jkb->ab", Pk, gk, ujk)
+        return dev, Q, Dj, lbar, Gn
 
 
 def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -165,19 +237,11 @@ def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
         raise PirlsError("a group's curvature is singular") from None
 
 
-def optimize_vector(prob, beta0: np.ndarray, theta0: np.ndarray, lower_theta: np.ndarray):
-    """BFGS over (θ, δ) with the exact Laplace gradient (as
-    :func:`multilevel.laplace_gradient.optimize_laplace`)."""
-    R = whitening(prob, beta0)
-    Rinv = np.linalg.inv(R)
-    model = VectorGLMM(prob)
-    search = Search(model, beta0, Rinv, ntheta=model.nt, lower_theta=lower_theta)
-    x0 = np.concatenate([np.asarray(theta0, float), np.zeros(prob.p)])
-    rec, H = search.minimize(x0, search.hessian(x0))
-    # A zero diagonal T_cc with a nonzero column below it is a bound of this
-    # parametrisation, not of the covariance: negating the column gives the
-    # same model, and if the deviance falls as T_cc grows from there the search
-    # goes on from the negated column
+def _past_zero_columns(search: Search, model: VectorGLMM, rec, H):
+    """A zero diagonal T_cc with a nonzero column below it is a bound of this
+    parametrisation, not of the covariance: negating the column gives the same
+    model, and if the deviance falls as T_cc grows from there the search goes
+    on from the negated column (the lower deviance is kept)."""
     rows, cols = model.rows, model.cols
     for c in range(model.q):  # columns of T, not rows or groups
         dpos = int(np.flatnonzero((rows == c) & (cols == c))[0])
@@ -200,6 +264,31 @@ def optimize_vector(prob, beta0: np.ndarray, theta0: np.ndarray, lower_theta: np
             rec2._values = rec._values + rec2._values
             rec, H = rec2, H2
     search.fg(rec.theta)  # the modes at the optimum
-    rec.evals = model.evals
+    return rec, H
+
+
+def optimize_vector(
+    prob, beta0: np.ndarray, theta0: np.ndarray, lower_theta: np.ndarray, nagq: int = 1
+):
+    """BFGS over (θ, δ) with the exact Laplace gradient (as
+    :func:`multilevel.laplace_gradient.optimize_laplace`); for nAGQ > 1 then
+    Newton steps on the quadrature deviance from the Laplace optimum and
+    Hessian (as :func:`multilevel.scalar_glmm.optimize_groupwise`).  ``evals``
+    counts both searches; the log keeps the last one's evaluations."""
+    R = whitening(prob, beta0)
+    Rinv = np.linalg.inv(R)
+    model = VectorGLMM(prob)
+    search = Search(model, beta0, Rinv, ntheta=model.nt, lower_theta=lower_theta)
+    x0 = np.concatenate([np.asarray(theta0, float), np.zeros(prob.p)])
+    rec, H = _past_zero_columns(search, model, *search.minimize(x0, search.hessian(x0)))
+    evals = model.evals
+    if nagq > 1:
+        quad = VectorGLMM(prob, nagq)
+        quad.u = model.u.copy()
+        qsearch = Search(quad, beta0, Rinv, ntheta=quad.nt, lower_theta=lower_theta)
+        H0 = H if H is not None else qsearch.hessian(rec.theta)
+        rec, H = _past_zero_columns(qsearch, quad, *qsearch.minimize(rec.theta, H0, chord=True))
+        model, evals = quad, evals + quad.evals
+    rec.evals = evals
     H = H if np.all(np.isfinite(H)) else None
     return rec, H, beta0, Rinv, model.u.reshape(-1).copy()
