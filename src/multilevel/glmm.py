@@ -465,6 +465,23 @@ def optimize_stage2(
     return rec, H
 
 
+def _exact_route(family: Family, rs: list, method: str, nAGQ: int) -> str | None:
+    """The exact-gradient search that fits this model, if any (module docstring)."""
+    if not EXACT_GRADIENT or method == "mc" or nAGQ < 1:
+        return None
+    nterms, q0 = len(rs), rs[0].q
+    laplace = method == "laplace" and nAGQ == 1
+    if scalar_glmm.supported(family, nterms, q0):
+        return "groupwise"
+    if vector_glmm.supported(family, nterms, q0):
+        return "vector"
+    if laplace and laplace_gradient.supported(family, [r.q for r in rs], [r.nlevels for r in rs]):
+        return "terms"
+    if laplace and link_glmm.supported(family, nterms, q0):
+        return "link"
+    return None
+
+
 def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t: np.ndarray):
     """The exact-gradient search of ``route`` (groupwise, vector, terms, link),
     its record in natural coordinates and its Hessian; not converged when the
@@ -570,31 +587,6 @@ def fit_glmm(
 
     theta0 = np.concatenate([t.initial() for t in tmpl])
     lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
-    qs, nlev = [r.q for r in rs], [r.nlevels for r in rs]
-    groupwise = (
-        EXACT_GRADIENT
-        and method in ("laplace", "agq")
-        and nAGQ >= 1
-        and scalar_glmm.supported(family, len(rs), rs[0].q)
-    )
-    general = (
-        EXACT_GRADIENT
-        and method == "laplace"
-        and nAGQ == 1
-        and laplace_gradient.supported(family, qs, nlev)
-    )
-    vector = (
-        EXACT_GRADIENT
-        and method in ("laplace", "agq")
-        and nAGQ >= 1
-        and vector_glmm.supported(family, len(rs), rs[0].q)
-    )
-    link = (
-        EXACT_GRADIENT
-        and method == "laplace"
-        and nAGQ == 1
-        and link_glmm.supported(family, len(rs), rs[0].q)
-    )
     lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
 
     def two_stage():
@@ -619,19 +611,7 @@ def fit_glmm(
         return r1, m1, r2, H2
 
     rec1 = mode1 = rec2 = H = None
-    route = next(
-        (
-            name
-            for name, ok in (
-                ("groupwise", groupwise),
-                ("vector", vector),
-                ("terms", general),
-                ("link", link),
-            )
-            if ok
-        ),
-        None,
-    )
+    route = _exact_route(family, rs, method, nAGQ)
     if route is not None:
         rec2, H = _exact_search(route, prob, obj, nAGQ, theta0, lower_t)
         if not rec2.converged:

@@ -29,7 +29,7 @@ from scipy.special import log_ndtr
 from .crossprod import group_sums
 from .exact_search import Search, whitening
 from .families import Binomial, Family
-from .pirls import PirlsError
+from .pirls import PirlsError, halve_where_rising
 
 MAX_ITER = 200
 STEP_TOL = 1e-10
@@ -112,17 +112,12 @@ class LinkGLMM:
                 raise PirlsError("the conditional modes diverged")
             if np.max(np.abs(step), initial=0.0) < STEP_TOL:
                 break
-            for _ in range(40):  # halvings, only where a group's f rose
-                un = u - step
+
+            def state(un):
                 eta_n = base + tz * un[self.codes]
-                fn = self._f(eta_n, un)
-                bad = ~(fn <= f + 1e-12 * (1.0 + np.abs(f)))
-                if not bad.any():
-                    break
-                step = np.where(bad, 0.5 * step, step)
-            else:
-                raise PirlsError("step-halving failed in the conditional modes")
-            u, eta, f = un, eta_n, fn
+                return eta_n, self._f(eta_n, un)
+
+            u, (eta, f) = halve_where_rising(u, step, f, state)
         else:
             raise PirlsError(f"the conditional modes did not converge in {MAX_ITER} steps")
         self.u = u

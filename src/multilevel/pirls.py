@@ -55,6 +55,21 @@ class PirlsError(ArithmeticError):
     """PIRLS did not converge (or a factor was not positive definite)."""
 
 
+def halve_where_rising(u: np.ndarray, step: np.ndarray, f: np.ndarray, evaluate, tries: int = 40):
+    """Groupwise Newton steps u − step, a group's step halved while its
+    objective rises: ``evaluate(u)`` returns a state whose last entry is the
+    objective per group (f has its shape).  Returns the new u and its state."""
+    step = step.copy()
+    for _ in range(tries):  # halvings, only where a group's objective rose
+        un = u - step
+        state = evaluate(un)
+        bad = ~(state[-1] <= f + 1e-12 * (1.0 + np.abs(f)))
+        if not bad.any():
+            return un, state
+        step[bad] *= 0.5
+    raise PirlsError("step-halving failed in the conditional modes")
+
+
 # --------------------------------------------------------------------------- structure
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from .compiled import kernel
 from .exact_search import Search, whitening
 from .families import Binomial, Family, GlmResponse, Poisson
-from .pirls import PirlsError
+from .pirls import PirlsError, halve_where_rising
 from .quadrature import gauss_hermite_grid
 
 _LOG2PI = float(np.log(2.0 * np.pi))
@@ -180,18 +180,13 @@ class ScalarGLMM:
                 raise PirlsError("the conditional modes diverged")
             if np.max(np.abs(step), initial=0.0) < STEP_TOL:
                 return u, eta, mu, v
-            for _ in range(40):  # halvings, only where a group's f rose
-                un = u - step
+
+            def state(un):
                 eta_n = base + tz * un[codes]
                 b_n, mu_n, v_n, _ = self._terms(eta_n, 1)
-                fn = un * un / 2 - self._ll_sum(eta_n, b_n)
-                bad = ~(fn <= f + 1e-12 * (1.0 + np.abs(f)))
-                if not bad.any():
-                    break
-                step = np.where(bad, 0.5 * step, step)
-            else:
-                raise PirlsError("step-halving failed in the conditional modes")
-            u, eta, mu, v, f = un, eta_n, mu_n, v_n, fn
+                return eta_n, mu_n, v_n, un * un / 2 - self._ll_sum(eta_n, b_n)
+
+            u, (eta, mu, v, f) = halve_where_rising(u, step, f, state)
         raise PirlsError(f"the conditional modes did not converge in {MAX_NEWTON} steps")
 
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):

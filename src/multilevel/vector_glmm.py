@@ -29,7 +29,7 @@ import numpy as np
 from .crossprod import group_sums
 from .exact_search import Search, whitening
 from .families import Binomial, Family, Poisson
-from .pirls import PirlsError
+from .pirls import PirlsError, halve_where_rising
 from .quadrature import gauss_hermite_grid
 
 MAX_NEWTON = 100
@@ -120,17 +120,9 @@ class VectorGLMM:
                 raise PirlsError("the conditional modes diverged")
             if np.max(np.abs(step), initial=0.0) < STEP_TOL:
                 break
-            for _ in range(40):  # halvings, only where a group's f rose
-                un = u - step
-                st = self._state(base, T, un)
-                bad = ~(st[4] <= f + 1e-12 * (1.0 + np.abs(f)))
-                if not bad.any():
-                    break
-                step[bad] *= 0.5
-            else:
-                raise PirlsError("step-halving failed in the conditional modes")
-            u = un
-            eta, mu, v, v3, f = st
+            u, (eta, mu, v, v3, f) = halve_where_rising(
+                u, step, f, lambda un: self._state(base, T, un)
+            )
         else:
             raise PirlsError(f"the conditional modes did not converge in {MAX_NEWTON} steps")
         self.u = u
