@@ -1,5 +1,5 @@
-"""The exact Laplace route for one scalar term with a probit or cloglog link
-(``link_glmm``).
+"""The exact Laplace/AGQ route for one scalar term with a probit or cloglog
+link (``link_glmm``).
 
 * the per-row derivatives stay finite in both tails and equal numerical
   derivatives of the log-likelihood and of the Fisher weights;
@@ -15,6 +15,7 @@ import pytest
 
 from multilevel.families import binomial, poisson
 from multilevel.link_glmm import LINKS, LinkGLMM, supported
+from multilevel.quadrature import agq_deviance
 
 from .conftest import reference, reference_data
 from .model_checks import (
@@ -64,20 +65,22 @@ def _data(name: str):
 
 
 @pytest.mark.parametrize("link", sorted(LINKS))
-def test_deviance_and_gradient(link, monkeypatch):
+@pytest.mark.parametrize("nagq", [1, 7])
+def test_deviance_and_gradient(link, nagq, monkeypatch):
     fit = quiet_glmer(CBPP, _data("cbpp_laplace"), family=f"binomial({link})")
     prob = fit._prob
     phi = np.concatenate([fit.theta.to_numpy(), fit.fixef.to_numpy()])
-    dev, _ = LinkGLMM(prob).deviance_grad(phi, grad=False)
+    dev, _ = LinkGLMM(prob, nagq).deviance_grad(phi, grad=False)
     mode = prob.mode(phi[:1], phi[1:], None, joint=False)
-    assert dev == pytest.approx(mode.laplace, abs=1e-8)
+    expected = mode.laplace if nagq == 1 else agq_deviance(prob, mode, nagq)
+    assert dev == pytest.approx(expected, abs=1e-8)
     monkeypatch.setattr("multilevel.link_glmm.STEP_TOL", 1e-14)
-    assert_gradient_matches_differences(LinkGLMM(prob), fit, shift=0.02)
+    assert_gradient_matches_differences(LinkGLMM(prob, nagq), fit, shift=0.02)
 
 
 @pytest.mark.parametrize("link", sorted(LINKS))
-@pytest.mark.parametrize("case", ["cbpp", "contra"])
-def test_fit_reaches_the_two_stage_optimum(link, case, monkeypatch):
+@pytest.mark.parametrize(("case", "nagq"), [("cbpp", 1), ("contra", 1), ("cbpp", 9)])
+def test_fit_reaches_the_two_stage_optimum(link, case, nagq, monkeypatch):
     formula, data = (
         (CBPP, _data("cbpp_laplace"))
         if case == "cbpp"
@@ -86,5 +89,5 @@ def test_fit_reaches_the_two_stage_optimum(link, case, monkeypatch):
             _data("contra_laplace"),
         )
     )
-    fast, slow = fit_both_routes(monkeypatch, formula, data, f"binomial({link})")
+    fast, slow = fit_both_routes(monkeypatch, formula, data, f"binomial({link})", nagq)
     assert_same_optimum(fast, slow, theta_atol=1e-5)

@@ -477,7 +477,7 @@ def _exact_route(family: Family, rs: list, method: str, nAGQ: int) -> str | None
         return "vector"
     if laplace and laplace_gradient.supported(family, [r.q for r in rs], [r.nlevels for r in rs]):
         return "terms"
-    if laplace and link_glmm.supported(family, nterms, q0):
+    if link_glmm.supported(family, nterms, q0):
         return "link"
     return None
 
@@ -497,7 +497,7 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
             )
         elif route == "link":
             r2, H2, obj.beta0, obj.Rinv, obj.u = link_glmm.optimize_link(
-                prob, obj.beta, float(theta0[0])
+                prob, obj.beta, float(theta0[0]), nAGQ
             )
         else:
             r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(

@@ -1,5 +1,5 @@
-"""Laplace deviance, with its exact gradient, for a binomial GLMM with one
-scalar random effect and a non-canonical link (probit, cloglog).
+"""Laplace and AGQ deviance, with its exact gradient, for a binomial GLMM
+with one scalar random effect and a non-canonical link (probit, cloglog).
 
 As in :mod:`multilevel.scalar_glmm`, per group f_j(u) = −Σᵢ ℓᵢ + u²/2 with
 ηᵢ = oᵢ + xᵢᵀβ + θzᵢu.  lme4's Laplace approximation takes the curvature
@@ -19,6 +19,9 @@ The per-row derivatives are written through ratios that stay finite in both
 tails: for probit the inverse Mills ratio A(x) = φ(x)/Φ(x) (ℓ' = wt[yA(η) −
 (1 − y)A(−η)], W = wt A(η)A(−η), A' = −A(x + A)); for cloglog t = e^η and
 B = t/(eᵗ − 1) (ℓ' = wt[yB − (1 − y)t], W = wt tB, B' = B(1 − t − B)).
+Quadrature (nodes scaled by the Fisher curvature, as PIRLS scales them) adds
+the node terms of :mod:`multilevel.scalar_glmm`: α_j = (1 − s_jE_j)/h_j and
+2D_j in γ_j, the node-weighted ℓ' in the direct terms.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from .crossprod import group_sums
 from .exact_search import Search, whitening
 from .families import Binomial, Family
 from .pirls import PirlsError, halve_where_rising
+from .quadrature import gauss_hermite_grid
 
 MAX_ITER = 200
 STEP_TOL = 1e-10
+_LOG2PI = float(np.log(2.0 * np.pi))
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
@@ -76,7 +81,7 @@ LINKS = {"probit": _probit, "cloglog": _cloglog}
 class LinkGLMM:
     """Laplace deviance and gradient in φ = (θ, β), rows sorted by group."""
 
-    def __init__(self, prob):
+    def __init__(self, prob, nagq: int = 1):
         rb, r = prob.rb, prob.resp
         self.family = prob.family
         self.derivs = LINKS[prob.family.link.name]
@@ -87,6 +92,8 @@ class LinkGLMM:
         self.codes, self.J = rb.codes[0], rb.nlevels[0]
         self.u = np.zeros(self.J)
         self.evals = 0
+        nodes, self.logw = gauss_hermite_grid(max(1, nagq), 1)
+        self.t = nodes[:, 0]
 
     def _gsum(self, M: np.ndarray) -> np.ndarray:
         return group_sums(self.codes, M, self.J)
@@ -121,36 +128,79 @@ class LinkGLMM:
         else:
             raise PirlsError(f"the conditional modes did not converge in {MAX_ITER} steps")
         self.u = u
-        dev = float(np.sum(2.0 * f + np.log(h))) - 2.0 * self.const
-        if not grad:
-            return dev, None
         z, codes = self.z, self.codes
+        if self.t.size == 1:
+            dev = float(np.sum(2.0 * f + np.log(h))) - 2.0 * self.const
+            if not grad:
+                return dev, None
+            alpha, gamma = 1.0 / h, np.zeros(self.J)
+            lbar, direct_t = lp, float(np.sum(lp * z * u[codes]))
+        else:
+            dev, alpha, gamma, lbar, direct_t = self._agq(base, theta, u, h, grad)
+            if not grad:
+                return dev, None
         S = self._gsum(np.stack([self.z2 * W, self.z3 * W1, z * lp, self.z2 * obs], 1))
         Sz2W, Sz3W1, Szlp, Sz2O = S.T
         hO = 1.0 + theta * theta * Sz2O
-        alpha = 1.0 / h
-        gamma = alpha * theta**3 * Sz3W1
+        gamma = gamma + alpha * theta**3 * Sz3W1
         r = (
-            -2.0 * lp
+            -2.0 * lbar
             + theta * theta * alpha[codes] * self.z2 * W1
             - theta * (gamma / hO)[codes] * z * obs
         )
         g_theta = (
-            -2.0 * float(np.sum(lp * z * u[codes]))
+            -2.0 * direct_t
             + float(np.sum(alpha * (2.0 * theta * Sz2W + theta * theta * u * Sz3W1)))
             + float(np.sum(gamma * (Szlp - theta * u * Sz2O) / hO))
         )
         return dev, np.concatenate([[g_theta], self.X.T @ r])
 
+    def _agq(self, base, theta, u, h, grad):
+        """Quadrature deviance (nodes û + s t_k, s = h^(−1/2) from the Fisher
+        curvature, as PIRLS scales them) and its gradient's node pieces, as in
+        :mod:`multilevel.scalar_glmm`: α = (1 − sE)/h, 2D, ℓ̄' and Σ zuℓ'."""
+        t, logw, z, codes = self.t, self.logw, self.z, self.codes
+        s = 1.0 / np.sqrt(h)
+        ujk = u[:, None] + s[:, None] * t[None, :]  # (J, K)
+        eta = base[:, None] + theta * z[:, None] * ujk[codes]  # (n, K)
+        ll = self.family.loglik_kernel(self.y[:, None], eta, self.wt[:, None])
+        fjk = 0.5 * ujk * ujk - self._gsum(ll)
+        a = logw[None, :] - fjk + 0.5 * t[None, :] ** 2
+        amax = a.max(axis=1)
+        lse = amax + np.log(np.exp(a - amax[:, None]).sum(axis=1))
+        dev = float(np.sum(_LOG2PI + np.log(h) - 2.0 * lse)) - 2.0 * self.const
+        if not grad:
+            return dev, None, None, None, None
+        P = np.exp(a - lse[:, None])
+        lpk = self.derivs(eta, self.y[:, None], self.wt[:, None])[0]  # ℓ' at the nodes
+        F = ujk - theta * self._gsum(z[:, None] * lpk)  # f'(u_jk)
+        E = np.sum(P * F * t[None, :], axis=1)
+        Dj = np.sum(P * F, axis=1)
+        Pr = P[codes]
+        lbar = np.einsum("nk,nk->n", Pr, lpk)
+        direct_t = float(np.sum(z * np.einsum("nk,nk->n", Pr * ujk[codes], lpk)))
+        return dev, (1.0 - s * E) / h, 2.0 * Dj, lbar, direct_t
 
-def optimize_link(prob, beta0: np.ndarray, theta0: float = 1.0):
-    """BFGS over (θ, δ) with the exact gradient (as the other exact routes)."""
+
+def optimize_link(prob, beta0: np.ndarray, theta0: float = 1.0, nagq: int = 1):
+    """BFGS over (θ, δ) with the exact gradient (as the other exact routes);
+    for nAGQ > 1 then Newton steps on the quadrature deviance from the Laplace
+    optimum and Hessian."""
     R = whitening(prob, beta0)
     Rinv = np.linalg.inv(R)
     model = LinkGLMM(prob)
     search = Search(model, beta0, Rinv)
     x0 = np.concatenate([[theta0], np.zeros(prob.p)])
     rec, H = search.minimize(x0, search.hessian(x0))
-    rec.evals = model.evals
+    evals = model.evals
+    if nagq > 1:
+        quad = LinkGLMM(prob, nagq)
+        quad.u = model.u.copy()
+        qsearch = Search(quad, beta0, Rinv)
+        rec, H = qsearch.minimize(
+            rec.theta, H if H is not None else qsearch.hessian(rec.theta), chord=True
+        )
+        model, evals = quad, evals + quad.evals
+    rec.evals = evals
     H = H if np.all(np.isfinite(H)) else None
     return rec, H, beta0, Rinv, model.u.copy()
