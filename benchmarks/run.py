@@ -14,9 +14,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +32,7 @@ PROJECT_PYTHON = os.environ.get("BENCH_PROJECT_PYTHON", sys.executable)
 RSCRIPT = os.environ.get("BENCH_RSCRIPT", "Rscript")
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # set on some machines here
 BUSY_WARN = 0.10  # flag runs during which other processes used more CPU than this
-THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+THREAD_VARS = sysload.THREAD_VARS
 
 
 @dataclass(frozen=True)
@@ -56,9 +53,7 @@ class Engine:
 
     def missing(self) -> str | None:
         """Why this engine cannot run at all, or None."""
-        if shutil.which(self.interpreter) is None and not Path(self.interpreter).exists():
-            return f"interpreter {self.interpreter!r} not found"
-        return None
+        return sysload.interpreter_missing(self.interpreter)
 
 
 ENGINES = {
@@ -92,47 +87,22 @@ def run_one(
             env.pop(v, None)
     if args.idle_threshold < 1:
         rec["busy_before"] = sysload.wait_idle(args.idle_threshold, args.idle_wait)
-    p = sysload.run_subprocess(
+    res = sysload.measured_run(
         engine.command(case, args.repeats, args.budget), env, args.timeout, HERE
     )
-    rec["others_busy"] = p.others_busy
-    res = sysload.parse_result(p.out)
-    if res is None or "error" in res or p.code != 0:
-        why = (res or {}).get("error") or (p.err.strip().splitlines() or [f"exit {p.code}"])[-1]
-        if p.code == -signal.SIGKILL:
-            why = f"killed after the {args.timeout:.0f} s timeout"
-        return rec | {"status": "error", "reason": why, "stderr_tail": p.err[-2000:]}
-    med = statistics.median(res["times_s"])
+    if res["status"] != "ok":
+        return rec | res
     evals = res.get("evals")
-    return rec | {
-        "status": "ok",
-        **res,
-        "median_s": med,
-        "cpu_median_s": statistics.median(res["cpu_s"]),
-        "repeats": len(res["times_s"]),
-        "ms_per_eval": 1000 * med / evals if evals else None,
-        "peak_mb": p.peak_mb,
-    }
+    return rec | res | {"ms_per_eval": 1000 * res["median_s"] / evals if evals else None}
 
 
 def run_with_retries(
     engine: Engine, case: cases.Case, threads: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Run; while other processes disturbed it (> BUSY_WARN), run again, up to --retries times.
-
-    Keeps the least disturbed run; ``attempts`` records how many were made.
-    """
-    best = run_one(engine, case, threads, args)
-    attempts = 1
-    rec = best
-    while best.get("others_busy", 0) > BUSY_WARN and attempts <= args.retries:
-        msg = f"  others used {rec['others_busy']:.0%} of the CPUs: again"
-        print(msg, file=sys.stderr, flush=True)
-        rec = run_one(engine, case, threads, args)
-        attempts += 1
-        if rec["status"] == "ok" and rec["others_busy"] < best["others_busy"]:
-            best = rec
-    return best | {"attempts": attempts}
+    """run_one, again while other processes disturbed it (sysload.with_retries)."""
+    return sysload.with_retries(
+        lambda: run_one(engine, case, threads, args), args.retries, BUSY_WARN
+    )
 
 
 def add_ratios(results: list[dict[str, Any]], baseline: str) -> None:

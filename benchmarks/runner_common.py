@@ -13,7 +13,6 @@ to fit ``BUDGET_S`` seconds, but never below 3 (or ``repeats`` if smaller).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
@@ -23,6 +22,7 @@ from typing import Any
 
 import cases
 import pandas as pd
+from sysload import emit, vm_hwm_mb
 
 MIN_REPEATS = 3
 
@@ -33,19 +33,6 @@ class FitInfo:
     criterion: float | None  # REML criterion (-2 * REML log-likelihood)
     converged: bool | None = None
     note: str = ""
-
-
-def vm_hwm_mb() -> float:
-    """Peak resident set size of this process so far, in MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def emit(result: dict[str, Any]) -> None:
-    print("RESULT " + json.dumps(result), flush=True)
 
 
 def main(

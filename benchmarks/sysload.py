@@ -1,4 +1,6 @@
-"""Machine-wide CPU use from /proc/stat, to detect other work disturbing a timing.
+"""Machine-wide CPU use from /proc/stat, to detect other work disturbing a
+timing; and what the LMM and GLMM drivers and their runners share (measured
+runner subprocesses, retries of disturbed runs, the RESULT line).
 
 The benchmark machine may be shared (another session running tests, say). With
 2 cores, a multi-threaded engine slows down badly when the other core is busy,
@@ -10,11 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,3 +98,65 @@ def parse_result(stdout: str) -> dict[str, Any] | None:
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
     return None
+
+
+# -- shared by the LMM and GLMM drivers ------------------------------------------
+THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def interpreter_missing(interpreter: str) -> str | None:
+    """Why an engine's interpreter cannot run, or None."""
+    if shutil.which(interpreter) is None and not Path(interpreter).exists():
+        return f"interpreter {interpreter!r} not found"
+    return None
+
+
+def measured_run(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path) -> dict[str, Any]:
+    """One runner subprocess: its RESULT line with the median wall and CPU
+    times, the number of fits, peak RSS and the CPU share others used; or an
+    error record with the reason and the tail of stderr."""
+    p = run_subprocess(cmd, env, timeout, cwd)
+    rec: dict[str, Any] = {"others_busy": p.others_busy}
+    res = parse_result(p.out)
+    if res is None or "error" in res or p.code != 0:
+        why = (res or {}).get("error") or (p.err.strip().splitlines() or [f"exit {p.code}"])[-1]
+        if p.code == -signal.SIGKILL:
+            why = f"killed after the {timeout:.0f} s timeout"
+        return rec | {"status": "error", "reason": why, "stderr_tail": p.err[-2000:]}
+    return rec | {
+        "status": "ok",
+        **res,
+        "median_s": statistics.median(res["times_s"]),
+        "cpu_median_s": statistics.median(res["cpu_s"]),
+        "repeats": len(res["times_s"]),
+        "peak_mb": p.peak_mb,
+    }
+
+
+def with_retries(run: Callable[[], dict[str, Any]], retries: int, busy_warn: float) -> dict:
+    """Run; while other processes disturbed it (others_busy > busy_warn), run
+    again, up to ``retries`` times.  Keeps the least disturbed run;
+    ``attempts`` records how many were made."""
+    best = rec = run()
+    attempts = 1
+    while best.get("others_busy", 0) > busy_warn and attempts <= retries:
+        print(f"  others used {rec['others_busy']:.0%} of the CPUs: again", file=sys.stderr)
+        rec = run()
+        attempts += 1
+        if rec["status"] == "ok" and rec["others_busy"] < best["others_busy"]:
+            best = rec
+    return best | {"attempts": attempts}
+
+
+# -- shared by the runner subprocesses -------------------------------------------
+def vm_hwm_mb() -> float:
+    """Peak resident set size of this process so far, in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)

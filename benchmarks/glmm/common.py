@@ -13,16 +13,19 @@ fits are timed, but at least 3 (or ``REPEATS`` if smaller).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cases
 import pandas as pd
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # ../sysload.py
+from sysload import emit, vm_hwm_mb  # noqa: E402
 
 MIN_REPEATS = 3
 LAST_WARNINGS: list[str] = []  # a runner's fit() stores the warnings of its last fit here
@@ -36,19 +39,6 @@ class FitInfo:
     fixef: dict[str, float] = field(default_factory=dict)
     converged: bool | None = None
     note: str = ""
-
-
-def vm_hwm_mb() -> float:
-    """Peak resident set size of this process so far, in MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def emit(result: dict[str, Any]) -> None:
-    print("RESULT " + json.dumps(result), flush=True)
 
 
 def main(

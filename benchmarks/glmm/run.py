@@ -14,9 +14,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import signal
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +33,7 @@ RSCRIPT = os.environ.get("BENCH_RSCRIPT", "Rscript")
 # The engines here run (almost) single-threaded on 2 cores: a run is disturbed when other
 # processes used more than the other core, i.e. competed for ours.
 BUSY_WARN = 0.5
-THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+THREAD_VARS = sysload.THREAD_VARS
 TARGET = 10.0  # lme4 time / multilevel time we aim for
 
 
@@ -67,9 +64,7 @@ class Engine:
 
     def missing(self) -> str | None:
         """Why this engine cannot run at all, or None."""
-        if shutil.which(self.interpreter) is None and not Path(self.interpreter).exists():
-            return f"interpreter {self.interpreter!r} not found"
-        return None
+        return sysload.interpreter_missing(self.interpreter)
 
 
 ENGINES = {
@@ -102,43 +97,18 @@ def run_one(
         rec["busy_before"] = sysload.wait_idle(args.idle_threshold, args.idle_wait)
     rec["loadavg_before"] = list(os.getloadavg())
     rec["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    p = sysload.run_subprocess(
+    return rec | sysload.measured_run(
         engine.command(case, args.repeats, args.budget), env, args.timeout, HERE
     )
-    rec["others_busy"] = p.others_busy
-    res = sysload.parse_result(p.out)
-    if res is None or "error" in res or p.code != 0:
-        why = (res or {}).get("error") or (p.err.strip().splitlines() or [f"exit {p.code}"])[-1]
-        if p.code == -signal.SIGKILL:
-            why = f"killed after the {args.timeout:.0f} s timeout"
-        return rec | {"status": "error", "reason": why, "stderr_tail": p.err[-2000:]}
-    return rec | {
-        "status": "ok",
-        **res,
-        "median_s": statistics.median(res["times_s"]),
-        "cpu_median_s": statistics.median(res["cpu_s"]),
-        "repeats": len(res["times_s"]),
-        "peak_mb": p.peak_mb,
-    }
 
 
 def run_with_retries(
     engine: Engine, case: cases.Case, threads: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Run; while other processes disturbed it (> BUSY_WARN), run again, up to --retries times.
-
-    Keeps the least disturbed run; ``attempts`` records how many were made.
-    """
-    best = run_one(engine, case, threads, args)
-    attempts = 1
-    rec = best
-    while best.get("others_busy", 0) > BUSY_WARN and attempts <= args.retries:
-        print(f"  others used {rec['others_busy']:.0%} of the CPUs: again", file=sys.stderr)
-        rec = run_one(engine, case, threads, args)
-        attempts += 1
-        if rec["status"] == "ok" and rec["others_busy"] < best["others_busy"]:
-            best = rec
-    return best | {"attempts": attempts}
+    """run_one, again while other processes disturbed it (sysload.with_retries)."""
+    return sysload.with_retries(
+        lambda: run_one(engine, case, threads, args), args.retries, BUSY_WARN
+    )
 
 
 def add_ratios(results: list[dict[str, Any]], baseline: str) -> None:
