@@ -359,17 +359,17 @@ static void zt_rows(const Design *D, const double *theta, const double *v, doubl
 }
 
 static PyObject *laplace_terms(PyObject *self, PyObject *args) {
-    Py_buffer b[17];
+    Py_buffer b[16];
     int64_t n0, Qr;
     int logit, want_grad;
     double step_tol;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*LLiid", &b[0], &b[1], &b[2],
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*LLiid", &b[0], &b[1], &b[2],
                           &b[3], &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11],
-                          &b[12], &b[13], &b[14], &b[15], &b[16], &n0, &Qr, &logit, &want_grad,
+                          &b[12], &b[13], &b[14], &b[15], &n0, &Qr, &logit, &want_grad,
                           &step_tol))
         return NULL;
     if (!lapack_potrf || !lapack_trtri) {
-        for (int j = 0; j < 17; j++) PyBuffer_Release(&b[j]);
+        for (int j = 0; j < 16; j++) PyBuffer_Release(&b[j]);
         PyErr_SetString(PyExc_RuntimeError, "set_lapack() was not called");
         return NULL;
     }
@@ -378,8 +378,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     D.pos = b[5].buf; D.slot = b[6].buf; D.erow = b[7].buf; D.ecol = b[8].buf;
     D.pe1 = b[9].buf; D.pe2 = b[10].buf; D.term = b[11].buf;
     const double *phi = b[12].buf;
-    double *U = b[14].buf, *grad = b[15].buf, *work = b[16].buf;
-    (void)b[13];
+    double *U = b[13].buf, *grad = b[14].buf, *work = b[15].buf;
     D.n = (int64_t)(b[1].len / sizeof(double));
     D.K = (int64_t)(b[5].len / sizeof(int64_t)) / (D.n ? D.n : 1);
     D.p = (int64_t)(b[0].len / sizeof(double)) / (D.n ? D.n : 1);
@@ -388,7 +387,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     D.n0 = n0; D.Qr = Qr; D.logit = logit;
     int64_t n = D.n, K = D.K, p = D.p, Q = n0 + Qr;
     if (K < 1 || K > MAX_TERMS) {
-        for (int j = 0; j < 17; j++) PyBuffer_Release(&b[j]);
+        for (int j = 0; j < 16; j++) PyBuffer_Release(&b[j]);
         PyErr_SetString(PyExc_ValueError, "laplace_terms takes 1 to 64 terms");
         return NULL;
     }
@@ -552,7 +551,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    for (int j = 0; j < 17; j++) PyBuffer_Release(&b[j]);
+    for (int j = 0; j < 16; j++) PyBuffer_Release(&b[j]);
     if (failed) {
         PyErr_SetString(PyExc_ArithmeticError,
                         failed == 1 ? "PIRLS did not converge" : "a factor was not positive definite");
@@ -567,7 +566,7 @@ static PyMethodDef methods[] = {
      "want_grad, step_tol) -> deviance without constants"},
     {"set_lapack", set_lapack, METH_VARARGS, "set_lapack(dpotrf_capsule, dtrtri_capsule)"},
     {"laplace_terms", laplace_terms, METH_VARARGS,
-     "laplace_terms(X, y, wt, offset, z, pos, slot, erow, ecol, pe1, pe2, term, phi, unused, "
+     "laplace_terms(X, y, wt, offset, z, pos, slot, erow, ecol, pe1, pe2, term, phi, "
      "u, grad, work, n0, Qr, logit, want_grad, step_tol) -> Laplace deviance without constants"},
     {NULL, NULL, 0, NULL}};
 

@@ -158,7 +158,7 @@ class LaplaceGLMM:
         for cold in (False, True):  # a failed warm start is retried from u = 0
             u = np.zeros(Q) if cold or self.u is None else self.u.copy()
             try:
-                dev = fn(*args[:12], phi, phi, u, g, work, *args[12:], int(grad), pirls.STEP_TOL)
+                dev = fn(*args[:12], phi, u, g, work, *args[12:], int(grad), pirls.STEP_TOL)
                 break
             except ArithmeticError as exc:
                 if cold or self.u is None:
