@@ -1,27 +1,32 @@
-"""Shared fixtures: the R reference results in ../shared/reference and their data."""
+"""Shared fixtures: the R reference results carried in ``tests/reference`` and
+their data (the package's bundled CSVs, byte-identical to the files R read).
+
+``tools/refresh_reference.py`` refreshes both from the project's shared
+reference folder and says what changed; the tests never look outside the
+repository.
+"""
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE = SHARED / "reference"
+REFERENCE = Path(__file__).resolve().parent / "reference"
+DATA = Path(str(resources.files("multilevel.datasets")))
 
 
 def reference(case: str) -> dict:
-    path = REFERENCE / f"{case}.json"
-    if not path.exists():
-        pytest.skip(f"reference results not available: {path}")
-    return json.loads(path.read_text())
+    """The reference case ``case`` (a missing file is an error, never a skip)."""
+    return json.loads((REFERENCE / f"{case}.json").read_text())
 
 
 def reference_data(ref: dict) -> pd.DataFrame:
     """The case's CSV with its factors' levels in R's order (first = reference)."""
-    df = pd.read_csv(SHARED / "data" / ref["dataset"])
+    df = pd.read_csv(DATA / ref["dataset"])
     for col, levels in ref.get("factor_levels", {}).items():
         if col in df.columns:
             df[col] = pd.Categorical(df[col].astype(str), categories=[str(v) for v in levels])

@@ -1,4 +1,4 @@
-"""glmer against every GLMM reference case in ../shared/reference.
+"""glmer against every GLMM reference case in tests/reference.
 
 Tolerances (issue 4) and what is measured:
 

@@ -16,7 +16,7 @@ from multilevel.groups import (
     group_mean,
 )
 
-from .conftest import SHARED
+from .conftest import DATA
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +42,13 @@ def test_rebuild_hsb_from_raw_tables(students, schools):
     assert np.abs(hsb["meanses"] - hsb["meanses_file"]).max() > 1e-3
 
 
-def test_rebuild_from_shared_csv_with_string_keys():
+def test_rebuild_from_raw_csv_with_string_keys():
     # the raw CSVs quote the ids; read as text they must be converted explicitly
-    if not (SHARED / "data").exists():
-        pytest.skip("../shared/data not available")
-    raw_students = pd.read_csv(SHARED / "data" / "hsb_students.csv", dtype={"school": str})
-    raw_schools = pd.read_csv(SHARED / "data" / "hsb_schools.csv", dtype={"school": str})
+    raw_students = pd.read_csv(DATA / "hsb_students.csv", dtype={"school": str})
+    raw_schools = pd.read_csv(DATA / "hsb_schools.csv", dtype={"school": str})
     hsb = attach_level2(raw_students, raw_schools, on="school", columns=["sector"])
     hsb = add_centered(hsb, "ses", by="school")
-    expected = pd.read_csv(SHARED / "data" / "hsb.csv")
+    expected = pd.read_csv(DATA / "hsb.csv")
     assert (hsb["school"].astype(int).to_numpy() == expected["school"].to_numpy()).all()
     assert (hsb["sector"].astype(str).to_numpy() == expected["sector"].to_numpy()).all()
     for col in ("meanses", "cses"):

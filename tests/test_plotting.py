@@ -425,11 +425,8 @@ def test_effect_grid_held_values_and_errors(fit, data):
 
 
 def test_effect_plot_glmm_on_probability_scale(mpl, data):
-    glmm = pytest.importorskip("multilevel.glmm")
-    if not hasattr(glmm, "glmer"):
-        pytest.skip("glmer is not available yet")
     d = data.assign(passed=(data.mathach >= 12).astype(int))
-    g = glmm.glmer("passed ~ meanses + cses + sector + (1 | school)", d, family="binomial")
+    g = ml.glmer("passed ~ meanses + cses + sector + (1 | school)", d, family="binomial")
     fig = mp.effect_plot(g, "meanses", d, n=7)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "P(passed)"

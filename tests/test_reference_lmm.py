@@ -1,4 +1,4 @@
-"""Every linear mixed model in ../shared/reference against our fits.
+"""Every linear mixed model in tests/reference against our fits.
 
 Tolerances (issue 2): log-likelihood / REML criterion within 1e-4 of the
 reference or better; fixed effects within 1e-3 of their standard errors;

@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import multilevel as ml
 from multilevel import DataError
 
-from .conftest import reference
+from .conftest import reference, reference_data
 
 HSB = "mathach ~ meanses*cses + sector*cses + (cses | school)"
 
@@ -91,9 +90,7 @@ def test_summary_matches_lme4_layout(fit):
 
 def test_singular_fit_is_reported():
     ref = reference("dyestuff2_reml")
-    data = pd.read_csv(
-        __import__("pathlib").Path(__file__).parents[2] / "shared" / "data" / ref["dataset"]
-    )
+    data = reference_data(ref)
     with pytest.warns(ml.SingularFitWarning, match="Batch"):
         fit = ml.lmer("Yield ~ 1 + (1 | Batch)", data)
     assert fit.singular

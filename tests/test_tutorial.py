@@ -9,8 +9,8 @@ below nlme's, sigma 1e-4 relative; the level-wise fit against lme4
 (hsb_lmer_reml) the same, plus profile intervals of the variance parameters
 2e-3 relative (the correlation's interval is [-1, 1] in both); the
 likelihood-ratio test (hsb_anova) chi-square within 1e-3, logLiks within 1e-4,
-p within 1e-4.  The section with glmer runs only when
-``multilevel.glmm.glmer`` imports.
+p within 1e-4.  Every section runs: the runner's ``requires`` markers are
+for optional extras, and the tutorial has none.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ pytest.importorskip("matplotlib")
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TUTORIAL = DOCS / "tutorial.md"
-GLMER = "multilevel.glmm.glmer"
 
 
 def _runner():
@@ -82,8 +81,7 @@ def test_runner_pairs_blocks_and_compares_numbers():
 def test_tutorial_prints_what_it_records(run):
     ran = [s for s in run.steps if s.output is not None]
     assert len(ran) >= 15
-    if run.skipped:
-        assert run.skipped == [GLMER]
+    assert run.skipped == []
     bad = runner.mismatches(run)
     assert not bad, "\n\n".join(bad) + "\n(rerun: python docs/run_tutorial.py --update)"
 
@@ -93,12 +91,7 @@ def test_figures_are_produced_and_shown(run):
     shown = runner.images(text)
     assert len(shown) >= 7
     produced = {p.relative_to(run.workdir).as_posix() for p in run.workdir.rglob("*.png")}
-    optional = set()
-    if run.skipped:  # figures saved in skipped sections
-        for st in run.steps:
-            if st.output is None:
-                optional |= {img for img in shown if img in st.block.code}
-    assert set(shown) - optional <= produced
+    assert set(shown) <= produced
     assert produced <= set(shown), f"saved but not shown: {produced - set(shown)}"
     for rel in shown:
         committed = DOCS / rel
@@ -186,8 +179,6 @@ def test_likelihood_ratio_test_is_lme4s(ns):
 
 
 def test_logistic_section(run, ns):
-    if GLMER in run.skipped:
-        pytest.skip("multilevel.glmm.glmer is not available: the logistic section was skipped")
     logit, hsb = ns["logit"], ns["hsb"]
     assert logit.nobs == 7185
     assert list(logit.fixef.index) == ["(Intercept)", "meanses", "cses", "sectorCatholic"]
