@@ -36,7 +36,7 @@ def quiet_glmer(*args, **kw):
     """glmer with its warnings silenced (the fits here are compared, not read)."""
     import warnings
 
-    from multilevel.glmm import glmer
+    from multilevel.glmm.fit import glmer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -45,7 +45,7 @@ def quiet_glmer(*args, **kw):
 
 def fit_both_routes(monkeypatch, formula: str, data, family: str, nAGQ: int = 1):
     """The exact-gradient fit and lme4's two-stage fit of one model."""
-    import multilevel.glmm as glmm_mod
+    import multilevel.glmm.fit as glmm_mod
 
     fast = quiet_glmer(formula, data, family=family, nAGQ=nAGQ)
     monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", False)

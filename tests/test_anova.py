@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from multilevel import ModelError, lmer
-from multilevel.anova import anova, boundary_pvalue, ranova, refit_ml
+from multilevel.inference.anova import anova, boundary_pvalue, ranova, refit_ml
 
 from .conftest import reference, reference_data
 

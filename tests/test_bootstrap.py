@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from multilevel import ModelError, lmer
-from multilevel.bootstrap import (
+from multilevel.inference.bootstrap import (
     BootResult,
     _maritz_jarrett,
     bootstrap,

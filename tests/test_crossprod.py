@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import multilevel.crossprod as cpm
-from multilevel.crossprod import cross_products, level_crossprod
+import multilevel.linalg.crossprod as cpm
+from multilevel.linalg.crossprod import cross_products, level_crossprod
 
 
 def _loop(codes, A, B, nlev):

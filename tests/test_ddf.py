@@ -19,8 +19,8 @@ import pytest
 from scipy import stats
 
 from multilevel import ModelError, lmer
-from multilevel.ddf import coef_table, contrast, kenward_roger, satterthwaite_df, vcov_kr
-from multilevel.results import LmerFit
+from multilevel.inference.ddf import coef_table, contrast, kenward_roger, satterthwaite_df, vcov_kr
+from multilevel.lmm.results import LmerFit
 
 from .conftest import reference, reference_data
 

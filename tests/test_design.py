@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from multilevel import DataError, FormulaError, ModelError, lmer, parse_formula
-from multilevel.design import RankDeficiencyWarning, build_design
+from multilevel.formula.design import RankDeficiencyWarning, build_design
 
 
 def small(n_groups: int = 8, per: int = 6, seed: int = 1) -> pd.DataFrame:

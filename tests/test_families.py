@@ -1,4 +1,4 @@
-"""Families and links (multilevel.families): the link algebra, full
+"""Families and links (multilevel.glmm.families): the link algebra, full
 log-densities against scipy.stats, deviance residuals, and the interpretation
 (and refusal) of binomial and Poisson responses."""
 
@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from multilevel import DataError, ModelError
-from multilevel.design import Categorical, Numeric
-from multilevel.families import Binomial, Poisson, binomial, get_family, poisson
+from multilevel.formula.design import Categorical, Numeric
+from multilevel.glmm.families import Binomial, Poisson, binomial, get_family, poisson
 
 LINKS = ["logit", "probit", "cloglog"]
 rng = np.random.default_rng(7)

@@ -33,8 +33,8 @@ import pandas as pd
 import pytest
 
 from multilevel import DataError, ModelError, SingularFitWarning
-from multilevel.glmm import glmer
-from multilevel.glmm_results import format_pvalues
+from multilevel.glmm.fit import glmer
+from multilevel.glmm.results import format_pvalues
 
 from .conftest import reference, reference_data
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import multilevel.glmm as glmm_mod
-from multilevel.families import Binomial, Poisson, _softplus, binomial, poisson
-from multilevel.glmm import fd_hessian, glmer, hessian_stencil, optimize_stage2
-from multilevel.quadrature import gauss_hermite_grid, level_logliks
+import multilevel.glmm.fit as glmm_mod
+from multilevel.glmm.families import Binomial, Poisson, _softplus, binomial, poisson
+from multilevel.glmm.fit import fd_hessian, glmer, hessian_stencil, optimize_stage2
+from multilevel.glmm.quadrature import gauss_hermite_grid, level_logliks
 
 from .conftest import reference, reference_data
 

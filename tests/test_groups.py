@@ -8,7 +8,7 @@ import pytest
 
 import multilevel as ml
 from multilevel import DataError
-from multilevel.groups import (
+from multilevel.workflow.groups import (
     add_centered,
     attach_level2,
     center_grand,

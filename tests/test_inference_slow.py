@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from multilevel import lmer
-from multilevel.bootstrap import bootstrap
+from multilevel.inference.bootstrap import bootstrap
 
 from .conftest import reference, reference_data
 

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import multilevel.glmm as glmm_mod
-from multilevel.families import binomial, poisson
-from multilevel.laplace_gradient import LaplaceGLMM, supported
+import multilevel.glmm.fit as glmm_mod
+from multilevel.glmm.exact.laplace import LaplaceGLMM, supported
+from multilevel.glmm.families import binomial, poisson
 
 from .conftest import reference, reference_data
 from .model_checks import (
@@ -48,7 +48,7 @@ FITS = {"grouse": reference_fit("grouse_poisson"), "crossed_binomial": _crossed_
 
 @pytest.mark.parametrize("kind", sorted(FITS))
 def test_gradient_equals_differences(kind, monkeypatch):
-    monkeypatch.setattr("multilevel.pirls.STEP_TOL", 1e-13)
+    monkeypatch.setattr("multilevel.glmm.pirls.STEP_TOL", 1e-13)
     assert_gradient_matches_differences(LaplaceGLMM(FITS[kind]._prob), FITS[kind])
 
 
@@ -85,7 +85,7 @@ def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
     route and reports its optimum."""
     from pathlib import Path
 
-    import multilevel.laplace_gradient as lg
+    import multilevel.glmm.exact.laplace as lg
 
     d = pd.read_csv(
         Path(__file__).parent / "data" / "crossed_binary_saddle.csv", dtype={"g": str, "h": str}
@@ -115,7 +115,7 @@ def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
 def test_compiled_kernel_equals_numpy(kind, monkeypatch):
     """The C kernel (when built) and the numpy path: same modes, deviance and
     gradient to rounding, cold and warm started."""
-    import multilevel.laplace_gradient as lg
+    import multilevel.glmm.exact.laplace as lg
 
     prob = FITS[kind]._prob
     compiled = LaplaceGLMM(prob)

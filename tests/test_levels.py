@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import multilevel as ml
 from multilevel import DataError, FormulaError, ModelError
-from multilevel.equations import format_numbers
-from multilevel.levels import Multilevel, MultilevelFit
+from multilevel.workflow.equations import format_numbers
+from multilevel.workflow.hlm import Multilevel, MultilevelFit
 
 from .conftest import reference, reference_data
 
@@ -208,7 +208,7 @@ def test_latex_is_well_formed(hsb_fit):
 
 
 def test_latex_escapes_names_and_small_numbers():
-    from multilevel.equations import Equation, Symbol, Term, Variable, render_equation
+    from multilevel.workflow.equations import Equation, Symbol, Term, Variable, render_equation
 
     eq = Equation(
         Symbol("beta", (1,), "j"),

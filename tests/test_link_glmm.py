@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multilevel.families import binomial, poisson
-from multilevel.link_glmm import LINKS, LinkGLMM, supported
-from multilevel.quadrature import agq_deviance
+from multilevel.glmm.exact.link import LINKS, LinkGLMM, supported
+from multilevel.glmm.families import binomial, poisson
+from multilevel.glmm.quadrature import agq_deviance
 
 from .conftest import reference, reference_data
 from .model_checks import (
@@ -74,7 +74,7 @@ def test_deviance_and_gradient(link, nagq, monkeypatch):
     mode = prob.mode(phi[:1], phi[1:], None, joint=False)
     expected = mode.laplace if nagq == 1 else agq_deviance(prob, mode, nagq)
     assert dev == pytest.approx(expected, abs=1e-8)
-    monkeypatch.setattr("multilevel.link_glmm.STEP_TOL", 1e-14)
+    monkeypatch.setattr("multilevel.glmm.exact.link.STEP_TOL", 1e-14)
     assert_gradient_matches_differences(LinkGLMM(prob, nagq), fit, shift=0.02)
 
 

@@ -9,7 +9,7 @@ from scipy import stats
 
 import multilevel as ml
 from multilevel import DataError, FormulaError
-from multilevel.lmlist import lmList, split_group_formula
+from multilevel.workflow.lmlist import lmList, split_group_formula
 
 from .conftest import reference, reference_data
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import multilevel as ml
-import multilevel.lmm as lmm
+import multilevel.lmm.criterion as lmm
 
 from .conftest import reference, reference_data
 

@@ -1,4 +1,4 @@
-"""Monte Carlo integration (multilevel.montecarlo): reproducibility, calibrated
+"""Monte Carlo integration (multilevel.glmm.montecarlo): reproducibility, calibrated
 standard errors, and Monte Carlo maximum likelihood (``method="mc"``) on
 cbpp, where AGQ with 25 nodes (equal to lme4's to 1e-8) is the exact answer."""
 
@@ -8,8 +8,8 @@ import warnings
 
 import numpy as np
 
-from multilevel.glmm import glmer
-from multilevel.montecarlo import loglik_mc
+from multilevel.glmm.fit import glmer
+from multilevel.glmm.montecarlo import loglik_mc
 
 from .conftest import reference, reference_data
 

@@ -25,7 +25,9 @@ import pandas as pd
 import pytest
 
 from multilevel.errors import FormulaError, ModelError
-from multilevel.nlme import (
+from multilevel.lmm.results import LmerFit
+from multilevel.optimize.theta import OptRecord
+from multilevel.workflow.nlme import (
     LmeFit,
     between_within_df,
     lme,
@@ -33,9 +35,7 @@ from multilevel.nlme import (
     lme_from_formula,
     nlme_random,
 )
-from multilevel.optimize import OptRecord
-from multilevel.report_nlme import deparse_formula, format_real, zapsmall
-from multilevel.results import LmerFit
+from multilevel.workflow.nlme_report import deparse_formula, format_real, zapsmall
 
 from .conftest import reference, reference_data
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import multilevel as ml
-from multilevel.partitioned import PartitionedLmerFit, lmer_partitioned
+from multilevel.partitioned.lmm import PartitionedLmerFit, lmer_partitioned
 
 CASES = [
     ("hsb", "mathach ~ meanses*cses + sector*cses + (cses | school)", 700),

@@ -26,15 +26,15 @@ import pandas as pd
 import pytest
 
 from multilevel import DataError, ModelError
-from multilevel.glmm import glmer
+from multilevel.glmm.fit import glmer
 
 from .conftest import reference, reference_data
 
 dd = pytest.importorskip("dask.dataframe")
 dask = pytest.importorskip("dask")
 
-from multilevel import glmm as glmm_module  # noqa: E402
-from multilevel.partitioned_glmm import PartitionedGlmerFit  # noqa: E402
+from multilevel.glmm import fit as glmm_module  # noqa: E402
+from multilevel.partitioned.glmm import PartitionedGlmerFit  # noqa: E402
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
 _memory: dict = {}
@@ -228,7 +228,7 @@ def test_refusals_before_fitting():
 def test_interaction_grouping_factor_and_in_memory_only_methods():
     """(1 | district:urban) is one grouping factor of two columns: the shuffle is
     on both.  What needs the rows in one process says so."""
-    from multilevel.montecarlo import loglik_mc
+    from multilevel.glmm.montecarlo import loglik_mc
 
     _, _, contra = in_memory("contra_laplace")
     f = "use ~ age + urban + (1 | district:urban)"

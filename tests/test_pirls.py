@@ -1,4 +1,4 @@
-"""PIRLS and the blocked factor (multilevel.pirls) against dense oracles.
+"""PIRLS and the blocked factor (multilevel.glmm.pirls) against dense oracles.
 
 The library never forms Z densely; here, on small problems, the dense
 n x Q matrix ZΛ is the oracle: the conditional mode must solve the score
@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 
 from multilevel import ConvergenceWarning
-from multilevel.glmm import glmer, single_threaded_blas
-from multilevel.pirls import conditional_variances
+from multilevel.glmm.fit import glmer, single_threaded_blas
+from multilevel.glmm.pirls import conditional_variances
 
 from .conftest import reference, reference_data
 
 # grouse's 181 x 181 dense block: slow with a threaded BLAS on a busy machine
-# unless threadpoolctl can limit it (see multilevel.glmm.single_threaded_blas)
+# unless threadpoolctl can limit it (see multilevel.glmm.fit.single_threaded_blas)
 _SLOW_BLAS = [] if importlib.util.find_spec("threadpoolctl") else [pytest.mark.slow]
 
 MODELS = {

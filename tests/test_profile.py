@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from multilevel import ModelError, lmer
-from multilevel.profile import confint, profile
+from multilevel.inference.profile import confint, profile
 
 from .conftest import reference, reference_data
 

@@ -1,4 +1,4 @@
-"""Adaptive Gauss–Hermite quadrature (multilevel.quadrature).
+"""Adaptive Gauss–Hermite quadrature (multilevel.glmm.quadrature).
 
 * the rule integrates Gaussian moments exactly;
 * one node is exactly the Laplace approximation (scalar and vector effects);
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from multilevel.glmm import glmer
-from multilevel.montecarlo import Draws, loglik_mc, mc_loglik
-from multilevel.quadrature import agq_deviance, gauss_hermite_grid, level_logliks
+from multilevel.glmm.fit import glmer
+from multilevel.glmm.montecarlo import Draws, loglik_mc, mc_loglik
+from multilevel.glmm.quadrature import agq_deviance, gauss_hermite_grid, level_logliks
 
 from .conftest import reference, reference_data
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import multilevel as ml
-from multilevel import rest
+from multilevel.lmm import schur as rest
 
 from .conftest import reference, reference_data
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multilevel.glmm import glmer
-from multilevel.quadrature import agq_deviance
-from multilevel.scalar_glmm import ScalarGLMM, supported
+from multilevel.glmm.exact.scalar import ScalarGLMM, supported
+from multilevel.glmm.fit import glmer
+from multilevel.glmm.quadrature import agq_deviance
 
 from .conftest import reference, reference_data
 from .model_checks import (
@@ -67,7 +67,7 @@ FITS = {k: _problem(k) for k in ("poisson", "trials", "slope")}
 def path(request, monkeypatch):
     """Both implementations of the deviance (the compiled one where built)."""
     if request.param == "numpy":
-        monkeypatch.setattr("multilevel.scalar_glmm.KERNEL_DISABLED", True)
+        monkeypatch.setattr("multilevel.glmm.exact.scalar.KERNEL_DISABLED", True)
     return request.param
 
 
@@ -87,7 +87,7 @@ def test_deviance_equals_the_general_path(kind, nagq, path):
 def tight_modes(monkeypatch):
     # the Laplace value moves with û at first order (through log h): differences
     # of values need the modes to rounding, not to the default step tolerance
-    monkeypatch.setattr("multilevel.scalar_glmm.STEP_TOL", 1e-14)
+    monkeypatch.setattr("multilevel.glmm.exact.scalar.STEP_TOL", 1e-14)
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
@@ -113,7 +113,7 @@ def test_gradient_property_over_parameters(theta, shift, nagq):
     model = _model(fit, nagq)
     phi = np.concatenate([[theta], fit.fixef.values + np.array(shift)])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("multilevel.scalar_glmm.STEP_TOL", 1e-14)
+        mp.setattr("multilevel.glmm.exact.scalar.STEP_TOL", 1e-14)
         _, g = model.deviance_grad(phi)
         fd = fd_gradient(model, phi)
         mirrored = model.deviance_grad(phi * np.r_[-1.0, np.ones(phi.size - 1)], False)[0]
@@ -122,7 +122,7 @@ def test_gradient_property_over_parameters(theta, shift, nagq):
 
 
 def test_only_one_scalar_term_with_a_canonical_link():
-    from multilevel.families import binomial, poisson
+    from multilevel.glmm.families import binomial, poisson
 
     assert supported(binomial(), 1, 1) and supported(poisson(), 1, 1)
     assert not supported(binomial("probit"), 1, 1)
@@ -147,7 +147,7 @@ def test_compiled_kernel_equals_numpy(kind, nagq, monkeypatch):
     compiled = _model(fit, nagq)
     if compiled._kernel is None:
         pytest.skip("the compiled kernel was not built")
-    monkeypatch.setattr("multilevel.scalar_glmm.KERNEL_DISABLED", True)
+    monkeypatch.setattr("multilevel.glmm.exact.scalar.KERNEL_DISABLED", True)
     plain = _model(fit, nagq)
     assert plain._kernel is None
     phi = np.concatenate([fit.theta, fit.fixef.values]) + np.linspace(-0.2, 0.2, fit._prob.p + 1)

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import multilevel.glmm as glmm_mod
-from multilevel.families import binomial, poisson
-from multilevel.quadrature import agq_deviance
-from multilevel.vector_glmm import VectorGLMM, supported
+import multilevel.glmm.fit as glmm_mod
+from multilevel.glmm.exact.vector import VectorGLMM, supported
+from multilevel.glmm.families import binomial, poisson
+from multilevel.glmm.quadrature import agq_deviance
 
 from .conftest import reference, reference_data
 from .model_checks import (
@@ -63,7 +63,7 @@ def test_deviance_equals_the_general_path(kind, nagq):
 def test_gradient_equals_differences(kind, nagq, monkeypatch):
     """Quadrature included: the nodes move with the modes and with the
     Cholesky factor of the curvature (dL = LΦ(L⁻¹dH L⁻ᵀ))."""
-    monkeypatch.setattr("multilevel.vector_glmm.STEP_TOL", 1e-14)
+    monkeypatch.setattr("multilevel.glmm.exact.vector.STEP_TOL", 1e-14)
     fit = FITS[kind]
     assert_gradient_matches_differences(VectorGLMM(fit._prob, nagq), fit, atol=1e-6)
 
@@ -92,7 +92,7 @@ def test_zero_diagonal_with_a_column_below_is_searched_past(monkeypatch):
     and reaches the two-stage optimum (T₂₁ < 0), 0.0185 below the bound."""
     from pathlib import Path
 
-    import multilevel.vector_glmm as vg
+    import multilevel.glmm.exact.vector as vg
 
     d = pd.read_csv(Path(__file__).parent / "data" / "poisson_slope_flip.csv", dtype={"g": str})
     f = "y ~ x + (1 + x | g)"

@@ -46,7 +46,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 import multilevel  # noqa: E402
-from multilevel.bootstrap import BootResult, bootstrap  # noqa: E402
+from multilevel.inference.bootstrap import BootResult, bootstrap  # noqa: E402
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 REFERENCE = ROOT.parent / "shared" / "reference" / "sleep_reml.json"

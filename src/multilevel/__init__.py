@@ -7,8 +7,8 @@ Public API::
     print(fit.summary())
 """
 
-from . import datasets, plotting
-from .errors import (
+from multilevel import datasets, plotting
+from multilevel.errors import (
     ConvergenceWarning,
     DataError,
     FormulaError,
@@ -16,12 +16,12 @@ from .errors import (
     MultilevelError,
     SingularFitWarning,
 )
-from .families import Family, binomial, poisson
-from .formula import parse_formula
-from .glmm import glmer
-from .glmm_results import GlmerFit
-from .groups import add_centered, attach_level2, center_grand, center_within, group_mean
-from .inference import (
+from multilevel.formula.parser import parse_formula
+from multilevel.glmm.families import Family, binomial, poisson
+from multilevel.glmm.fit import glmer
+from multilevel.glmm.montecarlo import loglik_mc
+from multilevel.glmm.results import GlmerFit
+from multilevel.inference import (
     BootResult,
     Profile,
     anova,
@@ -34,12 +34,18 @@ from .inference import (
     refit_ml,
     simulate,
 )
-from .levels import Multilevel, MultilevelFit
-from .lmlist import LmList, lmList
-from .models import lmer
-from .montecarlo import loglik_mc
-from .nlme import LmeFit, lme, lme_from_formula
-from .results import LmerFit
+from multilevel.lmm.fit import lmer
+from multilevel.lmm.results import LmerFit
+from multilevel.workflow.groups import (
+    add_centered,
+    attach_level2,
+    center_grand,
+    center_within,
+    group_mean,
+)
+from multilevel.workflow.hlm import Multilevel, MultilevelFit
+from multilevel.workflow.lmlist import LmList, lmList
+from multilevel.workflow.nlme import LmeFit, lme, lme_from_formula
 
 __version__ = "0.1.0"
 

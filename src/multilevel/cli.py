@@ -21,22 +21,22 @@ HSB_RANDOM = "~ cses | school"
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import datasets
+    from multilevel import datasets
 
     hsb = datasets.load("hsb")
     if args.style == "nlme":
-        from .nlme import lme
+        from multilevel.workflow.nlme import lme
 
         print(lme(HSB_FIXED, HSB_RANDOM, hsb, method="REML").summary())
     else:
-        from . import lmer
+        from multilevel import lmer
 
         print(lmer(HSB_FORMULA, hsb).summary())
     return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from . import datasets
+    from multilevel import datasets
 
     for name in datasets.names():
         info = datasets.describe(name)
@@ -47,7 +47,7 @@ def _datasets(args: argparse.Namespace) -> int:
 def _read(path: str):
     import pandas as pd
 
-    from .errors import DataError
+    from multilevel.errors import DataError
 
     p = Path(path)
     if not p.is_file():
@@ -64,11 +64,11 @@ def _fit(args: argparse.Namespace) -> int:
     data = _read(args.data)
     reml = not args.ml
     if args.style == "nlme":
-        from .nlme import lme_from_formula
+        from multilevel.workflow.nlme import lme_from_formula
 
         fit = lme_from_formula(args.formula, data, method="REML" if reml else "ML")
     else:
-        from . import lmer
+        from multilevel import lmer
 
         fit = lmer(args.formula, data, REML=reml)
     if args.json:
@@ -81,7 +81,7 @@ def _fit(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    from .errors import MultilevelError
+    from multilevel.errors import MultilevelError
 
     parser = argparse.ArgumentParser(
         prog="multilevel", description="Multilevel (mixed-effects) models."

@@ -11,7 +11,7 @@ import matplotlib; the first plot does, and raises
 
 Fits: :class:`~multilevel.LmerFit`, and the objects that wrap one in
 ``.lmer`` (:class:`~multilevel.LmeFit`, :class:`~multilevel.MultilevelFit`);
-generalized fits from :func:`multilevel.glmm.glmer` where noted.
+generalized fits from :func:`multilevel.glmm.fit.glmer` where noted.
 
 What is drawn
 -------------
@@ -47,15 +47,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .design import to_pandas
-from .errors import DataError, ModelError, MultilevelError
+from multilevel.errors import DataError, ModelError, MultilevelError
+from multilevel.formula.design import to_pandas
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .lmlist import LmList
-    from .profile import Profile
+    from multilevel.inference.profile import Profile
+    from multilevel.workflow.lmlist import LmList
 
 AxesArg = Any  # an Axes or a sequence of Axes (matplotlib is optional at import)
 
@@ -515,7 +515,7 @@ def profile_zeta(
     """
     _matplotlib()  # before any numerical work
     if not hasattr(prof, "traces"):
-        from .profile import profile
+        from multilevel.inference.profile import profile
 
         prof = profile(_model(prof))
     names = list(prof.traces)
@@ -551,8 +551,8 @@ def profile_zeta(
 
 def _fixed_rows(m: Any, frame: pd.DataFrame) -> np.ndarray:
     """Fixed-effects model matrix rows of new data, coded as in the fit."""
-    from . import results
-    from .design import build_matrix
+    from multilevel.formula.design import build_matrix
+    from multilevel.lmm import results
 
     if hasattr(results, "new_values"):
         values = results.new_values(m.design, frame)

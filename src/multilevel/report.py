@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .results import LmerFit
+    from multilevel.lmm.results import LmerFit
 
 
 def decimals_needed(x: float, digits: int) -> int:

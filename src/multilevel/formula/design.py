@@ -1,0 +1,660 @@
+"""Model frame and design matrices: from a parsed formula and data to X, y and
+the per-term random-effects structures.
+
+R semantics throughout: treatment contrasts with the first level as reference;
+a categorical factor in a term is coded by contrasts when the term without it
+is in the model (the intercept counting as the empty term) and by indicators
+otherwise; interaction columns vary the first factor fastest; numeric
+grouping columns are factors.  Rows with missing values in any used variable
+are dropped and counted; infinite values are refused.  Everything is checked
+before any numerical work.
+
+The random-effects structure of term k is kept as its raw columns ``Z`` (n x
+q_k) and the level index ``codes`` (n,) of its grouping factor; the sparse
+n x (n_k q_k) matrix is never formed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from multilevel.errors import DataError, FormulaError, ModelError
+from multilevel.formula.evaluate import Evaluator, closest
+from multilevel.formula.parser import Factor, ParsedFormula, RandomTerm, TermSet
+
+
+class RankDeficiencyWarning(UserWarning):
+    """Aliased fixed-effect columns were dropped."""
+
+
+@dataclass
+class Categorical:
+    codes: np.ndarray  # int64 level index per row; -1 for missing
+    values: pd.Index  # the data values of the levels, in level order
+    labels: list[str]  # printable level labels
+
+
+@dataclass
+class Numeric:
+    values: np.ndarray  # (n, k)
+    suffixes: list[str]  # column-name suffixes; [""] for a single column
+
+
+Value = Categorical | Numeric
+
+
+def _label(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _label_strings(s: pd.Series) -> pd.Series:
+    """Printable labels of a column, vectorized (integral floats without '.0')."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return s.map({True: "TRUE", False: "FALSE"})
+    if pd.api.types.is_float_dtype(s.dtype):
+        v = s.to_numpy()
+        if np.all(np.isnan(v) | (v == np.round(v))):
+            return pd.Series(np.where(np.isnan(v), "nan", v.astype(np.int64).astype(str)))
+    return s.astype(str)
+
+
+def _match_levels(values: pd.Index, column: pd.Series) -> np.ndarray:
+    """Level positions of new data's values; by value, else by printed label
+    (a school read as 1224 in one file and "1224" in another is one level)."""
+    idx = values.get_indexer(column.to_numpy())
+    if (idx < 0).any():
+        by_label = pd.Index(_label_strings(pd.Series(values))).get_indexer(
+            _label_strings(column.reset_index(drop=True))
+        )
+        idx = np.where(idx < 0, by_label, idx)
+    return idx
+
+
+def to_pandas(data: Any) -> pd.DataFrame:
+    """Accept pandas or polars data frames (and mappings of columns)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if type(data).__module__.startswith("polars"):
+        # column by column: polars' own to_pandas() needs pyarrow
+        return pd.DataFrame({c: data[c].to_numpy() for c in data.columns})
+    if isinstance(data, dict):
+        return pd.DataFrame(data)
+    if type(data).__module__.split(".")[0] in ("dask", "dask_expr"):
+        raise DataError(
+            "this function needs the data in memory (call .compute() on the Dask "
+            "DataFrame); lmer() fits Dask and Parquet data directly"
+        )
+    raise DataError(
+        f"data must be a pandas or polars DataFrame, not {type(data).__module__}."
+        f"{type(data).__name__}"
+    )
+
+
+def _categorize(values: Any, label: str, level_order: list | None) -> Categorical:
+    """Factor coding of a column: pandas category order, otherwise sorted."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = s.cat.categories
+        codes = s.cat.codes.to_numpy().astype(np.int64)
+        # unused categories would give all-zero columns; R's droplevels() would drop them
+        used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
+        if not used.all():
+            remap = np.cumsum(used) - 1
+            codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+            cats = cats[used]
+        values_index = pd.Index(cats)
+    else:
+        codes, uniques = pd.factorize(s, sort=True, use_na_sentinel=True)
+        codes = codes.astype(np.int64)
+        values_index = pd.Index(uniques)
+    if level_order is not None:
+        order = pd.Index(level_order)
+        if not order.is_unique:
+            raise DataError(f"levels= for {label!r} repeats a level")
+        remap = order.get_indexer(values_index).astype(np.int64)
+        if (remap < 0).any():
+            missing = list(values_index[remap < 0][:5])
+            raise DataError(
+                f"levels= for {label!r} lacks the data values {missing}; "
+                f"give all levels, the reference level first"
+            )
+        codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+        values_index = order
+    if len(values_index) > 1000:  # pandas' fixed cost pays off only for many levels
+        labels = _label_strings(pd.Series(values_index)).tolist()
+    else:
+        # a plain array first: iterating an Arrow-backed index costs µs per item
+        labels = [_label(v) for v in values_index.to_numpy()]
+    return Categorical(codes, values_index, labels)
+
+
+def _is_categorical(values: Any) -> bool:
+    dtype = getattr(values, "dtype", None)
+    if dtype is None:
+        return True
+    return pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype)
+
+
+@dataclass
+class FactorSpec:
+    """How a factor was coded on the fitting data, reused for new data."""
+
+    factor: Factor
+    categorical: bool
+    values: pd.Index | None = None  # level values for categoricals
+    labels: list[str] | None = None
+    suffixes: list[str] | None = None  # numeric column suffixes
+
+
+@dataclass
+class MatrixSpec:
+    """A model matrix (fixed part, or one random term's columns) as built."""
+
+    intercept: bool
+    terms: list[tuple[str, ...]]
+    codings: list[tuple[str, ...]]  # per term, per factor: "num", "contrast", "full"
+    names: list[str]
+    keep: np.ndarray | None = None  # columns kept after aliasing checks
+
+
+@dataclass
+class RandomStructure:
+    """One random-effects term: raw columns and the grouping factor's levels."""
+
+    term: RandomTerm
+    Z: np.ndarray  # (n, q) values of the term's columns
+    codes: np.ndarray  # (n,) level of each row
+    levels: list[str]  # level labels in order
+    spec: MatrixSpec
+    group_values: list[pd.Index]  # per grouping column, level values (for new data)
+    group_combos: np.ndarray | None = None  # (nlevels, ncols) column codes of each level
+
+    def level_index(self, frame: pd.DataFrame) -> np.ndarray:
+        """Level of each row of new data (-1 for levels not seen in the fit)."""
+        for g in self.term.group:
+            if g not in frame.columns:
+                raise DataError(f"newdata lacks the grouping column {g!r}")
+        codes = [
+            _match_levels(vals, frame[g])
+            for vals, g in zip(self.group_values, self.term.group, strict=True)
+        ]
+        if len(codes) == 1:
+            return codes[0].astype(np.int64)
+        sizes = [len(v) for v in self.group_values]
+        key = np.zeros(len(frame), dtype=np.int64)
+        level_key = np.zeros(len(self.levels), dtype=np.int64)
+        for j, (c, size) in enumerate(zip(codes, sizes, strict=True)):
+            key = key * size + np.maximum(c, 0)
+            level_key = level_key * size + self.group_combos[:, j]
+        unknown = np.any(np.stack(codes) < 0, axis=0)
+        pos = np.minimum(np.searchsorted(level_key, key), len(level_key) - 1)
+        found = (level_key[pos] == key) & ~unknown
+        return np.where(found, pos, -1).astype(np.int64)
+
+    @property
+    def name(self) -> str:
+        return self.term.group_name
+
+    @property
+    def cnames(self) -> list[str]:
+        return self.spec.names
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.levels)
+
+
+@dataclass
+class Design:
+    """Everything the engine needs, plus what prediction needs to rebuild it."""
+
+    formula: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    xspec: MatrixSpec
+    random: list[RandomStructure]
+    weights: np.ndarray | None
+    offset: np.ndarray | None
+    n_dropped: int
+    row_index: pd.Index  # index labels of the rows used
+    factor_specs: dict[str, FactorSpec]
+    evaluator: Evaluator
+    messages: list[str] = field(default_factory=list)
+    response: Value | None = None  # the response as evaluated (GLMMs interpret it)
+    n_rows: int | None = None  # set when the rows are not held (chunked data)
+
+    @property
+    def nobs(self) -> int:
+        return len(self.y) if self.n_rows is None else self.n_rows
+
+    @property
+    def fixef_names(self) -> list[str]:
+        return self.xspec.names
+
+
+def _evaluate_factor(
+    factor: Factor, frame: pd.DataFrame, evaluator: Evaluator, columns: list[str]
+) -> Any:
+    if factor.is_name:
+        if factor.label not in frame.columns:
+            raise DataError(
+                f"column {factor.label!r} is not in the data" + closest(factor.label, columns)
+            )
+        return frame[factor.label]
+    used = evaluator.columns_used(factor.code, columns, factor.label)
+    arrays = {c: _numeric_or_raw(frame[c]) for c in used}
+    with np.errstate(all="ignore"):
+        try:
+            return evaluator.evaluate(factor.code, arrays, factor.label)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"cannot evaluate {factor.label!r}: {exc}") from None
+
+
+def _numeric_or_raw(s: pd.Series) -> np.ndarray:
+    if _is_categorical(s):
+        return s.to_numpy()
+    return s.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _to_value(raw: Any, label: str, levels: dict | None) -> Value:
+    order = (levels or {}).get(label)
+    if _is_categorical(raw) or order is not None:
+        return _categorize(raw, label, order)
+    arr = np.asarray(raw, dtype=float)
+    if arr.ndim == 1:
+        return Numeric(arr[:, None], [""])
+    if arr.ndim == 2:
+        return Numeric(arr, [str(j + 1) for j in range(arr.shape[1])])
+    raise DataError(f"{label!r} evaluates to a {arr.ndim}-dimensional array")
+
+
+def _missing(value: Value) -> np.ndarray:
+    if isinstance(value, Categorical):
+        return value.codes < 0
+    return np.isnan(value.values).any(axis=1)
+
+
+def _subset(value: Value, keep: np.ndarray, keep_levels: bool = False) -> Value:
+    if isinstance(value, Categorical):
+        codes = value.codes[keep]
+        used = np.bincount(codes, minlength=len(value.labels)) > 0
+        if used.all() or keep_levels:
+            return Categorical(codes, value.values, value.labels)
+        remap = np.cumsum(used) - 1
+        return Categorical(
+            remap[codes],
+            value.values[used],
+            [lab for lab, u in zip(value.labels, used, strict=True) if u],
+        )
+    return Numeric(value.values[keep], value.suffixes)
+
+
+def _factor_columns(value: Value, coding: str) -> tuple[np.ndarray, list[str]]:
+    if isinstance(value, Numeric):
+        return value.values, value.suffixes
+    nlev = len(value.labels)
+    start = 1 if coding == "contrast" else 0
+    ind = np.zeros((len(value.codes), nlev), dtype=float)
+    ind[np.arange(len(value.codes)), value.codes] = 1.0
+    return ind[:, start:], value.labels[start:]
+
+
+def _codings(tset: TermSet, values: dict[str, Value]) -> list[tuple[str, ...]]:
+    present = {frozenset(t) for t in tset.terms}
+    if tset.intercept:
+        present.add(frozenset())
+    out = []
+    for term in tset.terms:
+        coding = []
+        for f in term:
+            if isinstance(values[f], Numeric):
+                coding.append("num")
+            else:
+                margin = frozenset(term) - {f}
+                coding.append("contrast" if margin in present else "full")
+        out.append(tuple(coding))
+    return out
+
+
+def build_matrix(
+    tset: TermSet, values: dict[str, Value], n: int, codings: list[tuple[str, ...]] | None = None
+) -> tuple[np.ndarray, MatrixSpec]:
+    """Model matrix of a term set with R's column names and order."""
+    if codings is None:
+        codings = _codings(tset, values)
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    if tset.intercept:
+        blocks.append(np.ones((n, 1)))
+        names.append("(Intercept)")
+    for term, coding in zip(tset.terms, codings, strict=True):
+        mat = np.ones((n, 1))
+        cn = [""]
+        for f, c in zip(term, coding, strict=True):
+            cols, suffixes = _factor_columns(values[f], c)
+            # the first factor varies fastest, as in R
+            mat = (mat[:, None, :] * cols[:, :, None]).reshape(n, -1)
+            cn = [f"{a}:{f}{s}" if a else f"{f}{s}" for s in suffixes for a in cn]
+        blocks.append(mat)
+        names.extend(cn)
+    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
+    return X, MatrixSpec(tset.intercept, list(tset.terms), codings, names)
+
+
+def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Boolean mask of columns linearly dependent on earlier ones."""
+    return aliased_from_gram(X.T @ X, tol)
+
+
+def aliased_from_gram(G: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Aliased columns from the cross-product XᵀX: a Cholesky factorization
+    of the scaled cross-product in column order that skips pivots below
+    ``tol``; the later of two aliased columns is dropped, as R's
+    column-pivoting QR does.
+    """
+    p = G.shape[0]
+    d = np.sqrt(np.maximum(np.diag(G), 0.0))
+    zero = d == 0
+    d[zero] = 1.0
+    G = G / d[:, None] / d[None, :]
+    alias = zero.copy()
+    L = np.zeros((p, p))
+    for j in range(p):  # p columns, not rows or groups
+        if alias[j]:
+            continue
+        keep = ~alias[:j]
+        lj = L[j, :j][keep]
+        pivot = G[j, j] - lj @ lj
+        if pivot < tol:
+            alias[j] = True
+            continue
+        L[j, j] = np.sqrt(pivot)
+        rows = np.arange(j + 1, p)
+        L[rows, j] = (G[rows, j] - L[rows, :j][:, keep] @ lj) / L[j, j]
+    return alias
+
+
+def _vector_arg(arg: Any, frame: pd.DataFrame, name: str, columns: list[str]) -> np.ndarray | None:
+    if arg is None:
+        return None
+    if isinstance(arg, str):
+        if arg not in frame.columns:
+            raise DataError(f"{name} column {arg!r} is not in the data" + closest(arg, columns))
+        arg = frame[arg]
+    arr = np.asarray(arg, dtype=float)
+    if arr.shape != (len(frame),):
+        raise DataError(f"{name} must have one value per row ({len(frame)}), got shape {arr.shape}")
+    return arr
+
+
+def build_design(
+    parsed: ParsedFormula,
+    data: Any,
+    *,
+    weights: Any = None,
+    offset: Any = None,
+    levels: dict[str, list] | None = None,
+    na_action: str = "omit",
+    namespace: dict | None = None,
+    numeric_response: bool = True,
+    check_nobs: bool = True,
+    drop_aliased: bool = True,
+    frozen: dict | None = None,
+) -> Design:
+    """Model frame, fixed-effects matrix and random-effects structures.
+
+    ``numeric_response=False`` keeps a categorical or multi-column response
+    (``Design.response``) for the GLMM code to interpret; ``check_nobs=False``
+    allows as many random effects as observations (families without a scale
+    parameter, e.g. an observation-level random effect in a Poisson model);
+    ``drop_aliased=False`` keeps aliased columns (per-group fits judge them).
+
+    ``frozen`` fixes the complete level sets (one chunk of a larger data set,
+    :mod:`multilevel.partitioned.lmm`): ``{label: level values}`` for every
+    categorical factor and grouping column, and ``{("combos", group name):
+    level keys}`` for interaction grouping factors; unused levels are kept and
+    level-count checks are left to the caller.
+    """
+    frame = to_pandas(data)
+    if na_action not in ("omit", "raise"):
+        raise DataError(f"na_action must be 'omit' or 'raise', not {na_action!r}")
+    if len(frame) == 0:
+        raise DataError("the data have no rows")
+    if parsed.response is None:
+        raise FormulaError("the formula has no response", parsed.text, 0)
+    columns = [str(c) for c in frame.columns]
+    evaluator = Evaluator(namespace)
+
+    needed: dict[str, Factor] = {}
+    for label in _used_labels(parsed):
+        needed[label] = parsed.factors[label]
+    raw = {label: _evaluate_factor(f, frame, evaluator, columns) for label, f in needed.items()}
+    w = _vector_arg(weights, frame, "weights", columns)
+    off = _vector_arg(offset, frame, "offset", columns)
+
+    if frozen is not None:
+        levels = {**(levels or {}), **{k: list(v) for k, v in frozen.items() if isinstance(k, str)}}
+    values = {label: _to_value(r, label, levels) for label, r in raw.items()}
+    n_all = len(frame)
+    for label, v in values.items():
+        if isinstance(v, Numeric) and v.values.shape[0] != n_all:
+            if v.values.size == 1:
+                values[label] = Numeric(np.full((n_all, 1), float(v.values.ravel()[0])), [""])
+            else:
+                raise DataError(f"{label!r} has {v.values.shape[0]} values for {n_all} rows")
+
+    missing = np.zeros(n_all, dtype=bool)
+    for v in values.values():
+        missing |= _missing(v)
+    for arr in (w, off):
+        if arr is not None:
+            missing |= np.isnan(arr)
+    n_dropped = int(missing.sum())
+    if n_dropped:
+        if na_action == "raise":
+            bad = [lab for lab, v in values.items() if _missing(v).any()]
+            raise DataError(
+                f"{n_dropped} rows have missing values (in {', '.join(map(repr, bad))}) "
+                "and na_action='raise'"
+            )
+        keep = ~missing
+        values = {lab: _subset(v, keep, frozen is not None) for lab, v in values.items()}
+        w = None if w is None else w[keep]
+        off = None if off is None else off[keep]
+    else:
+        keep = None
+    n = n_all - n_dropped
+    if n == 0:
+        raise DataError("no rows are left after dropping rows with missing values")
+    for label, v in values.items():
+        if isinstance(v, Numeric) and not np.isfinite(v.values).all():
+            raise DataError(f"{label!r} has infinite values")
+    if w is not None:
+        if not np.isfinite(w).all() or (w <= 0).any():
+            raise DataError("weights must be positive and finite")
+    if off is not None and not np.isfinite(off).all():
+        raise DataError("offset has infinite values")
+
+    resp = values[parsed.response.label]
+    if numeric_response:
+        if isinstance(resp, Categorical):
+            raise DataError(
+                f"the response {parsed.response.label!r} is not numeric; a linear mixed model "
+                "needs a numeric response (use glmer for binary or count data)"
+            )
+        if resp.values.shape[1] != 1:
+            raise DataError(f"the response {parsed.response.label!r} must be a single column")
+    if isinstance(resp, Numeric) and resp.values.shape[1] == 1:
+        y = resp.values[:, 0].copy()
+    else:
+        y = np.full(n, np.nan)
+
+    X, xspec = build_matrix(parsed.fixed, values, n)
+    messages: list[str] = []
+    if X.shape[1] == 0:
+        raise ModelError("the fixed-effects part has no columns; lmer needs at least one")
+    alias = aliased_columns(X) if drop_aliased else np.zeros(X.shape[1], dtype=bool)
+    if alias.any():
+        dropped = [nm for nm, a in zip(xspec.names, alias, strict=True) if a]
+        msg = (
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column{'s' if len(dropped) > 1 else ''} / coefficient"
+            f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}"
+        )
+        warnings.warn(msg, RankDeficiencyWarning, stacklevel=3)
+        messages.append(msg)
+        X = X[:, ~alias]
+        xspec.keep = ~alias
+        xspec.names = [nm for nm, a in zip(xspec.names, alias, strict=True) if not a]
+    if off is not None or parsed.fixed.offsets:
+        total = np.zeros(n) if off is None else off.copy()
+        for label in parsed.fixed.offsets:
+            total += values[label].values[:, 0]  # type: ignore[union-attr]
+        off = total
+
+    random = [
+        _random_structure(
+            rt,
+            values,
+            n,
+            check_nobs and frozen is None,
+            None if frozen is None else frozen.get(("combos", rt.group_name)),
+        )
+        for rt in parsed.random
+    ]
+    specs = {
+        lab: FactorSpec(
+            parsed.factors[lab],
+            isinstance(v, Categorical),
+            getattr(v, "values", None) if isinstance(v, Categorical) else None,
+            v.labels if isinstance(v, Categorical) else None,
+            v.suffixes if isinstance(v, Numeric) else None,
+        )
+        for lab, v in values.items()
+    }
+    row_index = frame.index if keep is None else frame.index[keep]
+    if n_dropped:
+        messages.append(
+            f"{n_dropped} row{'s' if n_dropped != 1 else ''} with missing values "
+            f"{'were' if n_dropped != 1 else 'was'} dropped"
+        )
+    return Design(
+        parsed,
+        y,
+        np.ascontiguousarray(X),
+        xspec,
+        random,
+        w,
+        off,
+        n_dropped,
+        row_index,
+        specs,
+        evaluator,
+        messages,
+        resp,
+    )
+
+
+def _used_labels(parsed: ParsedFormula) -> list[str]:
+    labels: list[str] = []
+
+    def add(lab: str) -> None:
+        if lab not in labels:
+            labels.append(lab)
+
+    assert parsed.response is not None
+    add(parsed.response.label)
+    for t in parsed.fixed.terms:
+        for f in t:
+            add(f)
+    for f in parsed.fixed.offsets:
+        add(f)
+    for rt in parsed.random:
+        for t in rt.expr.terms:
+            for f in t:
+                add(f)
+        for g in rt.group:
+            add(g)
+    return labels
+
+
+def combo_keys(parts: list[Categorical]) -> np.ndarray:
+    """One integer per row for the combination of several factors' levels."""
+    combo = np.zeros(len(parts[0].codes), dtype=np.int64)
+    for p in parts:
+        combo = combo * len(p.labels) + p.codes
+    return combo
+
+
+def group_codes(
+    parts: list[Categorical], known: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Level index of the interaction of grouping factors (levels in the order
+    of the first factor, then the next...): the combinations that occur, or
+    the sorted ``known`` combination keys (see :func:`combo_keys`)."""
+    if len(parts) == 1:
+        return parts[0].codes, list(parts[0].labels), parts[0].codes[:, None]
+    combo = combo_keys(parts)
+    if known is None:
+        uniq, codes = np.unique(combo, return_inverse=True)
+    else:
+        uniq = np.asarray(known, dtype=np.int64)
+        codes = np.searchsorted(uniq, combo)
+    comps = []
+    rem = uniq.copy()
+    for p in reversed(parts):
+        comps.append(rem % len(p.labels))
+        rem = rem // len(p.labels)
+    comps.reverse()
+    cols = [
+        pd.Series(np.asarray(p.labels, dtype=object)[c]) for p, c in zip(parts, comps, strict=True)
+    ]
+    labels = cols[0].str.cat(cols[1:], sep=":").tolist()
+    return codes.astype(np.int64), labels, np.stack(comps, axis=1)
+
+
+def _random_structure(
+    rt: RandomTerm,
+    values: dict[str, Value],
+    n: int,
+    check_nobs: bool = True,
+    combos: np.ndarray | None = None,
+) -> RandomStructure:
+    Z, spec = build_matrix(rt.expr, values, n)
+    parts: list[Categorical] = []
+    for g in rt.group:
+        v = values[g]
+        if isinstance(v, Numeric):
+            if v.values.shape[1] != 1:
+                raise DataError(f"grouping factor {g!r} must be a single column")
+            v = _categorize(pd.Series(v.values[:, 0]), g, None)
+            values[g] = v
+        parts.append(v)
+    codes, labels, combos = group_codes(parts, combos)
+    if len(labels) < 2 and check_nobs:
+        raise ModelError(
+            f"grouping factor {rt.group_name!r} has only {len(labels)} level; "
+            "a random effect needs at least two levels"
+        )
+    if check_nobs and len(labels) * Z.shape[1] >= n:
+        raise ModelError(
+            f"number of observations ({n}) <= number of random effects "
+            f"({len(labels) * Z.shape[1]}) for term {rt.text}; the random-effects "
+            "parameters and the residual variance are probably unidentifiable"
+        )
+    return RandomStructure(
+        rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts], combos
+    )

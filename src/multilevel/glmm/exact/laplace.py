@@ -1,0 +1,252 @@
+"""Exact gradient of the Laplace deviance for scalar random-effects terms
+(nested or crossed) and a canonical link.
+
+With η = o + Xβ + ZΛu, Λ = diag(θ_k on term k), the conditional modes ũ
+(PIRLS, :mod:`multilevel.glmm.pirls`) and M = ΛZᵀWZΛ + I = LLᵀ at them,
+
+    D(θ, β) = −2ℓ(η̃) + ‖ũ‖² + log|M|,     ℓ' = wt(y − μ), w = wt b'', w' = wt b'''.
+
+The first two terms are stationary in u (envelope theorem); log|M| moves
+with θ directly and with η̃ through W.  With hᵢ = z̃ᵢᵀM⁻¹z̃ᵢ (z̃ᵢ = row i of
+ZΛ), cᵢ = w'ᵢhᵢ, the implicit derivative M dũ = E_kZᵀℓ' dθ_k − ΛZᵀW dη|_u and
+one adjoint solve v = M⁻¹ΛZᵀc:
+
+    ∂D/∂β   = Xᵀ(−2ℓ' + c − w ∘ ZΛv)
+    ∂D/∂θ_k = Σᵢ (cᵢ − 2ℓ'ᵢ − wᵢ(ZΛv)ᵢ) z_ik ũ_k(i) + Σᵢ ℓ'ᵢ z_ik v_k(i)
+              + 2(n_k − tr_k M⁻¹)/θ_k        (0 at θ_k = 0: D is even in θ_k)
+
+(u_k(i): row i's level of term k).  hᵢ and tr_k M⁻¹ need M⁻¹ on the pattern
+of ZᵀZ: with L = [[D₀, 0], [C₀ᵣᵀ, L_R]] (D₀ diagonal, the first term) and
+K = L_R⁻¹C₀ᵣᵀD₀⁻¹, M⁻¹ = [[D₀⁻² + KᵀK, −KᵀL_R⁻¹], [·, L_R⁻ᵀL_R⁻¹]], dense in
+the (small) rest block.  Canonical links make the observed and the Fisher
+weights agree, so PIRLS' M is the Hessian the implicit derivative needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+from scipy.linalg.lapack import dtrtri
+
+from multilevel.compiled import kernel
+from multilevel.glmm import pirls
+from multilevel.glmm.exact.search import Search, whitening
+from multilevel.glmm.families import Binomial, Family, Poisson
+from multilevel.glmm.pirls import PirlsError, PirlsProblem, back_solve
+
+MAX_REST = 1500  # rest-block order up to which M⁻¹'s blocks are formed densely
+MAX_CELLS = 4_000_000  # n₀ × rest order: the dense K
+MAX_PAIRS = 5_000_000  # pairs of first × rest entries of one first level (compiled kernel)
+KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
+
+
+def supported(family: Family, qs: list[int], nlevels: list[int]) -> bool:
+    """Several scalar terms, binomial-logit or Poisson-log (plain classes), a
+    rest block small enough for dense inverse blocks."""
+    rest = sum(nlevels[1:])
+    return (
+        len(qs) > 1
+        and all(q == 1 for q in qs)
+        and type(family) in (Binomial, Poisson)
+        and family.canonical
+        and rest <= MAX_REST
+        and nlevels[0] * rest <= MAX_CELLS
+    )
+
+
+class LaplaceGLMM:
+    """Laplace deviance and its gradient in φ = (θ₁..θ_K, β), warm-started
+    PIRLS modes in ``u``."""
+
+    def __init__(self, prob: PirlsProblem):
+        self.prob = prob
+        rb = prob.rb
+        self.K = rb.K
+        self.logit = isinstance(prob.family, Binomial)
+        self.z = [Z[:, 0] for Z in rb.Zs]
+        self.pos = [rb.codes[0]] + [
+            rb.Q0 + int(rb.rest_offsets[k - 1]) + rb.codes[k] for k in range(1, rb.K)
+        ]
+        self.rest = [self.pos[k] - rb.Q0 for k in range(1, rb.K)]
+        self.u: np.ndarray | None = None
+        self.evals = 0
+        self._kernel = None if KERNEL_DISABLED else _kernel_args(prob)
+
+    def _mode(self, theta: np.ndarray, beta: np.ndarray):
+        try:
+            return self.prob.mode(theta, beta, self.u, joint=False)
+        except PirlsError:
+            if self.u is None:
+                raise
+            return self.prob.mode(theta, beta, None, joint=False)  # cold restart
+
+    def deviance_grad(self, phi: np.ndarray, grad: bool = True):
+        self.evals += 1
+        if self._kernel is not None:
+            return self._compiled(np.ascontiguousarray(phi, dtype=float), grad)
+        K, prob, rb = self.K, self.prob, self.prob.rb
+        theta, beta = np.asarray(phi[:K], float), np.asarray(phi[K:], float)
+        m = self._mode(theta, beta)
+        self.u = m.u
+        if not grad:
+            return m.laplace, None
+        f = m.factor
+        r = prob.resp
+        if self.logit:
+            e = np.exp(-np.abs(m.eta))
+            q = 1.0 / (1.0 + e)
+            mu = np.where(m.eta >= 0, q, e * q)
+            v = e * q * q
+            v3 = v * (1.0 - 2.0 * mu)
+        else:
+            mu = v = v3 = np.exp(np.minimum(m.eta, 700.0))
+        w, w3, lp = r.weights * v, r.weights * v3, r.weights * (r.y - mu)
+        # M⁻¹ on the pattern only: first-term diagonal, first × rest and
+        # rest × rest at the pairs of levels rows meet, each a dot product of
+        # columns of L_R⁻¹ and Kᵀ = D₀⁻¹C₀ᵣL_R⁻ᵀ (C₀ᵣ sparse)
+        l0 = f.L0[0, 0]
+        LRinv, info = dtrtri(f.LR, lower=1)
+        if info != 0:  # pragma: no cover - L_R came from a successful potrf
+            raise PirlsError("the rest block's factor is singular")
+        # rows of LiT are the columns of L_R⁻¹ (dpotrf cleaned the upper triangle,
+        # which dtrtri leaves alone)
+        LiT = np.ascontiguousarray(LRinv.T)
+        KmT = np.asarray(f.C0R @ LiT) / l0[:, None]  # (n₀, Qr)
+        d00 = 1.0 / (l0 * l0) + np.einsum("nr,nr->n", KmT, KmT)
+        dMRR = np.einsum("rj,rj->r", LiT, LiT)
+        zt = [theta[k] * self.z[k] for k in range(K)]
+        c0 = rb.codes[0]
+        h = zt[0] * zt[0] * d00[c0]
+        K0 = KmT[c0]  # (n, Qr): row i's level of the first term
+        cols = [LiT[ra] for ra in self.rest]  # (n, Qr) each
+        for a in range(1, K):  # terms, not rows or levels
+            ra, Ca = self.rest[a - 1], cols[a - 1]
+            h -= 2.0 * zt[0] * zt[a] * np.einsum("nj,nj->n", K0, Ca)
+            h += zt[a] * zt[a] * dMRR[ra]
+            for b in range(a + 1, K):
+                h += 2.0 * zt[a] * zt[b] * np.einsum("nj,nj->n", Ca, cols[b - 1])
+        c = w3 * h
+        rhs = np.zeros(rb.Q)
+        for k in range(K):
+            rhs += np.bincount(self.pos[k], weights=zt[k] * c, minlength=rb.Q)
+        vsol = self._solve(f, rhs)
+        zlv = rb.zb(vsol, f.T)
+        common = c - 2.0 * lp - w * zlv
+        g = np.empty(phi.size)
+        g[K:] = prob.X.T @ common
+        for k in range(K):
+            if theta[k] == 0.0:
+                g[k] = 0.0
+                continue
+            zk = self.z[k]
+            n_k = rb.nlevels[k]
+            if k == 0:
+                tr = float(d00.sum())
+            else:
+                lo = int(rb.rest_offsets[k - 1])
+                tr = float(dMRR[lo : lo + n_k].sum())
+            g[k] = (
+                float(np.dot(common, zk * m.u[self.pos[k]]))
+                + float(np.dot(lp, zk * vsol[self.pos[k]]))
+                + 2.0 * (n_k - tr) / theta[k]
+            )
+        return m.laplace, g
+
+    def _compiled(self, phi: np.ndarray, grad: bool):
+        fn, args, work, const, Q = self._kernel
+        g = np.zeros(phi.size)
+        for cold in (False, True):  # a failed warm start is retried from u = 0
+            u = np.zeros(Q) if cold or self.u is None else self.u.copy()
+            try:
+                dev = fn(*args[:12], phi, u, g, work, *args[12:], int(grad), pirls.STEP_TOL)
+                break
+            except ArithmeticError as exc:
+                if cold or self.u is None:
+                    raise PirlsError(str(exc)) from None
+        self.u = u
+        return dev - 2.0 * const, (g if grad else None)
+
+    def _solve(self, f, rhs: np.ndarray) -> np.ndarray:
+        """M⁻¹ rhs through L: forward with [[D₀, 0], [C₀ᵣᵀ, L_R]], then Lᵀ."""
+        rb = self.prob.rb
+        y0 = rhs[: rb.Q0] / f.L0[0, 0]
+        yR = sla.solve_triangular(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0, lower=True, check_finite=False)
+        return back_solve(rb, f, y0, yR)
+
+
+def _kernel_args(prob: PirlsProblem):
+    """The compiled kernel (``_glmm_kernels.laplace_terms``) and its index
+    arrays, or None (not built, or the pairs of the first × rest block too
+    many).  Entries of that block are the distinct (first level, rest level)
+    pairs rows meet, sorted; pairs of entries of one first level (rest index
+    descending-or-equal) update the Schur complement."""
+    terms = kernel("_glmm_kernels", "laplace_terms")
+    set_lapack = kernel("_glmm_kernels", "set_lapack")
+    if terms is None or set_lapack is None:
+        return None
+    try:
+        from scipy.linalg import cython_lapack
+
+        capi = cython_lapack.__pyx_capi__
+        set_lapack(capi["dpotrf"], capi["dtrtri"])
+    except (ImportError, AttributeError, KeyError, ValueError):  # no exported LAPACK
+        return None
+    rb, r = prob.rb, prob.resp
+    n, K, Qr, n0 = rb.n, rb.K, rb.Qr, rb.nlevels[0]
+    pos = np.stack(
+        [rb.codes[0]] + [int(rb.rest_offsets[k - 1]) + rb.codes[k] for k in range(1, K)]
+    ).astype(np.int64)
+    keys = (pos[0][None, :] * Qr + pos[1:]).ravel()
+    uniq, inv = np.unique(keys, return_inverse=True)
+    erow, ecol = (uniq // Qr).astype(np.int64), (uniq % Qr).astype(np.int64)
+    slot = inv.reshape(K - 1, n).astype(np.int64)
+    if K > 64:  # the kernel's fixed per-term arrays
+        return None
+    cnt = np.bincount(erow, minlength=n0)
+    npairs = int((cnt * (cnt + 1) // 2).sum())
+    if npairs > MAX_PAIRS:
+        return None
+    start = np.r_[0, np.cumsum(cnt)[:-1]]
+    # entries e1 ≥ e2 of one first level: e1 = start + i, e2 = start + j, j ≤ i
+    rows_e = np.arange(uniq.size) - start[erow]  # position within its level
+    e1 = np.repeat(np.arange(uniq.size), rows_e + 1)
+    offs = np.arange(e1.size) - np.repeat(np.cumsum(rows_e + 1) - (rows_e + 1), rows_e + 1)
+    e2 = start[erow[e1]] + offs
+    term = np.concatenate([np.full(rb.nlevels[k], k, dtype=np.int64) for k in range(1, K)])
+    z = np.ascontiguousarray(np.stack([Z[:, 0] for Z in rb.Zs]), dtype=float)
+    Q = n0 + Qr
+    work = np.empty(7 * n + n0 + uniq.size + 2 * Qr * Qr + 4 * Q + n0 * Qr)
+    args = (
+        np.ascontiguousarray(prob.X, dtype=float),
+        np.ascontiguousarray(r.y, dtype=float),
+        np.ascontiguousarray(r.weights, dtype=float),
+        np.ascontiguousarray(prob.offset, dtype=float),
+        z,
+        pos,
+        slot,
+        erow,
+        ecol,
+        e1.astype(np.int64),
+        e2.astype(np.int64),
+        term,
+        n0,
+        Qr,
+        int(isinstance(prob.family, Binomial)),
+    )
+    return terms, args, work, float(r.const.sum()), Q
+
+
+def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray):
+    """Minimise the Laplace deviance over (θ, δ) with its exact gradient
+    (:class:`multilevel.glmm.exact.search.Search`, from a forward-difference
+    Hessian at (θ₀, 0)).  Returns the record (in x), the Hessian in x, β₀,
+    R⁻¹ (β = β₀ + R⁻¹δ) and the conditional modes at the optimum."""
+    R = whitening(prob, beta0)
+    Rinv = np.linalg.inv(R)
+    K = prob.rb.K
+    search = Search(LaplaceGLMM(prob), beta0, Rinv, ntheta=K)
+    x0 = np.concatenate([np.asarray(theta0, float), np.zeros(prob.p)])
+    rec, H = search.minimize(x0, search.hessian(x0))
+    rec.evals = search.model.evals
+    H = H if np.all(np.isfinite(H)) else None
+    return rec, H, beta0, Rinv, search.model.u.copy()

@@ -1,0 +1,319 @@
+"""Laplace and AGQ deviance, with its exact gradient, for a GLMM with one
+scalar random-effects term and a canonical link.
+
+With one grouping factor and one column z (``(1 | g)`` or ``(0 + x | g)``),
+ηᵢ = oᵢ + xᵢᵀβ + θ zᵢ u_j for row i of group j, u_j ~ N(0, 1), and the
+marginal likelihood is a product of one-dimensional integrals.  Per group,
+
+    f_j(u) = −Σᵢ ℓᵢ(ηᵢ(u)) + u²/2,      h_j = f_j''(û_j) = 1 + θ² Σᵢ zᵢ² wᵢ,
+
+with ℓᵢ = wtᵢ(yᵢηᵢ − b(ηᵢ)) + cᵢ (full log-density), ℓ' = wt(y − μ),
+w = wt b''(η), w' = wt b'''(η).  The conditional modes û_j solve f_j'(u) = 0
+(vectorized Newton steps over all groups, halved per group while f_j rises).
+With s_j = h_j^(−1/2) and Gauss–Hermite nodes t_k, weights W_k (for the weight
+e^(−t²/2); one node t = 0 is the Laplace approximation),
+
+    D(θ, β) = −2 Σ_j [−½ log 2π − ½ log h_j
+                       + log Σ_k W_k exp(−f_j(û_j + s_j t_k) + t_k²/2)].
+
+Its exact gradient (every quantity a per-row expression and a per-group
+sum): with P_jk the softmax weights of the nodes, F_jk = f_j'(u_jk),
+E_j = Σ_k P_jk F_jk t_k, D_j = Σ_k P_jk F_jk,
+
+    dD = 2 Σ_j Σ_k P_jk ∂f_j/∂φ(u_jk) + Σ_j (1 − s_j E_j)/h_j · dh_j + 2 Σ_j D_j dû_j,
+
+where dû_j = −(∂f_j'/∂φ)/h_j (implicit function theorem) and
+dh_j = ∂h_j/∂φ + θ³ Σᵢ zᵢ³ w'ᵢ dû_j.  For Laplace E_j = D_j = 0.  A canonical
+link makes the observed and expected weights agree, so PIRLS' curvature is
+f_j''.  Nothing loops over groups or rows in numpy; the compiled kernel
+(``_glmm_kernels.c``, used when it was built) does the same group by group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from multilevel.compiled import kernel
+from multilevel.glmm.exact.search import Search, whitening
+from multilevel.glmm.families import Binomial, Family, GlmResponse, Poisson
+from multilevel.glmm.pirls import PirlsError, halve_where_rising
+from multilevel.glmm.quadrature import gauss_hermite_grid
+
+_LOG2PI = float(np.log(2.0 * np.pi))
+MAX_NEWTON = 100
+STEP_TOL = 1e-10
+CHUNK_CELLS = 400_000  # rows × nodes per block of the quadrature
+KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
+
+
+def _load_kernel():
+    """The compiled deviance (``multilevel._glmm_kernels``) if it was built."""
+    return kernel("_glmm_kernels", "scalar_glmm")
+
+
+def supported(family: Family, nterms: int, q: int) -> bool:
+    """Whether the groupwise path applies: one scalar term, binomial-logit or
+    Poisson-log (plain classes: a user's subclass keeps the general path)."""
+    return nterms == 1 and q == 1 and type(family) in (Binomial, Poisson) and family.canonical
+
+
+class ScalarGLMM:
+    """Deviance and gradient in φ = (θ, β) for rows sorted by group."""
+
+    def __init__(
+        self,
+        family: Family,
+        resp: GlmResponse,
+        X: np.ndarray,
+        z: np.ndarray,
+        offset: np.ndarray,
+        codes: np.ndarray,
+        nlevels: int,
+        nagq: int = 1,
+    ):
+        self.logit = isinstance(family, Binomial)
+        self.y = resp.y
+        self.wt = resp.weights
+        self.wy = resp.weights * resp.y
+        self.const = float(resp.const.sum())
+        self.X = np.ascontiguousarray(X, dtype=float)
+        self.z = np.asarray(z, dtype=float)
+        self.unit_z = bool(np.all(self.z == 1.0))
+        self.offset = offset
+        self.codes = codes
+        self.J = nlevels
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        if starts.size != nlevels or np.any(np.diff(codes) < 0):
+            raise ValueError("rows must be sorted by group, every group present")
+        self.starts = starts
+        self.z2 = self.z * self.z
+        self.z3 = self.z2 * self.z
+        nodes, logw = gauss_hermite_grid(max(1, nagq), 1)
+        self.t = nodes[:, 0]
+        self.logw = logw
+        self.u = np.zeros(nlevels)
+        self.evals = 0
+        self._kernel = None if KERNEL_DISABLED else _load_kernel()
+        if self._kernel is not None:
+            self._starts64 = np.r_[starts, codes.size].astype(np.int64)
+            sizes = np.diff(self._starts64)
+            self._scratch = np.empty(int(sizes.max(initial=1)) * (self.t.size + 4))
+            self._cargs = [
+                np.ascontiguousarray(a, dtype=float)
+                for a in (self.X, self.z, offset, resp.y, resp.weights)
+            ]
+        self._block_cache: dict[int, list] = {}
+
+    def _blocks(self, K: int) -> list[tuple[int, int, int, int, np.ndarray]]:
+        """Row blocks of whole groups, about CHUNK_CELLS/K rows each: (first row,
+        end row, first group, end group, group starts within the block)."""
+        if K not in self._block_cache:
+            n, starts = self.codes.size, self.starts
+            target = max(1, CHUNK_CELLS // K)
+            bounds = [0]
+            while bounds[-1] < self.J:
+                row = starts[bounds[-1]] + target
+                bounds.append(
+                    max(bounds[-1] + 1, int(np.searchsorted(starts, row, "right")) - 1)
+                    if row < n
+                    else self.J
+                )
+            ends = np.r_[starts, n]
+            self._block_cache[K] = [
+                (int(ends[a]), int(ends[b]), a, b, starts[a:b] - starts[a])
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+        return self._block_cache[K]
+
+    @classmethod
+    def from_problem(cls, prob, nagq: int = 1) -> ScalarGLMM:
+        """The model of a PIRLS problem (:class:`multilevel.glmm.pirls.PirlsProblem`)
+        with one scalar term, rows sorted by its levels."""
+        rb = prob.rb
+        return cls(
+            prob.family,
+            prob.resp,
+            prob.X,
+            rb.Zs[0][:, 0],
+            prob.offset,
+            rb.codes[0],
+            rb.nlevels[0],
+            nagq,
+        )
+
+    # -- per-row pieces of the log-density
+    def _gsum(self, v: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(v, self.starts, axis=0)
+
+    def _terms(self, eta: np.ndarray, derivs: int):
+        """Σ-ready pieces at η: b(η) and, as asked, μ, b'', b'''."""
+        if self.logit:
+            e = np.exp(-np.abs(eta))
+            b = np.maximum(eta, 0.0) + np.log1p(e)
+            if derivs == 0:
+                return b, None, None, None
+            r = 1.0 / (1.0 + e)
+            mu = np.where(eta >= 0, r, e * r)
+            v = e * r * r  # μ(1 − μ) without cancellation
+            return b, mu, v, v * (1.0 - 2.0 * mu)
+        mu = np.exp(np.minimum(eta, 700.0))
+        return mu, mu, mu, mu
+
+    def _ll_sum(self, eta: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per group Σ wt(yη − b) (no constants)."""
+        return self._gsum(self.wy * eta - self.wt * b)
+
+    def _mode(self, theta: float, base: np.ndarray):
+        """Newton steps over all groups at once from the last mode."""
+        u = self.u.copy()
+        codes, z = self.codes, self.z
+        tz = theta * z
+        eta = base + tz * u[codes]
+        b, mu, v, _ = self._terms(eta, 1)
+        f = u * u / 2 - self._ll_sum(eta, b)
+        for _ in range(MAX_NEWTON):  # Newton iterations (all groups at once)
+            score = self._gsum(np.stack([z * self.wt * (self.y - mu), self.z2 * self.wt * v], 1))
+            g = u - theta * score[:, 0]
+            h = 1.0 + theta * theta * score[:, 1]
+            step = g / h
+            if not np.all(np.isfinite(step)):
+                raise PirlsError("the conditional modes diverged")
+            if np.max(np.abs(step), initial=0.0) < STEP_TOL:
+                return u, eta, mu, v
+
+            def state(un):
+                eta_n = base + tz * un[codes]
+                b_n, mu_n, v_n, _ = self._terms(eta_n, 1)
+                return eta_n, mu_n, v_n, un * un / 2 - self._ll_sum(eta_n, b_n)
+
+            u, (eta, mu, v, f) = halve_where_rising(u, step, f, state)
+        raise PirlsError(f"the conditional modes did not converge in {MAX_NEWTON} steps")
+
+    def deviance_grad(self, phi: np.ndarray, grad: bool = True):
+        """D(φ) and, if asked, dD/dφ, φ = (θ, β₁..β_p)."""
+        self.evals += 1
+        if self._kernel is not None:
+            u = self.u.copy()
+            g = np.zeros(phi.size)
+            try:
+                dev = self._kernel(
+                    *self._cargs,
+                    self._starts64,
+                    np.ascontiguousarray(self.t),
+                    np.ascontiguousarray(self.logw),
+                    np.ascontiguousarray(phi, dtype=float),
+                    u,
+                    g,
+                    self._scratch,
+                    self.X.shape[1],
+                    int(self.logit),
+                    int(grad),
+                    STEP_TOL,
+                )
+            except ArithmeticError as exc:
+                raise PirlsError(str(exc)) from None
+            self.u = u
+            return dev - 2.0 * self.const, (g if grad else None)
+        theta = float(phi[0])
+        beta = phi[1:]
+        base = self.offset + self.X @ beta
+        u, eta, mu, v = self._mode(theta, base)
+        self.u = u
+        codes, z, wt = self.codes, self.z, self.wt
+        w3 = wt * (v * (1.0 - 2.0 * mu) if self.logit else v)
+        w = wt * v
+        lp = wt * (self.y - mu)  # ℓ'
+        sums = self._gsum(np.stack([self.z2 * w, self.z3 * w3, z * lp], 1))
+        Sz2w, Sz3w3, Szlp = sums[:, 0], sums[:, 1], sums[:, 2]
+        h = 1.0 + theta * theta * Sz2w
+        if len(self.t) == 1:
+            b = self._terms(eta, 0)[0]
+            fhat = u * u / 2 - self._ll_sum(eta, b)
+            dev = float(np.sum(2.0 * fhat + np.log(h))) - 2.0 * self.const
+            if not grad:
+                return dev, None
+            alpha = 1.0 / h
+            gamma = alpha * theta**3 * Sz3w3
+            direct_b = lp  # Σ_k P ℓ' = ℓ' at the mode
+            direct_t = float(np.sum(lp * z * u[codes]))
+        else:
+            dev, alpha, gamma, direct_b, direct_t = self._agq(theta, base, u, h, grad)
+            if not grad:
+                return dev, None
+            gamma = gamma + alpha * theta**3 * Sz3w3
+        # dû/dβ = −θ Σ z w x / h,  dû/dθ = (Σ z ℓ' − θ u Σ z² w)/h
+        ag = alpha[codes]
+        gh = (gamma / h)[codes]
+        r = -2.0 * direct_b + theta * theta * ag * self.z2 * w3 - theta * gh * z * w
+        g_beta = self.X.T @ r
+        g_theta = (
+            -2.0 * direct_t
+            + float(np.sum(alpha * (2.0 * theta * Sz2w + theta * theta * u * Sz3w3)))
+            + float(np.sum(gamma * (Szlp - theta * u * Sz2w) / h))
+        )
+        return dev, np.concatenate([[g_theta], g_beta])
+
+    def _agq(self, theta: float, base: np.ndarray, u: np.ndarray, h: np.ndarray, grad: bool):
+        """Quadrature deviance and the node-weighted pieces of its gradient."""
+        codes, z = self.codes, self.z
+        t, logw = self.t, self.logw
+        K = t.size
+        s = 1.0 / np.sqrt(h)
+        ujk = u[:, None] + s[:, None] * t[None, :]  # (J, K)
+        fjk = np.empty((self.J, K))
+        Fsum = np.empty((self.J, K)) if grad else None
+        lp_all = np.empty((codes.size, K)) if grad else None
+        for lo, hi, g0, g1, st in self._blocks(K):  # whole groups per block
+            zc = z[lo:hi, None]
+            eta = base[lo:hi, None] + theta * zc * ujk[codes[lo:hi]]
+            b, mu, _, _ = self._terms(eta, 1 if grad else 0)
+            ll = self.wy[lo:hi, None] * eta - self.wt[lo:hi, None] * b
+            fjk[g0:g1] = np.add.reduceat(ll, st, axis=0)
+            if grad:
+                lp = self.wt[lo:hi, None] * (self.y[lo:hi, None] - mu)
+                lp_all[lo:hi] = lp
+                Fsum[g0:g1] = np.add.reduceat(zc * lp, st, axis=0)
+        fjk = ujk * ujk / 2 - fjk
+        a = logw[None, :] - fjk + 0.5 * t[None, :] ** 2
+        amax = a.max(axis=1)
+        lse = amax + np.log(np.exp(a - amax[:, None]).sum(axis=1))
+        dev = float(np.sum(0.5 * _LOG2PI + 0.5 * np.log(h) - lse)) * 2.0 - 2.0 * self.const
+        if not grad:
+            return dev, None, None, None, None
+        P = np.exp(a - lse[:, None])
+        F = ujk - theta * Fsum  # f_j'(u_jk)
+        E = np.sum(P * F * t[None, :], axis=1)
+        Dj = np.sum(P * F, axis=1)
+        alpha = (1.0 - s * E) / h
+        gamma = 2.0 * Dj
+        Pr = P[codes]
+        direct_b = np.einsum("nk,nk->n", Pr, lp_all)
+        direct_t = float(np.sum(z * np.einsum("nk,nk->n", Pr * ujk[codes], lp_all)))
+        return dev, alpha, gamma, direct_b, direct_t
+
+
+def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0: float = 1.0):
+    """Minimise the deviance over x = (θ, δ) by BFGS with the exact gradient.
+
+    β₀ is the GLM's fit without random effects.
+    Laplace: from x₀ = (θ₀, 0) with a forward-difference Hessian there.
+    AGQ: from the Laplace optimum, Newton steps with the Laplace Hessian (the
+    two optima and curvatures are close, and a Laplace evaluation costs 1/nAGQ
+    of a quadrature one).
+    Returns the record (in x; evals counts both searches), the Hessian
+    in x at the optimum, β₀, R⁻¹ (β = β₀ + R⁻¹δ) and the conditional modes."""
+    R = whitening(prob, beta0)
+    Rinv = np.linalg.inv(R)
+    lap = Search(ScalarGLMM.from_problem(prob, 1), beta0, Rinv)
+    x0 = np.concatenate([[theta0], np.zeros(prob.p)])
+    rec, H = lap.minimize(x0, lap.hessian(x0))
+    evals = lap.model.evals
+    search = lap
+    if nagq > 1:
+        search = Search(ScalarGLMM.from_problem(prob, nagq), beta0, Rinv)
+        search.model.u = lap.model.u.copy()
+        rec_l = rec
+        rec, H = search.minimize(rec_l.theta, H, chord=True)
+        evals += search.model.evals  # the log keeps the quadrature evaluations only
+    rec.evals = evals
+    return rec, (H if np.all(np.isfinite(H)) else None), beta0, Rinv, search.model.u.copy()

@@ -1,0 +1,167 @@
+"""Search over (θ, β) with the exact gradient of an approximated GLMM deviance.
+
+Used by the groupwise path (:mod:`multilevel.glmm.exact.scalar`) and by the Laplace
+gradient of several scalar terms (:mod:`multilevel.glmm.exact.laplace`).  The
+search runs in x = (θ, δ), β = β₀ + R⁻¹δ with RᵀR = 2XᵀWX of the GLM without
+random effects, so that δ is in units of the deviance's curvature: bounded
+BFGS (θ ≥ 0; see :mod:`multilevel.optimize.theta`) from a forward-difference
+Hessian of the gradient, or Newton steps from a nearby model's optimum and
+Hessian; then the Hessian at the optimum (forward differences of the exact
+gradient) and Newton steps with it.  A model is any object with
+``deviance_grad(phi, grad) -> (deviance, gradient | None)`` in φ = (θ, β),
+the conditional modes ``u`` it warm-starts from, and an ``evals`` counter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from multilevel.glmm.pirls import PirlsError
+
+
+def whitening(prob, beta0: np.ndarray) -> np.ndarray:
+    """R with RᵀR = 2XᵀWX at the GLM fit β₀ (the deviance's β-curvature without
+    random effects): β = β₀ + R⁻¹δ puts δ on unit scales for the search."""
+    eta0 = prob.offset + prob.X @ beta0
+    w = prob.family.irls_terms(eta0, prob.resp.weights)[2]
+    A = 2.0 * (prob.X.T * w) @ prob.X
+    try:
+        R = np.linalg.cholesky(A).T
+        if not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R))) < 1e-8:
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:
+        R = np.eye(prob.p)
+    return R
+
+
+class Search:
+    """The deviance of one model in x = (θ, δ), β = β₀ + R⁻¹δ, with the last
+    point remembered (BFGS asks for it again) and the modes it left."""
+
+    def __init__(
+        self,
+        model,
+        beta0: np.ndarray,
+        Rinv: np.ndarray,
+        ntheta: int = 1,
+        lower_theta: np.ndarray | None = None,
+    ):
+        self.model, self.beta0, self.Rinv = model, beta0, Rinv
+        self.nt = ntheta
+        self.d = beta0.size + ntheta
+        lt = np.zeros(ntheta) if lower_theta is None else np.asarray(lower_theta, float)
+        self.lower = np.concatenate([lt, np.full(beta0.size, -np.inf)])
+        self._last: tuple[bytes, float, np.ndarray, np.ndarray] | None = None
+
+    def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        key = x.tobytes()
+        if self._last is not None and self._last[0] == key:
+            self.model.u = self._last[3]
+            return self._last[1], self._last[2]
+        try:
+            nt = self.nt
+            dev, g = self.model.deviance_grad(
+                np.concatenate([x[:nt], self.beta0 + self.Rinv @ x[nt:]])
+            )
+        except PirlsError:
+            dev, g = np.inf, None
+        if not np.isfinite(dev) or g is None or not np.all(np.isfinite(g)):
+            dev, gx = np.inf, np.zeros(self.d)
+        else:
+            gx = np.concatenate([g[: self.nt], self.Rinv.T @ g[self.nt :]])
+        u = self.model.u
+        self._last = (key, dev, gx, None if u is None else u.copy())
+        return dev, gx
+
+    def fun(self, x: np.ndarray) -> float:
+        return self.fg(x)[0]
+
+    def hessian(self, x: np.ndarray, h: float = 1e-4) -> np.ndarray:
+        """Forward differences of the exact gradient, symmetrised (relative
+        error about h, far below what standard errors need)."""
+        d = self.d
+        g0 = self.fg(x)[1]
+        H = np.empty((d, d))
+        for a in range(d):  # parameters, not rows or groups
+            e = np.zeros(d)
+            e[a] = h
+            H[a] = (self.fg(x + e)[1] - g0) / h
+        self.fg(x)
+        return 0.5 * (H + H.T)
+
+    def _newton(self, x, f, g, H, maxit: int, tol: float, log: tuple[list, list]):
+        """Projected Newton steps with a fixed H (the exact Hessian, or a nearby
+        model's as a chord method) until the decrement ½gᵀH⁻¹g is below tol;
+        a step that raises the deviance is halved (three times at most)."""
+        lower = self.lower
+        for _ in range(maxit):  # Newton iterations
+            free = np.flatnonzero(~((x <= lower) & (g >= 0)))
+            try:
+                step = -np.linalg.solve(H[np.ix_(free, free)], g[free])
+            except np.linalg.LinAlgError:
+                break
+            if not -0.5 * g[free] @ step >= tol:
+                break
+            for t in (1.0, 0.5, 0.25, 0.125):
+                xn = x.copy()
+                xn[free] += t * step
+                xn = np.maximum(xn, lower)
+                fn, gn = self.fg(xn)
+                log[0].append(xn)
+                log[1].append(fn)
+                if fn <= f + 1e-11 * (1 + abs(f)):
+                    break
+            else:
+                break
+            x, f, g = xn, fn, gn
+        return x, f, g
+
+    def minimize(self, x0: np.ndarray, H0: np.ndarray, chord: bool = False):
+        """From (x0, H0): BFGS, or (``chord``, H0 being the Hessian of a nearby
+        model at its optimum x0) Newton steps with H0; then Newton steps with
+        the Hessian at the point reached."""
+        from multilevel.optimize.theta import BOUNDARY_TOL, GRAD_TOL, OptRecord, minimize_theta
+
+        d = self.d
+        lower = self.lower
+        lam, V = np.linalg.eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
+        lam = np.maximum(np.abs(lam), 1e-10 * max(1.0, float(np.max(np.abs(lam)))))
+        H0 = (V * lam) @ V.T
+        if chord:
+            f, g = self.fg(x0)
+            log: tuple[list, list] = ([x0], [f])
+            x, f, g = self._newton(x0, f, g, H0, 20, 1e-9, log)
+            rec = OptRecord("newton", "CONVERGED", True, 0, f, x, g, [])  # judged below
+            rec._thetas, rec._values = log
+        else:
+            rec = minimize_theta(
+                self.fun,
+                x0,
+                lower,
+                value_and_gradient=self.fg,
+                hessian0=H0,
+                newton_polish=False,
+                max_step=np.inf,  # δ is in curvature units: Newton steps may be long
+            )
+        x, f = rec.theta, rec.criterion
+        H = self.hessian(x)
+        g = self.fg(x)[1]
+        x, f, g = self._newton(x, f, g, H, 3, 1e-12, (rec._thetas, rec._values))
+        # a variance the search left just above its bound goes on it when that
+        # does not raise the deviance (the fit is then reported singular)
+        near = (x > lower) & (x - lower < BOUNDARY_TOL)
+        if near.any():
+            xs = np.where(near, lower, x)
+            fs, gs = self.fg(xs)
+            rec._thetas.append(xs)
+            rec._values.append(fs)
+            if fs <= f + 1e-10 * (1 + abs(f)):
+                x, f, g = xs, fs, gs
+        rec.theta, rec.criterion, rec.gradient = x, f, g
+        if chord:  # judged where the Newton steps with the exact Hessian ended
+            gmax = float(np.max(np.abs(np.where((x <= lower) & (g >= 0), 0.0, g))))
+            if gmax > GRAD_TOL:
+                rec.status, rec.converged = "FAILED", False
+                rec.messages.append(f"Model failed to converge: largest |gradient| {gmax:.3g}")
+        self.fg(x)  # leaves the modes at the optimum
+        return rec, H

@@ -1,0 +1,286 @@
+"""Laplace deviance, with its exact gradient, for a GLMM with one
+vector-valued random-effects term (e.g. ``(1 + x | g)``) and a canonical link.
+
+Row i of group j: ηᵢ = oᵢ + xᵢᵀβ + zᵢᵀT u_j, u_j ~ N(0, I_q), T the
+lower-triangular relative covariance factor (θ = its lower triangle by
+columns).  Per group, with ℓᵢ = wtᵢ(yᵢηᵢ − b(ηᵢ)) + cᵢ, ℓ' = wt(y − μ),
+w = wt b'', w' = wt b''':
+
+    f_j(u) = −Σᵢ ℓᵢ + ½‖u‖²,    A_j = Σᵢ wᵢ zᵢzᵢᵀ,    H_j = I + TᵀA_jT,
+    D(θ, β) = Σ_j [2 f_j(û_j) + log|H_j|].
+
+The modes are Newton iterations over all groups at once (batched q × q
+solves, a group's step halved while its f_j rises).  The gradient (implicit
+differentiation of û_j, one adjoint q-vector per group): with P_j = H_j⁻¹,
+hᵢ = zᵢᵀTP_jTᵀzᵢ, c_j = Σᵢ w'ᵢhᵢzᵢ, v_j = P_jTᵀc_j, g_j = Σᵢ ℓ'ᵢzᵢ,
+
+    ∂D/∂β   = Xᵀ(−2ℓ' + w'∘h − w∘(zᵢᵀTv_j))
+    ∂D/∂T   = Σ_j [(c_j − 2g_j − A_jTv_j) û_jᵀ + 2A_jTP_j + g_j v_jᵀ]
+
+(the entries of ∂D/∂T on T's lower triangle are ∂D/∂θ).  For q = 1 these are
+:mod:`multilevel.glmm.exact.scalar`'s formulas.  A canonical link makes the observed
+and expected weights agree, so H_j is both PIRLS' curvature and f_j''.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from multilevel.glmm.exact.search import Search, whitening
+from multilevel.glmm.families import Binomial, Family, Poisson
+from multilevel.glmm.pirls import PirlsError, halve_where_rising
+from multilevel.glmm.quadrature import gauss_hermite_grid
+from multilevel.linalg.crossprod import group_sums
+
+MAX_NEWTON = 100
+CHUNK_CELLS = 400_000  # rows × nodes per block of the quadrature
+_LOG2PI = float(np.log(2.0 * np.pi))
+STEP_TOL = 1e-10
+
+
+def supported(family: Family, nterms: int, q: int) -> bool:
+    """One vector term (q ≥ 2), binomial-logit or Poisson-log (plain classes)."""
+    return nterms == 1 and q >= 2 and type(family) in (Binomial, Poisson) and family.canonical
+
+
+def _lower(q: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.concatenate([np.arange(j, q) for j in range(q)])
+    cols = np.concatenate([np.full(q - j, j) for j in range(q)])
+    return rows, cols
+
+
+class VectorGLMM:
+    """Laplace deviance and gradient in φ = (θ, β) for rows sorted by group."""
+
+    def __init__(self, prob, nagq: int = 1):
+        rb = prob.rb
+        self.logit = isinstance(prob.family, Binomial)
+        r = prob.resp
+        self.y, self.wt, self.wy = r.y, r.weights, r.weights * r.y
+        self.const = float(r.const.sum())
+        self.X, self.off = prob.X, prob.offset
+        self.Z = np.ascontiguousarray(rb.Zs[0], dtype=float)
+        self.codes, self.J, self.q = rb.codes[0], rb.nlevels[0], rb.q[0]
+        self.rows, self.cols = _lower(self.q)
+        self.nt = self.rows.size
+        self.ZZ = (self.Z[:, :, None] * self.Z[:, None, :]).reshape(-1, self.q * self.q)
+        self.u = np.zeros((self.J, self.q))
+        self.evals = 0
+        self.nagq = nagq
+        if nagq > 1:
+            self.nodes, self.logw = gauss_hermite_grid(nagq, self.q)
+
+    def _gsum(self, M: np.ndarray) -> np.ndarray:
+        return group_sums(self.codes, M, self.J)
+
+    def _terms(self, eta: np.ndarray):
+        """b(η), μ, b'', b''' per row."""
+        if self.logit:
+            e = np.exp(-np.abs(eta))
+            b = np.maximum(eta, 0.0) + np.log1p(e)
+            r = 1.0 / (1.0 + e)
+            mu = np.where(eta >= 0, r, e * r)
+            v = e * r * r
+            return b, mu, v, v * (1.0 - 2.0 * mu)
+        mu = np.exp(np.minimum(eta, 700.0))
+        return mu, mu, mu, mu
+
+    def _state(self, base: np.ndarray, T: np.ndarray, u: np.ndarray):
+        """η, the per-row pieces and f_j at the modes u (J, q)."""
+        eta = base + np.einsum("nq,nq->n", self.Z, (u @ T.T)[self.codes])
+        b, mu, v, v3 = self._terms(eta)
+        f = (
+            0.5 * np.einsum("jq,jq->j", u, u)
+            - self._gsum((self.wy * eta - self.wt * b)[:, None])[:, 0]
+        )
+        return eta, mu, v, v3, f
+
+    def _curvature(self, T: np.ndarray, w: np.ndarray):
+        q = self.q
+        A = self._gsum(self.ZZ * w[:, None]).reshape(self.J, q, q)
+        H = np.einsum("ab,jbc,cd->jad", T.T, A, T)
+        H[:, np.arange(q), np.arange(q)] += 1.0
+        return A, H
+
+    def deviance_grad(self, phi: np.ndarray, grad: bool = True):
+        self.evals += 1
+        q, nt = self.q, self.nt
+        T = np.zeros((q, q))
+        T[self.rows, self.cols] = phi[:nt]
+        beta = phi[nt:]
+        base = self.off + self.X @ beta
+        u = self.u.copy()
+        eta, mu, v, v3, f = self._state(base, T, u)
+        for _ in range(MAX_NEWTON):  # Newton iterations over all groups at once
+            lp = self.wt * (self.y - mu)
+            g = u - self._gsum(self.Z * lp[:, None]) @ T
+            A, H = self._curvature(T, self.wt * v)
+            step = _solve(H, g)
+            if not np.all(np.isfinite(step)):
+                raise PirlsError("the conditional modes diverged")
+            if np.max(np.abs(step), initial=0.0) < STEP_TOL:
+                break
+            u, (eta, mu, v, v3, f) = halve_where_rising(
+                u, step, f, lambda un: self._state(base, T, un)
+            )
+        else:
+            raise PirlsError(f"the conditional modes did not converge in {MAX_NEWTON} steps")
+        self.u = u
+        w, w3 = self.wt * v, self.wt * v3
+        lp = self.wt * (self.y - mu)
+        A, H = self._curvature(T, w)
+        if not np.all(np.isfinite(H)):
+            raise PirlsError("the weights overflowed")
+        sign, logdet = np.linalg.slogdet(H)
+        if np.any(sign <= 0):
+            raise PirlsError("a group's curvature is not positive definite")
+        gz = self._gsum(self.Z * lp[:, None])  # (J, q)
+        P = np.linalg.inv(H)
+        if self.nagq > 1:
+            dev, Q, Dj, lbar, Gn = self._quadrature(base, T, u, H, P, logdet, grad)
+            if not grad:
+                return dev, None
+        else:
+            dev = float(np.sum(2.0 * f + logdet)) - 2.0 * self.const
+            if not grad:
+                return dev, None
+            Q, Dj, lbar = P, np.zeros_like(u), lp
+            Gn = np.einsum("ja,jb->ab", gz, u)
+        Mj = np.einsum("ab,jbc,dc->jad", T, Q, T)  # T Q Tᵀ
+        h = np.einsum("na,nab,nb->n", self.Z, Mj[self.codes], self.Z)
+        c = self._gsum(self.Z * (w3 * h)[:, None])
+        vj = np.einsum("jab,jb->ja", P, c @ T + 2.0 * Dj)  # H⁻¹(Tᵀc + 2D)
+        Tv = vj @ T.T
+        r = -2.0 * lbar + w3 * h - w * np.einsum("nq,nq->n", self.Z, Tv[self.codes])
+        g_beta = self.X.T @ r
+        ATv = np.einsum("jab,jb->ja", A, Tv)
+        GT = np.einsum("ja,jb->ab", c - ATv, u) + np.einsum("ja,jb->ab", gz, vj) - 2.0 * Gn
+        GT += 2.0 * np.einsum("jab,bc,jcd->ad", A, T, Q)
+        return dev, np.concatenate([GT[self.rows, self.cols], g_beta])
+
+    def _node_pass(self, base, T, ujk, lo, hi, want_lp):
+        """Rows' η at nodes lo:hi (n, k), their Σ wt(yη − b) per group and,
+        if asked, ℓ' per row and node."""
+        bj = np.einsum("jka,ba->jkb", ujk[:, lo:hi], T)  # T u_jk
+        eta = base[:, None] + np.einsum("nq,nkq->nk", self.Z, bj[self.codes])
+        b, mu, _, _ = self._terms(eta)
+        ll = self._gsum(self.wy[:, None] * eta - self.wt[:, None] * b)
+        lpk = self.wt[:, None] * (self.y[:, None] - mu) if want_lp else None
+        return ll, lpk
+
+    def _quadrature(self, base, T, u, H, P, logdet, grad):
+        """AGQ deviance with nodes u_jk = û_j + L_j⁻ᵀt_k (H_j = L_jL_jᵀ) and the
+        pieces of its gradient: Q = H⁻¹ − 2K̃ (K̃ from the derivative of L⁻ᵀ
+        through dH: dL = LΦ(L⁻¹dH L⁻ᵀ), Φ the lower triangle with half the
+        diagonal), D_j = Σ_k P_jk ∇f_j(u_jk), ℓ̄' = Σ_k P_jk ℓ'_k per row and
+        Σ_jk P_jk g_jk u_jkᵀ (g_jk = Σᵢ ℓ'ᵢₖzᵢ)."""
+        q, J = self.q, self.J
+        t, logw = self.nodes, self.logw
+        Kn = t.shape[0]
+        L = np.linalg.cholesky(H)
+        C = np.swapaxes(np.linalg.inv(L), 1, 2)  # L⁻ᵀ
+        ujk = u[:, None, :] + np.einsum("jab,kb->jka", C, t)  # (J, Kn, q)
+        step = max(1, CHUNK_CELLS // max(1, self.codes.size))
+        ll = np.empty((J, Kn))
+        gk = np.empty((J, Kn, q)) if grad else None
+        for lo in range(0, Kn, step):  # blocks of nodes bound the memory
+            hi = min(Kn, lo + step)
+            ll[:, lo:hi], lpk = self._node_pass(base, T, ujk, lo, hi, grad)
+            if grad:
+                zl = self.Z[:, :, None] * lpk[:, None, :]  # (n, q, k)
+                gk[:, lo:hi] = np.swapaxes(
+                    self._gsum(zl.reshape(zl.shape[0], -1)).reshape(J, q, hi - lo), 1, 2
+                )
+        fjk = 0.5 * np.einsum("jka,jka->jk", ujk, ujk) - ll
+        a = logw[None, :] - fjk + 0.5 * np.einsum("ka,ka->k", t, t)[None, :]
+        amax = a.max(axis=1)
+        lse = amax + np.log(np.exp(a - amax[:, None]).sum(axis=1))
+        dev = float(np.sum(q * _LOG2PI + logdet - 2.0 * lse)) - 2.0 * self.const
+        if not grad:
+            return dev, None, None, None, None
+        Pk = np.exp(a - lse[:, None])  # (J, Kn)
+        F = ujk - gk @ T  # ∇f_j(u_jk) = u − Tᵀg
+        Dj = np.einsum("jk,jka->ja", Pk, F)
+        G = np.einsum("jk,ka,jkb->jab", Pk, t, F)
+        M = np.einsum("jab,jbc,jcd->jad", C, G, C)  # C G C, C = L⁻ᵀ
+        N = np.einsum("jba,jbc->jac", L, M)  # Lᵀ M
+        Psi = np.tril(N)
+        Psi[:, np.arange(q), np.arange(q)] *= 0.5
+        Kt = np.einsum("jab,jcb,jdc->jad", C, Psi, C)  # C Ψᵀ Cᵀ
+        Q = P - (Kt + np.swapaxes(Kt, 1, 2))
+        lbar = np.zeros(self.codes.size)
+        Gn = np.zeros((q, q))
+        for lo in range(0, Kn, step):  # ℓ' again, weighted by the nodes' P
+            hi = min(Kn, lo + step)
+            _, lpk = self._node_pass(base, T, ujk, lo, hi, True)
+            lbar += np.einsum("nk,nk->n", Pk[self.codes, lo:hi], lpk)
+        Gn = np.einsum("jk,jka,jkb->ab", Pk, gk, ujk)
+        return dev, Q, Dj, lbar, Gn
+
+
+def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """H_j⁻¹g_j for every group; a non-finite or singular H (weights that
+    overflowed at a wild trial point) is a failed evaluation."""
+    if not np.all(np.isfinite(H)):
+        raise PirlsError("the weights overflowed")
+    try:
+        return np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        raise PirlsError("a group's curvature is singular") from None
+
+
+def _past_zero_columns(search: Search, model: VectorGLMM, rec, H):
+    """A zero diagonal T_cc with a nonzero column below it is a bound of this
+    parametrisation, not of the covariance: negating the column gives the same
+    model, and if the deviance falls as T_cc grows from there the search goes
+    on from the negated column (the lower deviance is kept)."""
+    rows, cols = model.rows, model.cols
+    for c in range(model.q):  # columns of T, not rows or groups
+        dpos = int(np.flatnonzero((rows == c) & (cols == c))[0])
+        below = np.flatnonzero((cols == c) & (rows > c))
+        x = rec.theta
+        if x[dpos] > 0 or not np.any(x[below] != 0):
+            continue
+        flip = x.copy()
+        flip[below] *= -1.0
+        _, gf = search.fg(flip)
+        if gf[dpos] >= -1e-6 * max(1.0, float(np.max(np.abs(gf)))):
+            continue
+        flip[dpos] = 0.1 * float(np.linalg.norm(x[below]))
+        sgn = np.ones(x.size)
+        sgn[below] = -1.0  # the Hessian at the negated column: S H S
+        H0 = H * np.outer(sgn, sgn) if H is not None else search.hessian(flip)
+        rec2, H2 = search.minimize(flip, H0)
+        if rec2.criterion < rec.criterion:
+            rec2._thetas = rec._thetas + rec2._thetas
+            rec2._values = rec._values + rec2._values
+            rec, H = rec2, H2
+    search.fg(rec.theta)  # the modes at the optimum
+    return rec, H
+
+
+def optimize_vector(
+    prob, beta0: np.ndarray, theta0: np.ndarray, lower_theta: np.ndarray, nagq: int = 1
+):
+    """BFGS over (θ, δ) with the exact Laplace gradient (as
+    :func:`multilevel.glmm.exact.laplace.optimize_laplace`); for nAGQ > 1 then
+    Newton steps on the quadrature deviance from the Laplace optimum and
+    Hessian (as :func:`multilevel.glmm.exact.scalar.optimize_groupwise`).  ``evals``
+    counts both searches; the log keeps the last one's evaluations."""
+    R = whitening(prob, beta0)
+    Rinv = np.linalg.inv(R)
+    model = VectorGLMM(prob)
+    search = Search(model, beta0, Rinv, ntheta=model.nt, lower_theta=lower_theta)
+    x0 = np.concatenate([np.asarray(theta0, float), np.zeros(prob.p)])
+    rec, H = _past_zero_columns(search, model, *search.minimize(x0, search.hessian(x0)))
+    evals = model.evals
+    if nagq > 1:
+        quad = VectorGLMM(prob, nagq)
+        quad.u = model.u.copy()
+        qsearch = Search(quad, beta0, Rinv, ntheta=quad.nt, lower_theta=lower_theta)
+        H0 = H if H is not None else qsearch.hessian(rec.theta)
+        rec, H = _past_zero_columns(qsearch, quad, *qsearch.minimize(rec.theta, H0, chord=True))
+        model, evals = quad, evals + quad.evals
+    rec.evals = evals
+    H = H if np.all(np.isfinite(H)) else None
+    return rec, H, beta0, Rinv, model.u.reshape(-1).copy()

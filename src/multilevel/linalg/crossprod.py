@@ -1,0 +1,209 @@
+"""Cross-products of the blocks of [Z X y], formed in one pass over the rows.
+
+After this pass nothing in an LMM fit touches the rows again: the profiled
+criterion depends on the data only through these blocks.  Random-effects
+terms come ordered by number of levels, largest first.  The first term's
+block ZᵀZ is kept as a stack of q₁ x q₁ matrices (one per level); the cross
+block between it and the other terms ("the rest") and the rest's own block as
+sparse matrices; the criterion decides how to factor the rest's Schur
+complement (dense or sparse) from its pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from multilevel.compiled import kernel
+
+
+def group_sums(codes: np.ndarray, M: np.ndarray, nlevels: int) -> np.ndarray:
+    """Per-level column sums of M (n x c) -> (nlevels x c), vectorized."""
+    n, c = M.shape
+    if n and np.all(codes[1:] >= codes[:-1]):
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        sums = np.add.reduceat(M, starts, axis=0)
+        if len(starts) == nlevels:
+            return sums
+        out = np.zeros((nlevels, c))
+        out[codes[starts]] = sums
+        return out
+    return np.stack(
+        [np.bincount(codes, weights=M[:, j], minlength=nlevels) for j in range(c)], axis=1
+    )
+
+
+KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
+
+
+def _kernel():
+    """The compiled one-pass per-level cross-product, if it was built."""
+    return kernel("_kernels", "level_crossprod")
+
+
+def _outer_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Row-wise outer products, flattened: (n, a*b)."""
+    return (A[:, :, None] * B[:, None, :]).reshape(A.shape[0], -1)
+
+
+def level_crossprod(codes: np.ndarray, A: np.ndarray, B: np.ndarray, nlevels: int) -> np.ndarray:
+    """Σ over the rows of each level of aᵢbᵢᵀ: (nlevels, a, b).
+
+    The compiled kernel (``_kernels.level_crossprod``) accumulates row by row
+    in any order.  Without it: sorted levels, one reduceat over the row-wise
+    outer products; otherwise one weighted bincount per pair of columns, which
+    needs no sort and no n x (a·b) temporary.
+    """
+    n, a = A.shape
+    b = B.shape[1]
+    kernel = None if KERNEL_DISABLED else _kernel()
+    if kernel is not None:
+        out = np.zeros((nlevels, a, b))
+        kernel(
+            np.ascontiguousarray(codes, dtype=np.int64),
+            np.ascontiguousarray(A, dtype=float),
+            np.ascontiguousarray(B, dtype=float),
+            out,
+            a,
+            b,
+        )
+        return out
+    if n and np.all(codes[1:] >= codes[:-1]) and n * a * b <= 50_000_000:
+        return group_sums(codes, _outer_rows(A, B), nlevels).reshape(nlevels, a, b)
+    out = np.empty((nlevels, a, b))
+    same = A is B
+    for i in range(a):  # columns, not rows or groups
+        for j in range(b):
+            if same and j < i:
+                out[:, i, j] = out[:, j, i]
+                continue
+            out[:, i, j] = np.bincount(codes, weights=A[:, i] * B[:, j], minlength=nlevels)
+    return out
+
+
+@dataclass
+class CrossProducts:
+    """Blocks of AᵀA for A = [Z₁ … Z_K X y] (rows already weighted)."""
+
+    q: list[int]  # columns per term
+    nlevels: list[int]  # levels per term
+    D1: np.ndarray  # (n1, q1, q1) Z₁ᵀZ₁ per level
+    B1F: np.ndarray  # (n1, q1, m) Z₁ᵀ[X y] per level
+    A1R: sp.csr_matrix | None  # (n1 q1, Q_r) Z₁ᵀZ_rest
+    ARR: sp.csr_matrix | None  # (Q_r, Q_r) Z_restᵀZ_rest
+    ARF: np.ndarray | None  # (Q_r, m) Z_restᵀ[X y]
+    AFF: np.ndarray  # (m, m) [X y]ᵀ[X y]
+    n: int
+    p: int
+
+    def __add__(self, other: CrossProducts) -> CrossProducts:
+        """Cross-products of two sets of rows with the same levels: their sum."""
+
+        def add(a, b):
+            return None if a is None else a + b
+
+        return CrossProducts(
+            self.q,
+            self.nlevels,
+            self.D1 + other.D1,
+            self.B1F + other.B1F,
+            add(self.A1R, other.A1R),
+            add(self.ARR, other.ARR),
+            add(self.ARF, other.ARF),
+            self.AFF + other.AFF,
+            self.n + other.n,
+            self.p,
+        )
+
+    def drop_x_columns(self, keep: np.ndarray) -> CrossProducts:
+        """The same cross-products without some columns of X (aliased ones)."""
+        cols = np.append(np.flatnonzero(keep), self.p)  # y stays last
+        return CrossProducts(
+            self.q,
+            self.nlevels,
+            self.D1,
+            self.B1F[:, :, cols],
+            self.A1R,
+            self.ARR,
+            None if self.ARF is None else self.ARF[:, cols],
+            self.AFF[np.ix_(cols, cols)],
+            self.n,
+            int(keep.sum()),
+        )
+
+    @property
+    def Qr(self) -> int:
+        return 0 if self.ARR is None else self.ARR.shape[0]
+
+    @property
+    def rest_offsets(self) -> np.ndarray:
+        sizes = [n * q for n, q in zip(self.nlevels[1:], self.q[1:], strict=True)]
+        return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _pair_block(
+    ca: np.ndarray, Za: np.ndarray, na: int, cb: np.ndarray, Zb: np.ndarray, nb: int
+) -> sp.csr_matrix:
+    """Sparse Z_aᵀZ_b for two terms (rows: level*qa + i, cols: level*qb + j)."""
+    qa, qb = Za.shape[1], Zb.shape[1]
+    key = ca.astype(np.int64) * nb + cb
+    uniq, inv = np.unique(key, return_inverse=True)
+    vals = group_sums(inv.ravel(), _outer_rows(Za, Zb), len(uniq))  # (npairs, qa*qb)
+    la, lb = uniq // nb, uniq % nb
+    rows = (la[:, None] * qa + np.arange(qa)[None, :])[:, :, None].repeat(qb, axis=2)
+    cols = (lb[:, None] * qb + np.arange(qb)[None, :])[:, None, :].repeat(qa, axis=1)
+    return sp.csr_matrix((vals.ravel(), (rows.ravel(), cols.ravel())), shape=(na * qa, nb * qb))
+
+
+def cross_products(
+    Zs: list[np.ndarray],
+    codes: list[np.ndarray],
+    nlevels: list[int],
+    X: np.ndarray,
+    y: np.ndarray,
+    sqrtw: np.ndarray | None = None,
+) -> CrossProducts:
+    """One pass over the rows; terms must be ordered by decreasing levels."""
+    n, p = X.shape
+    F = np.empty((n, p + 1))
+    F[:, :p] = X
+    F[:, p] = y
+    if sqrtw is not None:
+        F *= sqrtw[:, None]
+        Zs = [Z * sqrtw[:, None] for Z in Zs]
+    m = p + 1
+    q = [Z.shape[1] for Z in Zs]
+    n1 = nlevels[0]
+    D1 = level_crossprod(codes[0], Zs[0], Zs[0], n1)
+    B1F = level_crossprod(codes[0], Zs[0], F, n1)
+    AFF = F.T @ F
+    A1R = ARR = ARF = None
+    if len(Zs) > 1:
+        offs = np.concatenate(
+            [[0], np.cumsum([nl * qq for nl, qq in zip(nlevels[1:], q[1:], strict=True)])]
+        )
+        Qr = int(offs[-1])
+        A1R = sp.hstack(
+            [
+                _pair_block(codes[0], Zs[0], n1, codes[k], Zs[k], nlevels[k])
+                for k in range(1, len(Zs))
+            ],
+            format="csr",
+        )
+        blocks: list[list[sp.spmatrix | None]] = [[None] * (len(Zs) - 1) for _ in Zs[1:]]
+        ARF = np.zeros((Qr, m))
+        for a in range(1, len(Zs)):
+            qa, na = q[a], nlevels[a]
+            Daa = level_crossprod(codes[a], Zs[a], Zs[a], na)
+            blocks[a - 1][a - 1] = sp.bsr_matrix(
+                (Daa, np.arange(na), np.arange(na + 1)), shape=(na * qa, na * qa)
+            )
+            ARF[offs[a - 1] : offs[a]] = level_crossprod(codes[a], Zs[a], F, na).reshape(na * qa, m)
+            for b in range(a + 1, len(Zs)):
+                blk = _pair_block(codes[a], Zs[a], na, codes[b], Zs[b], nlevels[b])
+                blocks[a - 1][b - 1] = blk
+                blocks[b - 1][a - 1] = blk.T
+        ARR = sp.bmat(blocks, format="csr")
+    return CrossProducts(q, list(nlevels), D1, B1F, A1R, ARR, ARF, AFF, n, p)

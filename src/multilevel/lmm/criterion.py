@@ -1,0 +1,414 @@
+"""The profiled REML / ML criterion of a linear mixed model as a function of θ.
+
+For fixed θ, with Λ(θ) block diagonal, the blocked Cholesky factor of
+
+    [ΛᵀZᵀZΛ + I   ΛᵀZᵀX   ΛᵀZᵀy]
+    [    ·          XᵀX      Xᵀy  ]  =  L Lᵀ
+    [    ·           ·       yᵀy  ]
+
+gives log|L_Z|², log|R_X|² and r² (the penalized residual sum of squares, the
+square of L's last diagonal element), so that
+
+    ML deviance    = log|L_Z|² + n (1 + log(2π r²/n))
+    REML criterion = log|L_Z|² + log|R_X|² + (n-p)(1 + log(2π r²/(n-p)))
+
+(minus Σ log wᵢ with prior weights).  The factorization is blocked over the
+random-effects terms (Bates et al. 2015, J. Stat. Softw. 67(1)):
+
+* term 1 (most levels): a batch of q₁ x q₁ factorizations, one per level;
+* the other terms: one factorization of their Schur complement
+  Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I, where V = blockdiag(T₁ S₁ᵢ⁻¹ T₁ᵀ), dense or
+  sparse by its pattern (:mod:`multilevel.lmm.schur`);
+* [X y]: a (p+1) x (p+1) factorization of its Schur complement.
+
+No step depends on the number of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+# LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
+from scipy.linalg.lapack import dpotri, dtrtri
+
+from multilevel.compiled import kernel
+from multilevel.covariance import Template
+from multilevel.linalg import batched
+from multilevel.linalg.crossprod import CrossProducts
+from multilevel.lmm.schur import RestBlock, RestFactor
+from multilevel.threads import threads_for_order
+
+_LOG2PI = np.log(2 * np.pi)
+
+
+@dataclass
+class Factorization:
+    """Everything at one θ needed for estimates after the optimum."""
+
+    theta: np.ndarray
+    T: list[np.ndarray]
+    # first term, level-last (see multilevel.linalg.batched)
+    L1: np.ndarray  # (q1, q1, n1)
+    W: np.ndarray  # (q1, q1, n1) L1⁻¹ T₁ᵀ
+    C1F: np.ndarray  # (q1, m, n1)
+    rest: RestFactor | None  # the terms after the first
+    LFF: np.ndarray  # (m, m) lower
+    logdet_Z: float
+    logdet_X: float
+    r2: float
+
+
+class ProfiledCriterion:
+    """Evaluates the profiled deviance from precomputed cross-products."""
+
+    def __init__(self, cp: CrossProducts, tmpl: list[Template], reml: bool, sum_log_w: float = 0.0):
+        self.cp = cp
+        self.tmpl = tmpl
+        self.reml = reml
+        self.sum_log_w = sum_log_w
+        self.n = cp.n
+        self.p = cp.p
+        self._q1 = cp.q[0]
+        self._tidx = [(t.rows, t.cols, t.offset, t.size) for t in tmpl]
+        # level-last layout for the batched kernels
+        self._D1 = np.ascontiguousarray(np.moveaxis(cp.D1, 0, -1))  # (q1, q1, n1)
+        self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
+        self._rest = RestBlock(cp) if cp.A1R is not None else None
+        self._kernel = _one_term_kernel(cp) if self._rest is None else None
+
+    def templates(self, theta: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for rows, cols, off, size in self._tidx:
+            q = int(rows.max()) + 1
+            T = np.zeros((q, q))
+            T[rows, cols] = theta[off : off + size]
+            out.append(T)
+        return out
+
+    def factor(self, theta: np.ndarray, keep: bool = False) -> Factorization | None:
+        """Blocked Cholesky at θ; None where a block is not positive definite.
+
+        Work buffers are reused between evaluations; ``keep=True`` copies them
+        so that the factorization stays valid after further evaluations."""
+        cp = self.cp
+        T = self.templates(theta)
+        T1 = T[0]
+        m = self.p + 1
+        if self._q1 == 1:
+            t = T1[0, 0]
+            l1 = np.sqrt(t * t * self._D1[0, 0] + 1.0)
+            w = t / l1
+            L1 = l1[None, None, :]
+            W = w[None, None, :]
+            C1F = (w * self._B1F[0])[None]
+            logdet = 2.0 * np.log(l1).sum()
+        else:
+            S = np.einsum("ai,ijn,jb->abn", T1.T, self._D1, T1)
+            S[np.diag_indices(self._q1)] += 1.0
+            L1 = batched.cholesky(S)
+            if L1 is None:
+                return None
+            W = batched.solve_lower(L1, T1.T)
+            C1F = np.einsum("abn,bmn->amn", W, self._B1F)
+            logdet = 2.0 * np.log(np.diagonal(L1)).sum()
+        flat = C1F.transpose(1, 0, 2).reshape(m, -1)
+        MFF = cp.AFF - flat @ flat.T
+        rest = None
+        if self._rest is not None:
+            rest = self._rest.factor(W, T, keep)
+            if rest is None:
+                return None
+            logdet += rest.logdet
+            MFF = MFF - rest.schur_FF
+        try:
+            LFF = np.linalg.cholesky(MFF)
+        except np.linalg.LinAlgError:
+            return None
+        d = np.diag(LFF)
+        r2 = float(d[-1] ** 2)
+        logdet_X = float(2.0 * np.log(d[:-1]).sum())
+        return Factorization(
+            theta,
+            T,
+            L1,
+            W,
+            C1F,
+            rest,
+            LFF,
+            float(logdet),
+            logdet_X,
+            r2,
+        )
+
+    def value(self, f: Factorization) -> float:
+        if f.r2 <= 0:
+            return np.inf
+        if self.reml:
+            dof = self.n - self.p
+            return (
+                f.logdet_Z
+                + f.logdet_X
+                + dof * (1.0 + _LOG2PI + np.log(f.r2 / dof))
+                - self.sum_log_w
+            )
+        n = self.n
+        return f.logdet_Z + n * (1.0 + _LOG2PI + np.log(f.r2 / n)) - self.sum_log_w
+
+    def _kernel_call(self, theta: np.ndarray, grad: np.ndarray | None) -> float:
+        fn, D, B, AFF, q, m, nlev = self._kernel
+        out = np.zeros(theta.size) if grad is None else grad
+        val = fn(
+            D,
+            B,
+            AFF,
+            np.ascontiguousarray(theta, dtype=float),
+            out,
+            q,
+            m,
+            nlev,
+            float(self.n),
+            int(self.reml),
+            int(grad is not None),
+        )
+        return val - self.sum_log_w
+
+    def __call__(self, theta: np.ndarray) -> float:
+        if self._kernel is not None:
+            return self._kernel_call(np.asarray(theta, dtype=float), None)
+        f = self.factor(np.asarray(theta, dtype=float))
+        return np.inf if f is None else self.value(f)
+
+    @property
+    def has_gradient(self) -> bool:
+        """Exact gradients: one random-effects term, or scalar terms whose rest
+        block is factored densely (crossed intercepts, e.g. InstEval's shape)."""
+        if self._rest is None:
+            return True
+        return all(q == 1 for q in self.cp.q) and not self._rest.sparse
+
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Criterion and its exact gradient in θ (see :meth:`has_gradient`)."""
+        if self._kernel is not None:
+            theta = np.asarray(theta, dtype=float)
+            g = np.zeros(theta.size)
+            return self._kernel_call(theta, g), g
+        if self._rest is None:
+            return self._value_and_gradient_one_term(theta)
+        return self._value_and_gradient_scalar_terms(theta)
+
+    def _value_and_gradient_scalar_terms(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Scalar terms k with Λ = diag(λ), A = ZᵀZ, M = ΛAΛ + I, G = ΛZᵀX,
+        B = M⁻¹G, P = (R_XᵀR_X)⁻¹, u the conditional modes and Zᵀr = Zᵀ(y − Xβ̂) − AΛu:
+
+          ∂ log|M|     = 2 (n_k − tr_k M⁻¹) / λ_k      (ΛAΛ = M − I)
+          ∂ log|R_X|²  = −2 Σ_{j∈k} (ZᵀX − AΛB)_j · (BP)_j
+          ∂ r²         = −2 Σ_{j∈k} (Zᵀr)_j u_j
+
+        tr M⁻¹ over the first term needs M⁻¹'s diagonal there: 1/sᵢ plus
+        Σ_ab (Λ_R M_RR⁻¹ Λ_R)_ab [A_R1 diag(λ₁²/sᵢ²) A_1R]_ab, the same pair
+        products as the criterion with other weights.
+        """
+        theta = np.asarray(theta, dtype=float)
+        g = np.zeros(theta.size)
+        f = self.factor(theta)
+        if f is None:
+            return np.inf, g
+        val = self.value(f)
+        cp, rb, rf, p = self.cp, self._rest, f.rest, self.p
+        lam1 = f.T[0][0, 0]
+        lamR = rf.lam
+        d = cp.D1[:, 0, 0]
+        s = lam1 * lam1 * d + 1.0
+        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
+        beta = LXinv.T @ f.LFF[p, :p]
+        P = LXinv.T @ LXinv
+        # U = M⁻¹ Λ Zᵀ[X y] through the two blocks
+        UR = rf.solve(rf.MRF)
+        # M_RR⁻¹'s lower triangle, in place of L (a work buffer, rebuilt next time):
+        # only its diagonal and the pair positions (lower) are read
+        with threads_for_order(rf.L.shape[0]):
+            Sinv, _ = dpotri(rf.L, lower=1, overwrite_c=1)
+        U1 = (lam1 * cp.B1F[:, 0, :] - lam1 * (rb.A1R_op @ (lamR[:, None] * UR))) / s[:, None]
+
+        def a_lam(v1: np.ndarray, vR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            lv1, lvR = lam1 * v1, lamR[:, None] * vR
+            return d[:, None] * lv1 + rb.A1R_op @ lvR, rb.AR1_op @ lv1 + rb.ARR @ lvR
+
+        z = np.append(-beta, 1.0)
+        u1, uR = U1 @ z, UR @ z
+        au1, auR = a_lam(u1[:, None], uR[:, None])
+        zr1 = cp.B1F[:, 0, :] @ z - au1[:, 0]
+        zrR = cp.ARF @ z - auR[:, 0]
+        B1, BR = U1[:, :p], UR[:, :p]
+        ab1, abR = a_lam(B1, BR)
+        e1 = np.einsum("jc,jc->j", (cp.B1F[:, 0, :p] - ab1) @ P, B1)
+        eR = np.einsum("jc,jc->j", (cp.ARF[:, :p] - abR) @ P, BR)
+        # traces of M⁻¹ per term
+        tr1 = (1.0 / s).sum()
+        h = rb.pairs(lam1 * lam1 / (s * s))
+        w = Sinv[rb.pairs.rows, rb.pairs.cols] * lamR[rb.pairs.rows] * lamR[rb.pairs.cols]
+        tr1 += float(
+            np.dot(h, w) * 2.0
+            - np.dot(h[rb.pairs.rows == rb.pairs.cols], w[rb.pairs.rows == rb.pairs.cols])
+        )
+        diagR = np.diagonal(Sinv)
+        offs = cp.rest_offsets
+        terms = [(slice(0, cp.nlevels[0]), None)] + [
+            (slice(int(offs[k - 1]), int(offs[k])), k) for k in range(1, len(cp.q))
+        ]
+        for k, (sl, rk) in enumerate(terms):
+            lam_k = theta[k]
+            if rk is None:
+                trk, zr, uu, ee = tr1, zr1, u1, e1
+            else:
+                trk, zr, uu, ee = diagR[sl].sum(), zrR[sl], uR[sl], eR[sl]
+            nk = sl.stop - sl.start
+            dZ = 2.0 * (nk - trk) / lam_k if lam_k != 0 else 0.0
+            dr2 = -2.0 * float(zr @ uu)
+            if self.reml:
+                g[k] = dZ - 2.0 * float(ee.sum()) + (self.n - p) * dr2 / f.r2
+            else:
+                g[k] = dZ + self.n * dr2 / f.r2
+        return val, g
+
+    def _value_and_gradient_one_term(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Criterion and its exact gradient in θ (one random-effects term).
+
+        With Sᵢ = TᵀDᵢT + I, R = Sᵢ⁻¹Tᵀ, the conditional modes uᵢ = R Zᵢᵀ(y − Xβ̂)
+        and the residual cross-products Zᵢᵀr = Zᵢᵀ(y − Xβ̂) − DᵢTuᵢ, for the
+        entry (r, c) of T:
+          ∂ log|L_Z|² = 2 [Σᵢ R Dᵢ]_{c,r}
+          ∂ log|R_X|² = −2 [Σᵢ R Qᵢ − R Qᵢ Rᵀ Tᵀ Dᵢ]_{c,r},  Qᵢ = B_Xᵢ (R_XᵀR_X)⁻¹ B_Xᵢᵀ
+          ∂ r²        = −2 [Σᵢ uᵢ (Zᵢᵀr)ᵀ]_{c,r}
+        (envelope theorem for r²: β̂ and u minimise the penalized sum of squares).
+        """
+        theta = np.asarray(theta, dtype=float)
+        f = self.factor(theta)
+        g = np.zeros(theta.size)
+        if f is None:
+            return np.inf, g
+        val = self.value(f)
+        p = self.p
+        T = f.T[0]
+        q = T.shape[0]
+        D, B = self._D1, self._B1F
+        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
+        beta = LXinv.T @ f.LFF[p, :p]
+        P = LXinv.T @ LXinv
+        if q == 1:
+            l1 = f.L1[0, 0]
+            R = (f.W[0, 0] / l1)[None, None]
+        else:
+            Linv = batched.solve_lower(f.L1, np.eye(q))
+            R = np.einsum("kan,kbn->abn", Linv, f.W)
+        z = np.append(-beta, 1.0)
+        c = np.einsum("amn,m->an", B, z)
+        u = np.einsum("abn,bn->an", R, c)
+        Zr = c - np.einsum("abn,bn->an", D, T @ u)
+        A1 = np.einsum("abn,bcn->ac", R, D)
+        A3 = u @ Zr.T
+        BXP = np.einsum("apn,pr->arn", B[:, :p], P)
+        Q = np.einsum("arn,brn->abn", BXP, B[:, :p])
+        RQ = np.einsum("abn,bcn->acn", R, Q)
+        Y = np.einsum("acn,dcn->adn", RQ, R)
+        YT = np.einsum("adn,ed->aen", Y, T)
+        A2 = RQ.sum(axis=-1) - np.einsum("aen,efn->af", YT, D)
+        rows, cols, _, _ = self._tidx[0]
+        dZ = 2.0 * A1[cols, rows]
+        dr2 = -2.0 * A3[cols, rows]
+        if self.reml:
+            dX = -2.0 * A2[cols, rows]
+            g[:] = dZ + dX + (self.n - p) * dr2 / f.r2
+        else:
+            g[:] = dZ + self.n * dr2 / f.r2
+        return val, g
+
+    # -- estimates at a θ ---------------------------------------------------------
+    def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
+        """β̂ and the spherical conditional modes u (per term, (n_k, q_k))."""
+        p = self.p
+        cp = self.cp
+        LFF = f.LFF
+        LXinv, _ = dtrtri(LFF[:p, :p], lower=1)
+        W = batched.to_levels_first(f.W)
+        C1F = batched.to_levels_first(f.C1F)
+        L1 = batched.to_levels_first(f.L1)
+        beta = LXinv.T @ LFF[p, :p]
+        us: list[np.ndarray] = []
+        rhs1 = C1F[:, :, p] - C1F[:, :, :p] @ beta
+        if f.rest is not None:
+            # u_R = M_RR⁻¹(M_Ry − M_RX β): back-substitution through both factors
+            uR = f.rest.solve(f.rest.MRF[:, p] - f.rest.MRF[:, :p] @ beta)
+            lam = f.rest.lam
+            LamU = lam * uR if isinstance(lam, np.ndarray) else lam @ uR
+            AU = (self._rest.A1R_op @ LamU).reshape(-1, self._q1)
+            rhs1 = rhs1 - np.einsum("iab,ib->ia", W, AU)
+        u1 = np.linalg.solve(np.swapaxes(L1, 1, 2), rhs1[:, :, None])[:, :, 0]
+        us.append(u1)
+        if f.rest is not None:
+            offs = cp.rest_offsets
+            for k in range(1, len(cp.q)):
+                us.append(uR[offs[k - 1] : offs[k]].reshape(cp.nlevels[k], cp.q[k]))
+        return beta, us
+
+    def conditional_variances(self, f: Factorization) -> list[np.ndarray]:
+        """Diagonal blocks of Λ (ΛᵀZᵀZΛ + I)⁻¹ Λᵀ per term: (n_k, q_k, q_k), to be
+        multiplied by σ².
+
+        Block i of the first term is L1ᵢ⁻ᵀ(I + [C1R M_RR⁻¹ C1Rᵀ]ᵢᵢ)L1ᵢ⁻¹ with
+        C1R = W A_1R Λ_R; the rest's blocks are those of M_RR⁻¹."""
+        cp = self.cp
+        q1 = self._q1
+        W = batched.to_levels_first(f.W)
+        L1inv = np.linalg.inv(batched.to_levels_first(f.L1))
+        M1 = np.swapaxes(L1inv, 1, 2) @ L1inv  # (L1 L1ᵀ)⁻¹ per level
+        out = []
+        if f.rest is not None:
+            n1 = W.shape[0]
+            lam = f.rest.lam
+            Wb = sp.bsr_matrix((W, np.arange(n1), np.arange(n1 + 1)), shape=(n1 * q1,) * 2)
+            C1R = (Wb @ self._rest.A1R).tocsr()
+            C1R = C1R.multiply(lam[None, :]).tocsr() if isinstance(lam, np.ndarray) else C1R @ lam
+            CT = C1R.T.tocsc()
+            G = np.empty((n1, q1, q1))
+            step = max(1, 2048 // q1)
+            for lo in range(0, n1, step):  # chunks of levels bound the memory
+                hi = min(n1, lo + step)
+                B = CT[:, lo * q1 : hi * q1].toarray()
+                S = f.rest.solve(B)
+                G[lo:hi] = np.einsum(
+                    "ria,rib->iab", B.reshape(-1, hi - lo, q1), S.reshape(-1, hi - lo, q1)
+                )
+            M1 = M1 + np.swapaxes(L1inv, 1, 2) @ G @ L1inv
+        T1 = f.T[0]
+        out.append(T1 @ M1 @ T1.T)
+        if f.rest is not None:
+            blocks = f.rest.inverse_diag_blocks(cp.rest_offsets, cp.q[1:], cp.nlevels[1:])
+            for k, Mk in enumerate(blocks, start=1):
+                Tk = f.T[k]
+                out.append(Tk @ Mk @ Tk.T)
+        return out
+
+
+def _one_term_kernel(cp: CrossProducts):
+    """The compiled criterion for one random-effects term, if it was built
+    (``multilevel._kernels``); None falls back to numpy."""
+    fn = kernel("_kernels", "one_term")
+    if fn is None or _KERNEL_DISABLED:
+        return None
+    q, m = cp.q[0], cp.p + 1
+    return (
+        fn,
+        np.ascontiguousarray(cp.D1, dtype=float),
+        np.ascontiguousarray(cp.B1F, dtype=float),
+        np.ascontiguousarray(cp.AFF, dtype=float),
+        q,
+        m,
+        cp.nlevels[0],
+    )
+
+
+_KERNEL_DISABLED = False  # tests switch the kernel off to compare with numpy

@@ -1,0 +1,1 @@
+"""Optimisation of the covariance parameters: bounded search with a record and checks."""
