@@ -36,7 +36,7 @@ def quiet_glmer(*args, **kw):
     """glmer with its warnings silenced (the fits here are compared, not read)."""
     import warnings
 
-    from multilevel.glmm.fit import glmer
+    from multilevel import glmer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -32,8 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multilevel import DataError, ModelError, SingularFitWarning
-from multilevel.glmm.fit import glmer
+from multilevel import DataError, ModelError, SingularFitWarning, glmer
 from multilevel.glmm.results import format_pvalues
 
 from .conftest import reference, reference_data

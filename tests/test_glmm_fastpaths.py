@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import multilevel.glmm.fit as glmm_mod
+from multilevel import glmer
 from multilevel.glmm.families import Binomial, Poisson, _softplus, binomial, poisson
-from multilevel.glmm.fit import fd_hessian, glmer, hessian_stencil, optimize_stage2
+from multilevel.glmm.fit import fd_hessian, hessian_stencil, optimize_stage2
 from multilevel.glmm.quadrature import gauss_hermite_grid, level_logliks
 
 from .conftest import reference, reference_data

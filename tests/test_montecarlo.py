@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from multilevel.glmm.fit import glmer
+from multilevel import glmer
 from multilevel.glmm.montecarlo import loglik_mc
 
 from .conftest import reference, reference_data

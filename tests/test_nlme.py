@@ -25,11 +25,11 @@ import pandas as pd
 import pytest
 
 from multilevel.errors import FormulaError, ModelError
+from multilevel.inference.nlme_df import between_within_df
 from multilevel.lmm.results import LmerFit
 from multilevel.optimize.theta import OptRecord
 from multilevel.workflow.nlme import (
     LmeFit,
-    between_within_df,
     lme,
     lme4_formula,
     lme_from_formula,

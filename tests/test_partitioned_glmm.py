@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multilevel import DataError, ModelError
-from multilevel.glmm.fit import glmer
+from multilevel import DataError, ModelError, glmer
 
 from .conftest import reference, reference_data
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multilevel import ConvergenceWarning
-from multilevel.glmm.fit import glmer, single_threaded_blas
+from multilevel import ConvergenceWarning, glmer
+from multilevel.glmm.fit import single_threaded_blas
 from multilevel.glmm.pirls import conditional_variances
 
 from .conftest import reference, reference_data

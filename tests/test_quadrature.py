@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from multilevel.glmm.fit import glmer
+from multilevel import glmer
 from multilevel.glmm.montecarlo import Draws, loglik_mc, mc_loglik
 from multilevel.glmm.quadrature import agq_deviance, gauss_hermite_grid, level_logliks
 

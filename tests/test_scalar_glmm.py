@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from multilevel import glmer
 from multilevel.glmm.exact.scalar import ScalarGLMM, supported
-from multilevel.glmm.fit import glmer
 from multilevel.glmm.quadrature import agq_deviance
 
 from .conftest import reference, reference_data

@@ -8,6 +8,7 @@ Public API::
 """
 
 from multilevel import datasets, plotting
+from multilevel.api import glmer, lmer
 from multilevel.errors import (
     ConvergenceWarning,
     DataError,
@@ -18,7 +19,6 @@ from multilevel.errors import (
 )
 from multilevel.formula.parser import parse_formula
 from multilevel.glmm.families import Family, binomial, poisson
-from multilevel.glmm.fit import glmer
 from multilevel.glmm.montecarlo import loglik_mc
 from multilevel.glmm.results import GlmerFit
 from multilevel.inference import (
@@ -34,7 +34,6 @@ from multilevel.inference import (
     refit_ml,
     simulate,
 )
-from multilevel.lmm.fit import lmer
 from multilevel.lmm.results import LmerFit
 from multilevel.workflow.groups import (
     add_centered,

@@ -551,17 +551,9 @@ def profile_zeta(
 
 def _fixed_rows(m: Any, frame: pd.DataFrame) -> np.ndarray:
     """Fixed-effects model matrix rows of new data, coded as in the fit."""
-    from multilevel.formula.design import build_matrix
-    from multilevel.lmm import results
+    from multilevel.formula.newdata import fixed_rows
 
-    if hasattr(results, "new_values"):
-        values = results.new_values(m.design, frame)
-    else:  # older engine: the method reads only ``design``
-        values = results.LmerFit._new_values(m, frame)
-    X, _ = build_matrix(m.design.formula.fixed, values, len(frame), m.design.xspec.codings)
-    if m.design.xspec.keep is not None:
-        X = X[:, m.design.xspec.keep]
-    return X
+    return fixed_rows(m.design, frame)
 
 
 def _model_variables(m: Any, frame: pd.DataFrame) -> dict[str, Any]:

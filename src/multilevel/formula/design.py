@@ -67,7 +67,7 @@ def _label_strings(s: pd.Series) -> pd.Series:
     return s.astype(str)
 
 
-def _match_levels(values: pd.Index, column: pd.Series) -> np.ndarray:
+def match_levels(values: pd.Index, column: pd.Series) -> np.ndarray:
     """Level positions of new data's values; by value, else by printed label
     (a school read as 1224 in one file and "1224" in another is one level)."""
     idx = values.get_indexer(column.to_numpy())
@@ -99,7 +99,7 @@ def to_pandas(data: Any) -> pd.DataFrame:
     )
 
 
-def _categorize(values: Any, label: str, level_order: list | None) -> Categorical:
+def categorize(values: Any, label: str, level_order: list | None) -> Categorical:
     """Factor coding of a column: pandas category order, otherwise sorted."""
     s = values if isinstance(values, pd.Series) else pd.Series(values)
     if isinstance(s.dtype, pd.CategoricalDtype):
@@ -137,7 +137,7 @@ def _categorize(values: Any, label: str, level_order: list | None) -> Categorica
     return Categorical(codes, values_index, labels)
 
 
-def _is_categorical(values: Any) -> bool:
+def is_categorical(values: Any) -> bool:
     dtype = getattr(values, "dtype", None)
     if dtype is None:
         return True
@@ -184,7 +184,7 @@ class RandomStructure:
             if g not in frame.columns:
                 raise DataError(f"newdata lacks the grouping column {g!r}")
         codes = [
-            _match_levels(vals, frame[g])
+            match_levels(vals, frame[g])
             for vals, g in zip(self.group_values, self.term.group, strict=True)
         ]
         if len(codes) == 1:
@@ -245,7 +245,7 @@ class Design:
         return self.xspec.names
 
 
-def _evaluate_factor(
+def evaluate_factor(
     factor: Factor, frame: pd.DataFrame, evaluator: Evaluator, columns: list[str]
 ) -> Any:
     if factor.is_name:
@@ -264,15 +264,15 @@ def _evaluate_factor(
 
 
 def _numeric_or_raw(s: pd.Series) -> np.ndarray:
-    if _is_categorical(s):
+    if is_categorical(s):
         return s.to_numpy()
     return s.to_numpy(dtype=float, na_value=np.nan)
 
 
-def _to_value(raw: Any, label: str, levels: dict | None) -> Value:
+def to_value(raw: Any, label: str, levels: dict | None) -> Value:
     order = (levels or {}).get(label)
-    if _is_categorical(raw) or order is not None:
-        return _categorize(raw, label, order)
+    if is_categorical(raw) or order is not None:
+        return categorize(raw, label, order)
     arr = np.asarray(raw, dtype=float)
     if arr.ndim == 1:
         return Numeric(arr[:, None], [""])
@@ -287,7 +287,7 @@ def _missing(value: Value) -> np.ndarray:
     return np.isnan(value.values).any(axis=1)
 
 
-def _subset(value: Value, keep: np.ndarray, keep_levels: bool = False) -> Value:
+def subset_rows(value: Value, keep: np.ndarray, keep_levels: bool = False) -> Value:
     if isinstance(value, Categorical):
         codes = value.codes[keep]
         used = np.bincount(codes, minlength=len(value.labels)) > 0
@@ -439,15 +439,15 @@ def build_design(
     evaluator = Evaluator(namespace)
 
     needed: dict[str, Factor] = {}
-    for label in _used_labels(parsed):
+    for label in used_labels(parsed):
         needed[label] = parsed.factors[label]
-    raw = {label: _evaluate_factor(f, frame, evaluator, columns) for label, f in needed.items()}
+    raw = {label: evaluate_factor(f, frame, evaluator, columns) for label, f in needed.items()}
     w = _vector_arg(weights, frame, "weights", columns)
     off = _vector_arg(offset, frame, "offset", columns)
 
     if frozen is not None:
         levels = {**(levels or {}), **{k: list(v) for k, v in frozen.items() if isinstance(k, str)}}
-    values = {label: _to_value(r, label, levels) for label, r in raw.items()}
+    values = {label: to_value(r, label, levels) for label, r in raw.items()}
     n_all = len(frame)
     for label, v in values.items():
         if isinstance(v, Numeric) and v.values.shape[0] != n_all:
@@ -471,7 +471,7 @@ def build_design(
                 "and na_action='raise'"
             )
         keep = ~missing
-        values = {lab: _subset(v, keep, frozen is not None) for lab, v in values.items()}
+        values = {lab: subset_rows(v, keep, frozen is not None) for lab, v in values.items()}
         w = None if w is None else w[keep]
         off = None if off is None else off[keep]
     else:
@@ -568,7 +568,7 @@ def build_design(
     )
 
 
-def _used_labels(parsed: ParsedFormula) -> list[str]:
+def used_labels(parsed: ParsedFormula) -> list[str]:
     labels: list[str] = []
 
     def add(lab: str) -> None:
@@ -640,7 +640,7 @@ def _random_structure(
         if isinstance(v, Numeric):
             if v.values.shape[1] != 1:
                 raise DataError(f"grouping factor {g!r} must be a single column")
-            v = _categorize(pd.Series(v.values[:, 0]), g, None)
+            v = categorize(pd.Series(v.values[:, 0]), g, None)
             values[g] = v
         parts.append(v)
     codes, labels, combos = group_codes(parts, combos)
@@ -658,3 +658,24 @@ def _random_structure(
     return RandomStructure(
         rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts], combos
     )
+
+
+def term_columns(design: Design) -> np.ndarray:
+    """Term index of every column of X (0 = intercept, k = k-th term), R's ``assign``."""
+    xs = design.xspec
+    sizes = [1] if xs.intercept else []
+    for term, coding in zip(xs.terms, xs.codings, strict=True):
+        size = 1
+        for f, c in zip(term, coding, strict=True):
+            spec = design.factor_specs[f]
+            if c == "num":
+                size *= len(spec.suffixes or [""])
+            else:
+                nlev = len(spec.labels or [])
+                size *= nlev - 1 if c == "contrast" else nlev
+        sizes.append(size)
+    first = 0 if xs.intercept else 1
+    assign = np.repeat(np.arange(first, first + len(sizes)), sizes)
+    if xs.keep is not None:
+        assign = assign[xs.keep]
+    return assign

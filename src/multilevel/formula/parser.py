@@ -159,7 +159,7 @@ _BINARY = {
 _UNARY_BP = 12
 
 
-class _Parser:
+class Parser:
     def __init__(self, src: str):
         self.src = src
         self.tokens = tokenize(src)
@@ -276,7 +276,7 @@ class ParsedFormula:
         return list(self.factors)
 
 
-class _Expander:
+class Expander:
     """R's term algebra over an AST.  Terms are frozensets of factor labels while
     expanding; they are ordered by degree and appearance afterwards."""
 
@@ -410,21 +410,21 @@ def _interact(a: list[frozenset], b: list[frozenset]) -> list[frozenset]:
     return _union([], [x | y for x in a for y in b])
 
 
-def _group_specs(exp: _Expander, node: Node) -> list[tuple[str, ...]]:
+def group_specs(exp: Expander, node: Node) -> list[tuple[str, ...]]:
     """Grouping factors of a random term: ``g``, ``a:b`` or nested ``a/b``."""
     if isinstance(node, Paren):
-        return _group_specs(exp, node.inner)
+        return group_specs(exp, node.inner)
     if isinstance(node, (Name, Call)):
         return [(exp.factor(node),)]
     if isinstance(node, Binary) and node.op == ":":
-        left = _group_specs(exp, node.left)
-        right = _group_specs(exp, node.right)
+        left = group_specs(exp, node.left)
+        right = group_specs(exp, node.right)
         if len(left) != 1 or len(right) != 1:
             raise exp.error("cannot interact nested grouping factors", node)
         return [left[0] + right[0]]
     if isinstance(node, Binary) and node.op == "/":
-        outer = _group_specs(exp, node.left)
-        inner = _group_specs(exp, node.right)
+        outer = group_specs(exp, node.left)
+        inner = group_specs(exp, node.right)
         if len(inner) != 1:
             raise exp.error("the inner grouping factor of '/' must be a single factor", node.right)
         return outer + [outer[-1] + inner[0]]
@@ -437,7 +437,7 @@ def parse_formula(text: str, *, require_response: bool = True) -> ParsedFormula:
         raise FormulaError(f"a formula must be a string, not {type(text).__name__}")
     if not text.strip():
         raise FormulaError("the formula is empty")
-    parser = _Parser(text)
+    parser = Parser(text)
     tilde = next((k for k, t in enumerate(parser.tokens) if t.text == "~"), None)
     if tilde is None:
         raise FormulaError("a formula needs '~' between response and predictors", text, 0)
@@ -445,7 +445,7 @@ def parse_formula(text: str, *, require_response: bool = True) -> ParsedFormula:
         second = [t for t in parser.tokens if t.text == "~"][1]
         raise FormulaError("only one '~' is allowed", text, second.pos)
     factors: dict[str, Factor] = {}
-    exp = _Expander(text, factors)
+    exp = Expander(text, factors)
     response = None
     if tilde > 0:
         lhs = parser.expression(0)
@@ -478,10 +478,10 @@ def parse_formula(text: str, *, require_response: bool = True) -> ParsedFormula:
     return ParsedFormula(text, response, fixed, random, factors)
 
 
-def _random_terms(exp: _Expander, bar: Binary) -> list[RandomTerm]:
+def _random_terms(exp: Expander, bar: Binary) -> list[RandomTerm]:
     inner = {"top": False, "offsets": [], "random": []}
     expr = exp.termset(bar.left, inner)
-    specs = _group_specs(exp, bar.right)
+    specs = group_specs(exp, bar.right)
     nested = isinstance(bar.right, Binary) and bar.right.op == "/"
     out: list[RandomTerm] = []
     # lme4 lists the innermost grouping of a/b first

@@ -79,7 +79,7 @@ NOT_PD_MESSAGE = (
 BOBYQA_BUDGET = 10  # × (parameters + 1): BOBYQA evaluations before Newton steps take over
 
 
-def glmer(
+def fit_glmer(
     formula: str,
     data: Any,
     family: str | Family = "binomial",
@@ -95,51 +95,14 @@ def glmer(
     mc_df: float = DEFAULT_DF,
     namespace: dict | None = None,
 ) -> GlmerFit:
-    """Fit a generalized linear mixed model by maximum likelihood.
-
-    ``formula`` uses lme4's syntax; a binomial response may be 0/1, boolean, a
-    two-level factor (second level = success), proportions with ``weights=``
-    the numbers of trials, or ``cbind(successes, failures)``.  ``family`` is
-    ``"binomial"`` (logit; also ``"binomial(probit)"``, ``"binomial(cloglog)"``),
-    ``"poisson"`` or a :class:`multilevel.glmm.families.Family`.
-
-    ``nAGQ`` = 1: Laplace approximation; > 1: adaptive Gauss–Hermite
-    quadrature with nAGQ nodes per dimension (one random-effects term, which
-    may be vector-valued: nAGQ^q nodes per level); 0: only lme4's first stage
-    (β estimated inside PIRLS).  ``method="mc"`` maximises an importance-
-    sampling estimate with ``mc_samples`` draws per level (t proposal with
-    ``mc_df`` degrees of freedom, reproducible from ``seed``).
-
-    ``loglik`` is the full marginal log-likelihood for every method (see the
-    module docstring for how it relates to lme4's AGQ numbers).
-    """
-    from multilevel.partitioned.lmm import is_partitioned
-
-    if is_partitioned(data):
-        from multilevel.partitioned.glmm import glmer_partitioned
-
-        return glmer_partitioned(
-            formula,
-            data,
-            family,
-            nAGQ,
-            weights=weights,
-            offset=offset,
-            levels=levels,
-            na_action=na_action,
-            method=method,
-            mc_samples=mc_samples,
-            seed=seed,
-            mc_df=mc_df,
-            namespace=namespace,
-        )
+    """In-memory ``glmer`` (:func:`multilevel.api.glmer` checks and dispatches)."""
     parsed = parse_formula(formula)
     if not parsed.random:
         raise ModelError(
             f"no random-effects terms in {formula!r}; add e.g. (1 | group), or use a GLM"
         )
     fam = get_family(family)
-    meth = _resolve_method(method, nAGQ)
+    meth = resolve_method(method, nAGQ)
     if meth == "agq" and len(parsed.random) > 1:
         raise ModelError(
             f"nAGQ > 1 (adaptive quadrature) needs a single random-effects term; the model "
@@ -185,7 +148,7 @@ def _data_name(data: Any) -> str:
     return getattr(data, "attrs", {}).get("name", "data") if hasattr(data, "attrs") else "data"
 
 
-def _resolve_method(method: str | None, nAGQ: Any) -> str:
+def resolve_method(method: str | None, nAGQ: Any) -> str:
     if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or nAGQ < 0:
         raise ModelError(f"nAGQ must be a whole number >= 0, not {nAGQ!r}")
     if method is None:
@@ -538,7 +501,7 @@ def _positive_definite(H: np.ndarray | None, x: np.ndarray, lower_t: np.ndarray)
     return bool(lam.size == 0 or lam[0] > 1e-8 * max(lam[-1], 0.0))
 
 
-def _vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
+def vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
     """2 H⁻¹ in the stage-2 coordinates (θ, δ); its δ block alone when H is not
     positive definite (e.g. a variance on its boundary)."""
     if H is None:
@@ -603,7 +566,7 @@ def fit_glmm(
         try:
             m1 = obj.mode(r1.theta, obj.beta, joint=True)
         except PirlsError as exc:
-            raise ModelError(_pirls_message(exc)) from None
+            raise ModelError(pirls_message(exc)) from None
         if nAGQ == 0 and method == "laplace":
             return r1, m1, None, None
         obj.beta0 = m1.beta.copy()
@@ -654,8 +617,8 @@ def fit_glmm(
         try:
             mode = obj.mode(theta_hat, beta_hat, joint=False)
         except PirlsError as exc:
-            raise ModelError(_pirls_message(exc)) from None
-        Vx, vcov_note = _vcov_from_hessian(H, obj.ntheta)
+            raise ModelError(pirls_message(exc)) from None
+        Vx, vcov_note = vcov_from_hessian(H, obj.ntheta)
         if H is not None:
             hess = J.T @ H @ J
         if Vx is not None:
@@ -709,7 +672,7 @@ def _conditional_vcov(mode: Mode) -> np.ndarray:
     return Linv.T @ Linv
 
 
-def _pirls_message(exc: Exception) -> str:
+def pirls_message(exc: Exception) -> str:
     return (
         f"PIRLS failed to find the conditional modes of the random effects at the estimates "
         f"({exc}); the model may be overparameterised (e.g. complete separation of a "
@@ -717,4 +680,4 @@ def _pirls_message(exc: Exception) -> str:
     )
 
 
-__all__ = ["glmer", "fit_glmm", "fd_hessian", "hessian_stencil", "optimize_stage2"]
+__all__ = ["fit_glmer", "fit_glmm", "fd_hessian", "hessian_stencil", "optimize_stage2"]

@@ -343,7 +343,7 @@ class GlmerFit(MixedModelFit):
         return pd.Series(out, index=index, name="predicted")
 
     def _predict_new(self, frame: pd.DataFrame, population: bool, allow_new: bool) -> np.ndarray:
-        from multilevel.lmm.results import linear_predictor
+        from multilevel.formula.newdata import linear_predictor
 
         return linear_predictor(self.design, self._mode.beta, self._b, frame, population, allow_new)
 

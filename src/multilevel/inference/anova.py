@@ -26,7 +26,6 @@ column j of the term's template), so it is refit on the same cross-products.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,15 +41,7 @@ if TYPE_CHECKING:
 def refit_ml(fit: LmerFit) -> LmerFit:
     """The same model fitted by maximum likelihood (lme4's ``refitML``);
     an ML fit is returned unchanged."""
-    if not fit.REML:
-        return fit
-    from multilevel.lmm.fit import fit_design
-
-    design = copy.copy(fit.design)
-    design.random = list(fit.design.random)  # fit_design reorders the list in place
-    return fit_design(
-        design, REML=False, start=np.asarray(fit.optinfo.theta), data_name=fit.data_name
-    )
+    return fit.refit_ml()
 
 
 def _npar(fit: LmerFit) -> int:

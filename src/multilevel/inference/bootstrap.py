@@ -19,7 +19,6 @@ replicates whatever the number of workers or the order they finish in.
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 import warnings
@@ -32,6 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from multilevel.errors import ModelError
+from multilevel.inference.params import VarianceParams
 
 if TYPE_CHECKING:
     from multilevel.lmm.results import LmerFit
@@ -73,25 +73,16 @@ def simulate(fit: LmerFit, nsim: int = 1, seed: Any = None) -> pd.DataFrame:
 def default_statistic(fit: LmerFit) -> pd.Series:
     """SDs and correlations of the random effects, σ and the fixed effects,
     named as in :func:`multilevel.inference.profile.profile`."""
-    from multilevel.inference.profile import _VarianceParams
-
-    vp = _VarianceParams(fit)
+    vp = VarianceParams(fit)
     psi = vp.psi(np.asarray(fit.optinfo.theta, dtype=float), fit.sigma)
     return pd.concat([pd.Series(psi, index=vp.names), fit.fixef])
 
 
 # -- refitting ------------------------------------------------------------------------------
 def _refit(fit: LmerFit, y: np.ndarray) -> LmerFit:
-    from multilevel.lmm.fit import fit_design
-
-    design = copy.copy(fit.design)
-    design.random = list(fit.design.random)
-    design.y = y
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit_design(
-            design, REML=fit.REML, start=np.asarray(fit.optinfo.theta), data_name=fit.data_name
-        )
+        return fit.refit(y)
 
 
 def _replicate(fit: LmerFit, statistic, ss) -> tuple[np.ndarray, bool, bool]:

@@ -8,16 +8,20 @@ optimal θ; nothing refits.
 
 from __future__ import annotations
 
+import copy
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from multilevel.errors import DataError
-from multilevel.formula.design import Categorical, Design, build_matrix, to_pandas
+from multilevel.errors import ModelError
+from multilevel.formula.design import Design, to_pandas
+from multilevel.formula.newdata import linear_predictor
+from multilevel.lmm.estimate import estimate
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.theta import OptRecord
+from multilevel.threads import single_threaded_blas
 
 if TYPE_CHECKING:
     from multilevel.lmm.criterion import ProfiledCriterion
@@ -150,8 +154,6 @@ class LmerFit(MixedModelFit):
     def condvar(self) -> list[np.ndarray]:
         """Per term, conditional covariance matrices of b given y at θ̂, β̂:
         (n_k, q_k, q_k) arrays (lme4's ``postVar``)."""
-        from multilevel.threads import single_threaded_blas
-
         with single_threaded_blas():
             return [self._sigma2 * v for v in self.criterion.conditional_variances(self._fac)]
 
@@ -218,9 +220,6 @@ class LmerFit(MixedModelFit):
         )
         return pd.Series(eta, index=frame.index, name="predicted")
 
-    def _new_values(self, frame: pd.DataFrame) -> dict[str, Any]:
-        return new_values(self.design, frame)
-
     # -- inference (multilevel.inference) ---------------------------------------------
     def coef_table(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
         """Estimate, Std. Error, df, t value, Pr(>|t|) with Satterthwaite,
@@ -265,11 +264,27 @@ class LmerFit(MixedModelFit):
 
         return ranova(self)
 
-    def refit_ml(self) -> LmerFit:
-        """The same model fitted by maximum likelihood."""
-        from multilevel.inference import refit_ml
+    def refit(self, newresp: Any = None, *, REML: bool | None = None) -> LmerFit:
+        """The same model refitted (lme4's ``refit``) to a new response
+        ``newresp`` (one value per row used in the fit) and/or by another
+        criterion, starting from this fit's θ.  Warnings are left to the caller."""
+        design = copy.copy(self.design)
+        design.random = list(self.design.random)  # estimate() reorders the list in place
+        if newresp is not None:
+            y = np.asarray(newresp, dtype=float)
+            if y.shape != (self.nobs,):
+                raise ModelError(f"newresp needs {self.nobs} values, not {y.size}")
+            design.y = y
+        reml = self.REML if REML is None else bool(REML)
+        theta = np.asarray(self.optinfo.theta)
+        with single_threaded_blas():
+            crit, record = estimate(design, REML=reml, start=theta)
+        return LmerFit(design, crit, record, REML=reml, data_name=self.data_name)
 
-        return refit_ml(self)
+    def refit_ml(self) -> LmerFit:
+        """The same model fitted by maximum likelihood (lme4's ``refitML``);
+        an ML fit is returned unchanged."""
+        return self.refit(REML=False) if self.REML else self
 
     # -- export ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -334,22 +349,9 @@ class LmerFit(MixedModelFit):
 
     def nlme_df(self) -> pd.Series:
         """nlme's between/within denominator DF (nested grouping factors only)."""
-        from multilevel.errors import ModelError
-        from multilevel.workflow.nlme import _term_columns, between_within_df
+        from multilevel.inference.nlme_df import nlme_df
 
-        groups: dict[str, np.ndarray] = {}
-        for r in sorted(self.design.random, key=lambda r: r.nlevels):
-            groups.setdefault(r.name, r.codes)
-        codes = list(groups.values())
-        for outer, inner in zip(codes, codes[1:], strict=False):
-            # nested: every inner group lies in one outer group
-            pairs = np.unique(np.stack([inner, outer]), axis=1)
-            if pairs.shape[1] != len(np.unique(inner)):
-                raise ModelError("nlme's DF rule needs nested grouping factors")
-        df, _ = between_within_df(
-            self.design.X, _term_columns(self.design), codes, self.design.xspec.intercept
-        )
-        return pd.Series(df, index=self.design.fixef_names, name="df")
+        return nlme_df(self)
 
     def _repr_html_(self) -> str:
         return self.summary()._repr_html_()
@@ -409,75 +411,3 @@ class LmerSummary:
 
 def _floats(series: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in series.items()}
-
-
-def _grouping_only(design: Design) -> set[str]:
-    """Labels used only as grouping columns (they get levels, not codings)."""
-    grouping = {g for r in design.random for g in r.term.group}
-    used = {f for t in design.formula.fixed.terms for f in t} | set(design.formula.fixed.offsets)
-    for r in design.random:
-        used |= {f for t in r.term.expr.terms for f in t}
-    return grouping - used
-
-
-def new_values(design: Design, frame: pd.DataFrame) -> dict[str, Any]:
-    """The formula's factors evaluated on new data with the fit's codings
-    (levels, stateful transforms), grouping columns excepted."""
-    from multilevel.formula.design import Numeric, _evaluate_factor, _is_categorical, _match_levels
-
-    values: dict[str, Any] = {}
-    columns = [str(c) for c in frame.columns]
-    for label, spec in design.factor_specs.items():
-        if label == design.formula.response.label:  # type: ignore[union-attr]
-            continue
-        if label in _grouping_only(design):
-            continue
-        raw = _evaluate_factor(spec.factor, frame, design.evaluator, columns)
-        if spec.categorical:
-            s = raw if isinstance(raw, pd.Series) else pd.Series(raw)
-            codes = _match_levels(spec.values, s)
-            if (codes < 0).any():
-                bad = [str(v) for v in pd.unique(s.to_numpy()[codes < 0])[:5]]
-                raise DataError(f"{label!r} has levels not seen in the fit: {bad}")
-            values[label] = Categorical(codes.astype(np.int64), spec.values, spec.labels)
-        else:
-            if _is_categorical(raw):
-                raise DataError(f"{label!r} was numeric in the fit but is not in newdata")
-            arr = np.asarray(raw, dtype=float)
-            values[label] = Numeric(arr.reshape(len(frame), -1), spec.suffixes or [""])
-    return values
-
-
-def linear_predictor(
-    design: Design,
-    beta: np.ndarray,
-    b: list[np.ndarray],
-    frame: pd.DataFrame,
-    population: bool,
-    allow_new_levels: bool,
-) -> np.ndarray:
-    """Xβ (+ offset) (+ Zb unless ``population``) on new data; levels not seen
-    in the fit get b = 0 when allowed and are an error otherwise."""
-    values = new_values(design, frame)
-    n = len(frame)
-    X, _ = build_matrix(design.formula.fixed, values, n, design.xspec.codings)
-    if design.xspec.keep is not None:
-        X = X[:, design.xspec.keep]
-    eta = X @ beta
-    for label in design.formula.fixed.offsets:
-        eta = eta + values[label].values[:, 0]
-    if population:
-        return eta
-    for r, br in zip(design.random, b, strict=True):
-        Z, _ = build_matrix(r.term.expr, values, n, r.spec.codings)
-        idx = r.level_index(frame)
-        if (idx < 0).any() and not allow_new_levels:
-            rows = frame.loc[idx < 0, list(r.term.group)].drop_duplicates().head(5)
-            new = [":".join(map(str, row)) for row in rows.itertuples(index=False)]
-            raise DataError(
-                f"new levels of {r.name!r} in newdata: {new}; "
-                "use allow_new_levels=True to predict them at the population level"
-            )
-        bb = np.where((idx >= 0)[:, None], br[np.maximum(idx, 0)], 0.0)
-        eta = eta + np.einsum("nq,nq->n", Z, bb)
-    return eta

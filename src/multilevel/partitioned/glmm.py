@@ -66,11 +66,11 @@ from multilevel.glmm.families import Family, get_family
 from multilevel.glmm.fit import (
     MAX_NODES,
     StagedObjective,
-    _pirls_message,
-    _resolve_method,
-    _vcov_from_hessian,
     hessian_stencil,
     optimize_stage2,
+    pirls_message,
+    resolve_method,
+    vcov_from_hessian,
 )
 from multilevel.glmm.montecarlo import DEFAULT_DF
 from multilevel.glmm.pirls import (
@@ -495,7 +495,7 @@ def glmer_partitioned(
     del mc_samples, seed, mc_df  # Monte Carlo integration is refused below
     parsed = parse_formula(formula)
     fam = get_family(family)
-    meth = _resolve_method(method, nAGQ)
+    meth = resolve_method(method, nAGQ)
     group_cols = _check_model(parsed, formula, meth)
     if namespace is not None:
         raise ModelError(
@@ -668,7 +668,7 @@ def _optimise(
     try:
         mode1 = obj.joint_mode(theta1, obj.beta)
     except PirlsError as exc:
-        raise ModelError(_pirls_message(exc)) from None
+        raise ModelError(pirls_message(exc)) from None
     rec2: OptRecord | None = None
     hess = None
     if nagq == 0 and method == "laplace":
@@ -688,7 +688,7 @@ def _optimise(
         rec2.theta = obj.natural(x_hat)
         rec2.gradient = J.T @ rec2.gradient
         theta_hat, beta_hat = obj.unpack(x_hat)
-        Vx, vcov_note = _vcov_from_hessian(H, ntheta)
+        Vx, vcov_note = vcov_from_hessian(H, ntheta)
         if H is not None:
             hess = J.T @ H @ J
         if Vx is not None:
@@ -699,7 +699,7 @@ def _optimise(
     res = parts.map(_final, theta_hat, beta_hat, method, nagq)
     errors = [r["error"] for r in res if "error" in r]
     if errors:
-        raise ModelError(_pirls_message(PirlsError(errors[0])))
+        raise ModelError(pirls_message(PirlsError(errors[0])))
     nlev = int(cmap.max()) + 1 if cmap.size else 0
     T = [t.matrix(theta_hat) for t in tmpl]
     b, condvar = [], []

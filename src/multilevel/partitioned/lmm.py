@@ -36,18 +36,19 @@ from multilevel.errors import DataError, ModelError
 from multilevel.formula.design import (
     Categorical,
     Design,
-    _categorize,
-    _evaluate_factor,
-    _is_categorical,
-    _used_labels,
     aliased_from_gram,
     build_design,
+    categorize,
     combo_keys,
+    evaluate_factor,
+    is_categorical,
+    used_labels,
 )
 from multilevel.formula.evaluate import Evaluator
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.linalg.crossprod import CrossProducts, cross_products
-from multilevel.lmm.fit import optimize_cross_products, warn_about
+from multilevel.lmm.estimate import optimize_cross_products
+from multilevel.lmm.fit import warn_about
 from multilevel.lmm.results import LmerFit
 from multilevel.threads import single_threaded_blas
 
@@ -112,7 +113,7 @@ class _Chunks:
 
 
 def _factor_labels(parsed: ParsedFormula) -> tuple[list[str], list[tuple[str, ...]]]:
-    labels = _used_labels(parsed)
+    labels = used_labels(parsed)
     groups = [rt.group for rt in parsed.random]
     return labels, groups
 
@@ -125,10 +126,10 @@ def _scan(
     ev = Evaluator()
     seen: dict = {"rows": len(part), "uniques": {}, "categories": {}, "combos": {}}
     raw = {}
-    for label in _used_labels(parsed):
-        value = _evaluate_factor(parsed.factors[label], part, ev, columns)
+    for label in used_labels(parsed):
+        value = evaluate_factor(parsed.factors[label], part, ev, columns)
         raw[label] = value
-        if label in group_labels or _is_categorical(value):
+        if label in group_labels or is_categorical(value):
             s = value if isinstance(value, pd.Series) else pd.Series(value)
             if isinstance(s.dtype, pd.CategoricalDtype):
                 seen["categories"][label] = list(s.cat.categories)
@@ -166,7 +167,7 @@ def _frozen_levels(scan: dict, parsed: ParsedFormula, user_levels: dict | None) 
             used = set(values.tolist())
             frozen[label] = [c for c in scan["categories"][label] if c in used]
         else:
-            cat = _categorize(pd.Series(values), label, None)  # sorted, as one pass sorts
+            cat = categorize(pd.Series(values), label, None)  # sorted, as one pass sorts
             frozen[label] = list(cat.values)
     for rt in parsed.random:
         if len(rt.group) > 1:
@@ -345,7 +346,7 @@ class PartitionedLmerFit(LmerFit):
     def _response(self, part: pd.DataFrame) -> pd.Series:
         d = self.design
         resp = d.formula.response
-        y = _evaluate_factor(resp, part, d.evaluator, [str(c) for c in part.columns])
+        y = evaluate_factor(resp, part, d.evaluator, [str(c) for c in part.columns])
         return pd.Series(np.asarray(y, dtype=float), index=part.index)
 
     @property

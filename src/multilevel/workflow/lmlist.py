@@ -39,20 +39,20 @@ from multilevel.errors import DataError, FormulaError
 from multilevel.formula.design import (
     Categorical,
     Numeric,
-    _categorize,
-    _evaluate_factor,
-    _subset,
-    _to_value,
     build_design,
+    categorize,
+    evaluate_factor,
     group_codes,
+    subset_rows,
     to_pandas,
+    to_value,
 )
 from multilevel.formula.evaluate import Evaluator
 from multilevel.formula.parser import (
+    Expander,
     Factor,
-    _Expander,
-    _group_specs,
-    _Parser,
+    Parser,
+    group_specs,
     parse_formula,
     tokenize,
 )
@@ -132,14 +132,14 @@ def _parse_group(text: str, bar_end: int) -> tuple[list[tuple[str, ...]], dict[s
     src = " " * bar_end + text[bar_end:]
     factors: dict[str, Factor] = {}
     try:
-        parser = _Parser(src)
+        parser = Parser(src)
         if parser.peek().kind == "end":
             raise FormulaError("nothing after '|': give the grouping factor", text, bar_end - 1)
         node = parser.expression(0)
         if parser.peek().kind != "end":
             tok = parser.peek()
             raise FormulaError(f"unexpected '{tok.text}'", text, tok.pos)
-        specs = _group_specs(_Expander(text, factors), node)
+        specs = group_specs(Expander(text, factors), node)
     except FormulaError as exc:
         raise _relocate(exc, text) from None
     return specs, factors
@@ -264,12 +264,12 @@ def _group_value(
     factor: Factor, frame: pd.DataFrame, evaluator: Evaluator, levels: dict | None
 ) -> Categorical:
     columns = [str(c) for c in frame.columns]
-    raw = _evaluate_factor(factor, frame, evaluator, columns)
-    value = _to_value(raw, factor.label, levels)
+    raw = evaluate_factor(factor, frame, evaluator, columns)
+    value = to_value(raw, factor.label, levels)
     if isinstance(value, Numeric):
         if value.values.shape[1] != 1 or value.values.shape[0] != len(frame):
             raise DataError(f"grouping factor {factor.label!r} must be one value per row")
-        value = _categorize(pd.Series(value.values[:, 0]), factor.label, None)
+        value = categorize(pd.Series(value.values[:, 0]), factor.label, None)
     return value
 
 
@@ -511,7 +511,7 @@ def lmList(
     )
     keep = np.zeros(len(work), dtype=bool)
     keep[design.row_index.to_numpy()] = True
-    parts = [_subset(part, keep) for part in parts]
+    parts = [subset_rows(part, keep) for part in parts]
     codes, labels, comps = group_codes(parts)
     if nested:
         pieces = [

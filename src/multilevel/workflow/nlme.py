@@ -45,8 +45,9 @@ import pandas as pd
 from scipy import stats
 
 from multilevel.errors import ConvergenceWarning, FormulaError, ModelError, SingularFitWarning
-from multilevel.formula.design import Design, build_design, to_pandas
-from multilevel.formula.parser import Binary, Name, Node, Paren, _Parser, parse_formula, tokenize
+from multilevel.formula.design import build_design, term_columns, to_pandas
+from multilevel.formula.parser import Binary, Name, Node, Paren, Parser, parse_formula, tokenize
+from multilevel.inference.nlme_df import between_within_df
 from multilevel.lmm.fit import fit_design
 from multilevel.lmm.results import LmerFit
 
@@ -300,7 +301,7 @@ def nlme_random(formula: str) -> tuple[str, Any]:
     ``(x | g)`` -> ``"~ x | g"``; ``(1 | a/b)`` -> ``"~ 1 | a/b"``;
     ``(1 | a) + (x | a:b)`` -> ``{"a": "~ 1", "b": "~ x"}``.
     """
-    parser = _Parser(formula)
+    parser = Parser(formula)
     tokens = parser.tokens
     if not any(t.text == "~" for t in tokens) or tokens[0].text == "~":
         raise FormulaError("the formula needs a response and '~'", formula, 0)
@@ -362,80 +363,6 @@ def lme_from_formula(formula: str, data: Any, method: str = "REML", **kwargs: An
     ``"y ~ x + (x | school)"`` or ``"y ~ 1 + (1 | district/school)"``."""
     fixed, random = nlme_random(formula)
     return lme(fixed, random, data, method=method, **kwargs)
-
-
-# --------------------------------------------------------------------------- between/within DF
-
-
-def _term_columns(design: Design) -> np.ndarray:
-    """Term index of every column of X (0 = intercept, k = k-th term), R's ``assign``."""
-    xs = design.xspec
-    sizes = [1] if xs.intercept else []
-    for term, coding in zip(xs.terms, xs.codings, strict=True):
-        size = 1
-        for f, c in zip(term, coding, strict=True):
-            spec = design.factor_specs[f]
-            if c == "num":
-                size *= len(spec.suffixes or [""])
-            else:
-                nlev = len(spec.labels or [])
-                size *= nlev - 1 if c == "contrast" else nlev
-        sizes.append(size)
-    first = 0 if xs.intercept else 1
-    assign = np.repeat(np.arange(first, first + len(sizes)), sizes)
-    if xs.keep is not None:
-        assign = assign[xs.keep]
-    return assign
-
-
-def varies_within(X: np.ndarray, codes: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
-    """For every column of X: does it take different values inside some group?
-
-    Group-wise max − min from one sort of the rows and ``reduceat`` over the
-    group boundaries; differences below ``rtol`` × the column's largest
-    absolute value count as constant (rounding in derived columns)."""
-    order = np.argsort(codes, kind="stable")
-    sc = codes[order]
-    starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
-    Xs = X[order]
-    spread = np.maximum.reduceat(Xs, starts, axis=0) - np.minimum.reduceat(Xs, starts, axis=0)
-    scale = np.abs(X).max(axis=0)
-    return (spread > rtol * np.where(scale > 0, scale, 1.0)).any(axis=0)
-
-
-def between_within_df(
-    X: np.ndarray,
-    assign: np.ndarray,
-    level_codes: list[np.ndarray],
-    intercept: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """nlme's denominator DF (Pinheiro & Bates 2000, sec. 2.4.2).
-
-    ``level_codes`` are the group indices of the grouping levels, outermost
-    first (each level's groups nested in the previous level's).  Returns
-    (DF per column of X, level at which each column is estimated: 1..Q+1).
-    """
-    n = X.shape[0]
-    Q = len(level_codes)
-    nterms = int(assign.max()) + 1 if assign.size else 0
-    # inner[k, t]: term t varies within the groups of level k+1
-    inner = np.zeros((Q, nterms), dtype=bool)
-    for k, codes in enumerate(level_codes):  # Q levels, a handful
-        v = varies_within(X, codes)
-        np.logical_or.at(inner[k], assign, v)
-    # estimated at the first level within whose groups the term is constant
-    outer = ~inner
-    term_level = np.where(outer.any(axis=0), outer.argmax(axis=0) + 1, Q + 1)
-    if intercept:
-        term_level[0] = Q + 1
-    col_level = term_level[assign]
-    counted = np.ones(len(assign), dtype=bool)
-    if intercept:
-        counted &= assign != 0
-    p = np.bincount(col_level[counted], minlength=Q + 2)
-    m = np.array([1] + [int(c.max()) + 1 for c in level_codes] + [n])
-    level_df = m[1:] - (m[:-1] + p[1:])
-    return level_df[col_level - 1].astype(np.int64), col_level
 
 
 # --------------------------------------------------------------------------- results
@@ -527,7 +454,7 @@ class LmeFit:
     def _df(self) -> tuple[np.ndarray, np.ndarray]:
         d = self.lmer.design
         codes = [d.random[lv.term].codes for lv in self.levels]
-        return between_within_df(d.X, _term_columns(d), codes, d.xspec.intercept)
+        return between_within_df(d.X, term_columns(d), codes, d.xspec.intercept)
 
     @property
     def df(self) -> pd.Series:
@@ -874,7 +801,6 @@ __all__ = [
     "LmeFit",
     "LmeLevel",
     "LmeSummary",
-    "between_within_df",
     "lme",
     "lme4_formula",
     "lme_from_formula",

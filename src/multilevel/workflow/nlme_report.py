@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from multilevel.formula.parser import Binary, Call, Name, Node, Num, Paren, Unary, _Parser
+from multilevel.formula.parser import Binary, Call, Name, Node, Num, Paren, Parser, Unary
 from multilevel.report import abbreviate
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def _deparse_call(text: str) -> str:
     out = []
     for a in args:
         try:
-            p = _Parser(a)
+            p = Parser(a)
             node = p.expression(0)
             if p.peek().kind != "end":
                 raise ValueError
@@ -164,7 +164,7 @@ def _deparse_call(text: str) -> str:
 def deparse_formula(text: str) -> str:
     """R's ``deparse()`` of a formula: spaces around ``~ + - * |``, none around
     ``: / ^``; a one-sided formula prints as ``~x``."""
-    p = _Parser(text)
+    p = Parser(text)
     if p.peek().text == "~":
         p.next()
         return "~" + _deparse_node(p.expression(0), text)

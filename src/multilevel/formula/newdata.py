@@ -1,0 +1,96 @@
+"""A fitted model's formula evaluated on new data: the fit's codings (factor
+levels, stateful transforms such as ``scale``), X and Z of the new rows, and
+the linear predictor Xβ + offset + Zb with new levels handled as lme4 does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from multilevel.errors import DataError
+from multilevel.formula.design import (
+    Categorical,
+    Design,
+    Numeric,
+    build_matrix,
+    evaluate_factor,
+    is_categorical,
+    match_levels,
+)
+
+
+def _grouping_only(design: Design) -> set[str]:
+    """Labels used only as grouping columns (they get levels, not codings)."""
+    grouping = {g for r in design.random for g in r.term.group}
+    used = {f for t in design.formula.fixed.terms for f in t} | set(design.formula.fixed.offsets)
+    for r in design.random:
+        used |= {f for t in r.term.expr.terms for f in t}
+    return grouping - used
+
+
+def new_values(design: Design, frame: pd.DataFrame) -> dict[str, Any]:
+    """The formula's factors evaluated on new data with the fit's codings
+    (levels, stateful transforms), grouping columns excepted."""
+    values: dict[str, Any] = {}
+    columns = [str(c) for c in frame.columns]
+    for label, spec in design.factor_specs.items():
+        if label == design.formula.response.label:  # type: ignore[union-attr]
+            continue
+        if label in _grouping_only(design):
+            continue
+        raw = evaluate_factor(spec.factor, frame, design.evaluator, columns)
+        if spec.categorical:
+            s = raw if isinstance(raw, pd.Series) else pd.Series(raw)
+            codes = match_levels(spec.values, s)
+            if (codes < 0).any():
+                bad = [str(v) for v in pd.unique(s.to_numpy()[codes < 0])[:5]]
+                raise DataError(f"{label!r} has levels not seen in the fit: {bad}")
+            values[label] = Categorical(codes.astype(np.int64), spec.values, spec.labels)
+        else:
+            if is_categorical(raw):
+                raise DataError(f"{label!r} was numeric in the fit but is not in newdata")
+            arr = np.asarray(raw, dtype=float)
+            values[label] = Numeric(arr.reshape(len(frame), -1), spec.suffixes or [""])
+    return values
+
+
+def fixed_rows(design: Design, frame: pd.DataFrame, values: dict | None = None) -> np.ndarray:
+    """The fixed-effects model matrix of new data, coded as in the fit
+    (aliased columns dropped as in the fit)."""
+    values = new_values(design, frame) if values is None else values
+    X, _ = build_matrix(design.formula.fixed, values, len(frame), design.xspec.codings)
+    return X if design.xspec.keep is None else X[:, design.xspec.keep]
+
+
+def linear_predictor(
+    design: Design,
+    beta: np.ndarray,
+    b: list[np.ndarray],
+    frame: pd.DataFrame,
+    population: bool,
+    allow_new_levels: bool,
+) -> np.ndarray:
+    """Xβ (+ offset) (+ Zb unless ``population``) on new data; levels not seen
+    in the fit get b = 0 when allowed and are an error otherwise."""
+    values = new_values(design, frame)
+    n = len(frame)
+    eta = fixed_rows(design, frame, values) @ beta
+    for label in design.formula.fixed.offsets:
+        eta = eta + values[label].values[:, 0]
+    if population:
+        return eta
+    for r, br in zip(design.random, b, strict=True):
+        Z, _ = build_matrix(r.term.expr, values, n, r.spec.codings)
+        idx = r.level_index(frame)
+        if (idx < 0).any() and not allow_new_levels:
+            rows = frame.loc[idx < 0, list(r.term.group)].drop_duplicates().head(5)
+            new = [":".join(map(str, row)) for row in rows.itertuples(index=False)]
+            raise DataError(
+                f"new levels of {r.name!r} in newdata: {new}; "
+                "use allow_new_levels=True to predict them at the population level"
+            )
+        bb = np.where((idx >= 0)[:, None], br[np.maximum(idx, 0)], 0.0)
+        eta = eta + np.einsum("nq,nq->n", Z, bb)
+    return eta
