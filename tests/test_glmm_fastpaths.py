@@ -17,11 +17,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import multilevel.glmm.fit as glmm_mod
 from multilevel import glmer
 from multilevel.glmm.families import Binomial, Poisson, _softplus, binomial, poisson
-from multilevel.glmm.fit import fd_hessian, hessian_stencil, optimize_stage2
 from multilevel.glmm.quadrature import gauss_hermite_grid, level_logliks
+from multilevel.optimize import stage2
+from multilevel.optimize.hessian import fd_hessian, hessian_stencil
+from multilevel.optimize.stage2 import optimize_stage2
 
 from .conftest import reference, reference_data
 
@@ -118,7 +119,7 @@ def test_newton_after_truncated_bobyqa_reaches_the_optimum(monkeypatch):
     ref = reference("cbpp_laplace")
     data = reference_data(ref)
     full = glmer(ref["formula"], data, ref["family"])
-    monkeypatch.setattr(glmm_mod, "BOBYQA_BUDGET", 1)  # Newton from the stage-1 estimate
+    monkeypatch.setattr(stage2, "BOBYQA_BUDGET", 1)  # Newton from the stage-1 estimate
     cut = glmer(ref["formula"], data, ref["family"])
     assert cut.converged
     assert cut.loglik == pytest.approx(full.loglik, abs=1e-8)
@@ -129,7 +130,7 @@ def test_newton_after_truncated_bobyqa_reaches_the_optimum(monkeypatch):
 
 def test_failed_newton_falls_back_to_bobyqa(monkeypatch):
     # (x² − 1)² + 3y²: at x = 0.2 the Hessian is not positive definite
-    monkeypatch.setattr(glmm_mod, "BOBYQA_BUDGET", 1)
+    monkeypatch.setattr(stage2, "BOBYQA_BUDGET", 1)
 
     def f(v):
         return (v[0] ** 2 - 1.0) ** 2 + 3.0 * v[1] ** 2

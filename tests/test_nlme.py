@@ -27,7 +27,7 @@ import pytest
 from multilevel.errors import FormulaError, ModelError
 from multilevel.inference.nlme_df import between_within_df
 from multilevel.lmm.results import LmerFit
-from multilevel.optimize.theta import OptRecord
+from multilevel.optimize.record import OptRecord
 from multilevel.workflow.nlme import (
     LmeFit,
     lme,

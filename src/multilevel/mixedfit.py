@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from multilevel.covariance import sd_corr, theta_names
-from multilevel.optimize.theta import BOUNDARY_TOL
+from multilevel.optimize.bounds import BOUNDARY_TOL
 
 
 class MixedModelFit:

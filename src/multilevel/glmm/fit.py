@@ -65,18 +65,18 @@ from multilevel.glmm.montecarlo import DEFAULT_DF, Draws, mc_loglik, warn_degene
 from multilevel.glmm.pirls import Mode, PirlsError, PirlsProblem, RandomBlocks
 from multilevel.glmm.quadrature import agq_deviance
 from multilevel.glmm.results import GlmerFit
-from multilevel.optimize.theta import BOUNDARY_TOL, GRAD_TOL, OptRecord, minimize_theta
+from multilevel.optimize.stage2 import (
+    NOT_PD_MESSAGE,
+    optimize_stage2,
+    positive_definite,
+    vcov_from_hessian,
+)
+from multilevel.optimize.theta import minimize_theta
 from multilevel.threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
 MAX_NODES = 20_000  # nAGQ^q nodes per level
 EXACT_GRADIENT = True  # the exact-gradient routes (see the module docstring)
-NOT_PD_MESSAGE = (
-    "the Hessian of the deviance is not positive definite at the optimum: the "
-    "likelihood is flat or unbounded in some direction (complete separation of a "
-    "binary response, or an unidentifiable fixed effect?)"
-)
-BOBYQA_BUDGET = 10  # × (parameters + 1): BOBYQA evaluations before Newton steps take over
 
 
 def fit_glmer(
@@ -241,196 +241,6 @@ class _Objective(StagedObjective):
         return v if np.isfinite(v) else math.inf
 
 
-def hessian_stencil(x: np.ndarray, h: np.ndarray | float = 1e-3) -> list[np.ndarray]:
-    """The points :func:`fd_hessian` evaluates around x, in its order: x ± hₐeₐ for
-    every a, then x ± (hₐeₐ + h_b e_b) for every pair a < b (d² + d points)."""
-    d = x.size
-    h = np.broadcast_to(np.asarray(h, dtype=float), (d,))
-    pts = []
-    for a in range(d):  # parameters, not rows or groups
-        e = np.zeros(d)
-        e[a] = h[a]
-        pts += [x + e, x - e]
-    for a in range(d):
-        for b in range(a + 1, d):
-            e = np.zeros(d)
-            e[a], e[b] = h[a], h[b]
-            pts += [x + e, x - e]
-    return pts
-
-
-def fd_hessian(
-    fun, x: np.ndarray, h: np.ndarray | float = 1e-3, f0: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Central-difference Hessian and gradient of a scalar function from d² + d + 1
-    evaluations (:func:`hessian_stencil`): with Sₐ± = f(x ± hₐeₐ),
-
-        Hₐₐ = (Sₐ₊ − 2f₀ + Sₐ₋)/hₐ²,   gₐ = (Sₐ₊ − Sₐ₋)/(2hₐ),
-        Hₐ_b = [f(x + hₐeₐ + h_b e_b) + f(x − hₐeₐ − h_b e_b) − 2f₀
-                − hₐ²Hₐₐ − h_b²H_bb] / (2hₐh_b),
-
-    each with O(h²) error (the second-order expansion along eₐ + e_b less its
-    diagonal parts), half the evaluations of the four-point cross formula."""
-    d = x.size
-    h = np.broadcast_to(np.asarray(h, dtype=float), (d,))
-    f0 = fun(x) if f0 is None else f0
-    vals = iter([fun(pt) for pt in hessian_stencil(x, h)])
-    H = np.zeros((d, d))
-    g = np.zeros(d)
-    for a in range(d):  # parameters, not rows or groups
-        fp, fm = next(vals), next(vals)
-        H[a, a] = (fp - 2 * f0 + fm) / h[a] ** 2
-        g[a] = (fp - fm) / (2 * h[a])
-    for a in range(d):
-        for b in range(a + 1, d):
-            fp, fm = next(vals), next(vals)
-            curv = fp + fm - 2 * f0 - h[a] ** 2 * H[a, a] - h[b] ** 2 * H[b, b]
-            H[a, b] = H[b, a] = curv / (2 * h[a] * h[b])
-    return H, g
-
-
-class _Logged:
-    """Records every evaluation (natural parameters and value)."""
-
-    def __init__(self, fun, to_natural):
-        self.fun = fun
-        self.to_natural = to_natural
-        self.xs: list[np.ndarray] = []
-        self.values: list[float] = []
-        self.best_x: np.ndarray | None = None
-        self.best = math.inf
-
-    def __call__(self, x, grad=None) -> float:
-        x = np.array(x, dtype=float)
-        v = float(self.fun(x))
-        self.xs.append(self.to_natural(x))
-        self.values.append(v)
-        if v < self.best:
-            self.best, self.best_x = v, x
-        return v if math.isfinite(v) else 1e300
-
-
-def _bobyqa(
-    fun: _Logged,
-    x0: np.ndarray,
-    lower: np.ndarray,
-    step: np.ndarray,
-    ftol: float,
-    maxeval: int = 50_000,
-) -> np.ndarray:
-    import nlopt
-
-    opt = nlopt.opt(nlopt.LN_BOBYQA, x0.size)
-    opt.set_min_objective(fun)
-    opt.set_lower_bounds(lower)
-    opt.set_initial_step(step)
-    opt.set_ftol_abs(ftol)
-    opt.set_xtol_abs(1e-8)
-    opt.set_maxeval(maxeval)
-    try:
-        opt.optimize(x0)
-    except (nlopt.RoundoffLimited, RuntimeError, ValueError):
-        pass  # the best point so far is kept by the logger
-    return x0 if fun.best_x is None else fun.best_x.copy()
-
-
-def _newton(logged: _Logged, x, fx, lower, hessian_step, maxit: int):
-    """Projected Newton steps with central-difference Hessians from x until the
-    Newton decrement is below 1e-9 (``done``) or a step fails."""
-    H = g = None
-    status = "CONVERGED"
-    for _ in range(maxit):  # Newton iterations
-        H, g = fd_hessian(logged, x, hessian_step, fx)
-        free = ~((x <= lower) & (g >= 0))
-        idx = np.flatnonzero(free)
-        try:
-            c = np.linalg.cholesky(H[np.ix_(idx, idx)])
-        except np.linalg.LinAlgError:
-            return x, fx, H, g, "HESSIAN_NOT_PD", False
-        s = np.zeros_like(x)
-        s[idx] = -np.linalg.solve(c.T, np.linalg.solve(c, g[idx]))
-        decrement = float(-0.5 * g @ s)
-        if decrement < 1e-9:
-            return x, fx, H, g, status, True
-        for t in (1.0, 0.5, 0.25, 0.1):
-            trial = np.maximum(x + t * s, lower)
-            ft = logged(trial)
-            if ft < fx:
-                x, fx = trial, ft
-                break
-        else:
-            return x, fx, H, g, status, False
-    return x, fx, H, g, status, False
-
-
-def optimize_stage2(
-    fun,
-    x0: np.ndarray,
-    lower: np.ndarray,
-    ntheta: int,
-    to_natural,
-    hessian_step: np.ndarray | float = 1e-3,
-) -> tuple[OptRecord, np.ndarray | None]:
-    """Minimise the stage-2 deviance over (θ, δ): BOBYQA to about 1e-6 deviance
-    units (or at most 10(d + 1) evaluations), then Newton steps with a
-    central-difference Hessian (steps ``hessian_step``, the parameters being on
-    unit scales) until the Newton decrement is below 1e-9; when BOBYQA was cut
-    short and the Newton steps fail, BOBYQA to its end and Newton again.
-    Returns the record and the last Hessian (at the optimum, or where the
-    Newton steps stopped)."""
-    logged = _Logged(fun, to_natural)
-    step = np.concatenate(
-        [0.25 * np.maximum(np.abs(x0[:ntheta]), 0.5), np.full(x0.size - ntheta, 0.5)]
-    )
-    # BOBYQA's last digits cost many evaluations when stage 1 ends far from the
-    # optimum (large data); a few Newton steps (d² + d + 1 evaluations each) finish
-    # faster.  If they do not reach the optimum, BOBYQA runs to its end after all.
-    budget = BOBYQA_BUDGET * (x0.size + 1)
-    x = _bobyqa(logged, x0, lower, step, 1e-7, budget)
-    truncated = len(logged.values) >= budget
-    x, fx, H, g, status, done = _newton(
-        logged, x, logged.best, lower, hessian_step, 4 if truncated else 6
-    )
-    if truncated and not done:
-        x = _bobyqa(logged, x, lower, step, 1e-7)
-        x, fx, H, g, status, done = _newton(logged, x, logged.best, lower, hessian_step, 6)
-    # variances that BOBYQA left just above their bound: put them on it when that
-    # does not raise the deviance (a singular fit is reported as such)
-    near = np.isfinite(lower) & (x > lower) & (x - lower < BOUNDARY_TOL)
-    if near.any():
-        trial = np.where(near, lower, x)
-        ft = logged(trial)
-        if ft <= fx + 1e-10 * (1 + abs(fx)):
-            x, fx = trial, ft
-            g = np.where(near, 0.0, g)
-    free = ~((x <= lower) & (g >= 0))
-    gmax = float(np.max(np.abs(g[free]))) if free.any() else 0.0
-    messages = []
-    converged = status == "CONVERGED"
-    if not converged:
-        messages.append(NOT_PD_MESSAGE)
-    if gmax > GRAD_TOL:
-        converged = False
-        messages.append(
-            f"Model failed to converge: largest |gradient| of the free parameters is "
-            f"{gmax:.3g} (tolerance {GRAD_TOL}); try rescaling covariates or a simpler "
-            "random-effects structure"
-        )
-    rec = OptRecord(
-        "bobyqa+newton",
-        status,
-        converged,
-        len(logged.values),
-        fx,
-        x,
-        g,
-        messages,
-        logged.xs,
-        logged.values,
-    )
-    return rec, H
-
-
 def _exact_route(family: Family, rs: list, method: str, nAGQ: int) -> str | None:
     """The exact-gradient search that fits this model, if any (module docstring)."""
     if not EXACT_GRADIENT or method == "mc" or nAGQ < 1:
@@ -471,7 +281,7 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
             )
     r2._thetas = [obj.natural(x) for x in r2._thetas]
     r2.optimizer = "bfgs (exact gradient)"
-    if not _positive_definite(H2, r2.theta, lower_t):
+    if not positive_definite(H2, r2.theta, lower_t):
         r2.status, r2.converged = "HESSIAN_NOT_PD", False
         r2.messages.append(NOT_PD_MESSAGE)
     elif H2 is not None:
@@ -487,39 +297,6 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
                 "falls as the variance grows)"
             )
     return r2, H2
-
-
-def _positive_definite(H: np.ndarray | None, x: np.ndarray, lower_t: np.ndarray) -> bool:
-    """Whether H is clearly positive definite over the parameters off their
-    bounds: its smallest eigenvalue above 1e-8 of the largest (a likelihood
-    flat to rounding in some direction, as under separation, is not)."""
-    if H is None:
-        return False
-    free = np.ones(x.size, dtype=bool)
-    free[: lower_t.size] = x[: lower_t.size] > lower_t
-    lam = np.linalg.eigvalsh(H[np.ix_(free, free)])
-    return bool(lam.size == 0 or lam[0] > 1e-8 * max(lam[-1], 0.0))
-
-
-def vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
-    """2 H⁻¹ in the stage-2 coordinates (θ, δ); its δ block alone when H is not
-    positive definite (e.g. a variance on its boundary)."""
-    if H is None:
-        return None, "none"
-    H = 0.5 * (H + H.T)
-    try:
-        np.linalg.cholesky(H)
-        return 2.0 * np.linalg.inv(H), "hessian"
-    except np.linalg.LinAlgError:
-        pass
-    Hb = H[ntheta:, ntheta:]
-    try:
-        np.linalg.cholesky(Hb)
-    except np.linalg.LinAlgError:
-        return None, "none"
-    V = np.full_like(H, np.nan)
-    V[ntheta:, ntheta:] = 2.0 * np.linalg.inv(Hb)
-    return V, "hessian-beta"
 
 
 # --------------------------------------------------------------------------- fit
@@ -680,4 +457,4 @@ def pirls_message(exc: Exception) -> str:
     )
 
 
-__all__ = ["fit_glmer", "fit_glmm", "fd_hessian", "hessian_stencil", "optimize_stage2"]
+__all__ = ["fit_glmer", "fit_glmm"]

@@ -20,7 +20,7 @@ from scipy.stats import norm
 
 from multilevel.formula.design import to_pandas
 from multilevel.mixedfit import MixedModelFit
-from multilevel.optimize.theta import OptRecord
+from multilevel.optimize.record import OptRecord
 from multilevel.report import (
     correlation_block,
     format_pvalues,

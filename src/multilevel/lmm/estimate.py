@@ -13,7 +13,8 @@ from multilevel.covariance import templates
 from multilevel.formula.design import Design
 from multilevel.linalg.crossprod import cross_products
 from multilevel.lmm.criterion import ProfiledCriterion
-from multilevel.optimize.theta import OptRecord, minimize_theta
+from multilevel.optimize.record import OptRecord
+from multilevel.optimize.theta import minimize_theta
 
 
 def estimate(

@@ -10,7 +10,7 @@ from multilevel.formula.design import Design, build_design
 from multilevel.formula.parser import parse_formula
 from multilevel.lmm.estimate import estimate
 from multilevel.lmm.results import LmerFit
-from multilevel.optimize.theta import BOUNDARY_TOL
+from multilevel.optimize.bounds import BOUNDARY_TOL
 from multilevel.threads import single_threaded_blas
 
 

@@ -20,7 +20,7 @@ from multilevel.formula.design import Design, to_pandas
 from multilevel.formula.newdata import linear_predictor
 from multilevel.lmm.estimate import estimate
 from multilevel.mixedfit import MixedModelFit
-from multilevel.optimize.theta import OptRecord
+from multilevel.optimize.record import OptRecord
 from multilevel.threads import single_threaded_blas
 
 if TYPE_CHECKING:

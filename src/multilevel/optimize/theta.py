@@ -14,83 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
+
+from multilevel.optimize.bobyqa import bobyqa
+from multilevel.optimize.bounds import snap_to_bounds
+from multilevel.optimize.hessian import fd_hessian_of, gradient_hessian
+from multilevel.optimize.newton import newton_steps
+from multilevel.optimize.record import Logged, OptRecord
 
 GRAD_TOL = 2e-3  # on the deviance scale, as lme4's check
 DECREMENT_TOL = 1e-6  # deviance units a Newton step could still gain
-BOUNDARY_TOL = 1e-4  # θ diagonal below this is a boundary (singular) fit
-
-
-@dataclass
-class OptRecord:
-    """The optimization record kept on a fitted model (``fit.optinfo``)."""
-
-    optimizer: str
-    status: str
-    converged: bool
-    evals: int
-    criterion: float
-    theta: np.ndarray
-    gradient: np.ndarray
-    messages: list[str] = field(default_factory=list)
-    _thetas: list[np.ndarray] = field(default_factory=list, repr=False)
-    _values: list[float] = field(default_factory=list, repr=False)
-
-    @property
-    def log(self) -> pd.DataFrame:
-        """One row per criterion evaluation: θ and the criterion value."""
-        df = pd.DataFrame(np.array(self._thetas).reshape(len(self._thetas), -1))
-        df.columns = [f"theta{i + 1}" for i in range(df.shape[1])]
-        df["criterion"] = self._values
-        df.index.name = "eval"
-        return df
-
-    def __getitem__(self, key: str):  # dict-style access, as lme4's optinfo list
-        return getattr(self, key)
-
-    def keys(self) -> list[str]:
-        return [
-            "optimizer",
-            "status",
-            "converged",
-            "evals",
-            "criterion",
-            "theta",
-            "gradient",
-            "messages",
-            "log",
-        ]
-
-
-class _Logged:
-    def __init__(self, fun: Callable[[np.ndarray], float], fg=None):
-        self.fun = fun
-        self.fg = fg
-        self.thetas: list[np.ndarray] = []
-        self.values: list[float] = []
-        self.best = math.inf
-        self.best_x: np.ndarray | None = None
-
-    def _log(self, x: np.ndarray, v: float) -> float:
-        if not math.isfinite(v):
-            v = 1e300
-        self.thetas.append(x)
-        self.values.append(v)
-        if v < self.best:
-            self.best, self.best_x = v, x
-        return v
-
-    def __call__(self, x: np.ndarray, grad: np.ndarray | None = None) -> float:
-        x = np.array(x, dtype=float)
-        return self._log(x, float(self.fun(x)))
-
-    def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        x = np.array(x, dtype=float)
-        v, g = self.fg(x)
-        return self._log(x, float(v)), np.asarray(g, dtype=float)
 
 
 def minimize_theta(
@@ -113,14 +47,16 @@ def minimize_theta(
     Newton steps with a Hessian from differences of the gradient (callers that
     compute that Hessian themselves turn it off); search directions are cut to
     length ``max_step`` (θ is a ratio of standard deviations: steps of order 1)."""
-    logged = _Logged(fun, value_and_gradient)
+    logged = Logged(fun, value_and_gradient)
     x0 = np.asarray(x0, dtype=float)
     if value_and_gradient is not None:
         optimizer, status = _bfgs(logged, x0, lower, maxeval, hessian0, newton_polish, max_step)
     elif x0.size == 1:
         optimizer, status = _brent(logged, float(x0[0]), float(lower[0]), xtol)
     else:
-        optimizer, status = _bobyqa(logged, x0, lower, xtol, ftol, maxeval)
+        step = np.where(np.isfinite(lower), 0.75, 0.5) * np.maximum(np.abs(x0), 0.5)
+        status = bobyqa(logged, x0, lower, step, xtol=xtol, ftol=ftol, maxeval=maxeval)
+        optimizer = "bobyqa"
     x = logged.best_x if logged.best_x is not None else x0
     fx = logged.best
     x, fx, grad, decrement = _polish(logged, x, fx, lower)
@@ -137,22 +73,11 @@ def minimize_theta(
             f"{gmax:.3g} (tolerance {GRAD_TOL}); try rescaling covariates or a simpler "
             "random-effects structure"
         )
-    return OptRecord(
-        optimizer,
-        status,
-        converged,
-        len(logged.values),
-        fx,
-        x,
-        grad,
-        messages,
-        logged.thetas,
-        logged.values,
-    )
+    return logged.record(optimizer, status, converged, x, fx, grad, messages)
 
 
 def _bfgs(
-    logged: _Logged,
+    logged: Logged,
     x0: np.ndarray,
     lower: np.ndarray,
     maxeval: int,
@@ -243,15 +168,8 @@ def _bfgs(
     free = ~(bounded & (x <= lower) & (g >= 0))
     idx = np.flatnonzero(free)
     if newton_polish and idx.size and np.max(np.abs(g[idx])) > 1e-10 * (1 + abs(f)):
-        H = np.empty((idx.size, idx.size))
-        for a, i in enumerate(idx):  # a few parameters, not rows or groups
-            # forward differences: an O(h) error in H only slows Newton's
-            # convergence by that factor per step
-            h = 1e-5 * max(1.0, abs(x[i]))
-            e = np.zeros(n)
-            e[i] = h
-            H[a] = (logged.value_grad(x + e)[1][idx] - g[idx]) / h
-        H = 0.5 * (H + H.T)
+        h = 1e-5 * np.maximum(1.0, np.abs(x[idx]))
+        H = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, h, g0=g)
         for _ in range(4):
             gnorm = np.linalg.norm(g[idx])
             if gnorm < 1e-10 * (1 + abs(f)):
@@ -268,44 +186,12 @@ def _bfgs(
             if not (np.linalg.norm(gn[idx]) < 0.5 * gnorm and fn <= f + 1e-11 * (1 + abs(f))):
                 break
             x, f, g = xn, fn, gn
+    x, f, _ = snap_to_bounds(lambda z: logged.value_grad(z)[0], x, f, lower)
     logged.best, logged.best_x = f, x
-    near = bounded & (x - lower < BOUNDARY_TOL) & (x > lower)
-    if near.any():
-        xs = x.copy()
-        xs[near] = lower[near]
-        fs, _ = logged.value_grad(xs)
-        if fs <= f:  # on the bound the criterion is flat to rounding: prefer the bound
-            logged.best, logged.best_x = fs, xs
     return "bfgs", status
 
 
-def _bobyqa(logged: _Logged, x0, lower, xtol, ftol, maxeval) -> tuple[str, str]:
-    import nlopt
-
-    opt = nlopt.opt(nlopt.LN_BOBYQA, x0.size)
-    opt.set_min_objective(logged)
-    opt.set_lower_bounds(lower)
-    opt.set_xtol_abs(xtol)
-    opt.set_ftol_abs(ftol)
-    opt.set_maxeval(maxeval)
-    opt.set_initial_step(np.where(np.isfinite(lower), 0.75, 0.5) * np.maximum(np.abs(x0), 0.5))
-    names = {v: k for k, v in vars(nlopt).items() if k.isupper() and isinstance(v, int)}
-    try:
-        opt.optimize(x0)
-        code = opt.last_optimize_result()
-    except nlopt.RoundoffLimited:
-        code = nlopt.ROUNDOFF_LIMITED
-    status = {
-        nlopt.SUCCESS: "SUCCESS",
-        nlopt.FTOL_REACHED: "FTOL_REACHED",
-        nlopt.XTOL_REACHED: "XTOL_REACHED",
-        nlopt.MAXEVAL_REACHED: "MAXEVAL_REACHED",
-        nlopt.ROUNDOFF_LIMITED: "XTOL_REACHED",  # at machine precision: as good as it gets
-    }.get(code, names.get(code, str(code)))
-    return "bobyqa", status
-
-
-def _brent(logged: _Logged, x0: float, lower: float, xtol: float) -> tuple[str, str]:
+def _brent(logged: Logged, x0: float, lower: float, xtol: float) -> tuple[str, str]:
     from scipy.optimize import minimize_scalar
 
     # bracket the minimum by doubling the upper end; θ is a ratio of SDs
@@ -328,76 +214,39 @@ def _brent(logged: _Logged, x0: float, lower: float, xtol: float) -> tuple[str, 
 
 
 def _polish(
-    logged: _Logged, x: np.ndarray, fx: float, lower: np.ndarray
+    logged: Logged, x: np.ndarray, fx: float, lower: np.ndarray
 ) -> tuple[np.ndarray, float, np.ndarray, float | None]:
     """Check the optimum by finite differences and take Newton steps from it.
 
     A derivative-free search stops where its model can no longer tell steps
     apart, which on a flat likelihood can leave gradients that matter.  When
-    the gradient is not negligible, a finite-difference Hessian of the free
-    parameters gives Newton steps (kept only when they lower the criterion)
-    and the Newton decrement ½ gᵀH⁻¹g: the criterion a further step could
-    gain, a scale-free measure of how far from the optimum we are.
+    the gradient is not negligible (above 1e-3), a finite-difference Hessian
+    of the free parameters gives Newton steps (kept only when they lower the
+    criterion) and the Newton decrement ½ gᵀH⁻¹g: the criterion a further
+    step could gain, a scale-free measure of how far from the optimum we are.
     """
-    grad = _gradient(logged, x, lower)
-    decrement = None
-    for _ in range(3):
-        free = ~(np.isclose(x, lower) & np.isfinite(lower) & (grad >= 0))
-        if not free.any() or np.max(np.abs(grad[free])) < 1e-3:
-            break
-        idx = np.flatnonzero(free)
-        H = _hessian(logged, x, idx)
-        try:
-            c = np.linalg.cholesky(H)
-        except np.linalg.LinAlgError:
-            break
-        step = -np.linalg.solve(c.T, np.linalg.solve(c, grad[idx]))
-        decrement = float(-0.5 * grad[idx] @ step)
-        if decrement < 1e-10:
-            break
-        for shrink in (1.0, 0.5, 0.25, 0.1):
-            trial = x.copy()
-            trial[idx] = np.maximum(x[idx] + shrink * step, lower[idx])
-            ft = logged(trial)
-            if ft < fx:
-                x, fx = trial, ft
-                break
+
+    def derivatives(z: np.ndarray, _fz: float):
+        if logged.fg is not None:
+
+            def hessian(idx):
+                return gradient_hessian(lambda w: logged.value_grad(w)[1], z, idx)
+
         else:
-            break
-        grad = _gradient(logged, x, lower)
-    return x, fx, grad, decrement
+
+            def hessian(idx):
+                return fd_hessian_of(logged, z, idx)
+
+        return _gradient(logged, z, lower), hessian
+
+    res = newton_steps(
+        logged, x, fx, lower, derivatives, maxit=3, tol=1e-10, gtol=1e-3, at_bound_tol=1e-8
+    )
+    grad = _gradient(logged, res.x, lower) if res.moved else res.g
+    return res.x, res.f, grad, res.decrement
 
 
-def _hessian(logged: _Logged, x: np.ndarray, idx: np.ndarray, h: float = 1e-4) -> np.ndarray:
-    k = idx.size
-    if logged.fg is not None:  # differences of the exact gradient
-        H = np.zeros((k, k))
-        for a in range(k):
-            e = np.zeros_like(x)
-            e[idx[a]] = h
-            H[a] = (logged.value_grad(x + e)[1][idx] - logged.value_grad(x - e)[1][idx]) / (2 * h)
-        return 0.5 * (H + H.T)
-    H = np.zeros((k, k))
-    f0 = logged(x)
-    for a in range(k):  # a few parameters, not rows or groups
-        for b in range(a, k):
-            ea = np.zeros_like(x)
-            eb = np.zeros_like(x)
-            ea[idx[a]] = h
-            eb[idx[b]] = h
-            if a == b:
-                H[a, a] = (logged(x + ea) - 2 * f0 + logged(x - ea)) / h**2
-            else:
-                H[a, b] = H[b, a] = (
-                    logged(x + ea + eb)
-                    - logged(x + ea - eb)
-                    - logged(x - ea + eb)
-                    + logged(x - ea - eb)
-                ) / (4 * h * h)
-    return H
-
-
-def _gradient(logged: _Logged, x: np.ndarray, lower: np.ndarray, h: float = 1e-5) -> np.ndarray:
+def _gradient(logged: Logged, x: np.ndarray, lower: np.ndarray, h: float = 1e-5) -> np.ndarray:
     if logged.fg is not None:
         return np.asarray(logged.fg(x)[1], dtype=float)
     g = np.zeros_like(x)

@@ -63,15 +63,7 @@ from multilevel.errors import ConvergenceWarning, DataError, ModelError, Singula
 from multilevel.formula.design import Design, RankDeficiencyWarning, aliased_from_gram
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.glmm.families import Family, get_family
-from multilevel.glmm.fit import (
-    MAX_NODES,
-    StagedObjective,
-    hessian_stencil,
-    optimize_stage2,
-    pirls_message,
-    resolve_method,
-    vcov_from_hessian,
-)
+from multilevel.glmm.fit import MAX_NODES, StagedObjective, pirls_message, resolve_method
 from multilevel.glmm.montecarlo import DEFAULT_DF
 from multilevel.glmm.pirls import (
     MAX_ITER,
@@ -84,7 +76,10 @@ from multilevel.glmm.pirls import (
 )
 from multilevel.glmm.quadrature import agq_deviance
 from multilevel.glmm.results import GlmerFit, GlmerSummary, glmer_summary
-from multilevel.optimize.theta import OptRecord, minimize_theta
+from multilevel.optimize.hessian import hessian_stencil
+from multilevel.optimize.record import OptRecord
+from multilevel.optimize.stage2 import optimize_stage2, vcov_from_hessian
+from multilevel.optimize.theta import minimize_theta
 from multilevel.partitioned.lmm import (
     _STATEFUL,
     _Chunks,

@@ -30,7 +30,7 @@ from scipy.linalg.lapack import dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.glmm import pirls
-from multilevel.glmm.exact.search import Search, whitening
+from multilevel.glmm.exact.search import run_search
 from multilevel.glmm.families import Binomial, Family, Poisson
 from multilevel.glmm.pirls import PirlsError, PirlsProblem, back_solve
 
@@ -237,16 +237,6 @@ def _kernel_args(prob: PirlsProblem):
 
 
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray):
-    """Minimise the Laplace deviance over (θ, δ) with its exact gradient
-    (:class:`multilevel.glmm.exact.search.Search`, from a forward-difference
-    Hessian at (θ₀, 0)).  Returns the record (in x), the Hessian in x, β₀,
-    R⁻¹ (β = β₀ + R⁻¹δ) and the conditional modes at the optimum."""
-    R = whitening(prob, beta0)
-    Rinv = np.linalg.inv(R)
-    K = prob.rb.K
-    search = Search(LaplaceGLMM(prob), beta0, Rinv, ntheta=K)
-    x0 = np.concatenate([np.asarray(theta0, float), np.zeros(prob.p)])
-    rec, H = search.minimize(x0, search.hessian(x0))
-    rec.evals = search.model.evals
-    H = H if np.all(np.isfinite(H)) else None
-    return rec, H, beta0, Rinv, search.model.u.copy()
+    """Minimise the Laplace deviance of several scalar terms over (θ, δ) with
+    its exact gradient (:func:`multilevel.glmm.exact.search.run_search`)."""
+    return run_search(prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
-from multilevel.glmm.exact.search import Search, whitening
+from multilevel.glmm.exact.search import run_search
 from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
@@ -183,24 +183,7 @@ class LinkGLMM:
 
 
 def optimize_link(prob, beta0: np.ndarray, theta0: float = 1.0, nagq: int = 1):
-    """BFGS over (θ, δ) with the exact gradient (as the other exact routes);
-    for nAGQ > 1 then Newton steps on the quadrature deviance from the Laplace
-    optimum and Hessian."""
-    R = whitening(prob, beta0)
-    Rinv = np.linalg.inv(R)
-    model = LinkGLMM(prob)
-    search = Search(model, beta0, Rinv)
-    x0 = np.concatenate([[theta0], np.zeros(prob.p)])
-    rec, H = search.minimize(x0, search.hessian(x0))
-    evals = model.evals
-    if nagq > 1:
-        quad = LinkGLMM(prob, nagq)
-        quad.u = model.u.copy()
-        qsearch = Search(quad, beta0, Rinv)
-        rec, H = qsearch.minimize(
-            rec.theta, H if H is not None else qsearch.hessian(rec.theta), chord=True
-        )
-        model, evals = quad, evals + quad.evals
-    rec.evals = evals
-    H = H if np.all(np.isfinite(H)) else None
-    return rec, H, beta0, Rinv, model.u.copy()
+    """Minimise the deviance of one scalar term with a probit or cloglog link
+    over (θ, δ) with its exact gradient, Laplace then quadrature
+    (:func:`multilevel.glmm.exact.search.run_search`)."""
+    return run_search(prob, beta0, theta0, lambda n: LinkGLMM(prob, n), nagq)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.compiled import kernel
-from multilevel.glmm.exact.search import Search, whitening
+from multilevel.glmm.exact.search import run_search
 from multilevel.glmm.families import Binomial, Family, GlmResponse, Poisson
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
@@ -293,27 +293,7 @@ class ScalarGLMM:
 
 
 def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0: float = 1.0):
-    """Minimise the deviance over x = (θ, δ) by BFGS with the exact gradient.
-
-    β₀ is the GLM's fit without random effects.
-    Laplace: from x₀ = (θ₀, 0) with a forward-difference Hessian there.
-    AGQ: from the Laplace optimum, Newton steps with the Laplace Hessian (the
-    two optima and curvatures are close, and a Laplace evaluation costs 1/nAGQ
-    of a quadrature one).
-    Returns the record (in x; evals counts both searches), the Hessian
-    in x at the optimum, β₀, R⁻¹ (β = β₀ + R⁻¹δ) and the conditional modes."""
-    R = whitening(prob, beta0)
-    Rinv = np.linalg.inv(R)
-    lap = Search(ScalarGLMM.from_problem(prob, 1), beta0, Rinv)
-    x0 = np.concatenate([[theta0], np.zeros(prob.p)])
-    rec, H = lap.minimize(x0, lap.hessian(x0))
-    evals = lap.model.evals
-    search = lap
-    if nagq > 1:
-        search = Search(ScalarGLMM.from_problem(prob, nagq), beta0, Rinv)
-        search.model.u = lap.model.u.copy()
-        rec_l = rec
-        rec, H = search.minimize(rec_l.theta, H, chord=True)
-        evals += search.model.evals  # the log keeps the quadrature evaluations only
-    rec.evals = evals
-    return rec, (H if np.all(np.isfinite(H)) else None), beta0, Rinv, search.model.u.copy()
+    """Minimise the deviance of one scalar term (canonical link) over (θ, δ)
+    with its exact gradient, Laplace then quadrature
+    (:func:`multilevel.glmm.exact.search.run_search`)."""
+    return run_search(prob, beta0, theta0, lambda n: ScalarGLMM.from_problem(prob, n), nagq)

@@ -17,6 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.glmm.pirls import PirlsError
+from multilevel.optimize.bounds import snap_to_bounds
+from multilevel.optimize.hessian import gradient_hessian
+from multilevel.optimize.newton import newton_steps
+from multilevel.optimize.record import OptRecord
+from multilevel.optimize.theta import GRAD_TOL, minimize_theta
 
 
 def whitening(prob, beta0: np.ndarray) -> np.ndarray:
@@ -79,49 +84,37 @@ class Search:
     def hessian(self, x: np.ndarray, h: float = 1e-4) -> np.ndarray:
         """Forward differences of the exact gradient, symmetrised (relative
         error about h, far below what standard errors need)."""
-        d = self.d
-        g0 = self.fg(x)[1]
-        H = np.empty((d, d))
-        for a in range(d):  # parameters, not rows or groups
-            e = np.zeros(d)
-            e[a] = h
-            H[a] = (self.fg(x + e)[1] - g0) / h
+        H = gradient_hessian(lambda z: self.fg(z)[1], x, h=h, g0=self.fg(x)[1])
         self.fg(x)
-        return 0.5 * (H + H.T)
+        return H
 
     def _newton(self, x, f, g, H, maxit: int, tol: float, log: tuple[list, list]):
         """Projected Newton steps with a fixed H (the exact Hessian, or a nearby
         model's as a chord method) until the decrement ½gᵀH⁻¹g is below tol;
         a step that raises the deviance is halved (three times at most)."""
-        lower = self.lower
-        for _ in range(maxit):  # Newton iterations
-            free = np.flatnonzero(~((x <= lower) & (g >= 0)))
-            try:
-                step = -np.linalg.solve(H[np.ix_(free, free)], g[free])
-            except np.linalg.LinAlgError:
-                break
-            if not -0.5 * g[free] @ step >= tol:
-                break
-            for t in (1.0, 0.5, 0.25, 0.125):
-                xn = x.copy()
-                xn[free] += t * step
-                xn = np.maximum(xn, lower)
-                fn, gn = self.fg(xn)
-                log[0].append(xn)
-                log[1].append(fn)
-                if fn <= f + 1e-11 * (1 + abs(f)):
-                    break
-            else:
-                break
-            x, f, g = xn, fn, gn
-        return x, f, g
+
+        def fun(z: np.ndarray) -> float:
+            fz = self.fg(z)[0]
+            log[0].append(z)
+            log[1].append(fz)
+            return fz
+
+        start = [g]  # the gradient at x is known; later ones are the accepted trials'
+
+        def derivatives(z: np.ndarray, _fz: float):
+            gz = start.pop() if start else self.fg(z)[1]
+            return gz, lambda idx: H[np.ix_(idx, idx)]
+
+        res = newton_steps(
+            fun, x, f, self.lower, derivatives, maxit=maxit, tol=tol,
+            shrinks=(1.0, 0.5, 0.25, 0.125), slack=1e-11,
+        )  # fmt: skip
+        return res.x, res.f, (self.fg(res.x)[1] if res.moved else res.g)
 
     def minimize(self, x0: np.ndarray, H0: np.ndarray, chord: bool = False):
         """From (x0, H0): BFGS, or (``chord``, H0 being the Hessian of a nearby
         model at its optimum x0) Newton steps with H0; then Newton steps with
         the Hessian at the point reached."""
-        from multilevel.optimize.theta import BOUNDARY_TOL, GRAD_TOL, OptRecord, minimize_theta
-
         d = self.d
         lower = self.lower
         lam, V = np.linalg.eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
@@ -147,16 +140,16 @@ class Search:
         H = self.hessian(x)
         g = self.fg(x)[1]
         x, f, g = self._newton(x, f, g, H, 3, 1e-12, (rec._thetas, rec._values))
-        # a variance the search left just above its bound goes on it when that
-        # does not raise the deviance (the fit is then reported singular)
-        near = (x > lower) & (x - lower < BOUNDARY_TOL)
-        if near.any():
-            xs = np.where(near, lower, x)
-            fs, gs = self.fg(xs)
-            rec._thetas.append(xs)
-            rec._values.append(fs)
-            if fs <= f + 1e-10 * (1 + abs(f)):
-                x, f, g = xs, fs, gs
+
+        def logged(z: np.ndarray) -> float:
+            fz = self.fg(z)[0]
+            rec._thetas.append(z)
+            rec._values.append(fz)
+            return fz
+
+        x, f, snapped = snap_to_bounds(logged, x, f, lower, slack=1e-10)
+        if snapped.any():
+            g = self.fg(x)[1]
         rec.theta, rec.criterion, rec.gradient = x, f, g
         if chord:  # judged where the Newton steps with the exact Hessian ended
             gmax = float(np.max(np.abs(np.where((x <= lower) & (g >= 0), 0.0, g))))
@@ -165,3 +158,40 @@ class Search:
                 rec.messages.append(f"Model failed to converge: largest |gradient| {gmax:.3g}")
         self.fg(x)  # leaves the modes at the optimum
         return rec, H
+
+
+def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower_theta=None,
+               after=None):  # fmt: skip
+    """The search every exact-gradient route runs.
+
+    ``make_model(n)`` builds the route's deviance model with n quadrature
+    nodes (1: Laplace).  β is whitened at the GLM fit β₀ (:func:`whitening`);
+    the Laplace deviance is minimised from (θ₀, δ = 0) with a forward-difference
+    Hessian there; for nAGQ > 1 Newton (chord) steps on the quadrature deviance
+    follow from the Laplace optimum and Hessian (the two are close, and a
+    Laplace evaluation costs 1/nAGQ of a quadrature one).  ``after(search,
+    model, rec, H)`` may continue a search (the vector route's sign flips).
+    Returns the record (in x; ``evals`` counts both searches, the log keeps the
+    last one's evaluations), the Hessian in x (None if not finite), β₀, R⁻¹
+    (β = β₀ + R⁻¹δ) and the conditional modes at the optimum."""
+    Rinv = np.linalg.inv(whitening(prob, beta0))
+    theta0 = np.atleast_1d(np.asarray(theta0, dtype=float))
+    nt = theta0.size
+    model = make_model(1)
+    search = Search(model, beta0, Rinv, ntheta=nt, lower_theta=lower_theta)
+    x0 = np.concatenate([theta0, np.zeros(prob.p)])
+    rec, H = search.minimize(x0, search.hessian(x0))
+    if after is not None:
+        rec, H = after(search, model, rec, H)
+    evals = model.evals
+    if nagq > 1:
+        quad = make_model(nagq)
+        quad.u = model.u.copy()
+        search = Search(quad, beta0, Rinv, ntheta=nt, lower_theta=lower_theta)
+        rec, H = search.minimize(rec.theta, H, chord=True)
+        if after is not None:
+            rec, H = after(search, quad, rec, H)
+        model, evals = quad, evals + quad.evals
+    rec.evals = evals
+    H = H if H is not None and np.all(np.isfinite(H)) else None
+    return rec, H, beta0, Rinv, model.u.reshape(-1).copy()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from multilevel.glmm.exact.search import Search, whitening
+from multilevel.glmm.exact.search import Search, run_search
 from multilevel.glmm.families import Binomial, Family, Poisson
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
@@ -262,25 +262,10 @@ def _past_zero_columns(search: Search, model: VectorGLMM, rec, H):
 def optimize_vector(
     prob, beta0: np.ndarray, theta0: np.ndarray, lower_theta: np.ndarray, nagq: int = 1
 ):
-    """BFGS over (θ, δ) with the exact Laplace gradient (as
-    :func:`multilevel.glmm.exact.laplace.optimize_laplace`); for nAGQ > 1 then
-    Newton steps on the quadrature deviance from the Laplace optimum and
-    Hessian (as :func:`multilevel.glmm.exact.scalar.optimize_groupwise`).  ``evals``
-    counts both searches; the log keeps the last one's evaluations."""
-    R = whitening(prob, beta0)
-    Rinv = np.linalg.inv(R)
-    model = VectorGLMM(prob)
-    search = Search(model, beta0, Rinv, ntheta=model.nt, lower_theta=lower_theta)
-    x0 = np.concatenate([np.asarray(theta0, float), np.zeros(prob.p)])
-    rec, H = _past_zero_columns(search, model, *search.minimize(x0, search.hessian(x0)))
-    evals = model.evals
-    if nagq > 1:
-        quad = VectorGLMM(prob, nagq)
-        quad.u = model.u.copy()
-        qsearch = Search(quad, beta0, Rinv, ntheta=quad.nt, lower_theta=lower_theta)
-        H0 = H if H is not None else qsearch.hessian(rec.theta)
-        rec, H = _past_zero_columns(qsearch, quad, *qsearch.minimize(rec.theta, H0, chord=True))
-        model, evals = quad, evals + quad.evals
-    rec.evals = evals
-    H = H if np.all(np.isfinite(H)) else None
-    return rec, H, beta0, Rinv, model.u.reshape(-1).copy()
+    """Minimise the deviance of one vector term over (θ, δ) with its exact
+    gradient, Laplace then quadrature (:func:`multilevel.glmm.exact.search.run_search`),
+    each search continued past zero columns of T (:func:`_past_zero_columns`)."""
+    return run_search(
+        prob, beta0, theta0, lambda n: VectorGLMM(prob, n), nagq, lower_theta,
+        after=_past_zero_columns,
+    )  # fmt: skip

@@ -1,0 +1,124 @@
+"""The joint search over (θ, δ) that ends every GLMM fit not handled by an
+exact-gradient route (lme4's second stage), and what its Hessian gives:
+BOBYQA, then projected Newton steps with a central-difference Hessian, then
+the covariance 2H⁻¹ of the estimates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from multilevel.optimize.bobyqa import bobyqa
+from multilevel.optimize.bounds import snap_to_bounds
+from multilevel.optimize.hessian import fd_hessian
+from multilevel.optimize.newton import NewtonResult, newton_steps
+from multilevel.optimize.record import Logged, OptRecord
+from multilevel.optimize.theta import GRAD_TOL
+
+NOT_PD_MESSAGE = (
+    "the Hessian of the deviance is not positive definite at the optimum: the "
+    "likelihood is flat or unbounded in some direction (complete separation of a "
+    "binary response, or an unidentifiable fixed effect?)"
+)
+BOBYQA_BUDGET = 10  # × (parameters + 1): BOBYQA evaluations before Newton steps take over
+
+
+def _newton(logged: Logged, x, fx, lower, hessian_step, maxit: int) -> NewtonResult:
+    """Newton steps with central-difference Hessians (full H kept in ``res.H``)."""
+    full: list[np.ndarray] = []
+
+    def derivatives(z: np.ndarray, fz: float):
+        H, g = fd_hessian(logged, z, hessian_step, fz)
+        full[:] = [H]
+        return g, lambda idx: H[np.ix_(idx, idx)]
+
+    res = newton_steps(logged, x, fx, lower, derivatives, maxit=maxit, tol=1e-9)
+    res.H = full[0] if full else None
+    return res
+
+
+def _bobyqa(logged: Logged, x0, lower, step, maxeval: int = 50_000) -> np.ndarray:
+    bobyqa(logged, x0, lower, step, xtol=1e-8, ftol=1e-7, maxeval=maxeval)
+    return x0 if logged.best_x is None else logged.best_x.copy()
+
+
+def optimize_stage2(
+    fun: Callable[[np.ndarray], float],
+    x0: np.ndarray,
+    lower: np.ndarray,
+    ntheta: int,
+    to_natural: Callable[[np.ndarray], np.ndarray],
+    hessian_step: np.ndarray | float = 1e-3,
+) -> tuple[OptRecord, np.ndarray | None]:
+    """Minimise the stage-2 deviance over (θ, δ): BOBYQA to about 1e-6 deviance
+    units (or at most BOBYQA_BUDGET·(d + 1) evaluations), then Newton steps with
+    a central-difference Hessian (steps ``hessian_step``, the parameters being on
+    unit scales) until the Newton decrement is below 1e-9; when BOBYQA was cut
+    short and the Newton steps fail, BOBYQA to its end and Newton again.
+    Returns the record and the last Hessian (at the optimum, or where the
+    Newton steps stopped)."""
+    logged = Logged(fun, to_natural=to_natural)
+    step = np.concatenate(
+        [0.25 * np.maximum(np.abs(x0[:ntheta]), 0.5), np.full(x0.size - ntheta, 0.5)]
+    )
+    # BOBYQA's last digits cost many evaluations when stage 1 ends far from the
+    # optimum (large data); a few Newton steps (d² + d + 1 evaluations each) finish
+    # faster.  If they do not reach the optimum, BOBYQA runs to its end after all.
+    budget = BOBYQA_BUDGET * (x0.size + 1)
+    x = _bobyqa(logged, x0, lower, step, budget)
+    truncated = len(logged.values) >= budget
+    res = _newton(logged, x, logged.best, lower, hessian_step, 4 if truncated else 6)
+    if truncated and not res.done:
+        x = _bobyqa(logged, res.x, lower, step)
+        res = _newton(logged, x, logged.best, lower, hessian_step, 6)
+    x, fx, g, H, status = res.x, res.f, res.g, res.H, res.status
+    x, fx, snapped = snap_to_bounds(logged, x, fx, lower, slack=1e-10)
+    g = np.where(snapped, 0.0, g)
+    free = ~((x <= lower) & (g >= 0))
+    gmax = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    messages = []
+    converged = status == "CONVERGED"
+    if not converged:
+        messages.append(NOT_PD_MESSAGE)
+    if gmax > GRAD_TOL:
+        converged = False
+        messages.append(
+            f"Model failed to converge: largest |gradient| of the free parameters is "
+            f"{gmax:.3g} (tolerance {GRAD_TOL}); try rescaling covariates or a simpler "
+            "random-effects structure"
+        )
+    return logged.record("bobyqa+newton", status, converged, x, fx, g, messages), H
+
+
+def positive_definite(H: np.ndarray | None, x: np.ndarray, lower_t: np.ndarray) -> bool:
+    """Whether H is clearly positive definite over the parameters off their
+    bounds: its smallest eigenvalue above 1e-8 of the largest (a likelihood
+    flat to rounding in some direction, as under separation, is not)."""
+    if H is None:
+        return False
+    free = np.ones(x.size, dtype=bool)
+    free[: lower_t.size] = x[: lower_t.size] > lower_t
+    lam = np.linalg.eigvalsh(H[np.ix_(free, free)])
+    return bool(lam.size == 0 or lam[0] > 1e-8 * max(lam[-1], 0.0))
+
+
+def vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
+    """2 H⁻¹ in the stage-2 coordinates (θ, δ); its δ block alone when H is not
+    positive definite (e.g. a variance on its boundary)."""
+    if H is None:
+        return None, "none"
+    H = 0.5 * (H + H.T)
+    try:
+        np.linalg.cholesky(H)
+        return 2.0 * np.linalg.inv(H), "hessian"
+    except np.linalg.LinAlgError:
+        pass
+    Hb = H[ntheta:, ntheta:]
+    try:
+        np.linalg.cholesky(Hb)
+    except np.linalg.LinAlgError:
+        return None, "none"
+    V = np.full_like(H, np.nan)
+    V[ntheta:, ntheta:] = 2.0 * np.linalg.inv(Hb)
+    return V, "hessian-beta"
