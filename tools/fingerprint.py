@@ -48,6 +48,13 @@ def _arr(x) -> list[float]:
     return np.asarray(x, dtype=float).ravel().tolist()
 
 
+def _intervals(iv) -> list[float]:
+    """nlme's intervals() as one list of numbers."""
+    if isinstance(iv, dict):
+        return [v for k in sorted(iv) for v in _intervals(iv[k])]
+    return np.asarray(iv, dtype=float).ravel().tolist()
+
+
 def lmer_print(fit, slow: bool) -> dict:
     out = {
         "loglik": fit.loglik,
@@ -101,6 +108,7 @@ def fingerprints(slow: bool = True) -> dict[str, dict]:
                 "fixef": fit.tTable["Value"],
                 "se": fit.tTable["Std.Error"],
                 "df": fit.tTable["DF"],
+                "intervals": _intervals(fit.intervals()),
             }
         elif "anova" in engine:
             m0 = ml.lmer("mathach ~ meanses*cses + sector*cses + (1 | school)", data, REML=False)

@@ -50,6 +50,7 @@ from multilevel.formula.parser import Binary, Name, Node, Paren, Parser, parse_f
 from multilevel.inference.nlme_df import between_within_df
 from multilevel.lmm.fit import fit_design
 from multilevel.lmm.results import LmerFit
+from multilevel.optimize.hessian import fd_hessian
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z.][A-Za-z0-9_.]*$")
 
@@ -652,7 +653,7 @@ class LmeFit:
         # a step of 1e-3 on the log scale: smaller steps drown in rounding of the
         # likelihood for weakly determined parameters (nlme's own step of
         # about 6e-6 does, which shrinks its intervals for such parameters)
-        H = _hessian(self._deviance_natural, phi, 1e-3) / 2.0
+        H = fd_hessian(self._deviance_natural, phi, 1e-3)[0] / 2.0
         try:
             V = np.linalg.inv(H)
             np.linalg.cholesky(V)
@@ -777,24 +778,6 @@ def _pairs(q: int) -> tuple[np.ndarray, np.ndarray]:
     i, j = np.triu_indices(q, 1)
     order = np.lexsort((i, j))
     return i[order], j[order]
-
-
-def _hessian(fun, x: np.ndarray, h: float) -> np.ndarray:
-    """Central-difference Hessian (a handful of parameters)."""
-    k = x.size
-    H = np.zeros((k, k))
-    f0 = fun(x)
-    E = np.eye(k) * h
-    for i in range(k):
-        fp, fm = fun(x + E[i]), fun(x - E[i])
-        H[i, i] = (fp - 2 * f0 + fm) / h**2
-        for j in range(i):
-            fpp = fun(x + E[i] + E[j])
-            fpm = fun(x + E[i] - E[j])
-            fmp = fun(x - E[i] + E[j])
-            fmm = fun(x - E[i] - E[j])
-            H[i, j] = H[j, i] = (fpp - fpm - fmp + fmm) / (4 * h * h)
-    return H
 
 
 __all__ = [
