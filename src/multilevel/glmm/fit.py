@@ -65,13 +65,17 @@ from multilevel.glmm.montecarlo import DEFAULT_DF, Draws, mc_loglik, warn_degene
 from multilevel.glmm.pirls import Mode, PirlsError, PirlsProblem, RandomBlocks
 from multilevel.glmm.quadrature import agq_deviance
 from multilevel.glmm.results import GlmerFit
+from multilevel.glmm.stages import (
+    StagedObjective,
+    conditional_vcov,
+    pirls_message,
+    run_stages,
+    stage2_estimates,
+)
 from multilevel.optimize.stage2 import (
     NOT_PD_MESSAGE,
-    optimize_stage2,
     positive_definite,
-    vcov_from_hessian,
 )
-from multilevel.optimize.theta import minimize_theta
 from multilevel.threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
@@ -165,36 +169,6 @@ def resolve_method(method: str | None, nAGQ: Any) -> str:
 
 
 # --------------------------------------------------------------------------- objective
-
-
-class StagedObjective:
-    """What both fitting stages share, in memory or over partitions: stage 1
-    optimises θ with β inside PIRLS (``joint_mode``); stage 2 optimises
-    (θ, δ) with β = β₀ + R⁻¹δ (whitened fixed effects)."""
-
-    ntheta: int
-    beta: np.ndarray
-    beta0: np.ndarray
-    Rinv: np.ndarray
-
-    def joint_mode(self, theta: np.ndarray, beta: np.ndarray):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def stage1(self, theta: np.ndarray) -> float:
-        try:
-            m = self.joint_mode(theta, self.beta)
-        except PirlsError:
-            return math.inf
-        self.beta = m.beta
-        return m.laplace
-
-    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x[: self.ntheta], self.beta0 + self.Rinv @ x[self.ntheta :]
-
-    def natural(self, x: np.ndarray) -> np.ndarray:
-        """(θ, δ) -> (θ, β)."""
-        theta, beta = self.unpack(x)
-        return np.concatenate([theta, beta])
 
 
 class _Objective(StagedObjective):
@@ -330,28 +304,17 @@ def fit_glmm(
 
     theta0 = np.concatenate([t.initial() for t in tmpl])
     lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
-    lower = np.concatenate([lower_t, np.full(prob.p, -np.inf)])
 
     def two_stage():
         """lme4's route: θ with β inside PIRLS, then (θ, δ) by BOBYQA + Newton."""
-        with np.errstate(over="ignore", under="ignore"):
-            # stage 1 is only stage 2's start unless nAGQ = 0: Brent's (scalar θ) last
-            # digits are not needed (BOBYQA's looser stop costs more polishing: kept)
-            start_only = theta0.size == 1 and not (nAGQ == 0 and method == "laplace")
-            tol = 1e-5 if start_only else 1e-8
-            r1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=tol, ftol=tol)
-        try:
-            m1 = obj.mode(r1.theta, obj.beta, joint=True)
-        except PirlsError as exc:
-            raise ModelError(pirls_message(exc)) from None
-        if nAGQ == 0 and method == "laplace":
-            return r1, m1, None, None
-        obj.beta0 = m1.beta.copy()
-        obj.Rinv = np.linalg.inv(m1.factor.LFF).T  # β = β₀ + L⁻ᵀδ: δ has unit scale
-        x0 = np.concatenate([r1.theta, np.zeros(prob.p)])
-        with np.errstate(over="ignore", under="ignore"):
-            r2, H2 = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
-        return r1, m1, r2, H2
+        stage1_only = nAGQ == 0 and method == "laplace"
+        # stage 1 is only stage 2's start unless nAGQ = 0: Brent's (scalar θ) last
+        # digits are not needed (BOBYQA's looser stop costs more polishing: kept)
+        start_only = theta0.size == 1 and not stage1_only
+        st = run_stages(
+            obj, theta0, lower_t, stage1_only=stage1_only, stage1_tol=1e-5 if start_only else 1e-8
+        )
+        return st.rec1, st.mode1, st.rec2, st.H
 
     rec1 = mode1 = rec2 = H = None
     route = _exact_route(family, rs, method, nAGQ)
@@ -381,29 +344,19 @@ def fit_glmm(
     if rec2 is None:  # nAGQ = 0: stage 1 only
         mode = mode1
         x_hat = np.concatenate([rec1.theta, np.zeros(prob.p)])
-        vcov = _conditional_vcov(mode1)
+        vcov = conditional_vcov(mode1.LFF)
         vcov_note = "conditional"
     else:
         x_hat = rec2.theta
-        # the record in natural coordinates (θ, β): δ = R(β − β₀), ∂/∂β = Rᵀ∂/∂δ
-        J = np.eye(x_hat.size)
-        J[obj.ntheta :, obj.ntheta :] = np.linalg.inv(obj.Rinv)
-        rec2.theta = obj.natural(x_hat)
-        rec2.gradient = J.T @ rec2.gradient
-        theta_hat, beta_hat = obj.unpack(x_hat)
+        est = stage2_estimates(obj, rec2, H)
         try:
-            mode = obj.mode(theta_hat, beta_hat, joint=False)
+            mode = obj.mode(est.theta, est.beta, joint=False)
         except PirlsError as exc:
             raise ModelError(pirls_message(exc)) from None
-        Vx, vcov_note = vcov_from_hessian(H, obj.ntheta)
-        if H is not None:
-            hess = J.T @ H @ J
-        if Vx is not None:
-            vcov = obj.Rinv @ Vx[obj.ntheta :, obj.ntheta :] @ obj.Rinv.T
-        elif rec1 is not None:
-            vcov = _conditional_vcov(mode1)
-        else:
-            vcov = _conditional_vcov(obj.joint_mode(theta_hat, beta_hat))
+        vcov, vcov_note, hess = est.vcov, est.vcov_note, est.hessian
+        if vcov is None:
+            m = mode1 if rec1 is not None else obj.joint_mode(est.theta, est.beta)
+            vcov = conditional_vcov(m.LFF)
     theta_hat = x_hat[: obj.ntheta]
     with np.errstate(over="ignore", under="ignore"):
         if method == "laplace":
@@ -441,20 +394,6 @@ def fit_glmm(
     if fit.singular:
         warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=3)
     return fit
-
-
-def _conditional_vcov(mode: Mode) -> np.ndarray:
-    """(R_XᵀR_X)⁻¹ from a joint PIRLS factor: the covariance of β conditional on θ."""
-    Linv = np.linalg.inv(mode.factor.LFF)
-    return Linv.T @ Linv
-
-
-def pirls_message(exc: Exception) -> str:
-    return (
-        f"PIRLS failed to find the conditional modes of the random effects at the estimates "
-        f"({exc}); the model may be overparameterised (e.g. complete separation of a "
-        "binary response) — simplify the random effects or rescale covariates"
-    )
 
 
 __all__ = ["fit_glmer", "fit_glmm"]

@@ -402,6 +402,11 @@ class Mode:
         """Laplace approximation of −2 × marginal log-likelihood."""
         return self.pdev + self.factor.logdet
 
+    @property
+    def LFF(self) -> np.ndarray:
+        """Lower Cholesky factor of R_XᵀR_X (the fixed-effects block)."""
+        return self.factor.LFF
+
 
 class PirlsProblem:
     """Everything PIRLS needs: family, response, fixed and random design."""

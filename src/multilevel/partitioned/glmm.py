@@ -63,7 +63,7 @@ from multilevel.errors import ConvergenceWarning, DataError, ModelError, Singula
 from multilevel.formula.design import Design, RankDeficiencyWarning, aliased_from_gram
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.glmm.families import Family, get_family
-from multilevel.glmm.fit import MAX_NODES, StagedObjective, pirls_message, resolve_method
+from multilevel.glmm.fit import MAX_NODES, resolve_method
 from multilevel.glmm.montecarlo import DEFAULT_DF
 from multilevel.glmm.pirls import (
     MAX_ITER,
@@ -76,10 +76,15 @@ from multilevel.glmm.pirls import (
 )
 from multilevel.glmm.quadrature import agq_deviance
 from multilevel.glmm.results import GlmerFit, GlmerSummary, glmer_summary
+from multilevel.glmm.stages import (
+    StagedObjective,
+    conditional_vcov,
+    pirls_message,
+    run_stages,
+    stage2_estimates,
+)
 from multilevel.optimize.hessian import hessian_stencil
 from multilevel.optimize.record import OptRecord
-from multilevel.optimize.stage2 import optimize_stage2, vcov_from_hessian
-from multilevel.optimize.theta import minimize_theta
 from multilevel.partitioned.lmm import (
     _STATEFUL,
     _Chunks,
@@ -657,39 +662,18 @@ def _optimise(
 
     theta0 = np.concatenate([t.initial() for t in tmpl])
     lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
-    with np.errstate(over="ignore", under="ignore"):
-        rec1 = minimize_theta(obj.stage1, theta0, lower_t)
-    theta1 = rec1.theta
-    try:
-        mode1 = obj.joint_mode(theta1, obj.beta)
-    except PirlsError as exc:
-        raise ModelError(pirls_message(exc)) from None
-    rec2: OptRecord | None = None
-    hess = None
-    if nagq == 0 and method == "laplace":
-        theta_hat, beta_hat = theta1, mode1.beta
-        vcov = _conditional_vcov(mode1.LFF)
+    st = run_stages(obj, theta0, lower_t, stage1_only=nagq == 0 and method == "laplace")
+    rec1, rec2, hess = st.rec1, st.rec2, None
+    if rec2 is None:
+        theta_hat, beta_hat = rec1.theta, st.mode1.beta
+        vcov = conditional_vcov(st.mode1.LFF)
         vcov_note = "conditional"
     else:
-        obj.beta0 = mode1.beta.copy()
-        obj.Rinv = np.linalg.inv(mode1.LFF).T  # β = β₀ + L⁻ᵀδ: δ has unit conditional scale
-        x0 = np.concatenate([theta1, np.zeros(p)])
-        lower = np.concatenate([lower_t, np.full(p, -np.inf)])
-        with np.errstate(over="ignore", under="ignore"):
-            rec2, H = optimize_stage2(obj.stage2, x0, lower, ntheta, obj.natural)
-        x_hat = rec2.theta
-        J = np.eye(x_hat.size)
-        J[ntheta:, ntheta:] = np.linalg.inv(obj.Rinv)
-        rec2.theta = obj.natural(x_hat)
-        rec2.gradient = J.T @ rec2.gradient
-        theta_hat, beta_hat = obj.unpack(x_hat)
-        Vx, vcov_note = vcov_from_hessian(H, ntheta)
-        if H is not None:
-            hess = J.T @ H @ J
-        if Vx is not None:
-            vcov = obj.Rinv @ Vx[ntheta:, ntheta:] @ obj.Rinv.T
-        else:
-            vcov = _conditional_vcov(mode1.LFF)
+        est = stage2_estimates(obj, rec2, st.H)
+        theta_hat, beta_hat, hess = est.theta, est.beta, est.hessian
+        vcov, vcov_note = est.vcov, est.vcov_note
+        if vcov is None:
+            vcov = conditional_vcov(st.mode1.LFF)
 
     res = parts.map(_final, theta_hat, beta_hat, method, nagq)
     errors = [r["error"] for r in res if "error" in r]
@@ -725,11 +709,6 @@ def _optimise(
         stage1=rec1,
         hessian=hess,
     )
-
-
-def _conditional_vcov(LFF: np.ndarray) -> np.ndarray:
-    Linv = np.linalg.inv(LFF)
-    return Linv.T @ Linv
 
 
 # ------------------------------------------------------------------ result

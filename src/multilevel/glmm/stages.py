@@ -1,0 +1,123 @@
+"""lme4's two optimisation stages for a GLMM, written once for the in-memory
+fit (:mod:`multilevel.glmm.fit`) and the partitioned one: stage 1 optimises θ
+with β inside PIRLS (the nAGQ = 0 fit); stage 2 optimises (θ, δ) together,
+β = β₀ + R⁻¹δ with R from the stage-1 fixed-effects factor, so that δ has
+unit conditional scale; the covariance of β̂ comes from stage 2's Hessian."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from multilevel.errors import ModelError
+from multilevel.glmm.pirls import PirlsError
+from multilevel.optimize.record import OptRecord
+from multilevel.optimize.stage2 import optimize_stage2, vcov_from_hessian
+from multilevel.optimize.theta import minimize_theta
+
+
+class StagedObjective:
+    """What both fitting stages share, in memory or over partitions: stage 1
+    optimises θ with β inside PIRLS (``joint_mode``); stage 2 optimises
+    (θ, δ) with β = β₀ + R⁻¹δ (whitened fixed effects)."""
+
+    ntheta: int
+    beta: np.ndarray
+    beta0: np.ndarray
+    Rinv: np.ndarray
+
+    def joint_mode(self, theta: np.ndarray, beta: np.ndarray):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stage1(self, theta: np.ndarray) -> float:
+        try:
+            m = self.joint_mode(theta, self.beta)
+        except PirlsError:
+            return math.inf
+        self.beta = m.beta
+        return m.laplace
+
+    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[: self.ntheta], self.beta0 + self.Rinv @ x[self.ntheta :]
+
+    def natural(self, x: np.ndarray) -> np.ndarray:
+        """(θ, δ) -> (θ, β)."""
+        theta, beta = self.unpack(x)
+        return np.concatenate([theta, beta])
+
+
+@dataclass
+class Stages:
+    rec1: OptRecord
+    mode1: object  # the joint mode at stage 1's θ (has .beta and .LFF)
+    rec2: OptRecord | None  # None: stage 1 only (nAGQ = 0)
+    H: np.ndarray | None  # stage 2's Hessian in (θ, δ)
+
+
+def run_stages(
+    obj: StagedObjective,
+    theta0: np.ndarray,
+    lower_t: np.ndarray,
+    *,
+    stage1_only: bool,
+    stage1_tol: float = 1e-8,
+) -> Stages:
+    """Stage 1 from θ₀, then (unless ``stage1_only``) stage 2 from (θ̂₁, 0)."""
+    with np.errstate(over="ignore", under="ignore"):
+        r1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=stage1_tol, ftol=stage1_tol)
+    try:
+        m1 = obj.joint_mode(r1.theta, obj.beta)
+    except PirlsError as exc:
+        raise ModelError(pirls_message(exc)) from None
+    if stage1_only:
+        return Stages(r1, m1, None, None)
+    p = m1.beta.size
+    obj.beta0 = m1.beta.copy()
+    obj.Rinv = np.linalg.inv(m1.LFF).T  # β = β₀ + L⁻ᵀδ: δ has unit scale
+    x0 = np.concatenate([r1.theta, np.zeros(p)])
+    lower = np.concatenate([lower_t, np.full(p, -np.inf)])
+    with np.errstate(over="ignore", under="ignore"):
+        r2, H = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
+    return Stages(r1, m1, r2, H)
+
+
+@dataclass
+class Estimates:
+    theta: np.ndarray
+    beta: np.ndarray
+    vcov: np.ndarray | None  # None: the Hessian gave none (the caller falls back)
+    vcov_note: str
+    hessian: np.ndarray | None  # in natural coordinates (θ, β)
+
+
+def stage2_estimates(obj: StagedObjective, rec: OptRecord, H: np.ndarray | None) -> Estimates:
+    """θ̂, β̂ and vcov(β̂) = the β block of 2H⁻¹ from a stage-2 (or exact-search)
+    record in (θ, δ); the record is rewritten in natural coordinates (θ, β):
+    δ = R(β − β₀), ∂/∂β = Rᵀ∂/∂δ."""
+    nt = obj.ntheta
+    x_hat = rec.theta
+    J = np.eye(x_hat.size)
+    J[nt:, nt:] = np.linalg.inv(obj.Rinv)
+    rec.theta = obj.natural(x_hat)
+    rec.gradient = J.T @ rec.gradient
+    theta_hat, beta_hat = obj.unpack(x_hat)
+    Vx, note = vcov_from_hessian(H, nt)
+    hess = None if H is None else J.T @ H @ J
+    vcov = None if Vx is None else obj.Rinv @ Vx[nt:, nt:] @ obj.Rinv.T
+    return Estimates(theta_hat, beta_hat, vcov, note, hess)
+
+
+def conditional_vcov(LFF: np.ndarray) -> np.ndarray:
+    """(R_XᵀR_X)⁻¹ from a joint PIRLS factor: the covariance of β conditional on θ."""
+    Linv = np.linalg.inv(LFF)
+    return Linv.T @ Linv
+
+
+def pirls_message(exc: Exception) -> str:
+    return (
+        f"PIRLS failed to find the conditional modes of the random effects at the estimates "
+        f"({exc}); the model may be overparameterised (e.g. complete separation of a "
+        "binary response) — simplify the random effects or rescale covariates"
+    )
