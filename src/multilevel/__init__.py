@@ -15,6 +15,7 @@ from multilevel.errors import (
     FormulaError,
     ModelError,
     MultilevelError,
+    RankDeficiencyWarning,
     SingularFitWarning,
 )
 from multilevel.formula.parser import parse_formula
@@ -85,6 +86,7 @@ __all__ = [
     "LmerFit",
     "ModelError",
     "MultilevelError",
+    "RankDeficiencyWarning",
     "SingularFitWarning",
     "datasets",
     "lmer",

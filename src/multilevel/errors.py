@@ -7,6 +7,10 @@ the library's own errors without catching programming errors.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 
 class MultilevelError(Exception):
     """Base class of all errors raised by multilevel."""
@@ -44,3 +48,19 @@ class ConvergenceWarning(UserWarning):
 class SingularFitWarning(UserWarning):
     """The fit lies on the boundary of the parameter space (a variance is 0 or a
     correlation is +-1)."""
+
+
+class RankDeficiencyWarning(UserWarning):
+    """Aliased fixed-effect columns were dropped (lme4's rank-deficiency message)."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """Issue a warning attributed to the user's code: the first caller outside
+    the package, however deep inside it the warning arises."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

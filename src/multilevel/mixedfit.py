@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from multilevel.covariance import sd_corr, theta_names
+from multilevel.errors import ConvergenceWarning, SingularFitWarning, warn
 from multilevel.optimize.bounds import BOUNDARY_TOL
 
 
@@ -141,3 +142,16 @@ class MixedModelFit:
                 df[c] = df[c] + re[c] if c in df.columns else re[c]
             out[g] = df
         return out
+
+
+def warn_about(fit: MixedModelFit) -> None:
+    """The end of every fit: the optimiser's convergence problems, standard
+    errors that are only conditional on θ (GLMMs) and a boundary fit, as
+    warnings pointing at the user's call (they are also kept on the fit and
+    printed in its summary)."""
+    for msg in fit.optinfo.messages:
+        warn(msg, ConvergenceWarning)
+    if getattr(fit, "vcov_note", "hessian") not in ("hessian", "conditional"):
+        warn(fit.vcov_message, ConvergenceWarning)
+    if fit.singular:
+        warn(fit.singular_message, SingularFitWarning)

@@ -16,20 +16,15 @@ n x (n_k q_k) matrix is never formed.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from multilevel.errors import DataError, FormulaError, ModelError
+from multilevel.errors import DataError, FormulaError, ModelError, RankDeficiencyWarning, warn
 from multilevel.formula.evaluate import Evaluator, closest
 from multilevel.formula.parser import Factor, ParsedFormula, RandomTerm, TermSet
-
-
-class RankDeficiencyWarning(UserWarning):
-    """Aliased fixed-effect columns were dropped."""
 
 
 @dataclass
@@ -359,6 +354,19 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     return aliased_from_gram(X.T @ X, tol)
 
 
+def warn_rank_deficient(names: list[str], alias: np.ndarray) -> str:
+    """lme4's message for dropped aliased columns, issued as a
+    RankDeficiencyWarning and returned (the fit keeps it for its summary)."""
+    dropped = [nm for nm, a in zip(names, alias, strict=True) if a]
+    s = "s" if len(dropped) > 1 else ""
+    msg = (
+        f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+        f"column{s} / coefficient{s}: {', '.join(dropped)}"
+    )
+    warn(msg, RankDeficiencyWarning)
+    return msg
+
+
 def aliased_from_gram(G: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     """Aliased columns from the cross-product XᵀX: a Cholesky factorization
     of the scaled cross-product in column order that skips pivots below
@@ -508,14 +516,7 @@ def build_design(
         raise ModelError("the fixed-effects part has no columns; lmer needs at least one")
     alias = aliased_columns(X) if drop_aliased else np.zeros(X.shape[1], dtype=bool)
     if alias.any():
-        dropped = [nm for nm, a in zip(xspec.names, alias, strict=True) if a]
-        msg = (
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''} / coefficient"
-            f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}"
-        )
-        warnings.warn(msg, RankDeficiencyWarning, stacklevel=3)
-        messages.append(msg)
+        messages.append(warn_rank_deficient(xspec.names, alias))
         X = X[:, ~alias]
         xspec.keep = ~alias
         xspec.names = [nm for nm, a in zip(xspec.names, alias, strict=True) if not a]

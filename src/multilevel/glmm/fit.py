@@ -47,13 +47,12 @@ constant, not the integration.  For 0/1 responses the term is 0.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
 from multilevel.covariance import templates
-from multilevel.errors import ConvergenceWarning, ModelError, SingularFitWarning
+from multilevel.errors import ModelError
 from multilevel.formula.design import build_design
 from multilevel.formula.parser import parse_formula
 from multilevel.glmm.exact import laplace as laplace_gradient
@@ -72,6 +71,7 @@ from multilevel.glmm.stages import (
     run_stages,
     stage2_estimates,
 )
+from multilevel.mixedfit import warn_about
 from multilevel.optimize.stage2 import (
     NOT_PD_MESSAGE,
     positive_definite,
@@ -387,12 +387,7 @@ def fit_glmm(
         hessian=hess,
         data_name=data_name,
     )
-    for msg in fit.optinfo.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-    if vcov_note not in ("hessian", "conditional"):
-        warnings.warn(fit.vcov_message, ConvergenceWarning, stacklevel=3)
-    if fit.singular:
-        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=3)
+    warn_about(fit)
     return fit
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-from multilevel.errors import ConvergenceWarning, SingularFitWarning
 from multilevel.formula.design import Design, build_design
 from multilevel.formula.parser import parse_formula
 from multilevel.lmm.estimate import estimate
 from multilevel.lmm.results import LmerFit
-from multilevel.optimize.bounds import BOUNDARY_TOL
+from multilevel.mixedfit import warn_about
 from multilevel.threads import single_threaded_blas
 
 
@@ -70,13 +68,4 @@ def fit_design(
     return fit
 
 
-def warn_about(fit: LmerFit) -> None:
-    """Convergence problems and boundary fits as Python warnings (they are also
-    kept on the fit and printed in its summary)."""
-    for msg in fit.optinfo.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
-    if fit.singular:
-        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=4)
-
-
-__all__ = ["fit_lmer", "fit_design", "warn_about", "BOUNDARY_TOL"]
+__all__ = ["fit_lmer", "fit_design"]

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -59,8 +58,8 @@ import pandas as pd
 import scipy.linalg as sla
 
 from multilevel.covariance import templates
-from multilevel.errors import ConvergenceWarning, DataError, ModelError, SingularFitWarning
-from multilevel.formula.design import Design, RankDeficiencyWarning, aliased_from_gram
+from multilevel.errors import DataError, ModelError
+from multilevel.formula.design import Design, aliased_from_gram, warn_rank_deficient
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.glmm.families import Family, get_family
 from multilevel.glmm.fit import MAX_NODES, resolve_method
@@ -83,6 +82,7 @@ from multilevel.glmm.stages import (
     run_stages,
     stage2_estimates,
 )
+from multilevel.mixedfit import warn_about
 from multilevel.optimize.hessian import hessian_stencil
 from multilevel.optimize.record import OptRecord
 from multilevel.partitioned.lmm import (
@@ -562,14 +562,7 @@ def glmer_partitioned(
     alias = aliased_from_gram(sum(i["gram"] for i in info))
     messages: list[str] = []
     if alias.any():
-        dropped = [nm for nm, a in zip(template.xspec.names, alias, strict=True) if a]
-        msg = (
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''} / coefficient"
-            f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}"
-        )
-        warnings.warn(msg, RankDeficiencyWarning, stacklevel=3)
-        messages.append(msg)
+        messages.append(warn_rank_deficient(template.xspec.names, alias))
         parts.transform(_drop_columns, ~alias)
         template.xspec.keep = ~alias
         template.xspec.names = [
@@ -603,12 +596,7 @@ def glmer_partitioned(
         "setup_seconds": setup,
         "seconds": time.perf_counter() - started,
     }
-    for msg in fit.optinfo.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-    if fit.vcov_note not in ("hessian", "conditional"):
-        warnings.warn(fit.vcov_message, ConvergenceWarning, stacklevel=3)
-    if fit.singular:
-        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=3)
+    warn_about(fit)
     return fit
 
 

@@ -23,7 +23,6 @@ whole column and are refused: add the transformed column first.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from functools import reduce
 from pathlib import Path
@@ -43,13 +42,14 @@ from multilevel.formula.design import (
     evaluate_factor,
     is_categorical,
     used_labels,
+    warn_rank_deficient,
 )
 from multilevel.formula.evaluate import Evaluator
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.linalg.crossprod import CrossProducts, cross_products
 from multilevel.lmm.estimate import optimize_cross_products
-from multilevel.lmm.fit import warn_about
 from multilevel.lmm.results import LmerFit
+from multilevel.mixedfit import warn_about
 from multilevel.threads import single_threaded_blas
 
 _STATEFUL = ("scale(", "center(", "poly(")
@@ -296,13 +296,7 @@ def lmer_partitioned(
     alias = aliased_from_gram(cp.AFF[: cp.p, : cp.p])
     messages = []
     if alias.any():
-        dropped = [nm for nm, a in zip(template.xspec.names, alias, strict=True) if a]
-        msg = (
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column(s) / coefficient(s): {', '.join(dropped)}"
-        )
-        warnings.warn(msg, UserWarning, stacklevel=2)
-        messages.append(msg)
+        messages.append(warn_rank_deficient(template.xspec.names, alias))
         cp = cp.drop_x_columns(~alias)
         template.xspec.keep = ~alias
         template.xspec.names = [

@@ -44,12 +44,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from multilevel.errors import ConvergenceWarning, FormulaError, ModelError, SingularFitWarning
+from multilevel.errors import FormulaError, ModelError
 from multilevel.formula.design import build_design, term_columns, to_pandas
 from multilevel.formula.parser import Binary, Name, Node, Paren, Parser, parse_formula, tokenize
 from multilevel.inference.nlme_df import between_within_df
 from multilevel.lmm.fit import fit_design
 from multilevel.lmm.results import LmerFit
+from multilevel.mixedfit import warn_about
 from multilevel.optimize.hessian import fd_hessian
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z.][A-Za-z0-9_.]*$")
@@ -261,10 +262,7 @@ def lme(
         # re-issued below so that they point at the caller
         warnings.simplefilter("ignore")
         fit = fit_design(design, REML=method == "REML", data_name=data_name)
-    for msg in fit.optinfo.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    if fit.singular:
-        warnings.warn(fit.singular_message, SingularFitWarning, stacklevel=2)
+    warn_about(fit)
     lvls = []
     for groups, rhs in level_specs:
         key = frozenset(groups)
