@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REFERENCE = Path(__file__).resolve().parent / "reference"
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "tests" / "reference"
+TESTDATA = ROOT / "tests" / "data"  # data sets made for single tests
 DATA = Path(str(resources.files("multilevel.datasets")))
 
 

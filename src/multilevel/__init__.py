@@ -20,8 +20,7 @@ from multilevel.errors import (
 )
 from multilevel.formula.parser import parse_formula
 from multilevel.glmm.families import Family, binomial, poisson
-from multilevel.glmm.montecarlo import loglik_mc
-from multilevel.glmm.results import GlmerFit
+from multilevel.glmm.results import GlmerFit, loglik_mc
 from multilevel.inference import (
     BootResult,
     Profile,

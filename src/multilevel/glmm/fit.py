@@ -368,7 +368,7 @@ def fit_glmm(
         else:
             mc = mc_loglik(prob, mode, draws)
             dev = mc.deviance
-            warn_degenerate(mc, stacklevel=4)
+            warn_degenerate(mc)
     fit = GlmerFit(
         design=design,
         family=family,

@@ -23,17 +23,13 @@ function of the parameters, so it can be maximised (``glmer(method="mc")``).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import gammaln
 
+from multilevel.errors import warn
 from multilevel.glmm.pirls import Mode, PirlsProblem, back_solve, lower_t_solve
-
-if TYPE_CHECKING:
-    from multilevel.glmm.results import GlmerFit
 
 _LOG2PI = float(np.log(2 * np.pi))
 CHUNK_CELLS = 2_000_000
@@ -185,27 +181,12 @@ def _split_cols(rb, u: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def loglik_mc(
-    fit: GlmerFit, samples: int = 2000, seed: int | None = 1, df: float = DEFAULT_DF
-) -> MCEstimate:
-    """Monte Carlo check of a fit: the importance-sampling estimate of the full
-    marginal log-likelihood at the fit's (θ̂, β̂), with its standard error.
-
-    Compare with ``fit.loglik``: for an adequate Laplace or AGQ fit the two
-    agree within a few standard errors."""
-    draws = Draws(fit._prob, samples, seed, df)
-    est = mc_loglik(fit._prob, fit._mode, draws)
-    warn_degenerate(est)
-    return est
-
-
-def warn_degenerate(est: MCEstimate, stacklevel: int = 3) -> None:
+def warn_degenerate(est: MCEstimate) -> None:
     """Warn when the importance weights are dominated by a few draws."""
     if est.ess < 0.1 * est.samples:
-        warnings.warn(
+        warn(
             f"importance weights degenerate: effective sample size {est.ess:.0f} of "
             f"{est.samples} draws; the Monte Carlo estimate and its standard error are "
             "unreliable (several grouping factors make the proposal high-dimensional)",
             RuntimeWarning,
-            stacklevel=stacklevel,
         )

@@ -1,0 +1,202 @@
+"""Design matrices with R's coding and names; input checks before numerical work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from multilevel import DataError, FormulaError, ModelError, lmer, parse_formula
+from multilevel.formula.design import RankDeficiencyWarning, build_design
+
+
+def small(n_groups: int = 8, per: int = 6, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per)
+    x = rng.normal(size=g.size)
+    f = rng.choice(["lo", "mid", "hi"], size=g.size)
+    y = 1 + 0.5 * x + rng.normal(size=n_groups)[g] + rng.normal(scale=0.5, size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "f": f, "g": g, "b": x > 0})
+
+
+def design(formula: str, data: pd.DataFrame, **kw):
+    return build_design(parse_formula(formula), data, **kw)
+
+
+def test_column_names_follow_r(hsb):
+    d = design("mathach ~ meanses*cses + sector*cses + (cses | school)", hsb)
+    assert d.fixef_names == [
+        "(Intercept)",
+        "meanses",
+        "cses",
+        "sectorCatholic",
+        "meanses:cses",
+        "cses:sectorCatholic",
+    ]
+    assert d.random[0].cnames == ["(Intercept)", "cses"]
+    assert d.random[0].nlevels == 160
+
+
+def test_strings_sorted_and_levels_override():
+    df = small()
+    assert design("y ~ f + (1|g)", df).fixef_names == ["(Intercept)", "flo", "fmid"]
+    d = design("y ~ f + (1|g)", df, levels={"f": ["lo", "mid", "hi"]})
+    assert d.fixef_names == ["(Intercept)", "fmid", "fhi"]
+
+
+def test_full_dummy_coding_without_intercept_and_bool_names():
+    df = small()
+    assert design("y ~ 0 + f + (1|g)", df).fixef_names == ["fhi", "flo", "fmid"]
+    assert design("y ~ b + (1|g)", df).fixef_names == ["(Intercept)", "bTRUE"]
+    # x:f with x in the model: f coded by contrasts; without: by indicators
+    assert design("y ~ x + x:f + (1|g)", df).fixef_names == ["(Intercept)", "x", "x:flo", "x:fmid"]
+    assert design("y ~ x:f + (1|g)", df).fixef_names == ["(Intercept)", "x:fhi", "x:flo", "x:fmid"]
+
+
+def test_interaction_columns_are_products():
+    df = small()
+    d = design("y ~ x*f + (1|g)", df)
+    X = pd.DataFrame(d.X, columns=d.fixef_names)
+    np.testing.assert_allclose(X["x:fmid"], df["x"] * (df["f"] == "mid"))
+
+
+def test_transformations():
+    df = small()
+    d = design("y ~ I(x^2) + log(abs(x)) + (1|g)", df)
+    np.testing.assert_allclose(d.X[:, 1], df.x**2)
+    np.testing.assert_allclose(d.X[:, 2], np.log(np.abs(df.x)))
+
+
+def test_aliased_column_dropped_with_message():
+    df = small()
+    df["x2"] = 2 * df["x"]
+    with pytest.warns(RankDeficiencyWarning, match="dropping 1 column"):
+        d = design("y ~ x + x2 + (1|g)", df)
+    assert d.fixef_names == ["(Intercept)", "x"]
+
+
+def test_missing_rows_dropped_and_counted():
+    df = small()
+    df.loc[[0, 5], "x"] = np.nan
+    df.loc[7, "f"] = None
+    d = design("y ~ x + f + (1|g)", df)
+    assert d.n_dropped == 3 and d.nobs == len(df) - 3
+    fit = lmer("y ~ x + f + (1|g)", df)
+    assert "3 observations deleted" in str(fit.summary())
+    with pytest.raises(DataError, match="missing values"):
+        design("y ~ x + (1|g)", df, na_action="raise")
+
+
+def test_missing_column_suggests_close_match():
+    with pytest.raises(DataError, match=r"'xx'.*did you mean 'x'"):
+        lmer("y ~ xx + (1|g)", small())
+    with pytest.raises(DataError, match="'gg'"):
+        lmer("y ~ x + (1|gg)", small())
+
+
+def test_single_level_grouping_factor():
+    df = small()
+    df["one"] = "a"
+    with pytest.raises(ModelError, match="only 1 level"):
+        lmer("y ~ x + (1|one)", df)
+
+
+def test_as_many_random_effects_as_observations():
+    df = small()
+    df["obs"] = np.arange(len(df))
+    with pytest.raises(ModelError, match="unidentifiable"):
+        lmer("y ~ x + (1|obs)", df)
+
+
+def test_non_numeric_response():
+    df = small()
+    with pytest.raises(DataError, match="not numeric"):
+        lmer("f ~ x + (1|g)", df)
+
+
+def test_empty_data_and_infinite_values():
+    with pytest.raises(DataError, match="no rows"):
+        lmer("y ~ x + (1|g)", small().iloc[:0])
+    df = small()
+    df.loc[3, "x"] = np.inf
+    with pytest.raises(DataError, match="infinite"):
+        lmer("y ~ x + (1|g)", df)
+
+
+def test_unsafe_expression_refused():
+    with pytest.raises(FormulaError):
+        lmer("y ~ __import__('os').getcwd() + (1|g)", small())
+    with pytest.raises(FormulaError, match="'eval' .* not allowed"):
+        lmer("y ~ eval('x') + (1|g)", small())
+    with pytest.raises(FormulaError, match="not allowed"):
+        lmer("y ~ I(getattr(x, 'real')) + (1|g)", small())
+    with pytest.raises(FormulaError, match="not allowed"):
+        lmer("y ~ I([x][0]) + (1|g)", small())
+
+
+def test_no_random_terms_is_an_error():
+    with pytest.raises(ModelError, match="no random-effects"):
+        lmer("y ~ x", small())
+
+
+def test_polars_input_gives_the_same_fit():
+    pl = pytest.importorskip("polars")
+    df = small()
+    a = lmer("y ~ x + (1|g)", df)
+    b = lmer("y ~ x + (1|g)", pl.DataFrame({c: df[c].to_numpy() for c in df.columns}))
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-10)
+    assert a.loglik == pytest.approx(b.loglik, rel=1e-12)
+
+
+def test_offset_equals_shifted_response():
+    df = small()
+    df["z"] = np.linspace(-1, 1, len(df))
+    a = lmer("y ~ x + offset(z) + (1|g)", df)
+    b = lmer("y ~ x + (1|g)", df.assign(y=df.y - df.z))
+    c = lmer("y ~ x + (1|g)", df, offset="z")
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-6)
+    np.testing.assert_allclose(c.fixef, b.fixef, rtol=1e-6)
+    np.testing.assert_allclose(a.fitted - df.z, b.fitted, atol=1e-6)
+
+
+def test_constant_weights_scale_sigma_only():
+    df = small()
+    a = lmer("y ~ x + (1|g)", df)
+    b = lmer("y ~ x + (1|g)", df, weights=np.full(len(df), 4.0))
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-6)
+    # Var(εᵢ) = σ²/wᵢ: the same residual variance needs σ twice as large
+    assert b.sigma == pytest.approx(2 * a.sigma, rel=1e-6)
+    assert b.loglik == pytest.approx(a.loglik, rel=1e-8)
+
+
+def test_random_slope_not_in_fixed_part():
+    df = small()
+    fit = lmer("y ~ 1 + (x | g)", df)
+    assert fit.design.fixef_names == ["(Intercept)"]
+    assert list(fit.ranef["g"].columns) == ["(Intercept)", "x"]
+
+
+def test_interaction_grouping_factor_labels_and_fit():
+    from ..conftest import reference, reference_data
+
+    ref = reference("pastes_reml")
+    data = reference_data(ref)
+    explicit = lmer("strength ~ 1 + (1 | cask:batch) + (1 | batch)", data)
+    nested = lmer("strength ~ 1 + (1 | batch/cask)", data)
+    assert explicit.loglik == pytest.approx(nested.loglik, abs=1e-8)
+    assert list(explicit.ranef["cask:batch"].index[:2]) == ["a:A", "a:B"]
+    assert list(nested.ranef["cask:batch"].index) == list(ref["ranef"]["cask:batch"])
+
+
+def test_poly_gives_orthonormal_columns_and_new_data_reuses_them():
+    import multilevel as ml
+
+    d = ml.datasets.load("sleepstudy")
+    fit = lmer("Reaction ~ poly(Days, 2) + (1 | Subject)", d)
+    assert fit.design.fixef_names == ["(Intercept)", "poly(Days, 2)1", "poly(Days, 2)2"]
+    P = fit.design.X[:, 1:]
+    np.testing.assert_allclose(P.T @ P, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(P.sum(axis=0), 0, atol=1e-12)
+    # R: poly(0:9 repeated 18 times, 2)[1, ] = (-0.1167748, 0.1230915)
+    np.testing.assert_allclose(P[0], [-0.1167748, 0.1230915], atol=1e-7)
+    np.testing.assert_allclose(fit.predict(d.iloc[5:9]), fit.fitted.iloc[5:9], atol=1e-9)

@@ -1,0 +1,167 @@
+"""PIRLS and the blocked factor (multilevel.glmm.pirls) against dense oracles.
+
+The library never forms Z densely; here, on small problems, the dense
+n x Q matrix ZΛ is the oracle: the conditional mode must solve the score
+equations, the blocked log-determinant and conditional variances must equal
+those of the dense ΛᵀZᵀWZΛ + I, for a vector-valued term (contra, intercept +
+urban slope) and for three crossed/nested terms (grouse: INDEX, BROOD,
+LOCATION).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from multilevel import ConvergenceWarning, glmer
+from multilevel.glmm.fit import single_threaded_blas
+from multilevel.glmm.pirls import conditional_variances
+
+from ..conftest import reference, reference_data
+
+# grouse's 181 x 181 dense block: slow with a threaded BLAS on a busy machine
+# unless threadpoolctl can limit it (see multilevel.glmm.fit.single_threaded_blas)
+_SLOW_BLAS = [] if importlib.util.find_spec("threadpoolctl") else [pytest.mark.slow]
+
+MODELS = {
+    "contra": ("contra_laplace", "use ~ age + urban + (urban | district)", "binomial"),
+    "grouse": (
+        "grouse_poisson",
+        "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)",
+        "poisson",
+    ),
+    # a vector-valued first term with a crossed second one (age bands)
+    "vector_crossed": (
+        "contra_laplace",
+        "use ~ age + urban + (urban | district) + (1 | band)",
+        "binomial",
+    ),
+    # a vector-valued term after the first (Λ of the rest is not diagonal)
+    "vector_rest": (
+        "contra_laplace",
+        "use ~ age + urban + (1 | district) + (urban | band)",
+        "binomial",
+    ),
+}
+_fits: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    with single_threaded_blas():  # the dense oracles are small
+        yield
+
+
+def fit_of(name: str):
+    if name not in _fits:
+        case, formula, family = MODELS[name]
+        data = reference_data(reference(case))
+        if name.startswith("vector"):
+            data = data.assign(band=(data["age"] // 4).astype(int).astype(str))
+        _fits[name] = glmer(formula, data, family)
+    return _fits[name]
+
+
+def dense_design(prob, theta):
+    """ZΛ as a dense (n, Q) matrix in the fitting order (test oracle only)."""
+    rb = prob.rb
+    T = prob.templates(theta)
+    blocks = []
+    for Z, codes, nl, Tk in zip(rb.Zs, rb.codes, rb.nlevels, T, strict=True):
+        q = Z.shape[1]
+        ZT = Z @ Tk  # row i: zᵢᵀT_k, placed in the columns of its level
+        M = np.zeros((prob.n, nl * q))
+        for a in range(q):
+            M[np.arange(prob.n), codes * q + a] = ZT[:, a]
+        blocks.append(M)
+    return np.hstack(blocks)
+
+
+@pytest.mark.filterwarnings("ignore::multilevel.SingularFitWarning")
+@pytest.mark.parametrize(
+    "name", ["contra", pytest.param("grouse", marks=_SLOW_BLAS), "vector_crossed", "vector_rest"]
+)
+@pytest.mark.parametrize("joint", [False, True])
+def test_mode_solves_the_score_equations(name, joint):
+    fit = fit_of(name)
+    prob = fit._prob
+    theta = fit._theta * 1.3  # away from the optimum: nothing special about it
+    beta = fit._mode.beta + 0.05
+    m = prob.mode(theta, beta, joint=joint)
+    ZL = dense_design(prob, theta)
+    fam, r = prob.family, prob.resp
+    mu = fam.linkinv(m.eta)
+    score_eta = r.weights * (r.y - mu) * fam.mu_eta(m.eta) / fam.variance(mu)
+    np.testing.assert_allclose(ZL.T @ score_eta - m.u, 0.0, atol=1e-8)
+    if joint:
+        np.testing.assert_allclose(prob.X.T @ score_eta, 0.0, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(m.beta, beta)
+    # −2 loglik + ‖u‖² at the mode, and the Laplace value with the dense determinant
+    assert m.pdev == pytest.approx(-2 * prob.loglik_eta(m.eta) + m.u @ m.u, rel=1e-14)
+    A = ZL.T @ (m.weights[:, None] * ZL) + np.eye(ZL.shape[1])
+    sign, logdet = np.linalg.slogdet(A)
+    assert sign > 0
+    assert m.factor.logdet == pytest.approx(logdet, abs=1e-9)
+    # conditional covariances of b = Λu: diagonal blocks of Λ A⁻¹ Λᵀ
+    Ainv = np.linalg.inv(A)
+    T = prob.templates(theta)
+    start = 0
+    for Tk, V, nl in zip(T, conditional_variances(prob.rb, m.factor), prob.rb.nlevels, strict=True):
+        q = Tk.shape[0]
+        for lev in (0, nl // 2, nl - 1):  # a few levels of each term
+            s = slice(start + lev * q, start + (lev + 1) * q)
+            np.testing.assert_allclose(V[lev], Tk @ Ainv[s, s] @ Tk.T, atol=1e-10)
+        start += nl * q
+
+
+@pytest.mark.parametrize("name", [pytest.param("grouse", marks=_SLOW_BLAS)])
+def test_weighted_crossproducts_match_dense(name):
+    fit = fit_of(name)
+    prob = fit._prob
+    rb = prob.rb
+    w = np.random.default_rng(3).uniform(0.5, 2.0, prob.n)
+    F = np.column_stack([prob.X, np.random.default_rng(4).normal(size=prob.n)])
+    B = rb.crossprods(w, F)
+    Z = dense_design(prob, np.ones(3))  # Λ = I: the raw Z
+    Z0, ZR = Z[:, : rb.Q0], Z[:, rb.Q0 :]
+    np.testing.assert_allclose(B.D0[0, 0], np.diag(Z0.T @ (w[:, None] * Z0)))
+    np.testing.assert_allclose(B.A0R.toarray(), Z0.T @ (w[:, None] * ZR), atol=1e-12)
+    np.testing.assert_allclose(B.ARR, ZR.T @ (w[:, None] * ZR), atol=1e-12)
+    np.testing.assert_allclose(B.ARF, ZR.T @ (w[:, None] * F), atol=1e-10)
+    np.testing.assert_allclose(B.B0F[:, 0, :], Z0.T @ (w[:, None] * F), atol=1e-10)
+
+
+def test_row_order_does_not_matter():
+    ref = reference("contra_laplace")
+    data = reference_data(ref)
+    formula = "use ~ age + urban + (1 | district)"
+    a = glmer(formula, data)
+    shuffled = data.sample(frac=1.0, random_state=5)
+    b = glmer(formula, shuffled)
+    assert b.loglik == pytest.approx(a.loglik, abs=1e-7)
+    np.testing.assert_allclose(b.fixef, a.fixef, atol=1e-6)
+    # results come back in the order (and with the index) of the data given
+    pd.testing.assert_index_equal(b.fitted.index, shuffled.index)
+    np.testing.assert_allclose(b.fitted.loc[data.index], a.fitted, atol=1e-6)
+    np.testing.assert_allclose(
+        b.residuals("pearson").loc[data.index], a.residuals("pearson"), atol=1e-5
+    )
+
+
+def test_complete_separation_is_reported():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    d = pd.DataFrame({"y": (x > 0) * 1.0, "x": x, "g": np.repeat(np.arange(20), 10).astype(str)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = glmer("y ~ x + (1 | g)", d)
+    assert not fit.converged
+    assert any(
+        issubclass(w.category, ConvergenceWarning) and "separation" in str(w.message)
+        for w in caught
+    )

@@ -1,0 +1,71 @@
+"""The profiled criterion: exact gradients, and the compiled kernel against
+the numpy implementation."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import multilevel as ml
+import multilevel.lmm.criterion as lmm
+
+from ..conftest import reference, reference_data
+
+ONE_TERM = ["hsb_lmer_reml", "hsb_lmer_ml", "sleep_reml", "dyestuff_reml", "dyestuff2_reml"]
+CROSSED = ["penicillin_reml", "pastes_reml"]
+
+
+def fit_case(case):
+    ref = reference(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ml.lmer(ref["formula"], reference_data(ref), REML=ref["method"] == "REML")
+
+
+def numeric_gradient(crit, theta, h=1e-6):
+    return np.array(
+        [(crit(theta + h * e) - crit(theta - h * e)) / (2 * h) for e in np.eye(theta.size)]
+    )
+
+
+@pytest.mark.parametrize("case", ONE_TERM + CROSSED)
+def test_exact_gradient_matches_differences(case):
+    fit = fit_case(case)
+    crit = fit.criterion
+    assert crit.has_gradient
+    theta = fit.optinfo.theta * 1.3 + 0.05
+    value, grad = crit.value_and_gradient(theta)
+    assert value == pytest.approx(crit(theta), rel=1e-13)
+    # central differences carry rounding of ~1e-10 relative in the criterion
+    np.testing.assert_allclose(grad, numeric_gradient(crit, theta), rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("case", ONE_TERM)
+def test_compiled_kernel_equals_numpy(case, monkeypatch):
+    fit = fit_case(case)
+    crit = fit.criterion
+    if crit._kernel is None:
+        pytest.skip("the compiled kernel was not built")
+    for theta in (fit.optinfo.theta, fit.optinfo.theta * 1.3 + 0.05):
+        v1, g1 = crit.value_and_gradient(theta)
+        kernel, crit._kernel = crit._kernel, None
+        v2, g2 = crit.value_and_gradient(theta)
+        crit._kernel = kernel
+        assert v1 == pytest.approx(v2, rel=1e-12)
+        np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9)
+    monkeypatch.setattr(lmm, "_KERNEL_DISABLED", True)
+    slow = fit_case(case)
+    assert slow.criterion._kernel is None
+    assert slow.loglik == pytest.approx(fit.loglik, abs=1e-8)
+    np.testing.assert_allclose(slow.fixef, fit.fixef, rtol=1e-7)
+
+
+def test_criterion_is_even_in_a_scalar_theta():
+    """Λ and −Λ give the same model: the criterion is symmetric, so its
+    derivative vanishes at θ = 0 (why the optimizer approaches bounds carefully)."""
+    crit = fit_case("dyestuff_reml").criterion
+    for t in (0.3, 1.7):
+        assert crit(np.array([t])) == pytest.approx(crit(np.array([-t])), rel=1e-14)
+    assert crit.value_and_gradient(np.array([0.0]))[1][0] == pytest.approx(0.0, abs=1e-12)

@@ -1,0 +1,69 @@
+"""The Schur complement of the terms after the first: dense and sparse
+factorizations agree, and the choice follows the pattern."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel as ml
+from multilevel.lmm import schur as rest
+
+from ..conftest import reference, reference_data
+
+
+def fit_case(case: str):
+    ref = reference(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ml.lmer(ref["formula"], reference_data(ref)), ref
+
+
+@pytest.mark.parametrize("case", ["penicillin_reml", "pastes_reml"])
+def test_sparse_path_gives_the_dense_answer(case, monkeypatch):
+    dense, ref = fit_case(case)
+    assert dense.criterion._rest.kind == "dense"
+    monkeypatch.setattr(rest, "DENSE_MAX", 0)
+    monkeypatch.setattr(rest, "SPARSE_DENSITY", 1.1)
+    sparse, _ = fit_case(case)
+    assert sparse.criterion._rest.kind == "sparse"
+    # the sparse path optimises without gradients (BOBYQA), the dense one with
+    # them (BFGS): the same optimum up to the optimisers' tolerances
+    assert sparse.loglik == pytest.approx(dense.loglik, abs=1e-6)
+    assert sparse.loglik >= ref["loglik"] - 1e-4
+    np.testing.assert_allclose(sparse.fixef, dense.fixef, rtol=1e-6)
+    for g in dense.ranef:
+        np.testing.assert_allclose(sparse.ranef[g], dense.ranef[g], rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(sparse.ranef_condsd[g], dense.ranef_condsd[g], rtol=1e-3)
+    # at the same θ both factorizations give the same criterion and conditional variances
+    th = dense.optinfo.theta
+    assert sparse.criterion(th) == pytest.approx(dense.criterion(th), rel=1e-12)
+
+
+def nested(n_districts: int, schools_per: int, students_per: int, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ns = n_districts * schools_per
+    school = np.repeat(np.arange(ns), students_per)
+    district = school // schools_per
+    x = rng.normal(size=school.size)
+    y = (
+        1
+        + 0.3 * x
+        + rng.normal(0, 0.5, n_districts)[district]
+        + rng.normal(0, 0.8, ns)[school]
+        + rng.normal(size=school.size)
+    )
+    return pd.DataFrame({"y": y, "x": x, "school": school, "district": district})
+
+
+def test_nested_factors_with_many_levels_use_the_sparse_path():
+    df = nested(2000, 3, 4)
+    fit = ml.lmer("y ~ x + (1 | district/school)", df)
+    assert fit.criterion._rest.kind == "sparse"
+    assert fit.converged
+    sd = fit.varcorr.set_index("grp")["sdcor"]
+    assert sd["school:district"] == pytest.approx(0.8, rel=0.15)
+    assert sd["district"] == pytest.approx(0.5, rel=0.25)
