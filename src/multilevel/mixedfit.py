@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from multilevel.covariance import sd_corr, theta_names
+from multilevel.covariance import sd_corr, templates, theta_names
 from multilevel.errors import ConvergenceWarning, SingularFitWarning, warn
 from multilevel.optimize.bounds import BOUNDARY_TOL
 
@@ -78,10 +78,20 @@ class MixedModelFit:
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     # -- boundary fits -------------------------------------------------------------
+    @property
+    def _boundary_templates(self) -> list[np.ndarray]:
+        """The templates in which a zero variance is judged: those of the
+        engine's centred and scaled basis where it has one (a tolerance on θ
+        then means the same in any units), else the fit's own."""
+        internal = getattr(self.optinfo, "internal_theta", None)
+        if internal is None:
+            return self._templates
+        return [T.matrix(internal) for T in templates([r.q for r in self.design.random])]
+
     @cached_property
     def _boundary(self) -> list[str]:
         msgs = []
-        for r, T in zip(self.design.random, self._templates, strict=True):
+        for r, T in zip(self.design.random, self._boundary_templates, strict=True):
             for j in range(r.q):
                 if abs(T[j, j]) < BOUNDARY_TOL:
                     if j == 0 or r.q == 1:

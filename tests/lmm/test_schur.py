@@ -25,11 +25,11 @@ def fit_case(case: str):
 @pytest.mark.parametrize("case", ["penicillin_reml", "pastes_reml"])
 def test_sparse_path_gives_the_dense_answer(case, monkeypatch):
     dense, ref = fit_case(case)
-    assert dense.criterion._rest.kind == "dense"
+    assert dense.criterion.scaled._rest.kind == "dense"
     monkeypatch.setattr(rest, "DENSE_MAX", 0)
     monkeypatch.setattr(rest, "SPARSE_DENSITY", 1.1)
     sparse, _ = fit_case(case)
-    assert sparse.criterion._rest.kind == "sparse"
+    assert sparse.criterion.scaled._rest.kind == "sparse"
     # the sparse path optimises without gradients (BOBYQA), the dense one with
     # them (BFGS): the same optimum up to the optimisers' tolerances
     assert sparse.loglik == pytest.approx(dense.loglik, abs=1e-6)
@@ -62,7 +62,7 @@ def nested(n_districts: int, schools_per: int, students_per: int, seed: int = 3)
 def test_nested_factors_with_many_levels_use_the_sparse_path():
     df = nested(2000, 3, 4)
     fit = ml.lmer("y ~ x + (1 | district/school)", df)
-    assert fit.criterion._rest.kind == "sparse"
+    assert fit.criterion.scaled._rest.kind == "sparse"
     assert fit.converged
     sd = fit.varcorr.set_index("grp")["sdcor"]
     assert sd["school:district"] == pytest.approx(0.8, rel=0.15)

@@ -349,9 +349,41 @@ def build_matrix(
     return X, MatrixSpec(tset.intercept, list(tset.terms), codings, names)
 
 
-def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
-    """Boolean mask of columns linearly dependent on earlier ones."""
-    return aliased_from_gram(X.T @ X, tol)
+def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+    """Boolean mask of columns linearly dependent on earlier ones, decided as
+    R's ``qr`` decides it but on a centred and scaled copy of X: after an
+    all-ones column, every later column is centred (a change of origin keeps
+    which columns span which), and each is scaled to unit length.  A column
+    whose residual on the earlier kept columns is below ``tol`` of its length
+    is aliased.  Working on the n x p matrix (QR, never XᵀX) and centred
+    columns, a timestamp (mean/sd ~ 1e5) or a covariate in units of 1e-8 is
+    kept, and only truly collinear columns are dropped."""
+    n, p = X.shape
+    Xc = np.array(X, dtype=float, copy=True)
+    ones = [j for j in range(p) if n and np.all(X[:, j] == 1.0)]
+    if ones:
+        later = np.arange(p) > ones[0]
+        Xc[:, later] -= Xc[:, later].mean(axis=0)
+    norms = np.linalg.norm(Xc, axis=0)
+    alias = ~(norms > 0) | ~np.isfinite(norms)
+    Xc[:, ~alias] /= norms[~alias]
+    Xc[:, alias] = 0.0
+    # R of the QR factorization: same span relations as X, p x p
+    R = np.linalg.qr(Xc, mode="r") if n >= p else Xc
+    basis: list[np.ndarray] = []  # orthonormal columns spanning the kept ones
+    for j in range(p):  # columns, not rows or groups
+        if alias[j]:
+            continue
+        v = R[:, j].copy()
+        for _ in range(2):  # Gram-Schmidt twice: orthogonal to rounding
+            for b in basis:
+                v -= (b @ v) * b
+        res = np.linalg.norm(v)
+        if res < tol * np.linalg.norm(R[:, j]):
+            alias[j] = True
+        else:
+            basis.append(v / res)
+    return alias
 
 
 def warn_rank_deficient(names: list[str], alias: np.ndarray) -> str:

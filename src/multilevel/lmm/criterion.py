@@ -58,7 +58,8 @@ class Factorization:
     LFF: np.ndarray  # (m, m) lower
     logdet_Z: float
     logdet_X: float
-    r2: float
+    r2: float  # may under- or overflow for responses in extreme units
+    log_r2: float  # 2 log|d|, d the last diagonal element of the factor: always finite
 
 
 class ProfiledCriterion:
@@ -129,6 +130,7 @@ class ProfiledCriterion:
             return None
         d = np.diag(LFF)
         r2 = float(d[-1] ** 2)
+        log_r2 = float(2.0 * np.log(abs(d[-1]))) if d[-1] != 0 else -np.inf
         logdet_X = float(2.0 * np.log(d[:-1]).sum())
         return Factorization(
             theta,
@@ -141,21 +143,22 @@ class ProfiledCriterion:
             float(logdet),
             logdet_X,
             r2,
+            log_r2,
         )
 
     def value(self, f: Factorization) -> float:
-        if f.r2 <= 0:
+        if not np.isfinite(f.log_r2):
             return np.inf
         if self.reml:
             dof = self.n - self.p
             return (
                 f.logdet_Z
                 + f.logdet_X
-                + dof * (1.0 + _LOG2PI + np.log(f.r2 / dof))
+                + dof * (1.0 + _LOG2PI + f.log_r2 - np.log(dof))
                 - self.sum_log_w
             )
         n = self.n
-        return f.logdet_Z + n * (1.0 + _LOG2PI + np.log(f.r2 / n)) - self.sum_log_w
+        return f.logdet_Z + n * (1.0 + _LOG2PI + f.log_r2 - np.log(n)) - self.sum_log_w
 
     def _kernel_call(self, theta: np.ndarray, grad: np.ndarray | None) -> float:
         fn, D, B, AFF, q, m, nlev = self._kernel

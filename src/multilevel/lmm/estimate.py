@@ -10,29 +10,93 @@ from typing import Any
 import numpy as np
 
 from multilevel.covariance import templates
+from multilevel.errors import ModelError
 from multilevel.formula.design import Design
-from multilevel.linalg.crossprod import cross_products
+from multilevel.linalg.crossprod import CrossProducts, cross_products
+from multilevel.lmm.basis import Basis, ScaledCriterion
 from multilevel.lmm.criterion import ProfiledCriterion
 from multilevel.optimize.record import OptRecord
 from multilevel.optimize.theta import minimize_theta
 
 
-def estimate(
-    design: Design, *, REML: bool, start: Any = None
-) -> tuple[ProfiledCriterion, OptRecord]:
+def estimate(design: Design, *, REML: bool, start: Any = None) -> tuple[ScaledCriterion, OptRecord]:
     """Order the random terms by decreasing number of levels (lme4's order,
     stable; ``design.random`` is reordered in place), form the cross-products
-    of [Z X y] once and optimise θ."""
+    of [Z X y] once, in the centred and scaled basis of
+    :mod:`multilevel.lmm.basis`, and optimise θ there.
+
+    Returns the criterion of the original problem (its cross-products mapped
+    from the scaled ones) and the record in original θ: ``theta`` and the log
+    mapped, the criterion values shifted by the known constant between the
+    two problems (2n log c for ML, 2(n − p) log c + 2 log|det N_X| for REML;
+    c the response's scale).  The gradient and the convergence judgement are
+    those of the scaled problem, where tolerances mean the same for any units;
+    ``internal_theta`` keeps θ there for the boundary judgement."""
     order = sorted(range(len(design.random)), key=lambda k: -design.random[k].nlevels)
     design.random = [design.random[k] for k in order]
     rs = design.random
+    qs = [r.q for r in rs]
     y = design.y if design.offset is None else design.y - design.offset
     sqrtw = None if design.weights is None else np.sqrt(design.weights)
-    cp = cross_products(
-        [r.Z for r in rs], [r.codes for r in rs], [r.nlevels for r in rs], design.X, y, sqrtw
-    )
+    Zs = [r.Z for r in rs]
+    basis = Basis.of(Zs, design.X, y)
+    Zt, Xt, yt = basis.scaled(Zs, design.X, y)
+    cp_s = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
     sum_log_w = 0.0 if design.weights is None else float(np.log(design.weights).sum())
-    return optimize_cross_products(cp, [r.q for r in rs], REML, sum_log_w, start)
+    return optimize_in_basis(cp_s, basis, qs, REML, sum_log_w, start)
+
+
+def optimize_in_basis(
+    cp_s: CrossProducts, basis: Basis, qs: list[int], REML: bool, sum_log_w: float, start: Any
+) -> tuple[ScaledCriterion, OptRecord]:
+    """θ optimised on the scaled cross-products ``cp_s``, returned as the
+    original problem's criterion and record (see :func:`estimate`)."""
+    tmpl = templates(qs)
+    start_s = None
+    if start is not None:
+        start = check_start(start, tmpl)
+        start_s = _flatten(basis.theta_to_scaled([t.matrix(start) for t in tmpl]), tmpl)
+    crit_s, rec = optimize_cross_products(cp_s, qs, REML, sum_log_w, start_s)
+    crit = ScaledCriterion(crit_s, basis, tmpl)
+    p, n = cp_s.p, cp_s.n
+    log_c = float(np.log(basis.NF[p, p]))
+    shift = 2.0 * (n - p) * log_c + 2.0 * float(np.log(np.diag(basis.NF)[:p]).sum())
+    if not REML:
+        shift = 2.0 * n * log_c
+
+    def original(theta_s: np.ndarray) -> np.ndarray:
+        return _flatten(basis.theta_to_original([t.matrix(theta_s) for t in tmpl]), tmpl)
+
+    rec.internal_theta = np.asarray(rec.theta, dtype=float)
+    rec.theta = original(rec.internal_theta)
+    rec.criterion = rec.criterion + shift
+    rec._thetas = [original(np.asarray(t, dtype=float)) for t in rec._thetas]
+    rec._values = [v + shift for v in rec._values]
+    return crit, rec
+
+
+def _flatten(T: list[np.ndarray], tmpl: list) -> np.ndarray:
+    return np.concatenate([Tk[t.rows, t.cols] for Tk, t in zip(T, tmpl, strict=True)])
+
+
+def check_start(start: Any, tmpl: list) -> np.ndarray:
+    """A user's starting θ: as many finite values as θ has, diagonal entries ≥ 0."""
+    size = sum(t.size for t in tmpl)
+    try:
+        x = np.asarray(start, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ModelError(f"start must be {size} numbers (theta), not {start!r}") from None
+    if x.size != size:
+        raise ModelError(f"start has {x.size} values; theta has {size}")
+    if not np.all(np.isfinite(x)):
+        raise ModelError("start must be finite (it is an initial theta)")
+    lower = np.concatenate([t.lower_bounds() for t in tmpl])
+    if np.any(x < lower):
+        raise ModelError(
+            "start has a negative diagonal entry of a relative covariance factor; "
+            "theta's diagonal entries are >= 0"
+        )
+    return x
 
 
 def optimize_cross_products(

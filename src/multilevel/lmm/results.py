@@ -53,7 +53,11 @@ class LmerFit(MixedModelFit):
         self._beta = beta
         self._u = us
         n, p = design.nobs, design.X.shape[1]
-        self._sigma2 = fac.r2 / (n - p if REML else n)
+        # σ̂ from the factor's last diagonal element: σ̂² itself may not be
+        # representable for a response in extreme units (1e-200, 1e200)
+        self._sigma = float(np.exp(0.5 * (fac.log_r2 - np.log(n - p if REML else n))))
+        with np.errstate(over="ignore", under="ignore"):
+            self._sigma2 = float(np.float64(self._sigma) ** 2)
         self._crit = criterion.value(fac)
 
     # -- basic quantities -----------------------------------------------------
@@ -73,22 +77,24 @@ class LmerFit(MixedModelFit):
     @property
     def sigma(self) -> float:
         """Residual standard deviation σ̂."""
-        return float(np.sqrt(self._sigma2))
+        return self._sigma
 
     @cached_property
     def vcov(self) -> pd.DataFrame:
         """σ̂² (R_XᵀR_X)⁻¹: covariance of β̂ (conditional on θ̂)."""
         p = len(self._beta)
-        Linv = np.linalg.inv(self._fac.LFF[:p, :p])
-        V = self._sigma2 * (Linv.T @ Linv)
+        SL = self._sigma * np.linalg.inv(self._fac.LFF[:p, :p])  # σ̂ L⁻¹: no σ̂² overflow
+        with np.errstate(over="ignore", under="ignore"):
+            V = SL.T @ SL
         names = self.design.fixef_names
         return pd.DataFrame(V, index=names, columns=names)
 
     @property
     def se(self) -> pd.Series:
-        return pd.Series(
-            np.sqrt(np.diag(self.vcov)), index=self.design.fixef_names, name="Std. Error"
-        )
+        p = len(self._beta)
+        Linv = np.linalg.inv(self._fac.LFF[:p, :p])
+        se = self._sigma * np.sqrt(np.einsum("ij,ij->j", Linv, Linv))
+        return pd.Series(se, index=self.design.fixef_names, name="Std. Error")
 
     @property
     def tvalues(self) -> pd.Series:
@@ -122,10 +128,11 @@ class LmerFit(MixedModelFit):
             return self._crit
         n = self.nobs
         f = self._fac
+        # r²/σ̂² = n − p exactly (σ̂² = r²/(n − p)), written so for extreme units
         return (
             f.logdet_Z
-            + n * np.log(2 * np.pi * self._sigma2)
-            + f.r2 / self._sigma2
+            + n * (np.log(2 * np.pi) + 2 * np.log(self._sigma))
+            + (n - len(self._beta))
             - self.criterion.sum_log_w
         )
 

@@ -25,6 +25,9 @@ class OptRecord:
     messages: list[str] = field(default_factory=list)
     _thetas: list[np.ndarray] = field(default_factory=list, repr=False)
     _values: list[float] = field(default_factory=list, repr=False)
+    # θ in the basis the engine optimised in, where boundary judgements are
+    # made (None: the same as ``theta``)
+    internal_theta: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def log(self) -> pd.DataFrame:

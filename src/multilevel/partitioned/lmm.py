@@ -47,7 +47,8 @@ from multilevel.formula.design import (
 from multilevel.formula.evaluate import Evaluator
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.linalg.crossprod import CrossProducts, cross_products
-from multilevel.lmm.estimate import optimize_cross_products
+from multilevel.lmm.basis import Basis
+from multilevel.lmm.estimate import optimize_in_basis
 from multilevel.lmm.results import LmerFit
 from multilevel.mixedfit import warn_about
 from multilevel.threads import single_threaded_blas
@@ -313,8 +314,14 @@ def lmer_partitioned(
     template.messages = messages
 
     with single_threaded_blas():  # as models.fit_design: small factorizations only
-        crit, record = optimize_cross_products(
-            cp, [r.q for r in template.random], REML, total["sum_log_w"], start
+        basis = Basis.from_cross_products(cp)
+        crit, record = optimize_in_basis(
+            basis.scaled_cross_products(cp),
+            basis,
+            [r.q for r in template.random],
+            REML,
+            total["sum_log_w"],
+            start,
         )
         fit = PartitionedLmerFit(template, crit, record, REML=REML, data_name="data")
     fit._chunks = chunks

@@ -1,0 +1,313 @@
+"""The centred and scaled basis an LMM is optimised in.
+
+The model is unchanged by a change of origin or units of a covariate or of
+the response, but its numbers are not: a timestamp column (mean/sd ~ 1e5) or
+a covariate in units of 1e-8 makes XᵀX and ZᵀZ ill-conditioned and θ tiny or
+huge, and an optimiser with absolute tolerances stops in the wrong place.  So
+the engine works on
+
+    X = X̃ N_X,   y = c ỹ + a,   Z_k = Z̃_k V_k,
+
+where X̃'s non-intercept columns are centred (when X has an intercept) and
+scaled to unit standard deviation, ỹ is centred and scaled likewise, and each
+random-effects term's columns are scaled to unit root mean square and, in a
+correlated term with an intercept column, centred (a shift of a slope's origin
+then moves the intercept's variance and covariance, not the model).  N_X and
+V_k are upper triangular.  With Λ̃_k = V_k Λ_k the criterion and the fitted
+values are the same; θ maps by re-triangularising T_k T_kᵀ = V_k⁻¹ T̃_k T̃_kᵀ V_k⁻ᵀ
+(θ is relative to σ, so c does not enter).  Cross-products are accumulated
+once, in the centred basis (no cancellation), and mapped to the original
+basis by these small triangular matrices.
+
+Uncorrelated terms (``(x || g)``: one scalar term per column) and terms
+without an intercept column are scaled but not centred: there a shift of the
+covariate's origin changes the model itself (as in lme4), and only a change of
+units is invariant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+from multilevel.linalg.crossprod import CrossProducts
+from multilevel.lmm.criterion import Factorization, ProfiledCriterion
+
+
+def _rms(v: np.ndarray) -> float:
+    """Root mean square without over- or underflow (1e±200 units)."""
+    big = float(np.max(np.abs(v))) if v.size else 0.0
+    if not np.isfinite(big) or big == 0.0:
+        return big
+    return big * float(np.sqrt(np.mean((v / big) ** 2)))
+
+
+def _is_one(col: np.ndarray) -> bool:
+    return bool(col.size) and bool(np.all(col == 1.0))
+
+
+def _affine(M: np.ndarray, center: bool) -> np.ndarray:
+    """Upper-triangular N with M = M̃ N: non-constant columns centred on the
+    first all-ones column (when ``center`` and there is one) and scaled to
+    unit root mean square (unit standard deviation when centred)."""
+    k = M.shape[1]
+    N = np.eye(k)
+    ones = [j for j in range(k) if _is_one(M[:, j])]
+    base = ones[0] if (center and ones) else None
+    for j in range(k):
+        col = M[:, j]
+        if j == base:
+            continue
+        shift = float(col.mean()) if base is not None and j > base else 0.0
+        scale = _rms(col - shift)
+        if not np.isfinite(scale) or scale == 0.0 or not np.isfinite(shift):
+            continue  # a zero or non-finite column: left as it is
+        N[j, j] = scale
+        if shift:
+            N[base, j] = shift
+    return N
+
+
+def apply(M: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """M̃ = M N⁻¹ computed column by column (shift, then divide): exact to
+    rounding, without forming N⁻¹."""
+    out = np.array(M, dtype=float, copy=True)
+    k = N.shape[0]
+    for j in range(k):
+        shifts = np.flatnonzero(N[:j, j])
+        for i in shifts:
+            out[:, j] -= N[i, j] * M[:, i]
+        out[:, j] /= N[j, j]
+    return out
+
+
+def _lower_from(M: np.ndarray) -> np.ndarray:
+    """The lower-triangular L with nonnegative diagonal and L Lᵀ = M Mᵀ
+    (from a QR factorization of Mᵀ, which also handles singular M)."""
+    R = np.linalg.qr(M.T, mode="r")
+    L = R.T
+    signs = np.where(np.diag(L) < 0, -1.0, 1.0)
+    return L * signs[None, :]
+
+
+@dataclass
+class Basis:
+    """The maps between the original and the centred-scaled problem."""
+
+    NF: np.ndarray  # (p+1, p+1): [X y] = [X̃ ỹ] NF
+    V: list[np.ndarray]  # per term (q_k, q_k): Z_k = Z̃_k V_k
+
+    @classmethod
+    def of(cls, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> Basis:
+        NX = _affine(X, center=True)
+        has_intercept = any(_is_one(X[:, j]) for j in range(X.shape[1]))
+        p = X.shape[1]
+        NF = np.zeros((p + 1, p + 1))
+        NF[:p, :p] = NX
+        yshift = float(y.mean()) if has_intercept else 0.0
+        yscale = _rms(y - yshift)
+        if not np.isfinite(yscale) or yscale == 0.0 or not np.isfinite(yshift):
+            yshift, yscale = 0.0, 1.0
+        NF[p, p] = yscale
+        if yshift:
+            NF[[j for j in range(p) if _is_one(X[:, j])][0], p] = yshift
+        V = [_affine(Z, center=Z.shape[1] > 1) for Z in Zs]
+        return cls(NF, V)
+
+    def scaled(self, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray):
+        """Z̃_k, X̃, ỹ."""
+        p = X.shape[1]
+        F = apply(np.column_stack([X, y]), self.NF)
+        return [apply(Z, V) for Z, V in zip(Zs, self.V, strict=True)], F[:, :p], F[:, p]
+
+    # -- θ ------------------------------------------------------------------------------
+    def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:
+        return [_lower_from(np.linalg.solve(V, T)) for V, T in zip(self.V, T_scaled, strict=True)]
+
+    def theta_to_scaled(self, T: list[np.ndarray]) -> list[np.ndarray]:
+        return [_lower_from(V @ Tk) for V, Tk in zip(self.V, T, strict=True)]
+
+    # -- cross-products -----------------------------------------------------------------
+    def original_cross_products(self, cp: CrossProducts) -> CrossProducts:
+        """The cross-products of [Z X y] from those of [Z̃ X̃ ỹ]: blocks
+        multiplied by the per-term V_k and by N_F (no pass over the rows)."""
+        return _map_cross_products(cp, self.V, self.NF)
+
+    def scaled_cross_products(self, cp: CrossProducts) -> CrossProducts:
+        """The inverse map, for cross-products summed in the original basis
+        (partitioned data, where the rows are not held)."""
+        return _map_cross_products(cp, [np.linalg.inv(V) for V in self.V], np.linalg.inv(self.NF))
+
+    @classmethod
+    def from_cross_products(cls, cp: CrossProducts) -> Basis:
+        """The basis from summed cross-products (means and root mean squares
+        are sums of products with the all-ones column), for partitioned data."""
+        m = cp.p + 1
+        NF = _affine_from_gram(cp.AFF, center_on=_ones_index(cp.AFF, cp.n, m - 1), n=cp.n)
+        if NF[m - 1, m - 1] == 1.0 and not np.any(NF[: m - 1, m - 1]):
+            pass  # a constant or unusable response: left as it is
+        V = []
+        for k, q in enumerate(cp.q):
+            G = cp.D1.sum(axis=0) if k == 0 else _diag_block_sum(cp, k)
+            V.append(_affine_from_gram(G, center_on=_ones_index(G, cp.n, q) if q > 1 else None,
+                                       n=cp.n))  # fmt: skip
+        return cls(NF, V)
+
+
+def _ones_index(G: np.ndarray, n: int, k: int) -> int | None:
+    """A column whose cross-product with itself is n and that is the first
+    column: the intercept (lme4 puts it first)."""
+    return 0 if k > 0 and G[0, 0] == n else None
+
+
+def _affine_from_gram(G: np.ndarray, center_on: int | None, n: int) -> np.ndarray:
+    """:func:`_affine` from a Gram matrix MᵀM (columns' sums from the product
+    with the all-ones column ``center_on``)."""
+    k = G.shape[0]
+    N = np.eye(k)
+    for j in range(k):
+        if j == center_on:
+            continue
+        shift = G[center_on, j] / n if center_on is not None and j > center_on else 0.0
+        ss = G[j, j] - 2 * shift * (G[center_on, j] if center_on is not None else 0.0)
+        ss += shift * shift * n
+        scale = float(np.sqrt(max(ss, 0.0) / n)) if n else 0.0
+        if not np.isfinite(scale) or scale == 0.0 or not np.isfinite(shift):
+            continue
+        N[j, j] = scale
+        if shift:
+            N[center_on, j] = shift
+    return N
+
+
+def _diag_block_sum(cp: CrossProducts, k: int) -> np.ndarray:
+    """Σ over the levels of term k (k ≥ 1) of its q x q block of ZᵀZ."""
+    q, offs = cp.q[k], cp.rest_offsets
+    A = cp.ARR[offs[k - 1] : offs[k], offs[k - 1] : offs[k]].tocoo()
+    same = A.row // q == A.col // q
+    G = np.zeros((q, q))
+    np.add.at(G, (A.row[same] % q, A.col[same] % q), A.data[same])
+    return G
+
+
+def _map_cross_products(cp: CrossProducts, Vs: list[np.ndarray], NF: np.ndarray) -> CrossProducts:
+    """Cross-products of [Z₁V₁ … Z_K V_K, [X y] N_F] from those of [Z X y]."""
+    V1 = Vs[0]
+    D1 = np.einsum("ai,nab,bj->nij", V1, cp.D1, V1, optimize=True)
+    B1F = np.einsum("ai,nab,bj->nij", V1, cp.B1F, NF, optimize=True)
+    AFF = NF.T @ cp.AFF @ NF
+    A1R = ARR = ARF = None
+    if cp.A1R is not None:
+        K1 = sp.kron(sp.identity(cp.nlevels[0]), V1, format="csr")
+        KR = sp.block_diag(
+            [
+                sp.kron(sp.identity(n), V, format="csr")
+                for n, V in zip(cp.nlevels[1:], Vs[1:], strict=True)
+            ],
+            format="csr",
+        )
+        A1R = (K1.T @ cp.A1R @ KR).tocsr()
+        ARR = (KR.T @ cp.ARR @ KR).tocsr()
+        ARF = KR.T @ cp.ARF @ NF
+    return CrossProducts(cp.q, cp.nlevels, D1, B1F, A1R, ARR, ARF, AFF, cp.n, cp.p)
+
+
+class ScaledCriterion:
+    """The profiled criterion of the original problem, evaluated in the
+    centred and scaled basis and mapped back (same interface as
+    :class:`multilevel.lmm.criterion.ProfiledCriterion`, θ in original terms).
+
+    factor(θ) factors the scaled problem at the θ̃ that gives the same model,
+    then maps: log|L_Z|² is unchanged, log|R_X|² gains 2 log|det N_X|, log r²
+    gains 2 log c, the [X y] factor is N_Fᵀ L̃_FF; β = N_X⁻¹(c β̃ + a e₀); the
+    random effects b/σ = V⁻¹ b̃/σ̃ and their conditional covariances
+    V⁻¹ C̃ V⁻ᵀ.  No step loses digits to a covariate's or the response's origin
+    or units."""
+
+    def __init__(self, scaled: Any, basis: Basis, tmpl: list):
+        self.scaled = scaled
+        self.basis = basis
+        self.tmpl = tmpl
+        self.reml = scaled.reml
+        self.sum_log_w = scaled.sum_log_w
+        self.n, self.p = scaled.n, scaled.p
+        self._tidx = [(t.rows, t.cols, t.offset, t.size) for t in tmpl]
+        NF = basis.NF
+        p = self.p
+        self._log_c = float(np.log(NF[p, p]))
+        self._logdet_NX = float(2.0 * np.log(np.diag(NF)[:p]).sum())
+
+    templates = ProfiledCriterion.templates
+    value = ProfiledCriterion.value
+
+    @property
+    def has_gradient(self) -> bool:
+        return False
+
+    @cached_property
+    def cp(self) -> CrossProducts:
+        """The original problem's cross-products (for Kenward-Roger)."""
+        return self.basis.original_cross_products(self.scaled.cp)
+
+    def to_scaled(self, theta: np.ndarray) -> np.ndarray:
+        T = self.basis.theta_to_scaled(self.templates(theta))
+        return np.concatenate([Tk[t.rows, t.cols] for Tk, t in zip(T, self.tmpl, strict=True)])
+
+    def factor(self, theta: np.ndarray, keep: bool = False) -> Factorization | None:
+        theta = np.asarray(theta, dtype=float)
+        fs = self.scaled.factor(self.to_scaled(theta), keep)
+        if fs is None:
+            return None
+        LFF = self.basis.NF.T @ fs.LFF
+        f = Factorization(
+            theta,
+            self.templates(theta),
+            fs.L1,
+            fs.W,
+            fs.C1F,
+            fs.rest,
+            LFF,
+            fs.logdet_Z,
+            fs.logdet_X + self._logdet_NX,
+            fs.r2 * np.exp(2.0 * self._log_c),
+            fs.log_r2 + 2.0 * self._log_c,
+        )
+        f.scaled = fs  # the scaled factorization behind it
+        return f
+
+    def __call__(self, theta: np.ndarray) -> float:
+        f = self.factor(np.asarray(theta, dtype=float))
+        return np.inf if f is None else self.value(f)
+
+    def value_and_gradient(self, theta: np.ndarray):  # pragma: no cover - has_gradient False
+        raise NotImplementedError("optimise in the scaled basis (multilevel.lmm.estimate)")
+
+    def _relative_maps(self, f: Factorization) -> list[np.ndarray]:
+        """Per term, the q x q map M from ũ to the u of the original templates,
+        up to the response's scale: T M ũ = V⁻¹ T̃ ũ (least squares where T is
+        singular: the same b)."""
+        return [
+            np.linalg.pinv(T) @ np.linalg.solve(V, Ts)
+            for T, V, Ts in zip(f.T, self.basis.V, f.scaled.T, strict=True)
+        ]
+
+    def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
+        beta_s, us = self.scaled.solve(f.scaled)
+        p, NF = self.p, self.basis.NF
+        c = NF[p, p]
+        rhs = c * beta_s + NF[:p, p]  # a e₀ sits in the intercept's row
+        beta = sla.solve_triangular(NF[:p, :p], rhs, lower=False)
+        # u is in the response's units: ũ in ỹ's, so c converts
+        return beta, [c * u @ M.T for u, M in zip(us, self._relative_maps(f), strict=True)]
+
+    def conditional_variances(self, f: Factorization) -> list[np.ndarray]:
+        out = []
+        for C, V in zip(self.scaled.conditional_variances(f.scaled), self.basis.V, strict=True):
+            Vinv = np.linalg.inv(V)
+            out.append(np.einsum("ia,nab,jb->nij", Vinv, C, Vinv, optimize=True))
+        return out
