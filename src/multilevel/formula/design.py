@@ -368,6 +368,15 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     alias = ~(norms > 0) | ~np.isfinite(norms)
     Xc[:, ~alias] /= norms[~alias]
     Xc[:, alias] = 0.0
+    # fast path: on centred unit columns the Gram matrix is well conditioned
+    # unless columns are (nearly) collinear; only then decide by QR
+    try:
+        keep = ~alias
+        piv = np.diag(np.linalg.cholesky(Xc[:, keep].T @ Xc[:, keep])) if keep.any() else []
+        if np.all(np.asarray(piv) > 1e-4):
+            return alias
+    except np.linalg.LinAlgError:
+        pass
     # R of the QR factorization: same span relations as X, p x p
     R = np.linalg.qr(Xc, mode="r") if n >= p else Xc
     basis: list[np.ndarray] = []  # orthonormal columns spanning the kept ones

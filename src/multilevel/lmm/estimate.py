@@ -5,6 +5,7 @@ object after (:mod:`multilevel.lmm.results`)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -64,15 +65,17 @@ def optimize_in_basis(
     if not REML:
         shift = 2.0 * n * log_c
 
-    def original(theta_s: np.ndarray) -> np.ndarray:
-        return _flatten(basis.theta_to_original([t.matrix(theta_s) for t in tmpl]), tmpl)
-
+    original = partial(_to_original, basis, tmpl)  # picklable: the record travels with the fit
     rec.internal_theta = np.asarray(rec.theta, dtype=float)
     rec.theta = original(rec.internal_theta)
     rec.criterion = rec.criterion + shift
-    rec._thetas = [original(np.asarray(t, dtype=float)) for t in rec._thetas]
+    rec.log_map = original
     rec._values = [v + shift for v in rec._values]
     return crit, rec
+
+
+def _to_original(basis: Basis, tmpl: list, theta_s: np.ndarray) -> np.ndarray:
+    return _flatten(basis.theta_to_original([t.matrix(theta_s) for t in tmpl]), tmpl)
 
 
 def _flatten(T: list[np.ndarray], tmpl: list) -> np.ndarray:

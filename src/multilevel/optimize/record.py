@@ -28,11 +28,15 @@ class OptRecord:
     # θ in the basis the engine optimised in, where boundary judgements are
     # made (None: the same as ``theta``)
     internal_theta: np.ndarray | None = field(default=None, repr=False)
+    # maps a logged point to the θ the log shows (None: logged as shown); applied
+    # when the log is read, not per evaluation
+    log_map: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def log(self) -> pd.DataFrame:
         """One row per criterion evaluation: θ and the criterion value."""
-        df = pd.DataFrame(np.array(self._thetas).reshape(len(self._thetas), -1))
+        pts = self._thetas if self.log_map is None else [self.log_map(t) for t in self._thetas]
+        df = pd.DataFrame(np.array(pts).reshape(len(pts), -1))
         df.columns = [f"theta{i + 1}" for i in range(df.shape[1])]
         df["criterion"] = self._values
         df.index.name = "eval"
