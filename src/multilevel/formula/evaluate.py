@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from multilevel.errors import DataError, FormulaError
+from multilevel.errors import DataError, FormulaError, MultilevelError
 
 
 def _scale(state: dict, x: np.ndarray, center: bool = True, scale: bool = True) -> np.ndarray:
@@ -119,6 +119,49 @@ def closest(name: str, options: list[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
+MAX_EXPRESSION = 20_000  # characters of one expression
+
+
+def _r_names(code: str) -> tuple[str, dict[str, str]]:
+    """R names Python cannot parse, replaced by placeholders: backticked names
+    (`my var`) and dotted ones (Sepal.Width).  Returns the code and a map from
+    placeholder back to the name."""
+    names: dict[str, str] = {}
+
+    def hold(name: str) -> str:
+        key = f"_rname{len(names)}_"
+        names[key] = name
+        return key
+
+    out, i, n = [], 0, len(code)
+    while i < n:
+        ch = code[i]
+        if ch == "`":
+            j = code.find("`", i + 1)
+            if j < 0:
+                break
+            out.append(hold(code[i + 1 : j]))
+            i = j + 1
+        elif ch in "'\"":  # a string literal: copied as it is
+            j = i + 1
+            while j < n and code[j] != ch:
+                j += 2 if code[j] == "\\" else 1
+            out.append(code[i : j + 1])
+            i = j + 1
+        elif ch.isalpha() or ch == "_" or (ch == "." and i + 1 < n and not code[i + 1].isdigit()):
+            j = i
+            while j < n and (code[j].isalnum() or code[j] in "._"):
+                j += 1
+            word = code[i:j]
+            out.append(hold(word) if "." in word else word)
+            i = j
+        else:
+            out.append(ch)
+            i += 1
+    out.append(code[i:])
+    return "".join(out), names
+
+
 class Evaluator:
     """Evaluates factor expressions on a mapping of column arrays.
 
@@ -149,10 +192,24 @@ class Evaluator:
         return used
 
     def _parse(self, code: str, label: str) -> ast.Expression:
+        if len(code) > MAX_EXPRESSION:
+            raise FormulaError(
+                f"the expression {label[:40]!r}... is {len(code)} characters long "
+                f"(limit {MAX_EXPRESSION}); build the column in the data instead"
+            )
+        code, names = _r_names(code)
         try:
             tree = ast.parse(code, mode="eval")
         except SyntaxError as exc:
             raise FormulaError(f"cannot parse the expression {label!r}: {exc.msg}") from None
+        except (RecursionError, MemoryError):
+            raise FormulaError(
+                f"the expression {label[:40]!r}... is nested too deeply to evaluate"
+            ) from None
+        if names:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Name) and node.id in names:
+                    node.id = names[node.id]
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 if not isinstance(node.func, ast.Name) or (
@@ -180,12 +237,24 @@ class Evaluator:
         tree = self._parse(code, label)
         state = self.states.setdefault(label, {})
         counter = iter(range(1_000_000))
-        value = self._eval(tree.body, data, state, counter)
-        return np.asarray(value)
+        try:
+            value = self._eval(tree.body, data, state, counter)
+        except RecursionError:
+            raise FormulaError(f"the expression {label[:40]!r}... is nested too deeply") from None
+        except MultilevelError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"cannot evaluate {label!r} on the data: {exc}") from None
+        value = np.asarray(value)
+        if value.ndim == 0 and value.dtype.kind in "USO":
+            raise DataError(f"{label!r} is a constant {value.item()!r}, not a column of the data")
+        return value
 
     def _eval(self, node: ast.AST, data: Mapping[str, np.ndarray], state: dict, counter) -> Any:
         if isinstance(node, ast.Constant):
-            return node.value
+            value = node.value
+            # R's numbers are doubles: 10^20 must not wrap around, 2^-1 is 0.5
+            return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
         if isinstance(node, ast.Name):
             if node.id in data:
                 return data[node.id]
@@ -217,13 +286,13 @@ class Evaluator:
             fname = node.func.id  # type: ignore[attr-defined]
             args = [self._eval(a, data, state, counter) for a in node.args]
             kwargs = {k.arg: self._eval(k.value, data, state, counter) for k in node.keywords}
+            if fname in self.namespace:  # the caller's own functions override built-ins
+                return self.namespace[fname](*args, **kwargs)
             if fname in _STATEFUL:
                 sub = state.setdefault(f"{fname}#{next(counter)}", {})
                 return _STATEFUL[fname](sub, *args, **kwargs)
-            if fname in _FUNCTIONS:
-                with np.errstate(all="ignore"):
-                    return _FUNCTIONS[fname](*args, **kwargs)
-            return self.namespace[fname](*args, **kwargs)
+            with np.errstate(all="ignore"):
+                return _FUNCTIONS[fname](*args, **kwargs)
         raise FormulaError(f"unsupported expression {ast.unparse(node)!r}")
 
 

@@ -159,11 +159,15 @@ _BINARY = {
 _UNARY_BP = 12
 
 
+MAX_DEPTH = 100  # nested parentheses, signs and powers in one formula
+
+
 class Parser:
     def __init__(self, src: str):
         self.src = src
         self.tokens = tokenize(src)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -177,6 +181,19 @@ class Parser:
         return FormulaError(message, self.src, pos)
 
     def expression(self, min_bp: int = 0) -> Node:
+        # operators chain in the loop below; only parentheses, unary signs and
+        # right-associative powers nest, and their depth is bounded
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self.error(
+                    f"the formula is nested more than {MAX_DEPTH} levels deep", self.peek().pos
+                )
+            return self._expression(min_bp)
+        finally:
+            self.depth -= 1
+
+    def _expression(self, min_bp: int) -> Node:
         left = self.atom()
         while True:
             tok = self.peek()
@@ -337,16 +354,25 @@ class Expander:
             raise self.error(f"'{op}' must be inside parentheses: (expr {op} group)", node)
         top = ctx.get("top", False)
         if op in ("+", "-"):
-            lt, li = self.expand(node.left, ctx)
-            rctx = ctx if op == "+" else {**ctx, "top": False}
-            rt, ri = self.expand(node.right, rctx)
-            if op == "+":
-                return _union(lt, rt), ri if ri is not None else li
-            removed = set(rt)
-            icpt = li
-            if ri is not None:
-                icpt = not ri  # "- 1" drops, "- 0" keeps
-            return [t for t in lt if t not in removed], icpt
+            # a + b - c + ... is a left-deep chain: walked in a loop, not by
+            # recursion, so that a 500-term formula is as easy as a short one
+            chain: list[tuple[str, Node]] = []
+            left: Node = node
+            while isinstance(left, Binary) and left.op in ("+", "-"):
+                chain.append((left.op, left.right))
+                left = left.left
+            terms, icpt = self.expand(left, ctx)
+            for op_k, right in reversed(chain):
+                rctx = ctx if op_k == "+" else {**ctx, "top": False}
+                rt, ri = self.expand(right, rctx)
+                if op_k == "+":
+                    terms, icpt = _union(terms, rt), ri if ri is not None else icpt
+                else:
+                    removed = set(rt)
+                    terms = [t for t in terms if t not in removed]
+                    if ri is not None:
+                        icpt = not ri  # "- 1" drops, "- 0" keeps
+            return terms, icpt
         sub = {**ctx, "top": False}
         lt, li = self.expand(node.left, sub)
         if op == "^":
