@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"inference"},
     {"mixedfit", "report"},
     {"formula", "linalg", "optimize", "covariance"},
-    {"errors", "threads", "compiled", "datasets"},
+    {"datasets"},
+    {"errors", "threads", "compiled"},
 ]
 RANK = {c: k for k, layer in enumerate(LAYERS) for c in layer}
 

@@ -90,7 +90,7 @@ def _panels(
     if ax is not None:
         axes = [ax] if not isinstance(ax, (Sequence, np.ndarray)) else list(np.ravel(ax))
         if len(axes) != n:
-            raise ValueError(f"this plot has {n} panel(s) but ax= gives {len(axes)} Axes")
+            raise ModelError(f"this plot has {n} panel(s) but ax= gives {len(axes)} Axes")
         return axes[0].figure, axes
     from matplotlib.figure import Figure
 
@@ -173,7 +173,7 @@ def ppoints(n: int) -> np.ndarray:
 
 def _z(level: float) -> float:
     if not 0 < level < 1:
-        raise ValueError(f"level must be between 0 and 1, not {level}")
+        raise ModelError(f"level must be between 0 and 1, not {level}")
     return float(stats.norm.ppf(0.5 + level / 2))
 
 
@@ -600,7 +600,7 @@ def effect_grid(
     scale (``"response"`` or ``"link"``)."""
     m = _model(fit)
     if scale not in ("response", "link"):
-        raise ValueError(f"scale must be 'response' or 'link', not {scale!r}")
+        raise ModelError(f"scale must be 'response' or 'link', not {scale!r}")
     z = _z(level)
     frame = to_pandas(data)
     if x not in frame.columns:

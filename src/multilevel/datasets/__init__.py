@@ -13,6 +13,8 @@ from importlib import resources
 
 import pandas as pd
 
+from multilevel.errors import DataError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -174,7 +176,7 @@ def describe(name: str) -> DatasetInfo:
 
 def _check(name: str) -> str:
     if name not in DATASETS:
-        raise KeyError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+        raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
     return name
 
 

@@ -230,6 +230,9 @@ class Design:
     messages: list[str] = field(default_factory=list)
     response: Value | None = None  # the response as evaluated (GLMMs interpret it)
     n_rows: int | None = None  # set when the rows are not held (chunked data)
+    # how offset= was given: a column name (read again from new data), an
+    # array (new data cannot supply it), or None
+    offset_arg: str | bool | None = None
 
     @property
     def nobs(self) -> int:
@@ -443,7 +446,10 @@ def _vector_arg(arg: Any, frame: pd.DataFrame, name: str, columns: list[str]) ->
         if arg not in frame.columns:
             raise DataError(f"{name} column {arg!r} is not in the data" + closest(arg, columns))
         arg = frame[arg]
-    arr = np.asarray(arg, dtype=float)
+    try:
+        arr = np.asarray(arg, dtype=float)
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be numeric (one number per row)") from None
     if arr.shape != (len(frame),):
         raise DataError(f"{name} must have one value per row ({len(frame)}), got shape {arr.shape}")
     return arr
@@ -607,6 +613,7 @@ def build_design(
         evaluator,
         messages,
         resp,
+        offset_arg=offset if isinstance(offset, str) else (None if offset is None else True),
     )
 
 

@@ -56,6 +56,26 @@ def new_values(design: Design, frame: pd.DataFrame) -> dict[str, Any]:
     return values
 
 
+def new_offset(design: Design, frame: pd.DataFrame) -> np.ndarray | float:
+    """The ``offset=`` argument of the fit on new data: its column read again
+    (lme4 evaluates it in the new data); one given as an array cannot be, and
+    is an error rather than silently left out."""
+    arg = design.offset_arg
+    if arg is None:
+        return 0.0
+    if arg is True:
+        raise DataError(
+            "the fit's offset= was an array, which new data cannot supply; give it as a "
+            "column name (offset='col') or in the formula (+ offset(col))"
+        )
+    if arg not in frame.columns:
+        raise DataError(f"offset column {arg!r} is not in newdata")
+    try:
+        return np.asarray(frame[arg], dtype=float)
+    except (TypeError, ValueError):
+        raise DataError(f"offset column {arg!r} must be numeric") from None
+
+
 def fixed_rows(design: Design, frame: pd.DataFrame, values: dict | None = None) -> np.ndarray:
     """The fixed-effects model matrix of new data, coded as in the fit
     (aliased columns dropped as in the fit)."""
@@ -79,6 +99,7 @@ def linear_predictor(
     eta = fixed_rows(design, frame, values) @ beta
     for label in design.formula.fixed.offsets:
         eta = eta + values[label].values[:, 0]
+    eta = eta + new_offset(design, frame)
     if population:
         return eta
     for r, br in zip(design.random, b, strict=True):

@@ -80,6 +80,7 @@ from multilevel.threads import single_threaded_blas
 
 METHODS = ("laplace", "agq", "mc")
 MAX_NODES = 20_000  # nAGQ^q nodes per level
+MAX_NAGQ = 100  # nodes per dimension
 EXACT_GRADIENT = True  # the exact-gradient routes (see the module docstring)
 
 
@@ -127,24 +128,49 @@ def fit_glmer(
         check_nobs=False,
     )
     resp = fam.response(design.response, design.weights, parsed.response.label)
+    check_response(fam, resp, parsed.response.label)
     if meth == "agq":
         q = design.random[0].q
+        if nAGQ > MAX_NAGQ:
+            raise ModelError(
+                f"nAGQ = {nAGQ} quadrature nodes; at most {MAX_NAGQ} are allowed (a few dozen "
+                "already integrate a smooth likelihood to rounding)"
+            )
         if nAGQ**q > MAX_NODES:
             raise ModelError(
                 f"nAGQ = {nAGQ} with {q} random effects per level needs {nAGQ**q} nodes per "
                 f"level (limit {MAX_NODES}); use fewer nodes"
             )
     with single_threaded_blas():
-        return fit_glmm(
-            design,
-            fam,
-            resp,
-            nAGQ=int(nAGQ),
-            method=meth,
-            mc_samples=int(mc_samples),
-            seed=seed,
-            mc_df=float(mc_df),
-            data_name=_data_name(data),
+        try:
+            return fit_glmm(
+                design,
+                fam,
+                resp,
+                nAGQ=int(nAGQ),
+                method=meth,
+                mc_samples=int(mc_samples),
+                seed=seed,
+                mc_df=float(mc_df),
+                data_name=_data_name(data),
+            )
+        except PirlsError as exc:
+            raise ModelError(pirls_message(exc)) from None
+
+
+def check_response(family: Family, resp, label: str) -> None:
+    """Responses with nothing to estimate, refused before any numerical work."""
+    y = resp.y[resp.weights > 0]
+    if y.size and family.name == "poisson" and np.all(y == 0):
+        raise ModelError(
+            f"the response {label!r} is 0 in every row: the Poisson mean is estimated as 0 "
+            "(log-mean -inf), so there is nothing to fit"
+        )
+    if y.size and family.name == "binomial" and (np.all(y == 0) or np.all(y == 1)):
+        which = "failures" if np.all(y == 0) else "successes"
+        raise ModelError(
+            f"the response {label!r} has only {which}: the probability is estimated as "
+            f"{0 if which == 'failures' else 1} (logit -inf or +inf), so there is nothing to fit"
         )
 
 

@@ -192,7 +192,7 @@ class BootResult:
             sd = S.std(ddof=1)
             lo, hi = self.t0 - bias - z * sd, self.t0 - bias + z * sd
         else:
-            raise ValueError(f"type must be 'perc', 'basic' or 'norm', not {type!r}")
+            raise ModelError(f"type must be 'perc', 'basic' or 'norm', not {type!r}")
         return pd.DataFrame({pct[0]: lo, pct[1]: hi})
 
     def confint_mcse(self, level: float = 0.95) -> pd.DataFrame:

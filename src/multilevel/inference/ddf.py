@@ -429,7 +429,7 @@ def _check_ddf(ddf: str) -> str:
             return method
     if ddf.lower() in ("kr", "kenward_roger", "kenwardroger"):
         return "Kenward-Roger"
-    raise ValueError(f"ddf must be one of {DDF_METHODS}, not {ddf!r}")
+    raise ModelError(f"ddf must be one of {DDF_METHODS}, not {ddf!r}")
 
 
 def _contrast_matrix(fit: LmerFit, L: Any) -> tuple[np.ndarray, list[str]]:

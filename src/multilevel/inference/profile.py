@@ -377,7 +377,7 @@ def confint(
         from multilevel.inference.bootstrap import bootstrap
 
         return bootstrap(fit, **kwargs).confint(level=level)
-    raise ValueError(f"method must be 'profile', 'wald' or 'boot', not {method!r}")
+    raise ModelError(f"method must be 'profile', 'wald' or 'boot', not {method!r}")
 
 
 __all__ = ["Profile", "ProfileTrace", "confint", "profile"]

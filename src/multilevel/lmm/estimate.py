@@ -41,6 +41,8 @@ def estimate(design: Design, *, REML: bool, start: Any = None) -> tuple[ScaledCr
     sqrtw = None if design.weights is None else np.sqrt(design.weights)
     Zs = [r.Z for r in rs]
     basis = Basis.of(Zs, design.X, y)
+    if y.size and np.all(y == y[0]):
+        raise ModelError("the response is constant: there is no variation to describe")
     Zt, Xt, yt = basis.scaled(Zs, design.X, y)
     cp_s = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
     sum_log_w = 0.0 if design.weights is None else float(np.log(design.weights).sum())

@@ -46,8 +46,11 @@ class LmerFit(MixedModelFit):
         self.data_name = data_name
         self.formula = design.formula.text
         fac = criterion.factor(record.theta, keep=True)
-        if fac is None:  # pragma: no cover - the optimum is always factorable
-            raise RuntimeError("the optimum is not positive definite")
+        if fac is None or not np.isfinite(fac.log_r2):
+            raise ModelError(
+                "the fixed effects reproduce the response exactly (residual variance 0): "
+                "there is no variation left for a mixed model to describe"
+            )
         self._fac = fac
         beta, us = criterion.solve(fac)
         self._beta = beta
@@ -191,7 +194,7 @@ class LmerFit(MixedModelFit):
             if self.design.weights is not None:
                 res = res * np.sqrt(self.design.weights)
         elif type != "response":
-            raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
+            raise ModelError(f"type must be 'response' or 'pearson', not {type!r}")
         if scaled:
             res = res / self.sigma
         return pd.Series(res, index=self.design.row_index, name="residuals")
@@ -213,7 +216,7 @@ class LmerFit(MixedModelFit):
         """
         population = re_form is not None and re_form.replace(" ", "") in ("~0", "NA", "~-1")
         if re_form is not None and not population:
-            raise ValueError("re_form must be None (all random effects) or '~0' (none)")
+            raise ModelError("re_form must be None (all random effects) or '~0' (none)")
         if newdata is None:
             if population:
                 eta = self.design.X @ self._beta

@@ -821,7 +821,7 @@ class PartitionedGlmerFit(GlmerFit):
     def residuals(self, type: str = "deviance"):  # type: ignore[override]
         """Residuals as :meth:`GlmerFit.residuals`, a lazy Dask Series."""
         if type not in ("deviance", "pearson", "response", "working"):
-            raise ValueError(
+            raise ModelError(
                 f"type must be 'deviance', 'pearson', 'response' or 'working', not {type!r}"
             )
         return self._rows("residuals", type)
@@ -837,10 +837,10 @@ class PartitionedGlmerFit(GlmerFit):
         (newdata=None) and for Dask newdata.  The fitting data's offset= column is
         included for newdata=None only (as in memory)."""
         if type not in ("link", "response"):
-            raise ValueError(f"type must be 'link' or 'response', not {type!r}")
+            raise ModelError(f"type must be 'link' or 'response', not {type!r}")
         population = re_form is not None and re_form.replace(" ", "") in ("~0", "NA", "~-1")
         if re_form is not None and not population:
-            raise ValueError("re_form must be None (all random effects) or '~0' (none)")
+            raise ModelError("re_form must be None (all random effects) or '~0' (none)")
         if newdata is None:
             what = ("pop_" if population else "") + ("fitted" if type == "response" else "eta")
             return self._rows(what).rename("predicted")

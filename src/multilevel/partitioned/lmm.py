@@ -357,7 +357,7 @@ class PartitionedLmerFit(LmerFit):
 
     def residuals(self, type: str = "response", scaled: bool = False):  # type: ignore[override]
         if type not in ("response", "pearson"):
-            raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
+            raise ModelError(f"type must be 'response' or 'pearson', not {type!r}")
 
         def one(p: pd.DataFrame) -> pd.Series:
             r = self._response(p) - self.predict(p)
