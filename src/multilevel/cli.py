@@ -107,8 +107,20 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
     except MultilevelError as exc:
         # one line: a formula error names its position, the caret drawing is for Python
-        print(f"multilevel: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"multilevel: error: {_first_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug of ours: one line and where to report it, no traceback
+        print(
+            f"multilevel: internal error ({type(exc).__name__}: {_first_line(exc)}); please "
+            "report it with the command and data that caused it",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

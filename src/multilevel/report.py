@@ -267,3 +267,20 @@ def random_effects_block(fit) -> str:
     return "\n".join(
         " " + " ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header] + rows
     )
+
+
+def to_json(d: dict, **kwargs) -> str:
+    """JSON of a fit's numbers; NaN and infinities become null (strict JSON
+    has no token for them)."""
+    import json
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(d), allow_nan=False, **kwargs)

@@ -251,7 +251,7 @@ def evaluate_factor(
             raise DataError(
                 f"column {factor.label!r} is not in the data" + closest(factor.label, columns)
             )
-        return frame[factor.label]
+        return plain_column(frame[factor.label])
     used = evaluator.columns_used(factor.code, columns, factor.label)
     arrays = {c: _numeric_or_raw(frame[c]) for c in used}
     with np.errstate(all="ignore"):
@@ -261,7 +261,24 @@ def evaluate_factor(
             raise DataError(f"cannot evaluate {factor.label!r}: {exc}") from None
 
 
+def plain_column(s: pd.Series) -> pd.Series:
+    """A column as R would read it: an object column holding only numbers is
+    numeric; one mixing numbers and text (0 and "0") is text, so that values
+    that print the same are one level."""
+    if s.dtype != object:
+        return s
+    present = s[s.notna()]
+    kinds = {type(v) for v in present}
+    numbers = (int, float, np.integer, np.floating)
+    if kinds and all(issubclass(k, numbers) and not issubclass(k, (bool, np.bool_)) for k in kinds):
+        return pd.to_numeric(s, errors="coerce").astype(float)
+    if len(kinds) > 1:
+        return s.map(_label, na_action="ignore")
+    return s
+
+
 def _numeric_or_raw(s: pd.Series) -> np.ndarray:
+    s = plain_column(s)
     if is_categorical(s):
         return s.to_numpy()
     return s.to_numpy(dtype=float, na_value=np.nan)
@@ -484,6 +501,9 @@ def build_design(
     level-count checks are left to the caller.
     """
     frame = to_pandas(data)
+    dup = frame.columns[frame.columns.duplicated()]
+    if len(dup):
+        raise DataError(f"the data have more than one column named {', '.join(map(repr, dup))}")
     if na_action not in ("omit", "raise"):
         raise DataError(f"na_action must be 'omit' or 'raise', not {na_action!r}")
     if len(frame) == 0:

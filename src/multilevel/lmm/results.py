@@ -346,9 +346,10 @@ class LmerFit(MixedModelFit):
         }
 
     def to_json(self, **kwargs: Any) -> str:
-        import json
+        """Every number of the summary as JSON (non-finite values as null)."""
+        from multilevel.report import to_json
 
-        return json.dumps(self.to_dict(), **kwargs)
+        return to_json(self.to_dict(), **kwargs)
 
     # -- printing -------------------------------------------------------------------
     def summary(self, ddf: str | None = None) -> LmerSummary:

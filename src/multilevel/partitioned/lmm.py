@@ -71,6 +71,10 @@ class _Chunks:
     """The same per-chunk work over Dask partitions or slices of a frame."""
 
     def __init__(self, data: Any, chunk_rows: int):
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)):
+            raise DataError(f"chunk_rows must be a whole number, not {chunk_rows!r}")
+        if chunk_rows < 1:
+            raise DataError(f"chunk_rows must be at least 1, not {chunk_rows}")
         if isinstance(data, (str, Path)):
             try:
                 import dask.dataframe as dd

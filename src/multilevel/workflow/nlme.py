@@ -729,9 +729,10 @@ class LmeFit:
         return out
 
     def to_json(self, **kwargs: Any) -> str:
-        import json
+        """Every number of the summary as JSON (non-finite values as null)."""
+        from multilevel.report import to_json
 
-        return json.dumps(self.to_dict(), **kwargs)
+        return to_json(self.to_dict(), **kwargs)
 
     # -- printing -------------------------------------------------------------------
     def _repr_html_(self) -> str:
