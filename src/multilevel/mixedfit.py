@@ -64,10 +64,13 @@ class MixedModelFit:
         columns grp, var1, var2, vcov, sdcor (a correlation in covariance rows);
         LMMs end with the Residual row."""
         rows = []
-        s2 = self.sigma**2
+        with np.errstate(over="ignore", under="ignore"):  # σ in units of 1e±200
+            s2 = float(np.float64(self.sigma) ** 2)
         for (name, cnames, _), T in zip(self._varcorr_blocks(), self._templates, strict=True):
-            cov = s2 * (T @ T.T)
-            sd, corr = sd_corr(cov)
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                cov = s2 * (T @ T.T)
+            sd, corr = sd_corr(T @ T.T)
+            sd = self.sigma * sd  # from the relative factor: no σ² under- or overflow
             for i, cn in enumerate(cnames):
                 rows.append((name, cn, None, cov[i, i], sd[i]))
             for i in range(len(cnames)):

@@ -384,8 +384,11 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     if ones:
         later = np.arange(p) > ones[0]
         Xc[:, later] -= Xc[:, later].mean(axis=0)
+    big = np.max(np.abs(Xc), axis=0) if n else np.zeros(p)
+    ok = np.isfinite(big) & (big > 0)
+    Xc[:, ok] /= big[ok]  # first to unit max: no overflow in the norms (1e200 units)
     norms = np.linalg.norm(Xc, axis=0)
-    alias = ~(norms > 0) | ~np.isfinite(norms)
+    alias = ~ok | ~(norms > 0) | ~np.isfinite(norms)
     Xc[:, ~alias] /= norms[~alias]
     Xc[:, alias] = 0.0
     # fast path: on centred unit columns the Gram matrix is well conditioned

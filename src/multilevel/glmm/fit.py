@@ -413,8 +413,35 @@ def fit_glmm(
         hessian=hess,
         data_name=data_name,
     )
+    flag_runaway_variances(fit)
     warn_about(fit)
     return fit
+
+
+RUNAWAY_SD = 30.0  # a random effect's typical size on the link scale beyond which
+
+
+def flag_runaway_variances(fit: GlmerFit) -> None:
+    """A variance running off to infinity is not an optimum: with a response
+    constant within groups (separation) the likelihood keeps rising as the
+    random effects grow, and an optimiser stops wherever its tolerance says.
+    A random effect whose standard deviation times its column's root mean
+    square exceeds RUNAWAY_SD on the link scale (an odds or rate ratio beyond
+    e^30 between typical groups) is reported, and the fit is not converged."""
+    msgs = []
+    for r, T in zip(fit.design.random, fit._templates, strict=True):
+        sd = np.sqrt(np.maximum(np.diag(T @ T.T), 0.0))
+        rms = np.sqrt(np.mean(r.Z**2, axis=0)) if r.Z.size else np.ones(r.q)
+        for j in np.flatnonzero(sd * rms > RUNAWAY_SD):
+            msgs.append(
+                f"the standard deviation of {r.cnames[j]!r} in {r.term.text} runs off to "
+                f"infinity ({sd[j]:.3g} on the link scale): the response is (nearly) "
+                "constant within groups (separation), so the likelihood has no finite "
+                "maximum; drop or simplify this term, or use a model with a prior"
+            )
+    if msgs:
+        fit.optinfo.converged = False
+        fit.optinfo.messages.extend(m for m in msgs if m not in fit.optinfo.messages)
 
 
 __all__ = ["fit_glmer", "fit_glmm"]

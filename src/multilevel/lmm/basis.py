@@ -275,6 +275,8 @@ class ScaledCriterion:
         if fs is None:
             return None
         LFF = self.basis.NF.T @ fs.LFF
+        with np.errstate(over="ignore", under="ignore"):  # r² itself may not be representable
+            r2 = fs.r2 * np.exp(2.0 * self._log_c)
         f = Factorization(
             theta,
             self.templates(theta),
@@ -285,7 +287,7 @@ class ScaledCriterion:
             LFF,
             fs.logdet_Z,
             fs.logdet_X + self._logdet_NX,
-            fs.r2 * np.exp(2.0 * self._log_c),
+            r2,
             fs.log_r2 + 2.0 * self._log_c,
         )
         f.scaled = fs  # the scaled factorization behind it

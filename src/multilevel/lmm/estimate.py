@@ -12,7 +12,7 @@ import numpy as np
 
 from multilevel.covariance import templates
 from multilevel.errors import ModelError
-from multilevel.formula.design import Design
+from multilevel.formula.design import Design, aliased_columns
 from multilevel.linalg.crossprod import CrossProducts, cross_products
 from multilevel.lmm.basis import Basis, ScaledCriterion
 from multilevel.lmm.criterion import ProfiledCriterion
@@ -43,6 +43,11 @@ def estimate(design: Design, *, REML: bool, start: Any = None) -> tuple[ScaledCr
     basis = Basis.of(Zs, design.X, y)
     if y.size and np.all(y == y[0]):
         raise ModelError("the response is constant: there is no variation to describe")
+    if aliased_columns(np.column_stack([design.X, y]))[-1]:
+        raise ModelError(
+            "the fixed effects reproduce the response exactly (residual variance 0): "
+            "there is no variation left for a mixed model to describe"
+        )
     Zt, Xt, yt = basis.scaled(Zs, design.X, y)
     cp_s = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
     sum_log_w = 0.0 if design.weights is None else float(np.log(design.weights).sum())

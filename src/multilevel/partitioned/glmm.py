@@ -62,7 +62,7 @@ from multilevel.errors import DataError, ModelError
 from multilevel.formula.design import Design, aliased_from_gram, warn_rank_deficient
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.glmm.families import Family, get_family
-from multilevel.glmm.fit import MAX_NODES, resolve_method
+from multilevel.glmm.fit import MAX_NODES, flag_runaway_variances, resolve_method
 from multilevel.glmm.montecarlo import DEFAULT_DF
 from multilevel.glmm.pirls import (
     MAX_ITER,
@@ -596,6 +596,7 @@ def glmer_partitioned(
         "setup_seconds": setup,
         "seconds": time.perf_counter() - started,
     }
+    flag_runaway_variances(fit)
     warn_about(fit)
     return fit
 
