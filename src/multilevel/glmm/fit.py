@@ -50,6 +50,7 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.linalg as sla
 
 from multilevel.covariance import templates
 from multilevel.errors import ModelError
@@ -71,6 +72,7 @@ from multilevel.glmm.stages import (
     run_stages,
     stage2_estimates,
 )
+from multilevel.linalg.affine import affine, apply_affine
 from multilevel.mixedfit import warn_about
 from multilevel.optimize.stage2 import (
     NOT_PD_MESSAGE,
@@ -324,7 +326,10 @@ def fit_glmm(
     rb = RandomBlocks([r.Z[perm] for r in rs], [r.codes[perm] for r in rs], [r.nlevels for r in rs])
     tmpl = templates([r.q for r in rs])
     offset = None if design.offset is None else design.offset[perm]
-    prob = PirlsProblem(family, resp.take(perm), design.X[perm], offset, rb, tmpl)
+    # fixed effects in a centred and scaled basis, X = X̃ N (β = N⁻¹β̃): PIRLS and
+    # the searches see no timestamps or units of 1e-8; estimates map back below
+    N = affine(design.X, center=True)
+    prob = PirlsProblem(family, resp.take(perm), apply_affine(design.X, N)[perm], offset, rb, tmpl)
     draws = Draws(prob, mc_samples, seed, mc_df) if method == "mc" else None
     obj = _Objective(prob, method, nAGQ, draws)
 
@@ -395,12 +400,14 @@ def fit_glmm(
             mc = mc_loglik(prob, mode, draws)
             dev = mc.deviance
             warn_degenerate(mc)
+    vcov, hess = _to_original_beta(N, obj.ntheta, vcov, hess, rec1, rec2)
     fit = GlmerFit(
         design=design,
         family=family,
         prob=prob,
         perm=perm,
         mode=mode,
+        beta_map=N,
         theta=theta_hat,
         vcov=vcov,
         vcov_note=vcov_note,
@@ -416,6 +423,22 @@ def fit_glmm(
     flag_runaway_variances(fit)
     warn_about(fit)
     return fit
+
+
+def _to_original_beta(N, nt, vcov, hess, rec1, rec2):
+    """Covariance, Hessian and record from β̃ = Nβ to β: vcov = N⁻¹ Ṽ N⁻ᵀ,
+    H = JᵀH̃J with J = diag(I, N), the record's β entries N⁻¹β̃ and gradient Nᵀg̃."""
+    Ninv = sla.solve_triangular(N, np.eye(N.shape[0]), lower=False)
+    vcov = Ninv @ vcov @ Ninv.T
+    if hess is not None:
+        J = np.eye(hess.shape[0])
+        J[nt:, nt:] = N
+        hess = J.T @ hess @ J
+    for rec in (rec2,) if rec2 is not None else ():
+        rec.theta = np.concatenate([rec.theta[:nt], Ninv @ rec.theta[nt:]])
+        rec.gradient = np.concatenate([rec.gradient[:nt], N.T @ rec.gradient[nt:]])
+        rec._thetas = [np.concatenate([t[:nt], Ninv @ t[nt:]]) for t in rec._thetas]
+    return vcov, hess
 
 
 RUNAWAY_SD = 30.0  # a random effect's typical size on the link scale beyond which

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg as sla
 from scipy.stats import norm
 
 from multilevel.formula.design import to_pandas
@@ -60,6 +61,7 @@ class GlmerFit(MixedModelFit):
         perm: np.ndarray,
         mode: Mode,
         theta: np.ndarray,
+        beta_map: np.ndarray | None = None,
         vcov: np.ndarray,
         vcov_note: str,
         deviance: float,
@@ -73,6 +75,7 @@ class GlmerFit(MixedModelFit):
     ):
         self._prob = prob
         self._mode = mode
+        self._beta_map = beta_map
         self._perm = perm
         self._inv = np.empty_like(perm)
         self._inv[perm] = np.arange(perm.size)
@@ -139,7 +142,7 @@ class GlmerFit(MixedModelFit):
     @property
     def fixef(self) -> pd.Series:
         """Fixed-effects estimates β̂."""
-        return pd.Series(self._mode.beta, index=self.design.fixef_names, name="Estimate")
+        return pd.Series(self._beta, index=self.design.fixef_names, name="Estimate")
 
     @property
     def sigma(self) -> float:
@@ -161,7 +164,7 @@ class GlmerFit(MixedModelFit):
     @property
     def zvalues(self) -> pd.Series:
         return pd.Series(
-            self._mode.beta / self.se.to_numpy(), index=self.design.fixef_names, name="z value"
+            self._beta / self.se.to_numpy(), index=self.design.fixef_names, name="z value"
         )
 
     @property
@@ -202,6 +205,16 @@ class GlmerFit(MixedModelFit):
         fit's integration method; comparable across methods."""
         return -0.5 * self._deviance
 
+    _beta_map: np.ndarray | None = None  # X = X̃ N: the engine's β̃ = N β
+
+    @property
+    def _beta(self) -> np.ndarray:
+        """β̂ in the original columns of X."""
+        beta = self._mode.beta
+        if self._beta_map is None:
+            return beta
+        return sla.solve_triangular(self._beta_map, beta, lower=False)
+
     def loglik_mc(
         self, samples: int = 2000, seed: int | None = 1, df: float = DEFAULT_DF
     ) -> MCEstimate:
@@ -237,7 +250,7 @@ class GlmerFit(MixedModelFit):
 
     @property
     def df_model(self) -> int:
-        return len(self._mode.beta) + len(self._theta)
+        return len(self._beta) + len(self._theta)
 
     @property
     def df_resid(self) -> int:
@@ -342,7 +355,7 @@ class GlmerFit(MixedModelFit):
         if newdata is None:
             eta = self._eta.copy()
             if population:
-                eta = self.design.X @ self._mode.beta
+                eta = self.design.X @ self._beta
                 if self.design.offset is not None:
                     eta = eta + self.design.offset
             index = self.design.row_index
@@ -355,7 +368,7 @@ class GlmerFit(MixedModelFit):
     def _predict_new(self, frame: pd.DataFrame, population: bool, allow_new: bool) -> np.ndarray:
         from multilevel.formula.newdata import linear_predictor
 
-        return linear_predictor(self.design, self._mode.beta, self._b, frame, population, allow_new)
+        return linear_predictor(self.design, self._beta, self._b, frame, population, allow_new)
 
     # -- printing ----------------------------------------------------------------------------
     def summary(self) -> GlmerSummary:

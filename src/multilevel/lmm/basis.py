@@ -35,55 +35,9 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
+from multilevel.linalg.affine import affine, apply_affine, is_ones, rms
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.lmm.criterion import Factorization, ProfiledCriterion
-
-
-def _rms(v: np.ndarray) -> float:
-    """Root mean square without over- or underflow (1e±200 units)."""
-    big = float(np.max(np.abs(v))) if v.size else 0.0
-    if not np.isfinite(big) or big == 0.0:
-        return big
-    return big * float(np.sqrt(np.mean((v / big) ** 2)))
-
-
-def _is_one(col: np.ndarray) -> bool:
-    return bool(col.size) and bool(np.all(col == 1.0))
-
-
-def _affine(M: np.ndarray, center: bool) -> np.ndarray:
-    """Upper-triangular N with M = M̃ N: non-constant columns centred on the
-    first all-ones column (when ``center`` and there is one) and scaled to
-    unit root mean square (unit standard deviation when centred)."""
-    k = M.shape[1]
-    N = np.eye(k)
-    ones = [j for j in range(k) if _is_one(M[:, j])]
-    base = ones[0] if (center and ones) else None
-    for j in range(k):
-        col = M[:, j]
-        if j == base:
-            continue
-        shift = float(col.mean()) if base is not None and j > base else 0.0
-        scale = _rms(col - shift)
-        if not np.isfinite(scale) or scale == 0.0 or not np.isfinite(shift):
-            continue  # a zero or non-finite column: left as it is
-        N[j, j] = scale
-        if shift:
-            N[base, j] = shift
-    return N
-
-
-def apply(M: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """M̃ = M N⁻¹ computed column by column (shift, then divide): exact to
-    rounding, without forming N⁻¹."""
-    out = np.array(M, dtype=float, copy=True)
-    k = N.shape[0]
-    for j in range(k):
-        shifts = np.flatnonzero(N[:j, j])
-        for i in shifts:
-            out[:, j] -= N[i, j] * M[:, i]
-        out[:, j] /= N[j, j]
-    return out
 
 
 def _lower_from(M: np.ndarray) -> np.ndarray:
@@ -115,26 +69,26 @@ class Basis:
 
     @classmethod
     def of(cls, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> Basis:
-        NX = _affine(X, center=True)
-        has_intercept = any(_is_one(X[:, j]) for j in range(X.shape[1]))
+        NX = affine(X, center=True)
+        has_intercept = any(is_ones(X[:, j]) for j in range(X.shape[1]))
         p = X.shape[1]
         NF = np.zeros((p + 1, p + 1))
         NF[:p, :p] = NX
         yshift = float(y.mean()) if has_intercept else 0.0
-        yscale = _rms(y - yshift)
+        yscale = rms(y - yshift)
         if not np.isfinite(yscale) or yscale == 0.0 or not np.isfinite(yshift):
             yshift, yscale = 0.0, 1.0
         NF[p, p] = yscale
         if yshift:
-            NF[[j for j in range(p) if _is_one(X[:, j])][0], p] = yshift
-        V = [_affine(Z, center=Z.shape[1] > 1) for Z in Zs]
+            NF[[j for j in range(p) if is_ones(X[:, j])][0], p] = yshift
+        V = [affine(Z, center=Z.shape[1] > 1) for Z in Zs]
         return cls(NF, V)
 
     def scaled(self, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray):
         """Z̃_k, X̃, ỹ."""
         p = X.shape[1]
-        F = apply(np.column_stack([X, y]), self.NF)
-        return [apply(Z, V) for Z, V in zip(Zs, self.V, strict=True)], F[:, :p], F[:, p]
+        F = apply_affine(np.column_stack([X, y]), self.NF)
+        return [apply_affine(Z, V) for Z, V in zip(Zs, self.V, strict=True)], F[:, :p], F[:, p]
 
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,0 +1,55 @@
+"""Centring and scaling of columns as an exact linear map: M = M̃ N with N
+upper triangular (a shift on the all-ones column, a scale on the diagonal),
+so that estimates in the centred-scaled basis map back exactly.  Used by the
+LMM's basis (:mod:`multilevel.lmm.basis`) and the GLMM's fixed effects."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rms(v: np.ndarray) -> float:
+    """Root mean square without over- or underflow (1e±200 units)."""
+    big = float(np.max(np.abs(v))) if v.size else 0.0
+    if not np.isfinite(big) or big == 0.0:
+        return big
+    return big * float(np.sqrt(np.mean((v / big) ** 2)))
+
+
+def is_ones(col: np.ndarray) -> bool:
+    return bool(col.size) and bool(np.all(col == 1.0))
+
+
+def affine(M: np.ndarray, center: bool) -> np.ndarray:
+    """Upper-triangular N with M = M̃ N: non-constant columns centred on the
+    first all-ones column (when ``center`` and there is one) and scaled to
+    unit root mean square (unit standard deviation when centred)."""
+    k = M.shape[1]
+    N = np.eye(k)
+    ones = [j for j in range(k) if is_ones(M[:, j])]
+    base = ones[0] if (center and ones) else None
+    for j in range(k):
+        col = M[:, j]
+        if j == base:
+            continue
+        shift = float(col.mean()) if base is not None and j > base else 0.0
+        scale = rms(col - shift)
+        if not np.isfinite(scale) or scale == 0.0 or not np.isfinite(shift):
+            continue  # a zero or non-finite column: left as it is
+        N[j, j] = scale
+        if shift:
+            N[base, j] = shift
+    return N
+
+
+def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """M̃ = M N⁻¹ computed column by column (shift, then divide): exact to
+    rounding, without forming N⁻¹."""
+    out = np.array(M, dtype=float, copy=True)
+    k = N.shape[0]
+    for j in range(k):
+        shifts = np.flatnonzero(N[:j, j])
+        for i in shifts:
+            out[:, j] -= N[i, j] * M[:, i]
+        out[:, j] /= N[j, j]
+    return out
