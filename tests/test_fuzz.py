@@ -4,6 +4,7 @@ command line under random input raise only multilevel's own errors."""
 from __future__ import annotations
 
 import string
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -127,3 +128,71 @@ def test_code_in_formulas_is_refused(formula, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "pwned" not in captured.out
     assert captured.err.startswith("multilevel: error:")
+
+
+# -- awkward data and options ------------------------------------------------------------
+N = 60
+_Y = {
+    "normal": lambda r: r.normal(size=N) * 10 + 100,
+    "constant": lambda r: np.full(N, 3.0),
+    "zeros": lambda r: np.zeros(N),
+    "huge": lambda r: r.normal(size=N) * 1e300,
+    "tiny": lambda r: r.normal(size=N) * 1e-300,
+    "with inf": lambda r: np.r_[np.inf, r.normal(size=N - 1)],
+    "text": lambda r: np.array(["a", "b"] * (N // 2), dtype=object),
+    "counts": lambda r: r.poisson(2.0, size=N).astype(float),
+    "binary": lambda r: r.integers(0, 2, size=N).astype(float),
+}
+_X = {
+    "normal": lambda r: r.normal(size=N),
+    "timestamp": lambda r: 1.7e9 + r.normal(size=N) * 3600,
+    "object numbers": lambda r: np.array(list(r.normal(size=N)), dtype=object),
+    "mixed": lambda r: np.array([1.0, "a"] * (N // 2), dtype=object),
+    "constant": lambda r: np.ones(N),
+    "nan": lambda r: np.full(N, np.nan),
+}
+_G = {
+    "ten": lambda r: np.arange(N) % 10,
+    "text": lambda r: np.array([f"s{i % 6}" for i in range(N)], dtype=object),
+    "mixed": lambda r: np.array([i % 3 if i % 2 else str(i % 3) for i in range(N)], dtype=object),
+    "one level": lambda r: np.zeros(N, dtype=int),
+    "unique": lambda r: np.arange(N),
+}
+_FORMULAS = [
+    "y ~ x + (1 | g)",
+    "y ~ x + (x | g)",
+    "y ~ x + (x || g)",
+    "y ~ log(x) + (1 | g)",
+    "y ~ I(x^-1) + (1 | g/x)",
+    "y ~ 0 + x + (0 + x | g)",
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    y=st.sampled_from(sorted(_Y)),
+    x=st.sampled_from(sorted(_X)),
+    g=st.sampled_from(sorted(_G)),
+    formula=st.sampled_from(_FORMULAS),
+    weights=st.sampled_from([None, "x", "g", "w"]),
+    start=st.one_of(st.none(), st.lists(st.sampled_from([0.0, 1.0, -1.0, np.nan]), max_size=4)),
+    family=st.sampled_from([None, "binomial", "poisson"]),
+    nagq=st.sampled_from([0, 1, 5, 30, 1000]),
+    seed=st.integers(0, 3),
+)
+def test_awkward_data_and_options_raise_only_library_errors(
+    y, x, g, formula, weights, start, family, nagq, seed
+):
+    r = np.random.default_rng(seed)
+    d = pd.DataFrame({"y": _Y[y](r), "x": _X[x](r), "g": _G[g](r), "w": r.uniform(0.5, 2, N)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if family is None:
+                fit = ml.lmer(formula, d, weights=weights, start=start)
+            else:
+                fit = ml.glmer(formula, d, family, nAGQ=nagq)
+            fit.summary()
+            fit.to_dict() if hasattr(fit, "to_dict") else None
+        except MultilevelError:
+            pass
