@@ -63,7 +63,7 @@ def fit_design(
     # 1.2 µs with one; the InstEval-shaped fit 63 s against 2.6 s).
     with single_threaded_blas():
         crit, record = estimate(design, REML=REML, start=start)
-    fit = LmerFit(design, crit, record, REML=REML, data_name=data_name)
+        fit = LmerFit(design, crit, record, REML=REML, data_name=data_name)
     warn_about(fit)
     return fit
 

@@ -287,9 +287,9 @@ class LmerFit(MixedModelFit):
             design.y = y
         reml = self.REML if REML is None else bool(REML)
         theta = np.asarray(self.optinfo.theta)
-        with single_threaded_blas():
+        with single_threaded_blas():  # the factorizations are small (see lmm.fit)
             crit, record = estimate(design, REML=reml, start=theta)
-        return LmerFit(design, crit, record, REML=reml, data_name=self.data_name)
+            return LmerFit(design, crit, record, REML=reml, data_name=self.data_name)
 
     def refit_ml(self) -> LmerFit:
         """The same model fitted by maximum likelihood (lme4's ``refitML``);
