@@ -344,12 +344,37 @@ def _codings(tset: TermSet, values: dict[str, Value]) -> list[tuple[str, ...]]:
     return out
 
 
+MAX_MATRIX_ENTRIES = 200_000_000  # 1.6 GB of doubles for one model matrix
+
+
+def _check_size(tset: TermSet, values: dict[str, Value], n: int, codings) -> None:
+    """Refuse a model matrix too large to allocate before allocating it (a
+    factor with many levels, or an interaction of several, as fixed effects)."""
+    p = int(tset.intercept)
+    for term, coding in zip(tset.terms, codings, strict=True):
+        width = 1
+        for f, c in zip(term, coding, strict=True):
+            v = values[f]
+            if isinstance(v, Numeric):
+                width *= v.values.shape[1]
+            else:
+                width *= len(v.labels) - (1 if c == "contrast" else 0)
+        p += width
+    if n * p > MAX_MATRIX_ENTRIES:
+        raise DataError(
+            f"the model matrix would have {n} rows x {p} columns ({n * p * 8 / 1e9:.1f} GB); "
+            "a factor with this many levels (or their interaction) is better a random "
+            "effect, e.g. (1 | factor)"
+        )
+
+
 def build_matrix(
     tset: TermSet, values: dict[str, Value], n: int, codings: list[tuple[str, ...]] | None = None
 ) -> tuple[np.ndarray, MatrixSpec]:
     """Model matrix of a term set with R's column names and order."""
     if codings is None:
         codings = _codings(tset, values)
+    _check_size(tset, values, n, codings)
     blocks: list[np.ndarray] = []
     names: list[str] = []
     if tset.intercept:

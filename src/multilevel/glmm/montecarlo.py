@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln
 
-from multilevel.errors import warn
+from multilevel.errors import ModelError, warn
 from multilevel.glmm.pirls import Mode, PirlsProblem, back_solve, lower_t_solve
 
 _LOG2PI = float(np.log(2 * np.pi))
@@ -58,12 +58,20 @@ class MCEstimate:
         )
 
 
+MAX_DRAWS = 50_000_000  # normal draws held at once (400 MB)
+
+
 class Draws:
     """Standard-normal and χ² draws, fixed for all parameter values."""
 
     def __init__(self, prob: PirlsProblem, samples: int, seed: int | None, df: float = DEFAULT_DF):
         if samples < 2:
-            raise ValueError("Monte Carlo needs at least 2 samples")
+            raise ModelError("Monte Carlo needs at least 2 samples")
+        if samples * prob.rb.Q > MAX_DRAWS:
+            raise ModelError(
+                f"{samples} Monte Carlo samples for {prob.rb.Q} random effects need "
+                f"{samples * prob.rb.Q} normal draws (limit {MAX_DRAWS}); use fewer samples"
+            )
         rb = prob.rb
         rng = np.random.default_rng(seed)
         self.samples = int(samples)
