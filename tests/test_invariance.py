@@ -35,6 +35,7 @@ def quiet(fn, *args, **kw):
 
 REF = {reml: quiet(ml.lmer, F, SLEEP, REML=reml) for reml in (True, False)}
 
+
 def slope_sd(fit) -> float:
     vc = fit.varcorr
     row = (vc["grp"] == "Subject") & (vc["var1"] == "Days") & vc["var2"].isna()
@@ -91,3 +92,25 @@ def test_timestamps_are_ordinary_covariates():
                 SLEEP.assign(t=1.7e9 + SLEEP["Days"] * 3600.0))  # fmt: skip
     assert list(fit.fixef.index) == ["(Intercept)", "t"]
     assert fit.fixef["t"] * 3600 == pytest.approx(ref.fixef["Days"], rel=1e-8)
+
+
+SLOPE = "use ~ age + urban + (age | district)"
+SLOPE_REF = quiet(ml.glmer, SLOPE, CONTRA, "binomial")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(log_a=st.floats(-6, 6), shift=st.floats(-1e4, 1e4))
+def test_glmm_random_slope_invariant_to_its_covariates_units_and_origin(log_a, shift):
+    a = 10.0**log_a
+    b = shift * a * float(np.ptp(CONTRA["age"]))
+    fit = quiet(ml.glmer, SLOPE, CONTRA.assign(age=a * CONTRA["age"] + b), "binomial")
+    assert fit.converged and not fit.singular
+    assert fit.loglik == pytest.approx(SLOPE_REF.loglik, abs=1e-6)
+    assert fit.fixef["age"] * a == pytest.approx(SLOPE_REF.fixef["age"], rel=1e-6)
+    vc = fit.varcorr
+    row = (vc["var1"] == "age") & vc["var2"].isna()
+    ref_vc = SLOPE_REF.varcorr
+    ref_row = (ref_vc["var1"] == "age") & ref_vc["var2"].isna()
+    assert float(vc.loc[row, "sdcor"].iloc[0]) * a == pytest.approx(
+        float(ref_vc.loc[ref_row, "sdcor"].iloc[0]), rel=1e-6
+    )

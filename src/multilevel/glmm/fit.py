@@ -72,7 +72,7 @@ from multilevel.glmm.stages import (
     run_stages,
     stage2_estimates,
 )
-from multilevel.linalg.affine import affine, apply_affine
+from multilevel.linalg.affine import affine, apply_affine, lower_factor
 from multilevel.mixedfit import warn_about
 from multilevel.optimize.stage2 import (
     NOT_PD_MESSAGE,
@@ -323,7 +323,14 @@ def fit_glmm(
     rs = design.random
     # rows sorted by the first factor: its per-level sums become contiguous reductions
     perm = np.argsort(rs[0].codes, kind="stable")
-    rb = RandomBlocks([r.Z[perm] for r in rs], [r.codes[perm] for r in rs], [r.nlevels for r in rs])
+    # each term's columns centred (correlated terms with an intercept) and scaled,
+    # Z = Z̃V: θ is searched as θ̃ (T̃T̃ᵀ = V T Tᵀ Vᵀ) and mapped back below
+    Vs = [affine(r.Z, center=r.q > 1) for r in rs]
+    rb = RandomBlocks(
+        [apply_affine(r.Z, V)[perm] for r, V in zip(rs, Vs, strict=True)],
+        [r.codes[perm] for r in rs],
+        [r.nlevels for r in rs],
+    )
     tmpl = templates([r.q for r in rs])
     offset = None if design.offset is None else design.offset[perm]
     # fixed effects in a centred and scaled basis, X = X̃ N (β = N⁻¹β̃): PIRLS and
@@ -401,6 +408,7 @@ def fit_glmm(
             dev = mc.deviance
             warn_degenerate(mc)
     vcov, hess = _to_original_beta(N, obj.ntheta, vcov, hess, rec1, rec2)
+    theta_hat, hess = _to_original_theta(Vs, tmpl, theta_hat, hess, rec1, rec2)
     fit = GlmerFit(
         design=design,
         family=family,
@@ -408,6 +416,7 @@ def fit_glmm(
         perm=perm,
         mode=mode,
         beta_map=N,
+        re_maps=Vs,
         theta=theta_hat,
         vcov=vcov,
         vcov_note=vcov_note,
@@ -423,6 +432,49 @@ def fit_glmm(
     flag_runaway_variances(fit)
     warn_about(fit)
     return fit
+
+
+def _theta_map(Vs, tmpl, to_scaled: bool):
+    """θ ↔ θ̃ for Z = Z̃V: T̃ = lower factor of V T, T = lower factor of V⁻¹T̃."""
+
+    def f(theta: np.ndarray) -> np.ndarray:
+        out = []
+        for V, t in zip(Vs, tmpl, strict=True):
+            T = t.matrix(theta)
+            M = V @ T if to_scaled else np.linalg.solve(V, T)
+            out.append(lower_factor(M)[t.rows, t.cols])
+        return np.concatenate(out)
+
+    return f
+
+
+def _to_original_theta(Vs, tmpl, theta_s, hess, rec1, rec2):
+    """θ̃ of the scaled random effects to the user's θ; the Hessian's θ block
+    through J = ∂θ̃/∂θ (central differences of the map: a handful of
+    parameters); records rewritten, θ̃ kept as ``internal_theta``."""
+    to_orig, to_scaled = _theta_map(Vs, tmpl, False), _theta_map(Vs, tmpl, True)
+    theta = to_orig(np.asarray(theta_s, dtype=float))
+    nt = theta.size
+    if hess is not None and all(np.allclose(V, np.diag(np.diag(V))) for V in Vs):
+        J = np.diag(np.concatenate([np.diag(V)[t.rows] for V, t in zip(Vs, tmpl, strict=True)]))
+    elif hess is not None:
+        J = np.empty((nt, nt))
+        for j in range(nt):
+            h = 1e-6 * max(1.0, abs(theta[j]))
+            e = np.zeros(nt)
+            e[j] = h
+            J[:, j] = (to_scaled(theta + e) - to_scaled(theta - e)) / (2 * h)
+    if hess is not None:
+        K = np.eye(hess.shape[0])
+        K[:nt, :nt] = J
+        hess = K.T @ hess @ K
+    for rec in (r for r in (rec1, rec2) if r is not None):
+        rec.internal_theta = np.asarray(rec.theta[:nt], dtype=float).copy()
+        rec.theta = np.concatenate([to_orig(rec.theta[:nt]), rec.theta[nt:]])
+        if hess is not None and rec is rec2:
+            rec.gradient = np.concatenate([J.T @ rec.gradient[:nt], rec.gradient[nt:]])
+        rec._thetas = [np.concatenate([to_orig(t[:nt]), t[nt:]]) for t in rec._thetas]
+    return theta, hess
 
 
 def _to_original_beta(N, nt, vcov, hess, rec1, rec2):
@@ -452,13 +504,19 @@ def flag_runaway_variances(fit: GlmerFit) -> None:
     square exceeds RUNAWAY_SD on the link scale (an odds or rate ratio beyond
     e^30 between typical groups) is reported, and the fit is not converged."""
     msgs = []
-    for r, T in zip(fit.design.random, fit._templates, strict=True):
+    scaled = getattr(fit.optinfo, "internal_theta", None) is not None
+    # judged in the engine's basis, where each column has unit root mean square
+    # (centred in a correlated term): a shifted slope covariate is not a runaway
+    for r, T in zip(fit.design.random, fit._boundary_templates, strict=True):
         sd = np.sqrt(np.maximum(np.diag(T @ T.T), 0.0))
-        rms = np.sqrt(np.mean(r.Z**2, axis=0)) if r.Z.size else np.ones(r.q)
+        if scaled or not r.Z.size:
+            rms = np.ones(r.q)
+        else:
+            rms = np.sqrt(np.mean(r.Z**2, axis=0))
         for j in np.flatnonzero(sd * rms > RUNAWAY_SD):
             msgs.append(
                 f"the standard deviation of {r.cnames[j]!r} in {r.term.text} runs off to "
-                f"infinity ({sd[j]:.3g} on the link scale): the response is (nearly) "
+                f"infinity ({sd[j] * rms[j]:.3g} on the link scale): the response is (nearly) "
                 "constant within groups (separation), so the likelihood has no finite "
                 "maximum; drop or simplify this term, or use a model with a prior"
             )

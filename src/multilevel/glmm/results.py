@@ -62,6 +62,7 @@ class GlmerFit(MixedModelFit):
         mode: Mode,
         theta: np.ndarray,
         beta_map: np.ndarray | None = None,
+        re_maps: list[np.ndarray] | None = None,
         vcov: np.ndarray,
         vcov_note: str,
         deviance: float,
@@ -76,6 +77,7 @@ class GlmerFit(MixedModelFit):
         self._prob = prob
         self._mode = mode
         self._beta_map = beta_map
+        self._re_maps = re_maps
         self._perm = perm
         self._inv = np.empty_like(perm)
         self._inv[perm] = np.arange(perm.size)
@@ -84,7 +86,7 @@ class GlmerFit(MixedModelFit):
             design=design,
             family=family,
             theta=theta,
-            templates=mode.factor.T,
+            templates=mode.factor.T if re_maps is None else self._original_templates(theta),
             vcov=vcov,
             vcov_note=vcov_note,
             deviance=deviance,
@@ -206,6 +208,12 @@ class GlmerFit(MixedModelFit):
         return -0.5 * self._deviance
 
     _beta_map: np.ndarray | None = None  # X = X̃ N: the engine's β̃ = N β
+    _re_maps: list[np.ndarray] | None = None  # Z_k = Z̃_k V_k: the engine's b̃ = V b
+
+    def _original_templates(self, theta: np.ndarray) -> list[np.ndarray]:
+        from multilevel.covariance import templates
+
+        return [t.matrix(theta) for t in templates([V.shape[0] for V in self._re_maps])]
 
     @property
     def _beta(self) -> np.ndarray:
@@ -279,7 +287,10 @@ class GlmerFit(MixedModelFit):
     @cached_property
     def _b(self) -> list[np.ndarray]:
         us = self._prob.rb.split(self._mode.u)
-        return [u @ T.T for u, T in zip(us, self._T, strict=True)]
+        b = [u @ T.T for u, T in zip(us, self._mode.factor.T, strict=True)]
+        if self._re_maps is None:
+            return b
+        return [np.linalg.solve(V, bk.T).T for bk, V in zip(b, self._re_maps, strict=True)]
 
     @cached_property
     def condvar(self) -> list[np.ndarray]:
@@ -287,7 +298,14 @@ class GlmerFit(MixedModelFit):
         PIRLS weights at the mode (lme4's ``postVar``)."""
         from multilevel.glmm.pirls import conditional_variances
 
-        return conditional_variances(self._prob.rb, self._mode.factor)
+        C = conditional_variances(self._prob.rb, self._mode.factor)
+        if self._re_maps is None:
+            return C
+        out = []
+        for Ck, V in zip(C, self._re_maps, strict=True):
+            Vinv = np.linalg.inv(V)
+            out.append(np.einsum("ia,nab,jb->nij", Vinv, Ck, Vinv, optimize=True))
+        return out
 
     # -- fitted values and residuals -------------------------------------------------------
     @cached_property

@@ -53,3 +53,23 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
             out[:, j] -= N[i, j] * M[:, i]
         out[:, j] /= N[j, j]
     return out
+
+
+def lower_factor(M: np.ndarray) -> np.ndarray:
+    """The lower-triangular L with nonnegative diagonal and L Lᵀ = M Mᵀ: the
+    transpose of R in a QR factorization of Mᵀ (also for singular M); one
+    Givens rotation for the common 2 x 2 case (LAPACK's call overhead would
+    dominate the fit's optimisation log)."""
+    q = M.shape[0]
+    if q == 1:
+        return np.abs(M)
+    if q == 2:
+        r = float(np.hypot(M[0, 0], M[0, 1]))
+        c, s = (M[0, 0] / r, M[0, 1] / r) if r > 0 else (1.0, 0.0)
+        l21 = M[1, 0] * c + M[1, 1] * s
+        l22 = -M[1, 0] * s + M[1, 1] * c
+        return np.array([[r, 0.0], [l21, abs(l22)]])
+    R = np.linalg.qr(M.T, mode="r")
+    L = R.T
+    signs = np.where(np.diag(L) < 0, -1.0, 1.0)
+    return L * signs[None, :]

@@ -35,29 +35,9 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from multilevel.linalg.affine import affine, apply_affine, is_ones, rms
+from multilevel.linalg.affine import affine, apply_affine, is_ones, lower_factor, rms
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.lmm.criterion import Factorization, ProfiledCriterion
-
-
-def _lower_from(M: np.ndarray) -> np.ndarray:
-    """The lower-triangular L with nonnegative diagonal and L Lᵀ = M Mᵀ: the
-    transpose of R in a QR factorization of Mᵀ (also for singular M); one
-    Givens rotation for the common 2 x 2 case (LAPACK's call overhead would
-    dominate the fit's optimisation log)."""
-    q = M.shape[0]
-    if q == 1:
-        return np.abs(M)
-    if q == 2:
-        r = float(np.hypot(M[0, 0], M[0, 1]))
-        c, s = (M[0, 0] / r, M[0, 1] / r) if r > 0 else (1.0, 0.0)
-        l21 = M[1, 0] * c + M[1, 1] * s
-        l22 = -M[1, 0] * s + M[1, 1] * c
-        return np.array([[r, 0.0], [l21, abs(l22)]])
-    R = np.linalg.qr(M.T, mode="r")
-    L = R.T
-    signs = np.where(np.diag(L) < 0, -1.0, 1.0)
-    return L * signs[None, :]
 
 
 @dataclass
@@ -92,10 +72,10 @@ class Basis:
 
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:
-        return [_lower_from(np.linalg.solve(V, T)) for V, T in zip(self.V, T_scaled, strict=True)]
+        return [lower_factor(np.linalg.solve(V, T)) for V, T in zip(self.V, T_scaled, strict=True)]
 
     def theta_to_scaled(self, T: list[np.ndarray]) -> list[np.ndarray]:
-        return [_lower_from(V @ Tk) for V, Tk in zip(self.V, T, strict=True)]
+        return [lower_factor(V @ Tk) for V, Tk in zip(self.V, T, strict=True)]
 
     # -- cross-products -----------------------------------------------------------------
     def original_cross_products(self, cp: CrossProducts) -> CrossProducts:
