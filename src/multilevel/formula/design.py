@@ -394,6 +394,44 @@ def build_matrix(
     return X, MatrixSpec(tset.intercept, list(tset.terms), codings, names)
 
 
+def _gram_screen(X: np.ndarray) -> np.ndarray | None:
+    """The common case without copying X: XᵀX centred on an all-ones first
+    column and scaled to correlations in p x p space; if its Cholesky pivots
+    are all clearly positive, no column is aliased (all-zero columns are).
+    None when that cannot be told this way (a pivot near 0, a column whose
+    mean/sd is so large that centring in Gram space loses the digits, or
+    non-finite products): the caller then decides on the data."""
+    n, p = X.shape
+    if n == 0 or p == 0:
+        return np.zeros(p, dtype=bool) if p == 0 else None
+    with np.errstate(all="ignore"):
+        G = X.T @ X
+        if not np.all(np.isfinite(G)):
+            return None
+        raw_d = np.diag(G).copy()
+        if np.all(X[:, 0] == 1.0):
+            m = G[0] / n
+            G = G - n * np.outer(m, m)
+            G[0, :] = G[:, 0] = 0.0
+            G[0, 0] = n
+        d = np.diag(G).copy()
+        zero = raw_d == 0
+        # centring in Gram space keeps about 16 - 2 log10(mean/sd) digits
+        if np.any(~zero & (d <= 1e-8 * raw_d)):
+            return None
+    alias = zero.copy()
+    keep = ~alias
+    if not keep.any():
+        return alias
+    s = np.sqrt(d[keep])
+    C = G[np.ix_(keep, keep)] / s[:, None] / s[None, :]
+    try:
+        piv = np.diag(np.linalg.cholesky(C))
+    except np.linalg.LinAlgError:
+        return None
+    return alias if np.all(piv > 1e-4) else None
+
+
 def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     """Boolean mask of columns linearly dependent on earlier ones, decided as
     R's ``qr`` decides it but on a centred and scaled copy of X: after an
@@ -404,6 +442,9 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     columns, a timestamp (mean/sd ~ 1e5) or a covariate in units of 1e-8 is
     kept, and only truly collinear columns are dropped."""
     n, p = X.shape
+    screened = _gram_screen(X)
+    if screened is not None:
+        return screened
     Xc = np.array(X, dtype=float, copy=True)
     ones = [j for j in range(p) if n and np.all(X[:, j] == 1.0)]
     if ones:

@@ -20,16 +20,24 @@ def is_ones(col: np.ndarray) -> bool:
     return bool(col.size) and bool(np.all(col == 1.0))
 
 
+SAMPLE_ROWS = 20_000  # rows the shifts and scales are estimated from
+
+
 def affine(M: np.ndarray, center: bool) -> np.ndarray:
     """Upper-triangular N with M = M̃ N: non-constant columns centred on the
     first all-ones column (when ``center`` and there is one) and scaled to
-    unit root mean square (unit standard deviation when centred)."""
-    k = M.shape[1]
+    unit root mean square (unit standard deviation when centred).
+
+    Any such N is an exact change of basis, so the shifts and scales need only
+    be right in magnitude: they are taken from at most SAMPLE_ROWS evenly
+    spaced rows (the same result for the same data, whatever its size)."""
+    n, k = M.shape
+    S = M[:: max(1, n // SAMPLE_ROWS)] if n else M
     N = np.eye(k)
-    ones = [j for j in range(k) if is_ones(M[:, j])]
+    ones = [j for j in range(k) if is_ones(S[:, j])]
     base = ones[0] if (center and ones) else None
     for j in range(k):
-        col = M[:, j]
+        col = S[:, j]
         if j == base:
             continue
         shift = float(col.mean()) if base is not None and j > base else 0.0
@@ -43,16 +51,14 @@ def affine(M: np.ndarray, center: bool) -> np.ndarray:
 
 
 def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """M̃ = M N⁻¹ computed column by column (shift, then divide): exact to
-    rounding, without forming N⁻¹."""
-    out = np.array(M, dtype=float, copy=True)
-    k = N.shape[0]
-    for j in range(k):
-        shifts = np.flatnonzero(N[:j, j])
-        for i in shifts:
-            out[:, j] -= N[i, j] * M[:, i]
-        out[:, j] /= N[j, j]
-    return out
+    """M̃ = M N⁻¹: the shifts (on the base column, which N leaves as it is)
+    subtracted, then the scales divided out, in one vectorised pass."""
+    d = np.diag(N)
+    off = N - np.diag(d)
+    with np.errstate(over="ignore", under="ignore"):
+        if not off.any():
+            return M / d
+        return (M - M @ off) / d
 
 
 def lower_factor(M: np.ndarray) -> np.ndarray:

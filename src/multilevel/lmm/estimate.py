@@ -9,10 +9,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import scipy.linalg as sla
 
 from multilevel.covariance import templates
 from multilevel.errors import ModelError
-from multilevel.formula.design import Design, aliased_columns
+from multilevel.formula.design import Design
 from multilevel.linalg.crossprod import CrossProducts, cross_products
 from multilevel.lmm.basis import Basis, ScaledCriterion
 from multilevel.lmm.criterion import ProfiledCriterion
@@ -43,13 +44,13 @@ def estimate(design: Design, *, REML: bool, start: Any = None) -> tuple[ScaledCr
     basis = Basis.of(Zs, design.X, y)
     if y.size and np.all(y == y[0]):
         raise ModelError("the response is constant: there is no variation to describe")
-    if aliased_columns(np.column_stack([design.X, y]))[-1]:
+    Zt, Xt, yt = basis.scaled(Zs, design.X, y)
+    cp_s = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
+    if _fitted_exactly(cp_s.AFF):
         raise ModelError(
             "the fixed effects reproduce the response exactly (residual variance 0): "
             "there is no variation left for a mixed model to describe"
         )
-    Zt, Xt, yt = basis.scaled(Zs, design.X, y)
-    cp_s = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
     sum_log_w = 0.0 if design.weights is None else float(np.log(design.weights).sum())
     return optimize_in_basis(cp_s, basis, qs, REML, sum_log_w, start)
 
@@ -79,6 +80,18 @@ def optimize_in_basis(
     rec.log_map = original
     rec._values = [v + shift for v in rec._values]
     return crit, rec
+
+
+def _fitted_exactly(AFF: np.ndarray) -> bool:
+    """Whether y lies in the span of X (residual below 1e-7 of ỹ's length),
+    from [X̃ ỹ]ᵀ[X̃ ỹ] in the centred basis, where that test is well conditioned."""
+    p = AFF.shape[0] - 1
+    try:
+        L = np.linalg.cholesky(AFF[:p, :p])
+    except np.linalg.LinAlgError:
+        return False  # X itself is singular here: left to the criterion
+    b = sla.solve_triangular(L, AFF[:p, p], lower=True)
+    return bool(AFF[p, p] - b @ b <= 1e-14 * AFF[p, p])
 
 
 def _to_original(basis: Basis, tmpl: list, theta_s: np.ndarray) -> np.ndarray:
