@@ -94,8 +94,6 @@ class Basis:
         are sums of products with the all-ones column), for partitioned data."""
         m = cp.p + 1
         NF = _affine_from_gram(cp.AFF, center_on=_ones_index(cp.AFF, cp.n, m - 1), n=cp.n)
-        if NF[m - 1, m - 1] == 1.0 and not np.any(NF[: m - 1, m - 1]):
-            pass  # a constant or unusable response: left as it is
         V = []
         for k, q in enumerate(cp.q):
             G = cp.D1.sum(axis=0) if k == 0 else _diag_block_sum(cp, k)
