@@ -66,7 +66,14 @@ def run_stages(
 ) -> Stages:
     """Stage 1 from θ₀, then (unless ``stage1_only``) stage 2 from (θ̂₁, 0)."""
     with np.errstate(over="ignore", under="ignore"):
-        r1 = minimize_theta(obj.stage1, theta0, lower_t, xtol=stage1_tol, ftol=stage1_tol)
+        r1 = minimize_theta(
+            obj.stage1,
+            theta0,
+            lower_t,
+            xtol=stage1_tol,
+            ftol=stage1_tol,
+            check_hessian=stage1_only,  # otherwise stage 2 judges the optimum
+        )
     try:
         m1 = obj.joint_mode(r1.theta, obj.beta)
     except PirlsError as exc:

@@ -191,7 +191,7 @@ def constrained_fit(fit: LmerFit, fixed_zero: np.ndarray) -> tuple[float, np.nda
         th[free] = x
         return crit(th)
 
-    rec = minimize_theta(f, theta0[free].copy(), lower[free])
+    rec = minimize_theta(f, theta0[free].copy(), lower[free], check_hessian=False)
     out = full.copy()
     out[free] = rec.theta
     return float(rec.criterion), out

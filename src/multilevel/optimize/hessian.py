@@ -96,3 +96,15 @@ def gradient_hessian(
         else:
             H[a] = (grad(x + e)[idx] - grad(x - e)[idx]) / (2 * hs[a])
     return 0.5 * (H + H.T)
+
+
+def clearly_positive_definite(H: np.ndarray | None, rtol: float = 1e-8) -> bool:
+    """Whether a symmetric H is clearly positive definite: its smallest
+    eigenvalue above ``rtol`` of its largest (a criterion flat to rounding in
+    some direction is not).  An empty H is; a missing one is not."""
+    if H is None:
+        return False
+    if H.size == 0:
+        return True
+    lam = np.linalg.eigvalsh(0.5 * (H + H.T))
+    return bool(np.all(np.isfinite(lam)) and lam[0] > rtol * max(lam[-1], 0.0))

@@ -11,7 +11,7 @@ import numpy as np
 
 from multilevel.optimize.bobyqa import bobyqa
 from multilevel.optimize.bounds import snap_to_bounds
-from multilevel.optimize.hessian import fd_hessian
+from multilevel.optimize.hessian import clearly_positive_definite, fd_hessian
 from multilevel.optimize.newton import NewtonResult, newton_steps
 from multilevel.optimize.record import Logged, OptRecord
 from multilevel.optimize.theta import GRAD_TOL
@@ -99,8 +99,7 @@ def positive_definite(H: np.ndarray | None, x: np.ndarray, lower_t: np.ndarray) 
         return False
     free = np.ones(x.size, dtype=bool)
     free[: lower_t.size] = x[: lower_t.size] > lower_t
-    lam = np.linalg.eigvalsh(H[np.ix_(free, free)])
-    return bool(lam.size == 0 or lam[0] > 1e-8 * max(lam[-1], 0.0))
+    return clearly_positive_definite(H[np.ix_(free, free)])
 
 
 def vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:

@@ -19,12 +19,19 @@ import numpy as np
 
 from multilevel.optimize.bobyqa import bobyqa
 from multilevel.optimize.bounds import snap_to_bounds
-from multilevel.optimize.hessian import fd_hessian_of, gradient_hessian
+from multilevel.optimize.hessian import (
+    clearly_positive_definite,
+    fd_hessian_of,
+    gradient_hessian,
+)
 from multilevel.optimize.newton import newton_steps
 from multilevel.optimize.record import Logged, OptRecord
 
 GRAD_TOL = 2e-3  # on the deviance scale, as lme4's check
 DECREMENT_TOL = 1e-6  # deviance units a Newton step could still gain
+# smallest over largest eigenvalue of the Hessian in θ below which the optimum
+# counts as flat (a variance parameter not identified), as lme4's check
+HESSIAN_RTOL = 1e-6
 
 
 def minimize_theta(
@@ -39,8 +46,13 @@ def minimize_theta(
     hessian0: np.ndarray | None = None,
     newton_polish: bool = True,
     max_step: float = 1.0,
+    check_hessian: bool = True,
 ) -> OptRecord:
     """Minimise ``fun`` over θ ≥ lower (elementwise) from x0.
+
+    Converged means: the optimiser stopped normally, the free parameters'
+    gradient is small and (if ``check_hessian``; callers whose optimum is only
+    a start turn it off) their Hessian is clearly positive definite.
 
     With ``value_and_gradient``: BFGS from the Hessian approximation
     ``hessian0`` (default a scaled identity), then, if ``newton_polish``,
@@ -73,6 +85,18 @@ def minimize_theta(
             f"{gmax:.3g} (tolerance {GRAD_TOL}); try rescaling covariates or a simpler "
             "random-effects structure"
         )
+    if check_hessian and converged and free.any():
+        H = _hessian(logged, x, np.flatnonzero(free))
+        if not clearly_positive_definite(H, HESSIAN_RTOL):
+            converged = False
+            lam = np.linalg.eigvalsh(0.5 * (H + H.T))
+            messages.append(
+                "Model failed to converge: the Hessian of the criterion in theta is "
+                f"indefinite or nearly singular at the optimum (eigenvalues {lam[0]:.3g} "
+                f"to {lam[-1]:.3g}): a saddle point, or a direction in which the "
+                "likelihood is flat, so some variance parameter is not identified; try "
+                "a simpler random-effects structure"
+            )
     return logged.record(optimizer, status, converged, x, fx, grad, messages)
 
 
@@ -211,6 +235,17 @@ def _brent(logged: Logged, x0: float, lower: float, xtol: float) -> tuple[str, s
     # a legitimate optimum (singular fit)
     logged(np.array([lower]))
     return "brent", "CONVERGED" if res.success else "FAILED"
+
+
+def _hessian(logged: Logged, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The Hessian in the coordinates ``idx`` at x by central differences
+    (errors O(h²): a flat direction shows as a near-zero eigenvalue, not as
+    the O(h) error of forward differences): of the exact gradient when there
+    is one, else of values with steps of 1e-3, where the criterion's rounding
+    (~1e-12 relative) stays far below the curvature."""
+    if logged.fg is not None:
+        return gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx)
+    return fd_hessian_of(logged, x, idx, h=1e-3)
 
 
 def _polish(

@@ -135,6 +135,7 @@ class Search:
                 hessian0=H0,
                 newton_polish=False,
                 max_step=np.inf,  # δ is in curvature units: Newton steps may be long
+                check_hessian=False,  # the Hessian is judged below
             )
         x, f = rec.theta, rec.criterion
         H = self.hessian(x)

@@ -1,0 +1,79 @@
+"""The θ search's convergence judgement: optimiser status, gradient and the
+Hessian at the optimum."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import multilevel as ml
+from multilevel.errors import ConvergenceWarning
+from multilevel.optimize.hessian import clearly_positive_definite
+from multilevel.optimize.theta import minimize_theta
+
+
+def _saddle(x: np.ndarray) -> tuple[float, np.ndarray]:
+    # stationary at (0.5, 2): a minimum in x0, a maximum in x1
+    a, b = x[0] - 0.5, x[1] - 2.0
+    return a * a - b * b + b**4, np.array([2 * a, -2 * b + 4 * b**3])
+
+
+def test_a_saddle_point_is_not_reported_as_converged():
+    lower = np.array([0.0, -np.inf])
+    rec = minimize_theta(
+        lambda x: _saddle(x)[0], np.array([0.5, 2.0]), lower, value_and_gradient=_saddle
+    )
+    assert not rec.converged
+    assert any("Hessian" in m and "saddle" in m for m in rec.messages)
+
+
+def test_a_proper_minimum_is_converged():
+    def fg(x):
+        a, b = x[0] - 0.5, x[1] - 2.0
+        return a * a + 3 * b * b, np.array([2 * a, 6 * b])
+
+    rec = minimize_theta(
+        lambda x: fg(x)[0], np.array([1.0, 0.0]), np.array([0.0, -np.inf]), value_and_gradient=fg
+    )
+    assert rec.converged, rec.messages
+    np.testing.assert_allclose(rec.theta, [0.5, 2.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("with_gradient", [True, False])
+def test_a_flat_direction_is_not_converged(with_gradient):
+    # depends on x0² + x1² only: a circle of optima, nothing identifies the split
+    def fg(x):
+        r = x @ x - 2.0
+        return r * r, 4 * r * x
+
+    rec = minimize_theta(
+        lambda x: fg(x)[0],
+        np.array([0.3, 1.2]),
+        np.zeros(2),
+        value_and_gradient=fg if with_gradient else None,
+    )
+    assert not rec.converged
+    assert any("not identified" in m for m in rec.messages)
+
+
+def test_duplicated_random_term_is_flagged_as_not_identified():
+    s = ml.datasets.load("sleepstudy")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        m = ml.lmer("Reaction ~ Days + (1|Subject) + (1|Subject)", s)
+    assert not m.converged
+    assert any(issubclass(w.category, ConvergenceWarning) for w in seen)
+    # the total variance is still pinned down: as (1|Subject) alone
+    one = ml.lmer("Reaction ~ Days + (1|Subject)", s)
+    assert m.loglik == pytest.approx(one.loglik, abs=1e-6)
+
+
+def test_clearly_positive_definite():
+    assert clearly_positive_definite(np.diag([1.0, 2.0]))
+    assert not clearly_positive_definite(np.diag([1e-9, 2.0]), 1e-6)
+    assert not clearly_positive_definite(np.diag([-1.0, 2.0]))
+    assert not clearly_positive_definite(np.array([[np.nan]]))
+    assert clearly_positive_definite(np.zeros((0, 0)))
+    assert not clearly_positive_definite(None)
