@@ -23,6 +23,41 @@ def is_ones(col: np.ndarray) -> bool:
 SAMPLE_ROWS = 20_000  # rows the shifts and scales are estimated from
 
 
+def _column_rms(S: np.ndarray) -> np.ndarray:
+    """Root mean square of each column without over- or underflow: directly
+    where the sums of squares are comfortably representable, else after
+    dividing each column by its largest magnitude."""
+    n = S.shape[0]
+    if not n:
+        return np.zeros(S.shape[1])
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        ss = np.einsum("ij,ij->j", S, S)
+        if np.all((ss > 1e-250) & (ss < 1e250)):
+            return np.sqrt(ss / n)
+        big = np.max(np.abs(S), axis=0)
+        safe = np.where(np.isfinite(big) & (big > 0), big, 1.0)
+        return big * np.sqrt(np.mean((S / safe) ** 2, axis=0))
+
+
+def _sample(M: np.ndarray) -> np.ndarray:
+    """At most SAMPLE_ROWS evenly spaced rows, column-major (columnwise
+    reductions are several times faster so)."""
+    n = M.shape[0]
+    return np.asfortranarray(M[:: max(1, n // SAMPLE_ROWS)] if n else M)
+
+
+def ones_column(M: np.ndarray, S: np.ndarray | None = None) -> int | None:
+    """The first column of M that is 1 on every row (candidates from the
+    sampled rows S, confirmed on all), or None."""
+    if not M.shape[0] or not M.shape[1]:
+        return None
+    S = _sample(M) if S is None else S
+    for j in np.flatnonzero((S == 1.0).all(axis=0)):
+        if is_ones(M[:, j]):
+            return int(j)
+    return None
+
+
 def affine(M: np.ndarray, center: bool) -> np.ndarray:
     """Upper-triangular N with M = M̃ N: non-constant columns centred on the
     first all-ones column (when ``center`` and there is one) and scaled to
@@ -30,35 +65,48 @@ def affine(M: np.ndarray, center: bool) -> np.ndarray:
 
     Any such N is an exact change of basis, so the shifts and scales need only
     be right in magnitude: they are taken from at most SAMPLE_ROWS evenly
-    spaced rows (the same result for the same data, whatever its size)."""
-    n, k = M.shape
-    S = M[:: max(1, n // SAMPLE_ROWS)] if n else M
+    spaced rows (the same result for the same data, whatever its size).  The
+    all-ones column is confirmed on every row, so that :func:`apply_affine`
+    subtracts the shifts as constants."""
+    k = M.shape[1]
+    S = _sample(M)
     N = np.eye(k)
-    ones = [j for j in range(k) if is_ones(S[:, j])]
-    base = ones[0] if (center and ones) else None
-    for j in range(k):
-        col = S[:, j]
-        if j == base:
-            continue
-        shift = float(col.mean()) if base is not None and j > base else 0.0
-        scale = rms(col - shift)
-        if not np.isfinite(scale) or scale == 0.0 or not np.isfinite(shift):
-            continue  # a zero or non-finite column: left as it is
-        N[j, j] = scale
-        if shift:
-            N[base, j] = shift
+    if k == 0:
+        return N
+    base = ones_column(M, S) if center else None
+    shift = np.zeros(k)
+    if base is not None:
+        shift[base + 1 :] = S[:, base + 1 :].mean(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = _column_rms(S - shift if base is not None else S)
+    # a zero or non-finite column (and the base itself) is left as it is
+    ok = np.isfinite(scale) & (scale > 0) & np.isfinite(shift)
+    if base is not None:
+        ok[base] = False
+    idx = np.flatnonzero(ok)
+    N[idx, idx] = scale[idx]
+    if base is not None:
+        N[base, idx] = shift[idx]
     return N
 
 
 def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """M̃ = M N⁻¹: the shifts (on the base column, which N leaves as it is)
-    subtracted, then the scales divided out, in one vectorised pass."""
+    """M̃ = M N⁻¹ in one new array, for N from :func:`affine` (M): its shifts
+    sit in the row of a column of ones, so M̃ is (M − shifts)/scales."""
     d = np.diag(N)
-    off = N - np.diag(d)
+    shifts = (N - np.diag(d)).sum(axis=0)
+    out = np.empty(M.shape, dtype=float)
+    # column by column: a row-broadcast over a few columns runs numpy's inner
+    # loop a few elements long (several times slower on a million rows)
     with np.errstate(over="ignore", under="ignore"):
-        if not off.any():
-            return M / d
-        return (M - M @ off) / d
+        for j in range(M.shape[1]):
+            col = out[:, j]
+            if shifts[j]:
+                np.subtract(M[:, j], shifts[j], out=col)
+                col /= d[j]
+            else:
+                np.divide(M[:, j], d[j], out=col)
+    return out
 
 
 def lower_factor(M: np.ndarray) -> np.ndarray:

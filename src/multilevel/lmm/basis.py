@@ -35,7 +35,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from multilevel.linalg.affine import affine, apply_affine, is_ones, lower_factor, rms
+from multilevel.linalg.affine import affine, apply_affine, lower_factor, ones_column, rms
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.lmm.criterion import Factorization, ProfiledCriterion
 
@@ -50,25 +50,31 @@ class Basis:
     @classmethod
     def of(cls, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> Basis:
         NX = affine(X, center=True)
-        has_intercept = any(is_ones(X[:, j]) for j in range(X.shape[1]))
+        base = ones_column(X)
         p = X.shape[1]
         NF = np.zeros((p + 1, p + 1))
         NF[:p, :p] = NX
-        yshift = float(y.mean()) if has_intercept else 0.0
+        yshift = float(y.mean()) if base is not None else 0.0
         yscale = rms(y - yshift)
         if not np.isfinite(yscale) or yscale == 0.0 or not np.isfinite(yshift):
             yshift, yscale = 0.0, 1.0
         NF[p, p] = yscale
         if yshift:
-            NF[[j for j in range(p) if is_ones(X[:, j])][0], p] = yshift
+            NF[base, p] = yshift
         V = [affine(Z, center=Z.shape[1] > 1) for Z in Zs]
         return cls(NF, V)
 
     def scaled(self, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray):
         """Z̃_k, X̃, ỹ."""
         p = X.shape[1]
-        F = apply_affine(np.column_stack([X, y]), self.NF)
-        return [apply_affine(Z, V) for Z, V in zip(Zs, self.V, strict=True)], F[:, :p], F[:, p]
+        NF = self.NF
+        # y = c ỹ + a (a on the intercept's row of N_F's last column)
+        yt = (y - NF[:p, p].sum()) / NF[p, p]
+        return (
+            [apply_affine(Z, V) for Z, V in zip(Zs, self.V, strict=True)],
+            apply_affine(X, NF[:p, :p]),
+            yt,
+        )
 
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:

@@ -80,6 +80,18 @@ class Logged:
         self.values: list[float] = []
         self.best = math.inf
         self.best_x: np.ndarray | None = None
+        # the last Hessian an optimiser formed: (x, coordinates, H)
+        self.hessian: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def hessian_near(self, x: np.ndarray, idx: np.ndarray, tol: float = 1e-3) -> np.ndarray | None:
+        """The last Hessian formed, if in the coordinates ``idx`` and within
+        ``tol`` of x (where it is the same to that order)."""
+        if self.hessian is None:
+            return None
+        x0, idx0, H = self.hessian
+        if not np.array_equal(idx0, idx) or np.max(np.abs(x0 - x), initial=0.0) > tol:
+            return None
+        return H
 
     def _log(self, x: np.ndarray, v: float) -> float:
         if not math.isfinite(v):

@@ -86,7 +86,15 @@ def minimize_theta(
             "random-effects structure"
         )
     if check_hessian and converged and free.any():
-        H = _hessian(logged, x, np.flatnonzero(free))
+        idx = np.flatnonzero(free)
+        # forward differences of the gradient (the search's own Hessian, or
+        # one formed here: O(h) errors) settle a clear case; a doubtful one
+        # gets central differences
+        H = logged.hessian_near(x, idx)
+        if H is None and logged.fg is not None:
+            H = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, g0=grad)
+        if H is None or not clearly_positive_definite(H, 1e-3):
+            H = _hessian(logged, x, idx)
         if not clearly_positive_definite(H, HESSIAN_RTOL):
             converged = False
             lam = np.linalg.eigvalsh(0.5 * (H + H.T))
@@ -194,6 +202,7 @@ def _bfgs(
     if newton_polish and idx.size and np.max(np.abs(g[idx])) > 1e-10 * (1 + abs(f)):
         h = 1e-5 * np.maximum(1.0, np.abs(x[idx]))
         H = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, h, g0=g)
+        logged.hessian = (x.copy(), idx, H)
         for _ in range(4):
             gnorm = np.linalg.norm(g[idx])
             if gnorm < 1e-10 * (1 + abs(f)):
