@@ -1,10 +1,10 @@
 """Fitting from chunks (issue 8): a pandas frame in slices, a Dask DataFrame,
 a Parquet path and a local dask.distributed cluster of worker processes all
 give the in-memory fit up to summation-order rounding: the criterion to
-1e-12, estimates to 1e-8 relative, variance components to 1e-7 (the in-memory
-fit accumulates centred columns, the partitioned one maps summed
-cross-products into the same basis; on HSB's flat likelihood in the slope's
-SD that rounding moves the optimiser's stopping point by ~2e-8)."""
+1e-12, estimates to 1e-8 relative, variance components to 1e-7 (both
+accumulate centred and scaled columns, in bases taken from different rows; on
+HSB's flat likelihood in the slope's SD that rounding moves the optimiser's
+stopping point by ~2e-8)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,33 @@ def assert_same_fit(a, b, rtol=1e-8):
     assert b.nobs == a.nobs
     for g in a.ranef:
         np.testing.assert_allclose(b.ranef[g], a.ranef[g], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("shift", [1.7e9, -3e10])
+def test_timestamps_in_chunks_keep_their_digits(shift):
+    # raw sums of t² for t ~ 1e9-1e10 cancel ~11-13 of 16 digits; the chunks
+    # accumulate centred columns, so the slope is the in-memory one
+    s = ml.datasets.load("sleepstudy")
+    data = s.assign(t=shift + s.Days * 3600.0, Reaction=s.Reaction + 1e6)
+    formula = "Reaction ~ t + (t | Subject)"
+    a = quiet(ml.lmer, formula, data)
+    b = quiet(lmer_partitioned, formula, data.sample(frac=1.0, random_state=3), chunk_rows=41)
+    np.testing.assert_allclose(b.fixef, a.fixef, rtol=1e-9)
+    np.testing.assert_allclose(b.se, a.se, rtol=1e-7)
+    np.testing.assert_allclose(b.varcorr["sdcor"], a.varcorr["sdcor"], rtol=1e-6)
+    assert b.loglik == pytest.approx(a.loglik, rel=1e-11)
+    assert b.converged
+
+
+def test_first_chunk_ones_is_not_taken_for_an_intercept():
+    # x is 1 on the rows the shared basis is taken from (the first 1,000) and
+    # not after: the basis must not centre on it as if it were an intercept
+    h = ml.datasets.load("hsb")
+    data = h.assign(x=np.where(np.arange(len(h)) < 1500, 1.0, h.ses + 3.0))
+    formula = "mathach ~ 0 + x + ses + (1 | school)"
+    a = quiet(ml.lmer, formula, data)
+    b = quiet(lmer_partitioned, formula, data, chunk_rows=1500)
+    assert_same_fit(a, b)
 
 
 @pytest.mark.parametrize("name, formula, rows", CASES)

@@ -50,12 +50,12 @@ import math
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
 
 from multilevel.covariance import templates
 from multilevel.errors import ModelError
 from multilevel.formula.design import build_design
 from multilevel.formula.parser import parse_formula
+from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.exact import laplace as laplace_gradient
 from multilevel.glmm.exact import link as link_glmm
 from multilevel.glmm.exact import scalar as scalar_glmm
@@ -72,7 +72,6 @@ from multilevel.glmm.stages import (
     run_stages,
     stage2_estimates,
 )
-from multilevel.linalg.affine import affine, apply_affine, lower_factor
 from multilevel.mixedfit import warn_about
 from multilevel.optimize.stage2 import (
     NOT_PD_MESSAGE,
@@ -323,20 +322,18 @@ def fit_glmm(
     rs = design.random
     # rows sorted by the first factor: its per-level sums become contiguous reductions
     perm = np.argsort(rs[0].codes, kind="stable")
-    # each term's columns centred (correlated terms with an intercept) and scaled,
-    # Z = Z̃V: θ is searched as θ̃ (T̃T̃ᵀ = V T Tᵀ Vᵀ) and mapped back below
-    Vs = [affine(r.Z, center=r.q > 1) for r in rs]
+    # fixed and random effects in a centred and scaled basis, X = X̃N, Z = Z̃V:
+    # PIRLS and the searches see no timestamps or units of 1e-8; θ is searched
+    # as θ̃ (T̃T̃ᵀ = V T Tᵀ Vᵀ), β as β̃ = Nβ, and both map back below
+    basis = GlmmBasis.of(design.X, [r.Z for r in rs])
     rb = RandomBlocks(
-        [apply_affine(r.Z, V)[perm] for r, V in zip(rs, Vs, strict=True)],
+        [basis.scaled_Z(k, r.Z)[perm] for k, r in enumerate(rs)],
         [r.codes[perm] for r in rs],
         [r.nlevels for r in rs],
     )
     tmpl = templates([r.q for r in rs])
     offset = None if design.offset is None else design.offset[perm]
-    # fixed effects in a centred and scaled basis, X = X̃ N (β = N⁻¹β̃): PIRLS and
-    # the searches see no timestamps or units of 1e-8; estimates map back below
-    N = affine(design.X, center=True)
-    prob = PirlsProblem(family, resp.take(perm), apply_affine(design.X, N)[perm], offset, rb, tmpl)
+    prob = PirlsProblem(family, resp.take(perm), basis.scaled_X(design.X)[perm], offset, rb, tmpl)
     draws = Draws(prob, mc_samples, seed, mc_df) if method == "mc" else None
     obj = _Objective(prob, method, nAGQ, draws)
 
@@ -407,16 +404,14 @@ def fit_glmm(
             mc = mc_loglik(prob, mode, draws)
             dev = mc.deviance
             warn_degenerate(mc)
-    vcov, hess = _to_original_beta(N, obj.ntheta, vcov, hess, rec1, rec2)
-    theta_hat, hess = _to_original_theta(Vs, tmpl, theta_hat, hess, rec1, rec2)
+    theta_hat, vcov, hess = basis.to_original(tmpl, theta_hat, vcov, hess, (rec1, rec2))
     fit = GlmerFit(
         design=design,
         family=family,
         prob=prob,
         perm=perm,
         mode=mode,
-        beta_map=N,
-        re_maps=Vs,
+        basis=basis,
         theta=theta_hat,
         vcov=vcov,
         vcov_note=vcov_note,
@@ -432,65 +427,6 @@ def fit_glmm(
     flag_runaway_variances(fit)
     warn_about(fit)
     return fit
-
-
-def _theta_map(Vs, tmpl, to_scaled: bool):
-    """θ ↔ θ̃ for Z = Z̃V: T̃ = lower factor of V T, T = lower factor of V⁻¹T̃."""
-
-    def f(theta: np.ndarray) -> np.ndarray:
-        out = []
-        for V, t in zip(Vs, tmpl, strict=True):
-            T = t.matrix(theta)
-            M = V @ T if to_scaled else np.linalg.solve(V, T)
-            out.append(lower_factor(M)[t.rows, t.cols])
-        return np.concatenate(out)
-
-    return f
-
-
-def _to_original_theta(Vs, tmpl, theta_s, hess, rec1, rec2):
-    """θ̃ of the scaled random effects to the user's θ; the Hessian's θ block
-    through J = ∂θ̃/∂θ (central differences of the map: a handful of
-    parameters); records rewritten, θ̃ kept as ``internal_theta``."""
-    to_orig, to_scaled = _theta_map(Vs, tmpl, False), _theta_map(Vs, tmpl, True)
-    theta = to_orig(np.asarray(theta_s, dtype=float))
-    nt = theta.size
-    if hess is not None and all(np.allclose(V, np.diag(np.diag(V))) for V in Vs):
-        J = np.diag(np.concatenate([np.diag(V)[t.rows] for V, t in zip(Vs, tmpl, strict=True)]))
-    elif hess is not None:
-        J = np.empty((nt, nt))
-        for j in range(nt):
-            h = 1e-6 * max(1.0, abs(theta[j]))
-            e = np.zeros(nt)
-            e[j] = h
-            J[:, j] = (to_scaled(theta + e) - to_scaled(theta - e)) / (2 * h)
-    if hess is not None:
-        K = np.eye(hess.shape[0])
-        K[:nt, :nt] = J
-        hess = K.T @ hess @ K
-    for rec in (r for r in (rec1, rec2) if r is not None):
-        rec.internal_theta = np.asarray(rec.theta[:nt], dtype=float).copy()
-        rec.theta = np.concatenate([to_orig(rec.theta[:nt]), rec.theta[nt:]])
-        if hess is not None and rec is rec2:
-            rec.gradient = np.concatenate([J.T @ rec.gradient[:nt], rec.gradient[nt:]])
-        rec._thetas = [np.concatenate([to_orig(t[:nt]), t[nt:]]) for t in rec._thetas]
-    return theta, hess
-
-
-def _to_original_beta(N, nt, vcov, hess, rec1, rec2):
-    """Covariance, Hessian and record from β̃ = Nβ to β: vcov = N⁻¹ Ṽ N⁻ᵀ,
-    H = JᵀH̃J with J = diag(I, N), the record's β entries N⁻¹β̃ and gradient Nᵀg̃."""
-    Ninv = sla.solve_triangular(N, np.eye(N.shape[0]), lower=False)
-    vcov = Ninv @ vcov @ Ninv.T
-    if hess is not None:
-        J = np.eye(hess.shape[0])
-        J[nt:, nt:] = N
-        hess = J.T @ hess @ J
-    for rec in (rec2,) if rec2 is not None else ():
-        rec.theta = np.concatenate([rec.theta[:nt], Ninv @ rec.theta[nt:]])
-        rec.gradient = np.concatenate([rec.gradient[:nt], N.T @ rec.gradient[nt:]])
-        rec._thetas = [np.concatenate([t[:nt], Ninv @ t[nt:]]) for t in rec._thetas]
-    return vcov, hess
 
 
 RUNAWAY_SD = 30.0  # a random effect's typical size on the link scale beyond which

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import scipy.linalg as sla
 from scipy.stats import norm
 
 from multilevel.formula.design import to_pandas
+from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.montecarlo import DEFAULT_DF, Draws, MCEstimate, mc_loglik, warn_degenerate
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.record import OptRecord
@@ -61,8 +61,7 @@ class GlmerFit(MixedModelFit):
         perm: np.ndarray,
         mode: Mode,
         theta: np.ndarray,
-        beta_map: np.ndarray | None = None,
-        re_maps: list[np.ndarray] | None = None,
+        basis: GlmmBasis | None = None,
         vcov: np.ndarray,
         vcov_note: str,
         deviance: float,
@@ -76,8 +75,7 @@ class GlmerFit(MixedModelFit):
     ):
         self._prob = prob
         self._mode = mode
-        self._beta_map = beta_map
-        self._re_maps = re_maps
+        self._basis = basis
         self._perm = perm
         self._inv = np.empty_like(perm)
         self._inv[perm] = np.arange(perm.size)
@@ -86,7 +84,7 @@ class GlmerFit(MixedModelFit):
             design=design,
             family=family,
             theta=theta,
-            templates=mode.factor.T if re_maps is None else self._original_templates(theta),
+            templates=mode.factor.T if basis is None else self._original_templates(theta),
             vcov=vcov,
             vcov_note=vcov_note,
             deviance=deviance,
@@ -207,21 +205,18 @@ class GlmerFit(MixedModelFit):
         fit's integration method; comparable across methods."""
         return -0.5 * self._deviance
 
-    _beta_map: np.ndarray | None = None  # X = X̃ N: the engine's β̃ = N β
-    _re_maps: list[np.ndarray] | None = None  # Z_k = Z̃_k V_k: the engine's b̃ = V b
+    _basis: GlmmBasis | None = None  # X = X̃N, Z_k = Z̃_k V_k: the engine's β̃ = Nβ, b̃ = Vb
 
     def _original_templates(self, theta: np.ndarray) -> list[np.ndarray]:
         from multilevel.covariance import templates
 
-        return [t.matrix(theta) for t in templates([V.shape[0] for V in self._re_maps])]
+        return [t.matrix(theta) for t in templates([V.shape[0] for V in self._basis.Vs])]
 
     @property
     def _beta(self) -> np.ndarray:
         """β̂ in the original columns of X."""
         beta = self._mode.beta
-        if self._beta_map is None:
-            return beta
-        return sla.solve_triangular(self._beta_map, beta, lower=False)
+        return beta if self._basis is None else self._basis.beta(beta)
 
     def loglik_mc(
         self, samples: int = 2000, seed: int | None = 1, df: float = DEFAULT_DF
@@ -288,9 +283,7 @@ class GlmerFit(MixedModelFit):
     def _b(self) -> list[np.ndarray]:
         us = self._prob.rb.split(self._mode.u)
         b = [u @ T.T for u, T in zip(us, self._mode.factor.T, strict=True)]
-        if self._re_maps is None:
-            return b
-        return [np.linalg.solve(V, bk.T).T for bk, V in zip(b, self._re_maps, strict=True)]
+        return b if self._basis is None else self._basis.b(b)
 
     @cached_property
     def condvar(self) -> list[np.ndarray]:
@@ -299,13 +292,7 @@ class GlmerFit(MixedModelFit):
         from multilevel.glmm.pirls import conditional_variances
 
         C = conditional_variances(self._prob.rb, self._mode.factor)
-        if self._re_maps is None:
-            return C
-        out = []
-        for Ck, V in zip(C, self._re_maps, strict=True):
-            Vinv = np.linalg.inv(V)
-            out.append(np.einsum("ia,nab,jb->nij", Vinv, Ck, Vinv, optimize=True))
-        return out
+        return C if self._basis is None else self._basis.condvar(C)
 
     # -- fitted values and residuals -------------------------------------------------------
     @cached_property

@@ -58,10 +58,12 @@ def ones_column(M: np.ndarray, S: np.ndarray | None = None) -> int | None:
     return None
 
 
-def affine(M: np.ndarray, center: bool) -> np.ndarray:
+def affine(M: np.ndarray, center: bool, ones: int | None | str = "detect") -> np.ndarray:
     """Upper-triangular N with M = M̃ N: non-constant columns centred on the
     first all-ones column (when ``center`` and there is one) and scaled to
     unit root mean square (unit standard deviation when centred).
+    ``ones`` names that column when the caller knows it (an intercept, for
+    rows seen in part: data in chunks); by default it is found.
 
     Any such N is an exact change of basis, so the shifts and scales need only
     be right in magnitude: they are taken from at most SAMPLE_ROWS evenly
@@ -73,11 +75,11 @@ def affine(M: np.ndarray, center: bool) -> np.ndarray:
     N = np.eye(k)
     if k == 0:
         return N
-    base = ones_column(M, S) if center else None
+    base = (ones_column(M, S) if ones == "detect" else ones) if center else None
     shift = np.zeros(k)
-    if base is not None:
-        shift[base + 1 :] = S[:, base + 1 :].mean(axis=0)
     with np.errstate(invalid="ignore", over="ignore"):
+        if base is not None and S.shape[0]:
+            shift[base + 1 :] = S[:, base + 1 :].mean(axis=0)
         scale = _column_rms(S - shift if base is not None else S)
     # a zero or non-finite column (and the base itself) is left as it is
     ok = np.isfinite(scale) & (scale > 0) & np.isfinite(shift)

@@ -48,21 +48,39 @@ class Basis:
     V: list[np.ndarray]  # per term (q_k, q_k): Z_k = Z̃_k V_k
 
     @classmethod
-    def of(cls, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> Basis:
-        NX = affine(X, center=True)
-        base = ones_column(X)
+    def of(
+        cls,
+        Zs: list[np.ndarray],
+        X: np.ndarray,
+        y: np.ndarray,
+        ones: tuple[int | None, list[int | None]] | None = None,
+    ) -> Basis:
+        """The basis from the rows at hand.  ``ones`` gives the intercept
+        columns of X and of each Z (None: found in the rows), for data seen a
+        chunk at a time, where a column that is 1 on the first chunk's rows
+        need not be 1 on every row."""
+        x_ones, z_ones = ("detect", ["detect"] * len(Zs)) if ones is None else ones
+        NX = affine(X, center=True, ones=x_ones)
+        base = ones_column(X) if x_ones == "detect" else x_ones
         p = X.shape[1]
         NF = np.zeros((p + 1, p + 1))
         NF[:p, :p] = NX
-        yshift = float(y.mean()) if base is not None else 0.0
-        yscale = rms(y - yshift)
+        with np.errstate(invalid="ignore"):
+            yshift = float(y.mean()) if base is not None and y.size else 0.0
+            yscale = rms(y - yshift)
         if not np.isfinite(yscale) or yscale == 0.0 or not np.isfinite(yshift):
             yshift, yscale = 0.0, 1.0
         NF[p, p] = yscale
         if yshift:
             NF[base, p] = yshift
-        V = [affine(Z, center=Z.shape[1] > 1) for Z in Zs]
+        V = [affine(Z, center=Z.shape[1] > 1, ones=o) for Z, o in zip(Zs, z_ones, strict=True)]
         return cls(NF, V)
+
+    def drop_x_columns(self, keep: np.ndarray) -> Basis:
+        """The basis without the X columns not in ``keep`` (aliased ones; the
+        intercept, first, is never among them)."""
+        k = np.append(np.asarray(keep, dtype=bool), True)
+        return Basis(self.NF[np.ix_(k, k)], self.V)
 
     def scaled(self, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray):
         """Z̃_k, X̃, ỹ."""
@@ -88,60 +106,6 @@ class Basis:
         """The cross-products of [Z X y] from those of [Z̃ X̃ ỹ]: blocks
         multiplied by the per-term V_k and by N_F (no pass over the rows)."""
         return _map_cross_products(cp, self.V, self.NF)
-
-    def scaled_cross_products(self, cp: CrossProducts) -> CrossProducts:
-        """The inverse map, for cross-products summed in the original basis
-        (partitioned data, where the rows are not held)."""
-        return _map_cross_products(cp, [np.linalg.inv(V) for V in self.V], np.linalg.inv(self.NF))
-
-    @classmethod
-    def from_cross_products(cls, cp: CrossProducts) -> Basis:
-        """The basis from summed cross-products (means and root mean squares
-        are sums of products with the all-ones column), for partitioned data."""
-        m = cp.p + 1
-        NF = _affine_from_gram(cp.AFF, center_on=_ones_index(cp.AFF, cp.n, m - 1), n=cp.n)
-        V = []
-        for k, q in enumerate(cp.q):
-            G = cp.D1.sum(axis=0) if k == 0 else _diag_block_sum(cp, k)
-            V.append(_affine_from_gram(G, center_on=_ones_index(G, cp.n, q) if q > 1 else None,
-                                       n=cp.n))  # fmt: skip
-        return cls(NF, V)
-
-
-def _ones_index(G: np.ndarray, n: int, k: int) -> int | None:
-    """A column whose cross-product with itself is n and that is the first
-    column: the intercept (lme4 puts it first)."""
-    return 0 if k > 0 and G[0, 0] == n else None
-
-
-def _affine_from_gram(G: np.ndarray, center_on: int | None, n: int) -> np.ndarray:
-    """:func:`_affine` from a Gram matrix MᵀM (columns' sums from the product
-    with the all-ones column ``center_on``)."""
-    k = G.shape[0]
-    N = np.eye(k)
-    for j in range(k):
-        if j == center_on:
-            continue
-        shift = G[center_on, j] / n if center_on is not None and j > center_on else 0.0
-        ss = G[j, j] - 2 * shift * (G[center_on, j] if center_on is not None else 0.0)
-        ss += shift * shift * n
-        scale = float(np.sqrt(max(ss, 0.0) / n)) if n else 0.0
-        if not np.isfinite(scale) or scale == 0.0 or not np.isfinite(shift):
-            continue
-        N[j, j] = scale
-        if shift:
-            N[center_on, j] = shift
-    return N
-
-
-def _diag_block_sum(cp: CrossProducts, k: int) -> np.ndarray:
-    """Σ over the levels of term k (k ≥ 1) of its q x q block of ZᵀZ."""
-    q, offs = cp.q[k], cp.rest_offsets
-    A = cp.ARR[offs[k - 1] : offs[k], offs[k - 1] : offs[k]].tocoo()
-    same = A.row // q == A.col // q
-    G = np.zeros((q, q))
-    np.add.at(G, (A.row[same] % q, A.col[same] % q), A.data[same])
-    return G
 
 
 def _map_cross_products(cp: CrossProducts, Vs: list[np.ndarray], NF: np.ndarray) -> CrossProducts:

@@ -61,6 +61,7 @@ from multilevel.covariance import templates
 from multilevel.errors import DataError, ModelError
 from multilevel.formula.design import Design, aliased_from_gram, warn_rank_deficient
 from multilevel.formula.parser import ParsedFormula, parse_formula
+from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.families import Family, get_family
 from multilevel.glmm.fit import MAX_NODES, flag_runaway_variances, resolve_method
 from multilevel.glmm.montecarlo import DEFAULT_DF
@@ -114,6 +115,7 @@ class _Spec:
     weights: str | None
     offset: str | None
     na_action: str
+    basis: GlmmBasis  # the centred and scaled columns every partition's problem uses
 
 
 def _part_design(frame: pd.DataFrame, spec: _Spec) -> Design | None:
@@ -158,10 +160,12 @@ def _build_part(frame: pd.DataFrame, spec: _Spec) -> _Part:
     local = local.astype(np.int64).ravel()
     perm = np.argsort(local, kind="stable")
     k = len(d.random)
-    rb = RandomBlocks([r.Z[perm] for r in d.random], [local[perm]] * k, [glevels.size] * k)
+    B = spec.basis
+    Zs = [B.scaled_Z(j, r.Z)[perm] for j, r in enumerate(d.random)]
+    rb = RandomBlocks(Zs, [local[perm]] * k, [glevels.size] * k)
     offset = None if d.offset is None else d.offset[perm]
     tmpl = templates([r.q for r in d.random])
-    prob = PirlsProblem(spec.family, resp.take(perm), d.X[perm], offset, rb, tmpl)
+    prob = PirlsProblem(spec.family, resp.take(perm), B.scaled_X(d.X)[perm], offset, rb, tmpl)
     return _Part(prob, glevels.astype(np.int64), d.n_dropped)
 
 
@@ -517,10 +521,18 @@ def glmer_partitioned(
     if scan["rows"] == 0:
         raise DataError("the data have no rows")
     frozen = _frozen_levels(scan, parsed, levels)
-    spec = _Spec(parsed, frozen, fam, weights, offset, na_action)
     template = _design(
         _head(chunks.data), parsed, frozen, weights, offset, na_action, numeric_response=False
     )
+    # one basis for every partition, from the first rows (exact whatever rows it
+    # comes from; these put its origins among the data's values), the intercepts
+    # named by the formula
+    ones = (
+        0 if template.xspec.intercept else None,
+        [0 if r.spec.intercept else None for r in template.random],
+    )
+    basis = GlmmBasis.of(template.X, [r.Z for r in template.random], ones=ones)
+    spec = _Spec(parsed, frozen, fam, weights, offset, na_action, basis)
     qs = [r.q for r in template.random]
     if meth == "agq" and nAGQ ** qs[0] > MAX_NODES:
         raise ModelError(
@@ -564,6 +576,7 @@ def glmer_partitioned(
     if alias.any():
         messages.append(warn_rank_deficient(template.xspec.names, alias))
         parts.transform(_drop_columns, ~alias)
+        basis = basis.drop_x_columns(~alias)
         template.xspec.keep = ~alias
         template.xspec.names = [
             nm for nm, a in zip(template.xspec.names, alias, strict=True) if not a
@@ -586,6 +599,7 @@ def glmer_partitioned(
             glevels,
             cmap,
             float(sum(i["saturated"] for i in info)),
+            basis,
         )
     fit._spec = spec
     fit._data = chunks.data
@@ -641,8 +655,10 @@ def _optimise(
     glevels: list[np.ndarray],
     cmap: np.ndarray,
     saturated: float,
+    basis: GlmmBasis,
 ) -> PartitionedGlmerFit:
-    """glmm.fit_glmm's two stages and Hessian, with the deviance from the partitions."""
+    """glmm.fit_glmm's two stages and Hessian, with the deviance from the
+    partitions, in the basis of their columns; estimates mapped back."""
     tmpl = templates([r.q for r in template.random])
     ntheta = sum(t.size for t in tmpl)
     p = len(template.xspec.names)
@@ -669,7 +685,7 @@ def _optimise(
     if errors:
         raise ModelError(pirls_message(PirlsError(errors[0])))
     nlev = int(cmap.max()) + 1 if cmap.size else 0
-    T = [t.matrix(theta_hat) for t in tmpl]
+    T = [t.matrix(theta_hat) for t in tmpl]  # of the scaled columns
     b, condvar = [], []
     for k, (r, Tk) in enumerate(zip(template.random, T, strict=True)):
         uk = np.zeros((nlev, r.q))
@@ -680,6 +696,9 @@ def _optimise(
             vk[idx] = rr["condvar"][k]
         b.append(uk @ Tk.T)
         condvar.append(vk)
+    theta_hat, vcov, hess = basis.to_original(tmpl, theta_hat, vcov, hess, (rec1, rec2))
+    beta_hat, b, condvar = basis.beta(beta_hat), basis.b(b), basis.condvar(condvar)
+    T = [t.matrix(theta_hat) for t in tmpl]
     return PartitionedGlmerFit(
         design=template,
         family=fam,

@@ -8,7 +8,9 @@ of [Z X y] (:mod:`multilevel.linalg.crossprod`), which are sums over rows.  So:
    the values seen, sorted as a single in-memory pass would sort them; pandas
    category order where the column is categorical) and counts rows;
 2. a second pass builds each chunk's design with those frozen levels and its
-   cross-products, summed pairwise (on the workers, for Dask);
+   cross-products in a centred and scaled basis shared by all chunks (taken
+   from the first rows, :mod:`multilevel.lmm.basis`), summed pairwise (on the
+   workers, for Dask);
 3. the optimisation runs locally on the sums, exactly as for in-memory data.
 
 The answer is the in-memory answer up to the order of floating-point
@@ -210,14 +212,16 @@ def _design(
     )
 
 
-def _partial(part, parsed, frozen, weights, offset, na_action, order) -> dict:
+def _partial(part, parsed, frozen, weights, offset, na_action, order, basis: Basis) -> dict:
+    """One chunk's cross-products, of its columns centred and scaled by the
+    basis every chunk shares: summed in that basis, the sums lose no digits
+    to a covariate's origin (a timestamp) or units."""
     d = _design(part, parsed, frozen, weights, offset, na_action)
     rs = [d.random[k] for k in order]
     y = d.y if d.offset is None else d.y - d.offset
     sqrtw = None if d.weights is None else np.sqrt(d.weights)
-    cp = cross_products(
-        [r.Z for r in rs], [r.codes for r in rs], [r.nlevels for r in rs], d.X, y, sqrtw
-    )
+    Zt, Xt, yt = basis.scaled([r.Z for r in rs], d.X, y)
+    cp = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
     return {
         "cp": cp,
         "dropped": d.n_dropped,
@@ -282,9 +286,10 @@ def lmer_partitioned(
     for r in template.random:
         if r.nlevels < 2:
             raise ModelError(f"grouping factor {r.name!r} has only {r.nlevels} level")
+    basis = _shared_basis(template, order)
 
     total = chunks.map_reduce(
-        lambda p: _partial(p, parsed, frozen, weights, offset, na_action, order),
+        lambda p: _partial(p, parsed, frozen, weights, offset, na_action, order, basis),
         _merge_partials,
     )
     cp: CrossProducts = total["cp"]
@@ -298,11 +303,12 @@ def lmer_partitioned(
                 f"number of observations ({n}) <= number of random effects "
                 f"({r.nlevels * r.q}) for term {r.term.text}"
             )
-    alias = aliased_from_gram(cp.AFF[: cp.p, : cp.p])
+    alias = aliased_from_gram(cp.AFF[: cp.p, : cp.p])  # of the centred and scaled columns
     messages = []
     if alias.any():
         messages.append(warn_rank_deficient(template.xspec.names, alias))
         cp = cp.drop_x_columns(~alias)
+        basis = basis.drop_x_columns(~alias)
         template.xspec.keep = ~alias
         template.xspec.names = [
             nm for nm, a in zip(template.xspec.names, alias, strict=True) if not a
@@ -318,9 +324,8 @@ def lmer_partitioned(
     template.messages = messages
 
     with single_threaded_blas():  # as models.fit_design: small factorizations only
-        basis = Basis.from_cross_products(cp)
         crit, record = optimize_in_basis(
-            basis.scaled_cross_products(cp),
+            cp,
             basis,
             [r.q for r in template.random],
             REML,
@@ -332,6 +337,16 @@ def lmer_partitioned(
     fit._weights = weights
     warn_about(fit)
     return fit
+
+
+def _shared_basis(template: Design, order: list[int]) -> Basis:
+    """The centred and scaled basis of every chunk, from the first rows (any
+    basis is exact; these rows put its origins among the data's values).  The
+    intercepts are named by the formula, not found in these rows."""
+    rs = [template.random[k] for k in order]
+    y = template.y if template.offset is None else template.y - template.offset
+    ones = (0 if template.xspec.intercept else None, [0 if r.spec.intercept else None for r in rs])
+    return Basis.of([r.Z for r in rs], template.X, y, ones=ones)
 
 
 class PartitionedLmerFit(LmerFit):
