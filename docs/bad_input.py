@@ -130,7 +130,9 @@ def _offset_check():
     d = S.assign(o=2.0 * S["Days"])
     fit = ml.lmer("Reaction ~ Days + (1 | Subject)", d, offset="o")
     diff = float(np.abs(fit.predict(d).to_numpy() - fit.fitted.to_numpy()).max())
-    return f"predict(newdata) equals the fitted values (max difference {diff:.1g})"
+    if diff < 1e-10:
+        return "predict(newdata) equals the fitted values (max difference below 1e-10)"
+    return f"predict(newdata) differs from the fitted values by up to {diff:.3g}"
 
 
 def outcome(thunk) -> str:
