@@ -9,6 +9,7 @@ column by column (lme4's order); the diagonal is bounded below by 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,11 +27,11 @@ class Template:
 
     @property
     def rows(self) -> np.ndarray:
-        return np.concatenate([np.arange(j, self.q) for j in range(self.q)])
+        return _positions(self.q)[0]
 
     @property
     def cols(self) -> np.ndarray:
-        return np.concatenate([np.full(self.q - j, j) for j in range(self.q)])
+        return _positions(self.q)[1]
 
     def lower_bounds(self) -> np.ndarray:
         return np.where(self.rows == self.cols, 0.0, -np.inf)
@@ -42,6 +43,16 @@ class Template:
         T = np.zeros((self.q, self.q))
         T[self.rows, self.cols] = theta[self.offset : self.offset + self.size]
         return T
+
+
+@lru_cache(maxsize=64)
+def _positions(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a q x q lower triangle, column by column (read
+    only: shared by every template of that size)."""
+    rows = np.concatenate([np.arange(j, q) for j in range(q)])
+    cols = np.concatenate([np.full(q - j, j) for j in range(q)])
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
 
 
 def templates(qs: list[int]) -> list[Template]:

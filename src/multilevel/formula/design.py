@@ -265,6 +265,15 @@ class Design:
     def fixef_names(self) -> list[str]:
         return self.xspec.names
 
+    def intercept_columns(self) -> tuple[int | None, list[int | None]]:
+        """The intercept's column of X and of each random term's Z (first when
+        the formula has one; None otherwise), named by the formula rather than
+        found in the data: a column that happens to be 1 is not an intercept."""
+        return (
+            0 if self.xspec.intercept else None,
+            [0 if r.spec.intercept else None for r in self.random],
+        )
+
 
 def evaluate_factor(
     factor: Factor, frame: pd.DataFrame, evaluator: Evaluator, columns: list[str]

@@ -61,7 +61,7 @@ class GlmmBasis:
 
     # -- estimates ------------------------------------------------------------------------
     def beta(self, beta_s: np.ndarray) -> np.ndarray:
-        return sla.solve_triangular(self.N, beta_s, lower=False)
+        return sla.solve_triangular(self.N, beta_s, lower=False, check_finite=False)
 
     def b(self, b_s: list[np.ndarray]) -> list[np.ndarray]:
         """Per term (levels, q) rows b = V⁻¹b̃."""
@@ -98,7 +98,9 @@ class GlmmBasis:
         gradients are rewritten, θ̃ kept as ``internal_theta``; their logs map
         when read."""
         nt = theta_s.size
-        Ninv = sla.solve_triangular(self.N, np.eye(self.N.shape[0]), lower=False)
+        Ninv = sla.solve_triangular(
+            self.N, np.eye(self.N.shape[0]), lower=False, check_finite=False
+        )
         vcov = Ninv @ vcov @ Ninv.T
         theta = self.theta(np.asarray(theta_s, dtype=float), tmpl)
         Jt = None

@@ -325,7 +325,7 @@ def fit_glmm(
     # fixed and random effects in a centred and scaled basis, X = X̃N, Z = Z̃V:
     # PIRLS and the searches see no timestamps or units of 1e-8; θ is searched
     # as θ̃ (T̃T̃ᵀ = V T Tᵀ Vᵀ), β as β̃ = Nβ, and both map back below
-    basis = GlmmBasis.of(design.X, [r.Z for r in rs])
+    basis = GlmmBasis.of(design.X, [r.Z for r in rs], ones=design.intercept_columns())
     rb = RandomBlocks(
         [basis.scaled_Z(k, r.Z)[perm] for k, r in enumerate(rs)],
         [r.codes[perm] for r in rs],

@@ -5,12 +5,20 @@ LMM's basis (:mod:`multilevel.lmm.basis`) and the GLMM's fixed effects."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
 def rms(v: np.ndarray) -> float:
     """Root mean square without over- or underflow (1e±200 units)."""
-    big = float(np.max(np.abs(v))) if v.size else 0.0
+    if not v.size:
+        return 0.0
+    with np.errstate(over="ignore", under="ignore"):
+        ss = float(v @ v)
+    if 1e-250 < ss < 1e250:
+        return math.sqrt(ss / v.size)
+    big = float(np.max(np.abs(v)))
     if not np.isfinite(big) or big == 0.0:
         return big
     return big * float(np.sqrt(np.mean((v / big) ** 2)))
@@ -21,6 +29,8 @@ def is_ones(col: np.ndarray) -> bool:
 
 
 SAMPLE_ROWS = 20_000  # rows the shifts and scales are estimated from
+MATMUL_COLUMNS = 32  # up to this many columns the map is applied as a product
+FEW_COLUMNS = 8  # up to this many, shifts and scales are found column by column
 
 
 def _column_rms(S: np.ndarray) -> np.ndarray:
@@ -71,10 +81,12 @@ def affine(M: np.ndarray, center: bool, ones: int | None | str = "detect") -> np
     all-ones column is confirmed on every row, so that :func:`apply_affine`
     subtracts the shifts as constants."""
     k = M.shape[1]
-    S = _sample(M)
     N = np.eye(k)
     if k == 0:
         return N
+    if k <= FEW_COLUMNS and ones != "detect" and M.shape[0]:
+        return _affine_few(M, N, ones if center else None)
+    S = _sample(M)
     base = (ones_column(M, S) if ones == "detect" else ones) if center else None
     shift = np.zeros(k)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -92,16 +104,53 @@ def affine(M: np.ndarray, center: bool, ones: int | None | str = "detect") -> np
     return N
 
 
+def _affine_few(M: np.ndarray, N: np.ndarray, base: int | None) -> np.ndarray:
+    """:func:`affine` for a few columns, one at a time: a column's sum and sum
+    of squares are single BLAS calls, where the vectorised form's fixed costs
+    dominate a small model's fit."""
+    S = _sample(M)
+    m = S.shape[0]
+    for j in range(M.shape[1]):
+        if j == base:
+            continue
+        col = S[:, j]
+        shift = 0.0
+        if base is not None and j > base:
+            shift = float(col.sum()) / m
+            if not math.isfinite(shift):
+                continue
+            col = col - shift
+        scale = rms(col)
+        if math.isfinite(scale) and scale > 0:
+            N[j, j] = scale
+            if shift:
+                N[base, j] = shift
+    return N
+
+
 def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """M̃ = M N⁻¹ in one new array, for N from :func:`affine` (M): its shifts
-    sit in the row of a column of ones, so M̃ is (M − shifts)/scales."""
+    """M̃ = M N⁻¹ for N from :func:`affine` (M): its shifts sit in the row of a
+    column of ones, so M̃ is (M − shifts)/scales.  M itself when N = I."""
+    k = M.shape[1]
     d = np.diag(N)
-    shifts = (N - np.diag(d)).sum(axis=0)
+    offdiag = N - np.diag(d)
+    if not offdiag.any() and np.all(d == 1.0):
+        return M
+    shifts = offdiag.sum(axis=0)
+    if k <= MATMUL_COLUMNS:
+        # N⁻¹ = diag(1/d) with −shift/d in the row of ones: one product with
+        # a small matrix (BLAS) is several times faster than any elementwise
+        # form on a row-major array of a few columns; its rounding,
+        # ~1e-16·|shift|/scale, is what subtracting the shift leaves too
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            Ninv = np.diag(1.0 / d) - offdiag / d
+            if np.all(np.isfinite(Ninv)):
+                return M @ Ninv
     out = np.empty(M.shape, dtype=float)
     # column by column: a row-broadcast over a few columns runs numpy's inner
     # loop a few elements long (several times slower on a million rows)
     with np.errstate(over="ignore", under="ignore"):
-        for j in range(M.shape[1]):
+        for j in range(k):
             col = out[:, j]
             if shifts[j]:
                 np.subtract(M[:, j], shifts[j], out=col)

@@ -32,7 +32,6 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 
 from multilevel.linalg.affine import affine, apply_affine, lower_factor, ones_column, rms
@@ -96,7 +95,10 @@ class Basis:
 
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:
-        return [lower_factor(np.linalg.solve(V, T)) for V, T in zip(self.V, T_scaled, strict=True)]
+        return [
+            np.abs(T) / V[0, 0] if V.shape == (1, 1) else lower_factor(np.linalg.solve(V, T))
+            for V, T in zip(self.V, T_scaled, strict=True)
+        ]
 
     def theta_to_scaled(self, T: list[np.ndarray]) -> list[np.ndarray]:
         return [lower_factor(V @ Tk) for V, Tk in zip(self.V, T, strict=True)]
@@ -206,17 +208,26 @@ class ScaledCriterion:
         """Per term, the q x q map M from ũ to the u of the original templates,
         up to the response's scale: T M ũ = V⁻¹ T̃ ũ (least squares where T is
         singular: the same b)."""
-        return [
-            np.linalg.pinv(T) @ np.linalg.solve(V, Ts)
-            for T, V, Ts in zip(f.T, self.basis.V, f.scaled.T, strict=True)
-        ]
+        out = []
+        for T, V, Ts in zip(f.T, self.basis.V, f.scaled.T, strict=True):
+            if T.shape[0] == 1:
+                out.append(np.array([[Ts[0, 0] / (V[0, 0] * T[0, 0])]]) if T[0, 0] else Ts * 0.0)
+                continue
+            VTs = np.linalg.solve(V, Ts)
+            if np.all(np.diag(T) > 0):
+                out.append(np.linalg.solve(T, VTs))
+            else:
+                out.append(np.linalg.pinv(T) @ VTs)
+        return out
 
     def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
         beta_s, us = self.scaled.solve(f.scaled)
         p, NF = self.p, self.basis.NF
         c = NF[p, p]
         rhs = c * beta_s + NF[:p, p]  # a e₀ sits in the intercept's row
-        beta = sla.solve_triangular(NF[:p, :p], rhs, lower=False)
+        beta = np.linalg.solve(
+            NF[:p, :p], rhs
+        )  # triangular; LAPACK's LU costs less than a wrapper here
         # u is in the response's units: ũ in ỹ's, so c converts
         return beta, [c * u @ M.T for u, M in zip(us, self._relative_maps(f), strict=True)]
 

@@ -9,7 +9,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
 
 from multilevel.covariance import templates
 from multilevel.errors import ModelError
@@ -41,7 +40,7 @@ def estimate(design: Design, *, REML: bool, start: Any = None) -> tuple[ScaledCr
     y = design.y if design.offset is None else design.y - design.offset
     sqrtw = None if design.weights is None else np.sqrt(design.weights)
     Zs = [r.Z for r in rs]
-    basis = Basis.of(Zs, design.X, y)
+    basis = Basis.of(Zs, design.X, y, ones=design.intercept_columns())
     if y.size and np.all(y == y[0]):
         raise ModelError("the response is constant: there is no variation to describe")
     Zt, Xt, yt = basis.scaled(Zs, design.X, y)
@@ -84,14 +83,19 @@ def optimize_in_basis(
 
 def _fitted_exactly(AFF: np.ndarray) -> bool:
     """Whether y lies in the span of X (residual below 1e-7 of ỹ's length),
-    from [X̃ ỹ]ᵀ[X̃ ỹ] in the centred basis, where that test is well conditioned."""
+    from [X̃ ỹ]ᵀ[X̃ ỹ] in the centred basis, where that test is well conditioned:
+    the last diagonal entry of its Cholesky factor is that residual."""
     p = AFF.shape[0] - 1
     try:
-        L = np.linalg.cholesky(AFF[:p, :p])
+        L = np.linalg.cholesky(AFF)
+        return bool(L[p, p] ** 2 <= 1e-14 * AFF[p, p])
+    except np.linalg.LinAlgError:
+        pass
+    try:
+        np.linalg.cholesky(AFF[:p, :p])
     except np.linalg.LinAlgError:
         return False  # X itself is singular here: left to the criterion
-    b = sla.solve_triangular(L, AFF[:p, p], lower=True)
-    return bool(AFF[p, p] - b @ b <= 1e-14 * AFF[p, p])
+    return True  # X is not singular but [X y] is: y in the span of X
 
 
 def _to_original(basis: Basis, tmpl: list, theta_s: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ or groups, so the loops below are over parameters."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -106,5 +107,8 @@ def clearly_positive_definite(H: np.ndarray | None, rtol: float = 1e-8) -> bool:
         return False
     if H.size == 0:
         return True
+    if H.shape == (1, 1):  # most θ searches are over one or three parameters
+        h = float(H[0, 0])
+        return math.isfinite(h) and h > 0.0
     lam = np.linalg.eigvalsh(0.5 * (H + H.T))
     return bool(np.all(np.isfinite(lam)) and lam[0] > rtol * max(lam[-1], 0.0))

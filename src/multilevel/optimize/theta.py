@@ -72,8 +72,8 @@ def minimize_theta(
     x = logged.best_x if logged.best_x is not None else x0
     fx = logged.best
     x, fx, grad, decrement = _polish(logged, x, fx, lower)
-    free = ~(np.isclose(x, lower) & np.isfinite(lower) & (grad >= 0))
-    gmax = float(np.max(np.abs(grad[free]))) if free.any() else 0.0
+    free = ~(_at_bound(x, lower) & (grad >= 0))
+    gmax = float(np.abs(grad[free]).max()) if free.any() else 0.0
     messages = []
     converged = status in ("SUCCESS", "FTOL_REACHED", "XTOL_REACHED", "CONVERGED")
     if not converged:
@@ -95,7 +95,10 @@ def minimize_theta(
             H = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, g0=grad)
         if H is None or not clearly_positive_definite(H, 1e-3):
             H = _hessian(logged, x, idx)
-        if not clearly_positive_definite(H, HESSIAN_RTOL):
+            clear = clearly_positive_definite(H, HESSIAN_RTOL)
+        else:
+            clear = True  # the screen's threshold is the stricter one
+        if not clear:
             converged = False
             lam = np.linalg.eigvalsh(0.5 * (H + H.T))
             messages.append(
@@ -128,7 +131,8 @@ def _bfgs(
     f, g = logged.value_grad(x)
     n = x.size
     bounded = np.isfinite(lower)
-    Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(g)))
+    Hinv = np.eye(n) / max(1.0, math.sqrt(g @ g))
+    any_bounded = bool(bounded.any())
     if hessian0 is not None:
         Hinv = np.linalg.inv(hessian0)
     status = "MAXEVAL_REACHED"
@@ -136,13 +140,13 @@ def _bfgs(
     for it in range(maxeval):
         active = bounded & (x <= lower) & (g >= 0)
         pg = np.where(active, 0.0, g)
-        if np.max(np.abs(pg)) < 1e-6:
+        if np.abs(pg).max() < 1e-6:
             status = "CONVERGED"
             break
         d = -Hinv @ pg
         d[active] = 0.0
         if d @ pg >= 0:  # curvature information went bad: restart from steepest descent
-            Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(pg)))
+            Hinv = np.eye(n) / max(1.0, math.sqrt(pg @ pg))
             d = -Hinv @ pg
             d[active] = 0.0
         length = math.sqrt(d @ d)
@@ -152,8 +156,10 @@ def _bfgs(
         while True:
             xn = x + t * d
             # "reaching" includes landing within rounding of the bound
-            hit = bounded & (xn - lower < 0.1 * (x - lower)) & (x > lower)
-            xn[hit] = lower[hit] + 0.1 * (x[hit] - lower[hit])
+            if any_bounded:
+                hit = bounded & (xn - lower < 0.1 * (x - lower)) & (x > lower)
+                if hit.any():
+                    xn[hit] = lower[hit] + 0.1 * (x[hit] - lower[hit])
             fn, gn = logged.value_grad(xn)
             if fn <= f + 1e-4 * (g @ (xn - x)) or t < 1e-3:
                 break
@@ -171,7 +177,7 @@ def _bfgs(
                 status = "CONVERGED"
                 break
             restarted = True
-            Hinv = np.eye(n) / max(1.0, float(np.linalg.norm(pg)))
+            Hinv = np.eye(n) / max(1.0, math.sqrt(pg @ pg))
             continue
         restarted = False
         s, y = xn - x, gn - g
@@ -184,12 +190,9 @@ def _bfgs(
             # the BFGS update (I − ρsyᵀ)H(I − ρysᵀ) + ρssᵀ, expanded
             rho = 1.0 / sy
             Hy = Hinv @ y
-            Hinv = (
-                Hinv
-                + (rho * rho * (sy + y @ Hy)) * np.outer(s, s)
-                - rho * (np.outer(Hy, s) + np.outer(s, Hy))
-            )
-        if df < 1e-13 * (1 + abs(f)) and np.max(np.abs(s)) < 1e-8:
+            sc, Hc = s[:, None], Hy[:, None]
+            Hinv = Hinv + (rho * rho * (sy + y @ Hy)) * (sc * s) - rho * (Hc * s + sc * Hy)
+        if df < 1e-13 * (1 + abs(f)) and np.abs(s).max() < 1e-8:
             status = "CONVERGED"
             break
     # Near the optimum the criterion's differences drown in rounding (its
@@ -199,7 +202,7 @@ def _bfgs(
     # pin θ down to what the gradient resolves.
     free = ~(bounded & (x <= lower) & (g >= 0))
     idx = np.flatnonzero(free)
-    if newton_polish and idx.size and np.max(np.abs(g[idx])) > 1e-10 * (1 + abs(f)):
+    if newton_polish and idx.size and np.abs(g[idx]).max() > 1e-10 * (1 + abs(f)):
         h = 1e-5 * np.maximum(1.0, np.abs(x[idx]))
         H = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, h, g0=g)
         logged.hessian = (x.copy(), idx, H)
@@ -244,6 +247,14 @@ def _brent(logged: Logged, x0: float, lower: float, xtol: float) -> tuple[str, s
     # a legitimate optimum (singular fit)
     logged(np.array([lower]))
     return "brent", "CONVERGED" if res.success else "FAILED"
+
+
+def _at_bound(x: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Parameters at their (finite) lower bound, to rounding (np.isclose's
+    tolerances, without its general-purpose overhead)."""
+    fin = np.isfinite(lower)
+    lo = np.where(fin, lower, 0.0)
+    return fin & (np.abs(x - lo) <= 1e-8 + 1e-5 * np.abs(lo))
 
 
 def _hessian(logged: Logged, x: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -527,11 +527,9 @@ def glmer_partitioned(
     # one basis for every partition, from the first rows (exact whatever rows it
     # comes from; these put its origins among the data's values), the intercepts
     # named by the formula
-    ones = (
-        0 if template.xspec.intercept else None,
-        [0 if r.spec.intercept else None for r in template.random],
+    basis = GlmmBasis.of(
+        template.X, [r.Z for r in template.random], ones=template.intercept_columns()
     )
-    basis = GlmmBasis.of(template.X, [r.Z for r in template.random], ones=ones)
     spec = _Spec(parsed, frozen, fam, weights, offset, na_action, basis)
     qs = [r.q for r in template.random]
     if meth == "agq" and nAGQ ** qs[0] > MAX_NODES:

@@ -345,7 +345,8 @@ def _shared_basis(template: Design, order: list[int]) -> Basis:
     intercepts are named by the formula, not found in these rows."""
     rs = [template.random[k] for k in order]
     y = template.y if template.offset is None else template.y - template.offset
-    ones = (0 if template.xspec.intercept else None, [0 if r.spec.intercept else None for r in rs])
+    x_ones, z_ones = template.intercept_columns()
+    ones = (x_ones, [z_ones[k] for k in order])
     return Basis.of([r.Z for r in rs], template.X, y, ones=ones)
 
 
