@@ -110,6 +110,15 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     double *M = BXP + (size_t)q * m, *LXinv = M + (size_t)m * m, *P = LXinv + (size_t)m * m;
     double *cvec = P + (size_t)m * m, *u = cvec + q, *Tu = u + q, *Zr = Tu + q;
     double *A1 = Zr + q, *A2 = A1 + qq, *A3 = A2 + qq;
+    /* each level's L^{-1} and W, kept from the value pass for the gradient's */
+    double *keep = want_grad ? malloc(sizeof(double) * 2 * qq * (size_t)(nlev > 0 ? nlev : 1)) : NULL;
+    if (want_grad && !keep) {
+        free(T);
+        free(work);
+        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
+        PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+        return PyErr_NoMemory();
+    }
     int k = 0;
     for (int j = 0; j < q; j++)
         for (int i = j; i < q; i++) T[i * q + j] = theta[k++];
@@ -119,6 +128,10 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     for (int lev = 0; lev < nlev && ok; lev++) {
         const double *Di = D + lev * qq, *Bi = B + (size_t)lev * q * m;
         if (!level_factor(Di, T, q, S, DT, W, Linv, &logdet)) { ok = 0; break; }
+        if (keep) {
+            memcpy(keep + 2 * qq * (size_t)lev, Linv, sizeof(double) * qq);
+            memcpy(keep + 2 * qq * (size_t)lev + qq, W, sizeof(double) * qq);
+        }
         for (int a = 0; a < q; a++)
             for (int c = 0; c < m; c++) {
                 double s = 0.0;
@@ -165,10 +178,10 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
                     P[a * p + b] = s;
                 }
             memset(A1, 0, sizeof(double) * 3 * qq);
-            double dummy = 0.0;
             for (int lev = 0; lev < nlev; lev++) {
                 const double *Di = D + lev * qq, *Bi = B + (size_t)lev * q * m;
-                level_factor(Di, T, q, S, DT, W, Linv, &dummy);
+                memcpy(Linv, keep + 2 * qq * (size_t)lev, sizeof(double) * qq);
+                memcpy(W, keep + 2 * qq * (size_t)lev + qq, sizeof(double) * qq);
                 /* R = S^{-1} T^T = Linv^T W */
                 for (int a = 0; a < q; a++)
                     for (int b = 0; b < q; b++) {
@@ -258,6 +271,7 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     }
     free(T);
     free(work);
+    free(keep);
     PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
     PyBuffer_Release(&bth); PyBuffer_Release(&bg);
     return PyFloat_FromDouble(value);
