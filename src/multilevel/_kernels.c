@@ -311,11 +311,65 @@ static PyObject *level_crossprod(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* One term's blocks of the mapped columns in one pass over the rows:
+ * z~ = (z - sz) * rz and f~ = (f - sf) * rf per row (a centring and scaling,
+ * with no mapped copy of the rows), then D[l] += z~ z~^T, B[l] += z~ f~^T
+ * for the row's level l and AFF += f~ f~^T.  Z (n, q), F (n, m)
+ * C-contiguous; D (nlev, q, q), B (nlev, q, m), AFF (m, m) zeroed. */
+static PyObject *one_term_crossprod(PyObject *self, PyObject *args) {
+    Py_buffer bc, bZ, bF, bD, bB, bA, bsz, brz, bsf, brf;
+    int q, m;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*iiy*y*y*y*", &bc, &bZ, &bF, &bD, &bB, &bA, &q, &m,
+                          &bsz, &brz, &bsf, &brf))
+        return NULL;
+    const int64_t *codes = bc.buf;
+    const double *Z = bZ.buf, *F = bF.buf;
+    const double *sz = bsz.buf, *rz = brz.buf, *sf = bsf.buf, *rf = brf.buf;
+    double *D = bD.buf, *B = bB.buf, *AFF = bA.buf;
+    Py_ssize_t n = bc.len / (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t nlev = bD.len / (Py_ssize_t)(sizeof(double) * q * q);
+    int bad = q > 64 || m > 64 || q < 1 || m < 1;
+    Py_BEGIN_ALLOW_THREADS
+    double zt[64], ft[64];
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        int64_t l = codes[i];
+        if (l < 0 || l >= nlev) { bad = 1; break; }
+        const double *zi = Z + i * q, *fi = F + i * m;
+        for (int r = 0; r < q; r++) zt[r] = (zi[r] - sz[r]) * rz[r];
+        for (int c = 0; c < m; c++) ft[c] = (fi[c] - sf[c]) * rf[c];
+        double *Dl = D + l * q * q, *Bl = B + l * q * m;
+        for (int r = 0; r < q; r++) {
+            double v = zt[r];
+            for (int c = 0; c < q; c++) Dl[r * q + c] += v * zt[c];
+            for (int c = 0; c < m; c++) Bl[r * m + c] += v * ft[c];
+        }
+        for (int r = 0; r < m; r++) {
+            double v = ft[r];
+            for (int c = 0; c <= r; c++) AFF[r * m + c] += v * ft[c];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (!bad)
+        for (int r = 0; r < m; r++)
+            for (int c = r + 1; c < m; c++) AFF[r * m + c] = AFF[c * m + r];
+    PyBuffer_Release(&bc); PyBuffer_Release(&bZ); PyBuffer_Release(&bF);
+    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
+    PyBuffer_Release(&bsz); PyBuffer_Release(&brz); PyBuffer_Release(&bsf); PyBuffer_Release(&brf);
+    if (bad) {
+        PyErr_SetString(PyExc_IndexError, "level code out of range, or more than 64 columns");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"one_term", one_term, METH_VARARGS,
      "one_term(D, B, AFF, theta, grad_out, q, m, nlev, nobs, reml, want_grad) -> criterion"},
     {"level_crossprod", level_crossprod, METH_VARARGS,
      "level_crossprod(codes, A, B, out, a, b): out[l] += a_i b_i^T over the rows of level l"},
+    {"one_term_crossprod", one_term_crossprod, METH_VARARGS,
+     "one_term_crossprod(codes, Z, F, D, B, AFF, q, m, sz, rz, sf, rf): one term's blocks "
+     "of (Z - sz) * rz and (F - sf) * rf in one pass"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",

@@ -78,3 +78,31 @@ def test_cross_products_equal_dense_blocks(path):
     np.testing.assert_allclose(cp.ARR.toarray(), Zd2.T @ Zd2, atol=1e-12)
     np.testing.assert_allclose(cp.ARF, Zd2.T @ F, atol=1e-12)
     np.testing.assert_allclose(cp.AFF, F.T @ F, atol=1e-12)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.7e9])
+def test_mapped_cross_products_equal_those_of_the_mapped_columns(path, shift, monkeypatch):
+    # one term: the compiled pass maps each row as it reads it; otherwise the
+    # mapped columns are formed first.  Both are the cross-products of
+    # [Z V⁻¹, [X y] N_F⁻¹], computed here from the mapped columns directly
+    from multilevel.linalg.affine import affine, apply_affine
+
+    rng = np.random.default_rng(5)
+    n = 300
+    codes = rng.integers(0, 9, n)
+    t = shift + 86400.0 * rng.normal(size=n)
+    X = np.column_stack([np.ones(n), t, rng.normal(size=n)])
+    Z = np.column_stack([np.ones(n), t])
+    y = 1e3 + rng.normal(size=n)
+    V = affine(Z, center=True, ones=0)
+    NF = affine(np.column_stack([X, y]), center=True, ones=0)
+    with monkeypatch.context() as m:
+        if path == "compiled":  # no mapped copy of the rows on this path
+            m.setattr(cpm, "apply_affine", None)
+        cp = cross_products([Z], [codes], [9], X, y, maps=([V], NF))
+    Zt, Ft = apply_affine(Z, V), apply_affine(np.column_stack([X, y]), NF)
+    assert np.abs(Zt[:, 1].mean()) < 0.2 and np.abs(Ft[:, 3].mean()) < 0.2  # centred
+    ref = cross_products([Zt], [codes], [9], Ft[:, :3], Ft[:, 3])
+    for name in ("D1", "B1F", "AFF"):
+        np.testing.assert_allclose(getattr(cp, name), getattr(ref, name), rtol=1e-9, atol=1e-9)
+    assert cp.n == n and cp.p == 3 and cp.q == [2] and cp.nlevels == [9]

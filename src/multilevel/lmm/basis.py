@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from multilevel.linalg.affine import affine, apply_affine, lower_factor, ones_column, rms
+from multilevel.linalg.affine import affine, lower_factor, ones_column, rms
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.lmm.criterion import Factorization, ProfiledCriterion
 
@@ -80,18 +80,6 @@ class Basis:
         intercept, first, is never among them)."""
         k = np.append(np.asarray(keep, dtype=bool), True)
         return Basis(self.NF[np.ix_(k, k)], self.V)
-
-    def scaled(self, Zs: list[np.ndarray], X: np.ndarray, y: np.ndarray):
-        """Z̃_k, X̃, ỹ."""
-        p = X.shape[1]
-        NF = self.NF
-        # y = c ỹ + a (a on the intercept's row of N_F's last column)
-        yt = (y - NF[:p, p].sum()) / NF[p, p]
-        return (
-            [apply_affine(Z, V) for Z, V in zip(Zs, self.V, strict=True)],
-            apply_affine(X, NF[:p, :p]),
-            yt,
-        )
 
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:

@@ -43,8 +43,8 @@ def estimate(design: Design, *, REML: bool, start: Any = None) -> tuple[ScaledCr
     basis = Basis.of(Zs, design.X, y, ones=design.intercept_columns())
     if y.size and np.all(y == y[0]):
         raise ModelError("the response is constant: there is no variation to describe")
-    Zt, Xt, yt = basis.scaled(Zs, design.X, y)
-    cp_s = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
+    codes, nlevels = [r.codes for r in rs], [r.nlevels for r in rs]
+    cp_s = cross_products(Zs, codes, nlevels, design.X, y, sqrtw, maps=(basis.V, basis.NF))
     if _fitted_exactly(cp_s.AFF):
         raise ModelError(
             "the fixed effects reproduce the response exactly (residual variance 0): "

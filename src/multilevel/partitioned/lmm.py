@@ -220,8 +220,8 @@ def _partial(part, parsed, frozen, weights, offset, na_action, order, basis: Bas
     rs = [d.random[k] for k in order]
     y = d.y if d.offset is None else d.y - d.offset
     sqrtw = None if d.weights is None else np.sqrt(d.weights)
-    Zt, Xt, yt = basis.scaled([r.Z for r in rs], d.X, y)
-    cp = cross_products(Zt, [r.codes for r in rs], [r.nlevels for r in rs], Xt, yt, sqrtw)
+    Zs, codes, nlevels = [r.Z for r in rs], [r.codes for r in rs], [r.nlevels for r in rs]
+    cp = cross_products(Zs, codes, nlevels, d.X, y, sqrtw, maps=(basis.V, basis.NF))
     return {
         "cp": cp,
         "dropped": d.n_dropped,
