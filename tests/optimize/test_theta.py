@@ -77,3 +77,31 @@ def test_clearly_positive_definite():
     assert not clearly_positive_definite(np.array([[np.nan]]))
     assert clearly_positive_definite(np.zeros((0, 0)))
     assert not clearly_positive_definite(None)
+
+
+def _even(x: np.ndarray) -> tuple[float, np.ndarray]:
+    # even in x (as the criterion is in a diagonal θ): stationary at 0, where
+    # it is a maximum; minima at ±1
+    return (x[0] ** 2 - 1.0) ** 2, np.array([4.0 * x[0] * (x[0] ** 2 - 1.0)])
+
+
+@pytest.mark.parametrize("with_gradient", [True, False])
+def test_a_start_on_the_bound_does_not_stay_at_its_symmetric_stationary_point(with_gradient):
+    rec = minimize_theta(
+        lambda x: _even(x)[0],
+        np.array([0.0]),
+        np.array([0.0]),
+        value_and_gradient=_even if with_gradient else None,
+    )
+    assert rec.converged
+    assert rec.theta[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_zero_start_reaches_the_optimum():
+    s = ml.datasets.load("sleepstudy")
+    ref = ml.lmer("Reaction ~ Days + (1 | Subject)", s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no singular-fit or convergence warning
+        m = ml.lmer("Reaction ~ Days + (1 | Subject)", s, start=[0.0])
+    assert m.converged
+    assert m.optinfo.criterion == pytest.approx(ref.optinfo.criterion, abs=1e-8)

@@ -32,6 +32,7 @@ DECREMENT_TOL = 1e-6  # deviance units a Newton step could still gain
 # smallest over largest eigenvalue of the Hessian in θ below which the optimum
 # counts as flat (a variance parameter not identified), as lme4's check
 HESSIAN_RTOL = 1e-6
+START_INSIDE = 0.1  # a start on a bound moves this far inside (θ ~ 1 is unit scale)
 
 
 def minimize_theta(
@@ -61,6 +62,12 @@ def minimize_theta(
     length ``max_step`` (θ is a ratio of standard deviations: steps of order 1)."""
     logged = Logged(fun, value_and_gradient)
     x0 = np.asarray(x0, dtype=float)
+    # A diagonal θ on its bound 0 has zero gradient by symmetry (the criterion
+    # is even in it), so a search started there may never leave a point where
+    # the criterion falls away from the bound: start a little inside instead
+    on_bound = np.isfinite(lower) & (x0 <= lower)
+    if on_bound.any():
+        x0 = np.where(on_bound, lower + START_INSIDE, x0)
     if value_and_gradient is not None:
         optimizer, status = _bfgs(logged, x0, lower, maxeval, hessian0, newton_polish, max_step)
     elif x0.size == 1:
