@@ -16,6 +16,7 @@ from multilevel.formula.design import Design
 from multilevel.linalg.crossprod import CrossProducts, cross_products
 from multilevel.lmm.basis import Basis, ScaledCriterion
 from multilevel.lmm.criterion import ProfiledCriterion
+from multilevel.lmm.start import moment_start
 from multilevel.optimize.record import OptRecord
 from multilevel.optimize.theta import minimize_theta
 
@@ -129,11 +130,17 @@ def check_start(start: Any, tmpl: list) -> np.ndarray:
 def optimize_cross_products(
     cp: Any, qs: list[int], REML: bool, sum_log_w: float, start: Any = None
 ) -> tuple[ProfiledCriterion, OptRecord]:
-    """The profiled criterion of summed cross-products and its optimum in θ
-    (from identity templates unless ``start``)."""
+    """The profiled criterion of summed cross-products and its optimum in θ,
+    from ``start``, else for one term the moment estimate of
+    :mod:`multilevel.lmm.start`, else identity templates."""
     tmpl = templates(qs)
     crit = ProfiledCriterion(cp, tmpl, REML, sum_log_w)
-    x0 = np.concatenate([t.initial() for t in tmpl]) if start is None else np.asarray(start, float)
+    if start is not None:
+        x0 = np.asarray(start, float)
+    else:
+        x0 = moment_start(cp, tmpl[0]) if len(tmpl) == 1 else None
+        if x0 is None:
+            x0 = np.concatenate([t.initial() for t in tmpl])
     lower = np.concatenate([t.lower_bounds() for t in tmpl])
     record = minimize_theta(
         crit,

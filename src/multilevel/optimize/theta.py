@@ -172,7 +172,13 @@ def _bfgs(
                 break
             if fn - f < 1e-11 * (1 + abs(f)):  # a change below rounding: at the optimum
                 break
-            t *= 0.5
+            # the minimum of the parabola through f, its slope and fn along
+            # the step, kept within [0.1, 0.5] of it (a plain halving needed
+            # six trials after a unit first step from a start near the optimum)
+            slope = g @ (xn - x)
+            curv = fn - f - slope
+            tq = -slope / (2.0 * curv) if curv > 0 and slope < 0 else 0.5
+            t *= min(max(tq, 0.1), 0.5)
         if len(logged.values) >= maxeval:
             status = "MAXEVAL_REACHED"
             break

@@ -1,0 +1,52 @@
+"""The moment start of one term (``lmm.start``): close to the optimum where
+the levels are informative, inside the bounds, and only a start."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import multilevel as ml
+from multilevel.covariance import templates
+from multilevel.lmm.start import FLOOR, moment_start
+
+
+def _fit(formula, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ml.lmer(formula, data)
+
+
+def test_hsb_start_is_near_the_optimum_and_inside_the_bounds():
+    m = _fit("mathach ~ meanses*cses + sector*cses + (cses | school)", ml.datasets.load("hsb"))
+    cp = m.criterion.scaled.cp  # the scaled problem the search ran on
+    x0 = moment_start(cp, templates([2])[0])
+    opt = m.optinfo.internal_theta
+    # 160 schools of ~45 students: the intercept's scale within 5%, all
+    # diagonal entries positive (the slope's raised to the floor at most)
+    assert x0[0] == pytest.approx(opt[0], rel=0.05)
+    assert x0[0] > 0 and x0[2] >= np.sqrt(FLOOR) * 0.99
+    assert abs(x0[1] - opt[1]) < 0.01
+
+
+def test_no_start_without_usable_levels():
+    # as with one row per level: no level's ZᵢᵀZᵢ is invertible
+    d = ml.datasets.load("sleepstudy")
+    m = _fit("Reaction ~ Days + (Days | Subject)", d)
+    cp = m.criterion.scaled.cp
+    cp1 = type(cp)(cp.q, cp.nlevels, cp.D1 * 0.0, cp.B1F, None, None, None, cp.AFF, cp.n, cp.p)
+    assert moment_start(cp1, templates([2])[0]) is None
+
+
+@pytest.mark.parametrize(
+    "formula",
+    ["Reaction ~ Days + (Days | Subject)", "Reaction ~ Days + (1 | Subject)"],
+)
+def test_a_start_changes_no_optimum(formula):
+    d = ml.datasets.load("sleepstudy")
+    a = _fit(formula, d)
+    b = ml.lmer(formula, d, start=np.ones(len(a.optinfo.theta)) * 0.5)
+    assert a.converged and b.converged
+    assert a.optinfo.criterion == pytest.approx(b.optinfo.criterion, abs=1e-8)
