@@ -135,17 +135,21 @@ def optimize_cross_products(
     :mod:`multilevel.lmm.start`, else identity templates."""
     tmpl = templates(qs)
     crit = ProfiledCriterion(cp, tmpl, REML, sum_log_w)
+    hessian0 = None
     if start is not None:
         x0 = np.asarray(start, float)
     else:
         x0 = moment_start(cp, tmpl[0]) if len(tmpl) == 1 else None
         if x0 is None:
             x0 = np.concatenate([t.initial() for t in tmpl])
+        elif crit.has_gradient:
+            hessian0 = "differences"
     lower = np.concatenate([t.lower_bounds() for t in tmpl])
     record = minimize_theta(
         crit,
         x0,
         lower,
         value_and_gradient=crit.value_and_gradient if crit.has_gradient else None,
+        hessian0=hessian0,
     )
     return crit, record

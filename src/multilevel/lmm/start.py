@@ -1,10 +1,12 @@
 """A starting θ for one random-effects term from its cross-products, by the
 method of moments (no pass over the rows).
 
-With β̂ the least-squares fit of y on X alone, r = y − Xβ̂ and
-s² = ‖r‖²/(n − p), each level's least-squares coefficients of r on its Z_i
-are b̂_i = (Z_iᵀZ_i)⁻¹ Z_iᵀr, with Z_iᵀr = Z_iᵀ[X y] (−β̂, 1) from the
-cross-products.  Under the model E[b̂_i b̂_iᵀ] ≈ Σ + σ² (Z_iᵀZ_i)⁻¹, so
+With β̂ the least-squares fit of y on X alone and r = y − Xβ̂, each level's
+least-squares coefficients of r on its Z_i are b̂_i = (Z_iᵀZ_i)⁻¹ Z_iᵀr,
+with Z_iᵀr = Z_iᵀ[X y] (−β̂, 1) from the cross-products, and σ² is
+estimated by what those fits leave, s² = (‖r‖² − Σ_i b̂_iᵀZ_iᵀr)/(n − p − q·m)
+over the m levels used (‖r‖²/(n − p) where few rows per level leave too few
+degrees of freedom).  Under the model E[b̂_i b̂_iᵀ] ≈ Σ + σ² (Z_iᵀZ_i)⁻¹, so
 
     Σ/σ² ≈ mean_i(b̂_i b̂_iᵀ)/s² − mean_i (Z_iᵀZ_i)⁻¹,
 
@@ -49,6 +51,11 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
         return None
     Dinv = np.linalg.inv(D[usable])
     b = np.einsum("nij,nj->ni", Dinv, zr[usable])
+    # σ² from the residual left within the levels (s² also holds Σ's part)
+    within = rss - float(np.einsum("ni,ni->", b, zr[usable]))
+    dof_within = dof - cp.q[0] * int(usable.sum())
+    if within > 0 and dof_within > 0.1 * dof:
+        s2 = within / dof_within
     S = (b.T @ b) / (b.shape[0] * s2) - Dinv.mean(axis=0)
     lam, U = np.linalg.eigh(0.5 * (S + S.T))
     if not np.all(np.isfinite(lam)):

@@ -44,7 +44,7 @@ def minimize_theta(
     xtol: float = 1e-8,
     ftol: float = 1e-8,
     maxeval: int = 100_000,
-    hessian0: np.ndarray | None = None,
+    hessian0: np.ndarray | str | None = None,
     newton_polish: bool = True,
     max_step: float = 1.0,
     check_hessian: bool = True,
@@ -56,7 +56,9 @@ def minimize_theta(
     a start turn it off) their Hessian is clearly positive definite.
 
     With ``value_and_gradient``: BFGS from the Hessian approximation
-    ``hessian0`` (default a scaled identity), then, if ``newton_polish``,
+    ``hessian0`` (default a scaled identity; "differences": formed at x0 from
+    differences of the gradient, for a start near the optimum, where a
+    first step of unit length overshoots by orders of magnitude), then, if ``newton_polish``,
     Newton steps with a Hessian from differences of the gradient (callers that
     compute that Hessian themselves turn it off); search directions are cut to
     length ``max_step`` (θ is a ratio of standard deviations: steps of order 1)."""
@@ -123,7 +125,7 @@ def _bfgs(
     x0: np.ndarray,
     lower: np.ndarray,
     maxeval: int,
-    hessian0: np.ndarray | None = None,
+    hessian0: np.ndarray | str | None = None,
     newton_polish: bool = True,
     max_step: float = 1.0,
 ) -> tuple[str, str]:
@@ -140,6 +142,11 @@ def _bfgs(
     bounded = np.isfinite(lower)
     Hinv = np.eye(n) / max(1.0, math.sqrt(g @ g))
     any_bounded = bool(bounded.any())
+    if isinstance(hessian0, str):  # "differences": formed here, at x0
+        idx = np.arange(n)
+        h = 1e-4 * np.maximum(1.0, np.abs(x))
+        H0 = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, h, g0=g)
+        hessian0 = H0 if clearly_positive_definite(H0, 1e-8) else None
     if hessian0 is not None:
         Hinv = np.linalg.inv(hessian0)
     status = "MAXEVAL_REACHED"
