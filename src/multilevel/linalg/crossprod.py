@@ -12,6 +12,7 @@ complement (dense or sparse) from its pattern.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -138,7 +139,7 @@ class CrossProducts:
     def Qr(self) -> int:
         return 0 if self.ARR is None else self.ARR.shape[0]
 
-    @property
+    @cached_property
     def rest_offsets(self) -> np.ndarray:
         sizes = [n * q for n, q in zip(self.nlevels[1:], self.q[1:], strict=True)]
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)

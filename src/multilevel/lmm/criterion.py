@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
-from scipy.linalg.lapack import dpotri, dtrtri
+from scipy.linalg.lapack import dpotrf, dpotri, dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.covariance import Template
@@ -82,9 +82,8 @@ class ProfiledCriterion:
 
     def templates(self, theta: np.ndarray) -> list[np.ndarray]:
         out = []
-        for rows, cols, off, size in self._tidx:
-            q = int(rows.max()) + 1
-            T = np.zeros((q, q))
+        for (rows, cols, off, size), t in zip(self._tidx, self.tmpl, strict=True):
+            T = np.zeros((t.q, t.q))
             T[rows, cols] = theta[off : off + size]
             out.append(T)
         return out
@@ -124,9 +123,10 @@ class ProfiledCriterion:
                 return None
             logdet += rest.logdet
             MFF = MFF - rest.schur_FF
-        try:
-            LFF = np.linalg.cholesky(MFF)
-        except np.linalg.LinAlgError:
+        # LAPACK directly: numpy's wrapper costs several times the factorization
+        # of these small blocks, once per evaluation
+        LFF, info = dpotrf(MFF, lower=1, clean=1)
+        if info != 0:
             return None
         d = np.diag(LFF)
         r2 = float(d[-1] ** 2)
