@@ -50,3 +50,14 @@ def test_a_start_changes_no_optimum(formula):
     b = ml.lmer(formula, d, start=np.ones(len(a.optinfo.theta)) * 0.5)
     assert a.converged and b.converged
     assert a.optinfo.criterion == pytest.approx(b.optinfo.criterion, abs=1e-8)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_small_closed_forms_equal_lapack(q):
+    from multilevel.lmm.start import _inverse, _smallest_eigenvalue
+
+    rng = np.random.default_rng(q)
+    A = rng.normal(size=(40, q, q))
+    D = A @ A.transpose(0, 2, 1) + 0.1 * np.eye(q)
+    np.testing.assert_allclose(_inverse(D), np.linalg.inv(D), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_smallest_eigenvalue(D), np.linalg.eigvalsh(D)[:, 0], atol=1e-12)

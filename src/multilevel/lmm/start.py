@@ -45,11 +45,10 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
     s2 = rss / dof
     zr = cp.B1F @ np.append(-beta, 1.0)  # (levels, q): Z_iᵀ r
     D = cp.D1
-    trace = np.einsum("nii->n", D)
-    usable = np.linalg.eigvalsh(D)[:, 0] > 1e-8 * np.maximum(trace, 1e-300)
+    usable = _smallest_eigenvalue(D) > 1e-8 * np.maximum(np.einsum("nii->n", D), 1e-300)
     if usable.sum() < 2:
         return None
-    Dinv = np.linalg.inv(D[usable])
+    Dinv = _inverse(D[usable])
     b = np.einsum("nij,nj->ni", Dinv, zr[usable])
     # σ² from the residual left within the levels (s² also holds Σ's part)
     within = rss - float(np.einsum("ni,ni->", b, zr[usable]))
@@ -63,3 +62,26 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
     S = (U * np.maximum(lam, FLOOR)) @ U.T
     T = np.linalg.cholesky(0.5 * (S + S.T))
     return T[tmpl.rows, tmpl.cols]
+
+
+def _smallest_eigenvalue(D: np.ndarray) -> np.ndarray:
+    """Per level; closed form for the common q ≤ 2 (LAPACK's per-call cost
+    would be most of a small model's start)."""
+    q = D.shape[1]
+    if q == 1:
+        return D[:, 0, 0]
+    if q == 2:
+        a, b, d = D[:, 0, 0], D[:, 0, 1], D[:, 1, 1]
+        return 0.5 * (a + d) - np.sqrt(0.25 * (a - d) ** 2 + b * b)
+    return np.linalg.eigvalsh(D)[:, 0]
+
+
+def _inverse(D: np.ndarray) -> np.ndarray:
+    q = D.shape[1]
+    if q == 1:
+        return 1.0 / D
+    if q == 2:
+        a, b, c, d = D[:, 0, 0], D[:, 0, 1], D[:, 1, 0], D[:, 1, 1]
+        det = a * d - b * c
+        return np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], 1) / det[:, None, None]
+    return np.linalg.inv(D)
