@@ -20,6 +20,7 @@ evaluations finding the scale of θ that this gives directly.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.lapack import dpotrf, dpotrs
 
 from multilevel.covariance import Template
 from multilevel.linalg.crossprod import CrossProducts
@@ -34,10 +35,12 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
         return None
     p = cp.p
     A = cp.AFF
-    try:
-        beta = np.linalg.solve(A[:p, :p], A[:p, p]) if p else np.zeros(0)
-    except np.linalg.LinAlgError:
-        return None
+    beta = np.zeros(0)
+    if p:  # LAPACK directly: numpy's wrappers cost more than these small solves
+        c, info = dpotrf(A[:p, :p], lower=1)
+        if info != 0:
+            return None
+        beta, info = dpotrs(c, A[:p, p], lower=1)
     rss = float(A[p, p] - A[:p, p] @ beta)
     dof = cp.n - p
     if not (np.isfinite(rss) and rss > 0 and dof > 0):
@@ -60,8 +63,8 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
     if not np.all(np.isfinite(lam)):
         return None
     S = (U * np.maximum(lam, FLOOR)) @ U.T
-    T = np.linalg.cholesky(0.5 * (S + S.T))
-    return T[tmpl.rows, tmpl.cols]
+    T, info = dpotrf(0.5 * (S + S.T), lower=1, clean=1)
+    return T[tmpl.rows, tmpl.cols] if info == 0 else None
 
 
 def _smallest_eigenvalue(D: np.ndarray) -> np.ndarray:
@@ -81,7 +84,9 @@ def _inverse(D: np.ndarray) -> np.ndarray:
     if q == 1:
         return 1.0 / D
     if q == 2:
-        a, b, c, d = D[:, 0, 0], D[:, 0, 1], D[:, 1, 0], D[:, 1, 1]
-        det = a * d - b * c
-        return np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], 1) / det[:, None, None]
+        out = np.empty_like(D)
+        out[:, 0, 0], out[:, 1, 1] = D[:, 1, 1], D[:, 0, 0]
+        out[:, 0, 1], out[:, 1, 0] = -D[:, 0, 1], -D[:, 1, 0]
+        out /= (D[:, 0, 0] * D[:, 1, 1] - D[:, 0, 1] * D[:, 1, 0])[:, None, None]
+        return out
     return np.linalg.inv(D)
