@@ -172,6 +172,18 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
     return out
 
 
+def solve_small(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A⁻¹B for a nonsingular A; a 2 x 2 A by Cramer's rule (the θ maps and
+    random-effect maps of the common one- and two-column terms, where
+    LAPACK's call overhead would dominate)."""
+    if A.shape == (2, 2):
+        a, b, c, d = A[0, 0], A[0, 1], A[1, 0], A[1, 1]
+        det = a * d - b * c
+        if det != 0.0 and np.isfinite(det):
+            return np.array([[d, -b], [-c, a]]) @ B / det
+    return np.linalg.solve(A, B)
+
+
 def lower_factor(M: np.ndarray) -> np.ndarray:
     """The lower-triangular L with nonnegative diagonal and L Lᵀ = M Mᵀ: the
     transpose of R in a QR factorization of Mᵀ (also for singular M); one

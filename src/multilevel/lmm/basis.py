@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from multilevel.linalg.affine import affine, lower_factor, ones_column, rms
+from multilevel.linalg.affine import affine, lower_factor, ones_column, rms, solve_small
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.lmm.criterion import Factorization, ProfiledCriterion
 
@@ -84,7 +84,7 @@ class Basis:
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:
         return [
-            np.abs(T) / V[0, 0] if V.shape == (1, 1) else lower_factor(np.linalg.solve(V, T))
+            np.abs(T) / V[0, 0] if V.shape == (1, 1) else lower_factor(solve_small(V, T))
             for V, T in zip(self.V, T_scaled, strict=True)
         ]
 
@@ -201,9 +201,9 @@ class ScaledCriterion:
             if T.shape[0] == 1:
                 out.append(np.array([[Ts[0, 0] / (V[0, 0] * T[0, 0])]]) if T[0, 0] else Ts * 0.0)
                 continue
-            VTs = np.linalg.solve(V, Ts)
+            VTs = solve_small(V, Ts)
             if np.all(np.diag(T) > 0):
-                out.append(np.linalg.solve(T, VTs))
+                out.append(solve_small(T, VTs))
             else:
                 out.append(np.linalg.pinv(T) @ VTs)
         return out
