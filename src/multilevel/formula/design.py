@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.linalg.lapack import dpotrf
 
 from multilevel.errors import DataError, FormulaError, ModelError, RankDeficiencyWarning, warn
 from multilevel.formula.evaluate import Evaluator, closest
@@ -438,30 +439,31 @@ def _gram_screen(X: np.ndarray) -> np.ndarray | None:
         return np.zeros(p, dtype=bool) if p == 0 else None
     with np.errstate(all="ignore"):
         G = X.T @ X
-        if not np.all(np.isfinite(G)):
+        raw_d = G.diagonal().copy()
+        # |G_ij| <= sqrt(G_ii G_jj): finite diagonals mean a finite G
+        if not np.isfinite(raw_d).all():
             return None
-        raw_d = np.diag(G).copy()
-        if np.all(X[:, 0] == 1.0):
+        if X[0, 0] == 1.0 and (X[:, 0] == 1.0).all():
             m = G[0] / n
-            G = G - n * np.outer(m, m)
+            G = G - n * (m[:, None] * m)
             G[0, :] = G[:, 0] = 0.0
             G[0, 0] = n
-        d = np.diag(G).copy()
+        d = G.diagonal().copy()
         zero = raw_d == 0
         # centring in Gram space keeps about 16 - 2 log10(mean/sd) digits
-        if np.any(~zero & (d <= 1e-8 * raw_d)):
+        if (~zero & (d <= 1e-8 * raw_d)).any():
             return None
-    alias = zero.copy()
-    keep = ~alias
+    keep = ~zero
     if not keep.any():
-        return alias
-    s = np.sqrt(d[keep])
-    C = G[np.ix_(keep, keep)] / s[:, None] / s[None, :]
-    try:
-        piv = np.diag(np.linalg.cholesky(C))
-    except np.linalg.LinAlgError:
+        return zero
+    if not keep.all():
+        G, d = G[np.ix_(keep, keep)], d[keep]
+    s = np.sqrt(d)
+    # LAPACK directly: numpy's wrapper costs more than this small factorization
+    L, info = dpotrf(G / s[:, None] / s, lower=1)
+    if info != 0:
         return None
-    return alias if np.all(piv > 1e-4) else None
+    return zero if (L.diagonal() > 1e-4).all() else None
 
 
 def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
@@ -602,8 +604,8 @@ def build_design(
     level-count checks are left to the caller.
     """
     frame = to_pandas(data)
-    dup = frame.columns[frame.columns.duplicated()]
-    if len(dup):
+    if not frame.columns.is_unique:  # cheaper than finding the duplicates
+        dup = frame.columns[frame.columns.duplicated()]
         raise DataError(f"the data have more than one column named {', '.join(map(repr, dup))}")
     if na_action not in ("omit", "raise"):
         raise DataError(f"na_action must be 'omit' or 'raise', not {na_action!r}")
