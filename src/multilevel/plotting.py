@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from multilevel.errors import DataError, ModelError, MultilevelError
 from multilevel.formula.design import to_pandas
@@ -172,6 +171,8 @@ def ppoints(n: int) -> np.ndarray:
 
 
 def _z(level: float) -> float:
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     if not 0 < level < 1:
         raise ModelError(f"level must be between 0 and 1, not {level}")
     return float(stats.norm.ppf(0.5 + level / 2))
@@ -301,6 +302,8 @@ def residuals_fitted(fit: Any, ax: Axes | None = None) -> Figure:
 
 
 def _qq(a: Axes, values: np.ndarray, ylabel: str, title: str) -> None:
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     v = np.sort(values[np.isfinite(values)])
     q = stats.norm.ppf(ppoints(len(v)))
     a.plot(q, v, "o", ms=2.5, color="C0", mec="none", alpha=0.7, label="sample")

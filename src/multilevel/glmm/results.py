@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from multilevel.formula.design import to_pandas
 from multilevel.glmm.basis import GlmmBasis
@@ -170,6 +169,8 @@ class GlmerFit(MixedModelFit):
     @property
     def pvalues(self) -> pd.Series:
         """Two-sided Wald p-values, 2 Φ(−|z|)."""
+        from scipy.stats import norm  # scipy.stats costs 0.5 s to import: when used
+
         return pd.Series(
             2.0 * norm.sf(np.abs(self.zvalues.to_numpy())),
             index=self.design.fixef_names,

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from multilevel.errors import ModelError
 
@@ -58,6 +57,8 @@ def _re_dim(fit: LmerFit) -> int:
 
 def boundary_pvalue(chisq: float, df: int) -> float:
     """P-value of the 50:50 mixture ½χ²_{df−1} + ½χ²_df at ``chisq``."""
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     if not np.isfinite(chisq) or df < 1:
         return float("nan")
     upper = stats.chi2.sf(chisq, df)
@@ -77,6 +78,8 @@ def anova(
     module docstring).  ``refit=False`` compares REML fits as they are, which
     is valid only when their fixed effects are identical.
     """
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     models = list(fits) + list(named.values())
     labels = list(names) if names is not None else [f"m{i}" for i in range(len(fits))]
     labels += list(named)
@@ -207,6 +210,8 @@ def ranova(fit: LmerFit, reduce_terms: bool = True) -> pd.DataFrame:
     Columns: npar, logLik, AIC, LRT, Df, Pr(>Chisq) and the boundary-corrected
     ``Pr(>Chisq) boundary`` where exactly one random-effect column is removed.
     """
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     crit = fit.criterion
     ntheta = len(fit.optinfo.theta)
     base_npar = _npar(fit)

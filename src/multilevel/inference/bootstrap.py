@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from multilevel.errors import ModelError
 from multilevel.inference.params import VarianceParams
@@ -147,6 +146,8 @@ class _Progress:
 
 def _maritz_jarrett(x_sorted: np.ndarray, p: float) -> float:
     """Maritz–Jarrett standard error of the p-quantile of sorted data."""
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     n = x_sorted.size
     m = int(np.floor(n * p + 0.5))
     if n < 3 or not 1 <= m <= n:
@@ -179,6 +180,8 @@ class BootResult:
         """Bootstrap intervals: ``"perc"`` (quantiles of the replicates, R's type 7),
         ``"basic"`` (2t₀ − upper, 2t₀ − lower quantiles) or ``"norm"``
         (t₀ − bias ± z·SD of the replicates)."""
+        from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
         a = (1 - level) / 2
         pct = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
         S = self.samples

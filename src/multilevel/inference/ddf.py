@@ -46,7 +46,6 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
-from scipy import stats
 
 from multilevel.errors import ModelError
 from multilevel.threads import one_blas_thread
@@ -487,6 +486,8 @@ def contrast(
     F test of all rows: F value, NumDF, DenDF, Pr(>F) (Kenward–Roger: the
     scaled statistic λF on the adjusted covariance Φ_A).
     """
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     method = _check_ddf(ddf)
     Lm, labels = _contrast_matrix(fit, L)
     beta = fit.fixef.to_numpy()
@@ -533,6 +534,8 @@ def _joint_test(fit: LmerFit, Lm: np.ndarray, est: np.ndarray, method: str) -> p
 
 
 def _ftable(F: float, k: int, den: float) -> pd.DataFrame:
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
     pval = stats.f.sf(F, k, den) if np.isfinite(den) else stats.chi2.sf(F * k, k)
     return pd.DataFrame(
         {"F value": [F], "NumDF": [k], "DenDF": [den], "Pr(>F)": [pval]}, index=["Lβ = 0"]

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import scipy.linalg as sla
-from scipy import optimize, stats
 
 from multilevel.errors import ModelError, SingularFitWarning
 from multilevel.inference.params import VarianceParams
@@ -51,6 +50,8 @@ ALPHA_MAX = 0.01  # traces extend to ζ = z_{1-α_max/2}, as lme4's default
 def _minimize(f, x0: np.ndarray, lower: np.ndarray, upper: np.ndarray, scale: np.ndarray):
     """Bounded minimisation of f over a few parameters (BOBYQA; golden-section
     Brent in one dimension).  Returns (x, f(x))."""
+    from scipy import optimize  # imported when used (0.5 s)
+
     x0 = np.clip(np.asarray(x0, dtype=float), lower, upper)
     k = x0.size
     if k == 0:
@@ -167,6 +168,8 @@ class _Profiler:
     def walk(self, direction: int, cutoff: float, zmax: float) -> float:
         """Move from the estimate until |ζ| ≥ zmax or the bound; returns the value
         where |ζ| = cutoff (or the bound when ζ never gets there)."""
+        from scipy import optimize  # imported when used (0.5 s)
+
         bound = self.hi_v if direction > 0 else self.lo_v
         v_prev, z_prev = self.v_hat, 0.0
         v = self.v_hat + direction * self.step0
@@ -231,6 +234,8 @@ def profile(
     """Profile the ML deviance over each parameter (``which``: names among
     ``sd_...|g``, ``cor_...|g``, ``sigma`` and the fixed effects, or the
     groups ``"theta_"`` (all variance parameters) and ``"beta_"``)."""
+    from scipy import stats  # imported when used (0.5 s)
+
     from multilevel.inference.anova import refit_ml
 
     if not 0 < level < 1:
@@ -362,6 +367,8 @@ def confint(
     ``"boot"``: percentile intervals from :func:`multilevel.inference.bootstrap.bootstrap`
     (keyword arguments nsim, seed, ... are passed on).
     """
+    from scipy import stats  # imported when used (0.5 s)
+
     meth = method.lower()
     if meth == "profile":
         return profile(fit, which=which, level=level).ci

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from multilevel import report
 from multilevel.errors import DataError, FormulaError
@@ -356,6 +355,8 @@ class LmList:
     @property
     def pvalue(self) -> pd.DataFrame:
         """Two-sided p-values of the t statistics (pooled or per-group df)."""
+        from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
         _, df = self._scale(None)
         with np.errstate(invalid="ignore"):
             p = 2.0 * stats.t.sf(np.abs(self.tvalue.to_numpy()), df[:, None])
@@ -364,6 +365,8 @@ class LmList:
     def confint(self, level: float = 0.95, pool: bool | None = None) -> pd.DataFrame:
         """Intervals β̂ ± t_{(1+level)/2, df}·se per group and coefficient (nlme's
         ``intervals(lmList)``): columns (coefficient, "lower"/"est."/"upper")."""
+        from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), not {level}")
         _, df = self._scale(pool)

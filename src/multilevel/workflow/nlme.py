@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from multilevel.errors import FormulaError, ModelError
 from multilevel.formula.design import build_design, term_columns, to_pandas
@@ -469,6 +468,8 @@ class LmeFit:
     @property
     def tTable(self) -> pd.DataFrame:
         """Value, Std.Error, DF, t-value, p-value (two-sided t tests)."""
+        from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
         est = self.fixef.to_numpy()
         se = self.se.to_numpy()
         df = self._df[0]
@@ -672,6 +673,8 @@ class LmeFit:
         parameters with normal quantiles, transformed back (exp for SDs and σ,
         tanh(z/2) for correlations).  ``which`` is "all", "fixed" or "var-cov".
         """
+        from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
         if which not in ("all", "fixed", "var-cov"):
             raise ValueError("which must be 'all', 'fixed' or 'var-cov'")
         if not 0 < level < 1:
