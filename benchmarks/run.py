@@ -87,9 +87,14 @@ def run_one(
             env.pop(v, None)
     if args.idle_threshold < 1:
         rec["busy_before"] = sysload.wait_idle(args.idle_threshold, args.idle_wait)
-    res = sysload.measured_run(
-        engine.command(case, args.repeats, args.budget), env, args.timeout, HERE
-    )
+    competitors = sysload.start_competitors(args.competing)
+    try:
+        res = sysload.measured_run(
+            engine.command(case, args.repeats, args.budget), env, args.timeout, HERE
+        )
+    finally:
+        sysload.stop_competitors(competitors)
+    rec["competing"] = args.competing
     if res["status"] != "ok":
         return rec | res
     evals = res.get("evals")
@@ -100,9 +105,8 @@ def run_with_retries(
     engine: Engine, case: cases.Case, threads: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """run_one, again while other processes disturbed it (sysload.with_retries)."""
-    return sysload.with_retries(
-        lambda: run_one(engine, case, threads, args), args.retries, BUSY_WARN
-    )
+    retries = 0 if args.competing else args.retries  # there, others are busy by design
+    return sysload.with_retries(lambda: run_one(engine, case, threads, args), retries, BUSY_WARN)
 
 
 def add_ratios(results: list[dict[str, Any]], baseline: str) -> None:
@@ -215,6 +219,12 @@ def parse_args() -> argparse.Namespace:
         help="before each run, wait until less than this share of the CPUs is busy (1 = no wait)",
     )
     ap.add_argument("--retries", type=int, default=3, help="re-runs of a disturbed run")
+    ap.add_argument(
+        "--competing",
+        type=int,
+        default=0,
+        help="busy processes (one core each) running beside every timed run",
+    )
     ap.add_argument("--idle-wait", type=float, default=300.0, help="give up waiting after N s")
     ap.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     return ap.parse_args()

@@ -160,3 +160,16 @@ def vm_hwm_mb() -> float:
 
 def emit(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def start_competitors(n: int) -> list[subprocess.Popen]:
+    """n processes that keep one core each busy (a laptop with a browser open,
+    another user's job): the machine a fit must not be slower on."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(0, n))]
+
+
+def stop_competitors(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait()

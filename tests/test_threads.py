@@ -38,3 +38,24 @@ def test_decorator_limits_the_call(controller):
         return _blas_threads()
 
     assert set(inside()) == {1}
+
+
+def test_idle_cpus_leaves_out_a_busy_process_but_not_our_own_threads():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from multilevel.threads import idle_cpus
+
+    cpus = os.cpu_count() or 1
+    assert 1 <= idle_cpus() <= cpus
+    if cpus < 2 or not os.path.exists("/proc/loadavg"):
+        return
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert idle_cpus() <= cpus - 1
+    finally:
+        busy.terminate()
+        busy.wait()

@@ -11,6 +11,7 @@ block), which get the BLAS's threads back.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -51,16 +52,52 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
+def idle_cpus() -> int:
+    """CPUs not running another process's task now: the online CPUs less the
+    runnable tasks that are not this process's threads (Linux: /proc/loadavg's
+    instant count less our own threads in state R, our BLAS threads among
+    them; elsewhere the 1-minute load average less one)."""
+    cpus = os.cpu_count() or 1
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+        others = running - _own_running_threads()
+    except (OSError, ValueError, IndexError):
+        try:
+            others = int(os.getloadavg()[0]) - 1
+        except (OSError, AttributeError):
+            others = 0
+    return max(1, cpus - max(0, others))
+
+
+def _own_running_threads() -> int:
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as fh:
+            stat = fh.read()
+        n += stat[stat.rindex(")") + 2] == "R"  # the state follows the name
+    return n
+
+
 @contextmanager
 def threads_for_order(n: int) -> Iterator[None]:
-    """The BLAS's own thread count (as loaded) for a dense factorization of
-    order n >= THREADED_MIN_ORDER, inside :func:`single_threaded_blas`: at that
-    size one call is milliseconds of work, which threads share well."""
+    """For a dense factorization of order n >= THREADED_MIN_ORDER, inside
+    :func:`single_threaded_blas`: the BLAS's own thread count (as loaded), but
+    no more than the CPUs idle at that moment.  At that size one call is
+    milliseconds of work, which threads share well; a thread that must wait
+    for a CPU another process holds makes every other one wait at each
+    synchronisation (measured here on two cores beside one busy process: the
+    InstEval-shaped benchmark fit took 119-180 s with two threads, 2.6 s with
+    this rule)."""
     controller = _blas_controller()
     if not controller or n < THREADED_MIN_ORDER or _default_threads <= 1:
         yield
         return
-    with controller.limit(limits=_default_threads, user_api="blas"):
+    threads = min(_default_threads, idle_cpus())
+    if threads <= 1:
+        yield
+        return
+    with controller.limit(limits=threads, user_api="blas"):
         yield
 
 
