@@ -173,9 +173,11 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
 
 
 def solve_small(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """A⁻¹B for a nonsingular A; a 2 x 2 A by Cramer's rule (the θ maps and
-    random-effect maps of the common one- and two-column terms, where
-    LAPACK's call overhead would dominate)."""
+    """A⁻¹B for a nonsingular A; 1 x 1 and 2 x 2 in closed form (Cramer's
+    rule: the θ maps and random-effect maps of the common one- and two-column
+    terms, where LAPACK's call overhead would dominate)."""
+    if A.shape == (1, 1):
+        return B / A[0, 0]
     if A.shape == (2, 2):
         a, b, c, d = A[0, 0], A[0, 1], A[1, 0], A[1, 1]
         det = a * d - b * c

@@ -181,7 +181,8 @@ def cross_products(
     if maps is not None:
         Vs, NF = maps
         parts = [affine_parts(V) for V in Vs] + [affine_parts(NF)]
-        fast = len(Zs) == 1 and sqrtw is None and all(parts) and max(F.shape[1], _q_max(Zs)) <= 64
+        fast = len(Zs) == 1 and sqrtw is None and all(parts)
+        fast = fast and max(F.shape[1], Zs[0].shape[1]) <= 64  # the kernel's row buffers
         if fast and not KERNEL_DISABLED and _affine_kernel() is not None:
             return _one_term_mapped(Zs[0], codes[0], nlevels[0], F, parts[0], parts[1], p)
         Zs = [apply_affine(Z, V) for Z, V in zip(Zs, Vs, strict=True)]
@@ -223,10 +224,6 @@ def cross_products(
                 blocks[b - 1][a - 1] = blk.T
         ARR = sp.bmat(blocks, format="csr")
     return CrossProducts(q, list(nlevels), D1, B1F, A1R, ARR, ARF, AFF, n, p)
-
-
-def _q_max(Zs: list[np.ndarray]) -> int:
-    return max((Z.shape[1] for Z in Zs), default=0)
 
 
 def _affine_kernel():

@@ -83,10 +83,7 @@ class Basis:
 
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:
-        return [
-            np.abs(T) / V[0, 0] if V.shape == (1, 1) else lower_factor(solve_small(V, T))
-            for V, T in zip(self.V, T_scaled, strict=True)
-        ]
+        return [lower_factor(solve_small(V, T)) for V, T in zip(self.V, T_scaled, strict=True)]
 
     def theta_to_scaled(self, T: list[np.ndarray]) -> list[np.ndarray]:
         return [lower_factor(V @ Tk) for V, Tk in zip(self.V, T, strict=True)]
@@ -198,9 +195,6 @@ class ScaledCriterion:
         singular: the same b)."""
         out = []
         for T, V, Ts in zip(f.T, self.basis.V, f.scaled.T, strict=True):
-            if T.shape[0] == 1:
-                out.append(np.array([[Ts[0, 0] / (V[0, 0] * T[0, 0])]]) if T[0, 0] else Ts * 0.0)
-                continue
             VTs = solve_small(V, Ts)
             if np.all(np.diag(T) > 0):
                 out.append(solve_small(T, VTs))
@@ -213,9 +207,8 @@ class ScaledCriterion:
         p, NF = self.p, self.basis.NF
         c = NF[p, p]
         rhs = c * beta_s + NF[:p, p]  # a e₀ sits in the intercept's row
-        beta = np.linalg.solve(
-            NF[:p, :p], rhs
-        )  # triangular; LAPACK's LU costs less than a wrapper here
+        # N_X is triangular; a small LU costs less than scipy's wrapper
+        beta = np.linalg.solve(NF[:p, :p], rhs)
         # u is in the response's units: ũ in ỹ's, so c converts
         return beta, [c * u @ M.T for u, M in zip(us, self._relative_maps(f), strict=True)]
 
