@@ -21,8 +21,10 @@ def controller():
     return ctl
 
 
-def test_one_thread_inside_a_fit_and_the_default_back_for_large_orders(controller):
+def test_one_thread_inside_a_fit_and_the_default_back_for_large_orders(controller, monkeypatch):
     default = threads._default_threads
+    # an idle machine (another process's load is the next test's subject)
+    monkeypatch.setattr(threads, "idle_cpus", lambda: default)
     with threads.single_threaded_blas():
         assert set(_blas_threads()) == {1}
         with threads.threads_for_order(threads.THREADED_MIN_ORDER - 1):

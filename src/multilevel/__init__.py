@@ -8,7 +8,7 @@ Public API::
 """
 
 from multilevel import datasets, plotting
-from multilevel.api import glmer, lmer
+from multilevel.api import glmer, glmer_nb, lmer
 from multilevel.errors import (
     ConvergenceWarning,
     DataError,
@@ -19,7 +19,15 @@ from multilevel.errors import (
     SingularFitWarning,
 )
 from multilevel.formula.parser import parse_formula
-from multilevel.glmm.families import Family, binomial, poisson
+from multilevel.glmm.families import (
+    Family,
+    Gamma,
+    beta_family,
+    binomial,
+    inverse_gaussian,
+    negative_binomial,
+    poisson,
+)
 from multilevel.glmm.results import GlmerFit, loglik_mc
 from multilevel.inference import (
     BootResult,
@@ -51,10 +59,15 @@ __version__ = "0.1.0"
 __all__ = [
     "plotting",
     "Family",
+    "Gamma",
     "GlmerFit",
+    "beta_family",
     "binomial",
     "glmer",
+    "glmer_nb",
+    "inverse_gaussian",
     "loglik_mc",
+    "negative_binomial",
     "poisson",
     "BootResult",
     "Profile",

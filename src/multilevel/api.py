@@ -68,6 +68,7 @@ def glmer(
     seed: int | None = 1,
     mc_df: float = DEFAULT_DF,
     namespace: dict | None = None,
+    hessian: str | None = None,
 ) -> GlmerFit:
     """Fit a generalized linear mixed model by maximum likelihood.
 
@@ -75,7 +76,19 @@ def glmer(
     two-level factor (second level = success), proportions with ``weights=``
     the numbers of trials, or ``cbind(successes, failures)``.  ``family`` is
     ``"binomial"`` (logit; also ``"binomial(probit)"``, ``"binomial(cloglog)"``),
-    ``"poisson"`` or a :class:`multilevel.glmm.families.Family`.
+    ``"poisson"``, ``"Gamma"`` (inverse; ``"Gamma(log)"``...), ``"inverse.gaussian"``,
+    ``"negative_binomial"`` (NB2, θ estimated; ``"negative_binomial(theta=2)"``
+    fixed), ``"beta"`` or a :class:`multilevel.glmm.families.Family`
+    (``multilevel.Gamma("log")``, ``multilevel.negative_binomial()``...).  The
+    negative binomial θ, the Gamma shape, the inverse Gaussian dispersion and
+    the beta precision are estimated by maximum likelihood with θ and β
+    (``fit.sigma`` as glmmTMB's ``sigma()``).
+
+    ``hessian`` is the curvature of the conditional log-density in the
+    Laplace approximation: ``"observed"`` (−∂²ℓ/∂η², glmmTMB's; the default
+    for the families lme4 does not share) or ``"fisher"`` (the expected one,
+    lme4's; the default for binomial and Poisson).  They differ only for a
+    non-canonical link.
 
     ``nAGQ`` = 1: Laplace approximation; > 1: adaptive Gauss–Hermite
     quadrature with nAGQ nodes per dimension (one random-effects term, which
@@ -97,6 +110,7 @@ def glmer(
         seed=seed,
         mc_df=mc_df,
         namespace=namespace,
+        hessian=hessian,
     )
     if is_partitioned(data):
         from multilevel.partitioned.glmm import glmer_partitioned
@@ -105,4 +119,16 @@ def glmer(
     return fit_glmer(formula, data, family, nAGQ, **kwargs)
 
 
-__all__ = ["glmer", "lmer"]
+def glmer_nb(
+    formula: str, data: Any, *, link: str = "log", hessian: str = "fisher", **kwargs: Any
+) -> GlmerFit:
+    """lme4's ``glmer.nb``: a negative binomial (NB2) GLMM with θ estimated by
+    maximum likelihood, the Laplace approximation with lme4's (Fisher)
+    curvature by default (``hessian="observed"`` gives glmmTMB's ``nbinom2``
+    fit).  Other arguments as :func:`glmer`; ``fit.nb_theta`` is θ̂."""
+    from multilevel.glmm.families import negative_binomial
+
+    return glmer(formula, data, negative_binomial(link=link), hessian=hessian, **kwargs)
+
+
+__all__ = ["glmer", "glmer_nb", "lmer"]

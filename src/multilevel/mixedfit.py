@@ -5,8 +5,9 @@ A subclass provides ``design`` (:class:`multilevel.formula.design.Design`), the
 relative covariance templates ``_templates`` (one q_k x q_k lower-triangular
 T_k per term) and their entries ``_theta_values``, the conditional modes
 ``_b`` (per term, (n_k, q_k)), their conditional covariances ``condvar``,
-``fixef``, ``optinfo`` and ``sigma`` (1 for families without a scale
-parameter).  Var(b) = σ² T_k T_kᵀ per level.
+``fixef``, ``optinfo`` and ``sigma``.  Var(b) = σ² T_k T_kᵀ per level for an
+LMM (σ the residual standard deviation) and T_k T_kᵀ for a GLMM (whose
+``sigma`` is its family's dispersion, 1 for binomial and Poisson).
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ class MixedModelFit:
         columns grp, var1, var2, vcov, sdcor (a correlation in covariance rows);
         LMMs end with the Residual row."""
         rows = []
+        # a GLMM's templates are its covariance factors: its ``sigma`` (a family's
+        # dispersion, as glmmTMB's) scales nothing
+        scale = self.sigma if self._has_residual else 1.0
         with np.errstate(over="ignore", under="ignore"):  # σ in units of 1e±200
-            s2 = float(np.float64(self.sigma) ** 2)
+            s2 = float(np.float64(scale) ** 2)
         for (name, cnames, _), T in zip(self._varcorr_blocks(), self._templates, strict=True):
             with np.errstate(over="ignore", under="ignore", invalid="ignore"):
                 cov = s2 * (T @ T.T)
             sd, corr = sd_corr(T @ T.T)
-            sd = self.sigma * sd  # from the relative factor: no σ² under- or overflow
+            sd = scale * sd  # from the relative factor: no σ² under- or overflow
             for i, cn in enumerate(cnames):
                 rows.append((name, cn, None, cov[i, i], sd[i]))
             for i in range(len(cnames)):

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from multilevel import glmer
-from multilevel.glmm.families import Binomial, Poisson, _softplus, binomial, poisson
+from multilevel.glmm.families import Binomial, Poisson, binomial, poisson
+from multilevel.glmm.families import softplus as _softplus
 from multilevel.glmm.quadrature import gauss_hermite_grid, level_logliks
 from multilevel.optimize import stage2
 from multilevel.optimize.hessian import fd_hessian, hessian_stencil

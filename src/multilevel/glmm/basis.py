@@ -9,6 +9,8 @@ but these small matrices.  The estimates map back exactly:
     β = N⁻¹β̃,   T_k = lower factor of V_k⁻¹T̃_k  (T_kT_kᵀ = V_k⁻¹T̃_kT̃_kᵀV_k⁻ᵀ),
     b_k = V_k⁻¹b̃_k,   Var(b_k | y) = V_k⁻¹ Var(b̃_k | y) V_k⁻ᵀ,
 
+(each times s where the linear predictor has units, ``eta_scale``)
+
 and the covariance of β̂ and the Hessian through the maps' Jacobians.  The
 response is not scaled: a GLMM's response has its own units (counts,
 proportions).
@@ -28,10 +30,13 @@ from multilevel.optimize.record import OptRecord
 
 @dataclass
 class GlmmBasis:
-    """X = X̃N, Z_k = Z̃_k V_k."""
+    """X = X̃N/s, Z_k = Z̃_k V_k/s: s (``eta_scale``) is 1 unless the link's
+    linear predictor has the units of the response (identity, inverse, 1/μ²,
+    √μ), where it is a typical |η| so that β̃ and θ̃ are of order one."""
 
     N: np.ndarray
     Vs: list[np.ndarray]
+    eta_scale: float = 1.0
 
     @classmethod
     def of(
@@ -39,6 +44,7 @@ class GlmmBasis:
         X: np.ndarray,
         Zs: list[np.ndarray],
         ones: tuple[int | None, list[int | None]] | None = None,
+        eta_scale: float = 1.0,
     ) -> GlmmBasis:
         """From the rows at hand; ``ones`` names the intercept columns of X and
         of each Z when the rows are only some of the data (a Dask partition's
@@ -46,41 +52,50 @@ class GlmmBasis:
         x_ones, z_ones = ("detect", ["detect"] * len(Zs)) if ones is None else ones
         N = affine(X, center=True, ones=x_ones)
         Vs = [affine(Z, center=Z.shape[1] > 1, ones=o) for Z, o in zip(Zs, z_ones, strict=True)]
-        return cls(N, Vs)
+        return cls(N, Vs, float(eta_scale))
 
     def scaled_X(self, X: np.ndarray) -> np.ndarray:
-        return apply_affine(X, self.N)
+        return self._times_scale(apply_affine(X, self.N))
 
     def scaled_Z(self, k: int, Z: np.ndarray) -> np.ndarray:
-        return apply_affine(Z, self.Vs[k])
+        return self._times_scale(apply_affine(Z, self.Vs[k]))
+
+    def _times_scale(self, M: np.ndarray) -> np.ndarray:
+        return M if self.eta_scale == 1.0 else M * self.eta_scale
 
     def drop_x_columns(self, keep: np.ndarray) -> GlmmBasis:
         """Without the X columns not in ``keep`` (aliased ones, never the intercept)."""
         keep = np.asarray(keep, dtype=bool)
-        return GlmmBasis(self.N[np.ix_(keep, keep)], self.Vs)
+        return GlmmBasis(self.N[np.ix_(keep, keep)], self.Vs, self.eta_scale)
 
     # -- estimates ------------------------------------------------------------------------
     def beta(self, beta_s: np.ndarray) -> np.ndarray:
-        return sla.solve_triangular(self.N, beta_s, lower=False, check_finite=False)
+        return sla.solve_triangular(
+            self.N, self.eta_scale * beta_s, lower=False, check_finite=False
+        )
 
     def b(self, b_s: list[np.ndarray]) -> list[np.ndarray]:
-        """Per term (levels, q) rows b = V⁻¹b̃."""
-        return [np.linalg.solve(V, bk.T).T for bk, V in zip(b_s, self.Vs, strict=True)]
+        """Per term (levels, q) rows b = sV⁻¹b̃."""
+        s = self.eta_scale
+        return [np.linalg.solve(V, s * bk.T).T for bk, V in zip(b_s, self.Vs, strict=True)]
 
     def condvar(self, C_s: list[np.ndarray]) -> list[np.ndarray]:
         out = []
         for Ck, V in zip(C_s, self.Vs, strict=True):
-            Vinv = np.linalg.inv(V)
+            Vinv = self.eta_scale * np.linalg.inv(V)
             out.append(np.einsum("ia,nab,jb->nij", Vinv, Ck, Vinv, optimize=True))
         return out
 
     def theta(self, theta_s: np.ndarray, tmpl: list, to_scaled: bool = False) -> np.ndarray:
-        """θ̃ → θ (or θ → θ̃): T = lower factor of V⁻¹T̃ (T̃ = lower factor of VT)."""
+        """θ̃ → θ (or θ → θ̃): T = lower factor of sV⁻¹T̃ (T̃ = lower factor of
+        VT/s); entries after the templates' (a family's parameter) are unchanged."""
         out = []
+        s = self.eta_scale
         for V, t in zip(self.Vs, tmpl, strict=True):
             T = t.matrix(theta_s)
-            M = V @ T if to_scaled else np.linalg.solve(V, T)
+            M = (V @ T) / s if to_scaled else s * np.linalg.solve(V, T)
             out.append(lower_factor(M)[t.rows, t.cols])
+        out.append(theta_s[sum(t.size for t in tmpl) :])
         return np.concatenate(out)
 
     def to_original(
@@ -101,14 +116,14 @@ class GlmmBasis:
         Ninv = sla.solve_triangular(
             self.N, np.eye(self.N.shape[0]), lower=False, check_finite=False
         )
-        vcov = Ninv @ vcov @ Ninv.T
+        s = self.eta_scale
+        vcov = (s * Ninv) @ vcov @ (s * Ninv.T)
         theta = self.theta(np.asarray(theta_s, dtype=float), tmpl)
         Jt = None
         if hess is not None:
             if all(np.allclose(V, np.diag(np.diag(V))) for V in self.Vs):
-                Jt = np.diag(
-                    np.concatenate([np.diag(V)[t.rows] for V, t in zip(self.Vs, tmpl, strict=True)])
-                )
+                scales = [np.diag(V)[t.rows] / s for V, t in zip(self.Vs, tmpl, strict=True)]
+                Jt = np.diag(np.concatenate(scales + [np.ones(nt - sum(t.size for t in tmpl))]))
             else:
                 Jt = np.empty((nt, nt))
                 for j in range(nt):
@@ -119,9 +134,9 @@ class GlmmBasis:
                     Jt[:, j] = (fwd - self.theta(theta - e, tmpl, to_scaled=True)) / (2 * h)
             J = np.eye(hess.shape[0])
             J[:nt, :nt] = Jt
-            J[nt:, nt:] = self.N
+            J[nt:, nt:] = self.N / s
             hess = J.T @ hess @ J
-        log_map = _ToOriginal(self, tmpl, Ninv, nt)
+        log_map = _ToOriginal(self, tmpl, s * Ninv, nt)
         for rec in (r for r in records if r is not None):
             x = np.asarray(rec.theta, dtype=float)
             rec.internal_theta = x[:nt].copy()
@@ -129,7 +144,7 @@ class GlmmBasis:
             if x.size > nt:  # (θ, β): the gradient by the chain rule, β̃ = Nβ
                 g = np.asarray(rec.gradient, dtype=float)
                 gt = g[:nt] if Jt is None else Jt.T @ g[:nt]
-                rec.gradient = np.concatenate([gt, self.N.T @ g[nt:]])
+                rec.gradient = np.concatenate([gt, self.N.T @ g[nt:] / s])
             rec.log_map = log_map if rec.log_map is None else _Then(rec.log_map, log_map)
         return theta, vcov, hess
 

@@ -100,6 +100,7 @@ def fit_glmer(
     seed: int | None = 1,
     mc_df: float = DEFAULT_DF,
     namespace: dict | None = None,
+    hessian: str | None = None,
 ) -> GlmerFit:
     """In-memory ``glmer`` (:func:`multilevel.api.glmer` checks and dispatches)."""
     parsed = parse_formula(formula)
@@ -108,6 +109,7 @@ def fit_glmer(
             f"no random-effects terms in {formula!r}; add e.g. (1 | group), or use a GLM"
         )
     fam = get_family(family)
+    hessian = resolve_hessian(hessian, fam)
     meth = resolve_method(method, nAGQ)
     if meth == "agq" and len(parsed.random) > 1:
         raise ModelError(
@@ -154,6 +156,7 @@ def fit_glmer(
                 seed=seed,
                 mc_df=float(mc_df),
                 data_name=_data_name(data),
+                hessian=hessian,
             )
         except PirlsError as exc:
             raise ModelError(pirls_message(exc)) from None
@@ -173,6 +176,21 @@ def check_response(family: Family, resp, label: str) -> None:
             f"the response {label!r} has only {which}: the probability is estimated as "
             f"{0 if which == 'failures' else 1} (logit -inf or +inf), so there is nothing to fit"
         )
+
+
+HESSIANS = ("observed", "fisher")
+
+
+def resolve_hessian(hessian: str | None, family: Family) -> str:
+    """The Laplace curvature: the family's default (observed, as glmmTMB, for
+    the families lme4 does not share; Fisher, as lme4, for binomial and
+    Poisson) unless chosen."""
+    if hessian is None:
+        return family.hessian_default
+    h = str(hessian).lower()
+    if h not in HESSIANS:
+        raise ModelError(f"hessian must be 'observed' or 'fisher', not {hessian!r}")
+    return h
 
 
 def _data_name(data: Any) -> str:
@@ -206,7 +224,7 @@ class _Objective(StagedObjective):
         self.method = method
         self.nagq = nagq
         self.draws = draws
-        self.ntheta = sum(t.size for t in prob.tmpl)
+        self.ntheta = prob.nre + prob.family.nfree
         self.u: np.ndarray | None = None
         self.beta = prob.initial_beta()
         self.beta0 = self.beta.copy()
@@ -242,9 +260,10 @@ class _Objective(StagedObjective):
         return v if np.isfinite(v) else math.inf
 
 
-def _exact_route(family: Family, rs: list, method: str, nAGQ: int) -> str | None:
+def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | None:
     """The exact-gradient search that fits this model, if any (module docstring)."""
-    if not EXACT_GRADIENT or method == "mc" or nAGQ < 1:
+    family = prob.family
+    if not EXACT_GRADIENT or method == "mc" or nAGQ < 1 or family.nfree or prob.observed:
         return None
     nterms, q0 = len(rs), rs[0].q
     laplace = method == "laplace" and nAGQ == 1
@@ -314,6 +333,7 @@ def fit_glmm(
     seed: int | None = 1,
     mc_df: float = DEFAULT_DF,
     data_name: str = "data",
+    hessian: str = "fisher",
 ) -> GlmerFit:
     """Order terms (lme4: by decreasing levels), sort rows by the first grouping
     factor, then the two optimisation stages and the Hessian."""
@@ -325,7 +345,12 @@ def fit_glmm(
     # fixed and random effects in a centred and scaled basis, X = X̃N, Z = Z̃V:
     # PIRLS and the searches see no timestamps or units of 1e-8; θ is searched
     # as θ̃ (T̃T̃ᵀ = V T Tᵀ Vᵀ), β as β̃ = Nβ, and both map back below
-    basis = GlmmBasis.of(design.X, [r.Z for r in rs], ones=design.intercept_columns())
+    basis = GlmmBasis.of(
+        design.X,
+        [r.Z for r in rs],
+        ones=design.intercept_columns(),
+        eta_scale=family.eta_scale(resp),
+    )
     rb = RandomBlocks(
         [basis.scaled_Z(k, r.Z)[perm] for k, r in enumerate(rs)],
         [r.codes[perm] for r in rs],
@@ -333,12 +358,15 @@ def fit_glmm(
     )
     tmpl = templates([r.q for r in rs])
     offset = None if design.offset is None else design.offset[perm]
-    prob = PirlsProblem(family, resp.take(perm), basis.scaled_X(design.X)[perm], offset, rb, tmpl)
+    prob = PirlsProblem(
+        family, resp.take(perm), basis.scaled_X(design.X)[perm], offset, rb, tmpl, hessian
+    )
+    start = prob.start_family()  # the family's parameter, searched as its logarithm
     draws = Draws(prob, mc_samples, seed, mc_df) if method == "mc" else None
     obj = _Objective(prob, method, nAGQ, draws)
 
-    theta0 = np.concatenate([t.initial() for t in tmpl])
-    lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
+    theta0 = np.concatenate([t.initial() for t in tmpl] + [np.log([start] * family.nfree)])
+    lower_t = np.concatenate([t.lower_bounds() for t in tmpl] + [np.full(family.nfree, -np.inf)])
 
     def two_stage():
         """lme4's route: θ with β inside PIRLS, then (θ, δ) by BOBYQA + Newton."""
@@ -352,7 +380,7 @@ def fit_glmm(
         return st.rec1, st.mode1, st.rec2, st.H
 
     rec1 = mode1 = rec2 = H = None
-    route = _exact_route(family, rs, method, nAGQ)
+    route = _exact_route(prob, rs, method, nAGQ)
     if route is not None:
         rec2, H = _exact_search(route, prob, obj, nAGQ, theta0, lower_t)
         if not rec2.converged:
@@ -405,9 +433,10 @@ def fit_glmm(
             dev = mc.deviance
             warn_degenerate(mc)
     theta_hat, vcov, hess = basis.to_original(tmpl, theta_hat, vcov, hess, (rec1, rec2))
+    theta_hat = theta_hat[: prob.nre]  # the family's parameter is in prob.family
     fit = GlmerFit(
         design=design,
-        family=family,
+        family=prob.family,
         prob=prob,
         perm=perm,
         mode=mode,

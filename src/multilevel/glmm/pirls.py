@@ -33,6 +33,7 @@ terms form a dense Schur complement
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -419,8 +420,11 @@ class PirlsProblem:
         offset: np.ndarray | None,
         rb: RandomBlocks,
         templates,
+        hessian: str = "fisher",
     ):
         self.family = family
+        self.hessian = hessian
+        self.nre = sum(t.size for t in templates)
         self.resp = resp
         self.X = np.ascontiguousarray(X, dtype=float)
         self.offset = np.zeros(X.shape[0]) if offset is None else np.asarray(offset, float)
@@ -432,12 +436,36 @@ class PirlsProblem:
     def templates(self, theta: np.ndarray) -> list[np.ndarray]:
         return [t.matrix(theta) for t in self.tmpl]
 
+    def set_params(self, theta: np.ndarray) -> None:
+        """The family's estimated parameter from θ's entries after the random
+        effects' (its logarithm), when the search carries it."""
+        if theta.size > self.nre and self.family.nfree:
+            self.family = self.family.with_value(math.exp(float(theta[self.nre])))
+
+    @property
+    def observed(self) -> bool:
+        """Whether the Laplace curvature is the observed one and differs from Fisher's."""
+        return self.hessian == "observed" and not self.family.canonical
+
     def loglik_eta(self, eta: np.ndarray) -> float:
         r = self.resp
         return float(self.family.loglik_kernel(r.y, eta, r.weights).sum()) + self._const
 
     def eta(self, beta: np.ndarray, u: np.ndarray, T: list[np.ndarray]) -> np.ndarray:
         return self.offset + self.X @ beta + self.rb.zb(u, T)
+
+    def start_family(self) -> float | None:
+        """Set a starting value of the family's estimated parameter (moments
+        of a GLM fit without random effects, iterated twice since the negative
+        binomial's GLM depends on θ) and return it; None without one."""
+        if not self.family.nfree:
+            return None
+        if self.family.value is None:
+            self.family = self.family.with_value(1.0)
+        for _ in range(3):
+            mu = self.family.linkinv(self.offset + self.X @ self.initial_beta())
+            self.family = self.family.with_value(self.family.param_start(self.resp, mu))
+        return self.family.value
 
     def initial_beta(self) -> np.ndarray:
         """β of the GLM without random effects (IRLS from the family's starting μ)."""
@@ -447,8 +475,8 @@ class PirlsProblem:
         beta = np.zeros(self.p)
         dev = np.inf
         for _ in range(50):  # IRLS iterations
-            mu, d, w = fam.irls_terms(eta, r.weights)
-            z = eta - self.offset + (r.y - mu) / d
+            w, resid = fam.score_weights(r.y, eta, r.weights)
+            z = eta - self.offset + resid
             sw = np.sqrt(w)
             beta_new = np.linalg.lstsq(self.X * sw[:, None], z * sw, rcond=None)[0]
             eta_new = self.offset + self.X @ beta_new
@@ -472,6 +500,7 @@ class PirlsProblem:
 
         Raises PirlsError when the penalized deviance cannot be decreased and
         the iteration has not converged, or after MAX_ITER iterations."""
+        self.set_params(theta)
         fam, r, rb = self.family, self.resp, self.rb
         T = self.templates(theta)
         u = np.zeros(rb.Q) if u_start is None else np.array(u_start, dtype=float)
@@ -482,8 +511,8 @@ class PirlsProblem:
         if not np.isfinite(pdev):
             raise PirlsError("the starting linear predictor gives an infinite deviance")
         for it in range(1, MAX_ITER + 1):
-            mu, d, w = fam.irls_terms(eta, r.weights)
-            z = eta - self.offset + (r.y - mu) / d
+            w, resid = fam.score_weights(r.y, eta, r.weights)
+            z = eta - self.offset + resid
             F = np.column_stack([self.X, z]) if joint else (z - self.X @ beta)[:, None]
             blocks = rb.crossprods(w, F)
             f = factor(rb, blocks, T, joint)
@@ -508,6 +537,14 @@ class PirlsProblem:
             db = beta_new - beta
             step = max(np.max(np.abs(du), initial=0.0), np.max(np.abs(db), initial=0.0))
             if step < STEP_TOL:
+                if self.observed:
+                    w = fam.observed_weights(r.y, eta, r.weights)
+                    f = factor(rb, rb.crossprods(w, F), T, joint)
+                    if f is None:
+                        raise PirlsError(
+                            "the observed information of the conditional density is not "
+                            "positive definite at the mode"
+                        )
                 return Mode(theta, beta, u, eta, ll, pdev, f, w, it)
             # rounding of a sum over n rows: changes below this are not decreases
             slack = 1e-12 * (1.0 + abs(pdev))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from multilevel.errors import ModelError
 from multilevel.formula.design import to_pandas
 from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.montecarlo import DEFAULT_DF, Draws, MCEstimate, mc_loglik, warn_degenerate
@@ -145,7 +146,28 @@ class GlmerFit(MixedModelFit):
 
     @property
     def sigma(self) -> float:
-        return 1.0
+        """glmmTMB's ``sigma()``: 1 for binomial and Poisson, the negative
+        binomial θ, 1/√shape for Gamma (the coefficient of variation), √φ for
+        the inverse Gaussian (φ its dispersion), the precision φ for beta."""
+        return self.family.sigma
+
+    @property
+    def nb_theta(self) -> float:
+        """The negative binomial θ (lme4's ``getME(fit, "glmer.nb.theta")``)."""
+        if self.family.name != "negative_binomial":
+            raise ModelError(
+                f"nb_theta is the negative binomial's θ; this fit's family is {self.family.name}"
+            )
+        return float(self.family.value)
+
+    @property
+    def family_param(self) -> pd.Series:
+        """The family's own parameter (θ, shape, dispersion or φ) on its
+        natural scale; empty for binomial and Poisson."""
+        fam = self.family
+        if fam.param_name is None:
+            return pd.Series([], dtype=float, name="family")
+        return pd.Series([float(fam.value)], index=[fam.param_name], name="family")
 
     @property
     def vcov(self) -> pd.DataFrame:
@@ -254,7 +276,7 @@ class GlmerFit(MixedModelFit):
 
     @property
     def df_model(self) -> int:
-        return len(self._beta) + len(self._theta)
+        return len(self._beta) + len(self._theta) + self.family.nfree
 
     @property
     def df_resid(self) -> int:
@@ -443,7 +465,7 @@ def glmer_summary(fit: GlmerFit) -> str:
         f"Generalized linear mixed model fit by maximum likelihood ({fit.method_title}) [glmerMod]"
     )
     out = textwrap.wrap(title, width=71, subsequent_indent="  ", break_on_hyphens=False)
-    out.append(f" Family: {fit.family.name}  ( {fit.family.link.name} )")
+    out.append(f" Family: {fit.family.describe()}  ( {fit.family.link.name} )")
     out.append(f"Formula: {fit.formula}")
     out.append(f"   Data: {fit.data_name}")
     if fit.design.n_dropped:

@@ -62,6 +62,33 @@ def fd_hessian(
     return H, g
 
 
+def richardson_gradient(
+    fun: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    h: np.ndarray | float = 1e-3,
+    g_h: np.ndarray | None = None,
+) -> np.ndarray:
+    """The gradient (4 g_{h/2} − g_h)/3 from central differences with steps h and
+    h/2 (``g_h`` if already known): the O(h²) errors cancel, leaving O(h⁴).
+    Where the criterion is strongly curved on the step's scale (a precisely
+    estimated dispersion or variance), the error h²f₃/6 of one central
+    difference (f₃ the third derivative) exceeds a gradient tolerance at an
+    optimum."""
+    d = x.size
+    h = np.broadcast_to(np.asarray(h, dtype=float), (d,))
+
+    def central(step: np.ndarray) -> np.ndarray:
+        g = np.empty(d)
+        for a in range(d):
+            e = np.zeros(d)
+            e[a] = step[a]
+            g[a] = (fun(x + e) - fun(x - e)) / (2 * step[a])
+        return g
+
+    g_h = central(h) if g_h is None else g_h
+    return (4.0 * central(h / 2) - g_h) / 3.0
+
+
 def fd_hessian_of(
     fun: Callable[[np.ndarray], float], x: np.ndarray, idx: np.ndarray, h: float = 1e-4
 ) -> np.ndarray:

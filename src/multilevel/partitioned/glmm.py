@@ -63,7 +63,12 @@ from multilevel.formula.design import Design, aliased_from_gram, warn_rank_defic
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.families import Family, get_family
-from multilevel.glmm.fit import MAX_NODES, flag_runaway_variances, resolve_method
+from multilevel.glmm.fit import (
+    MAX_NODES,
+    flag_runaway_variances,
+    resolve_hessian,
+    resolve_method,
+)
 from multilevel.glmm.montecarlo import DEFAULT_DF
 from multilevel.glmm.pirls import (
     MAX_ITER,
@@ -490,6 +495,7 @@ def glmer_partitioned(
     seed: int | None = 1,
     mc_df: float = DEFAULT_DF,
     namespace: dict | None = None,
+    hessian: str | None = None,
 ) -> PartitionedGlmerFit:
     """Fit a GLMM with one grouping factor to a Dask DataFrame or a Parquet path
     (what :func:`multilevel.glmer` does with such data); see the module
@@ -499,6 +505,17 @@ def glmer_partitioned(
     del mc_samples, seed, mc_df  # Monte Carlo integration is refused below
     parsed = parse_formula(formula)
     fam = get_family(family)
+    if fam.nfree or resolve_hessian(hessian, fam) != "fisher":
+        what = (
+            f"estimates its {fam.param_name}"
+            if fam.nfree
+            else "with hessian='observed' uses the observed curvature"
+        )
+        raise ModelError(
+            f"with Dask data, glmer fits binomial and Poisson families with lme4's "
+            f"(Fisher) curvature; the {fam.name} family {what}: collect the data "
+            "(e.g. .compute()) and fit it in memory"
+        )
     meth = resolve_method(method, nAGQ)
     group_cols = _check_model(parsed, formula, meth)
     if namespace is not None:

@@ -1,0 +1,242 @@
+"""Positive and (0, 1) measurements: Gamma, inverse Gaussian and beta families.
+
+Each has a positive parameter estimated by maximum likelihood with the
+variance parameters (``param_name``); prior weights multiply the log-density.
+
+Gamma (links inverse, log, identity), shape ν, mean μ, variance μ²/ν:
+
+    log f(y | μ) = ν log ν − ν log μ + (ν − 1) log y − ν y/μ − log Γ(ν);
+
+``sigma`` is glmmTMB's 1/√ν (the coefficient of variation).
+
+Inverse Gaussian (links 1/mu^2, inverse, log, identity), dispersion φ,
+variance φμ³:
+
+    log f(y | μ) = −½ log(2π φ y³) − (y − μ)² / (2 φ μ² y);
+
+``sigma`` is √φ, as R's ``sigma()`` of a GLM.
+
+Beta (links logit, probit, cloglog), precision φ, a = μφ, b = (1 − μ)φ,
+variance μ(1 − μ)/(1 + φ) (glmmTMB's ``beta_family``):
+
+    log f(y | μ) = log Γ(φ) − log Γ(a) − log Γ(b) + (a − 1) log y + (b − 1) log(1 − y);
+
+``sigma`` is φ, as glmmTMB's.  Its score is not linear in y, so the scoring
+step uses ℓ_η / W rather than (y − μ)/μ'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from multilevel.errors import DataError
+from multilevel.glmm.families.base import Family, GlmResponse, numeric_column, prior_weights
+from multilevel.glmm.families.links import EPS, TINY
+
+
+def _positive(value, family: str, label: str) -> np.ndarray:
+    y = numeric_column(value, family, label, "positive numbers")
+    bad = ~(y > 0)
+    if bad.any():
+        raise DataError(
+            f"the {family} response {label!r} has {int(bad.sum())} value(s) that are not "
+            f"positive (e.g. {y[bad][0]:g}); the {family} family needs y > 0 (drop or "
+            "recode those rows, or choose a family that allows them)"
+        )
+    return y
+
+
+def _moment_dispersion(resp: GlmResponse, mu: np.ndarray, var: np.ndarray) -> float:
+    """Σ w (y − μ)²/V(μ) / Σ w: a moment estimate of a scale factor."""
+    w = resp.weights
+    return float(np.sum(w * (resp.y - mu) ** 2 / np.maximum(var, TINY)) / np.sum(w))
+
+
+class Gamma(Family):
+    """Gamma measurements; links inverse (canonical), log, identity."""
+
+    name = "Gamma"
+    links = ("inverse", "log", "identity")
+    canonical_link = "inverse"
+    param_name = "shape"
+
+    def variance(self, mu):
+        return mu * mu
+
+    def info_mu(self, mu):
+        return self.value / np.maximum(mu * mu, TINY)
+
+    def dev_resids(self, y, mu, wt):
+        mu = np.maximum(mu, TINY)
+        return -2.0 * wt * (np.log(y / mu) - (y - mu) / mu)
+
+    def loglik_kernel(self, y, eta, wt):
+        nu = self.value
+        mu = self.linkinv(eta)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ll = (
+                nu * np.log(nu)
+                - nu * np.log(mu)
+                + (nu - 1.0) * np.log(y)
+                - nu * y / mu
+                - special.gammaln(nu)
+            )
+        return wt * np.where(mu > 0, ll, -np.inf)
+
+    def dmu(self, y, mu, wt):
+        nu = self.value
+        mu = np.maximum(mu, TINY)
+        return wt * nu * (y - mu) / mu**2, wt * nu * (mu - 2.0 * y) / mu**3
+
+    def saturated_loglik(self, resp):
+        return float(np.sum(self.loglik_kernel(resp.y, self.linkfun(resp.y), resp.weights)))
+
+    def initial_mu(self, resp):
+        return resp.y.copy()
+
+    def param_start(self, resp, mu):
+        return float(np.clip(1.0 / max(_moment_dispersion(resp, mu, mu * mu), 1e-8), 1e-3, 1e6))
+
+    @property
+    def sigma(self) -> float:
+        return float(1.0 / np.sqrt(self.value))
+
+    def response(self, value, weights, label):
+        y = _positive(value, "Gamma", label)
+        return GlmResponse(y, prior_weights(weights, y.size), np.zeros_like(y), None)
+
+    def simulate(self, mu, resp, rng):
+        return rng.gamma(self.value, mu / self.value)
+
+
+class InverseGaussian(Family):
+    """Inverse Gaussian measurements; links 1/mu^2 (canonical), inverse, log, identity."""
+
+    name = "inverse.gaussian"
+    links = ("1/mu^2", "inverse", "log", "identity")
+    canonical_link = "1/mu^2"
+    param_name = "dispersion"
+
+    def variance(self, mu):
+        return mu**3
+
+    def info_mu(self, mu):
+        return 1.0 / (self.value * np.maximum(mu**3, TINY))
+
+    def dev_resids(self, y, mu, wt):
+        return wt * (y - mu) ** 2 / (y * mu * mu)
+
+    def loglik_kernel(self, y, eta, wt):
+        phi = self.value
+        mu = self.linkinv(eta)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ll = -0.5 * np.log(2.0 * np.pi * phi * y**3) - (y - mu) ** 2 / (2.0 * phi * mu * mu * y)
+        return wt * np.where(mu > 0, ll, -np.inf)
+
+    def dmu(self, y, mu, wt):
+        phi = self.value
+        mu = np.maximum(mu, TINY)
+        return wt * (y - mu) / (phi * mu**3), wt * (2.0 * mu - 3.0 * y) / (phi * mu**4)
+
+    def saturated_loglik(self, resp):
+        y = resp.y
+        return float(np.sum(resp.weights * -0.5 * np.log(2.0 * np.pi * self.value * y**3)))
+
+    def initial_mu(self, resp):
+        return resp.y.copy()
+
+    def param_start(self, resp, mu):
+        return float(np.clip(_moment_dispersion(resp, mu, mu**3), 1e-10, 1e10))
+
+    @property
+    def sigma(self) -> float:
+        return float(np.sqrt(self.value))
+
+    def response(self, value, weights, label):
+        y = _positive(value, "inverse Gaussian", label)
+        return GlmResponse(y, prior_weights(weights, y.size), np.zeros_like(y), None)
+
+    def simulate(self, mu, resp, rng):
+        return rng.wald(mu, 1.0 / self.value)
+
+
+class Beta(Family):
+    """Proportions strictly inside (0, 1); links logit (default), probit, cloglog."""
+
+    name = "beta"
+    links = ("logit", "probit", "cloglog")
+    param_name = "phi"
+
+    def _ab(self, mu):
+        mu = np.clip(mu, TINY, 1.0 - EPS / 2)
+        return mu, mu * self.value, (1.0 - mu) * self.value
+
+    def variance(self, mu):
+        return mu * (1.0 - mu) / (1.0 + self.value)
+
+    def info_mu(self, mu):
+        _, a, b = self._ab(mu)
+        return self.value**2 * (special.polygamma(1, a) + special.polygamma(1, b))
+
+    def dev_resids(self, y, mu, wt):
+        sat = self._ll(y, y)
+        return 2.0 * wt * np.maximum(sat - self._ll(y, mu), 0.0)
+
+    def _ll(self, y, mu):
+        mu, a, b = self._ab(mu)
+        return (
+            special.gammaln(self.value)
+            - special.gammaln(a)
+            - special.gammaln(b)
+            + (a - 1.0) * np.log(y)
+            + (b - 1.0) * np.log1p(-y)
+        )
+
+    def loglik_kernel(self, y, eta, wt):
+        return wt * self._ll(y, self.linkinv(eta))
+
+    def dmu(self, y, mu, wt):
+        _, a, b = self._ab(mu)
+        phi = self.value
+        l1 = phi * (np.log(y) - np.log1p(-y) - special.digamma(a) + special.digamma(b))
+        l2 = -(phi**2) * (special.polygamma(1, a) + special.polygamma(1, b))
+        return wt * l1, wt * l2
+
+    def score_weights(self, y, eta, wt):
+        mu = self.linkinv(eta)
+        d = self.mu_eta(eta)
+        l1, l2 = self.dmu(y, mu, wt)
+        w = -l2 * d * d  # ℓ_μμ does not involve y: the Fisher information
+        return w, l1 * d / np.maximum(w, TINY)
+
+    def saturated_loglik(self, resp):
+        return float(np.sum(resp.weights * self._ll(resp.y, resp.y)))
+
+    def initial_mu(self, resp):
+        return resp.y.copy()
+
+    def param_start(self, resp, mu):
+        disp = _moment_dispersion(resp, mu, mu * (1.0 - mu))  # ≈ 1/(1 + φ)
+        return float(np.clip(1.0 / max(disp, 1e-8) - 1.0, 0.1, 1e6))
+
+    @property
+    def sigma(self) -> float:
+        return float(self.value)
+
+    def response(self, value, weights, label):
+        y = numeric_column(value, "beta", label, "proportions strictly between 0 and 1")
+        bad = ~((y > 0) & (y < 1))
+        if bad.any():
+            n = y.size
+            raise DataError(
+                f"the beta response {label!r} has {int(bad.sum())} value(s) outside the open "
+                f"interval (0, 1) (e.g. {y[bad][0]:g}); the beta family needs 0 < y < 1. The "
+                f"usual transformation is (y * (n - 1) + 0.5) / n with n = {n} rows "
+                "(Smithson and Verkuilen, 2006)"
+            )
+        return GlmResponse(y, prior_weights(weights, y.size), np.zeros_like(y), None)
+
+    def simulate(self, mu, resp, rng):
+        _, a, b = self._ab(mu)
+        return rng.beta(a, b)
