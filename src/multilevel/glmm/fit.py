@@ -263,12 +263,14 @@ class _Objective(StagedObjective):
 def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | None:
     """The exact-gradient search that fits this model, if any (module docstring)."""
     family = prob.family
-    if not EXACT_GRADIENT or method == "mc" or nAGQ < 1 or family.nfree or prob.observed:
+    if not EXACT_GRADIENT or method == "mc" or nAGQ < 1:
         return None
     nterms, q0 = len(rs), rs[0].q
     laplace = method == "laplace" and nAGQ == 1
-    if scalar_glmm.supported(family, nterms, q0):
+    if scalar_glmm.supported(family, nterms, q0, prob.hessian):
         return "groupwise"
+    if family.nfree or prob.observed:  # the other routes: binomial and Poisson, lme4's curvature
+        return None
     if vector_glmm.supported(family, nterms, q0):
         return "vector"
     if laplace and laplace_gradient.supported(family, [r.q for r in rs], [r.nlevels for r in rs]):
@@ -285,7 +287,7 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
     with np.errstate(over="ignore", under="ignore"):
         if route == "groupwise":
             r2, H2, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
-                prob, nAGQ, obj.beta, float(theta0[0])
+                prob, nAGQ, obj.beta, theta0, lower_t
             )
         elif route == "vector":
             r2, H2, obj.beta0, obj.Rinv, obj.u = vector_glmm.optimize_vector(

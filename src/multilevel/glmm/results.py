@@ -393,6 +393,31 @@ class GlmerFit(MixedModelFit):
         out = eta if type == "link" else self.family.linkinv(eta)
         return pd.Series(out, index=index, name="predicted")
 
+    def simulate(self, nsim: int = 1, seed: Any = None, use_u: bool = False) -> pd.DataFrame:
+        """``nsim`` responses drawn from the fitted model (lme4's ``simulate``):
+        new random effects b ~ N(0, Σ̂) per simulation (``use_u=True``: the
+        conditional modes b̂ instead), η = offset + Xβ̂ + Zb, y ~ family(g⁻¹(η))
+        at the family's estimated parameter.  On the scale of ``fit.y``
+        (proportions for binomial trials); columns sim_1, ..., rows as fitted."""
+        if int(nsim) != nsim or nsim < 1:
+            raise ModelError(f"nsim must be a whole number of at least 1, not {nsim!r}")
+        rng = np.random.default_rng(seed)
+        resp = self._prob.resp.take(self._inv)
+        fixed = self.design.X @ self._beta
+        if self.design.offset is not None:
+            fixed = fixed + self.design.offset
+        cols = {}
+        for i in range(int(nsim)):
+            if use_u:
+                eta = self._eta
+            else:
+                eta = fixed.copy()
+                for r, T in zip(self.design.random, self._templates, strict=True):
+                    b = rng.standard_normal((r.nlevels, r.q)) @ T.T
+                    eta += np.einsum("nq,nq->n", r.Z, b[r.codes])
+            cols[f"sim_{i + 1}"] = self.family.simulate(self.family.linkinv(eta), resp, rng)
+        return pd.DataFrame(cols, index=self.design.row_index)
+
     def _predict_new(self, frame: pd.DataFrame, population: bool, allow_new: bool) -> np.ndarray:
         from multilevel.formula.newdata import linear_predictor
 
@@ -483,7 +508,8 @@ def glmer_summary(fit: GlmerFit) -> str:
             f"smallest effective sample size {fit.mc.ess:.0f})"
         )
     out.append("")
-    q = np.quantile(fit.residuals(type="pearson").to_numpy(), [0, 0.25, 0.5, 0.75, 1])
+    scaled = fit.residuals(type="pearson").to_numpy() / math.sqrt(fit.family.dispersion)
+    q = np.quantile(scaled, [0, 0.25, 0.5, 0.75, 1])
     out.append("Scaled residuals: ")
     out.append(quantile_line(q))
     out.append("")
@@ -491,6 +517,9 @@ def glmer_summary(fit: GlmerFit) -> str:
     out.append(random_effects_block(fit))
     groups = "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
     out.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
+    if fit.family.summary_line() is not None:
+        out.append("")
+        out.append(fit.family.summary_line())
     out.append("")
     out.append("Fixed effects:")
     out.append(fixed_effects_table(fit))

@@ -1,5 +1,7 @@
 """Laplace and AGQ deviance, with its exact gradient, for a GLMM with one
-scalar random-effects term and a canonical link.
+scalar random-effects term: any family whose log-density has its derivatives
+(:mod:`multilevel.glmm.families.base`), with the observed curvature (or a
+canonical link, where it is Fisher's too).
 
 With one grouping factor and one column z (``(1 | g)`` or ``(0 + x | g)``),
 ηᵢ = oᵢ + xᵢᵀβ + θ zᵢ u_j for row i of group j, u_j ~ N(0, 1), and the
@@ -7,8 +9,9 @@ marginal likelihood is a product of one-dimensional integrals.  Per group,
 
     f_j(u) = −Σᵢ ℓᵢ(ηᵢ(u)) + u²/2,      h_j = f_j''(û_j) = 1 + θ² Σᵢ zᵢ² wᵢ,
 
-with ℓᵢ = wtᵢ(yᵢηᵢ − b(ηᵢ)) + cᵢ (full log-density), ℓ' = wt(y − μ),
-w = wt b''(η), w' = wt b'''(η).  The conditional modes û_j solve f_j'(u) = 0
+with ℓᵢ the full log-density of row i, ℓ' = ∂ℓ/∂η, w = −ℓ'', w' = −ℓ'''
+(for a canonical link ℓ = wt(yη − b(η)) + c: ℓ' = wt(y − μ), w = wt b'',
+w' = wt b''').  The conditional modes û_j solve f_j'(u) = 0
 (vectorized Newton steps over all groups, halved per group while f_j rises).
 With s_j = h_j^(−1/2) and Gauss–Hermite nodes t_k, weights W_k (for the weight
 e^(−t²/2); one node t = 0 is the Laplace approximation),
@@ -23,10 +26,12 @@ E_j = Σ_k P_jk F_jk t_k, D_j = Σ_k P_jk F_jk,
     dD = 2 Σ_j Σ_k P_jk ∂f_j/∂φ(u_jk) + Σ_j (1 − s_j E_j)/h_j · dh_j + 2 Σ_j D_j dû_j,
 
 where dû_j = −(∂f_j'/∂φ)/h_j (implicit function theorem) and
-dh_j = ∂h_j/∂φ + θ³ Σᵢ zᵢ³ w'ᵢ dû_j.  For Laplace E_j = D_j = 0.  A canonical
-link makes the observed and expected weights agree, so PIRLS' curvature is
-f_j''.  Nothing loops over groups or rows in numpy; the compiled kernel
-(``_glmm_kernels.c``, used when it was built) does the same group by group.
+dh_j = ∂h_j/∂φ + θ³ Σᵢ zᵢ³ w'ᵢ dû_j.  For Laplace E_j = D_j = 0.  A family's
+parameter ψ (its logarithm: the negative binomial θ, the Gamma shape...)
+enters φ after θ: ∂f_j/∂ψ = −Σᵢ ∂ℓᵢ/∂ψ, ∂f_j'/∂ψ = −θ Σᵢ zᵢ ∂ℓ'ᵢ/∂ψ and
+∂h_j/∂ψ = θ² Σᵢ zᵢ² ∂wᵢ/∂ψ.  Nothing loops over groups or rows in numpy; the
+compiled kernel (``_glmm_kernels.c``, used when it was built) does the same
+group by group for binomial-logit and Poisson-log.
 """
 
 from __future__ import annotations
@@ -51,10 +56,28 @@ def _load_kernel():
     return kernel("_glmm_kernels", "scalar_glmm")
 
 
-def supported(family: Family, nterms: int, q: int) -> bool:
-    """Whether the groupwise path applies: one scalar term, binomial-logit or
-    Poisson-log (plain classes: a user's subclass keeps the general path)."""
-    return nterms == 1 and q == 1 and type(family) in (Binomial, Poisson) and family.canonical
+def _canonical_plain(family: Family) -> bool:
+    """Binomial-logit or Poisson-log (plain classes): the cumulant form and the
+    compiled kernel."""
+    return type(family) in (Binomial, Poisson) and family.canonical
+
+
+def _has_derivatives(family: Family) -> bool:
+    """Whether the family provides ℓ''' (and ∂/∂ψ where it has a parameter)."""
+    cls = type(family)
+    return cls.dmu3 is not Family.dmu3 and (not family.nfree or cls.dparam is not Family.dparam)
+
+
+def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> bool:
+    """Whether the groupwise path applies: one scalar term, and binomial-logit
+    or Poisson-log (plain classes: a user's subclass keeps the general path),
+    or a family with the derivatives of its log-density whose Laplace
+    curvature is the observed one (or its link canonical)."""
+    if nterms != 1 or q != 1:
+        return False
+    if _canonical_plain(family):
+        return True
+    return _has_derivatives(family) and (hessian == "observed" or family.canonical)
 
 
 class ScalarGLMM:
@@ -71,6 +94,9 @@ class ScalarGLMM:
         nlevels: int,
         nagq: int = 1,
     ):
+        self.family = family
+        self.generic = not _canonical_plain(family)
+        self.npar = family.nfree
         self.logit = isinstance(family, Binomial)
         self.y = resp.y
         self.wt = resp.weights
@@ -93,7 +119,7 @@ class ScalarGLMM:
         self.logw = logw
         self.u = np.zeros(nlevels)
         self.evals = 0
-        self._kernel = None if KERNEL_DISABLED else _load_kernel()
+        self._kernel = None if KERNEL_DISABLED or self.generic else _load_kernel()
         if self._kernel is not None:
             self._starts64 = np.r_[starts, codes.size].astype(np.int64)
             sizes = np.diff(self._starts64)
@@ -159,9 +185,30 @@ class ScalarGLMM:
         mu = np.exp(np.minimum(eta, 700.0))
         return mu, mu, mu, mu
 
-    def _ll_sum(self, eta: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Per group Σ wt(yη − b) (no constants)."""
-        return self._gsum(self.wy * eta - self.wt * b)
+    def _rows(self, eta: np.ndarray, order: int):
+        """Per row at η: ℓ without the data-only constants and, for order ≥ 1,
+        ℓ' and w = −ℓ''; for order 2 also w' = −ℓ'''."""
+        if self.generic:
+            if order == 0:
+                return self.family.loglik_kernel(self.y, eta, self.wt), None, None, None
+            ll, l1, l2, l3 = self.family.eta_derivs(self.y, eta, self.wt, order > 1)
+            return ll, l1, -l2, (-l3 if order > 1 else None)
+        b, mu, v, v3 = self._terms(eta, order)
+        ll = self.wy * eta - self.wt * b
+        if order == 0:
+            return ll, None, None, None
+        return ll, self.wt * (self.y - mu), self.wt * v, (self.wt * v3 if order > 1 else None)
+
+    def _curvature(self, theta: float, eta: np.ndarray, Sz2w: np.ndarray) -> np.ndarray:
+        """Newton's curvature per group, 1 + θ² Σ z²w; where the observed
+        information of a family that is not log-concave leaves it below 1/2,
+        the Fisher information's (a scoring step) instead."""
+        h = 1.0 + theta * theta * Sz2w
+        if self.generic and np.any(h < 0.5):
+            wf = self.family.irls_terms(eta, self.wt)[2]
+            hf = 1.0 + theta * theta * self._gsum(self.z2 * wf)
+            h = np.where(h < 0.5, hf, h)
+        return h
 
     def _mode(self, theta: float, base: np.ndarray):
         """Newton steps over all groups at once from the last mode."""
@@ -169,24 +216,23 @@ class ScalarGLMM:
         codes, z = self.codes, self.z
         tz = theta * z
         eta = base + tz * u[codes]
-        b, mu, v, _ = self._terms(eta, 1)
-        f = u * u / 2 - self._ll_sum(eta, b)
+        ll, lp, w, _ = self._rows(eta, 1)
+        f = u * u / 2 - self._gsum(ll)
         for _ in range(MAX_NEWTON):  # Newton iterations (all groups at once)
-            score = self._gsum(np.stack([z * self.wt * (self.y - mu), self.z2 * self.wt * v], 1))
+            score = self._gsum(np.stack([z * lp, self.z2 * w], 1))
             g = u - theta * score[:, 0]
-            h = 1.0 + theta * theta * score[:, 1]
-            step = g / h
+            step = g / self._curvature(theta, eta, score[:, 1])
             if not np.all(np.isfinite(step)):
                 raise PirlsError("the conditional modes diverged")
             if np.max(np.abs(step), initial=0.0) < STEP_TOL:
-                return u, eta, mu, v
+                return u, eta
 
             def state(un):
                 eta_n = base + tz * un[codes]
-                b_n, mu_n, v_n, _ = self._terms(eta_n, 1)
-                return eta_n, mu_n, v_n, un * un / 2 - self._ll_sum(eta_n, b_n)
+                ll_n, lp_n, w_n, _ = self._rows(eta_n, 1)
+                return eta_n, lp_n, w_n, un * un / 2 - self._gsum(ll_n)
 
-            u, (eta, mu, v, f) = halve_where_rising(u, step, f, state)
+            u, (eta, lp, w, f) = halve_where_rising(u, step, f, state)
         raise PirlsError(f"the conditional modes did not converge in {MAX_NEWTON} steps")
 
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):
@@ -214,21 +260,30 @@ class ScalarGLMM:
                 raise PirlsError(str(exc)) from None
             self.u = u
             return dev - 2.0 * self.const, (g if grad else None)
+        # a trial point far out (μ → 0 or ∞) gives an infinite deviance, refused by the search
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            return self._deviance_grad(phi, grad)
+
+    def _deviance_grad(self, phi: np.ndarray, grad: bool):
         theta = float(phi[0])
-        beta = phi[1:]
+        k = 1 + self.npar
+        if self.npar:
+            self.family = self.family.with_value(float(np.exp(phi[1])))
+        beta = phi[k:]
         base = self.offset + self.X @ beta
-        u, eta, mu, v = self._mode(theta, base)
+        u, eta = self._mode(theta, base)
         self.u = u
-        codes, z, wt = self.codes, self.z, self.wt
-        w3 = wt * (v * (1.0 - 2.0 * mu) if self.logit else v)
-        w = wt * v
-        lp = wt * (self.y - mu)  # ℓ'
+        codes, z = self.codes, self.z
+        ll, lp, w, w3 = self._rows(eta, 2)
         sums = self._gsum(np.stack([self.z2 * w, self.z3 * w3, z * lp], 1))
         Sz2w, Sz3w3, Szlp = sums[:, 0], sums[:, 1], sums[:, 2]
         h = 1.0 + theta * theta * Sz2w
+        if not np.all(h > 0):
+            raise PirlsError(
+                "the observed information of the conditional density is not positive at a mode"
+            )
         if len(self.t) == 1:
-            b = self._terms(eta, 0)[0]
-            fhat = u * u / 2 - self._ll_sum(eta, b)
+            fhat = u * u / 2 - self._gsum(ll)
             dev = float(np.sum(2.0 * fhat + np.log(h))) - 2.0 * self.const
             if not grad:
                 return dev, None
@@ -236,8 +291,9 @@ class ScalarGLMM:
             gamma = alpha * theta**3 * Sz3w3
             direct_b = lp  # Σ_k P ℓ' = ℓ' at the mode
             direct_t = float(np.sum(lp * z * u[codes]))
+            direct_p = None
         else:
-            dev, alpha, gamma, direct_b, direct_t = self._agq(theta, base, u, h, grad)
+            dev, alpha, gamma, direct_b, direct_t, direct_p = self._agq(theta, base, u, h, grad)
             if not grad:
                 return dev, None
             gamma = gamma + alpha * theta**3 * Sz3w3
@@ -251,7 +307,17 @@ class ScalarGLMM:
             + float(np.sum(alpha * (2.0 * theta * Sz2w + theta * theta * u * Sz3w3)))
             + float(np.sum(gamma * (Szlp - theta * u * Sz2w) / h))
         )
-        return dev, np.concatenate([[g_theta], g_beta])
+        if not self.npar:
+            return dev, np.concatenate([[g_theta], g_beta])
+        # the family's parameter: ∂ℓ/∂ψ (node-weighted), ∂ℓ'/∂ψ and ∂w/∂ψ at the mode
+        p0, p1, p2 = self.family.param_eta_derivs(self.y, eta, self.wt)
+        ps = self._gsum(np.stack([self.z2 * p2, z * p1], 1))
+        g_psi = (
+            -2.0 * float(np.sum(p0 if direct_p is None else direct_p))
+            - theta * theta * float(np.sum(alpha * ps[:, 0]))
+            + theta * float(np.sum(gamma * ps[:, 1] / h))
+        )
+        return dev, np.concatenate([[g_theta, g_psi], g_beta])
 
     def _agq(self, theta: float, base: np.ndarray, u: np.ndarray, h: np.ndarray, grad: bool):
         """Quadrature deviance and the node-weighted pieces of its gradient."""
@@ -263,23 +329,25 @@ class ScalarGLMM:
         fjk = np.empty((self.J, K))
         Fsum = np.empty((self.J, K)) if grad else None
         lp_all = np.empty((codes.size, K)) if grad else None
+        p_all = np.empty((codes.size, K)) if grad and self.npar else None
         for lo, hi, g0, g1, st in self._blocks(K):  # whole groups per block
             zc = z[lo:hi, None]
             eta = base[lo:hi, None] + theta * zc * ujk[codes[lo:hi]]
-            b, mu, _, _ = self._terms(eta, 1 if grad else 0)
-            ll = self.wy[lo:hi, None] * eta - self.wt[lo:hi, None] * b
+            ll, lp, _, _ = self._rows_at(eta, lo, hi, 1 if grad else 0)
             fjk[g0:g1] = np.add.reduceat(ll, st, axis=0)
             if grad:
-                lp = self.wt[lo:hi, None] * (self.y[lo:hi, None] - mu)
                 lp_all[lo:hi] = lp
                 Fsum[g0:g1] = np.add.reduceat(zc * lp, st, axis=0)
+                if p_all is not None:
+                    y, wt = self.y[lo:hi, None], self.wt[lo:hi, None]
+                    p_all[lo:hi] = self.family.param_eta_derivs(y, eta, wt)[0]
         fjk = ujk * ujk / 2 - fjk
         a = logw[None, :] - fjk + 0.5 * t[None, :] ** 2
         amax = a.max(axis=1)
         lse = amax + np.log(np.exp(a - amax[:, None]).sum(axis=1))
         dev = float(np.sum(0.5 * _LOG2PI + 0.5 * np.log(h) - lse)) * 2.0 - 2.0 * self.const
         if not grad:
-            return dev, None, None, None, None
+            return dev, None, None, None, None, None
         P = np.exp(a - lse[:, None])
         F = ujk - theta * Fsum  # f_j'(u_jk)
         E = np.sum(P * F * t[None, :], axis=1)
@@ -289,11 +357,31 @@ class ScalarGLMM:
         Pr = P[codes]
         direct_b = np.einsum("nk,nk->n", Pr, lp_all)
         direct_t = float(np.sum(z * np.einsum("nk,nk->n", Pr * ujk[codes], lp_all)))
-        return dev, alpha, gamma, direct_b, direct_t
+        direct_p = None if p_all is None else np.einsum("nk,nk->n", Pr, p_all)
+        return dev, alpha, gamma, direct_b, direct_t, direct_p
+
+    def _rows_at(self, eta: np.ndarray, lo: int, hi: int, order: int):
+        """:meth:`_rows` for rows lo:hi at several nodes (eta (rows, K))."""
+        y, wt = self.y[lo:hi, None], self.wt[lo:hi, None]
+        if self.generic:
+            if order == 0:
+                return self.family.loglik_kernel(y, eta, wt), None, None, None
+            ll, l1, _, _ = self.family.eta_derivs(y, eta, wt, False)
+            return ll, l1, None, None
+        b, mu, _, _ = self._terms(eta, order)
+        ll = self.wy[lo:hi, None] * eta - wt * b
+        return ll, (None if order == 0 else wt * (y - mu)), None, None
 
 
-def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0: float = 1.0):
-    """Minimise the deviance of one scalar term (canonical link) over (θ, δ)
-    with its exact gradient, Laplace then quadrature
+def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0=1.0, lower_theta=None):
+    """Minimise the deviance of one scalar term over (θ[, ψ], δ) with its
+    exact gradient, Laplace then quadrature
     (:func:`multilevel.glmm.exact.search.run_search`)."""
-    return run_search(prob, beta0, theta0, lambda n: ScalarGLMM.from_problem(prob, n), nagq)
+    return run_search(
+        prob,
+        beta0,
+        theta0,
+        lambda n: ScalarGLMM.from_problem(prob, n),
+        nagq,
+        lower_theta=lower_theta,
+    )

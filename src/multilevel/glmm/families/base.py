@@ -147,6 +147,16 @@ class Family:
         """glmmTMB's ``sigma()``: 1 for families without a parameter."""
         return 1.0
 
+    @property
+    def dispersion(self) -> float:
+        """The GLM dispersion φ with Var(y) = φV(μ) (Gamma 1/shape, inverse
+        Gaussian φ; 1 where ``variance`` is the whole variance)."""
+        return 1.0
+
+    def summary_line(self) -> str | None:
+        """The family's parameter as glmmTMB's summary prints it."""
+        return None
+
     # -- distribution
     def variance(self, mu: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -166,6 +176,41 @@ class Family:
     def dmu(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ℓ_μ and ℓ_μμ per row (prior weights included)."""
         raise NotImplementedError
+
+    def dmu3(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
+        """ℓ_μμμ per row."""
+        raise NotImplementedError
+
+    def dparam(
+        self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """∂/∂ψ of ℓ, ℓ_μ and ℓ_μμ per row, ψ the logarithm of the parameter."""
+        raise NotImplementedError
+
+    def eta_derivs(
+        self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray, third: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """ℓ (kernel), ℓ_η, ℓ_ηη and ℓ_ηηη per row, by the chain rule through
+        μ = g⁻¹(η): ℓ_ηη = ℓ_μμ μ′² + ℓ_μ μ″, ℓ_ηηη = ℓ_μμμ μ′³ + 3ℓ_μμ μ′μ″ + ℓ_μ μ‴."""
+        link = self.link
+        mu = link.linkinv(eta)
+        d1, d2 = link.mu_eta(eta), link.mu_eta2(eta)
+        l1, l2 = self.dmu(y, mu, wt)
+        ll = self.loglik_kernel(y, eta, wt)
+        e3 = None
+        if third:
+            e3 = self.dmu3(y, mu, wt) * d1**3 + 3.0 * l2 * d1 * d2 + l1 * link.mu_eta3(eta)
+        return ll, l1 * d1, l2 * d1 * d1 + l1 * d2, e3
+
+    def param_eta_derivs(
+        self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """∂/∂ψ of ℓ, ℓ_η and ℓ_ηη per row."""
+        link = self.link
+        mu = link.linkinv(eta)
+        d1, d2 = link.mu_eta(eta), link.mu_eta2(eta)
+        p0, p1, p2 = self.dparam(y, mu, wt)
+        return p0, p1 * d1, p2 * d1 * d1 + p1 * d2
 
     def cumulant(self, eta: np.ndarray) -> np.ndarray:
         """b(η) of a canonical link (``canonical``), where the kernel is

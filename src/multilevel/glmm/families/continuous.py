@@ -87,7 +87,30 @@ class Gamma(Family):
     def dmu(self, y, mu, wt):
         nu = self.value
         mu = np.maximum(mu, TINY)
-        return wt * nu * (y - mu) / mu**2, wt * nu * (mu - 2.0 * y) / mu**3
+        a = wt * nu / (mu * mu)
+        return a * (y - mu), a * (mu - 2.0 * y) / mu
+
+    def eta_derivs(self, y, eta, wt, third=True):
+        if self.link.name != "log":
+            return super().eta_derivs(y, eta, wt, third)
+        # log link, r = y/μ: ℓ = ν(log ν − η + log y − r) − log y − log Γ(ν),
+        # ℓ' = ν(r − 1), ℓ'' = −νr, ℓ''' = νr
+        nu = self.value
+        r = y * np.exp(-eta)
+        wnr = wt * nu * r
+        ll = wt * (nu * (np.log(nu) - eta - r) + (nu - 1.0) * np.log(y) - special.gammaln(nu))
+        return ll, wt * nu * (r - 1.0), -wnr, (wnr if third else None)
+
+    def dmu3(self, y, mu, wt):
+        mu = np.maximum(mu, TINY)
+        return wt * self.value * (6.0 * y - 2.0 * mu) / mu**4
+
+    def dparam(self, y, mu, wt):
+        nu = self.value
+        mu = np.maximum(mu, TINY)
+        l1, l2 = self.dmu(y, mu, wt)  # linear in ν: ∂/∂ψ = ν ∂/∂ν = themselves
+        d0 = nu * (np.log(nu) + 1.0 - np.log(mu) + np.log(y) - y / mu - special.digamma(nu))
+        return wt * d0, l1, l2
 
     def saturated_loglik(self, resp):
         return float(np.sum(self.loglik_kernel(resp.y, self.linkfun(resp.y), resp.weights)))
@@ -101,6 +124,13 @@ class Gamma(Family):
     @property
     def sigma(self) -> float:
         return float(1.0 / np.sqrt(self.value))
+
+    @property
+    def dispersion(self) -> float:
+        return float(1.0 / self.value)
+
+    def summary_line(self) -> str:
+        return f"Dispersion estimate for Gamma family (sigma^2): {1.0 / self.value:.3g}"
 
     def response(self, value, weights, label):
         y = _positive(value, "Gamma", label)
@@ -139,6 +169,16 @@ class InverseGaussian(Family):
         mu = np.maximum(mu, TINY)
         return wt * (y - mu) / (phi * mu**3), wt * (2.0 * mu - 3.0 * y) / (phi * mu**4)
 
+    def dmu3(self, y, mu, wt):
+        mu = np.maximum(mu, TINY)
+        return wt * (12.0 * y - 6.0 * mu) / (self.value * mu**5)
+
+    def dparam(self, y, mu, wt):
+        phi = self.value
+        mu = np.maximum(mu, TINY)
+        l1, l2 = self.dmu(y, mu, wt)  # ∝ 1/φ: ∂/∂ψ = −themselves
+        return wt * (-0.5 + (y - mu) ** 2 / (2.0 * phi * mu * mu * y)), -l1, -l2
+
     def saturated_loglik(self, resp):
         y = resp.y
         return float(np.sum(resp.weights * -0.5 * np.log(2.0 * np.pi * self.value * y**3)))
@@ -152,6 +192,13 @@ class InverseGaussian(Family):
     @property
     def sigma(self) -> float:
         return float(np.sqrt(self.value))
+
+    @property
+    def dispersion(self) -> float:
+        return float(self.value)
+
+    def summary_line(self) -> str:
+        return f"Dispersion estimate for inverse Gaussian family (phi): {self.value:.3g}"
 
     def response(self, value, weights, label):
         y = _positive(value, "inverse Gaussian", label)
@@ -203,6 +250,30 @@ class Beta(Family):
         l2 = -(phi**2) * (special.polygamma(1, a) + special.polygamma(1, b))
         return wt * l1, wt * l2
 
+    def dmu3(self, y, mu, wt):
+        _, a, b = self._ab(mu)
+        return -wt * self.value**3 * (special.polygamma(2, a) - special.polygamma(2, b))
+
+    def dparam(self, y, mu, wt):
+        mu, a, b = self._ab(mu)
+        phi = self.value
+        ystar = np.log(y) - np.log1p(-y)
+        dg_a, dg_b = special.digamma(a), special.digamma(b)
+        tg_a, tg_b = special.polygamma(1, a), special.polygamma(1, b)
+        d0 = (
+            special.digamma(phi)
+            - mu * dg_a
+            - (1.0 - mu) * dg_b
+            + mu * np.log(y)
+            + (1.0 - mu) * np.log1p(-y)
+        )
+        d1 = ystar - dg_a + dg_b + phi * (-mu * tg_a + (1.0 - mu) * tg_b)
+        d2 = -2.0 * phi * (tg_a + tg_b) - phi**2 * (
+            mu * special.polygamma(2, a) + (1.0 - mu) * special.polygamma(2, b)
+        )
+        # ∂/∂ψ = φ ∂/∂φ
+        return wt * phi * d0, wt * phi * d1, wt * phi * d2
+
     def score_weights(self, y, eta, wt):
         mu = self.linkinv(eta)
         d = self.mu_eta(eta)
@@ -223,6 +294,9 @@ class Beta(Family):
     @property
     def sigma(self) -> float:
         return float(self.value)
+
+    def summary_line(self) -> str:
+        return f"Dispersion parameter for beta family (phi): {self.value:.3g}"
 
     def response(self, value, weights, label):
         y = numeric_column(value, "beta", label, "proportions strictly between 0 and 1")

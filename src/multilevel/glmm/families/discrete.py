@@ -101,6 +101,10 @@ class Binomial(Family):
         mu = np.clip(mu, TINY, 1.0 - EPS / 2)
         return wt * (y - mu) / (mu * (1.0 - mu)), -wt * (y / mu**2 + (1.0 - y) / (1.0 - mu) ** 2)
 
+    def dmu3(self, y, mu, wt):
+        mu = np.clip(mu, TINY, 1.0 - EPS / 2)
+        return 2.0 * wt * (y / mu**3 - (1.0 - y) / (1.0 - mu) ** 3)
+
     def cumulant(self, eta):
         return softplus(eta)
 
@@ -195,6 +199,9 @@ class Poisson(Family):
         mu = np.maximum(mu, TINY)
         return wt * (y / mu - 1.0), -wt * y / mu**2
 
+    def dmu3(self, y, mu, wt):
+        return 2.0 * wt * y / np.maximum(mu, TINY) ** 3
+
     def cumulant(self, eta):
         return np.exp(np.minimum(eta, 700.0))
 
@@ -254,24 +261,71 @@ class NegativeBinomial(Family):
         mu = np.maximum(mu, TINY)
         return 2.0 * wt * (special.xlogy(y, y / mu) - (y + th) * np.log((y + th) / (mu + th)))
 
+    def _given_theta(self, fun, y: np.ndarray) -> np.ndarray:
+        """fun(y + θ) − fun(θ) (log Γ or digamma): it depends on θ and the data
+        only, so it is kept for the last (θ, y) rather than recomputed at every η."""
+        cache = self.__dict__.setdefault("_cache", {})
+        hit = cache.get(fun)
+        if hit is None or hit[0] != self.value or hit[1] is not y:
+            hit = (self.value, y, fun(y + self.value) - fun(self.value))
+            cache[fun] = hit
+        return hit[2]
+
+    def with_value(self, value):
+        out = super().with_value(value)
+        out._cache = {}  # per θ: a copy must not share it
+        return out
+
     def loglik_kernel(self, y, eta, wt):
         th = self.value
+        lg = self._given_theta(special.gammaln, y)
+        if self.link.name == "log":
+            # a = η − log θ: log(μ/(μ + θ)) = a − log(1 + eᵃ), log(θ/(μ + θ)) = −log(1 + eᵃ)
+            a = eta - np.log(th)
+            return wt * (lg + y * a - (y + th) * softplus(a))
         mu = self.linkinv(eta)
         with np.errstate(divide="ignore", invalid="ignore"):
             lmu = self.link.log_mu(eta)
             lden = np.logaddexp(lmu, np.log(th))  # log(μ + θ)
-            ll = (
-                special.gammaln(y + th)
-                - special.gammaln(th)
-                + th * (np.log(th) - lden)
-                + np.where(y > 0, y * (lmu - lden), 0.0)
-            )
+            ll = lg + th * (np.log(th) - lden) + np.where(y > 0, y * (lmu - lden), 0.0)
         return wt * np.where(mu >= 0, ll, -np.inf)
 
     def dmu(self, y, mu, wt):
         th = self.value
         mu = np.maximum(mu, TINY)
         return wt * th * (y - mu) / (mu * (mu + th)), wt * (-y / mu**2 + (y + th) / (mu + th) ** 2)
+
+    def eta_derivs(self, y, eta, wt, third=True):
+        if self.link.name != "log":
+            return super().eta_derivs(y, eta, wt, third)
+        # log link, p = μ/(μ + θ): ℓ' = y − (y + θ)p, ℓ'' = −(y + θ)p(1 − p),
+        # ℓ''' = −(y + θ)p(1 − p)(1 − 2p)
+        th = self.value
+        a = eta - np.log(th)
+        sp = softplus(a)
+        p = np.exp(a - sp)
+        yt = wt * (y + th)
+        c = yt * p * (1.0 - p)
+        ll = wt * (self._given_theta(special.gammaln, y) + y * a) - yt * sp
+        return ll, wt * y - yt * p, -c, (-c * (1.0 - 2.0 * p) if third else None)
+
+    def dmu3(self, y, mu, wt):
+        th = self.value
+        mu = np.maximum(mu, TINY)
+        return 2.0 * wt * (y / mu**3 - (y + th) / (mu + th) ** 3)
+
+    def dparam(self, y, mu, wt):
+        th = self.value
+        mu = np.maximum(mu, TINY)
+        s = mu + th
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d0 = self._given_theta(special.digamma, y) + np.log(th / s) + 1.0 - (th + y) / s
+        # ∂/∂ψ = θ ∂/∂θ
+        return (
+            wt * th * d0,
+            wt * th * (y - mu) / s**2,
+            wt * th * (mu - th - 2.0 * y) / s**3,
+        )
 
     def saturated_loglik(self, resp):
         y, th = resp.y, self.value
@@ -298,6 +352,9 @@ class NegativeBinomial(Family):
     @property
     def sigma(self) -> float:
         return float(self.value)
+
+    def summary_line(self) -> str:
+        return f"Dispersion parameter for negative binomial family (theta): {self.value:.3g}"
 
     def response(self, value, weights, label):
         y = counts(value, "negative binomial", label)

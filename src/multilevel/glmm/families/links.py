@@ -36,6 +36,10 @@ class Link:
         """d²μ/dη²."""
         raise NotImplementedError
 
+    def mu_eta3(self, eta: np.ndarray) -> np.ndarray:
+        """d³μ/dη³."""
+        raise NotImplementedError
+
     def log_mu(self, eta: np.ndarray) -> np.ndarray:
         return np.log(self.linkinv(eta))
 
@@ -65,6 +69,10 @@ class LogitLink(Link):
         mu = special.expit(eta)
         return mu * (1.0 - mu) * (1.0 - 2.0 * mu)
 
+    def mu_eta3(self, eta):
+        v = special.expit(eta) * special.expit(-eta)
+        return v * (1.0 - 6.0 * v)
+
     def log_mu(self, eta):
         return special.log_expit(eta)
 
@@ -89,6 +97,9 @@ class ProbitLink(Link):
 
     def mu_eta2(self, eta):
         return -eta * np.exp(-0.5 * np.square(eta)) / np.sqrt(2 * np.pi)
+
+    def mu_eta3(self, eta):
+        return (np.square(eta) - 1.0) * np.exp(-0.5 * np.square(eta)) / np.sqrt(2 * np.pi)
 
     def log_mu(self, eta):
         return special.log_ndtr(eta)
@@ -118,6 +129,11 @@ class CloglogLink(Link):
         e = np.exp(eta)
         return np.exp(eta - e) * (1.0 - e)
 
+    def mu_eta3(self, eta):
+        eta = np.minimum(eta, MAX_EXP)
+        e = np.exp(eta)
+        return np.exp(eta - e) * (np.square(1.0 - e) - e)
+
     def log_mu(self, eta):
         with np.errstate(divide="ignore"):
             return np.log(-np.expm1(-np.exp(np.minimum(eta, MAX_EXP))))
@@ -144,6 +160,9 @@ class LogLink(Link):
     def mu_eta2(self, eta):
         return np.exp(np.minimum(eta, MAX_EXP))
 
+    def mu_eta3(self, eta):
+        return np.exp(np.minimum(eta, MAX_EXP))
+
     def log_mu(self, eta):
         return np.asarray(eta, dtype=float)
 
@@ -165,6 +184,9 @@ class IdentityLink(Link):
     def mu_eta2(self, eta):
         return np.zeros_like(np.asarray(eta, dtype=float))
 
+    def mu_eta3(self, eta):
+        return np.zeros_like(np.asarray(eta, dtype=float))
+
 
 class InverseLink(Link):
     """η = 1/μ; the canonical Gamma link."""
@@ -182,6 +204,9 @@ class InverseLink(Link):
 
     def mu_eta2(self, eta):
         return 2.0 / np.power(eta, 3)
+
+    def mu_eta3(self, eta):
+        return -6.0 / np.power(eta, 4)
 
 
 class InverseSquareLink(Link):
@@ -201,6 +226,9 @@ class InverseSquareLink(Link):
     def mu_eta2(self, eta):
         return 0.75 * np.power(eta, -2.5)
 
+    def mu_eta3(self, eta):
+        return -1.875 * np.power(eta, -3.5)
+
 
 class SqrtLink(Link):
     """η = √μ."""
@@ -218,6 +246,9 @@ class SqrtLink(Link):
 
     def mu_eta2(self, eta):
         return np.full_like(np.asarray(eta, dtype=float), 2.0)
+
+    def mu_eta3(self, eta):
+        return np.zeros_like(np.asarray(eta, dtype=float))
 
 
 LINKS: dict[str, type[Link]] = {
