@@ -456,8 +456,20 @@ def fit_glmm(
         data_name=data_name,
     )
     flag_runaway_variances(fit)
+    flag_runaway_parameter(fit)
     warn_about(fit)
     return fit
+
+
+def flag_runaway_parameter(fit: GlmerFit) -> None:
+    """A family parameter at a limit of the family (the negative binomial θ
+    running off to infinity on counts without overdispersion...) is not an
+    optimum: the fit is not converged, and the message says what to fit."""
+    msg = fit.family.runaway(fit.fitted.to_numpy())
+    if msg is not None:
+        fit.optinfo.converged = False
+        if msg not in fit.optinfo.messages:
+            fit.optinfo.messages.insert(0, msg)
 
 
 RUNAWAY_SD = 30.0  # a random effect's typical size on the link scale beyond which

@@ -218,6 +218,14 @@ class ScalarGLMM:
         eta = base + tz * u[codes]
         ll, lp, w, _ = self._rows(eta, 1)
         f = u * u / 2 - self._gsum(ll)
+        if self.generic and not np.all(np.isfinite(f)):
+            # the last modes put a mean outside the family's range here: from 0
+            u = np.zeros_like(u)
+            eta = base.copy()
+            ll, lp, w, _ = self._rows(eta, 1)
+            f = -self._gsum(ll)
+            if not np.all(np.isfinite(f)):
+                raise PirlsError("the fixed effects put a mean outside the family's range")
         for _ in range(MAX_NEWTON):  # Newton iterations (all groups at once)
             score = self._gsum(np.stack([z * lp, self.z2 * w], 1))
             g = u - theta * score[:, 0]
@@ -342,6 +350,12 @@ class ScalarGLMM:
                     y, wt = self.y[lo:hi, None], self.wt[lo:hi, None]
                     p_all[lo:hi] = self.family.param_eta_derivs(y, eta, wt)[0]
         fjk = ujk * ujk / 2 - fjk
+        if grad and self.generic:
+            # nodes where a mean leaves the family's range (an inverse link's
+            # η ≤ 0) have weight exp(−∞) = 0: their derivatives are not used
+            for arr in (Fsum, lp_all, p_all):
+                if arr is not None:
+                    arr[~np.isfinite(arr)] = 0.0
         a = logw[None, :] - fjk + 0.5 * t[None, :] ** 2
         amax = a.max(axis=1)
         lse = amax + np.log(np.exp(a - amax[:, None]).sum(axis=1))

@@ -181,6 +181,13 @@ def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower
     model = make_model(1)
     search = Search(model, beta0, Rinv, ntheta=nt, lower_theta=lower_theta)
     x0 = np.concatenate([theta0, np.zeros(prob.p)])
+    # a start where the deviance is infinite (random effects of unit scale take
+    # an inverse link's mean below 0 in some group) moves towards smaller ones
+    sd = np.flatnonzero(search.lower[:nt] == 0.0)
+    for _ in range(6):
+        if np.isfinite(search.fg(x0)[0]):
+            break
+        x0[sd] *= 0.25
     rec, H = search.minimize(x0, search.hessian(x0))
     if after is not None:
         rec, H = after(search, model, rec, H)

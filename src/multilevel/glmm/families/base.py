@@ -290,6 +290,12 @@ class Family:
         """The family as lme4 prints it, e.g. ``Negative Binomial(3.21)``."""
         return self.name
 
+    def runaway(self, mu: np.ndarray) -> str | None:
+        """Why the estimated parameter is at a limit of the family rather than
+        a maximum (it ran off to 0 or infinity while the likelihood rose ever
+        more slowly), given the fitted means; None when it is not."""
+        return None
+
     def __repr__(self) -> str:
         if self.param_name is not None and self.value is not None:
             return f"{self.name}({self.link.name}, {self.param_name}={self.value:.6g})"

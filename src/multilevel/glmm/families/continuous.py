@@ -53,6 +53,18 @@ def _moment_dispersion(resp: GlmResponse, mu: np.ndarray, var: np.ndarray) -> fl
     return float(np.sum(w * (resp.y - mu) ** 2 / np.maximum(var, TINY)) / np.sum(w))
 
 
+def _exact_fit(fam: Family, at_limit: bool, what: str, spread: str, limit: str = "infinity"):
+    """The message for a parameter that ran off to the limit where the
+    response is fitted without error (a spread below 1e-4 of the mean)."""
+    if not (fam.estimated and at_limit):
+        return None
+    return (
+        f"the {fam.name} {what} runs off to {limit} ({fam.value:.3g}): the response is fitted "
+        f"(almost) without error (a {spread} below 1e-4), so the likelihood has no finite "
+        "maximum; check that the response is not a function of the predictors"
+    )
+
+
 class Gamma(Family):
     """Gamma measurements; links inverse (canonical), log, identity."""
 
@@ -132,6 +144,9 @@ class Gamma(Family):
     def summary_line(self) -> str:
         return f"Dispersion estimate for Gamma family (sigma^2): {1.0 / self.value:.3g}"
 
+    def runaway(self, mu):
+        return _exact_fit(self, self.value > 1e8, "shape", "coefficient of variation")
+
     def response(self, value, weights, label):
         y = _positive(value, "Gamma", label)
         return GlmResponse(y, prior_weights(weights, y.size), np.zeros_like(y), None)
@@ -199,6 +214,10 @@ class InverseGaussian(Family):
 
     def summary_line(self) -> str:
         return f"Dispersion estimate for inverse Gaussian family (phi): {self.value:.3g}"
+
+    def runaway(self, mu):
+        small = self.value * float(np.max(mu)) < 1e-8  # coefficient of variation √(φμ)
+        return _exact_fit(self, small, "dispersion", "coefficient of variation", "0")
 
     def response(self, value, weights, label):
         y = _positive(value, "inverse Gaussian", label)
@@ -297,6 +316,9 @@ class Beta(Family):
 
     def summary_line(self) -> str:
         return f"Dispersion parameter for beta family (phi): {self.value:.3g}"
+
+    def runaway(self, mu):
+        return _exact_fit(self, self.value > 1e8, "precision phi", "standard deviation")
 
     def response(self, value, weights, label):
         y = numeric_column(value, "beta", label, "proportions strictly between 0 and 1")

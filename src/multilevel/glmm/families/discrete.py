@@ -368,6 +368,16 @@ class NegativeBinomial(Family):
     def describe(self) -> str:
         return f"Negative Binomial({self.value:.4g})"
 
+    def runaway(self, mu):
+        # the extra variance μ²/θ below 1e-4 of the Poisson variance μ everywhere
+        if self.estimated and self.value > 1e4 * max(1.0, float(np.max(mu))):
+            return (
+                f"the negative binomial theta runs off to infinity ({self.value:.3g}): the "
+                "counts show no overdispersion beyond the Poisson variance, and the likelihood "
+                "rises towards the Poisson model's; fit family='poisson'"
+            )
+        return None
+
 
 def _binary_from_categorical(value: Categorical, label: str) -> np.ndarray:
     nlev = len(value.labels)
