@@ -48,6 +48,15 @@ def _sep():
     return d
 
 
+def _underdispersed():
+    r = np.random.default_rng(5)
+    g = np.repeat(np.arange(40), 25)
+    x = r.normal(size=g.size)
+    mu = np.exp(1.5 + 0.3 * x + r.normal(0, 0.4, 40)[g])
+    d = pd.DataFrame({"y": r.binomial(20, mu / (mu.max() + 1)), "x": x, "g": g})
+    return ml.glmer("y ~ x + (1 | g)", d, "negative_binomial")
+
+
 def _wide():
     r = np.random.default_rng(3)
     d = pd.DataFrame(r.normal(size=(600, 100)), columns=[f"x{i}" for i in range(100)])
@@ -115,6 +124,20 @@ CASES = [
      lambda: _offset_check()),
     ("all-zero Poisson response", 'glmer("z ~ period + (1 | herd)", cbpp.assign(z=0), "poisson")',
      lambda: ml.glmer("z ~ period + (1 | herd)", C.assign(z=0), "poisson")),
+    ("Gamma response with zeros", 'glmer("Reaction ~ Days + (1 | Subject)", s with 0s, "Gamma(log)")',
+     lambda: ml.glmer("Reaction ~ Days + (1 | Subject)",
+                      S.assign(Reaction=S["Reaction"].where(S["Days"] > 0, 0.0)), "Gamma(log)")),
+    ("negative binomial with non-counts", 'glmer("r ~ period + (1 | herd)", cbpp with r = '
+     'incidence/size, "negative_binomial")',
+     lambda: ml.glmer("r ~ period + (1 | herd)", C.assign(r=C["incidence"] / C["size"]),
+                      "negative_binomial")),
+    ("beta response with 0 and 1", 'glmer("p ~ period + (1 | herd)", cbpp with p = '
+     'incidence/size, "beta")',
+     lambda: ml.glmer("p ~ period + (1 | herd)", C.assign(p=C["incidence"] / C["size"]), "beta")),
+    ("unknown link", 'glmer(..., family="Gamma(logit)")',
+     lambda: ml.glmer("Reaction ~ Days + (1 | Subject)", S, "Gamma(logit)")),
+    ("negative binomial theta running off to infinity", 'glmer("y ~ x + (1 | g)", '
+     'underdispersed counts, "negative_binomial")', lambda: _underdispersed()),
     ("too many quadrature nodes", "glmer(..., nAGQ=20000)",
      lambda: ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", C, "binomial",
                       nAGQ=20000)),
