@@ -27,6 +27,7 @@ class StagedObjective:
     beta: np.ndarray
     beta0: np.ndarray
     Rinv: np.ndarray
+    steep_steps: bool = True  # optimize_stage2's difference steps shrink on steep coordinates
 
     def joint_mode(self, theta: np.ndarray, beta: np.ndarray):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -86,7 +87,9 @@ def run_stages(
     x0 = np.concatenate([r1.theta, np.zeros(p)])
     lower = np.concatenate([lower_t, np.full(p, -np.inf)])
     with np.errstate(over="ignore", under="ignore"):
-        r2, H = optimize_stage2(obj.stage2, x0, lower, obj.ntheta, obj.natural)
+        r2, H = optimize_stage2(
+            obj.stage2, x0, lower, obj.ntheta, obj.natural, steep_steps=obj.steep_steps
+        )
     return Stages(r1, m1, r2, H)
 
 

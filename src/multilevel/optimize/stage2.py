@@ -31,7 +31,9 @@ BOBYQA_BUDGET = 10  # × (parameters + 1): BOBYQA evaluations before Newton step
 STEEP = 200.0  # a curvature beyond which a coordinate's difference steps shrink
 
 
-def _newton(logged: Logged, x, fx, lower, hessian_step, maxit: int) -> NewtonResult:
+def _newton(
+    logged: Logged, x, fx, lower, hessian_step, maxit: int, steep_steps: bool = True
+) -> NewtonResult:
     """Newton steps with central-difference Hessians (full H kept in ``res.H``;
     the steps last used in ``res.steps``).  A coordinate whose curvature Hₐₐ
     exceeds STEEP (a precisely estimated parameter: its standard error is
@@ -45,7 +47,7 @@ def _newton(logged: Logged, x, fx, lower, hessian_step, maxit: int) -> NewtonRes
         H, g = fd_hessian(logged, z, steps, fz)
         full[:] = [H]
         curv = np.diag(H)
-        steep = np.isfinite(curv) & (curv > STEEP)
+        steep = np.isfinite(curv) & (curv > STEEP) & steep_steps
         steps[steep] = np.minimum(steps[steep], hessian_step * np.sqrt(STEEP / curv[steep]))
         return g, lambda idx: H[np.ix_(idx, idx)]
 
@@ -67,11 +69,13 @@ def optimize_stage2(
     ntheta: int,
     to_natural: Callable[[np.ndarray], np.ndarray],
     hessian_step: np.ndarray | float = 1e-3,
+    steep_steps: bool = True,
 ) -> tuple[OptRecord, np.ndarray | None]:
     """Minimise the stage-2 deviance over (θ, δ): BOBYQA to about 1e-6 deviance
     units (or at most BOBYQA_BUDGET·(d + 1) evaluations), then Newton steps with
     a central-difference Hessian (steps ``hessian_step``, the parameters being on
-    unit scales) until the Newton decrement is below 1e-9; when BOBYQA was cut
+    unit scales; shrunk on steep coordinates unless ``steep_steps`` is False, see
+    :func:`_newton`) until the Newton decrement is below 1e-9; when BOBYQA was cut
     short and the Newton steps fail, BOBYQA to its end and Newton again.
     Returns the record and the last Hessian (at the optimum, or where the
     Newton steps stopped)."""
@@ -85,10 +89,10 @@ def optimize_stage2(
     budget = BOBYQA_BUDGET * (x0.size + 1)
     x = _bobyqa(logged, x0, lower, step, budget)
     truncated = len(logged.values) >= budget
-    res = _newton(logged, x, logged.best, lower, hessian_step, 4 if truncated else 6)
+    res = _newton(logged, x, logged.best, lower, hessian_step, 4 if truncated else 6, steep_steps)
     if truncated and not res.done:
         x = _bobyqa(logged, res.x, lower, step)
-        res = _newton(logged, x, logged.best, lower, hessian_step, 6)
+        res = _newton(logged, x, logged.best, lower, hessian_step, 6, steep_steps)
     x, fx, g, H, status = res.x, res.f, res.g, res.H, res.status
     x, fx, snapped = snap_to_bounds(logged, x, fx, lower, slack=1e-10)
     g = np.where(snapped, 0.0, g)

@@ -314,6 +314,10 @@ class _JointMode:
 class _Objective(StagedObjective):
     """glmer's two objectives over the partitions (see the module docstring)."""
 
+    # stage2() evaluates a Hessian's stencil in one pass, which needs its steps
+    # known in advance: fixed ones
+    steep_steps = False
+
     def __init__(self, parts: _Partitions, p: int, ntheta: int, method: str, nagq: int):
         self.parts = parts
         self.p = p
