@@ -2,7 +2,7 @@
 the exact-gradient route against the two-stage one, lme4's Fisher curvature
 against the observed one, glmer_nb, a fixed negative binomial θ, parameters
 running off to a limit, results (sigma, nb_theta, summary, simulate,
-predictions) and the refusals."""
+predictions) and the refusals.  (Dask data: tests/partitioned/test_glmm.py.)"""
 
 from __future__ import annotations
 
@@ -134,13 +134,6 @@ def test_bad_responses_and_links_are_refused_before_fitting(frame, family, error
     y = {"G": "gam", "n": "nb", "b": "prop"}[family[0]]
     with pytest.raises(error, match=message):
         ml.glmer(f"{y} ~ x + (1 | g)", frame, family=family)
-
-
-def test_dask_data_refuses_an_estimated_parameter_with_a_clear_message():
-    dd = pytest.importorskip("dask.dataframe")
-    ddf = dd.from_pandas(DATA, npartitions=2)
-    with pytest.raises(ModelError, match="fit it in memory"):
-        ml.glmer("gam ~ x + (1 | g)", ddf, family="Gamma(log)")
 
 
 def test_no_warning_on_the_reference_like_fits():

@@ -461,11 +461,12 @@ def fit_glmm(
     return fit
 
 
-def flag_runaway_parameter(fit: GlmerFit) -> None:
+def flag_runaway_parameter(fit: GlmerFit, mu: np.ndarray | None = None) -> None:
     """A family parameter at a limit of the family (the negative binomial θ
     running off to infinity on counts without overdispersion...) is not an
-    optimum: the fit is not converged, and the message says what to fit."""
-    msg = fit.family.runaway(fit.fitted.to_numpy())
+    optimum: the fit is not converged, and the message says what to fit.
+    ``mu``: the fitted means (or their largest), by default ``fit.fitted``."""
+    msg = fit.family.runaway(fit.fitted.to_numpy() if mu is None else mu)
     if msg is not None:
         fit.optinfo.converged = False
         if msg not in fit.optinfo.messages:

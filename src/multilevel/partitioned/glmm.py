@@ -65,6 +65,7 @@ from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.families import Family, get_family
 from multilevel.glmm.fit import (
     MAX_NODES,
+    flag_runaway_parameter,
     flag_runaway_variances,
     resolve_hessian,
     resolve_method,
@@ -121,6 +122,7 @@ class _Spec:
     offset: str | None
     na_action: str
     basis: GlmmBasis  # the centred and scaled columns every partition's problem uses
+    hessian: str = "fisher"  # the Laplace curvature (glmm.fit.resolve_hessian)
 
 
 def _part_design(frame: pd.DataFrame, spec: _Spec) -> Design | None:
@@ -170,7 +172,9 @@ def _build_part(frame: pd.DataFrame, spec: _Spec) -> _Part:
     rb = RandomBlocks(Zs, [local[perm]] * k, [glevels.size] * k)
     offset = None if d.offset is None else d.offset[perm]
     tmpl = templates([r.q for r in d.random])
-    prob = PirlsProblem(spec.family, resp.take(perm), B.scaled_X(d.X)[perm], offset, rb, tmpl)
+    prob = PirlsProblem(
+        spec.family, resp.take(perm), B.scaled_X(d.X)[perm], offset, rb, tmpl, spec.hessian
+    )
     return _Part(prob, glevels.astype(np.int64), d.n_dropped)
 
 
@@ -183,14 +187,25 @@ def _part_info(part: _Part) -> dict:
         "dropped": part.n_dropped,
         "glevels": part.glevels,
         "gram": prob.X.T @ prob.X,
-        "saturated": prob.family.saturated_loglik(prob.resp),
     }
 
 
 def _drop_columns(part: _Part, keep: np.ndarray) -> _Part:
     p = part.prob
-    prob = PirlsProblem(p.family, p.resp, p.X[:, keep], p.offset, p.rb, p.tmpl)
+    prob = PirlsProblem(p.family, p.resp, p.X[:, keep], p.offset, p.rb, p.tmpl, p.hessian)
     return _Part(prob, part.glevels, part.n_dropped)
+
+
+def _set_family_value(part: _Part, value: float) -> _Part:
+    """The family's parameter at ``value`` (its start, before the search carries it)."""
+    part.prob.family = part.prob.family.with_value(value)
+    return part
+
+
+def _start_sums(part: _Part, beta: np.ndarray) -> np.ndarray:
+    """The partition's share of the family parameter's moment estimate at the GLM fit."""
+    prob = part.prob
+    return prob.family.start_sums(prob.resp, prob.family.linkinv(prob.offset + prob.X @ beta))
 
 
 def _glm_pass(part: _Part, beta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -204,9 +219,8 @@ def _glm_pass(part: _Part, beta: np.ndarray | None) -> tuple[np.ndarray, np.ndar
         else:
             eta = prob.offset + prob.X @ beta
             dev = -2.0 * prob.loglik_eta(eta)
-        d = fam.mu_eta(eta)
-        w = fam.working_weights(eta, r.weights)
-        z = eta - prob.offset + (r.y - fam.linkinv(eta)) / d
+        w, resid = fam.score_weights(r.y, eta, r.weights)
+        z = eta - prob.offset + resid
     Xw = prob.X * w[:, None]
     return Xw.T @ prob.X, Xw.T @ z, dev
 
@@ -232,8 +246,9 @@ def _profile_beta(part: _Part, theta: np.ndarray, beta: np.ndarray):
         except PirlsError:
             return None
         part.u = m.u
-        w = m.weights
-        g = prob.X.T @ (w * (r.y - fam.linkinv(m.eta)) / fam.mu_eta(m.eta))
+        w = m.weights  # the curvature at the mode (Fisher's, or the observed one)
+        wf, resid = fam.score_weights(r.y, m.eta, r.weights)
+        g = prob.X.T @ (wf * resid)  # Σ xᵢ ∂ℓᵢ/∂η
         blocks = prob.rb.crossprods(w, prob.X)
         f = factor(prob.rb, blocks, m.factor.T, joint=False)
     if f is None:
@@ -277,6 +292,9 @@ def _final(part: _Part, theta: np.ndarray, beta: np.ndarray, method: str, nagq: 
         "deviance": dev,
         "u": prob.rb.split(m.u),
         "condvar": conditional_variances(prob.rb, m.factor),
+        "saturated": prob.family.saturated_loglik(prob.resp),
+        "family": prob.family,  # at the estimated parameter
+        "mu_max": float(np.max(prob.family.linkinv(m.eta), initial=0.0)),
     }
 
 
@@ -509,17 +527,9 @@ def glmer_partitioned(
     del mc_samples, seed, mc_df  # Monte Carlo integration is refused below
     parsed = parse_formula(formula)
     fam = get_family(family)
-    if fam.nfree or resolve_hessian(hessian, fam) != "fisher":
-        what = (
-            f"estimates its {fam.param_name}"
-            if fam.nfree
-            else "with hessian='observed' uses the observed curvature"
-        )
-        raise ModelError(
-            f"with Dask data, glmer fits binomial and Poisson families with lme4's "
-            f"(Fisher) curvature; the {fam.name} family {what}: collect the data "
-            "(e.g. .compute()) and fit it in memory"
-        )
+    hessian = resolve_hessian(hessian, fam)
+    if fam.estimated and fam.value is None:
+        fam = fam.with_value(1.0)  # until the GLM's moments give a start
     meth = resolve_method(method, nAGQ)
     group_cols = _check_model(parsed, formula, meth)
     if namespace is not None:
@@ -548,10 +558,14 @@ def glmer_partitioned(
     # one basis for every partition, from the first rows (exact whatever rows it
     # comes from; these put its origins among the data's values), the intercepts
     # named by the formula
+    head_resp = fam.response(template.response, template.weights, parsed.response.label)
     basis = GlmmBasis.of(
-        template.X, [r.Z for r in template.random], ones=template.intercept_columns()
+        template.X,
+        [r.Z for r in template.random],
+        ones=template.intercept_columns(),
+        eta_scale=fam.eta_scale(head_resp),
     )
-    spec = _Spec(parsed, frozen, fam, weights, offset, na_action, basis)
+    spec = _Spec(parsed, frozen, fam, weights, offset, na_action, basis, hessian)
     qs = [r.q for r in template.random]
     if meth == "agq" and nAGQ ** qs[0] > MAX_NODES:
         raise ModelError(
@@ -617,7 +631,6 @@ def glmer_partitioned(
             int(nAGQ),
             glevels,
             cmap,
-            float(sum(i["saturated"] for i in info)),
             basis,
         )
     fit._spec = spec
@@ -630,6 +643,7 @@ def glmer_partitioned(
         "seconds": time.perf_counter() - started,
     }
     flag_runaway_variances(fit)
+    flag_runaway_parameter(fit, np.array([fit._mu_max]))
     warn_about(fit)
     return fit
 
@@ -673,19 +687,27 @@ def _optimise(
     nagq: int,
     glevels: list[np.ndarray],
     cmap: np.ndarray,
-    saturated: float,
     basis: GlmmBasis,
 ) -> PartitionedGlmerFit:
     """glmm.fit_glmm's two stages and Hessian, with the deviance from the
-    partitions, in the basis of their columns; estimates mapped back."""
+    partitions, in the basis of their columns; estimates mapped back.  A
+    family's parameter starts at the moments of the GLM fit (as
+    PirlsProblem.start_family) and is searched as its logarithm after θ."""
     tmpl = templates([r.q for r in template.random])
-    ntheta = sum(t.size for t in tmpl)
+    nre = sum(t.size for t in tmpl)
     p = len(template.xspec.names)
-    obj = _Objective(parts, p, ntheta, method, nagq)
+    obj = _Objective(parts, p, nre + fam.nfree, method, nagq)
     obj.beta = obj.initial_beta()
+    start = []
+    if fam.nfree:
+        for _ in range(3):  # the negative binomial's GLM depends on θ: iterate twice
+            value = fam.start_from(sum(parts.map(_start_sums, obj.beta)))
+            parts.transform(_set_family_value, value)
+            obj.beta = obj.initial_beta()
+        start = [math.log(value)]
 
-    theta0 = np.concatenate([t.initial() for t in tmpl])
-    lower_t = np.concatenate([t.lower_bounds() for t in tmpl])
+    theta0 = np.concatenate([t.initial() for t in tmpl] + [np.array(start)])
+    lower_t = np.concatenate([t.lower_bounds() for t in tmpl] + [np.full(fam.nfree, -np.inf)])
     st = run_stages(obj, theta0, lower_t, stage1_only=nagq == 0 and method == "laplace")
     rec1, rec2, hess = st.rec1, st.rec2, None
     if rec2 is None:
@@ -716,11 +738,12 @@ def _optimise(
         b.append(uk @ Tk.T)
         condvar.append(vk)
     theta_hat, vcov, hess = basis.to_original(tmpl, theta_hat, vcov, hess, (rec1, rec2))
+    theta_hat = theta_hat[:nre]  # the family's parameter is in res[...]["family"]
     beta_hat, b, condvar = basis.beta(beta_hat), basis.b(b), basis.condvar(condvar)
     T = [t.matrix(theta_hat) for t in tmpl]
-    return PartitionedGlmerFit(
+    fit = PartitionedGlmerFit(
         design=template,
-        family=fam,
+        family=res[0]["family"],
         beta=beta_hat,
         b=b,
         condvar=condvar,
@@ -729,13 +752,15 @@ def _optimise(
         vcov=vcov,
         vcov_note=vcov_note,
         deviance=float(sum(r["deviance"] for r in res)),
-        saturated=saturated,
+        saturated=float(sum(r["saturated"] for r in res)),
         method=method,
         nAGQ=nagq,
         optinfo=rec2 if rec2 is not None else rec1,
         stage1=rec1,
         hessian=hess,
     )
+    fit._mu_max = max(r["mu_max"] for r in res)
+    return fit
 
 
 # ------------------------------------------------------------------ result

@@ -139,7 +139,17 @@ class Family:
         return out
 
     def param_start(self, resp: GlmResponse, mu: np.ndarray) -> float:
-        """A starting value of the parameter from fitted means of a GLM."""
+        """A starting value of the parameter from fitted means of a GLM: moments,
+        from sums over the rows (``start_sums``, added up over partitions of the
+        data too) through ``start_from``."""
+        return self.start_from(self.start_sums(resp, mu))
+
+    def start_sums(self, resp: GlmResponse, mu: np.ndarray) -> np.ndarray:
+        """The row sums a moment estimate of the parameter needs."""
+        raise NotImplementedError
+
+    def start_from(self, sums: np.ndarray) -> float:
+        """The moment estimate from (summed) ``start_sums``."""
         raise NotImplementedError
 
     @property

@@ -47,10 +47,10 @@ def _positive(value, family: str, label: str) -> np.ndarray:
     return y
 
 
-def _moment_dispersion(resp: GlmResponse, mu: np.ndarray, var: np.ndarray) -> float:
-    """Σ w (y − μ)²/V(μ) / Σ w: a moment estimate of a scale factor."""
+def _moment_sums(resp: GlmResponse, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Σ w (y − μ)²/V(μ) and Σ w: their ratio is a moment estimate of a scale factor."""
     w = resp.weights
-    return float(np.sum(w * (resp.y - mu) ** 2 / np.maximum(var, TINY)) / np.sum(w))
+    return np.array([np.sum(w * (resp.y - mu) ** 2 / np.maximum(var, TINY)), np.sum(w)])
 
 
 def _exact_fit(fam: Family, at_limit: bool, what: str, spread: str, limit: str = "infinity"):
@@ -130,8 +130,11 @@ class Gamma(Family):
     def initial_mu(self, resp):
         return resp.y.copy()
 
-    def param_start(self, resp, mu):
-        return float(np.clip(1.0 / max(_moment_dispersion(resp, mu, mu * mu), 1e-8), 1e-3, 1e6))
+    def start_sums(self, resp, mu):
+        return _moment_sums(resp, mu, mu * mu)
+
+    def start_from(self, sums):
+        return float(np.clip(1.0 / max(float(sums[0] / sums[1]), 1e-8), 1e-3, 1e6))
 
     @property
     def sigma(self) -> float:
@@ -201,8 +204,11 @@ class InverseGaussian(Family):
     def initial_mu(self, resp):
         return resp.y.copy()
 
-    def param_start(self, resp, mu):
-        return float(np.clip(_moment_dispersion(resp, mu, mu**3), 1e-10, 1e10))
+    def start_sums(self, resp, mu):
+        return _moment_sums(resp, mu, mu**3)
+
+    def start_from(self, sums):
+        return float(np.clip(float(sums[0] / sums[1]), 1e-10, 1e10))
 
     @property
     def sigma(self) -> float:
@@ -306,8 +312,11 @@ class Beta(Family):
     def initial_mu(self, resp):
         return resp.y.copy()
 
-    def param_start(self, resp, mu):
-        disp = _moment_dispersion(resp, mu, mu * (1.0 - mu))  # ≈ 1/(1 + φ)
+    def start_sums(self, resp, mu):
+        return _moment_sums(resp, mu, mu * (1.0 - mu))
+
+    def start_from(self, sums):
+        disp = float(sums[0] / sums[1])  # ≈ 1/(1 + φ)
         return float(np.clip(1.0 / max(disp, 1e-8) - 1.0, 0.1, 1e6))
 
     @property

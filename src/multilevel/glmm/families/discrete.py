@@ -341,13 +341,15 @@ class NegativeBinomial(Family):
     def initial_mu(self, resp):
         return resp.y + 0.1
 
-    def param_start(self, resp, mu):
-        # moments: Var(y) = μ + μ²/θ
+    def start_sums(self, resp, mu):
+        # moments: Var(y) = μ + μ²/θ, so θ ≈ Σwμ² / Σw((y − μ)² − μ)
         w = resp.weights
-        excess = np.sum(w * ((resp.y - mu) ** 2 - mu))
-        if excess <= 0:
+        return np.array([np.sum(w * mu**2), np.sum(w * ((resp.y - mu) ** 2 - mu))])
+
+    def start_from(self, sums):
+        if sums[1] <= 0:  # no overdispersion: start far out
             return 100.0
-        return float(np.clip(np.sum(w * mu**2) / excess, 1e-3, 1e4))
+        return float(np.clip(sums[0] / sums[1], 1e-3, 1e4))
 
     @property
     def sigma(self) -> float:
