@@ -141,3 +141,19 @@ def test_no_warning_on_the_reference_like_fits():
         warnings.simplefilter("error")
         for y, family in MODELS:
             ml.glmer(f"{y} ~ x + (1 | g)", DATA, family=family)
+
+
+@pytest.mark.parametrize(("y", "family"), [("gam", "Gamma(log)"), ("nb", "negative_binomial")])
+@pytest.mark.parametrize("nagq", [1, 3])
+def test_vector_term_exact_route_equals_the_two_stage_route(y, family, nagq, monkeypatch):
+    formula = f"{y} ~ x + (1 + x | g)"
+    fast = ml.glmer(formula, DATA, family=family, nAGQ=nagq)
+    assert fast.optinfo.optimizer == "bfgs (exact gradient)"
+    monkeypatch.setattr(glmm_fit, "EXACT_GRADIENT", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slow = ml.glmer(formula, DATA, family=family, nAGQ=nagq)
+    assert fast.loglik >= slow.loglik - 1e-7
+    assert fast.loglik == pytest.approx(slow.loglik, abs=1e-5)
+    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-3 * fast.se.max())
+    assert fast.family.value == pytest.approx(slow.family.value, rel=1e-3)

@@ -269,10 +269,10 @@ def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | 
     laplace = method == "laplace" and nAGQ == 1
     if scalar_glmm.supported(family, nterms, q0, prob.hessian):
         return "groupwise"
+    if vector_glmm.supported(family, nterms, q0, prob.hessian):
+        return "vector"
     if family.nfree or prob.observed:  # the other routes: binomial and Poisson, lme4's curvature
         return None
-    if vector_glmm.supported(family, nterms, q0):
-        return "vector"
     if laplace and laplace_gradient.supported(family, [r.q for r in rs], [r.nlevels for r in rs]):
         return "terms"
     if link_glmm.supported(family, nterms, q0):

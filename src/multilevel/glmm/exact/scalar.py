@@ -39,8 +39,9 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.compiled import kernel
+from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
 from multilevel.glmm.exact.search import run_search
-from multilevel.glmm.families import Binomial, Family, GlmResponse, Poisson
+from multilevel.glmm.families import Family, GlmResponse
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
 
@@ -56,18 +57,6 @@ def _load_kernel():
     return kernel("_glmm_kernels", "scalar_glmm")
 
 
-def _canonical_plain(family: Family) -> bool:
-    """Binomial-logit or Poisson-log (plain classes): the cumulant form and the
-    compiled kernel."""
-    return type(family) in (Binomial, Poisson) and family.canonical
-
-
-def _has_derivatives(family: Family) -> bool:
-    """Whether the family provides ℓ''' (and ∂/∂ψ where it has a parameter)."""
-    cls = type(family)
-    return cls.dmu3 is not Family.dmu3 and (not family.nfree or cls.dparam is not Family.dparam)
-
-
 def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> bool:
     """Whether the groupwise path applies: one scalar term, and binomial-logit
     or Poisson-log (plain classes: a user's subclass keeps the general path),
@@ -75,9 +64,9 @@ def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> b
     curvature is the observed one (or its link canonical)."""
     if nterms != 1 or q != 1:
         return False
-    if _canonical_plain(family):
+    if canonical_plain(family):
         return True
-    return _has_derivatives(family) and (hessian == "observed" or family.canonical)
+    return has_derivatives(family) and (hessian == "observed" or family.canonical)
 
 
 class ScalarGLMM:
@@ -94,10 +83,10 @@ class ScalarGLMM:
         nlevels: int,
         nagq: int = 1,
     ):
-        self.family = family
-        self.generic = not _canonical_plain(family)
+        self.rows = RowTerms(family, resp)
+        self.generic = self.rows.generic
         self.npar = family.nfree
-        self.logit = isinstance(family, Binomial)
+        self.logit = self.rows.logit
         self.y = resp.y
         self.wt = resp.weights
         self.wy = resp.weights * resp.y
@@ -171,33 +160,8 @@ class ScalarGLMM:
     def _gsum(self, v: np.ndarray) -> np.ndarray:
         return np.add.reduceat(v, self.starts, axis=0)
 
-    def _terms(self, eta: np.ndarray, derivs: int):
-        """Σ-ready pieces at η: b(η) and, as asked, μ, b'', b'''."""
-        if self.logit:
-            e = np.exp(-np.abs(eta))
-            b = np.maximum(eta, 0.0) + np.log1p(e)
-            if derivs == 0:
-                return b, None, None, None
-            r = 1.0 / (1.0 + e)
-            mu = np.where(eta >= 0, r, e * r)
-            v = e * r * r  # μ(1 − μ) without cancellation
-            return b, mu, v, v * (1.0 - 2.0 * mu)
-        mu = np.exp(np.minimum(eta, 700.0))
-        return mu, mu, mu, mu
-
     def _rows(self, eta: np.ndarray, order: int):
-        """Per row at η: ℓ without the data-only constants and, for order ≥ 1,
-        ℓ' and w = −ℓ''; for order 2 also w' = −ℓ'''."""
-        if self.generic:
-            if order == 0:
-                return self.family.loglik_kernel(self.y, eta, self.wt), None, None, None
-            ll, l1, l2, l3 = self.family.eta_derivs(self.y, eta, self.wt, order > 1)
-            return ll, l1, -l2, (-l3 if order > 1 else None)
-        b, mu, v, v3 = self._terms(eta, order)
-        ll = self.wy * eta - self.wt * b
-        if order == 0:
-            return ll, None, None, None
-        return ll, self.wt * (self.y - mu), self.wt * v, (self.wt * v3 if order > 1 else None)
+        return self.rows.at(eta, order)
 
     def _curvature(self, theta: float, eta: np.ndarray, Sz2w: np.ndarray) -> np.ndarray:
         """Newton's curvature per group, 1 + θ² Σ z²w; where the observed
@@ -205,7 +169,7 @@ class ScalarGLMM:
         the Fisher information's (a scoring step) instead."""
         h = 1.0 + theta * theta * Sz2w
         if self.generic and np.any(h < 0.5):
-            wf = self.family.irls_terms(eta, self.wt)[2]
+            wf = self.rows.fisher(eta)
             hf = 1.0 + theta * theta * self._gsum(self.z2 * wf)
             h = np.where(h < 0.5, hf, h)
         return h
@@ -276,7 +240,7 @@ class ScalarGLMM:
         theta = float(phi[0])
         k = 1 + self.npar
         if self.npar:
-            self.family = self.family.with_value(float(np.exp(phi[1])))
+            self.rows.family = self.rows.family.with_value(float(np.exp(phi[1])))
         beta = phi[k:]
         base = self.offset + self.X @ beta
         u, eta = self._mode(theta, base)
@@ -318,11 +282,11 @@ class ScalarGLMM:
         if not self.npar:
             return dev, np.concatenate([[g_theta], g_beta])
         # the family's parameter: ∂ℓ/∂ψ (node-weighted), ∂ℓ'/∂ψ and ∂w/∂ψ at the mode
-        p0, p1, p2 = self.family.param_eta_derivs(self.y, eta, self.wt)
-        ps = self._gsum(np.stack([self.z2 * p2, z * p1], 1))
+        p0, p1, pw = self.rows.param(eta)
+        ps = self._gsum(np.stack([self.z2 * pw, z * p1], 1))
         g_psi = (
             -2.0 * float(np.sum(p0 if direct_p is None else direct_p))
-            - theta * theta * float(np.sum(alpha * ps[:, 0]))
+            + theta * theta * float(np.sum(alpha * ps[:, 0]))
             + theta * float(np.sum(gamma * ps[:, 1] / h))
         )
         return dev, np.concatenate([[g_theta, g_psi], g_beta])
@@ -341,14 +305,13 @@ class ScalarGLMM:
         for lo, hi, g0, g1, st in self._blocks(K):  # whole groups per block
             zc = z[lo:hi, None]
             eta = base[lo:hi, None] + theta * zc * ujk[codes[lo:hi]]
-            ll, lp, _, _ = self._rows_at(eta, lo, hi, 1 if grad else 0)
+            ll, lp, _, _ = self.rows.at(eta, 1 if grad else 0, slice(lo, hi))
             fjk[g0:g1] = np.add.reduceat(ll, st, axis=0)
             if grad:
                 lp_all[lo:hi] = lp
                 Fsum[g0:g1] = np.add.reduceat(zc * lp, st, axis=0)
                 if p_all is not None:
-                    y, wt = self.y[lo:hi, None], self.wt[lo:hi, None]
-                    p_all[lo:hi] = self.family.param_eta_derivs(y, eta, wt)[0]
+                    p_all[lo:hi] = self.rows.param(eta, slice(lo, hi))[0]
         fjk = ujk * ujk / 2 - fjk
         if grad and self.generic:
             # nodes where a mean leaves the family's range (an inverse link's
@@ -373,18 +336,6 @@ class ScalarGLMM:
         direct_t = float(np.sum(z * np.einsum("nk,nk->n", Pr * ujk[codes], lp_all)))
         direct_p = None if p_all is None else np.einsum("nk,nk->n", Pr, p_all)
         return dev, alpha, gamma, direct_b, direct_t, direct_p
-
-    def _rows_at(self, eta: np.ndarray, lo: int, hi: int, order: int):
-        """:meth:`_rows` for rows lo:hi at several nodes (eta (rows, K))."""
-        y, wt = self.y[lo:hi, None], self.wt[lo:hi, None]
-        if self.generic:
-            if order == 0:
-                return self.family.loglik_kernel(y, eta, wt), None, None, None
-            ll, l1, _, _ = self.family.eta_derivs(y, eta, wt, False)
-            return ll, l1, None, None
-        b, mu, _, _ = self._terms(eta, order)
-        ll = self.wy[lo:hi, None] * eta - wt * b
-        return ll, (None if order == 0 else wt * (y - mu)), None, None
 
 
 def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0=1.0, lower_theta=None):

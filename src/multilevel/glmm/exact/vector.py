@@ -1,10 +1,12 @@
-"""Laplace deviance, with its exact gradient, for a GLMM with one
-vector-valued random-effects term (e.g. ``(1 + x | g)``) and a canonical link.
+"""Laplace and AGQ deviance, with its exact gradient, for a GLMM with one
+vector-valued random-effects term (e.g. ``(1 + x | g)``): any family whose
+log-density has its derivatives, with the observed curvature (or a canonical
+link, where it is Fisher's too).
 
 Row i of group j: ηᵢ = oᵢ + xᵢᵀβ + zᵢᵀT u_j, u_j ~ N(0, I_q), T the
 lower-triangular relative covariance factor (θ = its lower triangle by
-columns).  Per group, with ℓᵢ = wtᵢ(yᵢηᵢ − b(ηᵢ)) + cᵢ, ℓ' = wt(y − μ),
-w = wt b'', w' = wt b''':
+columns).  Per group, with ℓᵢ the log-density of row i, ℓ' = ∂ℓ/∂η,
+w = −ℓ'', w' = −ℓ''' (:mod:`multilevel.glmm.exact.rows`):
 
     f_j(u) = −Σᵢ ℓᵢ + ½‖u‖²,    A_j = Σᵢ wᵢ zᵢzᵢᵀ,    H_j = I + TᵀA_jT,
     D(θ, β) = Σ_j [2 f_j(û_j) + log|H_j|].
@@ -17,17 +19,24 @@ hᵢ = zᵢᵀTP_jTᵀzᵢ, c_j = Σᵢ w'ᵢhᵢzᵢ, v_j = P_jTᵀc_j, g_j = �
     ∂D/∂β   = Xᵀ(−2ℓ' + w'∘h − w∘(zᵢᵀTv_j))
     ∂D/∂T   = Σ_j [(c_j − 2g_j − A_jTv_j) û_jᵀ + 2A_jTP_j + g_j v_jᵀ]
 
-(the entries of ∂D/∂T on T's lower triangle are ∂D/∂θ).  For q = 1 these are
-:mod:`multilevel.glmm.exact.scalar`'s formulas.  A canonical link makes the observed
-and expected weights agree, so H_j is both PIRLS' curvature and f_j''.
+(the entries of ∂D/∂T on T's lower triangle are ∂D/∂θ).  A family's
+parameter ψ (its logarithm) enters φ after θ:
+
+    ∂D/∂ψ = Σᵢ [−2 ∂ℓᵢ/∂ψ + hᵢ ∂wᵢ/∂ψ + (zᵢᵀTv_j) ∂ℓ'ᵢ/∂ψ].
+
+For q = 1 these are :mod:`multilevel.glmm.exact.scalar`'s formulas.  With the
+observed curvature H_j is f_j'' (the modes' Newton matrix) and the Laplace
+approximation's; where a family that is not log-concave makes it indefinite
+at a trial point, the Newton step takes Fisher's weights instead.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
 from multilevel.glmm.exact.search import Search, run_search
-from multilevel.glmm.families import Binomial, Family, Poisson
+from multilevel.glmm.families import Family
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
 from multilevel.linalg.crossprod import group_sums
@@ -38,9 +47,15 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 STEP_TOL = 1e-10
 
 
-def supported(family: Family, nterms: int, q: int) -> bool:
-    """One vector term (q ≥ 2), binomial-logit or Poisson-log (plain classes)."""
-    return nterms == 1 and q >= 2 and type(family) in (Binomial, Poisson) and family.canonical
+def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> bool:
+    """One vector term (q ≥ 2): binomial-logit or Poisson-log (plain classes),
+    or a family with the derivatives of its log-density and the observed
+    curvature (or a canonical link)."""
+    if nterms != 1 or q < 2:
+        return False
+    if canonical_plain(family):
+        return True
+    return has_derivatives(family) and (hessian == "observed" or family.canonical)
 
 
 def _lower(q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +69,10 @@ class VectorGLMM:
 
     def __init__(self, prob, nagq: int = 1):
         rb = prob.rb
-        self.logit = isinstance(prob.family, Binomial)
         r = prob.resp
-        self.y, self.wt, self.wy = r.y, r.weights, r.weights * r.y
+        self.rows_ = RowTerms(prob.family, r)
+        self.generic = self.rows_.generic
+        self.npar = prob.family.nfree
         self.const = float(r.const.sum())
         self.X, self.off = prob.X, prob.offset
         self.Z = np.ascontiguousarray(rb.Zs[0], dtype=float)
@@ -73,27 +89,29 @@ class VectorGLMM:
     def _gsum(self, M: np.ndarray) -> np.ndarray:
         return group_sums(self.codes, M, self.J)
 
-    def _terms(self, eta: np.ndarray):
-        """b(η), μ, b'', b''' per row."""
-        if self.logit:
-            e = np.exp(-np.abs(eta))
-            b = np.maximum(eta, 0.0) + np.log1p(e)
-            r = 1.0 / (1.0 + e)
-            mu = np.where(eta >= 0, r, e * r)
-            v = e * r * r
-            return b, mu, v, v * (1.0 - 2.0 * mu)
-        mu = np.exp(np.minimum(eta, 700.0))
-        return mu, mu, mu, mu
-
     def _state(self, base: np.ndarray, T: np.ndarray, u: np.ndarray):
-        """η, the per-row pieces and f_j at the modes u (J, q)."""
+        """η, ℓ' and w per row and f_j at the modes u (J, q)."""
         eta = base + np.einsum("nq,nq->n", self.Z, (u @ T.T)[self.codes])
-        b, mu, v, v3 = self._terms(eta)
-        f = (
-            0.5 * np.einsum("jq,jq->j", u, u)
-            - self._gsum((self.wy * eta - self.wt * b)[:, None])[:, 0]
-        )
-        return eta, mu, v, v3, f
+        ll, lp, w, _ = self.rows_.at(eta, 1)
+        f = 0.5 * np.einsum("jq,jq->j", u, u) - self._gsum(ll[:, None])[:, 0]
+        return eta, lp, w, f
+
+    def _newton_step(self, T: np.ndarray, eta, lp, w, u):
+        """The Newton step H⁻¹∇f per group; Fisher's weights where the observed
+        curvature gives no descent direction (a family that is not log-concave)."""
+        g = u - self._gsum(self.Z * lp[:, None]) @ T
+        _, H = self._curvature(T, w)
+        try:
+            step = _solve(H, g)
+            bad = ~(np.einsum("ja,ja->j", g, step) > 0) if self.generic else None
+        except PirlsError:
+            if not self.generic:
+                raise
+            step, bad = np.zeros_like(g), np.ones(g.shape[0], dtype=bool)
+        if bad is not None and bad.any():
+            _, Hf = self._curvature(T, self.rows_.fisher(eta))
+            step = np.where(bad[:, None], _solve(Hf, g), step)
+        return step
 
     def _curvature(self, T: np.ndarray, w: np.ndarray):
         q = self.q
@@ -104,30 +122,37 @@ class VectorGLMM:
 
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):
         self.evals += 1
+        # a trial point far out (μ → 0 or ∞) gives an infinite deviance, refused by the search
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            return self._deviance_grad(phi, grad)
+
+    def _deviance_grad(self, phi: np.ndarray, grad: bool):
         q, nt = self.q, self.nt
         T = np.zeros((q, q))
         T[self.rows, self.cols] = phi[:nt]
-        beta = phi[nt:]
+        if self.npar:
+            self.rows_.family = self.rows_.family.with_value(float(np.exp(phi[nt])))
+        beta = phi[nt + self.npar :]
         base = self.off + self.X @ beta
         u = self.u.copy()
-        eta, mu, v, v3, f = self._state(base, T, u)
+        eta, lp, w, f = self._state(base, T, u)
+        if self.generic and not np.all(np.isfinite(f)):
+            # the last modes put a mean outside the family's range here: from 0
+            u = np.zeros_like(u)
+            eta, lp, w, f = self._state(base, T, u)
+            if not np.all(np.isfinite(f)):
+                raise PirlsError("the fixed effects put a mean outside the family's range")
         for _ in range(MAX_NEWTON):  # Newton iterations over all groups at once
-            lp = self.wt * (self.y - mu)
-            g = u - self._gsum(self.Z * lp[:, None]) @ T
-            A, H = self._curvature(T, self.wt * v)
-            step = _solve(H, g)
+            step = self._newton_step(T, eta, lp, w, u)
             if not np.all(np.isfinite(step)):
                 raise PirlsError("the conditional modes diverged")
             if np.max(np.abs(step), initial=0.0) < STEP_TOL:
                 break
-            u, (eta, mu, v, v3, f) = halve_where_rising(
-                u, step, f, lambda un: self._state(base, T, un)
-            )
+            u, (eta, lp, w, f) = halve_where_rising(u, step, f, lambda un: self._state(base, T, un))
         else:
             raise PirlsError(f"the conditional modes did not converge in {MAX_NEWTON} steps")
         self.u = u
-        w, w3 = self.wt * v, self.wt * v3
-        lp = self.wt * (self.y - mu)
+        _, lp, w, w3 = self.rows_.at(eta, 2)
         A, H = self._curvature(T, w)
         if not np.all(np.isfinite(H)):
             raise PirlsError("the weights overflowed")
@@ -136,8 +161,9 @@ class VectorGLMM:
             raise PirlsError("a group's curvature is not positive definite")
         gz = self._gsum(self.Z * lp[:, None])  # (J, q)
         P = np.linalg.inv(H)
+        pbar = None
         if self.nagq > 1:
-            dev, Q, Dj, lbar, Gn = self._quadrature(base, T, u, H, P, logdet, grad)
+            dev, Q, Dj, lbar, Gn, pbar = self._quadrature(base, T, u, H, P, logdet, grad)
             if not grad:
                 return dev, None
         else:
@@ -156,17 +182,29 @@ class VectorGLMM:
         ATv = np.einsum("jab,jb->ja", A, Tv)
         GT = np.einsum("ja,jb->ab", c - ATv, u) + np.einsum("ja,jb->ab", gz, vj) - 2.0 * Gn
         GT += 2.0 * np.einsum("jab,bc,jcd->ad", A, T, Q)
-        return dev, np.concatenate([GT[self.rows, self.cols], g_beta])
+        if not self.npar:
+            return dev, np.concatenate([GT[self.rows, self.cols], g_beta])
+        p0, p1, pw = self.rows_.param(eta)
+        zTv = np.einsum("nq,nq->n", self.Z, Tv[self.codes])
+        g_psi = -2.0 * float(np.sum(p0 if pbar is None else pbar)) + float(
+            np.sum(pw * h + p1 * zTv)
+        )
+        return dev, np.concatenate([GT[self.rows, self.cols], [g_psi], g_beta])
 
-    def _node_pass(self, base, T, ujk, lo, hi, want_lp):
-        """Rows' η at nodes lo:hi (n, k), their Σ wt(yη − b) per group and,
-        if asked, ℓ' per row and node."""
+    def _node_pass(self, base, T, ujk, lo, hi, want_lp, want_p=False):
+        """Rows' η at nodes lo:hi (n, k), their Σℓ per group and, if asked, ℓ'
+        (and ∂ℓ/∂ψ) per row and node; where a node puts a mean outside the
+        family's range (weight 0) those are 0."""
         bj = np.einsum("jka,ba->jkb", ujk[:, lo:hi], T)  # T u_jk
         eta = base[:, None] + np.einsum("nq,nkq->nk", self.Z, bj[self.codes])
-        b, mu, _, _ = self._terms(eta)
-        ll = self._gsum(self.wy[:, None] * eta - self.wt[:, None] * b)
-        lpk = self.wt[:, None] * (self.y[:, None] - mu) if want_lp else None
-        return ll, lpk
+        ll_rows, lpk, _, _ = self.rows_.at(eta, 1 if want_lp else 0)
+        ll = self._gsum(ll_rows)
+        pk = self.rows_.param(eta)[0] if want_p else None
+        if self.generic:
+            for arr in (lpk, pk):
+                if arr is not None:
+                    arr[~np.isfinite(arr)] = 0.0
+        return ll, lpk, pk
 
     def _quadrature(self, base, T, u, H, P, logdet, grad):
         """AGQ deviance with nodes u_jk = û_j + L_j⁻ᵀt_k (H_j = L_jL_jᵀ) and the
@@ -185,7 +223,7 @@ class VectorGLMM:
         gk = np.empty((J, Kn, q)) if grad else None
         for lo in range(0, Kn, step):  # blocks of nodes bound the memory
             hi = min(Kn, lo + step)
-            ll[:, lo:hi], lpk = self._node_pass(base, T, ujk, lo, hi, grad)
+            ll[:, lo:hi], lpk, _ = self._node_pass(base, T, ujk, lo, hi, grad)
             if grad:
                 zl = self.Z[:, :, None] * lpk[:, None, :]  # (n, q, k)
                 gk[:, lo:hi] = np.swapaxes(
@@ -197,7 +235,7 @@ class VectorGLMM:
         lse = amax + np.log(np.exp(a - amax[:, None]).sum(axis=1))
         dev = float(np.sum(q * _LOG2PI + logdet - 2.0 * lse)) - 2.0 * self.const
         if not grad:
-            return dev, None, None, None, None
+            return dev, None, None, None, None, None
         Pk = np.exp(a - lse[:, None])  # (J, Kn)
         F = ujk - gk @ T  # ∇f_j(u_jk) = u − Tᵀg
         Dj = np.einsum("jk,jka->ja", Pk, F)
@@ -209,13 +247,16 @@ class VectorGLMM:
         Kt = np.einsum("jab,jcb,jdc->jad", C, Psi, C)  # C Ψᵀ Cᵀ
         Q = P - (Kt + np.swapaxes(Kt, 1, 2))
         lbar = np.zeros(self.codes.size)
-        Gn = np.zeros((q, q))
+        pbar = np.zeros(self.codes.size) if self.npar else None
         for lo in range(0, Kn, step):  # ℓ' again, weighted by the nodes' P
             hi = min(Kn, lo + step)
-            _, lpk = self._node_pass(base, T, ujk, lo, hi, True)
-            lbar += np.einsum("nk,nk->n", Pk[self.codes, lo:hi], lpk)
+            _, lpk, pk = self._node_pass(base, T, ujk, lo, hi, True, self.npar > 0)
+            Pr = Pk[self.codes, lo:hi]
+            lbar += np.einsum("nk,nk->n", Pr, lpk)
+            if pbar is not None:
+                pbar += np.einsum("nk,nk->n", Pr, pk)
         Gn = np.einsum("jk,jka,jkb->ab", Pk, gk, ujk)
-        return dev, Q, Dj, lbar, Gn
+        return dev, Q, Dj, lbar, Gn, pbar
 
 
 def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
