@@ -31,6 +31,7 @@ def _data(seed: int = 3, groups: int = 30, size: int = 20) -> pd.DataFrame:
             "prop": rng.beta(8.0 * mu / (1 + mu), 8.0 / (1 + mu)),
             "x": x,
             "g": g.astype(str),
+            "h": (np.arange(g.size) % 9).astype(str),  # crossed with g
         }
     )
 
@@ -153,6 +154,21 @@ def test_vector_term_exact_route_equals_the_two_stage_route(y, family, nagq, mon
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         slow = ml.glmer(formula, DATA, family=family, nAGQ=nagq)
+    assert fast.loglik >= slow.loglik - 1e-7
+    assert fast.loglik == pytest.approx(slow.loglik, abs=1e-5)
+    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-3 * fast.se.max())
+    assert fast.family.value == pytest.approx(slow.family.value, rel=1e-3)
+
+
+@pytest.mark.parametrize(("y", "family"), [("nb", "negative_binomial"), ("prop", "beta")])
+def test_crossed_terms_exact_route_equals_the_two_stage_route(y, family, monkeypatch):
+    formula = f"{y} ~ x + (1 | g) + (1 | h)"
+    fast = ml.glmer(formula, DATA, family=family)
+    assert fast.optinfo.optimizer == "bfgs (exact gradient)"
+    monkeypatch.setattr(glmm_fit, "EXACT_GRADIENT", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slow = ml.glmer(formula, DATA, family=family)
     assert fast.loglik >= slow.loglik - 1e-7
     assert fast.loglik == pytest.approx(slow.loglik, abs=1e-5)
     np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-3 * fast.se.max())

@@ -271,10 +271,11 @@ def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | 
         return "groupwise"
     if vector_glmm.supported(family, nterms, q0, prob.hessian):
         return "vector"
-    if family.nfree or prob.observed:  # the other routes: binomial and Poisson, lme4's curvature
-        return None
-    if laplace and laplace_gradient.supported(family, [r.q for r in rs], [r.nlevels for r in rs]):
+    qs, nlevels = [r.q for r in rs], [r.nlevels for r in rs]
+    if laplace and laplace_gradient.supported(family, qs, nlevels, prob.hessian):
         return "terms"
+    if family.nfree or prob.observed:  # the link route: binomial, lme4's curvature
+        return None
     if link_glmm.supported(family, nterms, q0):
         return "link"
     return None
@@ -299,7 +300,7 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
             )
         else:
             r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
-                prob, obj.beta, theta0
+                prob, obj.beta, theta0, lower_t
             )
     r2._thetas = [obj.natural(x) for x in r2._thetas]
     r2.optimizer = "bfgs (exact gradient)"

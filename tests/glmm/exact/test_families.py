@@ -1,8 +1,8 @@
 """The exact-gradient routes for families with a parameter of their own
 (negative binomial, Gamma, inverse Gaussian, beta): the deviance of the
-scalar and vector models equals PIRLS's (observed curvature) at arbitrary
-(θ, ψ, β), and their gradient, ψ included, equals central differences —
-Laplace and quadrature."""
+scalar, vector and several-term models equals PIRLS's (observed curvature)
+at arbitrary (θ, ψ, β), and their gradient, ψ included, equals central
+differences — Laplace and (one term) quadrature."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from multilevel.glmm.exact.laplace import LaplaceGLMM
 from multilevel.glmm.exact.scalar import ScalarGLMM
 from multilevel.glmm.exact.vector import VectorGLMM
 from multilevel.glmm.quadrature import agq_deviance
@@ -31,6 +32,7 @@ def _data(seed: int = 9) -> pd.DataFrame:
             "prop": rng.beta(6.0 * mu / (1 + mu), 6.0 / (1 + mu)),
             "x": x,
             "g": g.astype(str),
+            "h": (np.arange(g.size) % 7).astype(str),  # crossed with g
         }
     )
 
@@ -65,4 +67,18 @@ def test_deviance_equals_pirls_and_gradient_equals_differences(y, family, term, 
     mode = prob.mode(phi[:nt], phi[nt:], None, joint=False)
     expected = mode.laplace if nagq == 1 else agq_deviance(prob, mode, nagq)
     assert dev == pytest.approx(expected, abs=1e-7)
+    np.testing.assert_allclose(g, fd_gradient(model, phi), rtol=1e-5, atol=1e-5 * np.max(np.abs(g)))
+
+
+@pytest.mark.parametrize(("y", "family"), FAMILIES)
+def test_crossed_terms_laplace_gradient_equals_differences(y, family, monkeypatch):
+    monkeypatch.setattr("multilevel.glmm.pirls.STEP_TOL", 1e-14)
+    fit = quiet_glmer(f"{y} ~ x + (1 | g) + (1 | h)", DATA, family=family)
+    prob = fit._prob
+    model = LaplaceGLMM(prob)
+    model._kernel = None  # the numpy path (the compiled one is binomial-logit and Poisson-log)
+    phi = _point(fit)
+    nt = prob.nre + prob.family.nfree
+    dev, g = model.deviance_grad(phi)
+    assert dev == pytest.approx(prob.mode(phi[:nt], phi[nt:], None, False).laplace, abs=1e-7)
     np.testing.assert_allclose(g, fd_gradient(model, phi), rtol=1e-5, atol=1e-5 * np.max(np.abs(g)))

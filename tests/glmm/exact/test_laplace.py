@@ -97,8 +97,8 @@ def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
     monkeypatch.setattr(glmm_mod, "EXACT_GRADIENT", True)
     real = lg.optimize_laplace
 
-    def from_zero(prob, beta0, theta0):
-        return real(prob, beta0, np.zeros_like(theta0))
+    def from_zero(prob, beta0, theta0, lower_theta=None):
+        return real(prob, beta0, np.zeros_like(theta0), lower_theta)
 
     monkeypatch.setattr(lg, "optimize_laplace", from_zero)
     with np.errstate(over="ignore", invalid="ignore"):

@@ -1,10 +1,11 @@
 """Exact gradient of the Laplace deviance for scalar random-effects terms
-(nested or crossed) and a canonical link.
+(nested or crossed): binomial-logit, Poisson-log, or any family with the
+derivatives of its log-density and the observed curvature.
 
 With η = o + Xβ + ZΛu, Λ = diag(θ_k on term k), the conditional modes ũ
 (PIRLS, :mod:`multilevel.glmm.pirls`) and M = ΛZᵀWZΛ + I = LLᵀ at them,
 
-    D(θ, β) = −2ℓ(η̃) + ‖ũ‖² + log|M|,     ℓ' = wt(y − μ), w = wt b'', w' = wt b'''.
+    D(θ, β) = −2ℓ(η̃) + ‖ũ‖² + log|M|,     ℓ' = ∂ℓ/∂η, w = −ℓ'', w' = −ℓ'''
 
 The first two terms are stationary in u (envelope theorem); log|M| moves
 with θ directly and with η̃ through W.  With hᵢ = z̃ᵢᵀM⁻¹z̃ᵢ (z̃ᵢ = row i of
@@ -15,11 +16,16 @@ one adjoint solve v = M⁻¹ΛZᵀc:
     ∂D/∂θ_k = Σᵢ (cᵢ − 2ℓ'ᵢ − wᵢ(ZΛv)ᵢ) z_ik ũ_k(i) + Σᵢ ℓ'ᵢ z_ik v_k(i)
               + 2(n_k − tr_k M⁻¹)/θ_k        (0 at θ_k = 0: D is even in θ_k)
 
-(u_k(i): row i's level of term k).  hᵢ and tr_k M⁻¹ need M⁻¹ on the pattern
+(u_k(i): row i's level of term k), and for a family's parameter ψ (its
+logarithm, after θ), with M dũ = ΛZᵀ∂ℓ'/∂ψ dψ,
+
+    ∂D/∂ψ = Σᵢ [−2 ∂ℓᵢ/∂ψ + hᵢ ∂wᵢ/∂ψ + (ZΛv)ᵢ ∂ℓ'ᵢ/∂ψ].
+
+hᵢ and tr_k M⁻¹ need M⁻¹ on the pattern
 of ZᵀZ: with L = [[D₀, 0], [C₀ᵣᵀ, L_R]] (D₀ diagonal, the first term) and
 K = L_R⁻¹C₀ᵣᵀD₀⁻¹, M⁻¹ = [[D₀⁻² + KᵀK, −KᵀL_R⁻¹], [·, L_R⁻ᵀL_R⁻¹]], dense in
-the (small) rest block.  Canonical links make the observed and the Fisher
-weights agree, so PIRLS' M is the Hessian the implicit derivative needs.
+the (small) rest block.  PIRLS' M has the observed weights (for a canonical
+link Fisher's are the same), the Hessian the implicit derivative needs.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from scipy.linalg.lapack import dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.glmm import pirls
+from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
 from multilevel.glmm.exact.search import run_search
-from multilevel.glmm.families import Binomial, Family, Poisson
+from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.pirls import PirlsError, PirlsProblem, back_solve
 
 MAX_REST = 1500  # rest-block order up to which M⁻¹'s blocks are formed densely
@@ -40,15 +47,21 @@ MAX_PAIRS = 5_000_000  # pairs of first × rest entries of one first level (comp
 KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
 
 
-def supported(family: Family, qs: list[int], nlevels: list[int]) -> bool:
-    """Several scalar terms, binomial-logit or Poisson-log (plain classes), a
-    rest block small enough for dense inverse blocks."""
+def supported(
+    family: Family, qs: list[int], nlevels: list[int], hessian: str = "fisher"
+) -> bool:
+    """Several scalar terms, a rest block small enough for dense inverse
+    blocks, and binomial-logit or Poisson-log (plain classes) or a family with
+    the derivatives of its log-density and the observed curvature (or a
+    canonical link)."""
     rest = sum(nlevels[1:])
+    fits = canonical_plain(family) or (
+        has_derivatives(family) and (hessian == "observed" or family.canonical)
+    )
     return (
         len(qs) > 1
         and all(q == 1 for q in qs)
-        and type(family) in (Binomial, Poisson)
-        and family.canonical
+        and fits
         and rest <= MAX_REST
         and nlevels[0] * rest <= MAX_CELLS
     )
@@ -62,7 +75,8 @@ class LaplaceGLMM:
         self.prob = prob
         rb = prob.rb
         self.K = rb.K
-        self.logit = isinstance(prob.family, Binomial)
+        self.rows_ = RowTerms(prob.family, prob.resp)
+        self.npar = prob.family.nfree
         self.z = [Z[:, 0] for Z in rb.Zs]
         self.pos = [rb.codes[0]] + [
             rb.Q0 + int(rb.rest_offsets[k - 1]) + rb.codes[k] for k in range(1, rb.K)
@@ -70,7 +84,7 @@ class LaplaceGLMM:
         self.rest = [self.pos[k] - rb.Q0 for k in range(1, rb.K)]
         self.u: np.ndarray | None = None
         self.evals = 0
-        self._kernel = None if KERNEL_DISABLED else _kernel_args(prob)
+        self._kernel = None if KERNEL_DISABLED or self.rows_.generic else _kernel_args(prob)
 
     def _mode(self, theta: np.ndarray, beta: np.ndarray):
         try:
@@ -85,22 +99,16 @@ class LaplaceGLMM:
         if self._kernel is not None:
             return self._compiled(np.ascontiguousarray(phi, dtype=float), grad)
         K, prob, rb = self.K, self.prob, self.prob.rb
-        theta, beta = np.asarray(phi[:K], float), np.asarray(phi[K:], float)
-        m = self._mode(theta, beta)
+        k1 = K + self.npar  # θ, then the family's log parameter
+        theta, beta = np.asarray(phi[:K], float), np.asarray(phi[k1:], float)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            m = self._mode(np.asarray(phi[:k1], float), beta)
         self.u = m.u
         if not grad:
             return m.laplace, None
         f = m.factor
-        r = prob.resp
-        if self.logit:
-            e = np.exp(-np.abs(m.eta))
-            q = 1.0 / (1.0 + e)
-            mu = np.where(m.eta >= 0, q, e * q)
-            v = e * q * q
-            v3 = v * (1.0 - 2.0 * mu)
-        else:
-            mu = v = v3 = np.exp(np.minimum(m.eta, 700.0))
-        w, w3, lp = r.weights * v, r.weights * v3, r.weights * (r.y - mu)
+        self.rows_.family = prob.family  # at this ψ (PIRLS set it)
+        _, lp, w, w3 = self.rows_.at(m.eta, 2)
         # M⁻¹ on the pattern only: first-term diagonal, first × rest and
         # rest × rest at the pairs of levels rows meet, each a dot product of
         # columns of L_R⁻¹ and Kᵀ = D₀⁻¹C₀ᵣL_R⁻ᵀ (C₀ᵣ sparse)
@@ -133,7 +141,10 @@ class LaplaceGLMM:
         zlv = rb.zb(vsol, f.T)
         common = c - 2.0 * lp - w * zlv
         g = np.empty(phi.size)
-        g[K:] = prob.X.T @ common
+        g[k1:] = prob.X.T @ common
+        if self.npar:
+            p0, p1, pw = self.rows_.param(m.eta)
+            g[K] = -2.0 * float(np.sum(p0)) + float(np.dot(pw, h) + np.dot(p1, zlv))
         for k in range(K):
             if theta[k] == 0.0:
                 g[k] = 0.0
@@ -236,7 +247,11 @@ def _kernel_args(prob: PirlsProblem):
     return terms, args, work, float(r.const.sum()), Q
 
 
-def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray):
-    """Minimise the Laplace deviance of several scalar terms over (θ, δ) with
-    its exact gradient (:func:`multilevel.glmm.exact.search.run_search`)."""
-    return run_search(prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob))
+def optimize_laplace(
+    prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None
+):
+    """Minimise the Laplace deviance of several scalar terms over (θ[, ψ], δ)
+    with its exact gradient (:func:`multilevel.glmm.exact.search.run_search`)."""
+    return run_search(
+        prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob), lower_theta=lower_theta
+    )
