@@ -146,3 +146,29 @@ def test_ranova_groups_columns_by_term():
     # removing Days2 (its variance and two covariances) leaves the sleepstudy model
     assert tab["Df"].iloc[2] == 3
     assert tab["logLik"].iloc[2] == pytest.approx(ref["loglik"], abs=1e-4)
+
+
+def test_anova_of_glmms_matches_lme4_on_cbpp():
+    """lme4: anova(glmer(... ~ 1 + (1|herd)), glmer(... ~ period + (1|herd)))
+    gives Chisq 25.61006 on 3 Df (Laplace)."""
+    import multilevel as ml
+
+    cbpp = ml.datasets.load("cbpp")
+    lhs = "cbind(incidence, size - incidence)"
+    g0 = ml.glmer(f"{lhs} ~ 1 + (1 | herd)", cbpp, "binomial")
+    g1 = ml.glmer(f"{lhs} ~ period + (1 | herd)", cbpp, "binomial")
+    tab = anova(g0, g1)
+    assert tab["Chisq"].iloc[1] == pytest.approx(25.61006, abs=1e-4)
+    assert int(tab["Df"].iloc[1]) == 3
+    assert list(tab["npar"]) == [2, 5]
+    # a negative binomial against its Poisson limit: one more parameter
+    nb = ml.glmer("incidence ~ period + (1 | herd)", cbpp, "negative_binomial")
+    po = ml.glmer("incidence ~ period + (1 | herd)", cbpp, "poisson")
+    tab = anova(po, nb)
+    assert int(tab["Df"].iloc[1]) == 1 and tab["Chisq"].iloc[1] == pytest.approx(
+        2 * (nb.loglik - po.loglik)
+    )
+    with pytest.raises(ModelError, match="same response"):
+        anova(g1, ml.glmer("cbind(size - incidence, incidence) ~ period + (1 | herd)", cbpp))
+    with pytest.raises(ModelError, match="not one with the other"):
+        anova(g1, ml.lmer("incidence ~ period + (1 | herd)", cbpp))

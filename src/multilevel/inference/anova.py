@@ -1,4 +1,5 @@
-"""Likelihood-ratio tests between linear mixed models.
+"""Likelihood-ratio tests between mixed models (LMMs, or GLMMs by their
+Laplace, AGQ or Monte Carlo log-likelihoods).
 
 ``anova(m0, m1, ...)`` compares nested fits as lme4's ``anova``: REML fits are
 first refit by maximum likelihood (``refit=True``, lme4's default), because
@@ -55,6 +56,24 @@ def _re_dim(fit: LmerFit) -> int:
     return int(sum(r.q for r in fit.design.random))
 
 
+def _is_glmm(fit) -> bool:
+    return hasattr(fit, "family")
+
+
+def _response(fit) -> np.ndarray | None:
+    """The response as fitted (a GLMM's: proportions or counts, with its prior
+    weights, so that cbind() and proportion forms of one response compare);
+    None where it lives on a cluster (a Dask fit: compared by nobs only)."""
+    if not _is_glmm(fit):
+        return fit.design.y
+    try:
+        prob = fit._prob
+    except ModelError:  # a Dask fit: its rows stay on the workers
+        return None
+    r = prob.resp.take(fit._inv)
+    return np.column_stack([r.y, r.weights])
+
+
 def boundary_pvalue(chisq: float, df: int) -> float:
     """P-value of the 50:50 mixture ½χ²_{df−1} + ½χ²_df at ``chisq``."""
     from scipy import stats  # scipy.stats costs 0.5 s to import: when used
@@ -69,7 +88,9 @@ def boundary_pvalue(chisq: float, df: int) -> float:
 def anova(
     *fits: LmerFit, refit: bool = True, names: list[str] | None = None, **named: LmerFit
 ) -> pd.DataFrame:
-    """Likelihood-ratio tests of nested LMMs (lme4's ``anova(m0, m1, ...)``).
+    """Likelihood-ratio tests of nested LMMs, or of nested GLMMs (lme4's
+    ``anova(m0, m1, ...)``; a GLMM's ``loglik`` is its full marginal
+    log-likelihood by the fit's integration method).
 
     Fits are given positionally (named ``m0``, ``m1``, ... or by ``names``) or
     as keywords (``anova(small=m0, large=m1)``).  Returns one row per model,
@@ -90,10 +111,21 @@ def anova(
     nobs = {m.nobs for m in models}
     if len(nobs) > 1:
         raise ModelError(f"models were not all fitted to the same data (nobs {sorted(nobs)})")
-    y0 = models[0].design.y
-    if any(m.design.y.shape != y0.shape or not np.array_equal(m.design.y, y0) for m in models):
+    kinds = {_is_glmm(m) for m in models}
+    if len(kinds) > 1:
+        raise ModelError(
+            "anova compares linear mixed models with each other and GLMMs with each other, "
+            "not one with the other"
+        )
+    y0 = _response(models[0])
+    if any(
+        (y := _response(m)) is not None
+        and y0 is not None
+        and (y.shape != y0.shape or not np.array_equal(y, y0))
+        for m in models
+    ):
         raise ModelError("models were not all fitted to the same response")
-    reml = [m.REML for m in models]
+    reml = [getattr(m, "REML", False) for m in models]
     if any(reml):
         if refit:
             models = [refit_ml(m) for m in models]

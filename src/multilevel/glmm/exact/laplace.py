@@ -47,9 +47,7 @@ MAX_PAIRS = 5_000_000  # pairs of first × rest entries of one first level (comp
 KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
 
 
-def supported(
-    family: Family, qs: list[int], nlevels: list[int], hessian: str = "fisher"
-) -> bool:
+def supported(family: Family, qs: list[int], nlevels: list[int], hessian: str = "fisher") -> bool:
     """Several scalar terms, a rest block small enough for dense inverse
     blocks, and binomial-logit or Poisson-log (plain classes) or a family with
     the derivatives of its log-density and the observed curvature (or a
@@ -247,11 +245,7 @@ def _kernel_args(prob: PirlsProblem):
     return terms, args, work, float(r.const.sum()), Q
 
 
-def optimize_laplace(
-    prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None
-):
+def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None):
     """Minimise the Laplace deviance of several scalar terms over (θ[, ψ], δ)
     with its exact gradient (:func:`multilevel.glmm.exact.search.run_search`)."""
-    return run_search(
-        prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob), lower_theta=lower_theta
-    )
+    return run_search(prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob), lower_theta=lower_theta)
