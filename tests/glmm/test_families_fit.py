@@ -173,3 +173,15 @@ def test_crossed_terms_exact_route_equals_the_two_stage_route(y, family, monkeyp
     assert fast.loglik == pytest.approx(slow.loglik, abs=1e-5)
     np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-3 * fast.se.max())
     assert fast.family.value == pytest.approx(slow.family.value, rel=1e-3)
+
+
+def test_simulate_moments_match_the_model():
+    """Poisson with new random effects: E[y] = exp(xβ + σ²/2) for a random
+    intercept; ml.simulate dispatches to the GLMM's simulate."""
+    fit = ml.glmer("nb ~ x + (1 | g)", DATA, family="poisson")
+    sims = ml.simulate(fit, 4000, seed=11)
+    assert sims.equals(ml.simulate(fit, 4000, seed=11))
+    sd = float(fit.varcorr.sdcor.iloc[0])
+    expected = np.exp(fit.design.X @ fit.fixef.to_numpy() + sd**2 / 2)
+    ratio = sims.mean(axis=1).to_numpy() / expected
+    assert abs(float(np.mean(ratio)) - 1.0) < 0.02

@@ -60,9 +60,12 @@ def _draw(fit: LmerFit, ss: np.random.SeedSequence) -> np.ndarray:
 
 def simulate(fit: LmerFit, nsim: int = 1, seed: Any = None) -> pd.DataFrame:
     """``nsim`` responses simulated from the fitted model (columns sim_1, ...),
-    indexed as the rows used in the fit."""
+    indexed as the rows used in the fit; for a GLMM its ``simulate`` (new
+    random effects and the family's draws, as lme4's)."""
     if nsim < 1:
         raise ModelError(f"nsim must be at least 1, not {nsim}")
+    if hasattr(fit, "family"):
+        return fit.simulate(nsim, seed)
     seeds = _child_seeds(seed, nsim)
     cols = {f"sim_{i + 1}": _draw(fit, ss) for i, ss in enumerate(seeds)}
     return pd.DataFrame(cols, index=fit.design.row_index)
