@@ -185,3 +185,28 @@ def test_simulate_moments_match_the_model():
     expected = np.exp(fit.design.X @ fit.fixef.to_numpy() + sd**2 / 2)
     ratio = sims.mean(axis=1).to_numpy() / expected
     assert abs(float(np.mean(ratio)) - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("link", ["log", "identity", "inverse"])
+def test_units_of_the_response_and_covariates_change_nothing_but_the_units(link):
+    """Gamma with the response in units 1e6 times larger and the covariate in
+    units 1e8 times smaller: the same log-likelihood up to the Jacobian, the
+    same shape, the estimates in the new units."""
+    base = DATA.assign(gam=DATA.gam + 1.0)  # away from 0: an identity link's mean stays positive
+    a = ml.glmer("gam ~ x + (1 | g)", base, family=f"Gamma({link})")
+    b = ml.glmer(
+        "gam ~ x + (1 | g)",
+        base.assign(gam=base.gam * 1e6, x=base.x * 1e-8),
+        family=f"Gamma({link})",
+    )
+    assert a.converged and b.converged
+    assert b.loglik == pytest.approx(a.loglik - len(base) * np.log(1e6), abs=1e-5)
+    assert b.family.value == pytest.approx(a.family.value, rel=1e-5)
+    scale = {"log": None, "identity": 1e6, "inverse": 1e-6}[link]
+    if scale is None:
+        assert b.fixef.iloc[0] == pytest.approx(a.fixef.iloc[0] + np.log(1e6), rel=1e-6)
+        assert b.fixef.iloc[1] == pytest.approx(a.fixef.iloc[1] * 1e8, rel=1e-5)
+        assert b.varcorr.sdcor.iloc[0] == pytest.approx(a.varcorr.sdcor.iloc[0], rel=1e-5)
+    else:
+        np.testing.assert_allclose(b.fixef * [1.0, 1e-8], a.fixef * scale, rtol=1e-5)
+        assert b.varcorr.sdcor.iloc[0] == pytest.approx(a.varcorr.sdcor.iloc[0] * scale, rel=1e-4)
