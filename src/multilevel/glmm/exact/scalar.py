@@ -191,9 +191,12 @@ class ScalarGLMM:
             if not np.all(np.isfinite(f)):
                 raise PirlsError("the fixed effects put a mean outside the family's range")
         for _ in range(MAX_NEWTON):  # Newton iterations (all groups at once)
-            score = self._gsum(np.stack([z * lp, self.z2 * w], 1))
-            g = u - theta * score[:, 0]
-            step = g / self._curvature(theta, eta, score[:, 1])
+            if self.unit_z:  # (1 | g): two reductions, no stacked copy
+                s1, s2 = self._gsum(lp), self._gsum(w)
+            else:
+                s1, s2 = self._gsum(z * lp), self._gsum(self.z2 * w)
+            g = u - theta * s1
+            step = g / self._curvature(theta, eta, s2)
             if not np.all(np.isfinite(step)):
                 raise PirlsError("the conditional modes diverged")
             if np.max(np.abs(step), initial=0.0) < STEP_TOL:

@@ -41,7 +41,11 @@ def whitening(prob, beta0: np.ndarray) -> np.ndarray:
 
 class Search:
     """The deviance of one model in x = (θ, δ), β = β₀ + R⁻¹δ, with the last
-    point remembered (BFGS asks for it again) and the modes it left."""
+    few points remembered (BFGS, the Hessian's differences and the Newton
+    steps ask for the optimum again after other points) and the modes each
+    left."""
+
+    REMEMBER = 8  # points
 
     def __init__(
         self,
@@ -56,13 +60,14 @@ class Search:
         self.d = beta0.size + ntheta
         lt = np.zeros(ntheta) if lower_theta is None else np.asarray(lower_theta, float)
         self.lower = np.concatenate([lt, np.full(beta0.size, -np.inf)])
-        self._last: tuple[bytes, float, np.ndarray, np.ndarray] | None = None
+        self._seen: dict[bytes, tuple[float, np.ndarray, np.ndarray | None]] = {}
 
     def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         key = x.tobytes()
-        if self._last is not None and self._last[0] == key:
-            self.model.u = self._last[3]
-            return self._last[1], self._last[2]
+        if key in self._seen:
+            dev, gx, u = self._seen[key]
+            self.model.u = None if u is None else u.copy()
+            return dev, gx
         try:
             nt = self.nt
             dev, g = self.model.deviance_grad(
@@ -75,7 +80,9 @@ class Search:
         else:
             gx = np.concatenate([g[: self.nt], self.Rinv.T @ g[self.nt :]])
         u = self.model.u
-        self._last = (key, dev, gx, None if u is None else u.copy())
+        if len(self._seen) >= self.REMEMBER:
+            del self._seen[next(iter(self._seen))]  # the oldest
+        self._seen[key] = (dev, gx, None if u is None else u.copy())
         return dev, gx
 
     def fun(self, x: np.ndarray) -> float:

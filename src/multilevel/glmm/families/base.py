@@ -300,6 +300,17 @@ class Family:
         """The family as lme4 prints it, e.g. ``Negative Binomial(3.21)``."""
         return self.name
 
+    def of_data(self, y: np.ndarray, fun) -> np.ndarray:
+        """fun(y) for a function of the data alone (log y...), kept for the last
+        response array seen: a search evaluates the family at the same rows
+        hundreds of times."""
+        cache = self.__dict__.setdefault("_data_cache", {})
+        hit = cache.get(fun)
+        if hit is None or hit[0] is not y:
+            hit = (y, fun(y))
+            cache[fun] = hit
+        return hit[1]
+
     def runaway(self, mu: np.ndarray) -> str | None:
         """Why the estimated parameter is at a limit of the family rather than
         a maximum (it ran off to 0 or infinity while the likelihood rose ever

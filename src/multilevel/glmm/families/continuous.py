@@ -27,6 +27,8 @@ step uses ℓ_η / W rather than (y − μ)/μ'.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import special
 
@@ -110,8 +112,19 @@ class Gamma(Family):
         nu = self.value
         r = y * np.exp(-eta)
         wnr = wt * nu * r
-        ll = wt * (nu * (np.log(nu) - eta - r) + (nu - 1.0) * np.log(y) - special.gammaln(nu))
+        logy = self.of_data(y, np.log)
+        ll = wt * ((nu - 1.0) * logy + nu * (math.log(nu) - eta - r) - math.lgamma(nu))
         return ll, wt * nu * (r - 1.0), -wnr, (wnr if third else None)
+
+    def param_eta_derivs(self, y, eta, wt):
+        if self.link.name != "log":
+            return super().param_eta_derivs(y, eta, wt)
+        # ℓ' and ℓ'' are linear in ν: their ∂/∂ψ = ν ∂/∂ν are themselves
+        nu = self.value
+        r = y * np.exp(-eta)
+        logy = self.of_data(y, np.log)
+        p0 = wt * nu * (math.log(nu) + 1.0 - eta + logy - r - special.digamma(nu))
+        return p0, wt * nu * (r - 1.0), -wt * nu * r
 
     def dmu3(self, y, mu, wt):
         mu = np.maximum(mu, TINY)
