@@ -87,13 +87,9 @@ def run_one(
             env.pop(v, None)
     if args.idle_threshold < 1:
         rec["busy_before"] = sysload.wait_idle(args.idle_threshold, args.idle_wait)
-    competitors = sysload.start_competitors(args.competing)
-    try:
-        res = sysload.measured_run(
-            engine.command(case, args.repeats, args.budget), env, args.timeout, HERE
-        )
-    finally:
-        sysload.stop_competitors(competitors)
+    res = sysload.measured_run_beside(
+        engine.command(case, args.repeats, args.budget), env, args.timeout, HERE, args.competing
+    )
     rec["competing"] = args.competing
     if res["status"] != "ok":
         return rec | res

@@ -173,3 +173,14 @@ def stop_competitors(procs: list[subprocess.Popen]) -> None:
         p.terminate()
     for p in procs:
         p.wait()
+
+
+def measured_run_beside(
+    cmd: list[str], env: dict[str, str], timeout: float, cwd: Path, competing: int
+) -> dict[str, Any]:
+    """:func:`measured_run` with ``competing`` busy processes running beside it."""
+    competitors = start_competitors(competing)
+    try:
+        return measured_run(cmd, env, timeout, cwd)
+    finally:
+        stop_competitors(competitors)

@@ -57,6 +57,8 @@ DATASETS = {
             {"YEAR": ["95", "96", "97"], "BROOD": None, "INDEX": None, "LOCATION": None},
         ),
         Dataset("binary_sim", "sim:binary_sim", {"g": None}),
+        Dataset("nb_sim", "sim:nb_sim", {"g": None}),
+        Dataset("gamma_sim", "sim:gamma_sim", {"g": None}),
     ]
 }
 
@@ -65,7 +67,11 @@ DATASETS = {
 class Case:
     key: str
     data: str  # a DATASETS key
-    family: str  # "binomial" or "poisson"
+    # multilevel's spelling, passed to multilevel.glmer as is: "binomial", "poisson",
+    # "negative_binomial" (NB2, theta estimated), "Gamma(log)" (shape estimated). Each
+    # other runner maps it to its own spelling (and the driver marks a case
+    # unsupported for an engine that cannot fit the family).
+    family: str
     nagq: int
     formula: str  # multilevel's and lme4's formula
     formulas: dict[str, str] = field(default_factory=dict)  # engine -> its own spelling
@@ -87,6 +93,7 @@ CBPP_OTHER = {
 CONTRA = "use ~ age + age2 + urban + livch + (1 | district)"
 GROUSE = "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)"
 SIM = "y ~ x1 + x2 + (1 | g)"
+FAMILY_SIM = "y ~ x + (1 | g)"
 
 CASES = {
     c.key: c
@@ -98,6 +105,8 @@ CASES = {
         Case("grouse-1", "grouseticks", "poisson", 1, GROUSE),
         Case("sim-1", "binary_sim", "binomial", 1, SIM),
         Case("sim-25", "binary_sim", "binomial", 25, SIM),
+        Case("nb-1", "nb_sim", "negative_binomial", 1, FAMILY_SIM),
+        Case("gamma-1", "gamma_sim", "Gamma(log)", 1, FAMILY_SIM),
     ]
 }
 

@@ -1,8 +1,15 @@
 """Runner for ``glmm`` (PyPI; Rust core). Run under the benchmark venv.
 
-API used (binomial and Poisson GLMMs):
+API used:
 
     glmm.fit(df, formula, family="binomial" | "poisson", nagq=K)
+    glmm.fit(df, formula, family="negativebinomial", link="log", nagq=K)   # negative_binomial
+    glmm.fit(df, formula, family="gamma", link="log", nagq=K)              # Gamma(log)
+
+(the case's family mapped by ``FAMILIES``).  Negative binomial: NB2, the shape
+θ estimated (``Fit.dispersion`` is θ̂); Gamma: the dispersion φ = 1/shape
+estimated, by maximum likelihood on a GLMM (glmm's docstrings; its reported
+log-likelihood then equals −deviance/2).
 
 ``nagq`` is the number of adaptive Gauss–Hermite nodes (odd, 1..25; 1 =
 Laplace; > 1 only for a single grouping factor).  A binomial response with
@@ -24,13 +31,22 @@ import cases
 import common
 import pandas as pd
 
+# case family (multilevel's spelling) -> glmm's family and link (None: its default)
+FAMILIES = {
+    "binomial": ("binomial", None),
+    "poisson": ("poisson", None),
+    "negative_binomial": ("negativebinomial", "log"),
+    "Gamma(log)": ("gamma", "log"),
+}
+
 
 def fit(case: cases.Case, df: pd.DataFrame) -> object:
     import glmm
 
+    family, link = FAMILIES[case.family]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        m = glmm.fit(df, case.formula_for("glmm"), family=case.family, nagq=case.nagq)
+        m = glmm.fit(df, case.formula_for("glmm"), family=family, link=link, nagq=case.nagq)
     common.LAST_WARNINGS[:] = [str(w.message) for w in caught]
     return m
 
@@ -44,7 +60,17 @@ def info(case: cases.Case, m) -> common.FitInfo:
         loglik_full=float(m.loglik),
         fixef=dict(zip(m.names, map(float, m.beta), strict=True)),
         converged=bool(m.converged),
-        note=f"+{m.n_grad} gradient evals" if m.n_grad else "",
+        note="; ".join(
+            s
+            for s in [
+                f"+{m.n_grad} gradient evals" if m.n_grad else "",
+                {
+                    "negativebinomial": f"theta {m.dispersion:.6f}",
+                    "gamma": f"phi {m.dispersion:.6f} (shape {1 / m.dispersion:.6f})",
+                }.get(m.family, ""),
+            ]
+            if s
+        ),
     )
 
 

@@ -1,34 +1,75 @@
-# Time lme4::glmer on one GLMM benchmark case.
+# Time one R engine -- lme4 (glmer, glmer.nb) or glmmTMB -- on one GLMM benchmark case.
 #
-# Usage: Rscript run_lme4.R CSV FORMULA FAMILY NAGQ FACTORS REPEATS BUDGET_S
+# Usage: Rscript run_lme4.R PACKAGE CSV FORMULA FAMILY NAGQ FACTORS REPEATS BUDGET_S
+#   PACKAGE: "lme4" or "glmmTMB"
+#   FAMILY:  the case's family as multilevel spells it; mapped here:
+#              binomial, poisson    lme4 glmer(family = binomial | poisson, nAGQ = K);
+#                                   glmmTMB(family = binomial | poisson)
+#              negative_binomial    lme4 glmer.nb(formula, data); glmmTMB(family = nbinom2)
+#              Gamma(log)           glmer(family = Gamma(link = "log"), nAGQ = K);
+#                                   glmmTMB(family = Gamma(link = "log"))
+#            glmmTMB has the Laplace approximation only (NAGQ must be 1).
 #   FACTORS: "col:lev1,lev2;col2" (levels optional; first level = reference)
 # Prints one line "RESULT {json}" that benchmarks/glmm/run.py parses.
-# Each timed fit is the whole glmer() call with lme4's default control
+# Each timed fit is the whole fitting call with the package's default control
 # (formula processing included); one untimed warm-up fit comes first. If
 # REPEATS fits would exceed BUDGET_S (judged by the warm-up), fewer are timed,
-# but at least 3 (as common.py).
+# but at least 3; if the warm-up alone took longer than BUDGET_S, no further
+# fit is made and the warm-up is the one timing ("warmup_only"), as common.py.
 #
-# Log-likelihood: logLik(m) as lme4 reports it ("loglik_reported"). For
-# nAGQ > 1, lme4 1.1-31 leaves the saturated-model term sum(log f(y | mu = y))
-# out of it; "loglik_full" adds it back (0 for 0/1 responses), so it is the full
-# marginal log-likelihood like the other engines' numbers.
+# Log-likelihood: logLik(m) as the package reports it ("loglik_reported").
+# For lme4 with nAGQ > 1, lme4 1.1-31 leaves the saturated-model term
+# sum(log f(y | mu = y)) out of it; "loglik_full" adds it back (0 for 0/1
+# responses), so it is the full marginal log-likelihood like the other
+# engines' numbers. glmmTMB's logLik is the full Laplace log-likelihood.
+# lme4's Gamma logLik is evaluated at a moment estimate of the shape (glmer
+# does not estimate it), not at its maximum: "loglik_comparable" is false.
 
 args <- commandArgs(trailingOnly = TRUE)
-stopifnot(length(args) == 7)
-csv <- args[[1]]
-form <- as.formula(args[[2]])
-fam <- switch(args[[3]], binomial = binomial, poisson = poisson, stop("unknown family"))
-nagq <- as.integer(args[[4]])
-factors <- strsplit(args[[5]], ";", fixed = TRUE)[[1]]
-repeats <- as.integer(args[[6]])
-budget <- as.numeric(args[[7]])
+stopifnot(length(args) == 8)
+pkg <- args[[1]]
+csv <- args[[2]]
+form <- as.formula(args[[3]])
+family_name <- args[[4]]
+nagq <- as.integer(args[[5]])
+factors <- strsplit(args[[6]], ";", fixed = TRUE)[[1]]
+repeats <- as.integer(args[[7]])
+budget <- as.numeric(args[[8]])
 
 vm_hwm_mb <- function() {
   line <- grep("^VmHWM:", readLines("/proc/self/status"), value = TRUE)
   as.numeric(gsub("[^0-9]", "", line)) / 1024
 }
 
-suppressPackageStartupMessages(library(lme4))
+if (pkg == "lme4") {
+  suppressPackageStartupMessages(library(lme4))
+  version <- sprintf("lme4 %s", packageVersion("lme4"))
+  fit_once <- switch(family_name,
+    binomial = function() glmer(form, data = dat, family = binomial, nAGQ = nagq),
+    poisson = function() glmer(form, data = dat, family = poisson, nAGQ = nagq),
+    negative_binomial = {
+      if (nagq != 1) stop("glmer.nb: only nAGQ = 1 is wired here")
+      function() glmer.nb(form, data = dat)
+    },
+    "Gamma(log)" = function() glmer(form, data = dat, family = Gamma(link = "log"), nAGQ = nagq),
+    stop("unknown family ", family_name)
+  )
+} else if (pkg == "glmmTMB") {
+  suppressPackageStartupMessages(library(glmmTMB))
+  version <- sprintf("glmmTMB %s (TMB %s)", packageVersion("glmmTMB"), packageVersion("TMB"))
+  if (nagq != 1) stop("glmmTMB has the Laplace approximation only (nAGQ = 1)")
+  tmb_family <- switch(family_name,
+    binomial = binomial,
+    poisson = poisson,
+    negative_binomial = nbinom2,
+    "Gamma(log)" = Gamma(link = "log"),
+    stop("unknown family ", family_name)
+  )
+  fit_once <- function() glmmTMB(form, data = dat, family = tmb_family)
+} else {
+  stop("unknown package ", pkg)
+}
+
 dat <- read.csv(csv)
 for (spec in factors[nzchar(factors)]) {
   parts <- strsplit(spec, ":", fixed = TRUE)[[1]]
@@ -45,7 +86,7 @@ warns <- character(0)
 fit <- function() {
   warns <<- character(0)
   withCallingHandlers(
-    glmer(form, data = dat, family = fam, nAGQ = nagq),
+    fit_once(),
     warning = function(w) {
       warns <<- c(warns, conditionMessage(w))
       invokeRestart("muffleWarning")
@@ -60,46 +101,86 @@ timed <- function() {
   c1 <- proc.time() - c0
   c(as.numeric(difftime(t1, t0, units = "secs")), c1[["user.self"]] + c1[["sys.self"]])
 }
-warmup <- timed()[[1]]
-if (warmup * repeats > budget) repeats <- max(min(3L, repeats), as.integer(budget / warmup))
-runs <- vapply(seq_len(repeats), function(i) timed(), numeric(2))
+warm <- timed()
+warmup <- warm[[1]]
+warmup_only <- warmup > budget
+if (warmup_only) {
+  runs <- matrix(warm, nrow = 2)
+} else {
+  if (warmup * repeats > budget) repeats <- max(min(3L, repeats), as.integer(budget / warmup))
+  runs <- vapply(seq_len(repeats), function(i) timed(), numeric(2))
+}
 wall <- runs[1, ]
 cpu <- runs[2, ]
 
 ll <- as.numeric(logLik(m))
 saturated <- 0
-if (nagq > 1) {
+if (pkg == "lme4" && nagq > 1) {
   y <- m@resp$y
   w <- m@resp$weights # binomial: numbers of trials; y is the proportion
-  saturated <- if (args[[3]] == "binomial") {
+  saturated <- if (family_name == "binomial") {
     sum(dbinom(round(y * w), round(w), y, log = TRUE))
-  } else {
+  } else if (family_name == "poisson") {
     sum(dpois(y, y, log = TRUE))
+  } else {
+    stop("saturated term not wired for ", family_name)
+  }
+}
+comparable <- !(pkg == "lme4" && family_name == "Gamma(log)")
+
+if (pkg == "lme4") {
+  fe <- fixef(m)
+  evals <- as.integer(m@optinfo$feval)
+  msgs <- m@optinfo$conv$lme4$messages
+  all_warn <- unique(c(warns, msgs))
+  # "nearly unidentifiable" is a scaling check, not a convergence failure;
+  # glmer.nb's theta search warns "iteration/alternation limit reached"
+  converged <- m@optinfo$conv$opt == 0 &&
+    !any(grepl("failed to converge|limit reached", all_warn))
+  note <- paste("optimizer", paste(m@optinfo$optimizer, collapse = "+"))
+  if (family_name == "negative_binomial") {
+    note <- sprintf(
+      "%s; glmer.nb theta %.6f; evals = the final glmer refit only",
+      note, getME(m, "glmer.nb.theta")
+    )
+  } else if (family_name == "Gamma(log)") {
+    note <- sprintf(
+      "%s; sigma %.6f (moment estimate after the fit; logLik not at the ML shape)",
+      note, sigma(m)
+    )
+  }
+} else {
+  fe <- fixef(m)$cond
+  evals <- as.integer(m$fit$evaluations[["function"]])
+  all_warn <- unique(warns)
+  converged <- isTRUE(m$fit$convergence == 0) && isTRUE(m$sdr$pdHess)
+  note <- sprintf(
+    "nlminb: %d iterations, +%d gradient evals, convergence %d (%s), pdHess %s",
+    as.integer(m$fit$iterations), as.integer(m$fit$evaluations[["gradient"]]),
+    as.integer(m$fit$convergence), m$fit$message, m$sdr$pdHess
+  )
+  if (family_name %in% c("negative_binomial", "Gamma(log)")) {
+    note <- sprintf("%s; sigma %.6f", note, sigma(m))
   }
 }
 
 esc <- function(s) gsub("[\"\\\\]", "'", gsub("[\r\n]+", " ", s))
 num <- function(x) paste0("[", paste(sprintf("%.6f", x), collapse = ", "), "]")
-fe <- fixef(m)
 fixef_json <- paste0(
   "{", paste(sprintf("\"%s\": %.10g", esc(names(fe)), fe), collapse = ", "), "}"
 )
-msgs <- m@optinfo$conv$lme4$messages
-all_warn <- unique(c(warns, msgs))
-# "nearly unidentifiable" is a scaling check, not a convergence failure
-converged <- m@optinfo$conv$opt == 0 && !any(grepl("failed to converge", all_warn))
 warn_json <- paste0("[", paste(sprintf("\"%s\"", esc(all_warn)), collapse = ", "), "]")
 if (!length(all_warn)) warn_json <- "[]"
+tf <- function(b) if (b) "true" else "false"
 cat(sprintf(
   paste0(
-    "RESULT {\"engine_version\": \"lme4 %s (R %s.%s)\", \"nobs\": %d, ",
-    "\"warmup_s\": %.6f, \"times_s\": %s, \"cpu_s\": %s, \"evals\": %d, ",
-    "\"loglik_reported\": %.10f, \"loglik_full\": %.10f, \"fixef\": %s, ",
-    "\"converged\": %s, \"note\": \"optimizer %s\", \"warnings\": %s, ",
-    "\"rss_before_fit_mb\": %.1f}\n"
+    "RESULT {\"engine_version\": \"%s (R %s.%s)\", \"nobs\": %d, ",
+    "\"warmup_s\": %.6f, \"warmup_only\": %s, \"times_s\": %s, \"cpu_s\": %s, ",
+    "\"evals\": %d, \"loglik_reported\": %.10f, \"loglik_full\": %.10f, ",
+    "\"loglik_comparable\": %s, \"fixef\": %s, \"converged\": %s, \"note\": \"%s\", ",
+    "\"warnings\": %s, \"rss_before_fit_mb\": %.1f}\n"
   ),
-  packageVersion("lme4"), R.version$major, R.version$minor, nobs(m), warmup,
-  num(wall), num(cpu), as.integer(m@optinfo$feval), ll, ll + saturated, fixef_json,
-  if (converged) "true" else "false", paste(m@optinfo$optimizer, collapse = "+"),
-  warn_json, rss_before
+  version, R.version$major, R.version$minor, nobs(m), warmup, tf(warmup_only),
+  num(wall), num(cpu), evals, ll, ll + saturated, tf(comparable), fixef_json,
+  tf(converged), esc(note), warn_json, rss_before
 ))

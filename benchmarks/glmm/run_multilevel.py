@@ -1,6 +1,8 @@
 """Runner for ``multilevel`` (this repository's ``src/``, put first on ``sys.path``).
 
-API used: ``multilevel.glmer(formula, df, family=FAMILY, nAGQ=K)``.  Reported:
+API used: ``multilevel.glmer(formula, df, family=FAMILY, nAGQ=K)``, the case's
+family string as is ("binomial", "poisson", "negative_binomial", "Gamma(log)";
+the last two with the observed curvature, glmmTMB's Laplace).  Reported:
 ``fit.loglik`` (the full marginal log-likelihood, all density constants
 included, for Laplace and AGQ alike; ``fit.loglik_lme4`` is lme4's number, which
 for nAGQ > 1 omits the saturated-model term); evaluations
@@ -11,6 +13,7 @@ lme4's ``feval``; with the two-stage search also the first stage's
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -23,9 +26,22 @@ import pandas as pd  # noqa: E402
 
 
 def version() -> str:
+    """Package version and the repository's commit (``+dirty``: uncommitted changes in src/)."""
     import multilevel
 
-    return f"multilevel {getattr(multilevel, '__version__', '?')}"
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True
+        ).stdout.strip()
+        commit = f" ({commit}{'+dirty' if dirty else ''})"
+    except (OSError, subprocess.CalledProcessError):
+        commit = ""
+    return f"multilevel {getattr(multilevel, '__version__', '?')}{commit}"
 
 
 def fit(case: cases.Case, df: pd.DataFrame) -> object:
@@ -49,6 +65,7 @@ def info(case: cases.Case, m) -> common.FitInfo:
             f"{m.optinfo.optimizer}; "
             + (f"stage 1: {m.stage1.evals} evals; " if m.stage1 is not None else "")
             + f"loglik_lme4 {m.loglik_lme4:.6f}"
+            + "".join(f"; {k} {float(v):.6f}" for k, v in m.family_param.items())
         ),
     )
 

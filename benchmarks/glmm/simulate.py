@@ -1,14 +1,29 @@
-"""Simulated data for the GLMM benchmark (case ``sim``), written once to ``.data/``.
+"""Simulated data for the GLMM benchmark, written once to ``.data/``.
 
-Binary random-intercept logit model, 200,000 rows in 2,000 groups ``g`` of
-50–150 rows (mean 100):
+``binary_sim`` (cases ``sim-1``, ``sim-25``): binary random-intercept logit
+model, 200,000 rows in 2,000 groups ``g`` of 50–150 rows (mean 100):
 
     logit P(yᵢ = 1) = −0.5 + 0.8·x1ᵢ − 0.4·x2ᵢ + u_g,   u_g ~ N(0, 1),
 
-x1 ~ N(0, 1), x2 ~ Bernoulli(0.5) (stored as 0/1, numeric). Fixed seed, so the
-file is the same on every machine with the same numpy; every engine reads it.
+x1 ~ N(0, 1), x2 ~ Bernoulli(0.5) (stored as 0/1, numeric).
 
-    python benchmarks/glmm/simulate.py     # (re)write the file
+``nb_sim`` and ``gamma_sim`` (cases ``nb-1``, ``gamma-1``): 200,000 rows in
+2,000 groups ``g`` = 1..2000 of 100 consecutive rows each, both files with the
+same x, g and b (one draw, seed 20261205, in the order x, b, NB y, Gamma y):
+
+    log μᵢ = 1 + 0.3·xᵢ + b_g,   x ~ N(0, 1) (rounded to 6 decimals first),
+    b_g ~ N(0, 0.5²);
+    nb_sim:    yᵢ ~ Poisson(λᵢ), λᵢ ~ Gamma(shape 2, scale μᵢ/2)
+               (NB2 with θ = 2: mean μ, variance μ + μ²/2);
+    gamma_sim: yᵢ ~ Gamma(shape 5, scale μᵢ/5) (mean μ, variance μ²/5),
+               rounded to 8 significant digits.
+
+Values are rounded before they are written (and written exactly, as the
+shortest decimal that reads back to the same double), so every engine reads the
+same numbers. Fixed seeds: the files are the same on every machine with the
+same numpy.
+
+    python benchmarks/glmm/simulate.py     # (re)write all the files
 """
 
 from __future__ import annotations
@@ -26,6 +41,13 @@ N_GROUPS = 2_000
 N_ROWS = 200_000
 BETA = (-0.5, 0.8, -0.4)
 SD_U = 1.0
+
+FAMILY_SEED = 20261205
+FAMILY_GROUPS, FAMILY_PER_GROUP = 2_000, 100
+FAMILY_BETA = (1.0, 0.3)  # log mu = 1 + 0.3 x + b_g
+FAMILY_SD_B = 0.5
+NB_THETA = 2.0
+GAMMA_SHAPE = 5.0
 
 
 def simulate_binary(seed: int = SEED) -> pd.DataFrame:
@@ -48,20 +70,48 @@ def simulate_binary(seed: int = SEED) -> pd.DataFrame:
     return pd.DataFrame({"y": y, "x1": np.round(x1, 6), "x2": x2, "g": g})
 
 
+def simulate_families(seed: int = FAMILY_SEED) -> dict[str, pd.DataFrame]:
+    """``nb_sim`` and ``gamma_sim``: one draw of x, g, b; NB2 and Gamma responses."""
+    rng = np.random.default_rng(seed)
+    n = FAMILY_GROUPS * FAMILY_PER_GROUP
+    g = np.repeat(np.arange(1, FAMILY_GROUPS + 1), FAMILY_PER_GROUP)
+    x = np.round(rng.normal(size=n), 6)
+    b = rng.normal(0.0, FAMILY_SD_B, FAMILY_GROUPS)
+    mu = np.exp(FAMILY_BETA[0] + FAMILY_BETA[1] * x + b[g - 1])
+    y_nb = rng.poisson(rng.gamma(NB_THETA, mu / NB_THETA))
+    y_gamma = rng.gamma(GAMMA_SHAPE, mu / GAMMA_SHAPE)
+    y_gamma = np.array([float(f"{v:.8g}") for v in y_gamma])  # 8 significant digits
+    return {
+        "nb_sim": pd.DataFrame({"y": y_nb, "x": x, "g": g}),
+        "gamma_sim": pd.DataFrame({"y": y_gamma, "x": x, "g": g}),
+    }
+
+
+NAMES = ("binary_sim", "nb_sim", "gamma_sim")
+
+
+def _write(path: Path, df: pd.DataFrame) -> None:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    # pandas writes the shortest decimal that reads back to the same double
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
 def ensure(name: str = "binary_sim") -> Path:
     """Path of the simulated CSV, written first if it does not exist yet."""
-    if name != "binary_sim":
+    if name not in NAMES:
         raise KeyError(f"unknown simulated data set {name!r}")
     path = DATA_DIR / f"{name}.csv"
     if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        simulate_binary().to_csv(tmp, index=False)
-        tmp.replace(path)
+        if name == "binary_sim":
+            _write(path, simulate_binary())
+        else:
+            _write(path, simulate_families()[name])
     return path
 
 
 if __name__ == "__main__":
-    p = DATA_DIR / "binary_sim.csv"
-    p.unlink(missing_ok=True)
-    print(ensure())
+    for name in NAMES:
+        (DATA_DIR / f"{name}.csv").unlink(missing_ok=True)
+        print(ensure(name))
