@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from multilevel.errors import DataError
+from multilevel.errors import DataError, FormulaError, ModelError
 from multilevel.formula.design import (
     Categorical,
     Design,
@@ -84,25 +84,69 @@ def fixed_rows(design: Design, frame: pd.DataFrame, values: dict | None = None) 
     return X if design.xspec.keep is None else X[:, design.xspec.keep]
 
 
+def re_form_terms(design: Design, re_form: str | None) -> list[bool]:
+    """Which random-effects terms a prediction includes, as lme4's ``re.form``:
+    None all of them; ``"~0"`` (``"NA"``, ``"~-1"``) none; ``"~(1 | g) + ..."``
+    those terms, each one of the model's (``(x | g)`` is ``(1 + x | g)``)."""
+    have = [r.term.text for r in design.random]
+    if re_form is None:
+        return [True] * len(have)
+    text = str(re_form).strip()
+    if text.replace(" ", "") in ("~0", "NA", "~-1"):
+        return [False] * len(have)
+    from multilevel.formula.parser import parse_formula
+
+    try:
+        wanted = [t.text for t in parse_formula("y " + text).random] if text[:1] == "~" else []
+    except FormulaError:
+        wanted = []
+    if not wanted:
+        raise ModelError(
+            f"re_form must be None (all random effects), '~0' (none) or random-effects terms "
+            f"of the model such as '~{have[0]}', not {re_form!r}"
+        )
+    missing = [w for w in wanted if w not in have]
+    if missing:
+        raise ModelError(
+            f"re_form term{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"{'are' if len(missing) > 1 else 'is'} not a random-effects term of the model "
+            f"({', '.join(have)})"
+        )
+    return [h in wanted for h in have]
+
+
+def fitted_predictor(
+    design: Design, beta: np.ndarray, b: list[np.ndarray], include: list[bool]
+) -> np.ndarray:
+    """Xβ (+ offset) + the included terms' Zb on the fitting rows (data order)."""
+    eta = design.X @ beta
+    if design.offset is not None:
+        eta = eta + design.offset
+    for r, br, keep in zip(design.random, b, include, strict=True):
+        if keep:
+            eta = eta + np.einsum("nq,nq->n", r.Z, br[r.codes])
+    return eta
+
+
 def linear_predictor(
     design: Design,
     beta: np.ndarray,
     b: list[np.ndarray],
     frame: pd.DataFrame,
-    population: bool,
+    include: list[bool],
     allow_new_levels: bool,
 ) -> np.ndarray:
-    """Xβ (+ offset) (+ Zb unless ``population``) on new data; levels not seen
-    in the fit get b = 0 when allowed and are an error otherwise."""
+    """Xβ (+ offset) + Zb of the ``include``d terms on new data; levels not
+    seen in the fit get b = 0 when allowed and are an error otherwise."""
     values = new_values(design, frame)
     n = len(frame)
     eta = fixed_rows(design, frame, values) @ beta
     for label in design.formula.fixed.offsets:
         eta = eta + values[label].values[:, 0]
     eta = eta + new_offset(design, frame)
-    if population:
-        return eta
-    for r, br in zip(design.random, b, strict=True):
+    for r, br, keep in zip(design.random, b, include, strict=True):
+        if not keep:
+            continue
         Z, _ = build_matrix(r.term.expr, values, n, r.spec.codings)
         idx = r.level_index(frame)
         if (idx < 0).any() and not allow_new_levels:

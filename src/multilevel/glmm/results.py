@@ -373,22 +373,22 @@ class GlmerFit(MixedModelFit):
         """Predictions on the link (default, as lme4) or response scale.
 
         ``re_form=None`` includes all random effects, ``"~0"`` none (population
-        level).  New levels are an error unless ``allow_new_levels=True``, which
-        predicts them with b = 0."""
+        level), ``"~(1 | g)"`` the terms named (lme4's ``re.form``).  New levels
+        are an error unless ``allow_new_levels=True``, which predicts them with
+        b = 0."""
+        from multilevel.formula.newdata import fitted_predictor, re_form_terms
+
         if type not in ("link", "response"):
-            raise ValueError(f"type must be 'link' or 'response', not {type!r}")
-        population = re_form is not None and re_form.replace(" ", "") in ("~0", "NA", "~-1")
-        if re_form is not None and not population:
-            raise ValueError("re_form must be None (all random effects) or '~0' (none)")
+            raise ModelError(f"type must be 'link' or 'response', not {type!r}")
+        include = re_form_terms(self.design, re_form)
         if newdata is None:
-            eta = self._eta.copy()
-            if population:
-                eta = self.design.X @ self._beta
-                if self.design.offset is not None:
-                    eta = eta + self.design.offset
+            if all(include):
+                eta = self._eta.copy()
+            else:
+                eta = fitted_predictor(self.design, self._beta, self._b, include)
             index = self.design.row_index
         else:
-            eta = self._predict_new(to_pandas(newdata), population, allow_new_levels)
+            eta = self._predict_new(to_pandas(newdata), include, allow_new_levels)
             index = to_pandas(newdata).index
         out = eta if type == "link" else self.family.linkinv(eta)
         return pd.Series(out, index=index, name="predicted")
@@ -418,10 +418,10 @@ class GlmerFit(MixedModelFit):
             cols[f"sim_{i + 1}"] = self.family.simulate(self.family.linkinv(eta), resp, rng)
         return pd.DataFrame(cols, index=self.design.row_index)
 
-    def _predict_new(self, frame: pd.DataFrame, population: bool, allow_new: bool) -> np.ndarray:
+    def _predict_new(self, frame: pd.DataFrame, include: list[bool], allow_new: bool) -> np.ndarray:
         from multilevel.formula.newdata import linear_predictor
 
-        return linear_predictor(self.design, self._beta, self._b, frame, population, allow_new)
+        return linear_predictor(self.design, self._beta, self._b, frame, include, allow_new)
 
     # -- printing ----------------------------------------------------------------------------
     def summary(self) -> GlmerSummary:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from multilevel.errors import ModelError
 from multilevel.formula.design import Design, to_pandas
-from multilevel.formula.newdata import linear_predictor
+from multilevel.formula.newdata import fitted_predictor, linear_predictor, re_form_terms
 from multilevel.lmm.estimate import estimate
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.record import OptRecord
@@ -211,23 +211,18 @@ class LmerFit(MixedModelFit):
         """Predictions Xβ̂ + Zb̂ on the fitting data or ``newdata``.
 
         ``re_form=None`` includes all random effects; ``"~0"`` (or ``"NA"``) none,
-        giving population-level predictions.  Levels not seen in the fit are an
-        error unless ``allow_new_levels=True``, which predicts them with b = 0.
+        giving population-level predictions; ``"~(1 | plate)"`` the terms named
+        (lme4's ``re.form``).  Levels not seen in the fit are an error unless
+        ``allow_new_levels=True``, which predicts them with b = 0.
         """
-        population = re_form is not None and re_form.replace(" ", "") in ("~0", "NA", "~-1")
-        if re_form is not None and not population:
-            raise ModelError("re_form must be None (all random effects) or '~0' (none)")
+        include = re_form_terms(self.design, re_form)
         if newdata is None:
-            if population:
-                eta = self.design.X @ self._beta
-                if self.design.offset is not None:
-                    eta = eta + self.design.offset
-                return pd.Series(eta, index=self.design.row_index, name="predicted")
-            return self.fitted.rename("predicted")
+            if all(include):
+                return self.fitted.rename("predicted")
+            eta = fitted_predictor(self.design, self._beta, self._b, include)
+            return pd.Series(eta, index=self.design.row_index, name="predicted")
         frame = to_pandas(newdata)
-        eta = linear_predictor(
-            self.design, self._beta, self._b, frame, population, allow_new_levels
-        )
+        eta = linear_predictor(self.design, self._beta, self._b, frame, include, allow_new_levels)
         return pd.Series(eta, index=frame.index, name="predicted")
 
     # -- inference (multilevel.inference) ---------------------------------------------

@@ -60,6 +60,7 @@ import scipy.linalg as sla
 from multilevel.covariance import templates
 from multilevel.errors import DataError, ModelError
 from multilevel.formula.design import Design, aliased_from_gram, warn_rank_deficient
+from multilevel.formula.newdata import re_form_terms
 from multilevel.formula.parser import ParsedFormula, parse_formula
 from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.families import Family, get_family
@@ -902,10 +903,14 @@ class PartitionedGlmerFit(GlmerFit):
         included for newdata=None only (as in memory)."""
         if type not in ("link", "response"):
             raise ModelError(f"type must be 'link' or 'response', not {type!r}")
-        population = re_form is not None and re_form.replace(" ", "") in ("~0", "NA", "~-1")
-        if re_form is not None and not population:
-            raise ModelError("re_form must be None (all random effects) or '~0' (none)")
+        include = re_form_terms(self.design, re_form)
+        population = not any(include)
         if newdata is None:
+            if not (population or all(include)):
+                raise ModelError(
+                    "predictions with some of the random-effects terms on the fitting rows of "
+                    "a Dask fit: pass the data as newdata"
+                )
             what = ("pop_" if population else "") + ("fitted" if type == "response" else "eta")
             return self._rows(what).rename("predicted")
         if is_dask(newdata):
