@@ -89,3 +89,32 @@ def assert_gradient_matches_differences(model, fit, shift: float = 0.03, atol: f
     phi = np.concatenate([fit.theta.to_numpy(), fit.fixef.to_numpy()]) + shift
     _, g = model.deviance_grad(phi)
     np.testing.assert_allclose(g, fd_gradient(model, phi), rtol=1e-5, atol=atol * np.max(np.abs(g)))
+
+
+# the families with a parameter of their own, as their tests fit them
+FAMILY_MODELS = [
+    ("nb", "negative_binomial"),
+    ("gam", "Gamma(log)"),
+    ("gam", "Gamma"),
+    ("ig", "inverse.gaussian(log)"),
+    ("prop", "beta"),
+]
+
+
+def family_frame(rng, mu, x, g, crossed: int, nb: float, shape: float, wald: float, phi: float):
+    """Responses of each family at means μ (NB θ ``nb``, Gamma ``shape``,
+    inverse Gaussian shape ``wald``, beta precision ``phi`` of μ/(1 + μ)), the
+    covariate, the grouping factor g and a factor h crossed with it."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "nb": rng.poisson(rng.gamma(nb, mu / nb)),
+            "gam": rng.gamma(shape, mu / shape),
+            "ig": rng.wald(mu, wald),
+            "prop": rng.beta(phi * mu / (1 + mu), phi / (1 + mu)),
+            "x": x,
+            "g": g.astype(str),
+            "h": (np.arange(g.size) % crossed).astype(str),
+        }
+    )

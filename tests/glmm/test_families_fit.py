@@ -16,6 +16,8 @@ import multilevel as ml
 from multilevel import ConvergenceWarning, DataError, ModelError
 from multilevel.glmm import fit as glmm_fit
 
+from .model_checks import FAMILY_MODELS, family_frame
+
 
 def _data(seed: int = 3, groups: int = 30, size: int = 20) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
@@ -23,27 +25,11 @@ def _data(seed: int = 3, groups: int = 30, size: int = 20) -> pd.DataFrame:
     x = rng.normal(size=g.size)
     b = rng.normal(0.0, 0.5, groups)
     mu = np.exp(1.0 + 0.3 * x + b[g])
-    return pd.DataFrame(
-        {
-            "nb": rng.poisson(rng.gamma(2.0, mu / 2.0)),
-            "gam": rng.gamma(4.0, mu / 4.0),
-            "ig": rng.wald(mu, 8.0),
-            "prop": rng.beta(8.0 * mu / (1 + mu), 8.0 / (1 + mu)),
-            "x": x,
-            "g": g.astype(str),
-            "h": (np.arange(g.size) % 9).astype(str),  # crossed with g
-        }
-    )
+    return family_frame(rng, mu, x, g, 9, nb=2.0, shape=4.0, wald=8.0, phi=8.0)
 
 
 DATA = _data()
-MODELS = [
-    ("nb", "negative_binomial"),
-    ("gam", "Gamma(log)"),
-    ("gam", "Gamma"),
-    ("ig", "inverse.gaussian(log)"),
-    ("prop", "beta"),
-]
+MODELS = FAMILY_MODELS
 
 
 @pytest.mark.parametrize(("y", "family"), MODELS)

@@ -15,7 +15,7 @@ from multilevel.glmm.exact.scalar import ScalarGLMM
 from multilevel.glmm.exact.vector import VectorGLMM
 from multilevel.glmm.quadrature import agq_deviance
 
-from ..model_checks import fd_gradient, quiet_glmer
+from ..model_checks import FAMILY_MODELS, family_frame, fd_gradient, quiet_glmer
 
 
 def _data(seed: int = 9) -> pd.DataFrame:
@@ -24,27 +24,11 @@ def _data(seed: int = 9) -> pd.DataFrame:
     x = rng.normal(size=g.size)
     b0, b1 = rng.normal(0, 0.4, 25), rng.normal(0, 0.2, 25)
     mu = np.exp(0.8 + 0.3 * x + b0[g] + b1[g] * x)
-    return pd.DataFrame(
-        {
-            "nb": rng.poisson(rng.gamma(3.0, mu / 3.0)),
-            "gam": rng.gamma(5.0, mu / 5.0),
-            "ig": rng.wald(mu, 6.0),
-            "prop": rng.beta(6.0 * mu / (1 + mu), 6.0 / (1 + mu)),
-            "x": x,
-            "g": g.astype(str),
-            "h": (np.arange(g.size) % 7).astype(str),  # crossed with g
-        }
-    )
+    return family_frame(rng, mu, x, g, 7, nb=3.0, shape=5.0, wald=6.0, phi=6.0)
 
 
 DATA = _data()
-FAMILIES = [
-    ("nb", "negative_binomial"),
-    ("gam", "Gamma(log)"),
-    ("gam", "Gamma"),
-    ("ig", "inverse.gaussian(log)"),
-    ("prop", "beta"),
-]
+FAMILIES = FAMILY_MODELS
 
 
 def _point(fit, shift: float = 0.02) -> np.ndarray:

@@ -87,9 +87,6 @@ class ScalarGLMM:
         self.generic = self.rows.generic
         self.npar = family.nfree
         self.logit = self.rows.logit
-        self.y = resp.y
-        self.wt = resp.weights
-        self.wy = resp.weights * resp.y
         self.const = float(resp.const.sum())
         self.X = np.ascontiguousarray(X, dtype=float)
         self.z = np.asarray(z, dtype=float)
