@@ -364,11 +364,11 @@ def fit_glmm(
     prob = PirlsProblem(
         family, resp.take(perm), basis.scaled_X(design.X)[perm], offset, rb, tmpl, hessian
     )
-    start = prob.start_family()  # the family's parameter, searched as its logarithm
+    prob.start_family()  # the family's parameters, searched on unconstrained scales
     draws = Draws(prob, mc_samples, seed, mc_df) if method == "mc" else None
     obj = _Objective(prob, method, nAGQ, draws)
 
-    theta0 = np.concatenate([t.initial() for t in tmpl] + [np.log([start] * family.nfree)])
+    theta0 = np.concatenate([t.initial() for t in tmpl] + [prob.family.free_values()])
     lower_t = np.concatenate([t.lower_bounds() for t in tmpl] + [np.full(family.nfree, -np.inf)])
 
     def two_stage():

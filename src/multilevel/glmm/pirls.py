@@ -33,7 +33,6 @@ terms form a dense Schur complement
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -439,8 +438,9 @@ class PirlsProblem:
     def set_params(self, theta: np.ndarray) -> None:
         """The family's estimated parameter from θ's entries after the random
         effects' (its logarithm), when the search carries it."""
-        if theta.size > self.nre and self.family.nfree:
-            self.family = self.family.with_value(math.exp(float(theta[self.nre])))
+        k = self.family.nfree
+        if k and theta.size >= self.nre + k:
+            self.family = self.family.with_free(theta[self.nre : self.nre + k])
 
     @property
     def observed(self) -> bool:

@@ -142,7 +142,7 @@ class LaplaceGLMM:
         g[k1:] = prob.X.T @ common
         if self.npar:
             p0, p1, pw = self.rows_.param(m.eta)
-            g[K] = -2.0 * float(np.sum(p0)) + float(np.dot(pw, h) + np.dot(p1, zlv))
+            g[K:k1] = -2.0 * np.sum(p0, axis=0) + h @ pw + zlv @ p1
         for k in range(K):
             if theta[k] == 0.0:
                 g[k] = 0.0

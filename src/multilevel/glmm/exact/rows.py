@@ -76,9 +76,12 @@ class RowTerms:
         return ll, wt * (y - mu), wt * v, (wt * v3 if order > 1 else None)
 
     def param(self, eta: np.ndarray, rows: slice = slice(None)):
-        """∂/∂ψ of ℓ, ℓ' and w at η."""
+        """∂/∂ψ of ℓ, ℓ' and w at η, with a trailing axis over the family's
+        free parameters (one for a scalar parameter)."""
         y, wt, _ = self._data(eta, rows)
         p0, p1, p2 = self.family.param_eta_derivs(y, eta, wt)
+        if p0.ndim == eta.ndim:  # one parameter
+            return p0[..., None], p1[..., None], -p2[..., None]
         return p0, p1, -p2
 
     def fisher(self, eta: np.ndarray) -> np.ndarray:

@@ -240,7 +240,7 @@ class ScalarGLMM:
         theta = float(phi[0])
         k = 1 + self.npar
         if self.npar:
-            self.rows.family = self.rows.family.with_value(float(np.exp(phi[1])))
+            self.rows.family = self.rows.family.with_free(phi[1:k])
         beta = phi[k:]
         base = self.offset + self.X @ beta
         u, eta = self._mode(theta, base)
@@ -282,14 +282,15 @@ class ScalarGLMM:
         if not self.npar:
             return dev, np.concatenate([[g_theta], g_beta])
         # the family's parameter: ∂ℓ/∂ψ (node-weighted), ∂ℓ'/∂ψ and ∂w/∂ψ at the mode
-        p0, p1, pw = self.rows.param(eta)
-        ps = self._gsum(np.stack([self.z2 * pw, z * p1], 1))
+        p0, p1, pw = self.rows.param(eta)  # (n, npar)
+        ps0 = self._gsum(self.z2[:, None] * pw)
+        ps1 = self._gsum(z[:, None] * p1)
         g_psi = (
-            -2.0 * float(np.sum(p0 if direct_p is None else direct_p))
-            + theta * theta * float(np.sum(alpha * ps[:, 0]))
-            + theta * float(np.sum(gamma * ps[:, 1] / h))
+            -2.0 * np.sum(p0 if direct_p is None else direct_p, axis=0)
+            + theta * theta * (alpha @ ps0)
+            + theta * ((gamma / h) @ ps1)
         )
-        return dev, np.concatenate([[g_theta, g_psi], g_beta])
+        return dev, np.concatenate([[g_theta], g_psi, g_beta])
 
     def _agq(self, theta: float, base: np.ndarray, u: np.ndarray, h: np.ndarray, grad: bool):
         """Quadrature deviance and the node-weighted pieces of its gradient."""
@@ -301,7 +302,7 @@ class ScalarGLMM:
         fjk = np.empty((self.J, K))
         Fsum = np.empty((self.J, K)) if grad else None
         lp_all = np.empty((codes.size, K)) if grad else None
-        p_all = np.empty((codes.size, K)) if grad and self.npar else None
+        p_all = np.empty((codes.size, K, self.npar)) if grad and self.npar else None
         for lo, hi, g0, g1, st in self._blocks(K):  # whole groups per block
             zc = z[lo:hi, None]
             eta = base[lo:hi, None] + theta * zc * ujk[codes[lo:hi]]
@@ -334,7 +335,7 @@ class ScalarGLMM:
         Pr = P[codes]
         direct_b = np.einsum("nk,nk->n", Pr, lp_all)
         direct_t = float(np.sum(z * np.einsum("nk,nk->n", Pr * ujk[codes], lp_all)))
-        direct_p = None if p_all is None else np.einsum("nk,nk->n", Pr, p_all)
+        direct_p = None if p_all is None else np.einsum("nk,nkp->np", Pr, p_all)
         return dev, alpha, gamma, direct_b, direct_t, direct_p
 
 

@@ -131,7 +131,7 @@ class VectorGLMM:
         T = np.zeros((q, q))
         T[self.rows, self.cols] = phi[:nt]
         if self.npar:
-            self.rows_.family = self.rows_.family.with_value(float(np.exp(phi[nt])))
+            self.rows_.family = self.rows_.family.with_free(phi[nt : nt + self.npar])
         beta = phi[nt + self.npar :]
         base = self.off + self.X @ beta
         u = self.u.copy()
@@ -186,10 +186,8 @@ class VectorGLMM:
             return dev, np.concatenate([GT[self.rows, self.cols], g_beta])
         p0, p1, pw = self.rows_.param(eta)
         zTv = np.einsum("nq,nq->n", self.Z, Tv[self.codes])
-        g_psi = -2.0 * float(np.sum(p0 if pbar is None else pbar)) + float(
-            np.sum(pw * h + p1 * zTv)
-        )
-        return dev, np.concatenate([GT[self.rows, self.cols], [g_psi], g_beta])
+        g_psi = -2.0 * np.sum(p0 if pbar is None else pbar, axis=0) + h @ pw + zTv @ p1
+        return dev, np.concatenate([GT[self.rows, self.cols], g_psi, g_beta])
 
     def _node_pass(self, base, T, ujk, lo, hi, want_lp, want_p=False):
         """Rows' η at nodes lo:hi (n, k), their Σℓ per group and, if asked, ℓ'
@@ -247,14 +245,14 @@ class VectorGLMM:
         Kt = np.einsum("jab,jcb,jdc->jad", C, Psi, C)  # C Ψᵀ Cᵀ
         Q = P - (Kt + np.swapaxes(Kt, 1, 2))
         lbar = np.zeros(self.codes.size)
-        pbar = np.zeros(self.codes.size) if self.npar else None
+        pbar = np.zeros((self.codes.size, self.npar)) if self.npar else None
         for lo in range(0, Kn, step):  # ℓ' again, weighted by the nodes' P
             hi = min(Kn, lo + step)
             _, lpk, pk = self._node_pass(base, T, ujk, lo, hi, True, self.npar > 0)
             Pr = Pk[self.codes, lo:hi]
             lbar += np.einsum("nk,nk->n", Pr, lpk)
             if pbar is not None:
-                pbar += np.einsum("nk,nk->n", Pr, pk)
+                pbar += np.einsum("nk,nkp->np", Pr, pk)
         Gn = np.einsum("jk,jka,jkb->ab", Pk, gk, ujk)
         return dev, Q, Dj, lbar, Gn, pbar
 

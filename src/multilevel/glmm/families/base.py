@@ -28,6 +28,7 @@ weights coincide.  Prior weights multiply each row's log-density (R's
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,15 @@ class Family:
         out = copy.copy(self)
         out.value = float(value)
         return out
+
+    def free_values(self) -> np.ndarray:
+        """The estimated parameters on the unconstrained scale the searches
+        move them on (``nfree`` of them): log ψ here."""
+        return np.log([self.value] * self.nfree)
+
+    def with_free(self, x: np.ndarray) -> Family:
+        """A copy at unconstrained coordinates ``x`` (see :meth:`free_values`)."""
+        return self.with_value(math.exp(float(x[0])))
 
     def param_start(self, resp: GlmResponse, mu: np.ndarray) -> float:
         """A starting value of the parameter from fitted means of a GLM: moments,
