@@ -8,7 +8,7 @@ Public API::
 """
 
 from multilevel import datasets, plotting
-from multilevel.api import glmer, glmer_nb, lmer
+from multilevel.api import clmm, glmer, glmer_nb, lmer
 from multilevel.errors import (
     ConvergenceWarning,
     DataError,
@@ -19,6 +19,7 @@ from multilevel.errors import (
     SingularFitWarning,
 )
 from multilevel.formula.parser import parse_formula
+from multilevel.glmm.clmm_results import ClmmFit
 from multilevel.glmm.families import (
     Family,
     Gamma,
@@ -60,9 +61,11 @@ __all__ = [
     "plotting",
     "Family",
     "Gamma",
+    "ClmmFit",
     "GlmerFit",
     "beta_family",
     "binomial",
+    "clmm",
     "glmer",
     "glmer_nb",
     "inverse_gaussian",

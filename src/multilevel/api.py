@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from multilevel.glmm.clmm_results import ClmmFit
 from multilevel.glmm.families import Family
 from multilevel.glmm.fit import fit_glmer
 from multilevel.glmm.montecarlo import DEFAULT_DF
@@ -131,4 +132,36 @@ def glmer_nb(
     return glmer(formula, data, negative_binomial(link=link), hessian=hessian, **kwargs)
 
 
-__all__ = ["glmer", "glmer_nb", "lmer"]
+def clmm(
+    formula: str,
+    data: Any,
+    link: str = "logit",
+    threshold: str = "flexible",
+    nAGQ: int = 1,
+    *,
+    weights: Any = None,
+    levels: dict[str, list] | None = None,
+    na_action: str = "omit",
+    namespace: dict | None = None,
+) -> ClmmFit:
+    """Fit a cumulative link mixed model to an ordered response (R's
+    ``ordinal::clmm``): P(Y ≤ j | b) = F(αⱼ − xᵀβ − zᵀb).
+
+    The response is an ordered pandas Categorical, or any column with its
+    order given as ``levels={"rating": [lowest, ..., highest]}``.  ``link``
+    is the latent distribution F: ``"logit"``, ``"probit"``, ``"cloglog"``,
+    ``"loglog"`` or ``"cauchit"``; ``threshold`` ``"flexible"``,
+    ``"equidistant"`` or ``"symmetric"``.  Random intercepts and slopes, one
+    or several grouping factors (Laplace approximation, ``nAGQ=1``); ``nAGQ
+    > 1`` integrates a single scalar random effect by adaptive Gauss–Hermite
+    quadrature.  ``weights`` are frequency weights.  Categories without
+    observations at either end are dropped with a warning."""
+    from multilevel.glmm.clmm import fit_clmm
+
+    return fit_clmm(
+        formula, data, link=link, threshold=threshold, nAGQ=nAGQ, weights=weights,
+        levels=levels, na_action=na_action, namespace=namespace,
+    )  # fmt: skip
+
+
+__all__ = ["clmm", "glmer", "glmer_nb", "lmer"]

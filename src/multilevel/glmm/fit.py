@@ -337,6 +337,7 @@ def fit_glmm(
     mc_df: float = DEFAULT_DF,
     data_name: str = "data",
     hessian: str = "fisher",
+    result: type[GlmerFit] = GlmerFit,
 ) -> GlmerFit:
     """Order terms (lme4: by decreasing levels), sort rows by the first grouping
     factor, then the two optimisation stages and the Hessian."""
@@ -437,7 +438,7 @@ def fit_glmm(
             warn_degenerate(mc)
     theta_hat, vcov, hess = basis.to_original(tmpl, theta_hat, vcov, hess, (rec1, rec2))
     theta_hat = theta_hat[: prob.nre]  # the family's parameter is in prob.family
-    fit = GlmerFit(
+    fit = result(
         design=design,
         family=prob.family,
         prob=prob,
