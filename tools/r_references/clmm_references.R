@@ -234,6 +234,53 @@ ranef_list <- function(re) {
   out
 }
 
+# one entry per ST parameter (ST1..STk, ordinal's numbering): group, var1, var2
+# (var2 set for the off-diagonal Cholesky elements), scale, value, in_vcov
+st_params <- function(fit, vcov_names) {
+  single_scalar <- length(fit$ST) == 1 && ncol(fit$ST[[1]]) == 1
+  out <- list()
+  for (g in names(fit$ST)) {
+    L <- fit$ST[[g]]
+    tn <- colnames(L)
+    if (is.null(tn)) tn <- "(Intercept)"
+    if (ncol(L) == 1) {
+      items <- list(list(group = g, var1 = tn[1], var2 = NA_character_,
+                         scale = if (single_scalar) "log_sd" else "sd",
+                         value = if (single_scalar) log(L[1, 1]) else L[1, 1]))
+    } else {
+      items <- lapply(seq_len(ncol(L)), function(i)
+        list(group = g, var1 = tn[i], var2 = NA_character_, scale = "cholesky", value = L[i, i]))
+      for (j in 1:(ncol(L) - 1)) for (i in (j + 1):ncol(L)) {
+        items[[length(items) + 1]] <- list(group = g, var1 = tn[i], var2 = tn[j],
+                                           scale = "cholesky", value = L[i, j])
+      }
+    }
+    out <- c(out, items)
+  }
+  stopifnot(length(out) == fit$dims$nSTpar)
+  names(out) <- paste0("ST", seq_along(out))
+  for (k in names(out)) out[[k]]$in_vcov <- k %in% vcov_names
+  out
+}
+
+# refit with tight nlminb tolerances; differences from the reported fit
+tight_refit <- function(fit, cl, env) {
+  cl2 <- cl
+  cl2$control <- quote(clmm.control(rel.tol = 1e-13, x.tol = 1e-13, eval.max = 5000, iter.max = 5000))
+  f2 <- suppressWarnings(eval(cl2, env))
+  vc1 <- vapply(varcorr_rows(fit), function(x) x$vcov, 0)
+  vc2 <- vapply(varcorr_rows(f2), function(x) x$vcov, 0)
+  list(control = "clmm.control(rel.tol = 1e-13, x.tol = 1e-13, eval.max = 5000, iter.max = 5000)",
+       loglik = as.numeric(f2$logLik),
+       loglik_diff = as.numeric(f2$logLik) - as.numeric(fit$logLik),
+       max_grad = max(abs(f2$gradient)),
+       converged = isTRUE(f2$optRes$convergence == 0),
+       max_abs_coef_diff = max(abs(coef(f2) - coef(fit))),
+       max_abs_varcorr_diff = max(abs(vc2 - vc1)),
+       coef = named_num(coef(f2)),
+       varcorr_vcov = I(vc2))
+}
+
 model_factors <- function(fit, data) {
   vars <- all.vars(fit$formula)
   vars <- vars[vapply(vars, function(v) is.factor(data[[v]]), TRUE)]
@@ -257,17 +304,15 @@ fit_case <- function(cs) {
   wald <- setNames(lapply(coef_names, function(n) I(c(est[[n]] - q * se[[n]], est[[n]] + q * se[[n]]))),
                    coef_names)
   nAGQ <- as.integer(fit$nAGQ)
-  qi <- fit$dims$qi
-  st_note <- if (all(qi == 1)) {
-    paste("rows/cols: thresholds, betas, then ST1..STk = log(SD) of each random term",
-          "in the order of the formula (ordinal's internal scale for scalar random terms)")
-  } else {
-    paste("rows/cols: thresholds, betas, then the ST parameters of each random term:",
-          "for a vector-valued term the elements of the lower-triangular Cholesky factor L",
-          "(covariance = L L'), diagonal first, then the lower triangle by columns, on the",
-          "natural (not log) scale -- ordinal's internal parametrisation; for a scalar term",
-          "ordinal uses log(SD) only when all terms are scalar")
-  }
+  st <- st_params(fit, rownames(V))
+  st_note <- paste(
+    "rows/cols: thresholds, betas, then ordinal's internal random-effect parameters ST1..STk",
+    "(see st_params): terms ordered as in varcorr (ordinal sorts the grouping factors by",
+    "decreasing number of levels); with a single scalar random term ST1 = log(SD); otherwise",
+    "a scalar term's ST is its SD and a vector-valued term's ST are the elements of the",
+    "lower-triangular Cholesky factor L (covariance = L L'), diagonal first, then the lower",
+    "triangle by columns, natural scale. ST parameters at the boundary (< 1e-3) are left out",
+    "of the Hessian, so of vcov and max_grad.")
   re <- ranef(fit)
   cv <- condVar(fit)
   cv_sd <- lapply(cv, function(d) { d[] <- lapply(d, sqrt); d })
@@ -283,7 +328,28 @@ fit_case <- function(cs) {
   if (fit$optRes$convergence != 0) {
     notes <- paste(notes, "Optimizer did not report convergence:", fit$optRes$message)
   }
-  if (length(r$warnings)) notes <- paste(notes, "Warnings were raised; see `warnings`.")
+  if (length(r$warnings)) {
+    notes <- paste(notes, "Warnings were raised; see `warnings`.")
+    if (all(grepl("^Non finite negative log-likelihood", r$warnings)) && fit$optRes$convergence == 0) {
+      notes <- paste(notes, "The warning reports a non-finite objective at a trial point during",
+                     "the optimisation; the optimizer recovered and reported convergence.")
+    }
+  }
+  dropped <- vapply(st, function(x) !x$in_vcov, TRUE)
+  if (any(dropped)) {
+    notes <- paste(notes, sprintf(paste(
+      "Boundary fit: %s (SD %s) is at (nearly) zero; ordinal leaves its ST parameter(s) out",
+      "of the Hessian, so vcov has no %s row."),
+      paste(vapply(st[dropped], function(x) x$group, ""), collapse = ", "),
+      paste(signif(vapply(st[dropped], function(x) x$value, 0), 3), collapse = ", "),
+      paste(names(st)[dropped], collapse = ", ")))
+  }
+  tight <- tight_refit(fit, cl, env)
+  notes <- paste(notes, sprintf(paste(
+    "Optimum accuracy: ordinal's default nlminb stop leaves max|gradient| = %.2g; a refit with",
+    "rel.tol = x.tol = 1e-13 changes logLik by %.2g, the coefficients by at most %.2g and the",
+    "variance components (vcov column of varcorr) by at most %.2g (extra$tight_refit)."),
+    max(abs(fit$gradient)), tight$loglik_diff, tight$max_abs_coef_diff, tight$max_abs_varcorr_diff))
   res <- list(
     case = cs$case,
     dataset = paste0(cs$data, ".csv"),
@@ -324,6 +390,7 @@ fit_case <- function(cs) {
     vcov_names = I(rownames(V)),
     vcov = unname(V),
     vcov_note = st_note,
+    st_params = st,
     varcorr = varcorr_rows(fit),
     loglik = ll,
     df_model = as.integer(fit$edf),
@@ -341,7 +408,8 @@ fit_case <- function(cs) {
     converged = isTRUE(fit$optRes$convergence == 0),
     max_grad = max(abs(fit$gradient)),
     cond_H = sm$condHess,
-    printed_summary = paste(capture.output(print(sm)), collapse = "\n")
+    printed_summary = paste(capture.output(print(sm)), collapse = "\n"),
+    extra = list(tight_refit = tight)
   )
   txt <- toJSON(prep_json(res), auto_unbox = TRUE, json_verbatim = TRUE,
                 pretty = TRUE, null = "null", na = "null")

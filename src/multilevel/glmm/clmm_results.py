@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ import pandas as pd
 
 from multilevel.errors import ModelError
 from multilevel.glmm.results import SIGNIF_LEGEND, GlmerFit
+from multilevel.optimize.stage2 import vcov_from_hessian
 from multilevel.report import format_pvalues, format_r, random_effects_block, stars, table
 
 
@@ -80,46 +80,46 @@ class ClmmFit(GlmerFit):
         """(alpha, β), ordinal's ``coef()``."""
         return pd.concat([self.alpha, self.fixef]).rename("Estimate")
 
-    @cached_property
-    def _coef_vcov(self) -> tuple[np.ndarray, str]:
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        # ordinal's covariance replaces the engine's β-only one, and so does its note
+        self._coef_cov, self.vcov_note = self._alpha_beta_vcov()
+
+    def _alpha_beta_vcov(self) -> tuple[np.ndarray, str]:
+        """G V Gᵀ with V the (ψ, β) block of 2H⁻¹ (of H's (ψ, β) block alone,
+        conditional on θ, when H is not positive definite, e.g. a variance at 0)."""
         nt, nf = len(self._theta), self.family.nfree
         p = len(self._beta)
         ng = len(self.family.gamma_names)
-        H = self.hessian
         G = np.zeros((ng + p - 1, nf + p))
-        Jg = self.family.gamma_jacobian()
-        G[:ng, :nf] = Jg[:, :nf]
-        G[:ng, nf] = Jg[:, nf]
+        G[:ng, : nf + 1] = self.family.gamma_jacobian()
         G[ng:, nf + 1 :] = np.eye(p - 1)
-        if H is not None:
-            try:
-                V = 2.0 * np.linalg.inv(H)
-                d = np.diag(V)
-                if np.all(np.isfinite(V)) and np.all(d[nt:] > 0):
-                    Vc = V[nt:, nt:]
-                    return G @ Vc @ G.T, ""
-            except np.linalg.LinAlgError:
-                pass
-        k = ng + p - 1
-        return np.full((k, k), np.nan), (
-            "the Hessian of the deviance is not positive definite at the estimates: no "
-            "standard errors (the fit may be at a boundary, or not at an optimum)"
-        )
+        V, note = vcov_from_hessian(self.hessian, nt)
+        if V is None:
+            k = ng + p - 1
+            return np.full((k, k), np.nan), "none"
+        return G @ V[nt:, nt:] @ G.T, note
 
     @property
     def vcov(self) -> pd.DataFrame:
         """Covariance of (alpha, β): from 2H⁻¹ with H the Hessian in (θ, ψ, β)."""
         names = list(self.coef.index)
-        return pd.DataFrame(self._coef_vcov[0], index=names, columns=names)
+        return pd.DataFrame(self._coef_cov, index=names, columns=names)
 
     @property
     def vcov_message(self) -> str:
-        return self._coef_vcov[1]
+        return {
+            "hessian": "",
+            "hessian-beta": "the Hessian in (theta, thresholds, beta) is not positive definite; "
+            "standard errors conditional on theta",
+            "none": "the Hessian of the deviance is not positive definite in the thresholds "
+            "and coefficients: no standard errors",
+        }[self.vcov_note]
 
     @property
     def se(self) -> pd.Series:
         return pd.Series(
-            np.sqrt(np.diag(self._coef_vcov[0])), index=self.coef.index, name="Std. Error"
+            np.sqrt(np.diag(self._coef_cov)), index=self.coef.index, name="Std. Error"
         )
 
     @property
