@@ -26,6 +26,7 @@ def small() -> pd.DataFrame:
 
 S = ml.datasets.load("sleepstudy")
 C = ml.datasets.load("cbpp")
+W = ml.datasets.load("wine")
 F = "Reaction ~ Days + (Days | Subject)"
 
 
@@ -55,6 +56,17 @@ def _underdispersed():
     mu = np.exp(1.5 + 0.3 * x + r.normal(0, 0.4, 40)[g])
     d = pd.DataFrame({"y": r.binomial(20, mu / (mu.max() + 1)), "x": x, "g": g})
     return ml.glmer("y ~ x + (1 | g)", d, "negative_binomial")
+
+
+def _wine_ordered(extra=None, drop=None, only=None):
+    w = W.copy()
+    if drop is not None:
+        w = w[w["rating"].astype(str) != drop]
+    if only is not None:
+        w = w[w["rating"].astype(str) == only]
+    cats = [str(v) for v in range(1, 6)] + ([extra] if extra else [])
+    w["rating"] = pd.Categorical(w["rating"].astype(str), categories=cats, ordered=True)
+    return w
 
 
 def _wide():
@@ -134,6 +146,16 @@ CASES = [
     ("beta response with 0 and 1", 'glmer("p ~ period + (1 | herd)", cbpp with p = '
      'incidence/size, "beta")',
      lambda: ml.glmer("p ~ period + (1 | herd)", C.assign(p=C["incidence"] / C["size"]), "beta")),
+    ("ordinal response not ordered", 'clmm("rating ~ temp + (1 | judge)", wine)',
+     lambda: ml.clmm("rating ~ temp + (1 | judge)", W)),
+    ("ordinal: empty category at the end", 'clmm(..., rating with an unused top level "6")',
+     lambda: ml.clmm("rating ~ temp + (1 | judge)", _wine_ordered(extra="6"))),
+    ("ordinal: empty category inside", 'clmm(..., wine without rating 3)',
+     lambda: ml.clmm("rating ~ temp + (1 | judge)", _wine_ordered(drop="3"))),
+    ("ordinal: one category", 'clmm(..., wine with rating 3 only)',
+     lambda: ml.clmm("rating ~ temp + (1 | judge)", _wine_ordered(only="3"))),
+    ("ordinal: no intercept", 'clmm("rating ~ 0 + temp + (1 | judge)", wine)',
+     lambda: ml.clmm("rating ~ 0 + temp + (1 | judge)", _wine_ordered())),
     ("unknown link", 'glmer(..., family="Gamma(logit)")',
      lambda: ml.glmer("Reaction ~ Days + (1 | Subject)", S, "Gamma(logit)")),
     ("negative binomial theta running off to infinity", 'glmer("y ~ x + (1 | g)", '

@@ -8,7 +8,9 @@ Every engine reads the same *prepared* CSV in ``.data/`` (written once by
 some engine's formula syntax needs (``fail`` = size − incidence for ``glmm``'s
 two-column ``cbind``; ``use`` recoded N/Y → 0/1).  Factor columns are then made
 factors by each runner (pandas Categorical of strings / R ``factor()``) with the
-level order given here, first level = reference.
+level order given here, first level = reference; an *ordered* factor column
+(the ordinal response) becomes an ordered Categorical / R ``factor(...,
+ordered = TRUE)``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 SHARED_DATA = Path(os.environ.get("BENCH_SHARED_DATA", "/work/shared/data"))
 DATA_DIR = Path(os.environ.get("BENCH_GLMM_DATA_DIR", HERE / ".data"))
 
@@ -27,10 +30,13 @@ DATA_DIR = Path(os.environ.get("BENCH_GLMM_DATA_DIR", HERE / ".data"))
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    source: str  # a file in SHARED_DATA, or "sim:NAME" for simulate.py
+    # a file in SHARED_DATA, "sim:NAME" for simulate.py, or "repo:PATH" for a file in
+    # this repository (PATH relative to its root)
+    source: str
     # factor column -> level order (None: sorted values, numbers numerically)
     factors: dict[str, list[str] | None]
     derived: str = ""  # what prepare() adds or recodes, for the README/JSON
+    ordered: tuple[str, ...] = ()  # factor columns that are ordered (levels given)
 
     def prepared_path(self) -> Path:
         return DATA_DIR / f"{self.name}.prepared.csv"
@@ -59,6 +65,18 @@ DATASETS = {
         Dataset("binary_sim", "sim:binary_sim", {"g": None}),
         Dataset("nb_sim", "sim:nb_sim", {"g": None}),
         Dataset("gamma_sim", "sim:gamma_sim", {"g": None}),
+        Dataset(
+            "clmm_sim",
+            "sim:clmm_sim",
+            {"rating": ["1", "2", "3", "4", "5"], "rater": None},
+            ordered=("rating",),
+        ),
+        Dataset(
+            "soup",
+            "repo:tests/data/clmm/soup.csv",  # ordinal's soup data, as the clmm tests use it
+            {"SURENESS": ["1", "2", "3", "4", "5", "6"], "PROD": ["Ref", "Test"], "RESP": None},
+            ordered=("SURENESS",),
+        ),
     ]
 }
 
@@ -68,9 +86,11 @@ class Case:
     key: str
     data: str  # a DATASETS key
     # multilevel's spelling, passed to multilevel.glmer as is: "binomial", "poisson",
-    # "negative_binomial" (NB2, theta estimated), "Gamma(log)" (shape estimated). Each
-    # other runner maps it to its own spelling (and the driver marks a case
-    # unsupported for an engine that cannot fit the family).
+    # "negative_binomial" (NB2, theta estimated), "Gamma(log)" (shape estimated); or
+    # "ordinal": a cumulative link mixed model (logit link, flexible thresholds) of an
+    # ordered response, multilevel.clmm / ordinal::clmm instead of glmer. Each other
+    # runner maps it to its own spelling (and the driver marks a case unsupported for an
+    # engine that cannot fit the family).
     family: str
     nagq: int
     formula: str  # multilevel's and lme4's formula
@@ -94,6 +114,7 @@ CONTRA = "use ~ age + age2 + urban + livch + (1 | district)"
 GROUSE = "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)"
 SIM = "y ~ x1 + x2 + (1 | g)"
 FAMILY_SIM = "y ~ x + (1 | g)"
+ORDINAL = "ordinal"  # the family of the cumulative link (clmm) cases
 
 CASES = {
     c.key: c
@@ -107,6 +128,8 @@ CASES = {
         Case("sim-25", "binary_sim", "binomial", 25, SIM),
         Case("nb-1", "nb_sim", "negative_binomial", 1, FAMILY_SIM),
         Case("gamma-1", "gamma_sim", "Gamma(log)", 1, FAMILY_SIM),
+        Case("clmm-1", "clmm_sim", ORDINAL, 1, "rating ~ x1 + x2 + (1 | rater)"),
+        Case("clmm-soup", "soup", ORDINAL, 1, "SURENESS ~ PROD + (1 | RESP)"),
     ]
 }
 
@@ -116,6 +139,8 @@ def _source_path(d: Dataset) -> Path:
         import simulate  # local module; writes the file on first use
 
         return simulate.ensure(d.source[4:])
+    if d.source.startswith("repo:"):
+        return REPO / d.source[5:]
     return SHARED_DATA / d.source
 
 
@@ -137,18 +162,25 @@ def prepare(d: Dataset) -> Path:
 
 
 def load(d: Dataset) -> pd.DataFrame:
-    """Read the prepared CSV; factor columns become pandas Categoricals of strings."""
+    """Read the prepared CSV; factor columns become pandas Categoricals of strings
+    (ordered ones, ``d.ordered``, ordered Categoricals)."""
     df = pd.read_csv(d.prepared_path())
     for col, levels in d.factors.items():
         values = df[col].astype(str)
         if levels is None:
             levels = [str(v) for v in sorted(df[col].unique())]  # numbers sort numerically
-        df[col] = pd.Categorical(values, categories=levels)
+        df[col] = pd.Categorical(values, categories=levels, ordered=col in d.ordered)
     return df
 
 
 def factor_spec(d: Dataset) -> str:
-    """Factor columns for the R runner: ``col[:lev1,lev2];col2``."""
-    return ";".join(
-        col if lev is None else f"{col}:{','.join(lev)}" for col, lev in d.factors.items()
-    )
+    """Factor columns for the R runner: ``col[:lev1,lev2[:ordered]];col2``."""
+    specs = []
+    for col, lev in d.factors.items():
+        spec = col if lev is None else f"{col}:{','.join(lev)}"
+        if col in d.ordered:
+            if lev is None:
+                raise ValueError(f"ordered factor {col!r} needs its levels")
+            spec += ":ordered"
+        specs.append(spec)
+    return ";".join(specs)

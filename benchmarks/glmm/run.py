@@ -1,8 +1,8 @@
 """GLMM benchmark driver: time GLMM fits (binomial, Poisson, negative binomial,
-Gamma) of several engines side by side.
+Gamma, cumulative link for ordinal responses) of several engines side by side.
 
     python benchmarks/glmm/run.py [--cases cbpp-1,cbpp-25,...] [--repeats N]
-                                  [--engines multilevel,lme4,glmmTMB,glmm,mixedlm]
+                                  [--engines multilevel,lme4,glmmTMB,ordinal,glmm,mixedlm]
                                   [--competing N]
 
 Every (case, engine, thread setting) runs in a fresh subprocess, one after the
@@ -75,12 +75,26 @@ def _cases_where(test, reason: str) -> dict[str, str]:
     return {k: reason for k, c in cases.CASES.items() if test(c)}
 
 
+def _ordinal_cases(reason: str) -> dict[str, str]:
+    """The cumulative link (clmm) cases, unsupported by an engine without such a model."""
+    return _cases_where(lambda c: c.family == cases.ORDINAL, reason)
+
+
 ENGINES = {
     e.name: e
     for e in [
         Engine("multilevel", "python", PROJECT_PYTHON, "run_multilevel.py"),
         # Debian's R links the single-threaded reference BLAS.
-        Engine("lme4", "r", RSCRIPT, "run_lme4.R", threaded=False),
+        Engine(
+            "lme4",
+            "r",
+            RSCRIPT,
+            "run_lme4.R",
+            threaded=False,
+            unsupported=_ordinal_cases(
+                "lme4 has no cumulative link model (ordinal::clmm is the R engine here)"
+            ),
+        ),
         # glmmTMB runs one thread unless glmmTMBControl(parallel =) says otherwise.
         Engine(
             "glmmTMB",
@@ -91,9 +105,34 @@ ENGINES = {
             unsupported=_cases_where(
                 lambda c: c.nagq > 1,
                 "glmmTMB has the Laplace approximation only (no adaptive quadrature)",
+            )
+            | _ordinal_cases(
+                "glmmTMB 1.1.5 has no cumulative link family "
+                "(its ordbeta is ordered beta regression for a continuous response)"
             ),
         ),
-        Engine("glmm", "python", BENCH_PYTHON, "run_glmm.py"),
+        # ordinal::clmm, the R engine of the cumulative link (ordinal) cases only
+        Engine(
+            "ordinal",
+            "r",
+            RSCRIPT,
+            "run_lme4.R",
+            threaded=False,
+            unsupported=_cases_where(
+                lambda c: c.family != cases.ORDINAL,
+                "ordinal::clmm fits cumulative link models only",
+            ),
+        ),
+        Engine(
+            "glmm",
+            "python",
+            BENCH_PYTHON,
+            "run_glmm.py",
+            unsupported=_ordinal_cases(
+                "glmm 0.6.2 has no cumulative link / ordinal model (families gaussian, "
+                "binomial, poisson, gamma, negativebinomial, inversegaussian)"
+            ),
+        ),
         Engine(
             "mixedlm",
             "python",
@@ -108,6 +147,10 @@ ENGINES = {
                 lambda c: c.family.startswith("Gamma"),
                 "mixedlm 1.3.0 does not estimate the Gamma shape "
                 "(its Gamma family has unit dispersion: shape 1, sigma = 1.0)",
+            )
+            | _ordinal_cases(
+                "mixedlm 1.3.0 has no cumulative link / ordinal model (its families, "
+                "custom ones included, have a scalar mean and no thresholds)"
             ),
         ),
     ]

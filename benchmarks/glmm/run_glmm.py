@@ -6,7 +6,8 @@ API used:
     glmm.fit(df, formula, family="negativebinomial", link="log", nagq=K)   # negative_binomial
     glmm.fit(df, formula, family="gamma", link="log", nagq=K)              # Gamma(log)
 
-(the case's family mapped by ``FAMILIES``).  Negative binomial: NB2, the shape
+(the case's family mapped by ``FAMILIES``; the ``"ordinal"`` clmm cases are
+marked unsupported in ``run.py``: glmm 0.6.2 has no cumulative link model).  Negative binomial: NB2, the shape
 θ estimated (``Fit.dispersion`` is θ̂); Gamma: the dispersion φ = 1/shape
 estimated, by maximum likelihood on a GLMM (glmm's docstrings; its reported
 log-likelihood then equals −deviance/2).

@@ -1,15 +1,20 @@
-# Time one R engine -- lme4 (glmer, glmer.nb) or glmmTMB -- on one GLMM benchmark case.
+# Time one R engine -- lme4 (glmer, glmer.nb), glmmTMB or ordinal (clmm) -- on one GLMM
+# benchmark case.
 #
 # Usage: Rscript run_lme4.R PACKAGE CSV FORMULA FAMILY NAGQ FACTORS REPEATS BUDGET_S
-#   PACKAGE: "lme4" or "glmmTMB"
+#   PACKAGE: "lme4", "glmmTMB" or "ordinal"
 #   FAMILY:  the case's family as multilevel spells it; mapped here:
 #              binomial, poisson    lme4 glmer(family = binomial | poisson, nAGQ = K);
 #                                   glmmTMB(family = binomial | poisson)
 #              negative_binomial    lme4 glmer.nb(formula, data); glmmTMB(family = nbinom2)
 #              Gamma(log)           glmer(family = Gamma(link = "log"), nAGQ = K);
 #                                   glmmTMB(family = Gamma(link = "log"))
+#              ordinal              ordinal clmm(formula, data, nAGQ = K) (logit link,
+#                                   flexible thresholds: its defaults); package
+#                                   "ordinal" fits this family only
 #            glmmTMB has the Laplace approximation only (NAGQ must be 1).
-#   FACTORS: "col:lev1,lev2;col2" (levels optional; first level = reference)
+#   FACTORS: "col:lev1,lev2;col2" (levels optional; first level = reference);
+#            "col:lev1,lev2:ordered" makes an ordered factor (the clmm response)
 # Prints one line "RESULT {json}" that benchmarks/glmm/run.py parses.
 # Each timed fit is the whole fitting call with the package's default control
 # (formula processing included); one untimed warm-up fit comes first. If
@@ -24,6 +29,8 @@
 # engines' numbers. glmmTMB's logLik is the full Laplace log-likelihood.
 # lme4's Gamma logLik is evaluated at a moment estimate of the shape (glmer
 # does not estimate it), not at its maximum: "loglik_comparable" is false.
+# ordinal's logLik(clmm) is the full Laplace (or AGQ) log-likelihood; its
+# "fixef" here are the thresholds (alpha, named "1|2", ...) then beta.
 
 args <- commandArgs(trailingOnly = TRUE)
 stopifnot(length(args) == 8)
@@ -66,6 +73,11 @@ if (pkg == "lme4") {
     stop("unknown family ", family_name)
   )
   fit_once <- function() glmmTMB(form, data = dat, family = tmb_family)
+} else if (pkg == "ordinal") {
+  suppressPackageStartupMessages(library(ordinal))
+  version <- sprintf("ordinal %s", packageVersion("ordinal"))
+  if (family_name != "ordinal") stop("package ordinal fits the ordinal family only")
+  fit_once <- function() clmm(form, data = dat, nAGQ = nagq)
 } else {
   stop("unknown package ", pkg)
 }
@@ -75,7 +87,11 @@ for (spec in factors[nzchar(factors)]) {
   parts <- strsplit(spec, ":", fixed = TRUE)[[1]]
   col <- parts[[1]]
   if (length(parts) > 1) {
-    dat[[col]] <- factor(as.character(dat[[col]]), levels = strsplit(parts[[2]], ",")[[1]])
+    ordered <- length(parts) > 2 && parts[[3]] == "ordered"
+    dat[[col]] <- factor(
+      as.character(dat[[col]]),
+      levels = strsplit(parts[[2]], ",")[[1]], ordered = ordered
+    )
   } else {
     dat[[col]] <- factor(dat[[col]])
   }
@@ -149,6 +165,23 @@ if (pkg == "lme4") {
       note, sigma(m)
     )
   }
+} else if (pkg == "ordinal") {
+  fe <- c(m$alpha, m$beta)
+  opt <- m$optRes # nlminb (clmm.control's default method)
+  evals <- as.integer(opt$evaluations[["function"]])
+  all_warn <- unique(warns)
+  # ordinal's own checks: the optimiser's code and a positive definite Hessian
+  hess_ev <- eigen(m$Hessian, symmetric = TRUE, only.values = TRUE)$values
+  converged <- isTRUE(opt$convergence == 0) && all(hess_ev > 0)
+  note <- sprintf(
+    paste(
+      "nlminb: %d iterations, +%d gradient evals, convergence %d (%s);",
+      "max|grad| %.2e; condHess %.3g; sd %s"
+    ),
+    as.integer(opt$iterations), as.integer(opt$evaluations[["gradient"]]),
+    as.integer(opt$convergence), opt$message, max(abs(m$gradient)),
+    max(hess_ev) / min(hess_ev), paste(sprintf("%.6f", unlist(m$ST)), collapse = ", ")
+  )
 } else {
   fe <- fixef(m)$cond
   evals <- as.integer(m$fit$evaluations[["function"]])

@@ -21,6 +21,10 @@ Gamma fit has unit dispersion (shape 1: ``GlmerResult.sigma`` is 1.0, and
 ``Gamma.log_likelihood`` uses shape = prior weight).  Checked on 5,000 rows of
 the simulated data: Gamma loglik −10010.6 against glmmTMB's −7840.4 (shape 4.8
 estimated), NB −10884.2 (θ = 1) against −10662.3 (θ̂ = 2.10).
+
+The ``"ordinal"`` (clmm) cases are unsupported too: mixedlm 1.3.0 has no
+cumulative link model (its families, ``CustomFamily`` included, are
+exponential families of a scalar mean, without thresholds).
 """
 
 from __future__ import annotations

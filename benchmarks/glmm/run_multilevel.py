@@ -9,6 +9,12 @@ for nAGQ > 1 omits the saturated-model term); evaluations
 ``fit.optinfo.evals`` (every deviance evaluation of the (θ, β) search, as
 lme4's ``feval``; with the two-stage search also the first stage's
 ``fit.stage1.evals``, in the note).
+
+Family ``"ordinal"`` (the clmm cases): ``multilevel.clmm(formula, df,
+nAGQ=K)`` with its defaults ``link="logit"``, ``threshold="flexible"`` (R's
+``ordinal::clmm``); the response is an ordered Categorical (``cases.load``).
+Reported: ``fit.loglik`` (R's ``logLik(clmm)``), ``fit.optinfo.evals``,
+``fit.converged``; the thresholds with the fixed effects.
 """
 
 from __future__ import annotations
@@ -47,14 +53,30 @@ def version() -> str:
 def fit(case: cases.Case, df: pd.DataFrame) -> object:
     import multilevel
 
+    formula = case.formula_for("multilevel")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        m = multilevel.glmer(case.formula_for("multilevel"), df, family=case.family, nAGQ=case.nagq)
+        if case.family == cases.ORDINAL:
+            m = multilevel.clmm(formula, df, link="logit", threshold="flexible", nAGQ=case.nagq)
+        else:
+            m = multilevel.glmer(formula, df, family=case.family, nAGQ=case.nagq)
     common.LAST_WARNINGS[:] = [str(w.message) for w in caught]
     return m
 
 
 def info(case: cases.Case, m) -> common.FitInfo:
+    if case.family == cases.ORDINAL:
+        vc = m.varcorr
+        return common.FitInfo(
+            evals=int(m.optinfo.evals),
+            loglik_reported=float(m.loglik),
+            loglik_full=float(m.loglik),
+            fixef={k: float(v) for k, v in m.thresholds.items()}
+            | {k: float(v) for k, v in m.fixef.items()},
+            converged=bool(m.converged),
+            note=f"{m.optinfo.optimizer}; "
+            + "; ".join(f"sd {g} {float(sd):.6f}" for g, sd in zip(vc["grp"], vc["sdcor"])),
+        )
     return common.FitInfo(
         evals=int(m.optinfo.evals),
         loglik_reported=float(m.loglik),

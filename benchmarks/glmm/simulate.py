@@ -18,6 +18,18 @@ same x, g and b (one draw, seed 20261205, in the order x, b, NB y, Gamma y):
     gamma_sim: yᵢ ~ Gamma(shape 5, scale μᵢ/5) (mean μ, variance μ²/5),
                rounded to 8 significant digits.
 
+``clmm_sim`` (case ``clmm-1``): ordinal ratings on a 5-point scale, 100,000
+rows from 2,000 raters ``rater`` = 1..2000 of 50 consecutive rows each (one
+draw, seed 20261210, in the order x1, x2, b, e):
+
+    y*ᵢ = 0.8·x1ᵢ − 0.5·x2ᵢ + b_rater + eᵢ,   x1 ~ N(0, 1) (rounded to 6
+    decimals first), x2 ~ Bernoulli(0.4) (0/1, numeric), b_rater ~ N(0, 1²),
+    e ~ logistic(0, 1);
+    ratingᵢ = 1 + #{j : αⱼ < y*ᵢ},  α = (−2, −0.7, 0.6, 1.9),
+
+i.e. the cumulative logit model P(rating ≤ j | b) = logistic(αⱼ − 0.8·x1 +
+0.5·x2 − b) that ``ordinal::clmm`` and ``multilevel.clmm`` fit.
+
 Values are rounded before they are written (and written exactly, as the
 shortest decimal that reads back to the same double), so every engine reads the
 same numbers. Fixed seeds: the files are the same on every machine with the
@@ -48,6 +60,13 @@ FAMILY_BETA = (1.0, 0.3)  # log mu = 1 + 0.3 x + b_g
 FAMILY_SD_B = 0.5
 NB_THETA = 2.0
 GAMMA_SHAPE = 5.0
+
+CLMM_SEED = 20261210
+CLMM_RATERS, CLMM_PER_RATER = 2_000, 50
+CLMM_BETA = (0.8, -0.5)  # x1, x2
+CLMM_P_X2 = 0.4
+CLMM_SD_B = 1.0
+CLMM_THRESHOLDS = (-2.0, -0.7, 0.6, 1.9)
 
 
 def simulate_binary(seed: int = SEED) -> pd.DataFrame:
@@ -87,7 +106,21 @@ def simulate_families(seed: int = FAMILY_SEED) -> dict[str, pd.DataFrame]:
     }
 
 
-NAMES = ("binary_sim", "nb_sim", "gamma_sim")
+def simulate_clmm(seed: int = CLMM_SEED) -> pd.DataFrame:
+    """``clmm_sim``: 5-point ratings from a random-intercept cumulative logit model."""
+    rng = np.random.default_rng(seed)
+    n = CLMM_RATERS * CLMM_PER_RATER
+    rater = np.repeat(np.arange(1, CLMM_RATERS + 1), CLMM_PER_RATER)
+    x1 = np.round(rng.normal(size=n), 6)
+    x2 = (rng.random(n) < CLMM_P_X2).astype(int)
+    b = rng.normal(0.0, CLMM_SD_B, CLMM_RATERS)
+    e = rng.logistic(0.0, 1.0, n)
+    latent = CLMM_BETA[0] * x1 + CLMM_BETA[1] * x2 + b[rater - 1] + e
+    rating = 1 + (latent[:, None] > np.asarray(CLMM_THRESHOLDS)[None, :]).sum(axis=1)
+    return pd.DataFrame({"rating": rating, "x1": x1, "x2": x2, "rater": rater})
+
+
+NAMES = ("binary_sim", "nb_sim", "gamma_sim", "clmm_sim")
 
 
 def _write(path: Path, df: pd.DataFrame) -> None:
@@ -106,6 +139,8 @@ def ensure(name: str = "binary_sim") -> Path:
     if not path.exists():
         if name == "binary_sim":
             _write(path, simulate_binary())
+        elif name == "clmm_sim":
+            _write(path, simulate_clmm())
         else:
             _write(path, simulate_families()[name])
     return path

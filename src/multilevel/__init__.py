@@ -12,6 +12,7 @@ from multilevel.api import clmm, glmer, glmer_nb, lmer
 from multilevel.errors import (
     ConvergenceWarning,
     DataError,
+    DataWarning,
     FormulaError,
     ModelError,
     MultilevelError,
@@ -97,6 +98,7 @@ __all__ = [
     "lmList",
     "ConvergenceWarning",
     "DataError",
+    "DataWarning",
     "FormulaError",
     "LmerFit",
     "ModelError",

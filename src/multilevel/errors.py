@@ -54,6 +54,11 @@ class RankDeficiencyWarning(UserWarning):
     """Aliased fixed-effect columns were dropped (lme4's rank-deficiency message)."""
 
 
+class DataWarning(UserWarning):
+    """Part of the data was left out of the model (e.g. an ordinal response's
+    categories without observations)."""
+
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

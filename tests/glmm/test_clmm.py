@@ -151,7 +151,7 @@ def test_bad_input(wine):
         ml.clmm(FORMULA, d)
     d = data.copy()
     d["rating"] = d["rating"].cat.add_categories(["6"])  # empty at the top: dropped
-    with pytest.warns(UserWarning, match="no observations in category '6'"):
+    with pytest.warns(ml.DataWarning, match="no observations in category '6'"):
         f = ml.clmm(FORMULA, d)
     assert len(f.thresholds) == 4
     d = data[data["rating"] != "3"].copy()

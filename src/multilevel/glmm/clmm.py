@@ -15,13 +15,12 @@ for one scalar term) and the same two-stage fallback as every other family
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from multilevel.errors import DataError, ModelError
+from multilevel.errors import DataError, DataWarning, ModelError, warn
 from multilevel.formula.design import Categorical, build_design, to_pandas
 from multilevel.formula.parser import parse_formula
 from multilevel.glmm.clmm_results import ClmmFit
@@ -51,11 +50,11 @@ def response_order(frame: pd.DataFrame, label: str, levels: dict | None) -> list
     )
 
 
-def used_categories(codes: np.ndarray, labels: list[str], label: str):
+def used_categories(codes: np.ndarray, labels: list[str], label: str, messages: list[str]):
     """Codes on the categories in use and their range [lo, hi): empty categories
     at either end are dropped with a warning (ordinal drops them too); an
     empty category between used ones leaves two thresholds equal, so it is
-    an error."""
+    an error.  The message is also kept in ``messages`` (the fit's summary)."""
     counts = np.bincount(codes, minlength=len(labels))
     used = np.flatnonzero(counts > 0)
     if used.size < 2:
@@ -75,13 +74,13 @@ def used_categories(codes: np.ndarray, labels: list[str], label: str):
         )
     if lo > 0 or hi < len(labels) - 1:
         dropped = labels[:lo] + labels[hi + 1 :]
-        warnings.warn(
+        msg = (
             f"the response {label!r} has no observations in categor"
             f"{'y' if len(dropped) == 1 else 'ies'} {', '.join(map(repr, dropped))}: "
-            "dropped (no thresholds are estimated for them)",
-            UserWarning,
-            stacklevel=3,
+            "dropped (no thresholds are estimated for them)"
         )
+        warn(msg, DataWarning)
+        messages.append(msg)
     return codes - lo, lo, hi + 1
 
 
@@ -143,7 +142,7 @@ def fit_clmm(
             f"{design.random[0].term.text} has {design.random[0].q} columns. Use nAGQ=1 (Laplace)"
         )
     r = design.response
-    codes, lo, hi = used_categories(r.codes, list(r.labels), label)
+    codes, lo, hi = used_categories(r.codes, list(r.labels), label, design.messages)
     cats = list(r.labels)[lo:hi]
     design.response = Categorical(codes, r.values[lo:hi], cats)
     fam = Cumulative(link, threshold).with_levels(cats)

@@ -118,9 +118,7 @@ class ClmmFit(GlmerFit):
 
     @property
     def se(self) -> pd.Series:
-        return pd.Series(
-            np.sqrt(np.diag(self._coef_cov)), index=self.coef.index, name="Std. Error"
-        )
+        return pd.Series(np.sqrt(np.diag(self._coef_cov)), index=self.coef.index, name="Std. Error")
 
     @property
     def zvalues(self) -> pd.Series:
@@ -377,7 +375,7 @@ def clmm_summary(fit: ClmmFit) -> str:
         out += ["", "Coefficients:", _coef_table(fit, list(range(ng, ng + nb)), True), "---",
                 SIGNIF_LEGEND]  # fmt: skip
     out += ["", "Threshold coefficients:", _coef_table(fit, list(range(ng)), False)]
-    notes = []
+    notes = list(fit.design.messages)
     if fit.singular:
         notes.append(fit.singular_message)
     notes.extend(fit.optinfo.messages)

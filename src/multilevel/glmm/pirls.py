@@ -511,7 +511,7 @@ class PirlsProblem:
         if not np.isfinite(pdev):
             raise PirlsError("the starting linear predictor gives an infinite deviance")
         for it in range(1, MAX_ITER + 1):
-            w, resid = fam.score_weights(r.y, eta, r.weights)
+            w, resid = fam.pirls_weights(r.y, eta, r.weights)
             z = eta - self.offset + resid
             F = np.column_stack([self.X, z]) if joint else (z - self.X @ beta)[:, None]
             blocks = rb.crossprods(w, F)

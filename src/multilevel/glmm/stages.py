@@ -90,7 +90,36 @@ def run_stages(
         r2, H = optimize_stage2(
             obj.stage2, x0, lower, obj.ntheta, obj.natural, steep_steps=obj.steep_steps
         )
+        r2, H = _leave_saddles(obj, r2, H, lower)
     return Stages(r1, m1, r2, H)
+
+
+SADDLE_PROBE = 0.05  # a standard deviation's θ̃ (unit-scale columns) tried off its bound
+
+
+def _leave_saddles(obj: StagedObjective, rec: OptRecord, H, lower: np.ndarray):
+    """A diagonal θ at 0 is stationary by symmetry (the deviance depends on
+    it through θ²); it is a minimum only if the deviance rises as θ leaves 0.
+    For a correlated term a zero diagonal with a nonzero entry below it is
+    a correlation of ±1 — a bound of the parametrisation, not of the model.
+    Each zero diagonal is probed at SADDLE_PROBE; where the deviance is lower
+    there, stage 2 goes on from that point and the lower optimum is kept."""
+    nt = obj.ntheta
+    for j in np.flatnonzero((lower[:nt] == 0.0) & (rec.theta[:nt] <= 0.0)):
+        x = np.array(rec.theta, dtype=float)  # (θ, δ), as stage 2 searched
+        x[j] = SADDLE_PROBE
+        if not obj.stage2(x) < rec.criterion - 1e-9:
+            continue
+        r2, H2 = optimize_stage2(
+            obj.stage2, x, lower, nt, obj.natural, steep_steps=obj.steep_steps,
+            near_bound=np.arange(x.size) == j,
+        )  # fmt: skip
+        if r2.criterion < rec.criterion:
+            r2._thetas = rec._thetas + r2._thetas
+            r2._values = rec._values + r2._values
+            r2.evals += rec.evals
+            rec, H = r2, H2
+    return rec, H
 
 
 @dataclass

@@ -70,6 +70,7 @@ def optimize_stage2(
     to_natural: Callable[[np.ndarray], np.ndarray],
     hessian_step: np.ndarray | float = 1e-3,
     steep_steps: bool = True,
+    near_bound: np.ndarray | None = None,
 ) -> tuple[OptRecord, np.ndarray | None]:
     """Minimise the stage-2 deviance over (θ, δ): BOBYQA to about 1e-6 deviance
     units (or at most BOBYQA_BUDGET·(d + 1) evaluations), then Newton steps with
@@ -78,11 +79,15 @@ def optimize_stage2(
     :func:`_newton`) until the Newton decrement is below 1e-9; when BOBYQA was cut
     short and the Newton steps fail, BOBYQA to its end and Newton again.
     Returns the record and the last Hessian (at the optimum, or where the
-    Newton steps stopped)."""
+    Newton steps stopped).  ``near_bound`` marks coordinates that start just
+    off their bound on purpose: BOBYQA's first step there is half the distance
+    (a longer one would move the start onto the bound)."""
     logged = Logged(fun, to_natural=to_natural)
     step = np.concatenate(
         [0.25 * np.maximum(np.abs(x0[:ntheta]), 0.5), np.full(x0.size - ntheta, 0.5)]
     )
+    if near_bound is not None:
+        step = np.where(near_bound, 0.5 * (x0 - lower), step)
     # BOBYQA's last digits cost many evaluations when stage 1 ends far from the
     # optimum (large data); a few Newton steps (d² + d + 1 evaluations each) finish
     # faster.  If they do not reach the optimum, BOBYQA runs to its end after all.

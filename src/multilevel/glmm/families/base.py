@@ -275,6 +275,13 @@ class Family:
         mu, d, w = self.irls_terms(eta, wt)
         return w, (y - mu) / d
 
+    def pirls_weights(
+        self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The weights and working residuals of a PIRLS step (its steps are
+        halved while the penalized deviance rises): the scoring step here."""
+        return self.score_weights(y, eta, wt)
+
     def observed_weights(self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray) -> np.ndarray:
         """−∂²ℓ/∂η² per row; the Fisher weights for a canonical link."""
         if self.canonical:

@@ -408,9 +408,14 @@ class Cumulative(Family):
         return eta, np.ones_like(eta), wt * np.maximum(info, 1e-12)
 
     def score_weights(self, y, eta, wt):
+        w = self.irls_terms(eta, wt)[2]
+        return w, self.eta_derivs(y, eta, wt, third=False)[1] / w
+
+    def pirls_weights(self, y, eta, wt):
         """Newton's weights −ℓ_ηη (positive for a log-concave F: logit, probit,
-        cloglog, loglog), Fisher's where they are not (cauchit's tails): PIRLS
-        then converges quadratically."""
+        cloglog, loglog), Fisher's where they are not (cauchit's tails): PIRLS,
+        whose steps are halved while the penalized deviance rises, then
+        converges quadratically."""
         _, l1, l2, _ = self.eta_derivs(y, eta, wt, third=False)
         w = -l2
         bad = ~(w > 1e-12)
