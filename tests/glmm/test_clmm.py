@@ -188,3 +188,19 @@ def test_missing_rows_are_dropped_and_counted(wine, fit):
         f = ml.clmm(FORMULA, d)
     assert f.nobs == 70 and f.design.n_dropped == 2
     assert "2 observations deleted" in str(f.summary())
+
+
+def test_two_stage_route_leaves_a_correlation_of_one(wine):
+    """A correlated slope beside a second term takes the two-stage route,
+    whose search stops at T₂₂ = 0 (correlation 1), a saddle of the
+    parametrisation; it goes on to the optimum.  bottle's variance is 0, so
+    the optimum is the one-term model's (found by the vector route)."""
+    _, data = wine
+    d = data.assign(bottle=data["bottle"].astype(str))
+    one = ml.clmm("rating ~ temp + contact + (1 + temp | judge)", d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ml.SingularFitWarning)
+        two = ml.clmm("rating ~ temp + contact + (1 + temp | judge) + (1 | bottle)", d)
+    assert two.converged
+    assert two.loglik >= one.loglik - 1e-6
+    np.testing.assert_allclose(two.theta.iloc[:3], one.theta, atol=2e-3)
