@@ -204,3 +204,14 @@ def test_two_stage_route_leaves_a_correlation_of_one(wine):
     assert two.converged
     assert two.loglik >= one.loglik - 1e-6
     np.testing.assert_allclose(two.theta.iloc[:3], one.theta, atol=2e-3)
+
+
+def test_frequency_weights_are_repeated_rows(wine):
+    """weights=2 on every row is the data twice: the same estimates, twice the
+    log-likelihood of each row (the Laplace term of each judge changes, so
+    compare with the doubled data)."""
+    _, data = wine
+    w = ml.clmm(FORMULA, data, weights=np.full(len(data), 2.0))
+    twice = ml.clmm(FORMULA, pd.concat([data, data], ignore_index=True))
+    assert w.loglik == pytest.approx(twice.loglik, abs=1e-6)
+    np.testing.assert_allclose(w.coef, twice.coef, atol=1e-5)
