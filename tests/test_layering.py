@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"__init__"},  # the public names
     {"api", "plotting"},
     {"partitioned", "workflow"},  # engines built on the two model engines
+    {"longitudinal"},  # nlme's residual structures over the LMM engine
     {"lmm", "glmm"},  # the model engines, independent of each other
     {"inference"},
     {"mixedfit", "report"},

@@ -72,6 +72,12 @@ DATASETS = {
             ordered=("rating",),
         ),
         Dataset(
+            "clmm_sim_20k",
+            "sim:clmm_sim_20k",
+            {"rating": ["1", "2", "3", "4", "5"], "rater": None},
+            ordered=("rating",),
+        ),
+        Dataset(
             "soup",
             "repo:tests/data/clmm/soup.csv",  # ordinal's soup data, as the clmm tests use it
             {"SURENESS": ["1", "2", "3", "4", "5", "6"], "PROD": ["Ref", "Test"], "RESP": None},
@@ -129,6 +135,8 @@ CASES = {
         Case("nb-1", "nb_sim", "negative_binomial", 1, FAMILY_SIM),
         Case("gamma-1", "gamma_sim", "Gamma(log)", 1, FAMILY_SIM),
         Case("clmm-1", "clmm_sim", ORDINAL, 1, "rating ~ x1 + x2 + (1 | rater)"),
+        # the first 20,000 rows (400 raters): ordinal::clmm on all 100,000 takes > 15 min
+        Case("clmm-1-20k", "clmm_sim_20k", ORDINAL, 1, "rating ~ x1 + x2 + (1 | rater)"),
         Case("clmm-soup", "soup", ORDINAL, 1, "SURENESS ~ PROD + (1 | RESP)"),
     ]
 }

@@ -29,6 +29,7 @@ draw, seed 20261210, in the order x1, x2, b, e):
 
 i.e. the cumulative logit model P(rating ≤ j | b) = logistic(αⱼ − 0.8·x1 +
 0.5·x2 − b) that ``ordinal::clmm`` and ``multilevel.clmm`` fit.
+``clmm_sim_20k`` (case ``clmm-1-20k``): its first 20,000 rows (raters 1..400).
 
 Values are rounded before they are written (and written exactly, as the
 shortest decimal that reads back to the same double), so every engine reads the
@@ -120,7 +121,9 @@ def simulate_clmm(seed: int = CLMM_SEED) -> pd.DataFrame:
     return pd.DataFrame({"rating": rating, "x1": x1, "x2": x2, "rater": rater})
 
 
-NAMES = ("binary_sim", "nb_sim", "gamma_sim", "clmm_sim")
+CLMM_SUBSET_ROWS = 20_000  # clmm_sim_20k: the first 400 raters
+
+NAMES = ("binary_sim", "nb_sim", "gamma_sim", "clmm_sim", "clmm_sim_20k")
 
 
 def _write(path: Path, df: pd.DataFrame) -> None:
@@ -141,6 +144,8 @@ def ensure(name: str = "binary_sim") -> Path:
             _write(path, simulate_binary())
         elif name == "clmm_sim":
             _write(path, simulate_clmm())
+        elif name == "clmm_sim_20k":
+            _write(path, simulate_clmm().iloc[:CLMM_SUBSET_ROWS])
         else:
             _write(path, simulate_families()[name])
     return path

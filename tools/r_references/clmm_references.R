@@ -271,8 +271,10 @@ tight_refit <- function(fit, cl, env) {
   cl2 <- cl
   cl2$control <- str2lang(TIGHT_CONTROL)
   nw <- 0L
+  kinds <- character(0)
   f2 <- withCallingHandlers(eval(cl2, env), warning = function(w) {
     nw <<- nw + 1L
+    kinds <<- unique(c(kinds, sub("\\s+at iteration [0-9]+$", "", conditionMessage(w))))
     invokeRestart("muffleWarning")
   })
   vc1 <- vapply(varcorr_rows(fit), function(x) x$vcov, 0)
@@ -284,6 +286,11 @@ tight_refit <- function(fit, cl, env) {
        converged = isTRUE(f2$optRes$convergence == 0),
        optimizer_message = f2$optRes$message,
        n_warnings = nw,
+       warning_kinds = I(kinds),
+       note = paste("gradTol = 1e-10 is below what the inner Newton updates can reach, so",
+                    "the refit warns ('step factor reduced below minimum' / 'iteration limit",
+                    "reached when updating the random effects'); its optimum is still the",
+                    "more accurate one (higher logLik)"),
        max_abs_coef_diff = max(abs(coef(f2) - coef(fit))),
        max_abs_varcorr_diff = max(abs(vc2 - vc1)),
        coef = named_num(coef(f2)),

@@ -49,8 +49,14 @@ from multilevel.formula.parser import Binary, Name, Node, Paren, Parser, parse_f
 from multilevel.inference.nlme_df import between_within_df
 from multilevel.lmm.fit import fit_design
 from multilevel.lmm.results import LmerFit
+from multilevel.longitudinal.correlation import CorStruct
+from multilevel.longitudinal.estimate import StructuredEstimate, estimate_lmm
+from multilevel.longitudinal.variance import VarFunc, varFixed
+from multilevel.longitudinal.whiten import ResidualStructure
 from multilevel.mixedfit import warn_about
 from multilevel.optimize.hessian import fd_hessian
+from multilevel.threads import single_threaded_blas
+from multilevel.workflow.gls import normalized, structure_frame
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z.][A-Za-z0-9_.]*$")
 
@@ -223,6 +229,7 @@ def lme(
     na_action: str = "omit",
     levels: dict[str, list] | None = None,
     *,
+    correlation: CorStruct | None = None,
     data_name: str | None = None,
     namespace: dict | None = None,
 ) -> LmeFit:
@@ -231,9 +238,14 @@ def lme(
     ``fixed`` is a two-sided formula (``"y ~ x*z"``); ``random`` a one-sided
     formula with grouping (``"~ x | g"``, ``"~ 1 | outer/inner"``) or a dict
     ``{group: "~ expr"}`` from the outermost level in.  ``method`` is
-    ``"REML"`` or ``"ML"``.  ``weights`` are prior weights as in
-    :func:`multilevel.lmer` (Var(εᵢ) = σ²/wᵢ; nlme's ``varFixed(~v)`` is
-    ``weights = 1/v``); nlme's other variance functions are not supported.
+    ``"REML"`` or ``"ML"``.  ``weights`` is a variance function
+    (``varIdent(form="~ 1 | Sex")``, ``varPower()``, ``varExp``,
+    ``varConstPower``, ``varFixed``, ``varComb``) or prior weights as in
+    :func:`multilevel.lmer` (Var(εᵢ) = σ²/wᵢ).  ``correlation`` is a
+    within-group correlation structure (``corAR1()``, ``corCAR1(form="~ t")``,
+    ``corARMA(p=1, q=1)``, ``corCompSymm()``, ``corSymm()``, the spatial
+    ``corExp``...); its groups default to the innermost grouping factor, its
+    positions to the order of the rows within them (nlme's defaults).
     ``levels`` fixes factor level orders (first = reference); ``data_name``
     is the name printed on the ``Data:`` line (default: ``data.attrs["name"]``
     or ``"data"``).
@@ -246,28 +258,48 @@ def lme(
     formula = lme4_formula(fixed, random)
     level_specs = _random_levels(random)
     parsed = parse_formula(formula)
+    var = weights if isinstance(weights, VarFunc) else None
+    structured = var is not None or correlation is not None
     frame = to_pandas(data)
+    if structured:
+        frame = structure_frame(frame, correlation, var)
     design = build_design(
         parsed,
         frame,
-        weights=weights,
+        weights=None if var is not None else weights,
         levels=levels,
         na_action=na_action,
         namespace=namespace,
     )
     if data_name is None:
         data_name = getattr(frame, "attrs", {}).get("name", "data")
+    struct = est = None
     with warnings.catch_warnings():
         # re-issued below so that they point at the caller
         warnings.simplefilter("ignore")
-        fit = fit_design(design, REML=method == "REML", data_name=data_name)
+        if structured:
+            rows = frame.loc[design.row_index]
+            if design.weights is not None:  # prior weights with a correlation: varFixed
+                rows = rows.assign(__prior_variance__=1.0 / design.weights)
+                var = varFixed("~ __prior_variance__")
+                design.weights = None
+            with single_threaded_blas():
+                struct = ResidualStructure(correlation, var, rows, level_specs[-1][0])
+                est = estimate_lmm(design, struct, method == "REML")
+                fit = LmerFit(design, est.crit, est.theta_record, REML=method == "REML",
+                              data_name=data_name)  # fmt: skip
+            fit.optinfo.messages.extend(est.record.messages)
+            if not est.record.converged:
+                fit.optinfo.converged = False
+        else:
+            fit = fit_design(design, REML=method == "REML", data_name=data_name)
     warn_about(fit)
     lvls = []
     for groups, rhs in level_specs:
         key = frozenset(groups)
         idx = next(i for i, r in enumerate(design.random) if frozenset(r.term.group) == key)
         lvls.append(LmeLevel(groups, rhs, idx))
-    return LmeFit(fit, lvls, fixed=fixed, random=random)
+    return LmeFit(fit, lvls, fixed=fixed, random=random, struct=struct, est=est)
 
 
 def _chain(node: Node) -> list[tuple[str, Node]]:
@@ -380,11 +412,25 @@ class LmeFit:
         *,
         fixed: str,
         random: Any,
+        struct: ResidualStructure | None = None,
+        est: StructuredEstimate | None = None,
     ):
         self.lmer = lmer
         self.levels = levels  # outermost first
         self.fixed_formula = fixed
         self.random_formula = random
+        self.struct = struct  # residual correlation / variance function (None: iid)
+        self.est = est
+
+    @property
+    def corstruct(self) -> pd.Series | None:
+        """nlme's ``coef(corStruct, unconstrained = FALSE)`` (None without one)."""
+        return None if self.struct is None else self.struct.coef(self.est.omega)[0]
+
+    @property
+    def varstruct(self) -> pd.Series | None:
+        """nlme's ``coef(varStruct, unconstrained = FALSE, allCoef = TRUE)``."""
+        return None if self.struct is None else self.struct.coef(self.est.omega)[1]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name == "lmer":
@@ -406,7 +452,10 @@ class LmeFit:
 
     @property
     def sigma(self) -> float:
-        return self.lmer.sigma
+        """σ̂ on nlme's scale (with a variance function: Var(εᵢ) = σ²sᵢ²)."""
+        if self.struct is None:
+            return self.lmer.sigma
+        return self.lmer.sigma / self.struct.scale(self.est.omega)
 
     @property
     def loglik(self) -> float:
@@ -415,8 +464,8 @@ class LmeFit:
 
     @property
     def df_model(self) -> int:
-        """Fixed effects + covariance parameters + σ."""
-        return self.lmer.df_model
+        """Fixed effects + covariance parameters + σ (+ correlation and variance parameters)."""
+        return self.lmer.df_model + (0 if self.struct is None else self.struct.nparams)
 
     @property
     def aic(self) -> float:
@@ -566,22 +615,29 @@ class LmeFit:
 
     def residuals(self, type: str = "response", level: int | None = None) -> pd.Series:
         """y − fitted(level); ``type="pearson"`` divides by σ̂/√wᵢ (nlme's
-        standardized residuals)."""
+        standardized residuals; σ̂sᵢ with a variance function), ``"normalized"``
+        also whitens them within groups (L⁻¹r/σ̂: independent N(0, 1) under
+        the model)."""
         d = self.lmer.design
         res = d.y - self.fitted(level).to_numpy()
+        if self.struct is not None:
+            out = normalized(self.struct, self.est.omega, res, self.lmer.sigma, type)
+            return pd.Series(out, index=d.row_index, name="residuals")
+        if type == "normalized":
+            type = "pearson"
         if type == "pearson":
             res = res / self.sigma
             if d.weights is not None:
                 res = res * np.sqrt(d.weights)
         elif type != "response":
-            raise ValueError(f"type must be 'response' or 'pearson', not {type!r}")
+            raise ValueError(f"type must be 'response', 'pearson' or 'normalized', not {type!r}")
         return pd.Series(res, index=d.row_index, name="residuals")
 
     # -- approximate intervals ------------------------------------------------------
     def _natural(self) -> tuple[np.ndarray, list[tuple[LmeLevel, list[str]]]]:
         """Natural parameters (log sd, log((1+ρ)/(1−ρ)) per level, log σ) at the fit."""
         fac = self.lmer._fac
-        sigma = self.sigma
+        sigma = self.lmer.sigma
         phi: list[float] = []
         names = []
         for lv in self.levels:

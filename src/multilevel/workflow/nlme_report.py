@@ -224,7 +224,7 @@ def _level_block(fit: LmeFit, k: int) -> list[str]:
     r = fit.lmer.design.random[lv.term]
     T = fit.lmer._fac.T[lv.term]
     sigma = fit.sigma
-    cov = sigma**2 * (T @ T.T)
+    cov = fit.lmer.sigma**2 * (T @ T.T)  # θ is relative to the whitened model's σ
     sd = np.sqrt(np.diag(cov))
     out = [f" Formula: {deparse_formula('~' + lv.rhs)} | {lv.label}"]
     if r.q == 1:
@@ -290,6 +290,8 @@ def lme_summary(fit: LmeFit) -> str:
             out.append("")
         out.extend(_level_block(fit, k))
     out.append("")
+    if fit.struct is not None:
+        out.extend(structure_blocks(fit.struct, fit.est.omega))
     out.append(f"Fixed effects:  {deparse_formula(fit.fixed_formula)} ")
     out.extend(_fixed_table(fit))
     if len(fit.fixef) > 1:
@@ -312,4 +314,85 @@ def lme_summary(fit: LmeFit) -> str:
     return "\n".join(out)
 
 
-__all__ = ["deparse_formula", "format_real", "lme_summary", "zapsmall"]
+def structure_blocks(struct, omega) -> list[str]:
+    """nlme's "Correlation Structure" and "Variance function" blocks."""
+    out: list[str] = []
+    cs, vs = struct.coef(omega)
+    if cs is not None:
+        cor = struct.cor
+        out.append(f"Correlation Structure: {cor.describe()}")
+        groups = " | " + "/".join(struct.groups) if struct.groups else ""
+        cov = " + ".join(cor.form.covariates) if cor.form.covariates else "1"
+        out.append(f" Formula: ~{cov}{groups} ")
+        if cor.nlme_class == "corSymm":
+            out.append(" Parameter estimate(s):")
+            out.append(" Correlation: ")
+            m = cor.m
+            C = cor.matrix(struct.split(omega)[0])
+            names = [str(i + 1) for i in range(m)]
+            cells = [[""] * (m - 1) for _ in range(m - 1)]
+            i, j = np.tril_indices(m, -1)
+            txt = iter(format_real(np.round(C[i, j], 3), 7))
+            for a in range(1, m):
+                for b in range(a):
+                    cells[a - 1][b] = next(txt)
+            out.extend(_left_matrix(names[1:], names[:-1], cells))
+        else:
+            out.append(" Parameter estimate(s):")
+            out.extend(_named_vector(list(cs.index), format_real(cs.to_numpy(), 7)))
+    if vs is not None:
+        var = struct.var
+        out.append("Variance function:")
+        out.append(f" Structure: {var.describe()}")
+        form = var.form.text.replace(" ", "") if hasattr(var, "form") else ""
+        form = form.replace("~", "~", 1).replace("|", " | ")
+        out.append(f" Formula: {form} ")
+        if len(vs):
+            out.append(" Parameter estimates:")
+            out.extend(_named_vector([str(k) for k in vs.index], format_real(vs.to_numpy(), 7)))
+    return out
+
+
+def gls_summary(fit) -> str:
+    """The text of nlme's ``print(summary(gls))``."""
+    method = "REML" if fit.REML else "maximum likelihood"
+    out = [f"Generalized least squares fit by {method}",
+           f"  Model: {deparse_formula(fit.model)} ", f"  Data: {fit.data_name} "]  # fmt: skip
+    cols = [format_real([v], 7) for v in (fit.aic, fit.bic, fit.loglik)]
+    out.extend(_right_table([" "], ["AIC", "BIC", "logLik"], cols))
+    out.append("")
+    blocks = structure_blocks(fit.struct, fit.est.omega)
+    if blocks:
+        out.extend(blocks)
+        out.append("")
+    out.append("Coefficients:")
+    tt = fit.tTable
+    cols = [
+        format_real(tt["Value"].to_numpy(), 7),
+        format_real(tt["Std.Error"].to_numpy(), 7),
+        format_real(zapsmall(tt["t-value"].to_numpy(), 7), 7),
+        format_real(np.round(tt["p-value"].to_numpy(), 4), 7),
+    ]
+    out.extend(_right_table(list(tt.index), ["Value", "Std.Error", "t-value", "p-value"], cols))
+    if len(tt) > 1:
+        out.append("")
+        out.append(" Correlation: ")
+        out.extend(_fixed_correlation(fit))
+    out.append("")
+    out.append("Standardized residuals:")
+    q = np.quantile(fit.residuals(type="pearson").to_numpy(), [0, 0.25, 0.5, 0.75, 1])
+    out.extend(_named_vector(["Min", "Q1", "Med", "Q3", "Max"], format_real(q, 7)))
+    out.append("")
+    out.append(f"Residual standard error: {format_real([fit.sigma], 7)[0].strip()} ")
+    out.append(f"Degrees of freedom: {fit.nobs} total; {fit.df_resid} residual")
+    return "\n".join(out)
+
+
+__all__ = [
+    "deparse_formula",
+    "format_real",
+    "gls_summary",
+    "lme_summary",
+    "structure_blocks",
+    "zapsmall",
+]
