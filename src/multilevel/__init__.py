@@ -45,6 +45,27 @@ from multilevel.inference import (
     simulate,
 )
 from multilevel.lmm.results import LmerFit
+from multilevel.longitudinal.correlation import (
+    corAR1,
+    corARMA,
+    corCAR1,
+    corCompSymm,
+    corExp,
+    corGaus,
+    corLin,
+    corRatio,
+    corSpher,
+    corSymm,
+)
+from multilevel.longitudinal.variance import (
+    varComb,
+    varConstPower,
+    varExp,
+    varFixed,
+    varIdent,
+    varPower,
+)
+from multilevel.workflow.gls import GlsFit, gls
 from multilevel.workflow.groups import (
     add_centered,
     attach_level2,
@@ -88,6 +109,24 @@ __all__ = [
     "MultilevelFit",
     "LmeFit",
     "lme",
+    "gls",
+    "GlsFit",
+    "corAR1",
+    "corARMA",
+    "corCAR1",
+    "corCompSymm",
+    "corExp",
+    "corGaus",
+    "corLin",
+    "corRatio",
+    "corSpher",
+    "corSymm",
+    "varComb",
+    "varConstPower",
+    "varExp",
+    "varFixed",
+    "varIdent",
+    "varPower",
     "lme_from_formula",
     "LmList",
     "add_centered",

@@ -52,8 +52,12 @@ def weights(spec: dict | None):
 
 
 def fit(ref: dict, data: pd.DataFrame, **kw):
-    args = dict(correlation=correlation(ref.get("correlation")), weights=weights(ref.get("weights")),
-                method=ref["method"], **kw)  # fmt: skip
+    args = dict(
+        correlation=correlation(ref.get("correlation")),
+        weights=weights(ref.get("weights")),
+        method=ref["method"],
+        **kw,
+    )
     model = ref["fixed"]
     if ref.get("random"):
         return lme(model, ref["random"], data, **args)

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from multilevel.covariance import templates
 from multilevel.errors import ModelError
 from multilevel.linalg.affine import apply_affine
 from multilevel.linalg.crossprod import cross_products
-from multilevel.lmm.basis import Basis
+from multilevel.lmm.basis import Basis, ScaledCriterion
+from multilevel.lmm.criterion import ProfiledCriterion
 from multilevel.lmm.estimate import optimize_cross_products, optimize_in_basis
 from multilevel.longitudinal.whiten import ResidualStructure, check_nesting
 from multilevel.optimize.record import Logged, OptRecord
@@ -57,6 +59,7 @@ class StructuredEstimate:
     sigma: float | None = None
     deviance: float | None = None
     rounds: int = 1
+    whitened: object = None  # the model's columns, whitened at any ω (``.at``, ``.criterion``)
 
 
 class _Whitened:
@@ -71,7 +74,19 @@ class _Whitened:
         self.qs = [Z.shape[1] for Z in Zs]
         self.p = X.shape[1]
         self.codes = [c[struct.order] for c in random_codes]
+        self.nlevels = [int(c.max(initial=-1)) + 1 for c in random_codes]
         check_nesting(struct, random_codes)
+
+    def criterion(self, omega: np.ndarray, REML: bool):
+        """The LMM's profiled criterion of θ at ω, in the user's columns
+        (:class:`multilevel.lmm.basis.ScaledCriterion`), or None."""
+        parts, logdet = self.at(omega)
+        if parts is None:
+            return None
+        Zw, Xw, yw = parts
+        cp = cross_products(Zw, self.codes, self.nlevels, Xw, yw)
+        tmpl = templates(self.qs)
+        return ScaledCriterion(ProfiledCriterion(cp, tmpl, REML, -logdet), self.basis, tmpl)
 
     def at(self, omega: np.ndarray):
         Mw, logdet = self.struct.whiten(omega, self.M)
@@ -90,9 +105,24 @@ def whitened_rows(design, struct: ResidualStructure) -> _Whitened:
     return _Whitened(struct, [], design.X, y, (design.intercept_columns()[0], []), [])
 
 
-def _search(profile, x0: np.ndarray) -> OptRecord:
-    """Minimise the profile over ω from x0: Brent for one parameter, BOBYQA
-    and Newton steps for several (no bounds: every scale is unconstrained)."""
+def _search(profile, x0: np.ndarray, free: np.ndarray | None = None) -> OptRecord:
+    """Minimise the profile over ω's free entries from x0 (the others held):
+    Brent for one parameter, BOBYQA and Newton steps for several (no bounds:
+    every scale is unconstrained).  The record is in the full ω."""
+    if free is not None and not free.all():
+        x0 = np.asarray(x0, float)
+
+        def full(z):
+            x = x0.copy()
+            x[free] = z
+            return x
+
+        rec = _search(lambda z: profile(full(z)), x0[free])
+        rec.theta = full(rec.theta)
+        g = np.zeros(x0.size)
+        g[free] = rec.gradient
+        rec.gradient = g
+        return rec
     if x0.size == 0:
         return OptRecord("none", "CONVERGED", True, 1, float(profile(x0)), x0, np.zeros(0), [])
     with np.errstate(all="ignore"):
@@ -129,7 +159,9 @@ def estimate_lmm(design, struct: ResidualStructure, REML: bool) -> StructuredEst
     state: dict = {"theta": None}
 
     def make():
-        return _Whitened(struct, [r.Z for r in rs], design.X, y, design.intercept_columns(), codes)
+        w = _Whitened(struct, [r.Z for r in rs], design.X, y, design.intercept_columns(), codes)
+        w.nlevels = nlevels
+        return w
 
     def profile(w: _Whitened, omega: np.ndarray) -> float:
         parts, logdet = w.at(omega)
@@ -174,14 +206,14 @@ def _with_fitted_rounds(struct, make, profile, finish, fitted_of):
         # the first fitted values: the model without the variance function
         w = make_without_var(struct, make)
         nc = struct.nc
-        rec0 = _search(lambda o: profile(w, o), x[:nc])
+        rec0 = _search(lambda o: profile(w, o), x[:nc], struct.free[:nc])
         crit, trec, _ = finish(w, rec0.theta)
         var.set_fitted(fitted_of(crit, trec))
         x = np.concatenate([rec0.theta, x[nc:]])
     w = make()
     while True:
         rounds += 1
-        rec = _search(lambda o: profile(w, o), x)
+        rec = _search(lambda o: profile(w, o), x, struct.free)
         crit, trec, logdet = finish(w, rec.theta)
         change = float(np.max(np.abs(rec.theta - x), initial=0.0))
         x = np.asarray(rec.theta, float)
@@ -203,7 +235,9 @@ def _with_fitted_rounds(struct, make, profile, finish, fitted_of):
     if msg is not None:
         rec.converged = False
         rec.messages.insert(0, msg)
-    return StructuredEstimate(x, rec, logdet, crit=crit, theta_record=trec, rounds=rounds)
+    return StructuredEstimate(
+        x, rec, logdet, crit=crit, theta_record=trec, rounds=rounds, whitened=w
+    )
 
 
 def make_without_var(struct: ResidualStructure, make):

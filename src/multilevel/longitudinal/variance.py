@@ -28,10 +28,10 @@ class VarFunc:
     nlme_class = ""
     default_form = "~ fitted(.)"
 
-    def __init__(self, value=None, form: str | None = None, fixed=None):
+    def __init__(self, value=None, form: str | None = None, fixed: bool = False):
         self.form: Form = parse_form(form, self.default_form)
         self.value = value
-        self.fixed = fixed
+        self.fixed = bool(fixed)  # the parameters held at value= (nlme's fixed=)
         self.strata_labels: list[str] = []
         self.strata = np.zeros(0, dtype=np.int64)
         self.v: np.ndarray | None = None

@@ -139,6 +139,14 @@ class ResidualStructure:
             parts.append(self.var.start())
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    @property
+    def free(self) -> np.ndarray:
+        """Which of ω's entries are estimated (a structure given with
+        ``fixed=True`` keeps its value=)."""
+        cf = bool(self.cor is not None and self.cor.fixed)
+        vf = bool(self.var is not None and getattr(self.var, "fixed", False))
+        return np.r_[np.full(self.nc, not cf), np.full(self.nv, not vf)].astype(bool)
+
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x[: self.nc], x[self.nc :]
 

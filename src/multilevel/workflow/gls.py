@@ -180,7 +180,7 @@ class GlsFit:
 
     @property
     def df_model(self) -> int:
-        return len(self.names) + self.struct.nparams + 1
+        return len(self.names) + int(self.struct.free.sum()) + 1
 
     @property
     def aic(self) -> float:
@@ -237,7 +237,8 @@ class GlsFit:
         p = Xw.shape[1]
         L = np.linalg.cholesky(AFF)
         r2 = L[p, p] ** 2
-        s2 = np.exp(2.0 * phi[k])
+        # phi[k] is log of nlme's σ (scaled units); the whitened model's is σ × scale
+        s2 = np.exp(2.0 * phi[k]) * self.struct.scale(phi[:k]) ** 2
         n = self.nobs
         dof = n - p if self.REML else n
         dev = dof * np.log(2 * np.pi * s2) + r2 / s2 + logdet
@@ -255,7 +256,7 @@ class GlsFit:
         deviance profiled over β, by central differences (nlme's ``apVar``)."""
         w = self._whitened
         c = w.basis.NF[-1, -1]
-        phi = np.r_[self.est.omega, np.log(self.sigma / c)]
+        phi = np.r_[self.est.omega, np.log(self.sigma / c)]  # nlme's σ, in ỹ's units
         H = fd_hessian(self._deviance_natural, phi, 1e-3)[0]
         labels = [f"cor.{n}" for n in self.struct.cor.names()] if self.struct.cor else []
         labels += [f"var.{n}" for n in self.struct.var.names()] if self.struct.var else []

@@ -56,7 +56,7 @@ from multilevel.longitudinal.whiten import ResidualStructure
 from multilevel.mixedfit import warn_about
 from multilevel.optimize.hessian import fd_hessian
 from multilevel.threads import single_threaded_blas
-from multilevel.workflow.gls import normalized, structure_frame
+from multilevel.workflow.gls import normalized, structure_frame, structure_intervals
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z.][A-Za-z0-9_.]*$")
 
@@ -464,8 +464,9 @@ class LmeFit:
 
     @property
     def df_model(self) -> int:
-        """Fixed effects + covariance parameters + σ (+ correlation and variance parameters)."""
-        return self.lmer.df_model + (0 if self.struct is None else self.struct.nparams)
+        """Fixed effects + covariance parameters + σ (+ the estimated correlation
+        and variance parameters)."""
+        return self.lmer.df_model + (0 if self.struct is None else int(self.struct.free.sum()))
 
     @property
     def aic(self) -> float:
@@ -660,13 +661,35 @@ class LmeFit:
                     + [f"cor({cn[i]},{cn[j]})" for i, j in zip(iu, ju, strict=True)],
                 )
             )
+        if self.struct is not None:
+            phi.extend(np.asarray(self.est.omega, float)[self.struct.free])
+            sigma = self.sigma  # nlme's σ (the structure's scale taken out)
         phi.append(np.log(sigma))
         return np.asarray(phi, dtype=float), names
 
+    def _criterion_at(self, omega: np.ndarray):
+        key = np.asarray(omega, float).tobytes()
+        cache = self.__dict__.setdefault("_crit_cache", {})
+        if key not in cache:
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = self.est.whitened.criterion(omega, self.lmer.REML)
+        return cache[key]
+
     def _deviance_natural(self, phi: np.ndarray) -> float:
-        """−2 × (REML) log-likelihood at natural parameters, β profiled out."""
+        """−2 × (REML) log-likelihood at natural parameters, β profiled out;
+        with a residual structure phi also holds ω's free entries before log σ
+        (nlme's σ: the whitened model's is σ times the variance function's scale)."""
         crit = self.lmer.criterion
         sigma2 = float(np.exp(2.0 * phi[-1]))
+        if self.struct is not None:
+            k = int(self.struct.free.sum())
+            omega = np.array(self.est.omega, float)
+            omega[self.struct.free] = phi[len(phi) - 1 - k : len(phi) - 1]
+            crit = self._criterion_at(omega)
+            if crit is None:
+                return np.inf
+            sigma2 *= self.struct.scale(omega) ** 2
         theta = np.zeros(len(self.lmer.optinfo.theta))
         pos = 0
         for lv in self.levels:
@@ -698,7 +721,13 @@ class LmeFit:
         of correlations as log((1+ρ)/(1−ρ)), log σ): the inverse of the Hessian
         of −ℓ, by central differences of the exact likelihood."""
         phi, names = self._natural()
-        labels = [f"{lv.name}.{nm}" for lv, nms in names for nm in nms] + ["log(sigma)"]
+        labels = [f"{lv.name}.{nm}" for lv, nms in names for nm in nms]
+        if self.struct is not None:
+            snames = (self.struct.cor.names() if self.struct.cor else []) + (
+                self.struct.var.names() if self.struct.var else []
+            )
+            labels += [f"struct.{n}" for n, f in zip(snames, self.struct.free, strict=True) if f]
+        labels += ["log(sigma)"]
         if not np.isfinite(phi).all() or self.lmer.singular:
             raise ModelError(
                 "cannot get intervals on the variance components: the fit is on the "
@@ -763,6 +792,14 @@ class LmeFit:
                 pos += k
             out["reStruct"] = re
             out["sigma"] = pd.Series(np.exp([lo[-1], phi[-1], hi[-1]]), index=cols, name="sigma")
+            if self.struct is not None:
+                free = self.struct.free
+                k = int(free.sum())
+                Vs = np.zeros((free.size + 1, free.size + 1))
+                idx = np.r_[np.flatnonzero(free), free.size]
+                Vs[np.ix_(idx, idx)] = V[pos:, pos:][: k + 1, : k + 1]
+                si = structure_intervals(self.struct, self.est.omega, self.sigma, Vs, level)
+                out.update({key: v for key, v in si.items() if key != "sigma"})
         return out
 
     # -- export -------------------------------------------------------------------
