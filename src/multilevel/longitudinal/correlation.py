@@ -185,6 +185,19 @@ class corCompSymm(CorStruct):  # noqa: N801
     def correlation(self, x, lag):
         return np.full(lag.shape, self.from_free(x)[0])
 
+    def inverse_factor(self, x: np.ndarray, m: int) -> tuple[np.ndarray, float]:
+        """A with A C Aᵀ = I for a group of m, nlme's: the group mean over
+        √(1 + (m − 1)ρ) and Helmert contrasts over √(1 − ρ) (the eigenvectors
+        of C), and log|C| = log(1 + (m − 1)ρ) + (m − 1) log(1 − ρ)."""
+        rho = float(self.from_free(x)[0])
+        A = np.zeros((m, m))
+        A[0] = 1.0 / math.sqrt(m * (1.0 + (m - 1) * rho))
+        for k in range(2, m + 1):  # Helmert rows, not data rows
+            A[k - 1, : k - 1] = -1.0
+            A[k - 1, k - 1] = k - 1.0
+            A[k - 1] /= math.sqrt(k * (k - 1) * (1.0 - rho))
+        return A, math.log1p((m - 1) * rho) + (m - 1) * math.log1p(-rho)
+
     def describe(self):
         return "Compound symmetry"
 
@@ -413,7 +426,7 @@ class corLin(_Spatial):  # noqa: N801
 
 
 class corRatio(_Spatial):  # noqa: N801
-    nlme_class, shape = "corRatio", "Rational quadratics"
+    nlme_class, shape = "corRatio", "Rational quadratic"
 
     def shape_fn(self, s):
         return 1.0 / (1.0 + s * s)

@@ -135,9 +135,13 @@ def _search(profile, x0: np.ndarray, free: np.ndarray | None = None) -> OptRecor
         a = float(x0[0])
         res = minimize_scalar(f, bracket=(a - 0.5, a + 0.5), method="brent", tol=1e-9)
         x = logged.best_x
-        h = 1e-4
-        g = (f(x[0] + h) - f(x[0] - h)) / (2 * h)
-        ok = bool(res.success) and abs(g) < 1e-3
+        h = 1e-4 * max(1.0, abs(float(x[0])))
+        f0, fp, fm = logged.best, f(x[0] + h), f(x[0] - h)
+        g = (fp - fm) / (2 * h)
+        curv = (fp - 2.0 * f0 + fm) / (h * h)
+        # converged: a minimum (positive curvature) that a Newton step would
+        # lower by less than 1e-6 deviance units
+        ok = bool(res.success) and curv > 0 and g * g / (2.0 * curv) < 1e-6
         msgs = (
             []
             if ok

@@ -87,6 +87,13 @@ class VarFunc:
         """nlme's ``coef(varStruct, unconstrained = FALSE, allCoef = TRUE)``."""
         raise NotImplementedError
 
+    def span(self, x: np.ndarray) -> float:
+        """The ratio of the largest to the smallest standard deviation the
+        function's parameters put on the rows (of the covariate's term alone
+        for varConstPower, whose constant can hide it)."""
+        s = self.sd(x)
+        return float(s.max() / s.min())
+
     def describe(self) -> str:
         return self.nlme_class
 
@@ -215,6 +222,10 @@ class varConstPower(_CovariateVar):  # noqa: N801
         P = self._per_row(x)
         return P[:, 0] + np.abs(self.v) ** P[:, 1]
 
+    def span(self, x):
+        t = np.abs(self.v) ** self._per_row(x)[:, 1]
+        return float(t.max() / t.min())
+
     def describe(self):
         return "Constant plus power of variance covariate"
 
@@ -296,6 +307,9 @@ class varComb(VarFunc):  # noqa: N801
 
     def coef(self, x):
         return pd.concat([f.coef(xf) for f, xf in zip(self.funcs, self._split(x), strict=True)])
+
+    def span(self, x):
+        return max(f.span(xf) for f, xf in zip(self.funcs, self._split(x), strict=True))
 
     def describe(self):
         return "Combination of variance functions"

@@ -196,6 +196,13 @@ class ResidualStructure:
             idx = np.flatnonzero(self.sizes == m)
             rows = self.starts[idx][:, None] + np.arange(m)[None, :]  # (G, m)
             P = self.pos[rows]
+            if hasattr(cor, "inverse_factor"):  # a closed form (compound symmetry)
+                A, ld = cor.inverse_factor(xc, int(m))
+                if not np.isfinite(ld):
+                    return np.full_like(M, np.nan), np.inf
+                out[rows] = np.einsum("ab,gbk->gak", A, M[rows])
+                logdet += len(idx) * ld
+                continue
             C = np.stack([cor.group_matrix(xc, p) for p in P]) if _varies(P) else None
             if C is None:
                 C1 = cor.group_matrix(xc, P[0])
@@ -234,8 +241,7 @@ class ResidualStructure:
         beyond the distances), or None."""
         xc, xv = self.split(np.asarray(x, float))
         if self.var is not None and self.nv:
-            s = self.var.sd(xv)
-            span = float(s.max() / s.min())
+            span = self.var.span(xv)
             if not span < 1e8:
                 est = ", ".join(f"{k} = {v:.4g}" for k, v in self.var.coef(xv).items())
                 return (

@@ -351,12 +351,14 @@ class GlsSummary:
 
 def normalized(struct: ResidualStructure, omega, r: np.ndarray, sigma: float, type: str):
     """Residuals r of the response scale as ``type``: response, pearson
-    (r/(σ̂sᵢ)) or normalized (L⁻¹r/σ̂, group by group)."""
+    (r/(σ̂sᵢ)) or normalized (L⁻¹r/σ̂, group by group); ``sigma`` is the
+    whitened model's σ (nlme's times the structure's ``scale``)."""
     if type == "response":
         return r
     if type == "pearson":
         xv = struct.split(np.asarray(omega, float))[1]
-        s = struct.var.sd(xv) if struct.var is not None else 1.0
+        # sᵢ relative to their geometric mean, as the whitened model's σ is
+        s = struct.var.sd(xv) / struct.scale(omega) if struct.var is not None else 1.0
         return r / (sigma * s)
     if type == "normalized":
         w, _ = struct.whiten(omega, r[:, None])
