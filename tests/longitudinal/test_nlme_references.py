@@ -163,3 +163,23 @@ def test_sleepstudy_ar1_beats_nlme():
         "Reaction ~ Days", "~ Days | Subject", data, correlation=ml.corAR1(value=phi, fixed=True)
     )
     assert at.loglik >= ref["loglik"] - 1e-6
+
+
+def test_anova_between_structures():
+    """nlme's anova(m0, m1): m1 adds varPower() and corCAR1(form = ~ Time)."""
+    ref = json.loads((FOLDER / "bodyweight_anova.json").read_text())
+    _, data = load("bodyweight_car1_power")
+    m0 = ml.lme("weight ~ Time * Diet", "~ Time | Rat", data)
+    m1 = ml.lme("weight ~ Time * Diet", "~ Time | Rat", data, weights=ml.varPower(),
+                correlation=ml.corCAR1(form="~ Time"))  # fmt: skip
+    tab = ml.anova(m0, m1)
+    for (_, ours), theirs in zip(tab.iterrows(), ref["anova_table"], strict=True):
+        assert ours["df"] == theirs["df"]
+        assert ours["logLik"] == pytest.approx(theirs["logLik"], abs=1e-3)
+        assert ours["AIC"] == pytest.approx(theirs["AIC"], abs=2e-3)
+        assert ours["BIC"] == pytest.approx(theirs["BIC"], abs=2e-3)
+    assert tab["Test"].iloc[1] == "1 vs 2"
+    assert tab["L.Ratio"].iloc[1] == pytest.approx(ref["anova_table"][1]["L.Ratio"], abs=2e-3)
+    assert tab["p-value"].iloc[1] == pytest.approx(ref["anova_table"][1]["p-value"], rel=1e-2)
+    with pytest.raises(ml.ModelError, match="different fixed effects"):
+        ml.anova(m0, ml.lme("weight ~ Time + Diet", "~ Time | Rat", data))

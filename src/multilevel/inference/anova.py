@@ -108,6 +108,8 @@ def anova(
         raise ModelError("anova needs at least two fitted models to compare")
     if len(labels) != len(models):
         raise ModelError(f"{len(labels)} names for {len(models)} models")
+    if any(getattr(m, "nlme_style", False) for m in models):
+        return nlme_anova(models, labels)
     nobs = {m.nobs for m in models}
     if len(nobs) > 1:
         raise ModelError(f"models were not all fitted to the same data (nobs {sorted(nobs)})")
@@ -169,6 +171,45 @@ def anova(
     out["npar"] = out["npar"].astype(int)
     out["Df"] = out["Df"].astype("Int64")
     return out
+
+
+def nlme_anova(models: list, labels: list[str]) -> pd.DataFrame:
+    """nlme's ``anova(m0, m1, ...)`` of lme and gls fits: the models in the
+    order given, each with df, AIC, BIC (nlme's: log(n − p) for REML), logLik,
+    and the likelihood-ratio test against the model before it ("1 vs 2").
+    REML fits compare only with the same fixed effects (nlme warns; here it
+    is an error, the comparison being meaningless), and nothing is refitted."""
+    from scipy import stats  # scipy.stats costs 0.5 s to import: when used
+
+    if not all(getattr(m, "nlme_style", False) for m in models):
+        raise ModelError("anova compares lme and gls fits with each other (nlme's anova)")
+    if len({m.nobs for m in models}) > 1:
+        raise ModelError("models were not all fitted to the same data")
+    y0 = models[0].design.y
+    if any(m.design.y.shape != y0.shape or not np.array_equal(m.design.y, y0) for m in models):
+        raise ModelError("models were not all fitted to the same response")
+    methods = {m.method for m in models}
+    if len(methods) > 1:
+        raise ModelError("all models must be fitted by REML, or all by ML (method=)")
+    if methods == {"REML"}:
+        X0 = models[0].design.X
+        if any(m.design.X.shape != X0.shape or not np.allclose(m.design.X, X0) for m in models):
+            raise ModelError(
+                "REML likelihoods of models with different fixed effects are not comparable; "
+                "fit them with method='ML'"
+            )
+    rows = []
+    for k, m in enumerate(models):
+        row = {"Model": k + 1, "df": int(m.df_model), "AIC": m.aic, "BIC": m.bic,
+               "logLik": m.loglik, "Test": "", "L.Ratio": np.nan, "p-value": np.nan}  # fmt: skip
+        if k:
+            prev = models[k - 1]
+            ddf = abs(int(m.df_model) - int(prev.df_model))
+            lr = abs(2.0 * (m.loglik - prev.loglik))
+            row.update({"Test": f"{k} vs {k + 1}", "L.Ratio": lr,
+                        "p-value": stats.chi2.sf(lr, ddf) if ddf else np.nan})  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows, index=labels)
 
 
 # -- ranova ------------------------------------------------------------------------------
@@ -306,4 +347,4 @@ def ranova(fit: LmerFit, reduce_terms: bool = True) -> pd.DataFrame:
     return out
 
 
-__all__ = ["anova", "boundary_pvalue", "constrained_fit", "ranova", "refit_ml"]
+__all__ = ["anova", "boundary_pvalue", "constrained_fit", "nlme_anova", "ranova", "refit_ml"]

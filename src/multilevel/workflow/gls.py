@@ -96,6 +96,8 @@ def gls(
 class GlsFit:
     """A model fitted by :func:`gls`, with nlme's accessors."""
 
+    nlme_style = True  # anova() compares as nlme's: in the order given, no refit
+
     def __init__(
         self,
         design,

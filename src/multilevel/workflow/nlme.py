@@ -405,6 +405,8 @@ class LmeFit:
     ``varcorr`` with lme4's group names, ...) are those of ``.lmer``.
     """
 
+    nlme_style = True  # anova() compares as nlme's: in the order given, no refit
+
     def __init__(
         self,
         lmer: LmerFit,
