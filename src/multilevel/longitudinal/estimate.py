@@ -36,6 +36,7 @@ from multilevel.lmm.basis import Basis, ScaledCriterion
 from multilevel.lmm.criterion import ProfiledCriterion
 from multilevel.lmm.estimate import optimize_cross_products, optimize_in_basis
 from multilevel.longitudinal.whiten import ResidualStructure, check_nesting
+from multilevel.optimize.hessian import gradient_hessian
 from multilevel.optimize.record import Logged, OptRecord
 from multilevel.optimize.theta import minimize_theta
 
@@ -133,15 +134,22 @@ def _search(profile, x0: np.ndarray, free: np.ndarray | None = None) -> OptRecor
         logged = Logged(profile)
         f = lambda t: logged(np.array([t]))  # noqa: E731
         a = float(x0[0])
-        res = minimize_scalar(f, bracket=(a - 0.5, a + 0.5), method="brent", tol=1e-9)
+        # x to 1e-6: the criterion is then within ~1e-12·curvature of its minimum
+        res = minimize_scalar(f, bracket=(a - 0.5, a + 0.5), method="brent", tol=1e-6)
         x = logged.best_x
-        h = 1e-4 * max(1.0, abs(float(x[0])))
+        # steps of 1e-3: the second difference then stands well above the
+        # rounding of a criterion summed over a million rows
+        h = 1e-3 * max(1.0, abs(float(x[0])))
         f0, fp, fm = logged.best, f(x[0] + h), f(x[0] - h)
         g = (fp - fm) / (2 * h)
         curv = (fp - 2.0 * f0 + fm) / (h * h)
+        if curv > 0 and g * g / (2.0 * curv) > 1e-8:  # one Newton step closer
+            f(x[0] - g / curv)
+            x = logged.best_x
         # converged: a minimum (positive curvature) that a Newton step would
-        # lower by less than 1e-6 deviance units
-        ok = bool(res.success) and curv > 0 and g * g / (2.0 * curv) < 1e-6
+        # lower by less than 1e-5 deviance units (a criterion summed over a
+        # million rows is not more precise than that)
+        ok = bool(res.success) and curv > 0 and g * g / (2.0 * curv) < 1e-5
         msgs = (
             []
             if ok
@@ -160,7 +168,7 @@ def estimate_lmm(design, struct: ResidualStructure, REML: bool) -> StructuredEst
     y = design.y if design.offset is None else design.y - design.offset
     codes = [r.codes for r in rs]
     nlevels = [r.nlevels for r in rs]
-    state: dict = {"theta": None}
+    state: dict = {"theta": None, "H": None}
 
     def make():
         w = _Whitened(struct, [r.Z for r in rs], design.X, y, design.intercept_columns(), codes)
@@ -174,7 +182,22 @@ def estimate_lmm(design, struct: ResidualStructure, REML: bool) -> StructuredEst
         Zw, Xw, yw = parts
         cp = cross_products(Zw, w.codes, nlevels, Xw, yw)
         try:
-            _, rec = optimize_cross_products(cp, w.qs, REML, -logdet, state["theta"])
+            if state["theta"] is None or state["H"] is None:
+                crit, rec = optimize_cross_products(cp, w.qs, REML, -logdet, state["theta"])
+                if crit.has_gradient and np.all(np.isfinite(rec.theta)):
+                    # θ̂ moves little with ω: the Hessian at the first optimum
+                    # starts every later search (a few BFGS steps instead of a dozen)
+                    th = np.asarray(rec.theta, float)
+                    H = gradient_hessian(lambda t: crit.value_and_gradient(t)[1], th)
+                    if np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(H) > 0):
+                        state["H"] = H
+            else:
+                tmpl = templates(w.qs)
+                crit = ProfiledCriterion(cp, tmpl, REML, -logdet)
+                lower = np.concatenate([t.lower_bounds() for t in tmpl])
+                rec = minimize_theta(crit, state["theta"], lower,
+                                     value_and_gradient=crit.value_and_gradient,
+                                     hessian0=state["H"], check_hessian=False)  # fmt: skip
         except (ModelError, np.linalg.LinAlgError):
             return np.inf
         if np.all(np.isfinite(rec.theta)):
