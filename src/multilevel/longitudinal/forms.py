@@ -62,8 +62,8 @@ def column(frame: pd.DataFrame, name: str, what: str) -> pd.Series:
 
 def numeric_column(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
     col = column(frame, name, what)
-    if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object:
-        raise DataError(f"the {what} {name!r} must be numeric, not categorical")
+    if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+        raise DataError(f"the {what} {name!r} must be numeric, not {col.dtype}")
     try:
         return np.asarray(col, dtype=float)
     except (TypeError, ValueError):

@@ -86,6 +86,7 @@ from multilevel.formula.design import Design, FactorSpec, build_design, to_panda
 from multilevel.formula.parser import ParsedFormula, TermSet, parse_formula
 from multilevel.lmm.fit import fit_design
 from multilevel.lmm.results import LmerFit
+from multilevel.mixedfit import warn_about
 from multilevel.workflow.equations import (
     Equation,
     Section,
@@ -623,16 +624,27 @@ class Multilevel:
         na_action: str = "omit",
         namespace: dict | None = None,
         start: Any = None,
+        correlation: Any = None,
     ) -> MultilevelFit:
         """Fit the combined model exactly as ``lmer(self.formula(), data, ...)``
         would, after checking that level-2/3 predictors are constant within their
         groups and that lme4's coding of the combined formula is the product of
-        the level-wise codings."""
+        the level-wise codings.  ``correlation`` (``corAR1()``...) and a variance
+        function as ``weights`` give the level-1 errors nlme's structures, as
+        :func:`multilevel.lme` does (groups: the innermost grouping)."""
+        from multilevel.longitudinal.variance import VarFunc
+        from multilevel.workflow.gls import structure_frame
+        from multilevel.workflow.nlme import fit_structured
+
+        var = weights if isinstance(weights, VarFunc) else None
+        structured = var is not None or correlation is not None
         parsed = parse_formula(self._formula)
+        if structured:
+            data = structure_frame(to_pandas(data), correlation, var)
         design = build_design(
             parsed,
             data,
-            weights=weights,
+            weights=None if var is not None else weights,
             offset=offset,
             levels=levels,
             na_action=na_action,
@@ -642,8 +654,15 @@ class Multilevel:
         cols = self._data_columns(design.factor_specs)
         fixmap = _map_fixed(self, cols, parsed, design)
         _map_random(self, cols, parsed, design)  # refuse before fitting
-        lfit = fit_design(design, REML=REML, start=start)
-        return MultilevelFit(self, lfit, cols, fixmap, parsed)
+        if not structured:
+            lfit = fit_design(design, REML=REML, start=start)
+            return MultilevelFit(self, lfit, cols, fixmap, parsed)
+        inner = (self.group3, self.group) if self.nlevels == 3 else (self.group,)
+        lfit, struct, est = fit_structured(design, data, correlation, var, inner, REML, "data")
+        warn_about(lfit)
+        out = MultilevelFit(self, lfit, cols, fixmap, parsed)
+        out.struct, out.est = struct, est
+        return out
 
     def _check_constant(self, data: Any, levels: Any, namespace: Any) -> None:
         """A level-2 (level-3) predictor must not vary within a level-2 (level-3)
@@ -943,6 +962,29 @@ class MultilevelFit:
         self._cols = cols
         self._fixmap = fixmap
         self._randmap = _map_random(spec, cols, parsed, lfit.design)
+        self.struct = None  # nlme's level-1 correlation / variance structure, if any
+        self.est = None
+
+    @property
+    def corstruct(self) -> pd.Series | None:
+        """The level-1 correlation parameters (nlme's constrained scale), or None."""
+        return None if self.struct is None else self.struct.coef(self.est.omega)[0]
+
+    @property
+    def varstruct(self) -> pd.Series | None:
+        """The level-1 variance function's parameters, or None."""
+        return None if self.struct is None else self.struct.coef(self.est.omega)[1]
+
+    @property
+    def sigma(self) -> float:
+        if self.struct is None:
+            return self.lmer.sigma
+        return self.lmer.sigma / self.struct.scale(self.est.omega)
+
+    @property
+    def df_model(self) -> int:
+        extra = 0 if self.struct is None else int(self.struct.free.sum())
+        return self.lmer.df_model + extra
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or "lmer" not in self.__dict__:

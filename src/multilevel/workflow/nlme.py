@@ -278,19 +278,9 @@ def lme(
         # re-issued below so that they point at the caller
         warnings.simplefilter("ignore")
         if structured:
-            rows = frame.loc[design.row_index]
-            if design.weights is not None:  # prior weights with a correlation: varFixed
-                rows = rows.assign(__prior_variance__=1.0 / design.weights)
-                var = varFixed("~ __prior_variance__")
-                design.weights = None
-            with single_threaded_blas():
-                struct = ResidualStructure(correlation, var, rows, level_specs[-1][0])
-                est = estimate_lmm(design, struct, method == "REML")
-                fit = LmerFit(design, est.crit, est.theta_record, REML=method == "REML",
-                              data_name=data_name)  # fmt: skip
-            fit.optinfo.messages.extend(est.record.messages)
-            if not est.record.converged:
-                fit.optinfo.converged = False
+            fit, struct, est = fit_structured(
+                design, frame, correlation, var, level_specs[-1][0], method == "REML", data_name
+            )
         else:
             fit = fit_design(design, REML=method == "REML", data_name=data_name)
     warn_about(fit)
@@ -300,6 +290,29 @@ def lme(
         idx = next(i for i, r in enumerate(design.random) if frozenset(r.term.group) == key)
         lvls.append(LmeLevel(groups, rhs, idx))
     return LmeFit(fit, lvls, fixed=fixed, random=random, struct=struct, est=est)
+
+
+def fit_structured(
+    design, frame, correlation, var, default_groups: tuple[str, ...], REML: bool, data_name: str
+) -> tuple[LmerFit, ResidualStructure, StructuredEstimate]:
+    """The LMM of ``design`` with a residual correlation structure and/or
+    variance function (:mod:`multilevel.longitudinal`): the structure bound to
+    the design's rows (correlation groups by default ``default_groups``, the
+    innermost grouping), ω and θ estimated, the fit at ω̂.  Prior weights
+    given with a structure become nlme's ``varFixed``."""
+    rows = frame.loc[design.row_index]
+    if design.weights is not None:
+        rows = rows.assign(__prior_variance__=1.0 / design.weights)
+        var = varFixed("~ __prior_variance__")
+        design.weights = None
+    with single_threaded_blas():
+        struct = ResidualStructure(correlation, var, rows, default_groups)
+        est = estimate_lmm(design, struct, REML)
+        fit = LmerFit(design, est.crit, est.theta_record, REML=REML, data_name=data_name)
+    fit.optinfo.messages.extend(est.record.messages)
+    if not est.record.converged:
+        fit.optinfo.converged = False
+    return fit, struct, est
 
 
 def _chain(node: Node) -> list[tuple[str, Node]]:
