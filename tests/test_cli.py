@@ -55,6 +55,34 @@ def test_errors_are_one_line_with_status_2(args, message, sleep_csv, capsys):
     assert "Traceback" not in err
 
 
+def test_glmm_ordinal_levels_and_ddf(tmp_path, capsys):
+    cbpp = tmp_path / "cbpp.csv"
+    ml.datasets.load("cbpp").to_csv(cbpp, index=False)
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    period = ["--levels", "period=1,2,3,4"]
+    assert main(["fit", str(cbpp), formula, "--family", "binomial", "--json", *period]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "glmer" and res["loglik"] == pytest.approx(-92.02628, abs=1e-4)
+    assert main(["fit", str(cbpp), formula, "--family", "binomial", "--nAGQ", "5"]) == 0
+    assert "nAGQ = 5" in capsys.readouterr().out
+    wine = tmp_path / "wine.csv"
+    ml.datasets.load("wine").to_csv(wine, index=False)
+    assert main(["fit", str(wine), "rating ~ temp + contact + (1 | judge)", "--ordinal",
+                 "--json"]) == 0  # fmt: skip
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "clmm" and res["loglik"] == pytest.approx(-81.5654, abs=1e-3)
+    assert main(["fit", str(wine), "rating ~ temp + (1 | judge)", "--ordinal",
+                 "--levels", "temp=warm,cold"]) == 0  # fmt: skip
+    assert "tempcold" in capsys.readouterr().out
+    sleep = tmp_path / "sleep.csv"
+    ml.datasets.load("sleepstudy").to_csv(sleep, index=False)
+    assert main(["fit", str(sleep), "Reaction ~ Days + (Days | Subject)", "--ddf",
+                 "Satterthwaite"]) == 0  # fmt: skip
+    assert "Pr(>|t|)" in capsys.readouterr().out
+    assert main(["fit", str(sleep), "Reaction ~ Days + (1 | Subject)", "--levels", "Days"]) == 2
+    assert "--levels takes COLUMN=" in capsys.readouterr().err
+
+
 def test_datasets_lists_bundled_data(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out

@@ -423,6 +423,59 @@ class GlmerFit(MixedModelFit):
 
         return linear_predictor(self.design, self._beta, self._b, frame, include, allow_new)
 
+    # -- export ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Every number of the summary as plain Python types (JSON-ready)."""
+        vc = self.varcorr
+        fp = self.family_param
+        return {
+            "model": "glmer",
+            "formula": self.formula,
+            "family": self.family.name,
+            "link": self.family.link.name,
+            "method": self.method,
+            "nAGQ": self.nAGQ,
+            "nobs": self.nobs,
+            "n_dropped": self.design.n_dropped,
+            "ngroups": dict(self.ngroups),
+            "fixef": {k: float(v) for k, v in self.fixef.items()},
+            "se": {k: float(v) for k, v in self.se.items()},
+            "z": {k: float(v) for k, v in self.zvalues.items()},
+            "p": {k: float(v) for k, v in self.pvalues.items()},
+            "vcov": self.vcov.to_numpy().tolist(),
+            "varcorr": [
+                {
+                    "grp": r.grp,
+                    "var1": None if pd.isna(r.var1) else r.var1,
+                    "var2": None if pd.isna(r.var2) else r.var2,
+                    "vcov": float(r.vcov),
+                    "sdcor": float(r.sdcor),
+                }
+                for r in vc.itertuples()
+            ],
+            "family_param": {k: float(v) for k, v in fp.items()},
+            "loglik": self.loglik,
+            "loglik_se": self.loglik_se,
+            "aic": self.aic,
+            "bic": self.bic,
+            "deviance": self.deviance,
+            "df_resid": self.df_resid,
+            "singular": self.singular,
+            "converged": self.converged,
+            "messages": list(self.design.messages) + list(self.optinfo.messages),
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        """Every number of the summary as JSON (non-finite values as null)."""
+        from multilevel.report import to_json
+
+        return to_json(self.to_dict(), **kwargs)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self.summary()))}</pre>"
+
     # -- printing ----------------------------------------------------------------------------
     def summary(self) -> GlmerSummary:
         """lme4-style summary; ``print(fit.summary())`` shows it."""
