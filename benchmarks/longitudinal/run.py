@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -76,13 +77,28 @@ def simulate(n: int):
     return pd.DataFrame({"subject": subject, "t": t.astype(int), "y": y})
 
 
+def data_path(n: int) -> Path:
+    return DATA_DIR / f"ar1_n{n}_seed{SEED}.csv"
+
+
+def write_data(n: int) -> None:
+    path = data_path(n)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    simulate(n).to_csv(tmp, index=False)  # shortest round-trip float repr
+    tmp.replace(path)
+
+
 def data_file(n: int) -> Path:
-    path = DATA_DIR / f"ar1_n{n}_seed{SEED}.csv"
+    """The CSV for ``n`` subjects, simulated (in a subprocess) if missing.
+
+    The driver itself never imports numpy or pandas: a child's peak RSS
+    (ru_maxrss) starts from its parent's RSS at fork, so the driver stays small.
+    """
+    path = data_path(n)
     if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        simulate(n).to_csv(tmp, index=False)  # shortest round-trip float repr
-        tmp.replace(path)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--simulate", str(n)],
+                       check=True)  # fmt: skip
     return path
 
 
@@ -173,36 +189,35 @@ def run_measured(
     latest ``start_marker`` line on stdout if given (else from the start); on
     expiry the group is killed. Returns output, exit status, the child's peak
     RSS (wait4) and the share of the cores other processes used meanwhile."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
         load0 = os.getloadavg()
         b0, t0 = busy_seconds(), time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, start_new_session=True)
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, start_new_session=True)
         clock_from = t0
         killed = False
         seen = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(0.5)
-            if start_marker is not None:
-                out.flush()
-                with open(out.fileno(), closefd=False) as fh:
-                    fh.seek(seen)
-                    chunk = fh.read()
-                if start_marker in chunk:
-                    clock_from = time.monotonic()
+        with open(out_path) as watch:  # its own file offset
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.5)
+                if start_marker is not None:
+                    watch.seek(seen)
+                    chunk = watch.read()
                     seen += len(chunk)
-            if timeout is not None and time.monotonic() - clock_from > timeout and not killed:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
+                    if start_marker in chunk:
+                        clock_from = time.monotonic()
+                if timeout is not None and time.monotonic() - clock_from > timeout and not killed:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed = True
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - t0
         busy = busy_seconds() - b0
         child_cpu = usage.ru_utime + usage.ru_stime
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+        stdout, stderr = out_path.read_text(), err_path.read_text()
     result = None
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
@@ -235,7 +250,8 @@ def run_nlme(csv: Path, timeout: float) -> dict[str, Any]:
     rec.update({k: v for k, v in res.items() if k != "ok"})
     rec["ok"] = bool(res.get("ok")) and rec["returncode"] == 0
     if rec["ok"]:
-        rec["status"] = "ok" + (" (retried with opt = 'optim')" if rec["retried_with_optim"] else "")
+        retried = rec["retried_with_optim"]
+        rec["status"] = "ok" + (" (retried with opt = 'optim')" if retried else "")
     elif rec["timed_out"]:
         rec["status"] = f"did not finish in {timeout / 60:g} min (killed)"
     elif rec["returncode"] == -signal.SIGKILL:
@@ -250,22 +266,16 @@ def run_nlme(csv: Path, timeout: float) -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    import numpy
-    import pandas
-    import scipy
-
-    v: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "scipy": scipy.__version__,
-    }
+    v: dict[str, Any] = {"python": sys.version.split()[0]}
+    code = (
+        "import json, numpy, pandas, scipy, multilevel; print(json.dumps({"
+        "'numpy': numpy.__version__, 'pandas': pandas.__version__, "
+        "'scipy': scipy.__version__, 'multilevel': getattr(multilevel, '__version__', '?')}))"
+    )
     try:
-        import multilevel
-
-        v["multilevel"] = getattr(multilevel, "__version__", "?")
-    except ImportError as exc:
-        v["multilevel"] = f"not importable: {exc}"
+        v.update(json.loads(subprocess.check_output([sys.executable, "-c", code], text=True)))
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        v["python_packages"] = f"unavailable: {exc}"
     try:
         v["R"] = subprocess.run(
             ["Rscript", "-e", 'cat(R.version.string, as.character(packageVersion("nlme")))'],
@@ -287,9 +297,11 @@ def git_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    diff = git("diff", "HEAD", "--", "src")
     return {
         "commit": git("rev-parse", "HEAD"),
         "src_modified": git("status", "--porcelain", "src").splitlines(),
+        "src_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None,
     }
 
 
@@ -374,6 +386,7 @@ def print_table(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> No
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", metavar="CSV", help=argparse.SUPPRESS)
+    ap.add_argument("--simulate", type=int, metavar="N", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="1000,10000,100000", help="subjects, comma-separated")
     ap.add_argument("--repeats", type=int, default=3, help="multilevel runs per size")
     ap.add_argument("--nlme-small-repeats", type=int, default=2, help="nlme runs at the smallest")
@@ -386,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         worker(args.worker)
+        return 0
+    if args.simulate:
+        write_data(args.simulate)
         return 0
 
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
@@ -472,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
 
     meta["machine"]["loadavg_end"] = os.getloadavg()
+    meta["git_end"] = git_state()  # the source tree may be edited while this runs
+    meta["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     meta["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     write(args.output, meta, records, sizes)
     print()

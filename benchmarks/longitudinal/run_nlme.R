@@ -22,7 +22,7 @@ json_str <- function(x) {
   x <- gsub("[\r\n\t]", " ", x)
   paste0("\"", x, "\"")
 }
-json_num <- function(x) if (is.null(x) || is.na(x)) "null" else sprintf("%.12g", x)
+json_num <- function(x) if (is.null(x) || is.na(x)) "null" else sprintf("%.17g", x)
 
 is_memory_error <- function(e) grepl("cannot allocate|memory", conditionMessage(e), ignore.case = TRUE)
 
