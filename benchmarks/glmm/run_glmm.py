@@ -7,10 +7,10 @@ API used:
     glmm.fit(df, formula, family="gamma", link="log", nagq=K)              # Gamma(log)
 
 (the case's family mapped by ``FAMILIES``; the ``"ordinal"`` clmm cases are
-marked unsupported in ``run.py``: glmm 0.6.2 has no cumulative link model).  Negative binomial: NB2, the shape
-θ estimated (``Fit.dispersion`` is θ̂); Gamma: the dispersion φ = 1/shape
-estimated, by maximum likelihood on a GLMM (glmm's docstrings; its reported
-log-likelihood then equals −deviance/2).
+marked unsupported in ``run.py``: glmm 0.6.2 has no cumulative link model).
+Negative binomial: NB2, the shape θ estimated (``Fit.dispersion`` is θ̂);
+Gamma: the dispersion φ = 1/shape estimated, by maximum likelihood on a GLMM
+(glmm's docstrings; its reported log-likelihood then equals −deviance/2).
 
 ``nagq`` is the number of adaptive Gauss–Hermite nodes (odd, 1..25; 1 =
 Laplace; > 1 only for a single grouping factor).  A binomial response with

@@ -75,7 +75,9 @@ def info(case: cases.Case, m) -> common.FitInfo:
             | {k: float(v) for k, v in m.fixef.items()},
             converged=bool(m.converged),
             note=f"{m.optinfo.optimizer}; "
-            + "; ".join(f"sd {g} {float(sd):.6f}" for g, sd in zip(vc["grp"], vc["sdcor"])),
+            + "; ".join(
+                f"sd {g} {float(sd):.6f}" for g, sd in zip(vc["grp"], vc["sdcor"], strict=True)
+            ),
         )
     return common.FitInfo(
         evals=int(m.optinfo.evals),
