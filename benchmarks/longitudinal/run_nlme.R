@@ -22,7 +22,9 @@ json_str <- function(x) {
   x <- gsub("[\r\n\t]", " ", x)
   paste0("\"", x, "\"")
 }
-json_num <- function(x) if (is.null(x) || is.na(x)) "null" else sprintf("%.17g", x)
+json_num <- function(x, digits = 10) {
+  if (is.null(x) || is.na(x)) "null" else sprintf(paste0("%.", digits, "g"), x)
+}
 
 is_memory_error <- function(e) grepl("cannot allocate|memory", conditionMessage(e), ignore.case = TRUE)
 
@@ -84,8 +86,8 @@ cat("RESULT ", paste0(
   ", \"elapsed_s\": ", json_num(final$res$elapsed),
   ", \"cpu_s\": ", json_num(final$res$cpu),
   ", \"gc_max_mb\": ", json_num(final$res$gc_max_mb),
-  ", \"loglik\": ", json_num(ll),
-  ", \"phi\": ", json_num(phi),
+  ", \"loglik\": ", json_num(ll, 17),
+  ", \"phi\": ", json_num(phi, 17),
   ", \"nobs\": ", nrow(d),
   ", \"ngroups\": ", nlevels(d$subject),
   ", \"attempts\": [", paste(att_json, collapse = ", "), "]",
