@@ -106,10 +106,9 @@ def whitened_rows(design, struct: ResidualStructure) -> _Whitened:
     return _Whitened(struct, [], design.X, y, (design.intercept_columns()[0], []), [])
 
 
-def _search(profile, x0: np.ndarray, free: np.ndarray | None = None, fg=None) -> OptRecord:
+def _search(profile, x0: np.ndarray, free: np.ndarray | None = None) -> OptRecord:
     """Minimise the profile over ω's free entries from x0 (the others held):
-    BFGS and Newton steps where ``fg`` gives the profile's gradient, else Brent
-    for one parameter and BOBYQA and Newton steps for several (no bounds:
+    Brent for one parameter, BOBYQA and Newton steps for several (no bounds:
     every scale is unconstrained).  The record is in the full ω."""
     if free is not None and not free.all():
         x0 = np.asarray(x0, float)
@@ -119,14 +118,7 @@ def _search(profile, x0: np.ndarray, free: np.ndarray | None = None, fg=None) ->
             x[free] = z
             return x
 
-        sub_fg = None
-        if fg is not None:
-
-            def sub_fg(z):
-                v, g = fg(full(z))
-                return v, g[free]
-
-        rec = _search(lambda z: profile(full(z)), x0[free], None, sub_fg)
+        rec = _search(lambda z: profile(full(z)), x0[free])
         rec.theta = full(rec.theta)
         g = np.zeros(x0.size)
         g[free] = rec.gradient
@@ -135,8 +127,6 @@ def _search(profile, x0: np.ndarray, free: np.ndarray | None = None, fg=None) ->
     if x0.size == 0:
         return OptRecord("none", "CONVERGED", True, 1, float(profile(x0)), x0, np.zeros(0), [])
     with np.errstate(all="ignore"):
-        if fg is not None:
-            return minimize_theta(profile, x0, np.full(x0.size, -np.inf), value_and_gradient=fg)
         if x0.size > 1:
             return minimize_theta(profile, x0, np.full(x0.size, -np.inf), xtol=1e-7, ftol=1e-9)
         from scipy.optimize import minimize_scalar
@@ -221,34 +211,8 @@ def estimate_lmm(design, struct: ResidualStructure, REML: bool) -> StructuredEst
         crit, trec = optimize_in_basis(cp, w.basis, w.qs, REML, -logdet, None)
         return crit, trec, logdet
 
-    def at_theta(w: _Whitened, omega: np.ndarray, theta: np.ndarray) -> float:
-        parts, logdet = w.at(omega)
-        if parts is None:
-            return np.inf
-        Zw, Xw, yw = parts
-        cp = cross_products(Zw, w.codes, nlevels, Xw, yw)
-        return float(ProfiledCriterion(cp, templates(w.qs), REML, -logdet)(theta))
-
-    def profile_fg(w: _Whitened, omega: np.ndarray, free: np.ndarray):
-        """The profile and its gradient: at θ̂(ω) the profile's derivative is
-        the criterion's partial derivative in ω at fixed θ̂ (the envelope
-        theorem), by central differences — no search for θ at the steps."""
-        v = profile(w, omega)
-        g = np.zeros(omega.size)
-        theta = state["theta"]
-        if not np.isfinite(v) or theta is None:
-            return v, g
-        for j in np.flatnonzero(free):  # the structure's parameters, a handful
-            h = 1e-4 * max(1.0, abs(float(omega[j])))
-            up, dn = omega.copy(), omega.copy()
-            up[j] += h
-            dn[j] -= h
-            g[j] = (at_theta(w, up, theta) - at_theta(w, dn, theta)) / (2 * h)
-        return v, g
-
     return _with_fitted_rounds(
-        struct, make, profile, finish, lambda crit, trec: _lmm_fitted(design, crit, trec, REML),
-        profile_fg,
+        struct, make, profile, finish, lambda crit, trec: _lmm_fitted(design, crit, trec, REML)
     )
 
 
@@ -259,7 +223,7 @@ def _lmm_fitted(design, crit, trec, REML: bool) -> np.ndarray:
     return LmerFit(design, crit, trec, REML=REML)._fitted
 
 
-def _with_fitted_rounds(struct, make, profile, finish, fitted_of, profile_fg=None):
+def _with_fitted_rounds(struct, make, profile, finish, fitted_of):
     """ω's search, repeated with the fitted values updated while a variance
     function depends on them (module docstring)."""
     var = struct.var
@@ -276,8 +240,7 @@ def _with_fitted_rounds(struct, make, profile, finish, fitted_of, profile_fg=Non
     w = make()
     while True:
         rounds += 1
-        fg = None if profile_fg is None else (lambda o: profile_fg(w, o, struct.free))
-        rec = _search(lambda o: profile(w, o), x, struct.free, fg)
+        rec = _search(lambda o: profile(w, o), x, struct.free)
         crit, trec, logdet = finish(w, rec.theta)
         change = float(np.max(np.abs(rec.theta - x), initial=0.0))
         x = np.asarray(rec.theta, float)
