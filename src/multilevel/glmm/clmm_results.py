@@ -140,10 +140,12 @@ class ClmmFit(GlmerFit):
              "Pr(>|z|)": self.pvalues}
         )  # fmt: skip
 
-    def confint(self, level: float = 0.95) -> pd.DataFrame:
+    def confint(self, method: str = "Wald", level: float = 0.95) -> pd.DataFrame:
         """Wald intervals for alpha and β (ordinal's ``confint`` for clmm)."""
         from scipy.stats import norm
 
+        if str(method).lower() != "wald":
+            raise ModelError(f"clmm has Wald intervals only (as ordinal), not method={method!r}")
         if not 0 < level < 1:
             raise ModelError(f"level must be between 0 and 1, not {level!r}")
         z = norm.ppf(0.5 + level / 2)

@@ -423,6 +423,13 @@ class GlmerFit(MixedModelFit):
 
         return linear_predictor(self.design, self._beta, self._b, frame, include, allow_new)
 
+    def confint(self, method: str = "Wald", level: float = 0.95) -> pd.DataFrame:
+        """Wald intervals of the fixed effects, β̂ ± z·SE (lme4's
+        ``confint(method = "Wald")``)."""
+        from multilevel.inference.profile import confint
+
+        return confint(self, method=method, level=level)
+
     # -- export ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Every number of the summary as plain Python types (JSON-ready)."""

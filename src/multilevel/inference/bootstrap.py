@@ -244,6 +244,11 @@ def bootstrap(
     in that many processes (results do not depend on it).  ``progress`` shows
     a progress bar (tqdm if installed, otherwise a line on stderr).
     """
+    if hasattr(fit, "family"):
+        raise ModelError(
+            "the parametric bootstrap is implemented for linear mixed models; for a GLMM use "
+            "fit.simulate() and refit, or confint(fit, method='Wald')"
+        )
     if nsim < 1:
         raise ModelError(f"nsim must be at least 1, not {nsim}")
     stat = statistic if statistic is not None else default_statistic

@@ -238,6 +238,11 @@ def profile(
 
     from multilevel.inference.anova import refit_ml
 
+    if hasattr(fit, "family"):
+        raise ModelError(
+            "likelihood profiles are implemented for linear mixed models; for a GLMM use "
+            "confint(fit, method='Wald')"
+        )
     if not 0 < level < 1:
         raise ModelError(f"level must be between 0 and 1, not {level}")
     with warnings.catch_warnings():
@@ -370,6 +375,14 @@ def confint(
     from scipy import stats  # imported when used (0.5 s)
 
     meth = method.lower()
+    if hasattr(fit, "family") and meth != "wald":
+        raise ModelError(
+            f"method={method!r} intervals are implemented for linear mixed models; for a "
+            "GLMM or an ordinal model use method='Wald' (fixed effects and thresholds)"
+        )
+    if meth == "wald" and hasattr(fit, "thresholds"):  # an ordinal model: thresholds too
+        out = fit.confint(level=level)
+        return out if which is None else out.loc[[which] if isinstance(which, str) else list(which)]
     if meth == "profile":
         return profile(fit, which=which, level=level).ci
     if meth == "wald":
