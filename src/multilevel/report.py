@@ -269,6 +269,33 @@ def random_effects_block(fit) -> str:
     )
 
 
+def varcorr_records(vc) -> list[dict]:
+    """The rows of a fit's ``varcorr`` table as plain dicts (JSON-ready)."""
+    return [
+        {
+            "grp": r.grp,
+            "var1": r.var1 if isinstance(r.var1, str) else None,
+            "var2": r.var2 if isinstance(r.var2, str) else None,
+            "vcov": float(r.vcov),
+            "sdcor": float(r.sdcor),
+        }
+        for r in vc.itertuples()
+    ]
+
+
+class TextExport:
+    """``to_json`` of a fit's ``to_dict()`` and the notebook view of its summary."""
+
+    def to_json(self, **kwargs) -> str:
+        """Every number of the summary as JSON (non-finite values as null)."""
+        return to_json(self.to_dict(), **kwargs)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self.summary()))}</pre>"
+
+
 def to_json(d: dict, **kwargs) -> str:
     """JSON of a fit's numbers; NaN and infinities become null (strict JSON
     has no token for them)."""

@@ -24,7 +24,14 @@ import pandas as pd
 from multilevel.errors import ModelError
 from multilevel.glmm.results import SIGNIF_LEGEND, GlmerFit
 from multilevel.optimize.stage2 import vcov_from_hessian
-from multilevel.report import format_pvalues, format_r, random_effects_block, stars, table
+from multilevel.report import (
+    format_pvalues,
+    format_r,
+    random_effects_block,
+    stars,
+    table,
+    varcorr_records,
+)
 
 
 class ClmmFit(GlmerFit):
@@ -235,7 +242,6 @@ class ClmmFit(GlmerFit):
 
     def to_dict(self) -> dict[str, Any]:
         """Every number of the summary as plain Python types (JSON-ready)."""
-        vc = self.varcorr
         return {
             "model": "clmm",
             "formula": self.formula,
@@ -254,16 +260,7 @@ class ClmmFit(GlmerFit):
             "z": _floats(self.zvalues),
             "p": _floats(self.pvalues),
             "vcov": self.vcov.to_numpy().tolist(),
-            "varcorr": [
-                {
-                    "grp": r.grp,
-                    "var1": None if pd.isna(r.var1) else r.var1,
-                    "var2": None if pd.isna(r.var2) else r.var2,
-                    "vcov": float(r.vcov),
-                    "sdcor": float(r.sdcor),
-                }
-                for r in vc.itertuples()
-            ],
+            "varcorr": varcorr_records(self.varcorr),
             "loglik": self.loglik,
             "aic": self.aic,
             "bic": self.bic,
@@ -271,17 +268,6 @@ class ClmmFit(GlmerFit):
             "converged": self.converged,
             "messages": list(self.design.messages) + list(self.optinfo.messages),
         }
-
-    def to_json(self, **kwargs: Any) -> str:
-        """Every number of the summary as JSON (non-finite values as null)."""
-        from multilevel.report import to_json
-
-        return to_json(self.to_dict(), **kwargs)
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self.summary()))}</pre>"
 
     def __repr__(self) -> str:
         return (

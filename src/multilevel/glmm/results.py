@@ -24,6 +24,7 @@ from multilevel.glmm.montecarlo import DEFAULT_DF, Draws, MCEstimate, mc_loglik,
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.record import OptRecord
 from multilevel.report import (
+    TextExport,
     correlation_block,
     format_pvalues,
     format_r,
@@ -31,6 +32,7 @@ from multilevel.report import (
     random_effects_block,
     stars,
     table,
+    varcorr_records,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from multilevel.glmm.pirls import Mode, PirlsProblem
 
 
-class GlmerFit(MixedModelFit):
+class GlmerFit(TextExport, MixedModelFit):
     """A generalized linear mixed model fitted by :func:`multilevel.glmer`.
 
     Beyond the lme4-style accessors: ``method`` ("laplace", "agq", "mc") and
@@ -433,7 +435,6 @@ class GlmerFit(MixedModelFit):
     # -- export ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Every number of the summary as plain Python types (JSON-ready)."""
-        vc = self.varcorr
         fp = self.family_param
         return {
             "model": "glmer",
@@ -450,16 +451,7 @@ class GlmerFit(MixedModelFit):
             "z": {k: float(v) for k, v in self.zvalues.items()},
             "p": {k: float(v) for k, v in self.pvalues.items()},
             "vcov": self.vcov.to_numpy().tolist(),
-            "varcorr": [
-                {
-                    "grp": r.grp,
-                    "var1": None if pd.isna(r.var1) else r.var1,
-                    "var2": None if pd.isna(r.var2) else r.var2,
-                    "vcov": float(r.vcov),
-                    "sdcor": float(r.sdcor),
-                }
-                for r in vc.itertuples()
-            ],
+            "varcorr": varcorr_records(self.varcorr),
             "family_param": {k: float(v) for k, v in fp.items()},
             "loglik": self.loglik,
             "loglik_se": self.loglik_se,
@@ -471,17 +463,6 @@ class GlmerFit(MixedModelFit):
             "converged": self.converged,
             "messages": list(self.design.messages) + list(self.optinfo.messages),
         }
-
-    def to_json(self, **kwargs: Any) -> str:
-        """Every number of the summary as JSON (non-finite values as null)."""
-        from multilevel.report import to_json
-
-        return to_json(self.to_dict(), **kwargs)
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self.summary()))}</pre>"
 
     # -- printing ----------------------------------------------------------------------------
     def summary(self) -> GlmerSummary:

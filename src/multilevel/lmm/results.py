@@ -21,6 +21,7 @@ from multilevel.formula.newdata import fitted_predictor, linear_predictor, re_fo
 from multilevel.lmm.estimate import estimate
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.record import OptRecord
+from multilevel.report import varcorr_records
 from multilevel.threads import single_threaded_blas
 
 if TYPE_CHECKING:
@@ -295,7 +296,6 @@ class LmerFit(MixedModelFit):
     def to_dict(self) -> dict[str, Any]:
         """Every number of the summary as plain Python types (JSON-ready)."""
         q = self.residual_quantiles()
-        vc = self.varcorr
         return {
             "model": "lmer",
             "formula": self.formula,
@@ -307,16 +307,7 @@ class LmerFit(MixedModelFit):
             "se": _floats(self.se),
             "t": _floats(self.tvalues),
             "vcov": self.vcov.to_numpy().tolist(),
-            "varcorr": [
-                {
-                    "grp": r.grp,
-                    "var1": None if pd.isna(r.var1) else r.var1,
-                    "var2": None if pd.isna(r.var2) else r.var2,
-                    "vcov": float(r.vcov),
-                    "sdcor": float(r.sdcor),
-                }
-                for r in vc.itertuples()
-            ],
+            "varcorr": varcorr_records(self.varcorr),
             "theta": _floats(self.theta),
             "sigma": self.sigma,
             "loglik": self.loglik,

@@ -266,13 +266,12 @@ class corARMA(CorStruct):  # noqa: N801
         rho = float(np.max(inv, initial=0.0))
         n = maxlag + 50 + (int(np.log(1e-17) / np.log(rho)) if 0 < rho < 1 else 0)
         n = min(n, maxlag + 200_000)
-        psi = np.zeros(n)
-        psi[0] = 1.0
-        for j in range(1, n):  # ψ-weights are a recursion in j
-            acc = theta[j - 1] if j <= self.q else 0.0
-            for i in range(1, min(j, self.p) + 1):
-                acc += phi[i - 1] * psi[j - i]
-            psi[j] = acc
+        from scipy import signal  # scipy.signal is slow to import: when used
+
+        # ψ is the impulse response of (1 + θB)/(1 − φB): one filter pass
+        impulse = np.zeros(n)
+        impulse[0] = 1.0
+        psi = signal.lfilter(np.r_[1.0, theta], np.r_[1.0, -phi], impulse)
         g = np.array([psi[: n - h] @ psi[h:] for h in range(maxlag + 1)])
         return g / g[0]
 

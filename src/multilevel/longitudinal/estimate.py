@@ -89,8 +89,10 @@ class _Whitened:
         tmpl = templates(self.qs)
         return ScaledCriterion(ProfiledCriterion(cp, tmpl, REML, -logdet), self.basis, tmpl)
 
+    with_var = True  # False: the structure without its variance function
+
     def at(self, omega: np.ndarray):
-        Mw, logdet = self.struct.whiten(omega, self.M)
+        Mw, logdet = self.struct.whiten(omega, self.M, self.with_var)
         if not np.isfinite(logdet) or not np.all(np.isfinite(Mw)):
             return None, np.inf
         out, k = [], 0
@@ -237,10 +239,11 @@ def _with_fitted_rounds(struct, make, profile, finish, fitted_of):
     rounds = 0
     if var is not None and var.uses_fitted:
         # the first fitted values: the model without the variance function
-        w = make_without_var(struct, make)
+        w = make()
+        w.with_var = False
         nc = struct.nc
-        rec0 = _search(lambda o: profile(w, o), x[:nc], struct.free[:nc])
-        crit, trec, _ = finish(w, rec0.theta)
+        rec0 = _search(lambda o: profile(w, np.r_[o, x[nc:]]), x[:nc], struct.free[:nc])
+        crit, trec, _ = finish(w, np.r_[rec0.theta, x[nc:]])
         var.set_fitted(fitted_of(crit, trec))
         x = np.concatenate([rec0.theta, x[nc:]])
     w = make()
@@ -271,34 +274,6 @@ def _with_fitted_rounds(struct, make, profile, finish, fitted_of):
     return StructuredEstimate(
         x, rec, logdet, crit=crit, theta_record=trec, rounds=rounds, whitened=w
     )
-
-
-def make_without_var(struct: ResidualStructure, make):
-    """The same model without its variance function (for the first fitted values)."""
-    var = struct.var
-    struct.var, nv = None, struct.nv
-    struct.nv = 0
-    try:
-        w = make()
-    finally:
-        struct.var, struct.nv = var, nv
-    w.struct = _NoVar(struct)
-    return w
-
-
-class _NoVar:
-    """A structure's view without its variance function."""
-
-    def __init__(self, struct: ResidualStructure):
-        self.s = struct
-
-    def whiten(self, omega, M):
-        var, nv = self.s.var, self.s.nv
-        self.s.var, self.s.nv = None, 0
-        try:
-            return self.s.whiten(omega, M)
-        finally:
-            self.s.var, self.s.nv = var, nv
 
 
 # --------------------------------------------------------------------------- gls

@@ -315,15 +315,8 @@ class varComb(VarFunc):  # noqa: N801
         return "Combination of variance functions"
 
 
-def as_varfunc(weights) -> VarFunc | None:
-    """``weights=`` of lme/gls: a variance function, or None for anything else
-    (prior weights keep their meaning)."""
-    return weights if isinstance(weights, VarFunc) else None
-
-
 __all__ = [
     "VarFunc",
-    "as_varfunc",
     "varComb",
     "varConstPower",
     "varExp",

@@ -151,12 +151,16 @@ class ResidualStructure:
         return x[: self.nc], x[self.nc :]
 
     # -- whitening
-    def whiten(self, x: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, float]:
+    def whiten(
+        self, x: np.ndarray, M: np.ndarray, with_var: bool = True
+    ) -> tuple[np.ndarray, float]:
         """L⁻¹M for rows M in the model's order (n, k), returned in the
-        structure's order (``order``: by group and position), and log|V|."""
+        structure's order (``order``: by group and position), and log|V|;
+        ``with_var=False`` leaves the variance function out (x still holds
+        its parameters)."""
         xc, xv = self.split(np.asarray(x, float))
         logdet = 0.0
-        if self.var is not None:
+        if self.var is not None and with_var:
             s = self.var.sd(xv)
             if not np.all(np.isfinite(s)) or np.any(s <= 0):
                 return np.full_like(M, np.nan), np.inf

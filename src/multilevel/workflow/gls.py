@@ -32,6 +32,7 @@ from multilevel.longitudinal.estimate import StructuredEstimate, estimate_gls, w
 from multilevel.longitudinal.variance import VarFunc, varFixed
 from multilevel.longitudinal.whiten import ResidualStructure
 from multilevel.optimize.hessian import fd_hessian
+from multilevel.report import TextExport
 from multilevel.threads import single_threaded_blas
 
 
@@ -93,7 +94,7 @@ def gls(
     return fit
 
 
-class GlsFit:
+class GlsFit(TextExport):
     """A model fitted by :func:`gls`, with nlme's accessors."""
 
     nlme_style = True  # anova() compares as nlme's: in the order given, no refit
@@ -320,16 +321,6 @@ class GlsFit:
             "converged": self.converged,
             "messages": list(self.design.messages) + list(self.optinfo.messages),
         }
-
-    def to_json(self, **kwargs: Any) -> str:
-        from multilevel.report import to_json
-
-        return to_json(self.to_dict(), **kwargs)
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self.summary()))}</pre>"
 
     def __repr__(self) -> str:
         return f"<GlsFit {self.method}: {self.model}; nobs={self.nobs}, loglik={self.loglik:.4f}>"
