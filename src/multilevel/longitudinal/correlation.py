@@ -89,12 +89,17 @@ class CorStruct:
     def group_matrix(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """The correlation matrix of one group's errors at positions ``pos``
         (m,) or coordinates (m, d)."""
-        if pos.ndim == 1:
-            D = np.abs(pos[:, None] - pos[None, :])
+        return self.group_matrices(x, pos[None])[0]
+
+    def group_matrices(self, x: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """The correlation matrices of G groups of m errors at once, from
+        positions (G, m) or coordinates (G, m, d)."""
+        if P.ndim == 2:
+            D = np.abs(P[:, :, None] - P[:, None, :])
         else:
-            D = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(axis=2))
+            D = np.sqrt(((P[:, :, None, :] - P[:, None, :, :]) ** 2).sum(axis=3))
         C = np.ones_like(D)
-        off = ~np.eye(D.shape[0], dtype=bool)
+        off = np.broadcast_to(~np.eye(D.shape[1], dtype=bool), D.shape)
         C[off] = self.correlation(x, D[off])
         return C
 
@@ -279,8 +284,8 @@ class corARMA(CorStruct):  # noqa: N801
         k = np.rint(lag).astype(np.int64)
         return self.acf(x, int(k.max(initial=1)))[k]
 
-    def group_matrix(self, x, pos):
-        lag = np.rint(np.abs(pos[:, None] - pos[None, :])).astype(np.int64)
+    def group_matrices(self, x, P):
+        lag = np.rint(np.abs(P[:, :, None] - P[:, None, :])).astype(np.int64)
         return self.acf(x, int(lag.max(initial=1)))[lag]
 
     def describe(self):
@@ -347,9 +352,9 @@ class corSymm(CorStruct):  # noqa: N801
             x[k] = _atanh2(np.array([L[j, i] / math.sqrt(rem)]))[0]
         return x
 
-    def group_matrix(self, x, pos):
-        idx = np.rint(pos).astype(np.int64) - 1
-        return self.matrix(x)[np.ix_(idx, idx)]
+    def group_matrices(self, x, P):
+        idx = np.rint(P).astype(np.int64) - 1
+        return self.matrix(x)[idx[:, :, None], idx[:, None, :]]
 
     def describe(self):
         return "General"

@@ -207,7 +207,7 @@ class ResidualStructure:
                 out[rows] = np.einsum("ab,gbk->gak", A, M[rows])
                 logdet += len(idx) * ld
                 continue
-            C = np.stack([cor.group_matrix(xc, p) for p in P]) if _varies(P) else None
+            C = cor.group_matrices(xc, P) if _varies(P) else None
             if C is None:
                 C1 = cor.group_matrix(xc, P[0])
                 try:
