@@ -78,6 +78,11 @@ class ClmmFit(GlmerFit):
         )
 
     @property
+    def family_param(self) -> pd.Series:
+        """The family's own parameters: ordinal's threshold parameters (``alpha``)."""
+        return self.alpha
+
+    @property
     def fixef(self) -> pd.Series:
         """β̂ (no intercept: the thresholds take its place)."""
         return pd.Series(self._beta[1:], index=self.design.fixef_names[1:], name="Estimate")
