@@ -1,6 +1,6 @@
-"""Intervals of GLMMs and ordinal models: Wald (lme4's ``confint(method =
-"Wald")``, ordinal's ``confint``); profiles and the bootstrap are for LMMs
-and say so."""
+"""Wald intervals of GLMMs and ordinal models (lme4's ``confint(method =
+"Wald")``, ordinal's ``confint``); an ordinal model refuses profiles and the
+bootstrap.  GLMM profiles and the bootstrap: ``test_glmm_inference.py``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_wald_intervals(cbpp_fit):
     z = stats.norm.ppf(0.95)
     np.testing.assert_allclose(ci.iloc[:, 0], cbpp_fit.fixef - z * cbpp_fit.se)
     np.testing.assert_allclose(ci.iloc[:, 1], cbpp_fit.fixef + z * cbpp_fit.se)
-    pd.testing.assert_frame_equal(cbpp_fit.confint(level=0.9), ci)
+    pd.testing.assert_frame_equal(cbpp_fit.confint("Wald", level=0.9), ci)
 
 
 def test_ordinal_wald_intervals_include_thresholds():
@@ -40,10 +40,14 @@ def test_ordinal_wald_intervals_include_thresholds():
     "call, message",
     [
         (lambda f: ml.confint(f), "use method='Wald'"),
-        (lambda f: ml.profile(f), "linear mixed models"),
-        (lambda f: ml.bootstrap(f, nsim=2), "linear mixed models"),
+        (lambda f: ml.profile(f), "ordinal model"),
+        (lambda f: ml.bootstrap(f, nsim=2), "ordinal model"),
+        (lambda f: ml.ranova(f), "ordinal model"),
     ],
 )
-def test_lmm_only_methods_say_so(cbpp_fit, call, message):
+def test_ordinal_model_refuses_profiles_and_bootstrap(call, message):
+    wine = ml.datasets.load("wine")
+    wine["rating"] = pd.Categorical(wine["rating"], ordered=True)
+    f = ml.clmm("rating ~ temp + (1 | judge)", wine)
     with pytest.raises(ml.ModelError, match=message):
-        call(cbpp_fit)
+        call(f)

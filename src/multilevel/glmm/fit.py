@@ -47,6 +47,7 @@ constant, not the integration.  For 0/1 responses the term is 0.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -456,6 +457,18 @@ def fit_glmm(
         stage1=rec1,
         hessian=hess,
         data_name=data_name,
+    )
+    # refit() (a simulated response, the bootstrap) fits again this way
+    fit._engine = partial(
+        fit_glmm,
+        nAGQ=nAGQ,
+        method=method,
+        mc_samples=mc_samples,
+        seed=seed,
+        mc_df=mc_df,
+        data_name=data_name,
+        hessian=hessian,
+        result=result,
     )
     flag_runaway_variances(fit)
     flag_runaway_parameter(fit)

@@ -9,6 +9,7 @@ returned is in the order of the data.
 
 from __future__ import annotations
 
+import copy
 import math
 import textwrap
 from functools import cached_property
@@ -34,9 +35,11 @@ from multilevel.report import (
     table,
     varcorr_records,
 )
+from multilevel.threads import single_threaded_blas
 
 if TYPE_CHECKING:
     from multilevel.formula.design import Design
+    from multilevel.glmm.devfun import GlmmDevfun
     from multilevel.glmm.families import Family
     from multilevel.glmm.pirls import Mode, PirlsProblem
 
@@ -420,17 +423,44 @@ class GlmerFit(TextExport, MixedModelFit):
             cols[f"sim_{i + 1}"] = self.family.simulate(self.family.linkinv(eta), resp, rng)
         return pd.DataFrame(cols, index=self.design.row_index)
 
+    _engine: Any = None  # the fitting function with this fit's settings (set by fit_glmm)
+
+    def refit(self, newresp: Any) -> GlmerFit:
+        """The same model fitted to a new response (lme4's ``refit``): one value
+        per row used in the fit, on the scale of ``fit.y`` (proportions of the
+        same numbers of trials for a binomial response, as ``simulate`` gives).
+        Warnings are left to the caller."""
+        if self._engine is None:
+            raise ModelError("this fit cannot be refitted (it was not fitted in memory)")
+        y = np.asarray(newresp, dtype=float)
+        if y.shape != (self.nobs,):
+            raise ModelError(f"newresp needs {self.nobs} values, not {y.size}")
+        resp = self.family.new_response(self._prob.resp.take(self._inv), y)
+        design = copy.copy(self.design)
+        design.random = list(self.design.random)  # the fit orders the list in place
+        with single_threaded_blas():
+            return self._engine(design, copy.copy(self.family), resp)
+
+    def devfun(self) -> GlmmDevfun:
+        """The deviance as a function of (θ, β) in this fit's coordinates,
+        approximated as the fit was (:class:`multilevel.glmm.devfun.GlmmDevfun`)."""
+        from multilevel.glmm.devfun import GlmmDevfun
+
+        return GlmmDevfun(self)
+
     def _predict_new(self, frame: pd.DataFrame, include: list[bool], allow_new: bool) -> np.ndarray:
         from multilevel.formula.newdata import linear_predictor
 
         return linear_predictor(self.design, self._beta, self._b, frame, include, allow_new)
 
-    def confint(self, method: str = "Wald", level: float = 0.95) -> pd.DataFrame:
-        """Wald intervals of the fixed effects, β̂ ± z·SE (lme4's
-        ``confint(method = "Wald")``)."""
+    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
+        """Confidence intervals as lme4's ``confint``: likelihood profiles of the
+        random-effect SDs and correlations and the fixed effects (``"profile"``),
+        β̂ ± z·SE (``"Wald"``) or the parametric bootstrap (``"boot"``; nsim,
+        seed, ... passed on)."""
         from multilevel.inference.profile import confint
 
-        return confint(self, method=method, level=level)
+        return confint(self, method=method, level=level, **kwargs)
 
     # -- export ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

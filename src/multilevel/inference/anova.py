@@ -22,7 +22,9 @@ mass at 0).  That p-value is reported in the extra column
 with several columns is reduced by removing each non-intercept column group
 (``cses in (cses | school)``); a single-column term is dropped.  A reduced
 model is the full model with the corresponding θ entries fixed at 0 (row and
-column j of the term's template), so it is refit on the same cross-products.
+column j of the term's template), so it is refit on the same cross-products;
+a GLMM's reduced model minimises the fit's deviance function with those
+entries at 0 (:meth:`multilevel.glmm.results.GlmerFit.devfun`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from multilevel.covariance import templates
 from multilevel.errors import ModelError
 
 if TYPE_CHECKING:
@@ -274,7 +277,9 @@ def constrained_fit(fit: LmerFit, fixed_zero: np.ndarray) -> tuple[float, np.nda
 
 
 def ranova(fit: LmerFit, reduce_terms: bool = True) -> pd.DataFrame:
-    """Likelihood-ratio tests of the random-effects terms (lmerTest's ``ranova``).
+    """Likelihood-ratio tests of the random-effects terms (lmerTest's ``ranova``;
+    for a GLMM the same tests on its Laplace or quadrature deviance, the
+    reduced model minimised over all its parameters).
 
     One row for the model (``<none>``) and one per reduced model: a term with
     several columns loses each non-intercept column group in turn
@@ -285,8 +290,15 @@ def ranova(fit: LmerFit, reduce_terms: bool = True) -> pd.DataFrame:
     """
     from scipy import stats  # scipy.stats costs 0.5 s to import: when used
 
-    crit = fit.criterion
-    ntheta = len(fit.optinfo.theta)
+    glmm = _is_glmm(fit)
+    if hasattr(fit, "thresholds"):
+        raise ModelError("ranova is not available for an ordinal model")
+    if glmm:
+        devfun = fit.devfun()
+        tmpls = templates([r.q for r in fit.design.random])
+    else:
+        tmpls = fit.criterion.tmpl
+    ntheta = len(fit.theta) if glmm else len(fit.optinfo.theta)
     base_npar = _npar(fit)
     rows = [
         {
@@ -303,7 +315,7 @@ def ranova(fit: LmerFit, reduce_terms: bool = True) -> pd.DataFrame:
     # the formula's order of terms, not the engine's (ordered by levels)
     written = [t.text for t in fit.design.formula.random]
     terms = sorted(
-        zip(fit.design.random, crit.tmpl, strict=True),
+        zip(fit.design.random, tmpls, strict=True),
         key=lambda rt: written.index(rt[0].term.text) if rt[0].term.text in written else 0,
     )
     for r, tmpl in terms:
@@ -325,7 +337,7 @@ def ranova(fit: LmerFit, reduce_terms: bool = True) -> pd.DataFrame:
             mask = np.zeros(ntheta, dtype=bool)
             hit = np.isin(rows_t, cols) | np.isin(cols_t, cols)
             mask[idx[hit]] = True
-            value, _ = constrained_fit(fit, mask)
+            value = devfun.constrained(mask)[0] if glmm else constrained_fit(fit, mask)[0]
             ll = -0.5 * value
             npar = base_npar - int(mask.sum())
             df = base_npar - npar

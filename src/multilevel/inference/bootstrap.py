@@ -1,11 +1,12 @@
-"""Simulation from a fitted LMM and the parametric bootstrap.
+"""Simulation from a fitted LMM or GLMM and the parametric bootstrap.
 
 ``simulate`` draws new responses from the fitted model,
 
     y* = Xβ̂ + offset + Σ_k Z_k b*_k + ε*,   b*_k,level ~ N(0, σ̂² T_k T_kᵀ),
     ε*ᵢ ~ N(0, σ̂²/wᵢ),
 
-(lme4's ``simulate`` with new random effects).  ``bootstrap`` refits the
+(lme4's ``simulate`` with new random effects; a GLMM draws from its family
+at μ* = g⁻¹(η*), by the fit's ``simulate``).  ``bootstrap`` refits the
 model to each simulated response (warm-started at θ̂) and collects a
 statistic of every refit — by default the standard deviations,
 correlations, σ and fixed effects, as lme4's ``confint(method="boot")`` —
@@ -42,6 +43,8 @@ def _child_seeds(seed: Any, nsim: int) -> list[np.random.SeedSequence]:
 
 def _draw(fit: LmerFit, ss: np.random.SeedSequence) -> np.ndarray:
     """One simulated response (n,)."""
+    if hasattr(fit, "family"):  # new random effects and the family's draws
+        return fit.simulate(1, seed=ss).iloc[:, 0].to_numpy()
     rng = np.random.default_rng(ss)
     d = fit.design
     sigma = fit.sigma
@@ -73,10 +76,13 @@ def simulate(fit: LmerFit, nsim: int = 1, seed: Any = None) -> pd.DataFrame:
 
 # -- statistics --------------------------------------------------------------------------
 def default_statistic(fit: LmerFit) -> pd.Series:
-    """SDs and correlations of the random effects, σ and the fixed effects,
-    named as in :func:`multilevel.inference.profile.profile`."""
+    """SDs and correlations of the random effects, σ (an LMM's) and the fixed
+    effects, named as in :func:`multilevel.inference.profile.profile`."""
     vp = VarianceParams(fit)
-    psi = vp.psi(np.asarray(fit.optinfo.theta, dtype=float), fit.sigma)
+    if vp.with_sigma:
+        psi = vp.psi(np.asarray(fit.optinfo.theta, dtype=float), fit.sigma)
+    else:
+        psi = vp.psi(np.asarray(fit.theta, dtype=float))
     return pd.concat([pd.Series(psi, index=vp.names), fit.fixef])
 
 
@@ -244,10 +250,10 @@ def bootstrap(
     in that many processes (results do not depend on it).  ``progress`` shows
     a progress bar (tqdm if installed, otherwise a line on stderr).
     """
-    if hasattr(fit, "family"):
+    if hasattr(fit, "thresholds"):
         raise ModelError(
-            "the parametric bootstrap is implemented for linear mixed models; for a GLMM use "
-            "fit.simulate() and refit, or confint(fit, method='Wald')"
+            "the parametric bootstrap is not available for an ordinal model; use "
+            "confint(fit, method='Wald')"
         )
     if nsim < 1:
         raise ModelError(f"nsim must be at least 1, not {nsim}")

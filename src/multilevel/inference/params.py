@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from multilevel.covariance import sd_corr
+from multilevel.covariance import sd_corr, templates
 
 if TYPE_CHECKING:
     from multilevel.lmm.results import LmerFit
@@ -20,17 +20,23 @@ _LOG2PI = np.log(2 * np.pi)
 
 
 class VarianceParams:
-    """ψ = (per term: sd and cor in θ order; σ) ↔ θ, and the ML deviance in ψ."""
+    """ψ = (per term: sd and cor in θ order; σ) ↔ θ, and the ML deviance in ψ.
+
+    A GLMM has no residual σ: its ψ ends with the last correlation, and its
+    θ is the covariance factor itself (σ = 1 in the maps)."""
 
     def __init__(self, fit: LmerFit):
-        self.crit = fit.criterion
+        glmm = hasattr(fit, "family")
+        self.with_sigma = not glmm
+        self.crit = None if glmm else fit.criterion
         self.n = fit.nobs
         self.slw = float(getattr(self.crit, "sum_log_w", 0.0))
         self.terms = []  # (q, theta rows, theta cols, offset in psi)
         names: list[str] = []
         kinds: list[str] = []
         off = 0
-        for r, t in zip(fit.design.random, self.crit.tmpl, strict=True):
+        tmpl = templates([r.q for r in fit.design.random]) if glmm else self.crit.tmpl
+        for r, t in zip(fit.design.random, tmpl, strict=True):
             rows, cols = t.rows, t.cols
             for i, j in zip(rows, cols, strict=True):
                 # lme4's names; (x || g) terms share the group name without a suffix
@@ -45,16 +51,17 @@ class VarianceParams:
                 names.append(name)
             self.terms.append((t.q, rows, cols, off))
             off += t.size
-        names.append("sigma")
-        kinds.append("sigma")
+        if self.with_sigma:
+            names.append("sigma")
+            kinds.append("sigma")
         self.names = names
         self.kinds = np.array(kinds)
         self.lower = np.where(self.kinds == "cor", -1.0, 0.0)
         self.upper = np.where(self.kinds == "cor", 1.0, np.inf)
 
     def theta(self, psi: np.ndarray) -> np.ndarray | None:
-        sigma = psi[-1]
-        out = np.empty(len(psi) - 1)
+        sigma = psi[-1] if self.with_sigma else 1.0
+        out = np.empty(len(psi) - self.with_sigma)
         for q, rows, cols, off in self.terms:
             vals = psi[off : off + len(rows)]
             sd = np.zeros(q)
@@ -71,15 +78,16 @@ class VarianceParams:
             out[off : off + len(rows)] = T[rows, cols]
         return out
 
-    def psi(self, theta: np.ndarray, sigma: float) -> np.ndarray:
-        out = np.empty(len(theta) + 1)
+    def psi(self, theta: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+        out = np.empty(len(theta) + self.with_sigma)
         for q, rows, cols, off in self.terms:
             T = np.zeros((q, q))
             T[rows, cols] = theta[off : off + len(rows)]
             sd, corr = sd_corr(sigma**2 * (T @ T.T))
             # a correlation with a zero SD is undefined: 0 keeps ψ feasible
             out[off : off + len(rows)] = np.where(rows == cols, sd[rows], corr[rows, cols])
-        out[-1] = sigma
+        if self.with_sigma:
+            out[-1] = sigma
         return np.nan_to_num(out, nan=0.0)
 
     def deviance(self, psi: np.ndarray) -> float:

@@ -233,29 +233,21 @@ def profile(
 ) -> Profile:
     """Profile the ML deviance over each parameter (``which``: names among
     ``sd_...|g``, ``cor_...|g``, ``sigma`` and the fixed effects, or the
-    groups ``"theta_"`` (all variance parameters) and ``"beta_"``)."""
+    groups ``"theta_"`` (all variance parameters) and ``"beta_"``).  For a
+    GLMM the deviance is the fit's Laplace or quadrature approximation
+    (module :mod:`multilevel.glmm.devfun`), minimised over the other
+    variance parameters, the fixed effects and the family's parameters."""
     from scipy import stats  # imported when used (0.5 s)
 
-    from multilevel.inference.anova import refit_ml
-
-    if hasattr(fit, "family"):
+    if hasattr(fit, "thresholds"):
         raise ModelError(
-            "likelihood profiles are implemented for linear mixed models; for a GLMM use "
+            "likelihood profiles of an ordinal model are not available; use "
             "confint(fit, method='Wald')"
         )
     if not 0 < level < 1:
         raise ModelError(f"level must be between 0 and 1, not {level}")
-    with warnings.catch_warnings():
-        # the ML refit of a singular REML fit is singular too: already reported
-        warnings.simplefilter("ignore", SingularFitWarning)
-        m = refit_ml(fit)
-    vp = VarianceParams(m)
-    theta_hat = np.asarray(m.optinfo.theta, dtype=float)
-    sigma_hat = m.sigma
-    psi_hat = vp.psi(theta_hat, sigma_hat)
-    dmin = vp.deviance(psi_hat)
-    fixef = list(m.fixef.index)
-    allnames = vp.names + fixef
+    space = _GlmmSpace(fit) if hasattr(fit, "family") else _LmmSpace(fit)
+    allnames = space.names
     if which is None:
         chosen = allnames
     else:
@@ -263,9 +255,9 @@ def profile(
         chosen = []
         for w in want:
             if w == "theta_":
-                chosen += vp.names
+                chosen += space.variance_names
             elif w == "beta_":
-                chosen += fixef
+                chosen += space.fixef_names
             elif w in allnames:
                 chosen.append(w)
             else:
@@ -277,10 +269,7 @@ def profile(
     for name in allnames:
         if name not in chosen:
             continue
-        if name in vp.names:
-            prof, nuis_names = _variance_profiler(vp, psi_hat, dmin, vp.names.index(name))
-        else:
-            prof, nuis_names = _fixef_profiler(m, fixef.index(name), theta_hat, dmin)
+        prof, nuis_names = space.profiler(name)
         lo = prof.walk(-1, cutoff, zmax)
         hi = prof.walk(+1, cutoff, zmax)
         rows.append((name, lo, hi))
@@ -290,33 +279,121 @@ def profile(
     return Profile(traces, ci, level)
 
 
-def _variance_profiler(vp: VarianceParams, psi_hat: np.ndarray, dmin: float, j: int):
-    k = len(psi_hat)
+def _coordinate_profiler(dev_all, z_hat, lower, upper, scale, dmin, j, names, lo_v, step0):
+    """The profile of coordinate j of a deviance over a parameter vector z,
+    all other coordinates being the nuisance parameters."""
+    k = len(z_hat)
     others = np.array([i for i in range(k) if i != j], dtype=int)
-    sigma = psi_hat[-1]
-    scale = np.where(vp.kinds == "cor", 0.5, np.where(psi_hat > 0, np.abs(psi_hat), 0.1 * sigma))
 
     def dev(v: float, x: np.ndarray) -> float:
-        psi = np.empty(k)
-        psi[j] = v
-        psi[others] = x
-        return vp.deviance(psi)
+        z = np.empty(k)
+        z[j] = v
+        z[others] = x
+        return dev_all(z)
 
-    lo_v = vp.lower[j] if vp.kinds[j] != "sigma" else 1e-12 * sigma
     prof = _Profiler(
         dev,
-        psi_hat[j],
-        psi_hat[others],
-        vp.lower[others],
-        vp.upper[others],
+        z_hat[j],
+        z_hat[others],
+        lower[others],
+        upper[others],
         scale[others],
         dmin,
         lo_v,
-        vp.upper[j],
-        vp.names[j],
-        0.05 * scale[j] if vp.kinds[j] != "cor" else 0.05,
+        upper[j],
+        names[j],
+        step0,
     )
-    return prof, [vp.names[i] for i in others]
+    return prof, [names[i] for i in others]
+
+
+class _LmmSpace:
+    """An LMM's parameters: ψ = (sd, cor, σ) with β profiled out, and the fixed
+    effects by the closed form of the module docstring."""
+
+    def __init__(self, fit: LmerFit):
+        from multilevel.inference.anova import refit_ml
+
+        with warnings.catch_warnings():
+            # the ML refit of a singular REML fit is singular too: already reported
+            warnings.simplefilter("ignore", SingularFitWarning)
+            self.m = refit_ml(fit)
+        self.vp = VarianceParams(self.m)
+        self.theta_hat = np.asarray(self.m.optinfo.theta, dtype=float)
+        self.psi_hat = self.vp.psi(self.theta_hat, self.m.sigma)
+        self.dmin = self.vp.deviance(self.psi_hat)
+        self.variance_names = self.vp.names
+        self.fixef_names = list(self.m.fixef.index)
+        self.names = self.variance_names + self.fixef_names
+
+    def profiler(self, name: str):
+        if name in self.fixef_names:
+            return _fixef_profiler(self.m, self.fixef_names.index(name), self.theta_hat, self.dmin)
+        vp, psi_hat = self.vp, self.psi_hat
+        j = vp.names.index(name)
+        sigma = psi_hat[-1]
+        scale = np.where(
+            vp.kinds == "cor", 0.5, np.where(psi_hat > 0, np.abs(psi_hat), 0.1 * sigma)
+        )
+        lo_v = vp.lower[j] if vp.kinds[j] != "sigma" else 1e-12 * sigma
+        step0 = 0.05 * scale[j] if vp.kinds[j] != "cor" else 0.05
+        return _coordinate_profiler(
+            vp.deviance, psi_hat, vp.lower, vp.upper, scale, self.dmin, j, vp.names, lo_v, step0
+        )
+
+
+class _GlmmSpace:
+    """A GLMM's parameters z = (sd, cor; β; the family's free values) and its
+    approximate deviance; every coordinate but the profiled one is a nuisance."""
+
+    def __init__(self, fit):
+        self.dv = fit.devfun()
+        self.vp = VarianceParams(fit)
+        psi = self.vp.psi(np.asarray(fit.theta, dtype=float))
+        beta = fit.fixef.to_numpy(dtype=float)
+        free = self.dv.free0
+        self.k, self.p = psi.size, beta.size
+        self.z_hat = np.concatenate([psi, beta, free])
+        self.variance_names = self.vp.names
+        self.fixef_names = list(fit.fixef.index)
+        self.names = self.variance_names + self.fixef_names
+        self._all = self.names + [f"family_{i + 1}" for i in range(free.size)]
+        inf = np.full(self.p + free.size, np.inf)
+        self.lower = np.concatenate([self.vp.lower, -inf])
+        self.upper = np.concatenate([self.vp.upper, inf])
+        se = fit.se.to_numpy(dtype=float)
+        se = np.where(np.isfinite(se) & (se > 0), se, 1.0)
+        sd_scale = np.where(psi > 0, np.abs(psi), 0.1)
+        self.scale = np.concatenate(
+            [np.where(self.vp.kinds == "cor", 0.5, sd_scale), se, np.ones(free.size)]
+        )
+        self.dmin = self.deviance(self.z_hat)
+
+    def deviance(self, z: np.ndarray) -> float:
+        th = self.vp.theta(z[: self.k])
+        if th is None:
+            return np.inf
+        return self.dv(th, z[self.k : self.k + self.p], z[self.k + self.p :])
+
+    def profiler(self, name: str):
+        j = self.names.index(name)
+        if j < self.k:
+            cor = self.vp.kinds[j] == "cor"
+            step0 = 0.05 if cor else 0.05 * self.scale[j]
+        else:
+            step0 = 0.5 * self.scale[j]
+        return _coordinate_profiler(
+            self.deviance,
+            self.z_hat,
+            self.lower,
+            self.upper,
+            self.scale,
+            self.dmin,
+            j,
+            self._all,
+            self.lower[j],
+            step0,
+        )
 
 
 def _fixef_profiler(m: LmerFit, j: int, theta_hat: np.ndarray, dmin: float):
@@ -375,10 +452,10 @@ def confint(
     from scipy import stats  # imported when used (0.5 s)
 
     meth = method.lower()
-    if hasattr(fit, "family") and meth != "wald":
+    if hasattr(fit, "thresholds") and meth != "wald":
         raise ModelError(
-            f"method={method!r} intervals are implemented for linear mixed models; for a "
-            "GLMM or an ordinal model use method='Wald' (fixed effects and thresholds)"
+            f"method={method!r} intervals are not available for an ordinal model; use "
+            "method='Wald' (fixed effects and thresholds)"
         )
     if meth == "wald" and hasattr(fit, "thresholds"):  # an ordinal model: thresholds too
         out = fit.confint(level=level)

@@ -313,6 +313,20 @@ class Family:
         """Responses drawn at means μ (on the scale of ``resp.y``)."""
         raise NotImplementedError
 
+    def data_constant(
+        self, y: np.ndarray, weights: np.ndarray, trials: np.ndarray | None
+    ) -> np.ndarray:
+        """Each row's log-density term that depends on the data alone (0 where
+        the normalising constant involves the family's parameter)."""
+        return np.zeros_like(y, dtype=float)
+
+    def new_response(self, resp: GlmResponse, y: np.ndarray) -> GlmResponse:
+        """``resp`` with the values ``y`` (on the scale of ``resp.y``: a simulated
+        response) and the same weights and trials."""
+        y = np.asarray(y, dtype=float)
+        return GlmResponse(y, resp.weights, self.data_constant(y, resp.weights, resp.trials),
+                           resp.trials)  # fmt: skip
+
     def describe(self) -> str:
         """The family as lme4 prints it, e.g. ``Negative Binomial(3.21)``."""
         return self.name

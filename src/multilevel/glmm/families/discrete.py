@@ -168,12 +168,18 @@ class Binomial(Family):
             raise DataError("binomial weights= must be whole numbers of trials")
         return self._from_counts(np.round(succ), np.round(prior), np.ones_like(prior), label)
 
-    @staticmethod
-    def _from_counts(succ, trials, prior, label) -> GlmResponse:
+    def _from_counts(self, succ, trials, prior, label) -> GlmResponse:
         with np.errstate(invalid="ignore", divide="ignore"):
             y = np.where(trials > 0, succ / trials, 0.0)
-        const = prior * log_choose(trials, succ)
-        return GlmResponse(y, prior * trials, const, trials)
+        wt = prior * trials
+        return GlmResponse(y, wt, self.data_constant(y, wt, trials), trials)
+
+    def data_constant(self, y, weights, trials):
+        """prior weight × log C(trials, successes)."""
+        n = np.ones_like(y) if trials is None else trials
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prior = np.where(n > 0, weights / n, 0.0)
+        return prior * log_choose(n, np.round(y * n))
 
 
 class Poisson(Family):
@@ -223,7 +229,11 @@ class Poisson(Family):
     def response(self, value, weights, label):
         y = counts(value, "Poisson", label)
         wt = prior_weights(weights, y.size)
-        return GlmResponse(y, wt, -wt * special.gammaln(y + 1.0), None)
+        return GlmResponse(y, wt, self.data_constant(y, wt, None), None)
+
+    def data_constant(self, y, weights, trials):
+        """−weight × log y!."""
+        return -weights * special.gammaln(y + 1.0)
 
 
 def counts(value, family: str, label: str) -> np.ndarray:
@@ -361,7 +371,11 @@ class NegativeBinomial(Family):
     def response(self, value, weights, label):
         y = counts(value, "negative binomial", label)
         wt = prior_weights(weights, y.size)
-        return GlmResponse(y, wt, -wt * special.gammaln(y + 1.0), None)
+        return GlmResponse(y, wt, self.data_constant(y, wt, None), None)
+
+    def data_constant(self, y, weights, trials):
+        """−weight × log y!."""
+        return -weights * special.gammaln(y + 1.0)
 
     def simulate(self, mu, resp, rng):
         th = self.value
