@@ -257,6 +257,9 @@ class Design:
     # how offset= was given: a column name (read again from new data), an
     # array (new data cannot supply it), or None
     offset_arg: str | bool | None = None
+    # the mean of every numeric data column behind a numeric fixed-effects
+    # variable, over the rows used (a reference grid's covariate values)
+    covariate_means: dict[str, float] = field(default_factory=dict)
 
     @property
     def nobs(self) -> int:
@@ -717,6 +720,7 @@ def build_design(
         for lab, v in values.items()
     }
     row_index = frame.index if keep is None else frame.index[keep]
+    covariate_means = _covariate_means(parsed, needed, values, frame, keep, evaluator)
     if n_dropped:
         messages.append(
             f"{n_dropped} row{'s' if n_dropped != 1 else ''} with missing values "
@@ -737,7 +741,26 @@ def build_design(
         messages,
         resp,
         offset_arg=offset if isinstance(offset, str) else (None if offset is None else True),
+        covariate_means=covariate_means,
     )
+
+
+def _covariate_means(parsed, needed, values, frame, keep, evaluator) -> dict[str, float]:
+    """Means of the numeric data columns behind numeric fixed-effects variables."""
+    columns = [str(c) for c in frame.columns]
+    fixed = {f for t in parsed.fixed.terms for f in t}
+    out: dict[str, float] = {}
+    for label, f in needed.items():
+        if label not in fixed or not isinstance(values[label], Numeric):
+            continue
+        used = [f.label] if f.is_name else evaluator.columns_used(f.code, columns, f.label)
+        for c in used:
+            col = frame[c] if keep is None else frame[c][keep]
+            try:
+                out[c] = float(np.mean(np.asarray(col, dtype=float)))
+            except (TypeError, ValueError):
+                continue
+    return out
 
 
 def used_labels(parsed: ParsedFormula) -> list[str]:

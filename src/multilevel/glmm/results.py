@@ -441,6 +441,21 @@ class GlmerFit(TextExport, MixedModelFit):
         with single_threaded_blas():
             return self._engine(design, copy.copy(self.family), resp)
 
+    def null_model(self) -> GlmerFit:
+        """The model with the same random effects, family and offset but only
+        an intercept as fixed effect (insight's ``null_model``)."""
+        from multilevel.formula.design import MatrixSpec
+
+        if self._engine is None:
+            raise ModelError("this fit cannot be refitted (it was not fitted in memory)")
+        design = copy.copy(self.design)
+        design.random = list(self.design.random)
+        design.X = np.ones((self.nobs, 1))
+        design.xspec = MatrixSpec(True, [], [], ["(Intercept)"])
+        resp = self._prob.resp.take(self._inv)
+        with single_threaded_blas():
+            return self._engine(design, copy.copy(self.family), resp)
+
     def devfun(self) -> GlmmDevfun:
         """The deviance as a function of (θ, β) in this fit's coordinates,
         approximated as the fit was (:class:`multilevel.glmm.devfun.GlmmDevfun`)."""

@@ -89,11 +89,20 @@ def boundary_pvalue(chisq: float, df: int) -> float:
 
 
 def anova(
-    *fits: LmerFit, refit: bool = True, names: list[str] | None = None, **named: LmerFit
+    *fits: LmerFit,
+    refit: bool = True,
+    names: list[str] | None = None,
+    ddf: str = "Satterthwaite",
+    type: int | str = 3,
+    **named: LmerFit,
 ) -> pd.DataFrame:
     """Likelihood-ratio tests of nested LMMs, or of nested GLMMs (lme4's
     ``anova(m0, m1, ...)``; a GLMM's ``loglik`` is its full marginal
     log-likelihood by the fit's integration method).
+
+    With one model: its type-III table (:mod:`multilevel.inference.type3`) —
+    for an LMM lmerTest's F tests (``ddf`` "Satterthwaite" or
+    "Kenward-Roger"), for a GLMM car::Anova's Wald χ² tests.
 
     Fits are given positionally (named ``m0``, ``m1``, ... or by ``names``) or
     as keywords (``anova(small=m0, large=m1)``).  Returns one row per model,
@@ -107,6 +116,8 @@ def anova(
     models = list(fits) + list(named.values())
     labels = list(names) if names is not None else [f"m{i}" for i in range(len(fits))]
     labels += list(named)
+    if len(models) == 1 and not getattr(models[0], "nlme_style", False):
+        return _single_model(models[0], ddf, type)
     if len(models) < 2:
         raise ModelError("anova needs at least two fitted models to compare")
     if len(labels) != len(models):
@@ -174,6 +185,21 @@ def anova(
     out["npar"] = out["npar"].astype(int)
     out["Df"] = out["Df"].astype("Int64")
     return out
+
+
+def _single_model(fit, ddf: str, type: int | str) -> pd.DataFrame:
+    from multilevel.inference.type3 import type3_table, wald_chisq_table
+
+    if str(type).upper() not in ("3", "III"):
+        raise ModelError(
+            f"type={type!r}: the single-model table is the type-III one (type=3); compare "
+            "nested models with anova(m0, m1) for sequential tests"
+        )
+    if hasattr(fit, "thresholds"):
+        raise ModelError("a type-III table of an ordinal model is not available")
+    if _is_glmm(fit):
+        return wald_chisq_table(fit)
+    return type3_table(fit, ddf)
 
 
 def nlme_anova(models: list, labels: list[str]) -> pd.DataFrame:
