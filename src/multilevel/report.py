@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:
     from multilevel.lmm.results import LmerFit
@@ -283,6 +284,111 @@ def varcorr_records(vc) -> list[dict]:
     ]
 
 
+def table_records(df: pd.DataFrame) -> dict:
+    """A table as JSON-ready columns, row labels and rows of values."""
+    return {
+        "columns": [str(c) for c in df.columns],
+        "rows": [str(i) for i in df.index],
+        "data": [[_plain(v) for v in row] for row in df.itertuples(index=False)],
+    }
+
+
+def _plain(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    return v if isinstance(v, (int, str, bool)) or v is None else str(v)
+
+
+def ranef_records(ranef: dict[str, pd.DataFrame], condsd: dict[str, pd.DataFrame] | None) -> dict:
+    """Per grouping factor: its levels, the terms, the conditional modes and
+    (where known) their conditional standard deviations, row by level."""
+    out = {}
+    for g, df in ranef.items():
+        entry = {
+            "levels": [str(i) for i in df.index],
+            "terms": [str(c) for c in df.columns],
+            "values": df.to_numpy(dtype=float).tolist(),
+        }
+        if condsd is not None and g in condsd:
+            entry["condsd"] = condsd[g].to_numpy(dtype=float).tolist()
+        out[g] = entry
+    return out
+
+
+def optimizer_record(rec) -> dict:
+    """How the search ended: optimizer, status, evaluations, criterion, largest |gradient|."""
+    g = getattr(rec, "gradient", None)
+    gmax = None
+    if g is not None and np.size(g):
+        gmax = float(np.max(np.abs(np.asarray(g, dtype=float))))
+    return {
+        "name": rec.optimizer,
+        "status": rec.status,
+        "converged": bool(rec.converged),
+        "evals": int(rec.evals),
+        "criterion": float(rec.criterion),
+        "max_abs_gradient": gmax,
+    }
+
+
+def _frame(obj) -> pd.DataFrame | None:
+    if isinstance(obj, pd.DataFrame):
+        return obj
+    if isinstance(obj, pd.Series):
+        return obj.to_frame(obj.name or "value")
+    return None
+
+
+def fit_messages(fit) -> list[str]:
+    """What a fit has to say: dropped rows and columns, convergence, boundary."""
+    out = list(fit.design.messages) + list(fit.optinfo.messages)
+    if getattr(fit, "singular", False):
+        out.append(fit.singular_message)
+    return out
+
+
+def fit_html(fit) -> str:
+    """A fit as HTML tables for a notebook: the summary's heading lines, fit
+    statistics, the variance components, the coefficient table, the
+    residual structures and the fit's messages."""
+    import html
+
+    text = str(fit.summary())
+    head = []
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        head.append(line.strip())
+    parts = [f"<p><b>{html.escape(head[0])}</b></p>"] if head else []
+    parts += [f"<p>{html.escape(h)}</p>" for h in head[1:] if ":" in h]  # Formula:, Data: ...
+    stats = {}
+    for key, label in (("aic", "AIC"), ("bic", "BIC"), ("loglik", "logLik"),
+                       ("deviance", "deviance"), ("df_resid", "df.resid")):  # fmt: skip
+        v = getattr(fit, key, None)
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            stats[label] = v
+    tables: list[tuple[str, pd.DataFrame | None]] = [
+        ("Fit statistics", pd.DataFrame([stats], index=[""]) if stats else None)
+    ]
+    vc = getattr(fit, "varcorr", None)
+    tables.append(("Random effects", vc if isinstance(vc, pd.DataFrame) else None))
+    summ = fit.summary()
+    coef = getattr(summ, "coefficients", None)
+    if coef is None:
+        coef = getattr(summ, "tTable", None)
+    tables.append(("Fixed effects", _frame(coef)))
+    for key, label in (("corstruct", "Correlation structure"), ("varstruct", "Variance function")):
+        tables.append((label, _frame(getattr(fit, key, None))))
+    for title, df in tables:
+        if df is not None and len(df):
+            parts.append(f"<h4>{title}</h4>" + df.to_html(float_format=lambda x: f"{x:.6g}"))
+    messages = fit_messages(fit)
+    parts += [f"<p><i>{html.escape(str(m))}</i></p>" for m in messages]
+    return "<div>" + "\n".join(parts) + "</div>"
+
+
 class TextExport:
     """``to_json`` of a fit's ``to_dict()`` and the notebook view of its summary."""
 
@@ -291,9 +397,7 @@ class TextExport:
         return to_json(self.to_dict(), **kwargs)
 
     def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self.summary()))}</pre>"
+        return fit_html(self)
 
 
 def to_json(d: dict, **kwargs) -> str:

@@ -76,7 +76,8 @@ def test_accessors(fit):
     assert fit.condvar[0].shape == (9, 1, 1)
     d = json.loads(fit.to_json())
     assert d["model"] == "clmm" and d["thresholds"]["1|2"] == pytest.approx(fit.thresholds["1|2"])
-    assert "<pre>" in fit._repr_html_()
+    html = fit._repr_html_()
+    assert html.count("<table") == 3 and "1|2" in html and "<pre>" not in html
     sims = fit.simulate(3, seed=1)
     assert sims.shape == (72, 3) and list(sims["sim_1"].cat.categories) == list("12345")
     with pytest.raises(ModelError, match="no residuals"):

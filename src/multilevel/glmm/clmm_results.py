@@ -25,11 +25,15 @@ from multilevel.errors import ModelError
 from multilevel.glmm.results import SIGNIF_LEGEND, GlmerFit
 from multilevel.optimize.stage2 import vcov_from_hessian
 from multilevel.report import (
+    fit_messages,
     format_pvalues,
     format_r,
+    optimizer_record,
     random_effects_block,
+    ranef_records,
     stars,
     table,
+    table_records,
     varcorr_records,
 )
 
@@ -271,7 +275,11 @@ class ClmmFit(GlmerFit):
             "bic": self.bic,
             "df_model": self.df_model,
             "converged": self.converged,
-            "messages": list(self.design.messages) + list(self.optinfo.messages),
+            "messages": fit_messages(self),
+            "coefficients": table_records(self.coefficients),
+            "ranef": ranef_records(self.ranef, self.ranef_condsd),
+            "fitted": [float(v) for v in self.fitted],
+            "convergence": optimizer_record(self.optinfo),
         }
 
     def __repr__(self) -> str:

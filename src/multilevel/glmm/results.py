@@ -27,12 +27,16 @@ from multilevel.optimize.record import OptRecord
 from multilevel.report import (
     TextExport,
     correlation_block,
+    fit_messages,
     format_pvalues,
     format_r,
+    optimizer_record,
     quantile_line,
     random_effects_block,
+    ranef_records,
     stars,
     table,
+    table_records,
     varcorr_records,
 )
 from multilevel.threads import single_threaded_blas
@@ -506,7 +510,11 @@ class GlmerFit(TextExport, MixedModelFit):
             "df_resid": self.df_resid,
             "singular": self.singular,
             "converged": self.converged,
-            "messages": list(self.design.messages) + list(self.optinfo.messages),
+            "messages": fit_messages(self),
+            "coefficients": table_records(self.coefficients),
+            "ranef": ranef_records(self.ranef, self.ranef_condsd),
+            "fitted": [float(v) for v in self.fitted],
+            "convergence": optimizer_record(self.optinfo),
         }
 
     # -- printing ----------------------------------------------------------------------------

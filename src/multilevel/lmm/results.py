@@ -21,7 +21,13 @@ from multilevel.formula.newdata import fitted_predictor, linear_predictor, re_fo
 from multilevel.lmm.estimate import estimate
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.record import OptRecord
-from multilevel.report import varcorr_records
+from multilevel.report import (
+    fit_messages,
+    optimizer_record,
+    ranef_records,
+    table_records,
+    varcorr_records,
+)
 from multilevel.threads import single_threaded_blas
 
 if TYPE_CHECKING:
@@ -326,10 +332,20 @@ class LmerFit(MixedModelFit):
                 "evals": self.optinfo.evals,
                 "criterion": self.optinfo.criterion,
             },
-            "messages": list(self.design.messages)
-            + list(self.optinfo.messages)
-            + ([self.singular_message] if self.singular else []),
+            "messages": fit_messages(self),
+            "coefficients": table_records(self._export_coefficients()),
+            "ranef": ranef_records(self.ranef, self.ranef_condsd),
+            "fitted": [float(v) for v in self.fitted],
+            "convergence": optimizer_record(self.optinfo),
         }
+
+    def _export_coefficients(self) -> pd.DataFrame:
+        """The fixed-effects table with Satterthwaite DF and p-values (lmerTest's);
+        without them where the DF cannot be computed (a partitioned fit)."""
+        try:
+            return self.coef_table()
+        except ModelError:
+            return self.summary().coefficients
 
     def to_json(self, **kwargs: Any) -> str:
         """Every number of the summary as JSON (non-finite values as null)."""
@@ -351,7 +367,9 @@ class LmerFit(MixedModelFit):
         return nlme_df(self)
 
     def _repr_html_(self) -> str:
-        return self.summary()._repr_html_()
+        from multilevel.report import fit_html
+
+        return fit_html(self)
 
     def __repr__(self) -> str:
         return (
@@ -398,9 +416,7 @@ class LmerSummary:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self))}</pre>"
+        return self.fit._repr_html_()
 
     def to_dict(self) -> dict[str, Any]:
         return self.fit.to_dict()

@@ -32,7 +32,7 @@ from multilevel.longitudinal.estimate import StructuredEstimate, estimate_gls, w
 from multilevel.longitudinal.variance import VarFunc, varFixed
 from multilevel.longitudinal.whiten import ResidualStructure
 from multilevel.optimize.hessian import fd_hessian
-from multilevel.report import TextExport
+from multilevel.report import TextExport, fit_messages, optimizer_record, table_records
 from multilevel.threads import single_threaded_blas
 
 
@@ -319,7 +319,10 @@ class GlsFit(TextExport):
             "bic": self.bic,
             "df_model": self.df_model,
             "converged": self.converged,
-            "messages": list(self.design.messages) + list(self.optinfo.messages),
+            "messages": fit_messages(self),
+            "coefficients": table_records(self.tTable),
+            "fitted": [float(v) for v in self.fitted],
+            "convergence": optimizer_record(self.optinfo),
         }
 
     def __repr__(self) -> str:

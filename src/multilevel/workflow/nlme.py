@@ -55,6 +55,7 @@ from multilevel.longitudinal.variance import VarFunc, varFixed
 from multilevel.longitudinal.whiten import ResidualStructure
 from multilevel.mixedfit import warn_about
 from multilevel.optimize.hessian import fd_hessian
+from multilevel.report import fit_html, ranef_records, table_records
 from multilevel.threads import single_threaded_blas
 from multilevel.workflow.gls import normalized, structure_frame, structure_intervals
 
@@ -835,6 +836,9 @@ class LmeFit:
                 "p": {k: float(v) for k, v in tt["p-value"].items()},
                 "vcov": self.vcov.to_numpy().tolist(),
                 "bic": self.bic,
+                "coefficients": table_records(tt),
+                "ranef": ranef_records(self.ranef, None),
+                "fitted": [float(v) for v in self.fitted()],
             }
         )
         return out
@@ -847,7 +851,7 @@ class LmeFit:
 
     # -- printing -------------------------------------------------------------------
     def _repr_html_(self) -> str:
-        return self.summary()._repr_html_()
+        return fit_html(self)
 
     def summary(self) -> LmeSummary:
         """nlme's summary; ``print(fit.summary())`` shows it."""
@@ -878,9 +882,7 @@ class LmeSummary:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self))}</pre>"
+        return self.fit._repr_html_()
 
 
 def _pairs(q: int) -> tuple[np.ndarray, np.ndarray]:
