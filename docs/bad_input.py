@@ -178,6 +178,18 @@ CASES = [
     ("confidence level outside (0, 1)", "lmer(F, s).confint(level=1.5)",
      lambda: ml.lmer(F, S).confint(level=1.5)),
     ("unknown data set", 'datasets.load("nope")', lambda: ml.datasets.load("nope")),
+    ("emmeans of a grouping factor", 'emmeans(lmer(F, s), "Subject")',
+     lambda: ml.emmeans(ml.lmer(F, S), "Subject")),
+    ("emmeans at a variable not in the model", 'emmeans(lmer(F, s), "Days", at={"age": 3})',
+     lambda: ml.emmeans(ml.lmer(F, S), "Days", at={"age": 3})),
+    ("R² of a negative binomial GLMM", 'r2_nakagawa(glmer("incidence ~ period + (1 | herd)", '
+     'cbpp, "negative_binomial"))',
+     lambda: ml.r2_nakagawa(ml.glmer("incidence ~ period + (1 | herd)", C, "negative_binomial"))),
+    ("type-I table asked of one model", "anova(lmer(F, s), type=1)",
+     lambda: ml.anova(ml.lmer(F, S), type=1)),
+    ("profile of a Monte Carlo GLMM", 'confint(glmer(..., method="mc"))',
+     lambda: ml.confint(ml.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", C,
+                                 "binomial", method="mc", mc_samples=100))),
 ]  # fmt: skip
 
 

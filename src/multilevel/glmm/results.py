@@ -22,6 +22,7 @@ from multilevel.errors import ModelError
 from multilevel.formula.design import to_pandas
 from multilevel.glmm.basis import GlmmBasis
 from multilevel.glmm.montecarlo import DEFAULT_DF, Draws, MCEstimate, mc_loglik, warn_degenerate
+from multilevel.inference.methods import InferenceMethods
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.record import OptRecord
 from multilevel.report import (
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from multilevel.glmm.pirls import Mode, PirlsProblem
 
 
-class GlmerFit(TextExport, MixedModelFit):
+class GlmerFit(InferenceMethods, TextExport, MixedModelFit):
     """A generalized linear mixed model fitted by :func:`multilevel.glmer`.
 
     Beyond the lme4-style accessors: ``method`` ("laplace", "agq", "mc") and
@@ -471,15 +472,6 @@ class GlmerFit(TextExport, MixedModelFit):
         from multilevel.formula.newdata import linear_predictor
 
         return linear_predictor(self.design, self._beta, self._b, frame, include, allow_new)
-
-    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
-        """Confidence intervals as lme4's ``confint``: likelihood profiles of the
-        random-effect SDs and correlations and the fixed effects (``"profile"``),
-        β̂ ± z·SE (``"Wald"``) or the parametric bootstrap (``"boot"``; nsim,
-        seed, ... passed on)."""
-        from multilevel.inference.profile import confint
-
-        return confint(self, method=method, level=level, **kwargs)
 
     # -- export ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

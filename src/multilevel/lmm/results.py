@@ -18,6 +18,7 @@ import pandas as pd
 from multilevel.errors import ModelError
 from multilevel.formula.design import Design, to_pandas
 from multilevel.formula.newdata import fitted_predictor, linear_predictor, re_form_terms
+from multilevel.inference.methods import InferenceMethods
 from multilevel.lmm.estimate import estimate
 from multilevel.mixedfit import MixedModelFit
 from multilevel.optimize.record import OptRecord
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from multilevel.lmm.criterion import ProfiledCriterion
 
 
-class LmerFit(MixedModelFit):
+class LmerFit(InferenceMethods, MixedModelFit):
     """A linear mixed model fitted by :func:`multilevel.lmer`."""
 
     def __init__(
@@ -246,35 +247,11 @@ class LmerFit(MixedModelFit):
 
         return contrast(self, L, ddf=ddf, joint=joint)
 
-    def confint(self, method: str = "profile", level: float = 0.95, **kw: Any) -> pd.DataFrame:
-        """Confidence intervals: "profile" (likelihood), "wald" or "boot"."""
-        from multilevel.inference import confint
-
-        return confint(self, method=method, level=level, **kw)
-
-    def profile(self, **kw: Any):
-        """Likelihood profiles (ζ traces) of σ, the SDs, correlations and β."""
-        from multilevel.inference import profile
-
-        return profile(self, **kw)
-
     def simulate(self, nsim: int = 1, seed: int | None = None):
         """Responses simulated from the fitted model."""
         from multilevel.inference import simulate
 
         return simulate(self, nsim, seed=seed)
-
-    def bootstrap(self, nsim: int = 500, seed: int | None = None, **kw: Any):
-        """Parametric bootstrap with warm-started refits."""
-        from multilevel.inference import bootstrap
-
-        return bootstrap(self, nsim, seed=seed, **kw)
-
-    def ranova(self) -> pd.DataFrame:
-        """Likelihood-ratio tests of each random-effects term (lmerTest's ranova)."""
-        from multilevel.inference import ranova
-
-        return ranova(self)
 
     def refit(self, newresp: Any = None, *, REML: bool | None = None) -> LmerFit:
         """The same model refitted (lme4's ``refit``) to a new response
