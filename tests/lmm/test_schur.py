@@ -67,3 +67,23 @@ def test_nested_factors_with_many_levels_use_the_sparse_path():
     sd = fit.varcorr.set_index("grp")["sdcor"]
     assert sd["school:district"] == pytest.approx(0.8, rel=0.15)
     assert sd["district"] == pytest.approx(0.5, rel=0.25)
+
+
+def test_randomly_crossed_levels_are_factored_dense():
+    """Thin but fill-prone: 3,000 x 3,000 levels crossed at random (about 30
+    links per level) fill the factor in; a nested pattern of the same size
+    and a chain of neighbours stay sparse."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    n, q = 18000, 3000
+    a, b = rng.integers(0, q, n), rng.integers(0, q, n)
+    Z1 = sp.csr_matrix((np.ones(n), (a, np.arange(n))), shape=(q, n))
+    Z2 = sp.csr_matrix((np.ones(n), (b, np.arange(n))), shape=(q, n))
+    links = (Z2 @ Z1.T) @ (Z1 @ Z2.T) + sp.identity(q)
+    assert links.nnz / q**2 < rest.SPARSE_DENSITY  # thin ...
+    assert not rest.sparse_pays(links.tocsr())  # ... but dense is cheaper
+    blocks = sp.block_diag([np.ones((3, 3))] * (q // 3), format="csr")
+    assert rest.sparse_pays(blocks)
+    chain = sp.diags([1.0, 1.0, 1.0], [-1, 0, 1], shape=(q, q), format="csr")
+    assert rest.sparse_pays(chain)
