@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import multilevel as ml
@@ -69,3 +70,64 @@ def test_criterion_is_even_in_a_scalar_theta():
     for t in (0.3, 1.7):
         assert crit(np.array([t])) == pytest.approx(crit(np.array([-t])), rel=1e-14)
     assert crit.value_and_gradient(np.array([0.0]))[1][0] == pytest.approx(0.0, abs=1e-12)
+
+
+def _growth(nested: bool, seed: int = 4):
+    """Children measured over years in schools: nested (each child in one
+    school) or partly crossed (children change school)."""
+    rng = np.random.default_rng(seed)
+    n_child, n_school, years = 300, 25, 4
+    school = rng.integers(0, n_school, n_child)
+    rows = []
+    for c in range(n_child):
+        for t in range(years):
+            s = school[c] if nested or t < 2 else (school[c] + 1) % n_school
+            rows.append((c, s, t - 1.5))
+    df = pd.DataFrame(rows, columns=["child", "school", "year"])
+    b = rng.normal(size=(n_child, 2)) * [1.0, 0.3]
+    s = rng.normal(size=(n_school, 2)) * [0.6, 0.2]
+    df["y"] = (
+        b[df.child, 0] + b[df.child, 1] * df.year + s[df.school, 0] + s[df.school, 1] * df.year
+        + 0.5 * df.year + rng.normal(size=len(df))
+    )  # fmt: skip
+    return df
+
+
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ year + (year | child) + (year | school)",
+        "y ~ year + (1 | child) + (year | school)",
+        "y ~ year + (year | child) + (1 | school)",
+    ],
+)
+@pytest.mark.parametrize("REML", [True, False])
+def test_gradient_of_vector_terms_beside_others(nested, formula, REML):
+    fit = ml.lmer(formula, _growth(nested), REML=REML)
+    crit = fit.criterion.scaled
+    assert crit.has_gradient and fit.optinfo.optimizer.startswith("bfgs")
+    theta = fit.optinfo.internal_theta * 1.2 + 0.05
+    value, grad = crit.value_and_gradient(theta)
+    assert value == pytest.approx(crit(theta), rel=1e-13)
+    np.testing.assert_allclose(grad, numeric_gradient(crit, theta), rtol=2e-4, atol=2e-4)
+
+
+def test_block_pair_products_are_the_sandwich():
+    import scipy.sparse as sp
+
+    from multilevel.lmm.schur import BlockPairProducts
+
+    rng = np.random.default_rng(0)
+    n1, q1, Q = 40, 2, 15
+    A = sp.random(n1 * q1, Q, density=0.15, random_state=1, format="csr")
+    bp = BlockPairProducts(A, q1)
+    V = rng.normal(size=(n1, q1, q1))
+    Vb = sp.block_diag(list(V)).toarray()
+    H = np.zeros((Q, Q))
+    H[bp.rows, bp.cols] = bp(V)
+    np.testing.assert_allclose(H, A.T.toarray() @ Vb @ A.toarray(), atol=1e-12)
+    G = rng.normal(size=(Q, Q))
+    K = bp.adjoint(G)
+    Ad = A.toarray().reshape(n1, q1, Q)
+    np.testing.assert_allclose(K, Ad @ G @ np.swapaxes(Ad, 1, 2), atol=1e-12)

@@ -186,11 +186,11 @@ class ProfiledCriterion:
 
     @property
     def has_gradient(self) -> bool:
-        """Exact gradients: one random-effects term, or scalar terms whose rest
-        block is factored densely (crossed intercepts, e.g. InstEval's shape)."""
+        """Exact gradients: one random-effects term, or several whose rest
+        block is factored densely (crossed or nested terms of any size q)."""
         if self._rest is None:
             return True
-        return all(q == 1 for q in self.cp.q) and not self._rest.sparse
+        return not self._rest.sparse
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """Criterion and its exact gradient in θ (see :meth:`has_gradient`)."""
@@ -200,7 +200,9 @@ class ProfiledCriterion:
             return self._kernel_call(theta, g), g
         if self._rest is None:
             return self._value_and_gradient_one_term(theta)
-        return self._value_and_gradient_scalar_terms(theta)
+        if all(q == 1 for q in self.cp.q):
+            return self._value_and_gradient_scalar_terms(theta)
+        return self._value_and_gradient_terms(theta)
 
     def _value_and_gradient_scalar_terms(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """Scalar terms k with Λ = diag(λ), A = ZᵀZ, M = ΛAΛ + I, G = ΛZᵀX,
@@ -329,6 +331,95 @@ class ProfiledCriterion:
             g[:] = dZ + self.n * dr2 / f.r2
         return val, g
 
+    def _value_and_gradient_terms(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Criterion and exact gradient for several terms of any size, the rest
+        block dense.  With M = ΛᵀAΛ + I (A = ZᵀZ), U = M⁻¹ΛᵀZᵀ[X y], the modes
+        u = U(−β̂, 1), F = Zᵀ[X y] − AΛU and P = (R_XᵀR_X)⁻¹, for the entry
+        (r, c) of T_k (E_k its derivative of Λ):
+
+          ∂ log|M|     = 2 Σ_i [(M⁻¹ΛᵀA)_ii]_{c,r}            (levels i of term k)
+          ∂ log|R_X|²  = −2 Σ_i [U_X,i P F_X,iᵀ]_{c,r}
+          ∂ r²         = −2 Σ_i [u_i (F_i z)ᵀ]_{c,r}
+
+        The diagonal blocks of M⁻¹ΛᵀA come from block elimination of the first
+        term (Sᵢ = T₁ᵀDᵢT₁ + I, S the rest's Schur complement, Λ_R its Λ):
+
+          first term:  Sᵢ⁻¹T₁ᵀDᵢ + Hᵢ(T₁Sᵢ⁻¹T₁ᵀDᵢ − I),
+                       Hᵢ = Sᵢ⁻¹T₁ᵀ (A_1R)ᵢ Λ_R S⁻¹ Λ_Rᵀ (A_R1)ᵢ
+          rest:        the diagonal blocks of S⁻¹Λ_Rᵀ(A_RR − A_R1 V A_1R).
+        """
+        theta = np.asarray(theta, dtype=float)
+        g = np.zeros(theta.size)
+        f = self.factor(theta)
+        if f is None:
+            return np.inf, g
+        val = self.value(f)
+        cp, rb, rf, p = self.cp, self._rest, f.rest, self.p
+        q1, n1 = self._q1, cp.nlevels[0]
+        T1 = f.T[0]
+        lam = rf.lam
+        LamR = np.diag(lam) if isinstance(lam, np.ndarray) else lam.toarray()
+        QR = LamR.shape[0]
+        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
+        beta = LXinv.T @ f.LFF[p, :p]
+        P = LXinv.T @ LXinv
+        z = np.append(-beta, 1.0)
+        L1 = batched.to_levels_first(f.L1)  # (n1, q1, q1)
+        L1inv = np.linalg.inv(L1)
+        Sinv1 = np.swapaxes(L1inv, 1, 2) @ L1inv  # Sᵢ⁻¹
+        D = cp.D1  # (n1, q1, q1)
+        # U = M⁻¹ΛᵀZᵀ[X y] by the two blocks (as solve(), for every column)
+        UR = rf.solve(rf.MRF)  # (QR, m)
+        C1F = batched.to_levels_first(f.C1F)  # (n1, q1, m) = L1⁻¹T₁ᵀZ₁ᵀ[X y]
+        W = batched.to_levels_first(f.W)  # (n1, q1, q1) = L1⁻¹T₁ᵀ
+        AR = (rb.A1R_op @ (LamR @ UR)).reshape(n1, q1, -1)  # (A_1R Λ_R U_R)ᵢ
+        U1 = np.swapaxes(L1inv, 1, 2) @ (C1F - W @ AR)  # (n1, q1, m)
+        # F = Zᵀ[X y] − AΛU
+        LU1 = np.einsum("ab,ibm->iam", T1, U1)
+        F1 = cp.B1F - D @ LU1 - AR
+        FR = cp.ARF - rb.AR1_op @ LU1.reshape(n1 * q1, -1) - rb.ARR @ (LamR @ UR)
+        # diagonal blocks of M⁻¹ΛᵀA, first term: Kᵢ = (A_1R Λ_R)ᵢ S⁻¹ (A_1R Λ_R)ᵢᵀ
+        # through the sparse rows of A_1R Λ_R (each level meets few rest levels)
+        Sinv = rf.solve(np.eye(QR))
+        G = LamR @ Sinv @ LamR.T
+        if q1 == 1:
+            K = (rb.pairs.K.T @ _pair_weights(G, rb.pairs)).reshape(n1, 1, 1)
+        else:
+            K = rb.bpairs.adjoint(G)
+        SinvT = Sinv1 @ T1.T  # Sᵢ⁻¹T₁ᵀ
+        H = SinvT @ K
+        Pd1 = SinvT @ D + H @ (T1 @ SinvT @ D - np.eye(q1))
+        # rest: the diagonal blocks of S⁻¹Λ_Rᵀ B, B = A_RR − A_R1 V A_1R
+        if q1 == 1:
+            Hd = np.zeros((QR, QR))
+            h = rb.pairs(W[:, 0, 0] ** 2)
+            Hd[rb.pairs.rows, rb.pairs.cols] = h
+            Hd[rb.pairs.cols, rb.pairs.rows] = h
+        else:
+            Hd = rb.unscaled_H(f.W)
+        LB = LamR.T @ (rb.ARR - Hd)
+        blocks = [(U1, F1, Pd1)]
+        offs = cp.rest_offsets
+        for k in range(1, len(cp.q)):
+            qk, nk = cp.q[k], cp.nlevels[k]
+            lo, hi = int(offs[k - 1]), int(offs[k])
+            idx = np.arange(lo, hi).reshape(nk, qk)
+            Pdk = np.einsum("iar,rib->iab", Sinv[idx], LB[:, idx])  # (nk, qk, qk)
+            blocks.append((UR[lo:hi].reshape(nk, qk, -1), FR[lo:hi].reshape(nk, qk, -1), Pdk))
+        for k, (Uk, Fk, Pdk) in enumerate(blocks):
+            rows, cols, off, size = self._tidx[k]
+            A1 = Pdk.sum(axis=0)
+            u = Uk @ z
+            A3 = np.einsum("ia,ib->ab", u, Fk @ z)
+            dZ = 2.0 * A1[cols, rows]
+            dr2 = -2.0 * A3[cols, rows]
+            if self.reml:
+                A2 = np.einsum("iap,pq,ibq->ab", Uk[:, :, :p], P, Fk[:, :, :p])
+                g[off : off + size] = dZ - 2.0 * A2[cols, rows] + (self.n - p) * dr2 / f.r2
+            else:
+                g[off : off + size] = dZ + self.n * dr2 / f.r2
+        return val, g
+
     # -- estimates at a θ ---------------------------------------------------------
     def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
         """β̂ and the spherical conditional modes u (per term, (n_k, q_k))."""
@@ -394,6 +485,14 @@ class ProfiledCriterion:
                 Tk = f.T[k]
                 out.append(Tk @ Mk @ Tk.T)
         return out
+
+
+def _pair_weights(G: np.ndarray, pairs) -> np.ndarray:
+    """G at the pair positions, off-diagonal pairs counted in both orders
+    (the pair map holds the lower triangle only)."""
+    w = G[pairs.rows, pairs.cols]
+    off = pairs.rows != pairs.cols
+    return np.where(off, w + G[pairs.cols, pairs.rows], w)
 
 
 def _one_term_kernel(cp: CrossProducts):

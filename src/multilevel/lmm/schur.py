@@ -96,6 +96,49 @@ class PairProducts:
         return self._op @ v
 
 
+class BlockPairProducts:
+    """H(V) = Aᵀ blockdiag(V) A for a first term with q₁ columns, as a linear map
+    of the per-level blocks V (n1, q1, q1), and its adjoint.
+
+    Rows i·q₁ + a of A belong to level i; every pair of nonzeros of one level,
+    (a, r) and (b, s), contributes V_i[a, b]·A[ia, r]·A[ib, s] to H[r, s].  The
+    pairs are formed once; H(V) is one sparse matrix-vector product giving the
+    entries at ``rows``/``cols``, and ``adjoint(G)`` gives, per level,
+    K_i = A_i G A_iᵀ for the same pairs (the gradient's sandwich)."""
+
+    def __init__(self, A: sp.csr_matrix, q1: int):
+        nrows, Q = A.shape
+        n1 = nrows // q1
+        coo = A.tocoo()
+        level = coo.row // q1
+        order = np.argsort(level, kind="stable")
+        lev, a, col, val = level[order], coo.row[order] % q1, coo.col[order], coo.data[order]
+        cnt = np.bincount(lev, minlength=n1)
+        start = np.cumsum(cnt) - cnt
+        per = cnt[lev]  # each nonzero pairs with every nonzero of its level
+        e1 = np.repeat(np.arange(lev.size), per)
+        block_start = np.repeat(np.cumsum(per) - per, per)
+        e2 = start[lev[e1]] + (np.arange(e1.size) - block_start)
+        key = col[e1].astype(np.int64) * Q + col[e2]
+        codes, uniq = pd.factorize(key, sort=True)
+        vidx = (lev[e1].astype(np.int64) * q1 + a[e1]) * q1 + a[e2]
+        self.K = sp.csr_matrix((val[e1] * val[e2], (codes, vidx)), shape=(len(uniq), n1 * q1 * q1))
+        self.K.sum_duplicates()
+        self.KT = self.K.T.tocsr()
+        self.rows = (uniq // Q).astype(np.int64)
+        self.cols = (uniq % Q).astype(np.int64)
+        self.flat = np.asarray(uniq, dtype=np.int64)  # row-major positions in a Q x Q matrix
+        self.n1, self.q1 = n1, q1
+
+    def __call__(self, V: np.ndarray) -> np.ndarray:
+        """The entries of Aᵀ blockdiag(V) A at (rows, cols)."""
+        return self.K @ V.reshape(-1)
+
+    def adjoint(self, G: np.ndarray) -> np.ndarray:
+        """Per level A_i G A_iᵀ, (n1, q1, q1)."""
+        return (self.KT @ G[self.rows, self.cols]).reshape(self.n1, self.q1, self.q1)
+
+
 class RestBlock:
     """Builds and factors M_RR for a θ; dense or sparse by the pattern."""
 
@@ -113,6 +156,7 @@ class RestBlock:
         self.scalar = all(q == 1 for q in cp.q[1:])
         self.Q = cp.ARR.shape[0]
         self.pairs = PairProducts(self.A1R) if self.q1 == 1 else None
+        self.bpairs = BlockPairProducts(self.A1R, self.q1) if self.q1 > 1 else None
         pattern = (abs(cp.ARR) + abs(self.AR1) @ abs(self.A1R)).tocsr()
         self.sparse = sparse_pays(pattern)
         if self.sparse:
@@ -122,7 +166,13 @@ class RestBlock:
             self.buf = np.empty((self.Q, self.Q))
             self._diag = np.diag_indices(self.Q)
             # H's entries sit at fixed positions: a buffer that is zero elsewhere
-            self.Hbuf = np.zeros((self.Q, self.Q)) if self.pairs is not None else None
+            self.Hbuf = np.zeros((self.Q, self.Q))
+
+    def unscaled_H(self, W: np.ndarray) -> np.ndarray:
+        """A_R1 V A_1R as a dense array (dense rest block, q₁ > 1), V = blockdiag(WᵢᵀWᵢ);
+        a view of a buffer that the next call overwrites."""
+        self.Hbuf.ravel()[self.bpairs.flat] = self.bpairs(self._v(W))
+        return self.Hbuf
 
     @property
     def kind(self) -> str:
@@ -135,10 +185,21 @@ class RestBlock:
             return np.concatenate(
                 [np.full(nl, t[0, 0]) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)]
             )
-        return sp.block_diag(
-            [sp.kron(sp.identity(nl), t) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)],
-            format="csr",
+        # block diagonal with every q_k x q_k block stored: in CSR order the
+        # entries of one level's block are T_k row by row, so its data is T_k tiled
+        if self._lam_pattern is None:
+            blocks = [sp.kron(sp.identity(nl), np.ones((q, q)))
+                      for nl, q in zip(cp.nlevels[1:], cp.q[1:], strict=True)]  # fmt: skip
+            P = sp.block_diag(blocks, format="csr")
+            P.sort_indices()
+            self._lam_pattern = (P.indices, P.indptr, P.shape)
+        indices, indptr, shape = self._lam_pattern
+        data = np.concatenate(
+            [np.tile(t.ravel(), nl) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)]
         )
+        return sp.csr_matrix((data, indices, indptr), shape=shape)
+
+    _lam_pattern: tuple | None = None
 
     def _v(self, W: np.ndarray) -> np.ndarray:
         """V = blockdiag(WᵢᵀWᵢ) as (n1, q1, q1); W level-last (q1, q1, n1)."""
@@ -172,7 +233,7 @@ class RestBlock:
                 upper = np.triu_indices(self.Q, 1)
                 M[upper] = M.T[upper]
         else:
-            np.subtract(self.ARR, self._H_sparse(self._v(W)).toarray(), out=M)
+            np.subtract(self.ARR, self.unscaled_H(W), out=M)
         if isinstance(lam, np.ndarray):
             M *= lam[:, None]
             M *= lam[None, :]
