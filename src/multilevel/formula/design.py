@@ -753,7 +753,10 @@ def _covariate_means(parsed, needed, values, frame, keep, evaluator) -> dict[str
     for label, f in needed.items():
         if label not in fixed or not isinstance(values[label], Numeric):
             continue
-        used = [f.label] if f.is_name else evaluator.columns_used(f.code, columns, f.label)
+        if f.is_name:  # the column itself, already subset to the rows used
+            out[label] = float(np.mean(values[label].values[:, 0]))
+            continue
+        used = evaluator.columns_used(f.code, columns, f.label)
         for c in used:
             col = frame[c] if keep is None else frame[c][keep]
             try:
