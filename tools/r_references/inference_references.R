@@ -97,42 +97,7 @@ EMM_OPTIONS <- "emm_options(pbkrtest.limit = 1e5, lmerTest.limit = 1e5)"
 eval(str2lang(EMM_OPTIONS))
 
 # ---------------------------------------------------------------- JSON output
-num_json <- function(x) {
-  if (is.na(x) || !is.finite(x)) return(structure("null", class = "json"))
-  if (x == round(x) && abs(x) < 1e15) {
-    return(structure(format(x, scientific = FALSE), class = "json"))
-  }
-  for (k in 15:17) {
-    s <- sprintf("%.*g", k, x)
-    if (as.numeric(s) == x) break
-  }
-  structure(s, class = "json")
-}
-# numbers -> verbatim JSON; a numeric of length != 1 or marked I() -> array;
-# a matrix -> list of rows; character I() -> array
-prep_json <- function(x) {
-  if (is.matrix(x) && is.numeric(x)) {
-    return(lapply(seq_len(nrow(x)), function(i) lapply(unname(x[i, ]), num_json)))
-  }
-  if (is.list(x)) {
-    nm <- names(x)
-    out <- lapply(x, prep_json)
-    names(out) <- nm
-    return(out)
-  }
-  if (is.numeric(x) && !is.integer(x)) {
-    if (length(x) == 1 && !inherits(x, "AsIs")) return(num_json(x))
-    return(lapply(unname(as.numeric(x)), num_json))
-  }
-  if (is.integer(x) && (length(x) != 1 || inherits(x, "AsIs"))) return(as.list(unname(x)))
-  if (is.character(x) && inherits(x, "AsIs")) return(I(unname(as.character(x))))
-  x
-}
-named_num <- function(v) {
-  out <- as.list(unname(as.numeric(v)))
-  names(out) <- names(v)
-  out
-}
+source(file.path(root, "tools", "r_references", "json_out.R"))  # num_json, prep_json, named_num
 
 # one table cell: number (shortest round trip), null for NA, "Inf"/"-Inf",
 # or a string for factor / character columns
