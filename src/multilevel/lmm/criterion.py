@@ -198,13 +198,24 @@ class ProfiledCriterion:
             theta = np.asarray(theta, dtype=float)
             g = np.zeros(theta.size)
             return self._kernel_call(theta, g), g
+        theta = np.asarray(theta, dtype=float)
+        g = np.zeros(theta.size)
+        f = self.factor(theta)
+        if f is None:
+            return np.inf, g
+        p = self.p
+        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
+        beta = LXinv.T @ f.LFF[p, :p]
+        P = LXinv.T @ LXinv  # (R_XᵀR_X)⁻¹
         if self._rest is None:
-            return self._value_and_gradient_one_term(theta)
-        if all(q == 1 for q in self.cp.q):
-            return self._value_and_gradient_scalar_terms(theta)
-        return self._value_and_gradient_terms(theta)
+            self._gradient_one_term(f, beta, P, g)
+        elif all(q == 1 for q in self.cp.q):
+            self._gradient_scalar_terms(f, beta, P, g)
+        else:
+            self._gradient_terms(f, beta, P, g)
+        return self.value(f), g
 
-    def _value_and_gradient_scalar_terms(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def _gradient_scalar_terms(self, f: Factorization, beta, P, g: np.ndarray) -> None:
         """Scalar terms k with Λ = diag(λ), A = ZᵀZ, M = ΛAΛ + I, G = ΛZᵀX,
         B = M⁻¹G, P = (R_XᵀR_X)⁻¹, u the conditional modes and Zᵀr = Zᵀ(y − Xβ̂) − AΛu:
 
@@ -216,20 +227,11 @@ class ProfiledCriterion:
         Σ_ab (Λ_R M_RR⁻¹ Λ_R)_ab [A_R1 diag(λ₁²/sᵢ²) A_1R]_ab, the same pair
         products as the criterion with other weights.
         """
-        theta = np.asarray(theta, dtype=float)
-        g = np.zeros(theta.size)
-        f = self.factor(theta)
-        if f is None:
-            return np.inf, g
-        val = self.value(f)
         cp, rb, rf, p = self.cp, self._rest, f.rest, self.p
         lam1 = f.T[0][0, 0]
         lamR = rf.lam
         d = cp.D1[:, 0, 0]
         s = lam1 * lam1 * d + 1.0
-        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
-        beta = LXinv.T @ f.LFF[p, :p]
-        P = LXinv.T @ LXinv
         # U = M⁻¹ Λ Zᵀ[X y] through the two blocks
         UR = rf.solve(rf.MRF)
         # M_RR⁻¹'s lower triangle, in place of L (a work buffer, rebuilt next time):
@@ -265,7 +267,7 @@ class ProfiledCriterion:
             (slice(int(offs[k - 1]), int(offs[k])), k) for k in range(1, len(cp.q))
         ]
         for k, (sl, rk) in enumerate(terms):
-            lam_k = theta[k]
+            lam_k = f.theta[k]
             if rk is None:
                 trk, zr, uu, ee = tr1, zr1, u1, e1
             else:
@@ -277,9 +279,8 @@ class ProfiledCriterion:
                 g[k] = dZ - 2.0 * float(ee.sum()) + (self.n - p) * dr2 / f.r2
             else:
                 g[k] = dZ + self.n * dr2 / f.r2
-        return val, g
 
-    def _value_and_gradient_one_term(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def _gradient_one_term(self, f: Factorization, beta, P, g: np.ndarray) -> None:
         """Criterion and its exact gradient in θ (one random-effects term).
 
         With Sᵢ = TᵀDᵢT + I, R = Sᵢ⁻¹Tᵀ, the conditional modes uᵢ = R Zᵢᵀ(y − Xβ̂)
@@ -290,19 +291,10 @@ class ProfiledCriterion:
           ∂ r²        = −2 [Σᵢ uᵢ (Zᵢᵀr)ᵀ]_{c,r}
         (envelope theorem for r²: β̂ and u minimise the penalized sum of squares).
         """
-        theta = np.asarray(theta, dtype=float)
-        f = self.factor(theta)
-        g = np.zeros(theta.size)
-        if f is None:
-            return np.inf, g
-        val = self.value(f)
         p = self.p
         T = f.T[0]
         q = T.shape[0]
         D, B = self._D1, self._B1F
-        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
-        beta = LXinv.T @ f.LFF[p, :p]
-        P = LXinv.T @ LXinv
         if q == 1:
             l1 = f.L1[0, 0]
             R = (f.W[0, 0] / l1)[None, None]
@@ -329,9 +321,8 @@ class ProfiledCriterion:
             g[:] = dZ + dX + (self.n - p) * dr2 / f.r2
         else:
             g[:] = dZ + self.n * dr2 / f.r2
-        return val, g
 
-    def _value_and_gradient_terms(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def _gradient_terms(self, f: Factorization, beta, P, g: np.ndarray) -> None:
         """Criterion and exact gradient for several terms of any size, the rest
         block dense.  With M = ΛᵀAΛ + I (A = ZᵀZ), U = M⁻¹ΛᵀZᵀ[X y], the modes
         u = U(−β̂, 1), F = Zᵀ[X y] − AΛU and P = (R_XᵀR_X)⁻¹, for the entry
@@ -348,21 +339,12 @@ class ProfiledCriterion:
                        Hᵢ = Sᵢ⁻¹T₁ᵀ (A_1R)ᵢ Λ_R S⁻¹ Λ_Rᵀ (A_R1)ᵢ
           rest:        the diagonal blocks of S⁻¹Λ_Rᵀ(A_RR − A_R1 V A_1R).
         """
-        theta = np.asarray(theta, dtype=float)
-        g = np.zeros(theta.size)
-        f = self.factor(theta)
-        if f is None:
-            return np.inf, g
-        val = self.value(f)
         cp, rb, rf, p = self.cp, self._rest, f.rest, self.p
         q1, n1 = self._q1, cp.nlevels[0]
         T1 = f.T[0]
         lam = rf.lam
         LamR = np.diag(lam) if isinstance(lam, np.ndarray) else lam.toarray()
         QR = LamR.shape[0]
-        LXinv, _ = dtrtri(f.LFF[:p, :p], lower=1)
-        beta = LXinv.T @ f.LFF[p, :p]
-        P = LXinv.T @ LXinv
         z = np.append(-beta, 1.0)
         L1 = batched.to_levels_first(f.L1)  # (n1, q1, q1)
         L1inv = np.linalg.inv(L1)
@@ -418,7 +400,6 @@ class ProfiledCriterion:
                 g[off : off + size] = dZ - 2.0 * A2[cols, rows] + (self.n - p) * dr2 / f.r2
             else:
                 g[off : off + size] = dZ + self.n * dr2 / f.r2
-        return val, g
 
     # -- estimates at a θ ---------------------------------------------------------
     def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
