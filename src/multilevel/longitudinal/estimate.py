@@ -13,7 +13,10 @@ with the row maps of whitening), and
 
 each plus log|V(ω)|.  ω is optimised over that profile (Brent for one
 parameter, BOBYQA for several, then Newton steps with a difference Hessian:
-:func:`multilevel.optimize.theta.minimize_theta`).
+:func:`multilevel.optimize.theta.minimize_theta`).  An AR(1) or CAR(1)
+structure with one random-effects term gets its whitened cross-products at
+any ω from lag sums formed once (:class:`multilevel.longitudinal.whiten.LagSums`)
+and ω by Newton's method on the profile (:func:`_envelope_newton`).
 
 A variance function of the fitted values (nlme's default ``varPower()``)
 needs the fit it describes: as nlme, the fitted values are held fixed while
@@ -31,7 +34,7 @@ import numpy as np
 from multilevel.covariance import templates
 from multilevel.errors import ModelError
 from multilevel.linalg.affine import apply_affine
-from multilevel.linalg.crossprod import cross_products
+from multilevel.linalg.crossprod import CrossProducts, cross_products
 from multilevel.lmm.basis import Basis, ScaledCriterion
 from multilevel.lmm.criterion import ProfiledCriterion
 from multilevel.lmm.estimate import optimize_cross_products, optimize_in_basis
@@ -77,19 +80,56 @@ class _Whitened:
         self.codes = [c[struct.order] for c in random_codes]
         self.nlevels = [int(c.max(initial=-1)) + 1 for c in random_codes]
         check_nesting(struct, random_codes)
+        self._lags: dict = {}  # LagSums (or None) with and without the variance function
 
     def criterion(self, omega: np.ndarray, REML: bool):
         """The LMM's profiled criterion of θ at ω, in the user's columns
         (:class:`multilevel.lmm.basis.ScaledCriterion`), or None."""
-        parts, logdet = self.at(omega)
-        if parts is None:
+        cp, logdet = self.cross_products(omega)
+        if cp is None:
             return None
-        Zw, Xw, yw = parts
-        cp = cross_products(Zw, self.codes, self.nlevels, Xw, yw)
         tmpl = templates(self.qs)
         return ScaledCriterion(ProfiledCriterion(cp, tmpl, REML, -logdet), self.basis, tmpl)
 
     with_var = True  # False: the structure without its variance function
+
+    def cross_products(self, omega: np.ndarray):
+        """The cross-products of the whitened [Z X y] at ω and log|V(ω)|,
+        (None, inf) where ω is outside the structure's range.  One term and a
+        Markov structure: from the lag sums of :class:`LagSums` (formed on the
+        first call; no pass over the rows per ω), else by whitening the rows."""
+        lags = self._lag_sums()
+        if lags is None:
+            parts, logdet = self.at(omega)
+            if parts is None:
+                return None, np.inf
+            Zw, Xw, yw = parts
+            return cross_products(Zw, self.codes, self.nlevels, Xw, yw), logdet
+        G, T, logdet = lags.at(omega)
+        if (
+            G is None
+            or not np.isfinite(logdet)
+            or not (np.isfinite(G).all() and np.isfinite(T).all())
+        ):
+            return None, np.inf
+        q = self.qs[0]
+        D1 = np.ascontiguousarray(G[:, :, :q])
+        B1F = np.ascontiguousarray(G[:, :, q:])
+        cp = CrossProducts([q], [self.nlevels[0]], D1, B1F, None, None, None, T[q:, q:].copy(),
+                           self.struct.n, self.p)  # fmt: skip
+        return cp, logdet
+
+    def _lag_sums(self):
+        if self.with_var not in self._lags:
+            ok = len(self.qs) == 1 and self.struct.n > 0
+            self._lags[self.with_var] = (
+                self.struct.lag_sums(
+                    self.M, self.codes[0], self.nlevels[0], self.qs[0], self.with_var
+                )
+                if ok
+                else None
+            )
+        return self._lags[self.with_var]
 
     def at(self, omega: np.ndarray):
         Mw, logdet = self.struct.whiten(omega, self.M, self.with_var)
@@ -168,6 +208,161 @@ def _search(profile, x0: np.ndarray, free: np.ndarray | None = None) -> OptRecor
         return rec
 
 
+# steps in ω for the differences of f at fixed θ (relative to max(1, |ω|)):
+# on a million rows f is known to ~1e-5, so its rounding over h (in g′) and h²
+# (in g″) stays far below the profile's curvature, which grows like n
+_DW = 1e-3
+_MAX_STEP = 1.0  # a Newton step in ω, on its unconstrained scale
+_GAIN_TOL = 1e-7  # deviance units a further Newton step in ω could gain
+
+
+def _inner_newton(crit, theta: np.ndarray, H: np.ndarray, lower: np.ndarray):
+    """θ̂ of ``crit`` from θ by Newton steps with the Hessian H, updated by
+    BFGS from the exact gradients (θ̂ moves little with ω, so H from the last
+    ω is close): (θ̂, f, ∇f, H), or None when θ̂ would reach a bound or the
+    steps fail (the caller then uses the general search).
+
+    Near θ̂ the criterion's decrease drowns in its rounding (on a million
+    rows f is known to ~1e-5) while the exact gradient still resolves θ̂: a
+    step is taken when it lowers f or shrinks the Newton decrement ½gᵀH⁻¹g
+    (what a full step would gain) fourfold, and θ̂ is reached when the
+    decrement is below 1e-10."""
+    bounded = np.isfinite(lower)
+    f, g = crit.value_and_gradient(theta)
+    if not np.isfinite(f):
+        return None
+    for _ in range(20):
+        try:
+            step = -np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            return None
+        dec = -0.5 * float(g @ step)
+        if not dec >= 0.0:
+            return None
+        if dec < 1e-10:
+            return theta, f, g, H
+        t = 1.0
+        for _ in range(6):
+            tn = theta + t * step
+            if np.any(bounded & (tn <= lower)):
+                return None
+            fn, gn = crit.value_and_gradient(tn)
+            if np.isfinite(fn) and (
+                fn <= f - 1e-4 * t * dec or 0.5 * float(gn @ np.linalg.solve(H, gn)) < 0.25 * dec
+            ):
+                break
+            t *= 0.5
+        else:
+            # neither moves at the rounding of f and ∇f: θ̂ is reached to that
+            return (theta, f, g, H) if dec < 1e-6 else None
+        s, yv = tn - theta, gn - g
+        sy = float(s @ yv)
+        if sy > 0:
+            Hs = H @ s
+            H = H - np.outer(Hs, Hs) / float(s @ Hs) + np.outer(yv, yv) / sy
+        theta, f, g = tn, fn, gn
+    return None
+
+
+def _envelope_newton(w: _Whitened, x0: np.ndarray, REML: bool) -> OptRecord | None:
+    """Minimise the profile g(ω) = min_θ f(θ, ω) over one structure parameter
+    by Newton's method on g′ = 0, with the derivatives at θ̂(ω) (the envelope
+    and implicit-function theorems; H = ∇²_θ f at θ̂):
+
+        g′ = f_ω,   g″ = f_ωω − f_ωθ H⁻¹ f_θω,   dθ̂/dω = −H⁻¹ f_θω,
+
+    f_ω, f_ωω and f_θω by central differences of f and its exact θ-gradient
+    with θ̂ held.  These differences of one smooth function resolve ω̂ where
+    the profile's values, each the end of a θ search, do not: steps are judged
+    by the sign of g′, which brackets ω̂ (bisection where a Newton step would
+    leave the bracket or g″ ≤ 0).  Each later θ̂ starts from
+    θ̂ + (dθ̂/dω)Δω with H carried over (:func:`_inner_newton`).  Stops where a
+    further Newton step would gain under 1e-7 deviance units, with g″ > 0,
+    and takes that step.
+    None where this does not apply (θ̂ on a bound, a failed inner search, no
+    convergence in 30 steps): the caller falls back to :func:`_search`."""
+    tmpl = templates(w.qs)
+    lower = np.concatenate([t.lower_bounds() for t in tmpl])
+    bounded = np.isfinite(lower)
+    thetas: list[np.ndarray] = []
+    values: list[float] = []
+
+    def crit_at(x: float):
+        cp, logdet = w.cross_products(np.array([x]))
+        return None if cp is None else ProfiledCriterion(cp, tmpl, REML, -logdet)
+
+    def point(x: float, crit, start: np.ndarray, H: np.ndarray):
+        """θ̂, g, H at x and g′, g″, dθ̂/dω there; None if a search fails."""
+        res = _inner_newton(crit, start, H, lower)
+        if res is None:
+            return None
+        th, f, _, H = res
+        thetas.append(np.array([x]))
+        values.append(f)
+        h = _DW * max(1.0, abs(x))
+        cp_, cm_ = crit_at(x + h), crit_at(x - h)
+        if cp_ is None or cm_ is None:
+            return None
+        fp, gp = cp_.value_and_gradient(th)
+        fm, gm = cm_.value_and_gradient(th)
+        fxt = (gp - gm) / (2.0 * h)
+        dth = -np.linalg.solve(H, fxt)
+        d1 = (fp - fm) / (2.0 * h)
+        d2 = (fp - 2.0 * f + fm) / (h * h) + float(fxt @ dth)
+        if not (np.isfinite(d1) and np.isfinite(d2)):
+            return None
+        return th, f, H, d1, d2, dth
+
+    x = float(x0[0])
+    try:
+        cp, logdet = w.cross_products(np.array([x]))
+        if cp is None:
+            return None
+        crit, rec = optimize_cross_products(cp, w.qs, REML, -logdet, None)
+        th = np.asarray(rec.theta, float)
+        near = bounded & (th - lower <= 1e-4 * np.maximum(1.0, np.abs(th)))
+        if not crit.has_gradient or not np.all(np.isfinite(th)) or near.any():
+            return None
+        H = gradient_hessian(lambda t: crit.value_and_gradient(t)[1], th)
+        if not np.all(np.linalg.eigvalsh(H) > 0):
+            return None
+        cur = point(x, crit, th, H)
+        lo, hi = -np.inf, np.inf
+        for _ in range(30):
+            if cur is None:
+                return None
+            th, f, H, d1, d2, dth = cur
+            if d2 > 0 and d1 * d1 / (2.0 * d2) < _GAIN_TOL:
+                # that last step is so short that the derivatives here make it
+                # exactly enough: taken without a further θ search
+                xf = np.array([x - d1 / d2])
+                return OptRecord("newton", "CONVERGED", True, len(values), f, xf,
+                                 np.array([d1]), [], thetas, values)  # fmt: skip
+            if d1 > 0:
+                hi = min(hi, x)
+            else:
+                lo = max(lo, x)
+            step = -d1 / d2 if d2 > 0 else -np.sign(d1) * _MAX_STEP
+            xn = x + float(np.clip(step, -_MAX_STEP, _MAX_STEP))
+            if not lo < xn < hi:  # outside the bracket: halfway to its end
+                xn = 0.5 * (x + (hi if xn > x else lo))
+            for _ in range(30):  # outside the structure's range: back towards x
+                crit_n = crit_at(xn)
+                if crit_n is not None:
+                    break
+                xn = 0.5 * (x + xn)
+            else:
+                return None
+            start = th + dth * (xn - x)
+            if np.any(bounded & (start <= lower)):
+                start = th
+            cur = point(xn, crit_n, start, H.copy())
+            x = xn
+    except (ModelError, np.linalg.LinAlgError):
+        return None
+    return None
+
+
 def estimate_lmm(design, struct: ResidualStructure, REML: bool) -> StructuredEstimate:
     """ω̂ and the LMM at ω̂ (terms ordered by levels, as the LMM engine does)."""
     order = sorted(range(len(design.random)), key=lambda k: -design.random[k].nlevels)
@@ -184,11 +379,9 @@ def estimate_lmm(design, struct: ResidualStructure, REML: bool) -> StructuredEst
         return w
 
     def profile(w: _Whitened, omega: np.ndarray) -> float:
-        parts, logdet = w.at(omega)
-        if parts is None:
+        cp, logdet = w.cross_products(omega)
+        if cp is None:
             return np.inf
-        Zw, Xw, yw = parts
-        cp = cross_products(Zw, w.codes, nlevels, Xw, yw)
         try:
             if state["theta"] is None or state["H"] is None:
                 crit, rec = optimize_cross_products(cp, w.qs, REML, -logdet, state["theta"])
@@ -213,14 +406,26 @@ def estimate_lmm(design, struct: ResidualStructure, REML: bool) -> StructuredEst
         return float(rec.criterion)
 
     def finish(w: _Whitened, omega: np.ndarray):
-        parts, logdet = w.at(omega)
-        Zw, Xw, yw = parts
-        cp = cross_products(Zw, w.codes, nlevels, Xw, yw)
+        cp, logdet = w.cross_products(omega)
         crit, trec = optimize_in_basis(cp, w.basis, w.qs, REML, -logdet, None)
         return crit, trec, logdet
 
+    def search(w: _Whitened, x0: np.ndarray, free: np.ndarray) -> OptRecord:
+        if x0.size == 1 and free.all() and w._lag_sums() is not None:
+            # each ω costs no pass over the rows: Newton on the profile with
+            # its derivatives at θ̂ needs far fewer θ searches than Brent
+            rec = _envelope_newton(w, x0, REML)
+            if rec is not None:
+                return rec
+        return _search(lambda o: profile(w, o), x0, free)
+
     return _with_fitted_rounds(
-        struct, make, profile, finish, lambda crit, trec: _lmm_fitted(design, crit, trec, REML)
+        struct,
+        make,
+        profile,
+        finish,
+        lambda crit, trec: _lmm_fitted(design, crit, trec, REML),
+        search,
     )
 
 
@@ -231,9 +436,16 @@ def _lmm_fitted(design, crit, trec, REML: bool) -> np.ndarray:
     return LmerFit(design, crit, trec, REML=REML)._fitted
 
 
-def _with_fitted_rounds(struct, make, profile, finish, fitted_of):
+def _with_fitted_rounds(struct, make, profile, finish, fitted_of, search=None):
     """ω's search, repeated with the fitted values updated while a variance
-    function depends on them (module docstring)."""
+    function depends on them (module docstring); ``search(w, x0, free)`` in
+    place of :func:`_search` on ``profile`` for the rounds' searches over all
+    of ω."""
+    if search is None:
+
+        def search(w, x0, free):
+            return _search(lambda o: profile(w, o), x0, free)
+
     var = struct.var
     x = struct.start()
     rounds = 0
@@ -249,7 +461,7 @@ def _with_fitted_rounds(struct, make, profile, finish, fitted_of):
     w = make()
     while True:
         rounds += 1
-        rec = _search(lambda o: profile(w, o), x, struct.free)
+        rec = search(w, x, struct.free)
         crit, trec, logdet = finish(w, rec.theta)
         change = float(np.max(np.abs(rec.theta - x), initial=0.0))
         x = np.asarray(rec.theta, float)

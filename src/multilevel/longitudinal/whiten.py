@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from multilevel.errors import DataError, ModelError
+from multilevel.linalg.crossprod import level_crossprod
 from multilevel.longitudinal.correlation import CorStruct, corAR1, corARMA, corSymm
 from multilevel.longitudinal.forms import group_codes, numeric_column
 from multilevel.longitudinal.variance import VarFunc
@@ -192,6 +193,23 @@ class ResidualStructure:
         out = (M - a[:, None] * prev) / np.sqrt(r)[:, None]
         return out, float(np.log(r).sum())
 
+    def lag_sums(
+        self, M: np.ndarray, codes: np.ndarray, nlevels: int, q: int, with_var: bool = True
+    ) -> LagSums | None:
+        """The per-level cross-products of the whitened rows as functions of ω
+        (:class:`LagSums`), or None where they are not a few sums of the rows:
+        a structure that is not Markov, a variance function of ω, many distinct
+        gaps, or levels so small that the sums outweigh the rows."""
+        cor = self.cor
+        if cor is None or not cor.markov or (self.var is not None and with_var):
+            return None
+        gaps = np.unique(self.gap[~self.first])
+        # per ω the sums cost ~2(3D + 1)·levels·q·k operations, whitening and
+        # multiplying the rows ~10·n·k
+        if gaps.size > MAX_GAPS or (3 * gaps.size + 1) * nlevels * q > 5 * max(self.n, 1):
+            return None
+        return LagSums(self, M, codes, nlevels, q, gaps)
+
     def _dense(self, xc: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, float]:
         out = np.empty_like(M)
         logdet = 0.0
@@ -281,6 +299,68 @@ class ResidualStructure:
         )
 
 
+MAX_GAPS = 8  # distinct gaps between successive rows for which LagSums pays
+
+
+class LagSums:
+    """Cross-products of a Markov structure's whitened rows at any ω without
+    the rows.
+
+    Within a group a row k after the first is whitened to
+    (mₖ − ρ mₖ₋₁)/√(1 − ρ²), ρ the correlation at its gap d, so over any set
+    of rows
+
+        Σ m̃ₖm̃ₖᵀ = F + Σ_d (S₀ − ρ_d(C + Cᵀ) + ρ_d² S₂)_d / (1 − ρ_d²)
+
+    with F = Σ over first rows of mmᵀ and, over the later rows of gap d,
+    S₀ = Σ mₖmₖᵀ, C = Σ mₖmₖ₋₁ᵀ, S₂ = Σ mₖ₋₁mₖ₋₁ᵀ.  One pass forms them per
+    level for the first ``q`` columns (the random effects' blocks) and over
+    all rows for every column; then each ω costs O(levels × q × k) whatever
+    the number of rows.  log|C| is Σ_d N_d log(1 − ρ_d²).
+    """
+
+    def __init__(self, struct, M, codes: np.ndarray, nlevels: int, q: int, gaps):
+        self.cor, self.split = struct.cor, struct.split
+        Ms = M[struct.order]
+        first = struct.first
+
+        def sums(c, A, B):
+            # per level for the first q columns; over all rows by BLAS, whose
+            # blocked sums keep the totals as exact as the rows' own product
+            return level_crossprod(c, A[:, :q], B, nlevels), A.T @ B
+
+        self.F = sums(codes[first], Ms[first], Ms[first])
+        later = np.flatnonzero(~first)
+        self.gaps = np.asarray(gaps, float)
+        self.counts, self.S0, self.S1, self.S2 = [], [], [], []
+        for d in self.gaps:
+            rows = later[struct.gap[later] == d]
+            cur, prev, c = Ms[rows], Ms[rows - 1], codes[rows]
+            (Cl, Ct), (Dl, _) = sums(c, cur, prev), sums(c, prev, cur)
+            self.counts.append(rows.size)
+            self.S0.append(sums(c, cur, cur))
+            self.S1.append((Cl + Dl, Ct + Ct.T))
+            self.S2.append(sums(c, prev, prev))
+
+    def at(self, x: np.ndarray):
+        """At ω: the whitened rows' per-level cross-products of the first q
+        columns with all (levels, q, k), their total cross-products (k, k) and
+        log|C|; (None, None, inf) outside the structure's range."""
+        xc = self.split(np.asarray(x, float))[0]
+        rho = np.asarray(self.cor.correlation(xc, self.gaps), float)
+        r = 1.0 - rho * rho
+        if not np.all(np.isfinite(rho)) or np.any(r <= 0):
+            return None, None, np.inf
+        G, T = self.F[0].copy(), self.F[1].copy()
+        logdet = 0.0
+        for j in range(rho.size):  # distinct gaps, a handful
+            a, b = -rho[j] / r[j], rho[j] ** 2 / r[j]
+            G += self.S0[j][0] / r[j] + a * self.S1[j][0] + b * self.S2[j][0]
+            T += self.S0[j][1] / r[j] + a * self.S1[j][1] + b * self.S2[j][1]
+            logdet += self.counts[j] * float(np.log(r[j]))
+        return G, T, logdet
+
+
 def _min_distance(pos: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> float:
     """The smallest positive distance between two rows of one group (nlme's
     default range of a spatial structure is 90% of it)."""
@@ -322,4 +402,4 @@ def check_nesting(struct: ResidualStructure, random_codes: list[np.ndarray]) -> 
             )
 
 
-__all__ = ["ResidualStructure", "check_nesting"]
+__all__ = ["LagSums", "ResidualStructure", "check_nesting"]
