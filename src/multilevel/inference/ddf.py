@@ -105,12 +105,15 @@ def derivatives(
 # -- Satterthwaite -----------------------------------------------------------------------
 @dataclass
 class VarparCovariance:
-    """Derivatives of vcov(β̂) in φ = (θ, σ) and the asymptotic covariance of φ̂."""
+    """Derivatives of vcov(β̂) in φ = (θ, s) and the asymptotic covariance of φ̂,
+    with σ measured in units of σ̂ (s = σ/σ̂, so s = 1 at the estimate and V is
+    vcov(β̂)/σ̂²): the Satterthwaite DF are the same in any units, and these
+    stay finite for responses of any magnitude (1e-200 or 1e200)."""
 
-    phi: np.ndarray  # (θ, σ)
-    vcov: np.ndarray  # (p, p)
-    jacobian: np.ndarray  # (k+1, p, p): ∂V/∂φᵢ
-    hessian: np.ndarray  # (k+1, k+1) of the deviance in φ
+    phi: np.ndarray  # (θ, σ̂): the estimates in the user's units
+    vcov: np.ndarray  # (p, p): vcov(β̂)/σ̂²
+    jacobian: np.ndarray  # (k+1, p, p): ∂V/∂(θ, s)
+    hessian: np.ndarray  # (k+1, k+1) of the deviance in (θ, s)
     A: np.ndarray  # 2 H⁻¹
 
 
@@ -134,29 +137,33 @@ def _varpar_covariance(fit: LmerFit) -> VarparCovariance:
     reml = fit.REML
     dof = n - p if reml else n
 
+    log_s2 = 2.0 * np.log(sigma)
+
     def pieces(th: np.ndarray) -> np.ndarray:
         f = crit.factor(th)
         if f is None:
             raise ModelError("the variance parameters are not positive definite near the estimate")
         a = f.logdet_Z + (f.logdet_X if reml else 0.0)
         Linv = sla.solve_triangular(f.LFF[:p, :p], np.eye(p), lower=True, check_finite=False)
-        return np.concatenate([[a, f.r2], (Linv.T @ Linv).ravel()])
+        # r²/σ̂² from its logarithm: r² itself overflows for responses in huge units
+        return np.concatenate([[a, np.exp(f.log_r2 - log_s2)], (Linv.T @ Linv).ravel()])
 
     k = theta.size
     J, Hs = derivatives(pieces, theta, _theta_steps(theta), 2)
     base = pieces(theta)
-    r2 = base[1]
+    r2 = base[1]  # r²/σ̂²
     C = base[2:].reshape(p, p)
     g_r2 = J[1]
+    # the deviance d(θ, σ) = a(θ) + dof·log σ² + r²(θ)/σ², in s = σ/σ̂ at s = 1
     H = np.empty((k + 1, k + 1))
-    H[:k, :k] = Hs[0] + Hs[1] / sigma**2
-    H[:k, k] = H[k, :k] = -2.0 * g_r2 / sigma**3
-    H[k, k] = -2.0 * dof / sigma**2 + 6.0 * r2 / sigma**4
+    H[:k, :k] = Hs[0] + Hs[1]
+    H[:k, k] = H[k, :k] = -2.0 * g_r2
+    H[k, k] = -2.0 * dof + 6.0 * r2
     jac = np.empty((k + 1, p, p))
-    jac[:k] = sigma**2 * np.moveaxis(J[2:].reshape(p, p, k), -1, 0)
-    jac[k] = 2.0 * sigma * C
+    jac[:k] = np.moveaxis(J[2:].reshape(p, p, k), -1, 0)
+    jac[k] = 2.0 * C
     A = 2.0 * _pos_inverse(H)
-    return VarparCovariance(np.append(theta, sigma), sigma**2 * C, jac, H, A)
+    return VarparCovariance(np.append(theta, sigma), C, jac, H, A)
 
 
 def _pos_inverse(H: np.ndarray) -> np.ndarray:
