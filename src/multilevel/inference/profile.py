@@ -1,4 +1,4 @@
-"""Likelihood profiles and confidence intervals for LMM parameters.
+"""Likelihood profiles and confidence intervals for LMM and GLMM parameters.
 
 As lme4's ``profile``/``confint``, the profiles are of the maximum-likelihood
 deviance (a REML fit is refit by ML first) and are expressed as
@@ -23,6 +23,12 @@ with β profiled out; for a fixed effect βⱼ held at b, at every θ
     r²_b(θ) = r²(θ) + (b − β̂ⱼ(θ))² / [(R_XᵀR_X)⁻¹]ⱼⱼ,   d = log|L_Z|² + n(1 + log(2π r²_b/n)),
 
 so that the constrained fit needs no new cross-products, only θ is optimised.
+
+A GLMM has no σ and no closed form in β: its deviance is the fit's Laplace or
+quadrature approximation as a function of (sd, cor; β; the family's free
+parameters) (:meth:`multilevel.glmm.results.GlmerFit.devfun`), and each point
+of a profile minimises it over all coordinates but the profiled one (BOBYQA;
+lme4's profile of a glmer fit in the same way).
 """
 
 from __future__ import annotations
