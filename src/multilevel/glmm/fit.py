@@ -273,7 +273,7 @@ def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | 
     if vector_glmm.supported(family, nterms, q0, prob.hessian):
         return "vector"
     qs, nlevels = [r.q for r in rs], [r.nlevels for r in rs]
-    if laplace and laplace_gradient.supported(family, qs, nlevels, prob.hessian):
+    if laplace and laplace_gradient.supported(family, qs, nlevels, prob.hessian, prob.n):
         return "terms"
     if family.nfree or prob.observed:  # the link route: binomial, lme4's curvature
         return None

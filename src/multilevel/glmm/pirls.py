@@ -44,11 +44,15 @@ from scipy.linalg.lapack import dpotrf
 
 from multilevel.glmm.families import Family, GlmResponse
 from multilevel.linalg import batched
+from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import group_sums, level_crossprod
 
 MAX_ITER = 200
 MAX_HALVINGS = 30
 STEP_TOL = 1e-10  # largest |change| of u (standard-normal scale) and β at convergence
+
+
+SMALL_DENSE = 250_000  # entries: first x rest maps small enough to multiply densely
 
 
 class PirlsError(ArithmeticError):
@@ -117,6 +121,8 @@ class WeightedBlocks:
 class RandomBlocks:
     """The random-effects terms (ordered by decreasing levels) with the index
     structures that turn working weights into cross-products in one pass."""
+
+    _lam_rest: BlockDiagonal | None = None  # Λ of the terms after the first (vector terms)
 
     def __init__(self, Zs: list[np.ndarray], codes: list[np.ndarray], nlevels: list[int]):
         self.Zs = [np.ascontiguousarray(Z, dtype=float) for Z in Zs]
@@ -329,11 +335,19 @@ def factor(
             )
             MRR = blocks.ARR * lam[:, None] * lam[None, :]
             MRF = blocks.ARF * lam[:, None]
+        elif C0R.shape[0] * C0R.shape[1] <= SMALL_DENSE:
+            # small blocks: dense products cost less than scipy's sparse dispatch
+            lam_d = lam_sparse.toarray()
+            C0R_d = C0R @ lam_d
+            MRR = lam_d.T @ blocks.ARR @ lam_d - C0R_d.T @ C0R_d
+            MRF = lam_d.T @ blocks.ARF
+            C0R = sp.csr_matrix(C0R_d)
         else:
             C0R = (C0R @ lam_sparse).tocsr()
-            MRR = (lam_sparse.T @ (lam_sparse.T @ blocks.ARR).T).T
+            MRR = (lam_sparse.T @ (lam_sparse.T @ blocks.ARR).T).T - (C0R.T @ C0R).toarray()
             MRF = lam_sparse.T @ blocks.ARF
-        MRR = MRR - (C0R.T @ C0R).toarray()
+        if lam_sparse is None:
+            MRR = MRR - (C0R.T @ C0R).toarray()
         MRR[np.diag_indices_from(MRR)] += 1.0
         LR, info = dpotrf(MRR, lower=1, clean=1, overwrite_a=1)
         if info != 0:
@@ -358,11 +372,9 @@ def _lambda_rest(rb: RandomBlocks, T: list[np.ndarray]):
             [np.full(nl, t[0, 0]) for nl, t in zip(rb.nlevels[1:], T[1:], strict=True)]
         )
         return lam, None
-    S = sp.block_diag(
-        [sp.kron(sp.identity(nl), t) for nl, t in zip(rb.nlevels[1:], T[1:], strict=True)],
-        format="csr",
-    )
-    return None, S
+    if rb._lam_rest is None:
+        rb._lam_rest = BlockDiagonal(rb.nlevels[1:], rb.q[1:])
+    return None, rb._lam_rest(T[1:])
 
 
 def back_solve(rb: RandomBlocks, f: Factor, c0: np.ndarray, cR: np.ndarray | None) -> np.ndarray:

@@ -24,6 +24,7 @@ import scipy.sparse.linalg as spla
 # LAPACK directly: scipy.linalg's wrappers cost more than small solves
 from scipy.linalg.lapack import dpotrf, dpotrs, dtrtrs
 
+from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.threads import threads_for_order
 
@@ -185,21 +186,11 @@ class RestBlock:
             return np.concatenate(
                 [np.full(nl, t[0, 0]) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)]
             )
-        # block diagonal with every q_k x q_k block stored: in CSR order the
-        # entries of one level's block are T_k row by row, so its data is T_k tiled
-        if self._lam_pattern is None:
-            blocks = [sp.kron(sp.identity(nl), np.ones((q, q)))
-                      for nl, q in zip(cp.nlevels[1:], cp.q[1:], strict=True)]  # fmt: skip
-            P = sp.block_diag(blocks, format="csr")
-            P.sort_indices()
-            self._lam_pattern = (P.indices, P.indptr, P.shape)
-        indices, indptr, shape = self._lam_pattern
-        data = np.concatenate(
-            [np.tile(t.ravel(), nl) for nl, t in zip(cp.nlevels[1:], T[1:], strict=True)]
-        )
-        return sp.csr_matrix((data, indices, indptr), shape=shape)
+        if self._lam_rest is None:
+            self._lam_rest = BlockDiagonal(cp.nlevels[1:], cp.q[1:])
+        return self._lam_rest(T[1:])
 
-    _lam_pattern: tuple | None = None
+    _lam_rest: BlockDiagonal | None = None
 
     def _v(self, W: np.ndarray) -> np.ndarray:
         """V = blockdiag(WᵢᵀWᵢ) as (n1, q1, q1); W level-last (q1, q1, n1)."""

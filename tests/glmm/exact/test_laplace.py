@@ -1,8 +1,9 @@
-"""The exact Laplace gradient for several scalar terms (``laplace_gradient``).
+"""The exact Laplace gradient for several terms (``laplace_gradient``).
 
 * it equals central differences of the Laplace deviance (Poisson with three
   crossed and nested terms, binomial with crossed terms and a slope-only
-  term), the PIRLS modes pinned to rounding;
+  term, vector terms first, after the first, or both), the PIRLS modes
+  pinned to rounding;
 * glmer with it reaches the two-stage search's optimum on grouseticks (no
   higher deviance, the same estimates and standard errors).
 """
@@ -43,7 +44,24 @@ def _crossed_binomial():
     return quiet_glmer("y ~ x + (1 | a) + (1 | b) + (0 + x | b)", d, family="binomial")
 
 
-FITS = {"grouse": reference_fit("grouse_poisson"), "crossed_binomial": _crossed_binomial()}
+def _contraception(formula: str):
+    import multilevel as ml
+
+    d = ml.datasets.load("contraception")
+    d["grp"] = np.random.default_rng(1).integers(0, 12, len(d)).astype(str)
+    return quiet_glmer(formula, d, family="binomial"), d
+
+
+VECTOR = {
+    "vector_first": "use ~ age + urban + (urban | district) + (1 | livch)",
+    "vector_rest": "use ~ age + (1 | district) + (urban | livch)",
+    "vector_both": "use ~ age + urban + (urban | district) + (age | grp)",
+}
+FITS = {
+    "grouse": reference_fit("grouse_poisson"),
+    "crossed_binomial": _crossed_binomial(),
+    **{k: _contraception(f)[0] for k, f in VECTOR.items()},
+}
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
@@ -66,7 +84,8 @@ def test_which_models():
     assert supported(poisson(), [1, 1, 1], [403, 118, 63])
     assert not supported(poisson(), [1], [403])  # one term: the groupwise path
     assert not supported(binomial("probit"), [1, 1], [50, 10])
-    assert not supported(binomial(), [2, 1], [50, 10])
+    assert supported(binomial(), [2, 1], [50, 10], nrows=500)
+    assert not supported(binomial(), [2, 2], [50, 1000], nrows=5000)  # a rest vector per row
     assert not supported(binomial(), [1, 1], [50, 5000])
 
 
@@ -74,6 +93,13 @@ def test_fit_reaches_the_two_stage_optimum(monkeypatch):
     ref = reference("grouse_poisson")
     fast, slow = fit_both_routes(monkeypatch, ref["formula"], reference_data(ref), ref["family"])
     assert_same_optimum(fast, slow)
+
+
+@pytest.mark.parametrize("kind", sorted(VECTOR))
+def test_vector_terms_beside_others_reach_the_two_stage_optimum(kind, monkeypatch):
+    _, d = _contraception(VECTOR[kind])
+    fast, slow = fit_both_routes(monkeypatch, VECTOR[kind], d, "binomial")
+    assert_same_optimum(fast, slow, theta_atol=1e-4)
 
 
 def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
@@ -112,7 +138,7 @@ def test_variance_stuck_at_zero_falls_back_to_the_two_stage_search(monkeypatch):
     assert fit.theta.iloc[0] == pytest.approx(0.2703, abs=1e-3)
 
 
-@pytest.mark.parametrize("kind", sorted(FITS))
+@pytest.mark.parametrize("kind", sorted(set(FITS) - set(VECTOR)))  # the kernel: scalar terms
 def test_compiled_kernel_equals_numpy(kind, monkeypatch):
     """The C kernel (when built) and the numpy path: same modes, deviance and
     gradient to rounding, cold and warm started."""

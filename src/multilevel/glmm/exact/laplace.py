@@ -1,6 +1,8 @@
-"""Exact gradient of the Laplace deviance for scalar random-effects terms
-(nested or crossed): binomial-logit, Poisson-log, or any family with the
-derivatives of its log-density and the observed curvature.
+"""Exact gradient of the Laplace deviance for several random-effects terms
+(nested or crossed, scalar or vector): binomial-logit, Poisson-log, or any
+family with the derivatives of its log-density and the observed curvature.
+Scalar terms below; vector terms in :meth:`LaplaceGLMM._gradient_terms` (the
+same formula with each θ an entry of a template T_k).
 
 With η = o + Xβ + ZΛu, Λ = diag(θ_k on term k), the conditional modes ũ
 (PIRLS, :mod:`multilevel.glmm.pirls`) and M = ΛZᵀWZΛ + I = LLᵀ at them,
@@ -47,21 +49,23 @@ MAX_PAIRS = 5_000_000  # pairs of first × rest entries of one first level (comp
 KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
 
 
-def supported(family: Family, qs: list[int], nlevels: list[int], hessian: str = "fisher") -> bool:
-    """Several scalar terms, a rest block small enough for dense inverse
-    blocks, and binomial-logit or Poisson-log (plain classes) or a family with
-    the derivatives of its log-density and the observed curvature (or a
-    canonical link)."""
-    rest = sum(nlevels[1:])
+def supported(
+    family: Family, qs: list[int], nlevels: list[int], hessian: str = "fisher", nrows: int = 0
+) -> bool:
+    """Several terms, a rest block small enough for dense inverse blocks (and,
+    with vector terms, for one rest-sized vector per row), and binomial-logit
+    or Poisson-log (plain classes) or a family with the derivatives of its
+    log-density and the observed curvature (or a canonical link)."""
+    rest = sum(q * nl for q, nl in zip(qs[1:], nlevels[1:], strict=True))
     fits = canonical_plain(family) or (
         has_derivatives(family) and (hessian == "observed" or family.canonical)
     )
     return (
         len(qs) > 1
-        and all(q == 1 for q in qs)
         and fits
         and rest <= MAX_REST
-        and nlevels[0] * rest <= MAX_CELLS
+        and nlevels[0] * qs[0] * rest <= MAX_CELLS
+        and (all(q == 1 for q in qs) or nrows * rest <= MAX_CELLS)
     )
 
 
@@ -82,7 +86,12 @@ class LaplaceGLMM:
         self.rest = [self.pos[k] - rb.Q0 for k in range(1, rb.K)]
         self.u: np.ndarray | None = None
         self.evals = 0
-        self._kernel = None if KERNEL_DISABLED or self.rows_.generic else _kernel_args(prob)
+        self.vector = any(q > 1 for q in rb.q)
+        self._kernel = (
+            None
+            if KERNEL_DISABLED or self.rows_.generic or self.vector
+            else _kernel_args(prob)
+        )
 
     def _mode(self, theta: np.ndarray, beta: np.ndarray):
         try:
@@ -97,8 +106,8 @@ class LaplaceGLMM:
         if self._kernel is not None:
             return self._compiled(np.ascontiguousarray(phi, dtype=float), grad)
         K, prob, rb = self.K, self.prob, self.prob.rb
-        k1 = K + self.npar  # θ, then the family's log parameter
-        theta, beta = np.asarray(phi[:K], float), np.asarray(phi[k1:], float)
+        k1 = prob.nre + self.npar  # θ, then the family's log parameter
+        theta, beta = np.asarray(phi[: prob.nre], float), np.asarray(phi[k1:], float)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
             m = self._mode(np.asarray(phi[:k1], float), beta)
         self.u = m.u
@@ -107,6 +116,8 @@ class LaplaceGLMM:
         f = m.factor
         self.rows_.family = prob.family  # at this ψ (PIRLS set it)
         _, lp, w, w3 = self.rows_.at(m.eta, 2)
+        if self.vector:
+            return m.laplace, self._gradient_terms(phi, m, lp, w, w3)
         # M⁻¹ on the pattern only: first-term diagonal, first × rest and
         # rest × rest at the pairs of levels rows meet, each a dot product of
         # columns of L_R⁻¹ and Kᵀ = D₀⁻¹C₀ᵣL_R⁻ᵀ (C₀ᵣ sparse)
@@ -160,6 +171,80 @@ class LaplaceGLMM:
                 + 2.0 * (n_k - tr) / theta[k]
             )
         return m.laplace, g
+
+    def _gradient_terms(self, phi, m, lp, w, w3) -> np.ndarray:
+        """The gradient for terms of any size (module docstring, with E the
+        derivative of Λ in one entry (r, c) of T_k):
+
+            ∂D/∂T_k[r, c] = Σᵢ z_ik[r] (commonᵢ ũ_kℓ[c] + ℓ'ᵢ v_kℓ[c] + 2wᵢ x_iℓ[c]),
+
+        ℓ = ℓ_k(i), x_i = M⁻¹z̃ᵢ (z̃ᵢ = row i of ZΛ).  With L⁻¹z̃ᵢ = (y₀ᵢ, y_Rᵢ),
+        y₀ᵢ = L₀ᵢ⁻¹z̃ᵢ₀ and y_Rᵢ = L_R⁻¹(z̃ᵢ_R − C₀ᵣᵀy₀ᵢ): hᵢ = ‖y₀ᵢ‖² + ‖y_Rᵢ‖²,
+        x_Rᵢ = L_R⁻ᵀy_Rᵢ and x₀ᵢ = L₀ᵢ⁻ᵀ(y₀ᵢ − C₀ᵣ x_Rᵢ), each needed only at
+        row i's own levels."""
+        K, prob, rb = self.K, self.prob, self.prob.rb
+        k1 = prob.nre + self.npar
+        f = m.factor
+        T = f.T
+        q, Q0 = rb.q, rb.Q0
+        c0 = rb.codes[0]
+        ZT = [Z @ Tk for Z, Tk in zip(rb.Zs, T, strict=True)]  # rows z̃ᵢₖᵀ
+        L0inv = np.linalg.inv(np.moveaxis(f.L0, -1, 0))  # (n0, q0, q0)
+        y0 = np.einsum("nab,nb->na", L0inv[c0], ZT[0])
+        G, info = dtrtri(f.LR, lower=1)
+        if info != 0:  # pragma: no cover - L_R came from a successful potrf
+            raise PirlsError("the rest block's factor is singular")
+        GT = np.ascontiguousarray(G.T)  # row p: column p of L_R⁻¹
+        HC = np.asarray(f.C0R @ GT)  # (Q0, Qr): rows of C₀ᵣ L_R⁻ᵀ
+        pos = [c0 * q[0]] + [
+            int(rb.rest_offsets[a - 1]) + rb.codes[a] * q[a] for a in range(1, K)
+        ]  # start of row i's level block (first term in u₀, others in u_R)
+        yR = np.zeros((rb.n, rb.Qr))
+        for a in range(1, K):
+            for j in range(q[a]):
+                yR += ZT[a][:, j, None] * GT[pos[a] + j]
+        for j in range(q[0]):
+            yR -= y0[:, j, None] * HC[pos[0] + j]
+        h = np.einsum("na,na->n", y0, y0) + np.einsum("nr,nr->n", yR, yR)
+        c = w3 * h
+        rhs = np.zeros(rb.Q)
+        for k in range(K):
+            base = pos[k] + (0 if k == 0 else Q0)
+            for j in range(q[k]):
+                rhs += np.bincount(base + j, weights=ZT[k][:, j] * c, minlength=rb.Q)
+        vsol = self._solve_any(f, L0inv, rhs)
+        zlv = rb.zb(vsol, T)
+        common = c - 2.0 * lp - w * zlv
+        g = np.empty(phi.size)
+        g[k1:] = prob.X.T @ common
+        if self.npar:
+            p0, p1, pw = self.rows_.param(m.eta)
+            g[prob.nre : k1] = -2.0 * np.sum(p0, axis=0) + h @ pw + zlv @ p1
+        # x at each row's own levels
+        xR = [np.stack([np.einsum("nr,nr->n", GT[pos[a] + j], yR) for j in range(q[a])], 1)
+              for a in range(1, K)]  # fmt: skip
+        cx = np.stack([np.einsum("nr,nr->n", HC[pos[0] + j], yR) for j in range(q[0])], 1)
+        x0 = np.einsum("nba,nb->na", L0inv[c0], y0 - cx)
+        xs = [x0] + xR
+        off = 0
+        for k in range(K):
+            base = pos[k] + (0 if k == 0 else Q0)
+            idx = base[:, None] + np.arange(q[k])[None, :]
+            uk, vk = m.u[idx], vsol[idx]
+            B = common[:, None] * uk + lp[:, None] * vk + 2.0 * w[:, None] * xs[k]
+            A = rb.Zs[k].T @ B  # (q_k, q_k): A[r, c]
+            t = prob.tmpl[k]
+            g[off : off + t.size] = A[t.rows, t.cols]
+            off += t.size
+        return g
+
+    def _solve_any(self, f, L0inv: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        """M⁻¹ rhs for a first term of any size: forward through the blocks, then Lᵀ."""
+        rb = self.prob.rb
+        n0, q0 = rb.nlevels[0], rb.q[0]
+        y0 = np.einsum("nab,nb->na", L0inv, rhs[: rb.Q0].reshape(n0, q0)).ravel()
+        yR = sla.solve_triangular(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0, lower=True, check_finite=False)
+        return back_solve(rb, f, y0, yR)
 
     def _compiled(self, phi: np.ndarray, grad: bool):
         fn, args, work, const, Q = self._kernel
