@@ -91,7 +91,7 @@ def test_zero_diagonal_with_a_column_below_is_searched_past(monkeypatch):
     falls as T₁₁ grows from the negated column.  The fit continues from there
     and reaches the two-stage optimum (T₂₁ < 0), 0.0185 below the bound."""
 
-    import multilevel.glmm.exact.vector as vg
+    import multilevel.glmm.exact.search as vg
 
     d = pd.read_csv(TESTDATA / "poisson_slope_flip.csv", dtype={"g": str})
     f = "y ~ x + (1 + x | g)"

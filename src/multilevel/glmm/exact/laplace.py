@@ -38,8 +38,9 @@ from scipy.linalg.lapack import dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.glmm import pirls
+from multilevel.glmm.exact.link import LINKS
 from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
-from multilevel.glmm.exact.search import run_search
+from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.pirls import PirlsError, PirlsProblem, back_solve
 
@@ -57,8 +58,10 @@ def supported(
     or Poisson-log (plain classes) or a family with the derivatives of its
     log-density and the observed curvature (or a canonical link)."""
     rest = sum(q * nl for q, nl in zip(qs[1:], nlevels[1:], strict=True))
-    fits = canonical_plain(family) or (
-        has_derivatives(family) and (hessian == "observed" or family.canonical)
+    fits = (
+        canonical_plain(family)
+        or (has_derivatives(family) and (hessian == "observed" or family.canonical))
+        or fisher_curvature(family, hessian)
     )
     return (
         len(qs) > 1
@@ -66,6 +69,17 @@ def supported(
         and rest <= MAX_REST
         and nlevels[0] * qs[0] * rest <= MAX_CELLS
         and (all(q == 1 for q in qs) or nrows * rest <= MAX_CELLS)
+    )
+
+
+def fisher_curvature(family: Family, hessian: str) -> bool:
+    """lme4's curvature (Fisher weights) with a probit or cloglog link: the
+    log-determinant's weights differ from the modes' (observed) curvature."""
+    return (
+        hessian != "observed"
+        and not family.canonical
+        and type(family) is Binomial
+        and family.link.name in LINKS
     )
 
 
@@ -86,11 +100,10 @@ class LaplaceGLMM:
         self.rest = [self.pos[k] - rb.Q0 for k in range(1, rb.K)]
         self.u: np.ndarray | None = None
         self.evals = 0
-        self.vector = any(q > 1 for q in rb.q)
+        self.fisher = fisher_curvature(prob.family, prob.hessian)
+        self.vector = any(q > 1 for q in rb.q) or self.fisher  # the general path
         self._kernel = (
-            None
-            if KERNEL_DISABLED or self.rows_.generic or self.vector
-            else _kernel_args(prob)
+            None if KERNEL_DISABLED or self.rows_.generic or self.vector else _kernel_args(prob)
         )
 
     def _mode(self, theta: np.ndarray, beta: np.ndarray):
@@ -115,6 +128,10 @@ class LaplaceGLMM:
             return m.laplace, None
         f = m.factor
         self.rows_.family = prob.family  # at this ψ (PIRLS set it)
+        if self.fisher:
+            r = prob.resp
+            lp, obs, w, w3 = LINKS[prob.family.link.name](m.eta, r.y, r.weights)
+            return m.laplace, self._gradient_terms(phi, m, lp, w, w3, obs)
         _, lp, w, w3 = self.rows_.at(m.eta, 2)
         if self.vector:
             return m.laplace, self._gradient_terms(phi, m, lp, w, w3)
@@ -172,7 +189,7 @@ class LaplaceGLMM:
             )
         return m.laplace, g
 
-    def _gradient_terms(self, phi, m, lp, w, w3) -> np.ndarray:
+    def _gradient_terms(self, phi, m, lp, w, w3, obs=None) -> np.ndarray:
         """The gradient for terms of any size (module docstring, with E the
         derivative of Λ in one entry (r, c) of T_k):
 
@@ -181,7 +198,12 @@ class LaplaceGLMM:
         ℓ = ℓ_k(i), x_i = M⁻¹z̃ᵢ (z̃ᵢ = row i of ZΛ).  With L⁻¹z̃ᵢ = (y₀ᵢ, y_Rᵢ),
         y₀ᵢ = L₀ᵢ⁻¹z̃ᵢ₀ and y_Rᵢ = L_R⁻¹(z̃ᵢ_R − C₀ᵣᵀy₀ᵢ): hᵢ = ‖y₀ᵢ‖² + ‖y_Rᵢ‖²,
         x_Rᵢ = L_R⁻ᵀy_Rᵢ and x₀ᵢ = L₀ᵢ⁻ᵀ(y₀ᵢ − C₀ᵣ x_Rᵢ), each needed only at
-        row i's own levels."""
+        row i's own levels.
+
+        With lme4's Fisher curvature (``obs`` the observed weights −ℓ'', w and w'
+        the Fisher weights and their η-derivative), M and so h and x are
+        Fisher's, while the modes move with the observed curvature: the adjoint
+        v solves with ΛᵀZᵀOZΛ + I, and ``common`` has O in place of w."""
         K, prob, rb = self.K, self.prob, self.prob.rb
         k1 = prob.nre + self.npar
         f = m.factor
@@ -212,9 +234,15 @@ class LaplaceGLMM:
             base = pos[k] + (0 if k == 0 else Q0)
             for j in range(q[k]):
                 rhs += np.bincount(base + j, weights=ZT[k][:, j] * c, minlength=rb.Q)
-        vsol = self._solve_any(f, L0inv, rhs)
+        if obs is None:
+            vsol = self._solve_any(f, L0inv, rhs)
+        else:
+            fo = pirls.factor(rb, rb.crossprods(obs, np.zeros((rb.n, 1))), T, joint=False)
+            if fo is None:
+                raise PirlsError("the observed curvature is not positive definite at the modes")
+            vsol = self._solve_any(fo, np.linalg.inv(np.moveaxis(fo.L0, -1, 0)), rhs)
         zlv = rb.zb(vsol, T)
-        common = c - 2.0 * lp - w * zlv
+        common = c - 2.0 * lp - (w if obs is None else obs) * zlv
         g = np.empty(phi.size)
         g[k1:] = prob.X.T @ common
         if self.npar:
@@ -333,4 +361,7 @@ def _kernel_args(prob: PirlsProblem):
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None):
     """Minimise the Laplace deviance of several scalar terms over (θ[, ψ], δ)
     with its exact gradient (:func:`multilevel.glmm.exact.search.run_search`)."""
-    return run_search(prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob), lower_theta=lower_theta)
+    after = past_zero_columns(prob.tmpl) if any(q > 1 for q in prob.rb.q) else None
+    return run_search(
+        prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob), lower_theta=lower_theta, after=after
+    )

@@ -168,6 +168,46 @@ class Search:
         return rec, H
 
 
+def past_zero_columns(tmpl: list):
+    """``after`` for :func:`run_search`: a zero diagonal T_cc with a nonzero
+    column below it is a bound of this parametrisation, not of the covariance:
+    negating the column gives the same model, and if the deviance falls as
+    T_cc grows from there the search goes on from the negated column (the
+    lower deviance is kept).  Every column of every template is tried."""
+    columns = []
+    for t in tmpl:
+        rows, cols = t.rows, t.cols
+        for c in range(t.q):  # columns of T, not rows or levels
+            below = t.offset + np.flatnonzero((cols == c) & (rows > c))
+            if below.size:
+                dpos = t.offset + int(np.flatnonzero((rows == c) & (cols == c))[0])
+                columns.append((dpos, below))
+
+    def after(search: Search, model, rec, H):
+        for dpos, below in columns:
+            x = rec.theta
+            if x[dpos] > 0 or not np.any(x[below] != 0):
+                continue
+            flip = x.copy()
+            flip[below] *= -1.0
+            _, gf = search.fg(flip)
+            if gf[dpos] >= -1e-6 * max(1.0, float(np.max(np.abs(gf)))):
+                continue
+            flip[dpos] = 0.1 * float(np.linalg.norm(x[below]))
+            sgn = np.ones(x.size)
+            sgn[below] = -1.0  # the Hessian at the negated column: S H S
+            H0 = H * np.outer(sgn, sgn) if H is not None else search.hessian(flip)
+            rec2, H2 = search.minimize(flip, H0)
+            if rec2.criterion < rec.criterion:
+                rec2._thetas = rec._thetas + rec2._thetas
+                rec2._values = rec._values + rec2._values
+                rec, H = rec2, H2
+        search.fg(rec.theta)  # the modes at the optimum
+        return rec, H
+
+    return after
+
+
 def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower_theta=None,
                after=None):  # fmt: skip
     """The search every exact-gradient route runs.

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
-from multilevel.glmm.exact.search import Search, run_search
+from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Family
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
@@ -268,43 +268,14 @@ def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
         raise PirlsError("a group's curvature is singular") from None
 
 
-def _past_zero_columns(search: Search, model: VectorGLMM, rec, H):
-    """A zero diagonal T_cc with a nonzero column below it is a bound of this
-    parametrisation, not of the covariance: negating the column gives the same
-    model, and if the deviance falls as T_cc grows from there the search goes
-    on from the negated column (the lower deviance is kept)."""
-    rows, cols = model.rows, model.cols
-    for c in range(model.q):  # columns of T, not rows or groups
-        dpos = int(np.flatnonzero((rows == c) & (cols == c))[0])
-        below = np.flatnonzero((cols == c) & (rows > c))
-        x = rec.theta
-        if x[dpos] > 0 or not np.any(x[below] != 0):
-            continue
-        flip = x.copy()
-        flip[below] *= -1.0
-        _, gf = search.fg(flip)
-        if gf[dpos] >= -1e-6 * max(1.0, float(np.max(np.abs(gf)))):
-            continue
-        flip[dpos] = 0.1 * float(np.linalg.norm(x[below]))
-        sgn = np.ones(x.size)
-        sgn[below] = -1.0  # the Hessian at the negated column: S H S
-        H0 = H * np.outer(sgn, sgn) if H is not None else search.hessian(flip)
-        rec2, H2 = search.minimize(flip, H0)
-        if rec2.criterion < rec.criterion:
-            rec2._thetas = rec._thetas + rec2._thetas
-            rec2._values = rec._values + rec2._values
-            rec, H = rec2, H2
-    search.fg(rec.theta)  # the modes at the optimum
-    return rec, H
-
-
 def optimize_vector(
     prob, beta0: np.ndarray, theta0: np.ndarray, lower_theta: np.ndarray, nagq: int = 1
 ):
     """Minimise the deviance of one vector term over (θ, δ) with its exact
     gradient, Laplace then quadrature (:func:`multilevel.glmm.exact.search.run_search`),
-    each search continued past zero columns of T (:func:`_past_zero_columns`)."""
+    each search continued past zero columns of T
+    (:func:`multilevel.glmm.exact.search.past_zero_columns`)."""
     return run_search(
         prob, beta0, theta0, lambda n: VectorGLMM(prob, n), nagq, lower_theta,
-        after=_past_zero_columns,
+        after=past_zero_columns(prob.tmpl),
     )  # fmt: skip
