@@ -1,5 +1,6 @@
-"""The moment start of one term (``lmm.start``): close to the optimum where
-the levels are informative, inside the bounds, and only a start."""
+"""The moment starts (``lmm.start``) of one term and of several scalar terms:
+close to the optimum where the levels are informative, inside the bounds,
+and only a start."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 import multilevel as ml
 from multilevel.covariance import templates
-from multilevel.lmm.start import FLOOR, moment_start
+from multilevel.lmm.start import FLOOR, moment_start, moment_start_scalar
 
 
 def _fit(formula, data):
@@ -61,3 +62,28 @@ def test_small_closed_forms_equal_lapack(q):
     D = A @ A.transpose(0, 2, 1) + 0.1 * np.eye(q)
     np.testing.assert_allclose(_inverse(D), np.linalg.inv(D), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(_smallest_eigenvalue(D), np.linalg.eigvalsh(D)[:, 0], atol=1e-12)
+
+
+def test_crossed_scalar_start_is_near_the_optimum():
+    """Randomly crossed intercepts with a nested third term: the crossed θ_k
+    within 10% of the optimum (the one-term moments with the other terms'
+    variation counted as noise), all inside the bounds."""
+    rng = np.random.default_rng(5)
+    n, na, nb = 6000, 300, 120
+    a, b = rng.integers(0, na, n), rng.integers(0, nb, n)
+    c = b // 10  # 12 departments of lecturers
+    y = (rng.normal(0, 0.4, na)[a] + rng.normal(0, 0.6, nb)[b] + rng.normal(0, 0.3, 12)[c]
+         + rng.normal(size=n))  # fmt: skip
+    d = {"y": y, "a": a.astype(str), "b": b.astype(str), "c": c.astype(str)}
+    import pandas as pd
+
+    m = _fit("y ~ 1 + (1 | a) + (1 | b) + (1 | c)", pd.DataFrame(d))
+    x0 = moment_start_scalar(m.criterion.scaled.cp)
+    opt = m.optinfo.internal_theta
+    assert np.all(x0 >= np.sqrt(FLOOR))
+    np.testing.assert_allclose(x0[:2], opt[:2], rtol=0.1)
+    # the departments' means also carry their lecturers' variation: a start
+    # above the optimum, within a factor of 2
+    assert opt[2] < x0[2] < 2 * opt[2]
+    one = _fit("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
+    assert moment_start_scalar(one.criterion.scaled.cp) is None

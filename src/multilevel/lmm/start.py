@@ -67,6 +67,48 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
     return T[tmpl.rows, tmpl.cols] if info == 0 else None
 
 
+def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
+    """θ for several scalar terms (nested or crossed), each by the one-term
+    moments with the others' variation left in the noise: b̂_ℓ = z_ℓᵀr / z_ℓᵀz_ℓ
+    per level, σ²_k ≈ mean(b̂²) − s²·mean(1/z_ℓᵀz_ℓ) with s² = ‖r‖²/(n − p), then
+    σ²_e = s² − Σσ²_k (at least 5% of s²) and θ_k = σ_k/σ_e (at least √FLOOR).
+    None where X is rank deficient or there is no residual."""
+    if cp.A1R is None or any(q != 1 for q in cp.q):
+        return None
+    p = cp.p
+    A = cp.AFF
+    beta = np.zeros(0)
+    if p:
+        c, info = dpotrf(A[:p, :p], lower=1)
+        if info != 0:
+            return None
+        beta, info = dpotrs(c, A[:p, p], lower=1)
+    rss = float(A[p, p] - A[:p, p] @ beta)
+    dof = cp.n - p
+    if not (np.isfinite(rss) and rss > 0 and dof > 0):
+        return None
+    s2 = rss / dof
+    z = np.append(-beta, 1.0)
+    zz = [cp.D1[:, 0, 0]]
+    zr = [cp.B1F[:, 0, :] @ z]
+    diag = cp.ARR.diagonal()
+    rzr = cp.ARF @ z
+    offs = cp.rest_offsets
+    for k in range(1, len(cp.q)):
+        lo, hi = int(offs[k - 1]), int(offs[k])
+        zz.append(diag[lo:hi])
+        zr.append(rzr[lo:hi])
+    var = []
+    for d, r in zip(zz, zr, strict=True):
+        ok = d > 1e-12 * max(float(d.max()), 1e-300)
+        if ok.sum() < 2:
+            return None
+        b = r[ok] / d[ok]
+        var.append(max(float(np.mean(b * b)) - s2 * float(np.mean(1.0 / d[ok])), 0.0))
+    s2e = max(s2 - sum(var), 0.05 * s2)
+    return np.sqrt(np.maximum(np.array(var) / s2e, FLOOR))
+
+
 def _smallest_eigenvalue(D: np.ndarray) -> np.ndarray:
     """Per level; closed form for the common q ≤ 2 (LAPACK's per-call cost
     would be most of a small model's start)."""
