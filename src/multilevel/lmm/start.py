@@ -1,5 +1,6 @@
-"""A starting θ for one random-effects term from its cross-products, by the
-method of moments (no pass over the rows).
+"""A starting θ from the cross-products, by the method of moments (no pass
+over the rows): for one random-effects term of any size (below), and for
+several scalar terms (:func:`moment_start_scalar`).
 
 With β̂ the least-squares fit of y on X alone and r = y − Xβ̂, each level's
 least-squares coefficients of r on its Z_i are b̂_i = (Z_iᵀZ_i)⁻¹ Z_iᵀr,
