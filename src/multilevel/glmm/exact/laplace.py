@@ -68,7 +68,11 @@ def supported(
         and fits
         and rest <= MAX_REST
         and nlevels[0] * qs[0] * rest <= MAX_CELLS
-        and (all(q == 1 for q in qs) or nrows * rest <= MAX_CELLS)
+        # the general path (vector terms, Fisher curvature) holds a rest vector per row
+        and (
+            (all(q == 1 for q in qs) and not fisher_curvature(family, hessian))
+            or nrows * rest <= MAX_CELLS
+        )
     )
 
 
