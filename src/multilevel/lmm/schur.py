@@ -32,6 +32,7 @@ DENSE_MAX = 1500  # below this size a dense factorization is always cheapest
 SPARSE_DENSITY = 0.05  # above this fill the dense factorization wins
 SPARSE_LINKS = 16  # mean links per level in a large block above which the factor fills in
 SMALL_DENSE = 250_000  # entries: sparse first × rest maps held dense below this
+DENSE_KEYS = 16_000_000  # rest orders² up to which pair positions are found by a table
 
 
 def sparse_pays(pattern: sp.csr_matrix) -> bool:
@@ -78,14 +79,26 @@ class PairProducts:
         e2 = A.indptr[rows[e1]] + (np.arange(e1.size) - block_start)
         c1, c2 = A.indices[e1], A.indices[e2]
         keep = c1 >= c2
-        key = c1[keep].astype(np.int64) * Q + c2[keep]
-        # sorted keys make the per-evaluation scatter into M_RR sequential
-        codes, uniq = pd.factorize(key, sort=True)
-        self.K = sp.csr_matrix(
-            (A.data[e1[keep]] * A.data[e2[keep]], (codes, rows[e1[keep]])),
-            shape=(len(uniq), n1),
-        )
-        self.K.sum_duplicates()
+        e1, e2 = e1[keep], e2[keep]
+        key = A.indices[e1].astype(np.int64) * Q + A.indices[e2]
+        # sorted positions make the per-evaluation scatter into M_RR sequential;
+        # for a rest block of modest order a table over Q² finds them in one
+        # pass (a hash of ten million pairs costs far more)
+        if Q * Q <= DENSE_KEYS:
+            present = np.zeros(Q * Q, dtype=bool)
+            present[key] = True
+            uniq = np.flatnonzero(present)
+            codes = (np.cumsum(present, dtype=np.int64) - 1)[key]
+        else:
+            codes, uniq = pd.factorize(key, sort=True)
+        # one column per level, its pairs contiguous (e1 runs level by level)
+        # and distinct: built without sorting or summing, then turned by rows
+        # (a row-wise product writes M_RR's entries in order)
+        per_level = np.bincount(rows[e1], minlength=n1)
+        indptr = np.concatenate([[0], np.cumsum(per_level)])
+        self.K = sp.csc_matrix(
+            (A.data[e1] * A.data[e2], codes, indptr), shape=(len(uniq), n1)
+        ).tocsr()
         self.rows = (uniq // Q).astype(np.int64)
         self.cols = (uniq % Q).astype(np.int64)
         self.flat = np.asarray(uniq, dtype=np.int64)  # row-major positions in a Q x Q matrix
