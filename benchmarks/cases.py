@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 SHARED_DATA = Path(os.environ.get("BENCH_SHARED_DATA", "/work/shared/data"))
+BENCH_DATA = Path(__file__).resolve().parent / "data"  # real data exported once (committed)
+# lme4::InstEval's level order of dept (R's factor() on the export would sort them)
+INSTEVAL_DEPT = ["15", "5", "10", "12", "6", "7", "4", "8", "9", "14", "1", "3", "11", "2"]
 
 
 @dataclass(frozen=True)
@@ -20,18 +23,28 @@ class Case:
     key: str
     name: str
     formula: str
-    file: str  # a file in SHARED_DATA, or "sim:NAME" for a simulate.py data set
+    # a file in SHARED_DATA, "data:FILE" for a file in benchmarks/data, or
+    # "sim:NAME" for a simulate.py data set
+    file: str
     # factor column -> level order (first is the reference), or None for the
     # sorted order of the values in the file
     factors: dict[str, list[str] | None] = field(default_factory=dict)
     crossed: bool = False
+    REML: bool = True  # False: maximum likelihood (every engine is told so)
+    max_repeats: int | None = None  # caps --repeats for a slow case
 
     def csv_path(self) -> Path:
         if self.file.startswith("sim:"):
             import simulate  # local module; generates the file on first use
 
             return simulate.ensure(self.file[4:])
+        if self.file.startswith("data:"):
+            return BENCH_DATA / self.file[5:]
         return SHARED_DATA / self.file
+
+    @property
+    def criterion_name(self) -> str:
+        return "REML criterion" if self.REML else "deviance (-2 log-likelihood)"
 
 
 CASES = {
@@ -68,6 +81,48 @@ CASES = {
             crossed=True,
         ),
         Case("e", "large_sim", "y ~ 1 + x + (1 + x | g)", "sim:large_sim", {"g": None}),
+        Case(
+            "f",
+            "insteval_ml",
+            "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)",
+            "data:insteval.csv",
+            {"service": ["0", "1"], "s": None, "d": None, "dept": INSTEVAL_DEPT},
+            crossed=True,
+            REML=False,
+        ),
+        Case(
+            "g",
+            "insteval_service_dept",
+            "y ~ service*dept + (1 | s) + (1 | d)",
+            "data:insteval.csv",
+            {"service": ["0", "1"], "s": None, "d": None, "dept": INSTEVAL_DEPT},
+            crossed=True,
+        ),
+        Case(
+            "h",
+            "egsingle_ml",
+            "math ~ year + (year | childid) + (year | schoolid)",
+            "data:egsingle.csv",
+            {"childid": None, "schoolid": None},
+            REML=False,
+        ),
+        Case(
+            "i",
+            "movielens_sim",
+            "y ~ 1 + (1 | user) + (1 | item)",
+            "sim:movielens_sim",
+            {"user": None, "item": None},
+            crossed=True,
+        ),
+        Case(
+            "j",
+            "crossed5000_sim",
+            "y ~ x + (1 | a) + (1 | b)",
+            "sim:crossed5000_sim",
+            {"a": None, "b": None},
+            crossed=True,
+            max_repeats=3,
+        ),
     ]
 }
 

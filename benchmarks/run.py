@@ -1,6 +1,6 @@
 """Benchmark driver: time LMM fits of several engines side by side.
 
-    python benchmarks/run.py [--cases a,b,c,d,e] [--repeats N]
+    python benchmarks/run.py [--cases a,b,c,...,j] [--repeats N]
                              [--engines multilevel,lme4,glmm,mixedlm]
 
 Every (case, engine, thread setting) runs in a fresh subprocess, one after the
@@ -46,9 +46,13 @@ class Engine:
 
     def command(self, case: cases.Case, repeats: int, budget: float) -> list[str]:
         script = str(HERE / self.script)
+        if case.max_repeats is not None:
+            repeats = min(repeats, case.max_repeats)
         if self.kind == "r":
             spec = [str(case.csv_path()), case.formula, cases.factor_spec(case)]
-            return [self.interpreter, script, *spec, str(repeats), str(budget)]
+            reml = "TRUE" if case.REML else "FALSE"
+            return [self.interpreter, script, *spec, str(repeats), str(budget), reml]
+        # the Python runners read the formula, factors and REML flag from cases.py
         return [self.interpreter, script, case.key, str(repeats), str(budget)]
 
     def missing(self) -> str | None:
@@ -136,7 +140,7 @@ COLUMNS: list[tuple[str, int, Any]] = [
     ("cpu/wall", 9, lambda r: f"{r['cpu_median_s'] / r['median_s']:.2f}"),
     ("n", 3, lambda r: str(r["repeats"])),
     ("evals", 6, lambda r: fmt(r["evals"], "d")),
-    ("ms/eval", 9, lambda r: fmt(r["ms_per_eval"], ".3f")),
+    ("ms/eval", 11, lambda r: fmt(r["ms_per_eval"], ".3f")),
     ("peak MB", 8, lambda r: f"{r['peak_mb']:.0f}"),
     ("+fit MB", 8, lambda r: f"{r['peak_mb'] - r['rss_before_fit_mb']:.0f}"),
     ("crit-best", 10, lambda r: fmt(r["crit_minus_best"], ".1e")),
@@ -148,7 +152,8 @@ def print_table(results: list[dict[str, Any]], baseline: str) -> None:
     head = f"{'engine':<11}{'thr':>4}" + "".join(f"{h:>{w}}" for h, w, _ in cols)
     for key in dict.fromkeys(r["case"] for r in results):
         case = cases.CASES[key]
-        print(f"\n({key}) {case.name}: {case.formula}")
+        fit_by = "REML" if case.REML else "ML"
+        print(f"\n({key}) {case.name}: {case.formula}  [{fit_by}; crit = {case.criterion_name}]")
         if not any(
             r["engine"] == baseline and r["status"] == "ok" for r in results if r["case"] == key
         ):
@@ -160,6 +165,8 @@ def print_table(results: list[dict[str, Any]], baseline: str) -> None:
                 print(f"{label}  {r['status'].upper()}: {r['reason']}")
                 continue
             flags = "" if r.get("converged") in (True, None) else "  (not converged)"
+            if r.get("warmup_only"):
+                flags += "  (one fit: the warm-up exceeded --budget)"
             if r["others_busy"] > BUSY_WARN:
                 flags += f"  (!) other processes used {r['others_busy']:.0%} of the CPUs"
             print(label + "".join(f"{cell(r):>{w}}" for _, w, cell in cols) + flags)
@@ -179,6 +186,8 @@ def git_state() -> str:
         ).stdout.strip()
     except OSError:
         return "unknown"
+    if not head:
+        return "unknown (not a git checkout)"
     return f"{head}{' + uncommitted changes in src/' if dirty else ''}"
 
 
@@ -196,7 +205,10 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=5, help="timed fits after one warm-up (default 5)"
     )
     ap.add_argument(
-        "--budget", type=float, default=120.0, help="seconds per run; fewer (>=3) fits if exceeded"
+        "--budget",
+        type=float,
+        default=120.0,
+        help="seconds per run: fewer (>=3) fits if exceeded; only the warm-up if it exceeds it",
     )
     ap.add_argument(
         "--threads", default="default,1", help="'default', '1' or both (threaded engines)"
@@ -223,11 +235,37 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--idle-wait", type=float, default=300.0, help="give up waiting after N s")
     ap.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="add to the results already in --output (replacing the same case, engine, threads)",
+    )
     return ap.parse_args()
+
+
+def merge_previous(
+    path: Path, results: list[dict[str, Any]], meta: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``results`` added to those already in ``path`` (a new run replaces an old
+    one of the same case, engine and threads); the old runs' ``meta`` go to
+    ``meta["earlier_runs"]``."""
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    new_keys = {(r["case"], r["engine"], r["threads"]) for r in results}
+    kept = [r for r in old["results"] if (r["case"], r["engine"], r["threads"]) not in new_keys]
+    earlier = old["meta"].pop("earlier_runs", [])
+    meta["earlier_runs"] = [*earlier, old["meta"]]
+    case_order, engine_order = list(cases.CASES), list(ENGINES)
+    return sorted(
+        kept + results,
+        key=lambda r: (case_order.index(r["case"]), engine_order.index(r["engine"]), r["threads"]),
+    )
 
 
 def main() -> None:
     args = parse_args()
+    started, git_at_start = time.strftime("%Y-%m-%d %H:%M:%S"), git_state()
 
     keys = [k.strip() for k in args.cases.split(",") if k.strip()]
     names = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -253,10 +291,10 @@ def main() -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-    add_ratios(results, args.baseline)
-    print_table(results, args.baseline)
     meta = {
+        "started": started,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_at_start": git_at_start,  # others may commit while a long run goes on
         "git": git_state(),
         "machine": {
             "platform": platform.platform(),
@@ -266,7 +304,12 @@ def main() -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
         "env": {v: os.environ.get(v) for v in THREAD_VARS + BLAS_VARS},
         "formulas": {k: cases.CASES[k].formula for k in keys},
+        "reml": {k: cases.CASES[k].REML for k in keys},
     }
+    if args.merge:
+        results = merge_previous(args.output, results, meta)
+    add_ratios(results, args.baseline)
+    print_table(results, args.baseline)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"\nwrote {args.output}")

@@ -1,8 +1,9 @@
 """Runner for ``glmm`` (PyPI; Rust core). Run under the benchmark venv.
 
-API used: ``glmm.fit(df, formula, reml=True)``; evaluations ``Fit.n_eval``
-(objective evaluations; gradient evaluations ``Fit.n_grad`` are reported in the
-note), criterion ``-2 * Fit.loglik`` (the REML criterion on a REML fit).
+API used: ``glmm.fit(df, formula, reml=reml)`` (``reml`` from the case);
+evaluations ``Fit.n_eval`` (objective evaluations; gradient evaluations
+``Fit.n_grad`` are reported in the note), criterion ``-2 * Fit.loglik`` (the
+REML criterion of a REML fit, the deviance of an ML fit).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import pandas as pd
 import runner_common
 
 
-def fit(formula: str, df: pd.DataFrame) -> object:
+def fit(formula: str, df: pd.DataFrame, reml: bool) -> object:
     import glmm
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return glmm.fit(df, formula, reml=True)
+        return glmm.fit(df, formula, reml=reml)
 
 
 def info(m: object) -> runner_common.FitInfo:

@@ -1,19 +1,23 @@
 # Time lme4::lmer on one benchmark case.
 #
-# Usage: Rscript run_lme4.R CSV FORMULA FACTORS REPEATS BUDGET_S
+# Usage: Rscript run_lme4.R CSV FORMULA FACTORS REPEATS BUDGET_S REML
 #   FACTORS: "col:lev1,lev2;col2" (levels optional; first level = reference)
+#   REML: TRUE or FALSE (maximum likelihood)
 # Prints one line "RESULT {json}" that benchmarks/run.py parses.
 # Each timed fit is the whole lmer() call (formula processing included);
 # one untimed warm-up fit comes first. If REPEATS fits would exceed BUDGET_S
-# (judged by the warm-up), fewer are timed, but at least 3 (as runner_common.py).
+# (judged by the warm-up), fewer are timed, but at least 3; if the warm-up alone
+# exceeded BUDGET_S, it is the one timing reported (as runner_common.py).
 
 args <- commandArgs(trailingOnly = TRUE)
-stopifnot(length(args) == 5)
+stopifnot(length(args) == 6)
 csv <- args[[1]]
 form <- as.formula(args[[2]])
 factors <- strsplit(args[[3]], ";", fixed = TRUE)[[1]]
 repeats <- as.integer(args[[4]])
 budget <- as.numeric(args[[5]])
+reml <- as.logical(args[[6]])
+stopifnot(!is.na(reml))
 
 vm_hwm_mb <- function() {
   line <- grep("^VmHWM:", readLines("/proc/self/status"), value = TRUE)
@@ -33,7 +37,7 @@ for (spec in factors[nzchar(factors)]) {
 }
 rss_before <- vm_hwm_mb()
 
-fit <- function() lmer(form, data = dat, REML = TRUE)
+fit <- function() lmer(form, data = dat, REML = reml)
 # Wall time from Sys.time() (microsecond resolution); CPU time from proc.time()
 # (millisecond resolution). No gc() between fits, as in the Python runners.
 timed <- function() {
@@ -44,21 +48,28 @@ timed <- function() {
   c1 <- proc.time() - c0
   c(as.numeric(difftime(t1, t0, units = "secs")), c1[["user.self"]] + c1[["sys.self"]])
 }
-warmup <- timed()[[1]]
-if (warmup * repeats > budget) repeats <- max(min(3L, repeats), as.integer(budget / warmup))
-runs <- vapply(seq_len(repeats), function(i) timed(), numeric(2))
+warm <- timed()
+warmup <- warm[[1]]
+if (warmup * repeats > budget) {
+  repeats <- if (warmup > budget) 0L else max(min(3L, repeats), as.integer(budget / warmup))
+}
+runs <- if (repeats > 0) vapply(seq_len(repeats), function(i) timed(), numeric(2)) else matrix(warm)
 wall <- runs[1, ]
 cpu <- runs[2, ]
 
+# REML criterion of a REML fit, deviance (-2 log-likelihood) of an ML fit
+crit <- if (isREML(m)) REMLcrit(m) else deviance(m)
 num <- function(x) paste0("[", paste(sprintf("%.6f", x), collapse = ", "), "]")
 msgs <- m@optinfo$conv$lme4$messages
 cat(sprintf(
   paste0(
     "RESULT {\"engine_version\": \"lme4 %s (R %s.%s)\", \"nobs\": %d, ",
-    "\"warmup_s\": %.6f, \"times_s\": %s, \"cpu_s\": %s, \"evals\": %d, \"criterion\": %.10f, ",
+    "\"warmup_s\": %.6f, \"warmup_only\": %s, \"reml\": %s, ",
+    "\"times_s\": %s, \"cpu_s\": %s, \"evals\": %d, \"criterion\": %.10f, ",
     "\"optimizer\": \"%s\", \"converged\": %s, \"rss_before_fit_mb\": %.1f}\n"
   ),
   packageVersion("lme4"), R.version$major, R.version$minor, nobs(m), warmup,
-  num(wall), num(cpu), as.integer(m@optinfo$feval), REMLcrit(m),
+  if (repeats == 0) "true" else "false", if (reml) "true" else "false",
+  num(wall), num(cpu), as.integer(m@optinfo$feval), crit,
   m@optinfo$optimizer, if (is.null(msgs)) "true" else "false", rss_before
 ))

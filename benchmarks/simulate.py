@@ -1,4 +1,4 @@
-"""Simulated data sets for the benchmark cases (d) and (e).
+"""Simulated data sets for the benchmark cases (d), (e), (i) and (j).
 
 Each generator is deterministic (fixed seed) and writes a CSV into the cache
 directory (``benchmarks/.data`` by default, or ``$BENCH_DATA_DIR``), so every
@@ -6,7 +6,7 @@ engine reads byte-identical data. A small JSON file next to each CSV records
 the generator version and parameters; a CSV whose record does not match is
 regenerated.
 
-Run ``python benchmarks/simulate.py`` to (re)build both files.
+Run ``python benchmarks/simulate.py`` to (re)build all files.
 """
 
 from __future__ import annotations
@@ -47,6 +47,37 @@ LARGE = {
     "sd_intercept": 1.0,
     "sd_slope": 0.5,
     "corr": 0.3,
+    "sigma": 1.0,
+}
+
+# (i) MovieLens-100k-shaped users x items design: power-law item popularity and
+# user activity, every user >= 20 ratings, no user-item pair twice; ratings are
+# a rounded latent score on the 1-5 scale (mean 3.5 as in MovieLens-100k).
+MOVIELENS = {
+    "seed": 20240603,
+    "n_rows": 100_000,
+    "n_users": 943,
+    "n_items": 1_682,
+    "min_per_user": 20,
+    "user_zipf": 1.0,  # extra ratings of the user of activity rank r ~ (r + user_offset)^-1
+    "user_offset": 40,
+    "item_zipf": 1.6,  # popularity of the item of rank r ~ (r + item_offset)^-1.6
+    "item_offset": 60,
+    "intercept": 3.55,
+    "sd_user": 0.45,
+    "sd_item": 0.55,
+    "sigma": 0.95,
+}
+
+# (j) random 5,000 x 5,000 crossed design: both factors drawn uniformly.
+CROSSED_5000 = {
+    "seed": 20240604,
+    "n_rows": 30_000,
+    "n_a": 5_000,
+    "n_b": 5_000,
+    "beta": [1.0, 0.5],
+    "sd_a": 1.0,
+    "sd_b": 0.7,
     "sigma": 1.0,
 }
 
@@ -91,7 +122,7 @@ def simulate_insteval(p: dict) -> pd.DataFrame:
 
 
 def _cover_all_lecturers(rng: np.random.Generator, d_lists: list[np.ndarray], n_d: int) -> None:
-    """Make every lecturer rated at least once by swapping in unrated ones."""
+    """Make every lecturer (item) rated at least once by swapping in unrated ones."""
     counts = np.bincount(np.concatenate(d_lists), minlength=n_d)
     for missing in np.flatnonzero(counts == 0):
         while True:
@@ -120,7 +151,57 @@ def simulate_large(p: dict) -> pd.DataFrame:
     return pd.DataFrame({"y": y, "x": x, "g": g + 1})
 
 
-GENERATORS = {"insteval_sim": (simulate_insteval, INSTEVAL), "large_sim": (simulate_large, LARGE)}
+def _zipf_weights(n: int, exponent: float, offset: float) -> np.ndarray:
+    w = (np.arange(1, n + 1) + offset) ** -exponent
+    return w / w.sum()
+
+
+def simulate_movielens(p: dict) -> pd.DataFrame:
+    """Users rate distinct items; activity and popularity follow shifted Zipf laws.
+
+    User u (activity rank random) rates ``min_per_user`` + a multinomial share
+    (Zipf weights) of the remaining ratings; the items are drawn without
+    replacement with Zipf popularity weights; unrated items are swapped in.
+    ``y`` = intercept + user + item effects + noise, rounded and clipped to 1..5.
+    """
+    rng = np.random.default_rng(p["seed"])
+    n_u, n_i, n = p["n_users"], p["n_items"], p["n_rows"]
+    extra = n - p["min_per_user"] * n_u
+    w_user = _zipf_weights(n_u, p["user_zipf"], p["user_offset"])[rng.permutation(n_u)]
+    sizes = p["min_per_user"] + rng.multinomial(extra, w_user)
+    w_item = _zipf_weights(n_i, p["item_zipf"], p["item_offset"])[rng.permutation(n_i)]
+    lists = [rng.choice(n_i, size=k, replace=False, p=w_item) for k in sizes]
+    _cover_all_lecturers(rng, lists, n_i)
+    user = np.repeat(np.arange(n_u), sizes)
+    item = np.concatenate(lists)
+    b_u = rng.normal(0.0, p["sd_user"], n_u)
+    b_i = rng.normal(0.0, p["sd_item"], n_i)
+    latent = p["intercept"] + b_u[user] + b_i[item] + rng.normal(0.0, p["sigma"], n)
+    y = np.clip(np.rint(latent), 1, 5).astype(np.int64)
+    return pd.DataFrame({"y": y, "user": user + 1, "item": item + 1})
+
+
+def simulate_crossed(p: dict) -> pd.DataFrame:
+    """``y = b0 + b1 x + a + b + e`` with factors ``a`` and ``b`` drawn uniformly
+    (so a few levels of each may not occur; pairs may repeat)."""
+    rng = np.random.default_rng(p["seed"])
+    n = p["n_rows"]
+    a = rng.integers(0, p["n_a"], n)
+    b = rng.integers(0, p["n_b"], n)
+    x = rng.normal(0.0, 1.0, n)
+    u_a = rng.normal(0.0, p["sd_a"], p["n_a"])
+    u_b = rng.normal(0.0, p["sd_b"], p["n_b"])
+    b0, b1 = p["beta"]
+    y = b0 + b1 * x + u_a[a] + u_b[b] + rng.normal(0.0, p["sigma"], n)
+    return pd.DataFrame({"y": y, "x": x, "a": a + 1, "b": b + 1})
+
+
+GENERATORS = {
+    "insteval_sim": (simulate_insteval, INSTEVAL),
+    "large_sim": (simulate_large, LARGE),
+    "movielens_sim": (simulate_movielens, MOVIELENS),
+    "crossed5000_sim": (simulate_crossed, CROSSED_5000),
+}
 
 
 def ensure(name: str, data_dir: Path = DATA_DIR) -> Path:
@@ -139,11 +220,14 @@ def ensure(name: str, data_dir: Path = DATA_DIR) -> Path:
     return csv
 
 
+FACTORS = ("s", "d", "dept", "g", "user", "item", "a", "b")
+
+
 def main() -> None:
     for name in GENERATORS:
         path = ensure(name)
         df = pd.read_csv(path)
-        levels = {c: df[c].nunique() for c in df.columns if c in ("s", "d", "dept", "g")}
+        levels = {c: df[c].nunique() for c in df.columns if c in FACTORS}
         print(f"{path}: {len(df)} rows, levels {levels}")
 
 
