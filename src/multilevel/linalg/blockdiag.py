@@ -24,7 +24,5 @@ class BlockDiagonal:
         self.indices, self.indptr, self.shape = P.indices, P.indptr, P.shape
 
     def __call__(self, T: list[np.ndarray]) -> sp.csr_matrix:
-        data = np.concatenate(
-            [np.tile(t.ravel(), n) for n, t in zip(self.nlevels, T, strict=True)]
-        )
+        data = np.concatenate([np.tile(t.ravel(), n) for n, t in zip(self.nlevels, T, strict=True)])
         return sp.csr_matrix((data, self.indices, self.indptr), shape=self.shape)
