@@ -34,18 +34,10 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
     do not give one (X rank deficient, no residual, under two usable levels)."""
     if cp.A1R is not None or len(cp.q) != 1:
         return None
-    p = cp.p
-    A = cp.AFF
-    beta = np.zeros(0)
-    if p:  # LAPACK directly: numpy's wrappers cost more than these small solves
-        c, info = dpotrf(A[:p, :p], lower=1)
-        if info != 0:
-            return None
-        beta, info = dpotrs(c, A[:p, p], lower=1)
-    rss = float(A[p, p] - A[:p, p] @ beta)
-    dof = cp.n - p
-    if not (np.isfinite(rss) and rss > 0 and dof > 0):
+    ols = _ols(cp)
+    if ols is None:
         return None
+    beta, rss, dof = ols
     s2 = rss / dof
     zr = cp.B1F @ np.append(-beta, 1.0)  # (levels, q): Z_iᵀ r
     D = cp.D1
@@ -76,18 +68,10 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     None where X is rank deficient or there is no residual."""
     if cp.A1R is None or any(q != 1 for q in cp.q):
         return None
-    p = cp.p
-    A = cp.AFF
-    beta = np.zeros(0)
-    if p:
-        c, info = dpotrf(A[:p, :p], lower=1)
-        if info != 0:
-            return None
-        beta, info = dpotrs(c, A[:p, p], lower=1)
-    rss = float(A[p, p] - A[:p, p] @ beta)
-    dof = cp.n - p
-    if not (np.isfinite(rss) and rss > 0 and dof > 0):
+    ols = _ols(cp)
+    if ols is None:
         return None
+    beta, rss, dof = ols
     s2 = rss / dof
     z = np.append(-beta, 1.0)
     zz = [cp.D1[:, 0, 0]]
@@ -108,6 +92,24 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
         var.append(max(float(np.mean(b * b)) - s2 * float(np.mean(1.0 / d[ok])), 0.0))
     s2e = max(s2 - sum(var), 0.05 * s2)
     return np.sqrt(np.maximum(np.array(var) / s2e, FLOOR))
+
+
+def _ols(cp: CrossProducts) -> tuple[np.ndarray, float, int] | None:
+    """β̂, ‖r‖² and n − p of the least-squares fit of y on X alone, from the
+    cross-products; None when X is rank deficient or nothing is left."""
+    p = cp.p
+    A = cp.AFF
+    beta = np.zeros(0)
+    if p:  # LAPACK directly: numpy's wrappers cost more than these small solves
+        c, info = dpotrf(A[:p, :p], lower=1)
+        if info != 0:
+            return None
+        beta, info = dpotrs(c, A[:p, p], lower=1)
+    rss = float(A[p, p] - A[:p, p] @ beta)
+    dof = cp.n - p
+    if not (np.isfinite(rss) and rss > 0 and dof > 0):
+        return None
+    return beta, rss, dof
 
 
 def _smallest_eigenvalue(D: np.ndarray) -> np.ndarray:
