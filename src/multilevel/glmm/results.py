@@ -435,29 +435,33 @@ class GlmerFit(InferenceMethods, TextExport, MixedModelFit):
         per row used in the fit, on the scale of ``fit.y`` (proportions of the
         same numbers of trials for a binomial response, as ``simulate`` gives).
         Warnings are left to the caller."""
-        if self._engine is None:
-            raise ModelError("this fit cannot be refitted (it was not fitted in memory)")
         y = np.asarray(newresp, dtype=float)
         if y.shape != (self.nobs,):
             raise ModelError(f"newresp needs {self.nobs} values, not {y.size}")
-        resp = self.family.new_response(self._prob.resp.take(self._inv), y)
-        design = copy.copy(self.design)
-        design.random = list(self.design.random)  # the fit orders the list in place
-        with single_threaded_blas():
-            return self._engine(design, copy.copy(self.family), resp)
+        return self._fit_again(lambda design: None, y)
 
     def null_model(self) -> GlmerFit:
         """The model with the same random effects, family and offset but only
         an intercept as fixed effect (insight's ``null_model``)."""
         from multilevel.formula.design import MatrixSpec
 
+        def intercept_only(design) -> None:
+            design.X = np.ones((self.nobs, 1))
+            design.xspec = MatrixSpec(True, [], [], ["(Intercept)"])
+
+        return self._fit_again(intercept_only)
+
+    def _fit_again(self, change_design, y: np.ndarray | None = None) -> GlmerFit:
+        """This fit's engine and settings on a copy of its design (changed by
+        ``change_design``) and its response (or ``y`` in its place)."""
         if self._engine is None:
             raise ModelError("this fit cannot be refitted (it was not fitted in memory)")
-        design = copy.copy(self.design)
-        design.random = list(self.design.random)
-        design.X = np.ones((self.nobs, 1))
-        design.xspec = MatrixSpec(True, [], [], ["(Intercept)"])
         resp = self._prob.resp.take(self._inv)
+        if y is not None:
+            resp = self.family.new_response(resp, y)
+        design = copy.copy(self.design)
+        design.random = list(self.design.random)  # the fit orders the list in place
+        change_design(design)
         with single_threaded_blas():
             return self._engine(design, copy.copy(self.family), resp)
 

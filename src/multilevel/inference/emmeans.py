@@ -133,8 +133,9 @@ class Emmeans:
         self.ddf = "asymptotic" if self.glmm else ddf
         cells = pd.DataFrame({s: grid.points[s] for s in specs})
         keys = list(cells.itertuples(index=False, name=None))
-        order = list(dict.fromkeys(keys))  # grid order: the first spec varies fastest
-        idx = np.array([order.index(k) for k in keys])
+        cell_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # grid order
+        order = list(cell_of)  # the first spec varies fastest
+        idx = np.array([cell_of[k] for k in keys])
         counts = np.bincount(idx, minlength=len(order))
         L = np.zeros((len(order), grid.X.shape[1]))
         np.add.at(L, idx, grid.X)
