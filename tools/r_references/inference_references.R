@@ -342,6 +342,18 @@ write_case <- function(res) {
 lmm_dist <- "sigma^2 (residual variance of the LMM)"
 
 # ---------------------------------------------------------------- cases
+# emmeans by sector with both DF methods, and their Tukey pairs (the HSB cases)
+sector_emmeans <- function(res) {
+  for (df in c("satterthwaite", "kenward-roger")) {
+    key <- gsub("-", "_", df)
+    em <- sprintf('emmeans(fit, "sector", lmer.df = "%s")', df)
+    res[[paste0("emmeans_sector_", key)]] <- emm_block(em, sprintf("summary(%s)", em))
+    res[[paste0("pairs_sector_", key, "_tukey")]] <- table_block(
+      sprintf('summary(pairs(%s, adjust = "tukey"))', em))
+  }
+  res
+}
+
 case_hsb_reml <- function() {
   res <- header(
     "hsb_reml", "hsb.csv",
@@ -363,16 +375,7 @@ case_hsb_reml <- function() {
                                                  values = lapply(ref_grid(fit)@levels, function(v) if (is.numeric(v)) v else I(v))),
                                    note = paste("covariates at their means over the data rows;",
                                                 ".wgt. = number of rows per sector")))
-  res$emmeans_sector_satterthwaite <- emm_block(
-    'emmeans(fit, "sector", lmer.df = "satterthwaite")',
-    'summary(emmeans(fit, "sector", lmer.df = "satterthwaite"))')
-  res$emmeans_sector_kenward_roger <- emm_block(
-    'emmeans(fit, "sector", lmer.df = "kenward-roger")',
-    'summary(emmeans(fit, "sector", lmer.df = "kenward-roger"))')
-  res$pairs_sector_satterthwaite_tukey <- table_block(
-    'summary(pairs(emmeans(fit, "sector", lmer.df = "satterthwaite"), adjust = "tukey"))')
-  res$pairs_sector_kenward_roger_tukey <- table_block(
-    'summary(pairs(emmeans(fit, "sector", lmer.df = "kenward-roger"), adjust = "tukey"))')
+  res <- sector_emmeans(res)
   write_case(res)
 }
 
@@ -389,16 +392,7 @@ case_hsb_intercept_reml <- function() {
   res$icc <- icc_block("fit")
   res$get_variance <- variance_block("fit", "hsb", lmm_dist)
   res$ref_grid <- table_block("ref_grid(fit)@grid")
-  res$emmeans_sector_satterthwaite <- emm_block(
-    'emmeans(fit, "sector", lmer.df = "satterthwaite")',
-    'summary(emmeans(fit, "sector", lmer.df = "satterthwaite"))')
-  res$emmeans_sector_kenward_roger <- emm_block(
-    'emmeans(fit, "sector", lmer.df = "kenward-roger")',
-    'summary(emmeans(fit, "sector", lmer.df = "kenward-roger"))')
-  res$pairs_sector_satterthwaite_tukey <- table_block(
-    'summary(pairs(emmeans(fit, "sector", lmer.df = "satterthwaite"), adjust = "tukey"))')
-  res$pairs_sector_kenward_roger_tukey <- table_block(
-    'summary(pairs(emmeans(fit, "sector", lmer.df = "kenward-roger"), adjust = "tukey"))')
+  res <- sector_emmeans(res)
   write_case(res)
 }
 
