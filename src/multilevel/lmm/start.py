@@ -21,13 +21,11 @@ evaluations finding the scale of θ that this gives directly.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrf, dpotrs
 
 from multilevel.covariance import Template
 from multilevel.linalg.crossprod import CrossProducts
 
-SMALL_DENSE = 400  # levels of all terms below which dense arithmetic is cheaper
 FLOOR = 1e-3  # smallest eigenvalue of the start's Σ/σ² (θ's scale is 1)
 
 
@@ -90,29 +88,41 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     beta, rss, dof = ols
     z = np.append(-beta, 1.0)
     K, n = len(cp.q), cp.n
-    n1 = cp.nlevels[0]
-    bounds = np.concatenate([[0], n1 + np.asarray(cp.rest_offsets, dtype=np.int64)])
-    # ZᵀZ and Zᵀr over all terms' levels, the first term's block diagonal
+    offs = np.asarray(cp.rest_offsets, dtype=np.int64)  # rest term k: offs[k-1]:offs[k]
     d1 = cp.D1[:, 0, 0]
-    G = sp.bmat([[sp.diags(d1), cp.A1R], [cp.A1R.T, cp.ARR]], format="csr")
-    d = np.concatenate([d1, cp.ARR.diagonal()])
-    zr = np.concatenate([cp.B1F[:, 0, :] @ z, cp.ARF @ z])
-    ok = d > 1e-12 * max(float(d.max()), 1e-300)
-    dinv = np.where(ok, 1.0 / np.where(ok, d, 1.0), 0.0)
-    GW = G.multiply(G).multiply(dinv[:, None]).tocsr()  # a_ℓm²/d_ℓ
-    # 1ᵀZ_j: Z_jᵀZ₁ summed over the first term's levels (they partition the rows)
-    colsum = np.concatenate([d1, np.asarray(cp.A1R.sum(axis=0)).ravel()])
-    if G.shape[0] <= SMALL_DENSE:  # scipy's per-call cost exceeds the arithmetic
-        GW = GW.toarray()
+    rrow, rcol, rval = _entries(cp.ARR)
+    dR = np.bincount(rrow[rrow == rcol], weights=rval[rrow == rcol], minlength=cp.ARR.shape[0])
+    zr1 = cp.B1F[:, 0, :] @ z
+    zrR = cp.ARF @ z
+    ok1 = d1 > 1e-12 * max(float(d1.max()), 1e-300)
+    okR = dR > 1e-12 * max(float(dR.max()), 1e-300)
+    inv1 = np.where(ok1, 1.0 / np.where(ok1, d1, 1.0), 0.0)
+    invR = np.where(okR, 1.0 / np.where(okR, dR, 1.0), 0.0)
+    termR = np.searchsorted(offs, np.arange(dR.size), side="right")  # 1 … K-1
+    # S[k, j] = Σ a_ℓm²/d_ℓ over levels ℓ of k and m of j, from the nonzeros of
+    # the first term's cross block and of the rest's block (numpy on their
+    # entries: no sparse products, whose fixed cost dominates small models)
     S = np.zeros((K + 1, K + 1))
-    rhs = np.empty(K + 1)
+    S[0, 0] = float(d1[ok1].sum())
+    arow, acol, aval = _entries(cp.A1R)
+    a2 = aval * aval
+    S[0, :K] += np.bincount(termR[acol], weights=a2 * inv1[arow], minlength=K)
+    S[:K, 0] += np.bincount(termR[acol], weights=a2 * invR[acol], minlength=K)
+    pair = termR[rrow] * K + termR[rcol]
+    S[:K, :K] += np.bincount(pair, weights=rval * rval * invR[rrow], minlength=K * K).reshape(K, K)
+    # 1ᵀZ_j: Z_jᵀZ₁ summed over the first term's levels (they partition the rows)
+    colsum = np.concatenate([d1, np.bincount(acol, weights=aval, minlength=dR.size)])
+    bounds = np.concatenate([[0], cp.nlevels[0] + offs])
+    d = np.concatenate([d1, dR])
     for j in range(K):
         cj = slice(bounds[j], bounds[j + 1])
         common = float(colsum[cj] @ colsum[cj]) / n
+        S[:K, j] -= common
         S[K, j] = float(d[cj].sum()) - common
-        for k in range(K):
-            ck = slice(bounds[k], bounds[k + 1])
-            S[k, j] = float(GW[ck, cj].sum()) - common
+    rhs = np.empty(K + 1)
+    zr = np.concatenate([zr1, zrR])
+    dinv = np.concatenate([inv1, invR])
+    ok = np.concatenate([ok1, okR])
     for k in range(K):
         ck = slice(bounds[k], bounds[k + 1])
         if ok[ck].sum() < 2:
@@ -131,6 +141,16 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
         s2e = (rss - rhs[0]) / free if free > 0 and rss > rhs[0] else rss / dof
         v = np.append((rhs[:K] - s2e * S[:K, K]) / np.diag(S)[:K], s2e)
     return np.sqrt(np.maximum(v[:K] / v[K], FLOOR))
+
+
+def _entries(M) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and values of a sparse matrix's stored entries (read off
+    CSR arrays directly: a COO conversion costs more than a small model's start)."""
+    if M.format == "csr":
+        rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+        return rows, M.indices, M.data
+    C = M.tocoo()
+    return C.row, C.col, C.data
 
 
 def _ols(cp: CrossProducts) -> tuple[np.ndarray, float, int] | None:
