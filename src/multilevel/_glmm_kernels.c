@@ -560,6 +560,389 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(laplace);
 }
 
+/* ------------------------------------------------------------------------
+ * One vector-valued random-effects term (multilevel.glmm.exact.vector):
+ * the Laplace deviance of binomial-logit or Poisson-log and its exact
+ * gradient in phi = (theta, beta), group by group.  Row i of group j has
+ * eta_i = o_i + x_i'beta + z_i'T u_j (T lower triangular, q x q, theta its
+ * lower triangle by columns).  Per group, with A = sum w z z', H = I + T'AT:
+ * Newton steps H^{-1}(u - T' sum l' z) on u, halved while f rises; at the
+ * mode 2 f + log|H| and (P = H^{-1}, h_i = z_i'TPT'z_i, c = sum w' h z,
+ * v = P T'c, g = sum l' z)
+ *   dD/dbeta += sum x_i (-2 l'_i + w'_i h_i - w_i z_i'T v)
+ *   dD/dT    += (c - A T v - 2 g) u' + g v' + 2 A T P.
+ * The formulas are those of vector.py (its module docstring).
+ *
+ * Inputs (C-contiguous float64 unless said):
+ *   X (n, p), Z (n, q), offset, y, wt (n,)   rows sorted by group
+ *   starts (J + 1,) int64                     first row of each group, then n
+ *   phi (q(q+1)/2 + p,)                       theta (lower triangle by columns), beta
+ *   u (J, q)                                  in: starting modes; out: the modes
+ *   grad (q(q+1)/2 + p,)                      out (if want_grad)
+ *   scratch (8 * max group size,)
+ *   state (J, 2q^2 + q + qp)                 per group P, A, g and B = sum w z x' at
+ *                                             the mode (written when want_grad)
+ *   prev_phi (q(q+1)/2 + p,)                  the phi state belongs to
+ *   predict                                   1: state and prev_phi are valid
+ * With a valid state each group's Newton iteration starts from the first-order
+ * prediction of its mode at phi (implicit differentiation of u = T'g at the
+ * previous mode): du = P [dT'g - T'(B dbeta + A dT u)], taken when every
+ * |du_a| <= 1 (else the previous mode).  A search's nearby points (the
+ * differences of a Hessian, short steps) then need one Newton step less.
+ * Returns the deviance without the response's constants, or raises
+ * ArithmeticError when a group's Newton iteration fails.
+ * ------------------------------------------------------------------------ */
+#define VEC_MAXQ 16
+
+/* sum over a group's rows of wt (y eta - b) at eta = base + z'b; with gz (and
+ * then A, w, w3, lp) also sum l' z, the lower triangle of sum w z z' and the
+ * rows' w = wt b'', w3 = wt b''', lp = wt (y - mu) (kept for the mode) */
+static double vec_point(int logit, const double *base, const double *Z, const double *y,
+                        const double *wt, int64_t m, int q, const double *bvec, double *gz,
+                        double *A, double *w, double *w3, double *lp) {
+    double ll = 0.0;
+    if (gz) {
+        memset(gz, 0, sizeof(double) * q);
+        memset(A, 0, sizeof(double) * q * q);
+    }
+    for (int64_t i = 0; i < m; i++) {
+        const double *zi = Z + i * q;
+        double eta = base[i];
+        for (int a = 0; a < q; a++) eta += zi[a] * bvec[a];
+        double mu, v, v3;
+        double b = cumulant(logit, eta, gz ? &mu : NULL, &v, &v3);
+        ll += wt[i] * (y[i] * eta - b);
+        if (gz) {
+            double l1 = wt[i] * (y[i] - mu), wi = wt[i] * v;
+            w[i] = wi;
+            w3[i] = wt[i] * v3;
+            lp[i] = l1;
+            for (int a = 0; a < q; a++) {
+                gz[a] += l1 * zi[a];
+                double wa = wi * zi[a];
+                for (int c = 0; c <= a; c++) A[a * q + c] += wa * zi[c];
+            }
+        }
+    }
+    return ll;
+}
+
+/* H = I + T'AT from the lower triangle of A (filled in symmetrically) */
+static void vec_curvature(int q, const double *T, double *A, double *AT, double *H) {
+    for (int a = 0; a < q; a++)
+        for (int c = a + 1; c < q; c++) A[a * q + c] = A[c * q + a];
+    for (int a = 0; a < q; a++)
+        for (int c = 0; c < q; c++) {
+            double s = 0.0;
+            for (int k = c; k < q; k++) s += A[a * q + k] * T[k * q + c]; /* T lower */
+            AT[a * q + c] = s;
+        }
+    for (int a = 0; a < q; a++)
+        for (int c = 0; c <= a; c++) {
+            double s = 0.0;
+            for (int k = a; k < q; k++) s += T[k * q + a] * AT[k * q + c];
+            H[a * q + c] = H[c * q + a] = s + (a == c ? 1.0 : 0.0);
+        }
+}
+
+/* Cholesky H = LL' in place (lower triangle, row-major); 0 if not positive definite */
+static int vec_chol(double *H, int q) {
+    for (int c = 0; c < q; c++) {
+        double d = H[c * q + c];
+        for (int k = 0; k < c; k++) d -= H[c * q + k] * H[c * q + k];
+        if (!(d > 0.0) || !isfinite(d)) return 0;
+        d = sqrt(d);
+        H[c * q + c] = d;
+        for (int r = c + 1; r < q; r++) {
+            double s = H[r * q + c];
+            for (int k = 0; k < c; k++) s -= H[r * q + k] * H[c * q + k];
+            H[r * q + c] = s / d;
+        }
+    }
+    return 1;
+}
+
+/* x = (LL')^{-1} g */
+static void vec_solve(const double *L, int q, const double *g, double *x) {
+    for (int a = 0; a < q; a++) {
+        double s = g[a];
+        for (int k = 0; k < a; k++) s -= L[a * q + k] * x[k];
+        x[a] = s / L[a * q + a];
+    }
+    for (int a = q - 1; a >= 0; a--) {
+        double s = x[a];
+        for (int k = a + 1; k < q; k++) s -= L[k * q + a] * x[k];
+        x[a] = s / L[a * q + a];
+    }
+}
+
+static PyObject *vector_glmm(PyObject *self, PyObject *args) {
+    Py_buffer bX, bZ, bo, by, bw, bs, bphi, bu, bg, bsc, bst, bprev;
+    int p, q, logit, want_grad, predict;
+    double step_tol;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*w*w*y*iiiidi", &bX, &bZ, &bo, &by, &bw, &bs,
+                          &bphi, &bu, &bg, &bsc, &bst, &bprev, &p, &q, &logit, &want_grad,
+                          &step_tol, &predict))
+        return NULL;
+    double *state = bst.buf;
+    const double *prev = bprev.buf;
+    const double *X = bX.buf, *Zall = bZ.buf, *off = bo.buf, *y = by.buf, *wt = bw.buf;
+    const int64_t *starts = bs.buf;
+    const double *phi = bphi.buf;
+    double *U = bu.buf, *grad = bg.buf, *scratch = bsc.buf;
+    int failed = 0;
+    double dev = 0.0;
+    if (q < 1 || q > VEC_MAXQ) {
+        failed = 3;
+        goto done;
+    }
+    int64_t J = (int64_t)(bu.len / sizeof(double)) / q;
+    int nt = q * (q + 1) / 2;
+    const double *beta = phi + nt;
+    double T[VEC_MAXQ * VEC_MAXQ] = {0.0};
+    for (int c = 0, k = 0; c < q; c++)
+        for (int r = c; r < q; r++) T[r * q + c] = phi[k++];
+    double GT[VEC_MAXQ * VEC_MAXQ] = {0.0};
+    int64_t ns = 2 * q * q + q + (int64_t)q * p; /* state per group */
+    if ((int64_t)(bst.len / sizeof(double)) < J * ns ||
+        (int64_t)(bprev.len / sizeof(double)) < nt + p) {
+        failed = 4;
+        goto done;
+    }
+    double Tp[VEC_MAXQ * VEC_MAXQ] = {0.0}, dT[VEC_MAXQ * VEC_MAXQ] = {0.0};
+    for (int c = 0, k = 0; c < q; c++)
+        for (int r = c; r < q; r++, k++) {
+            Tp[r * q + c] = prev[k];
+            dT[r * q + c] = phi[k] - prev[k];
+        }
+    if (want_grad)
+        for (int a = 0; a < nt + p; a++) grad[a] = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    double A[VEC_MAXQ * VEC_MAXQ], AT[VEC_MAXQ * VEC_MAXQ], H[VEC_MAXQ * VEC_MAXQ];
+    double P[VEC_MAXQ * VEC_MAXQ], M[VEC_MAXQ * VEC_MAXQ], TP[VEC_MAXQ * VEC_MAXQ];
+    double gz[VEC_MAXQ], bvec[VEC_MAXQ], gvec[VEC_MAXQ], step[VEC_MAXQ], un[VEC_MAXQ];
+    double gn[VEC_MAXQ], An[VEC_MAXQ * VEC_MAXQ], cvec[VEC_MAXQ], tc[VEC_MAXQ];
+    double vj[VEC_MAXQ], Tv[VEC_MAXQ], ATv[VEC_MAXQ];
+    for (int64_t j = 0; j < J && !failed; j++) {
+        int64_t r0 = starts[j], m = starts[j + 1] - r0;
+        const double *Z = Zall + r0 * q, *yj = y + r0, *wj = wt + r0;
+        double *u = U + j * q;
+        /* scratch: base, h, then the rows' w, w3, lp at the current point and at
+         * a trial point (swapped when the trial is taken) */
+        double *base = scratch, *hrow = base + m;
+        double *w = hrow + m, *w3 = w + m, *lp = w3 + m;
+        double *wn = lp + m, *w3n = wn + m, *lpn = w3n + m;
+        double *sP = state + j * ns, *sA = sP + q * q, *sg = sA + q * q, *sB = sg + q;
+        if (predict) { /* the first-order prediction of the mode */
+            double sv[VEC_MAXQ], rv[VEC_MAXQ], du[VEC_MAXQ], dTu[VEC_MAXQ];
+            for (int a = 0; a < q; a++) {
+                double s_ = 0.0;
+                for (int k = 0; k <= a; k++) s_ += dT[a * q + k] * u[k];
+                dTu[a] = s_;
+            }
+            for (int a = 0; a < q; a++) {
+                double s_ = 0.0;
+                for (int k = 0; k < p; k++) s_ += sB[a * p + k] * (beta[k] - prev[nt + k]);
+                for (int k = 0; k < q; k++) s_ += sA[a * q + k] * dTu[k];
+                sv[a] = s_;
+            }
+            for (int a = 0; a < q; a++) {
+                double s_ = 0.0;
+                for (int k = a; k < q; k++) s_ += dT[k * q + a] * sg[k] - Tp[k * q + a] * sv[k];
+                rv[a] = s_;
+            }
+            int take = 1; /* every |du_a| <= 1, NaN refused */
+            for (int a = 0; a < q; a++) {
+                double s_ = 0.0;
+                for (int k = 0; k < q; k++) s_ += sP[a * q + k] * rv[k];
+                du[a] = s_;
+                if (!(fabs(s_) <= 1.0)) take = 0;
+            }
+            if (take)
+                for (int a = 0; a < q; a++) u[a] += du[a];
+        }
+        for (int64_t i = 0; i < m; i++) {
+            const double *xi = X + (r0 + i) * p;
+            double s = off[r0 + i];
+            for (int a = 0; a < p; a++) s += xi[a] * beta[a];
+            base[i] = s;
+        }
+        /* Newton iterations on u, a step halved while f rises */
+#define TU(vec, out)                                                  \
+    for (int a = 0; a < q; a++) {                                     \
+        double s_ = 0.0;                                              \
+        for (int k = 0; k <= a; k++) s_ += T[a * q + k] * (vec)[k];   \
+        (out)[a] = s_;                                                \
+    }
+        TU(u, bvec);
+        double uu = 0.0;
+        for (int a = 0; a < q; a++) uu += u[a] * u[a];
+        double f = 0.5 * uu - vec_point(logit, base, Z, yj, wj, m, q, bvec, gz, A, w, w3, lp);
+        int converged = 0;
+        for (int it = 0; it < MAX_NEWTON && isfinite(f); it++) {
+            vec_curvature(q, T, A, AT, H);
+            if (!vec_chol(H, q)) break;
+            for (int a = 0; a < q; a++) { /* u - T'g */
+                double s = 0.0;
+                for (int k = a; k < q; k++) s += T[k * q + a] * gz[k];
+                gvec[a] = u[a] - s;
+            }
+            vec_solve(H, q, gvec, step);
+            double smax = 0.0;
+            int finite = 1;
+            for (int a = 0; a < q; a++) {
+                if (!isfinite(step[a])) finite = 0;
+                smax = fmax(smax, fabs(step[a]));
+            }
+            if (!finite) break;
+            if (smax < step_tol) {
+                converged = 1;
+                break;
+            }
+            int ok = 0;
+            for (int hv = 0; hv < MAX_HALVINGS; hv++) {
+                uu = 0.0;
+                for (int a = 0; a < q; a++) {
+                    un[a] = u[a] - step[a];
+                    uu += un[a] * un[a];
+                }
+                TU(un, bvec);
+                double fn =
+                    0.5 * uu - vec_point(logit, base, Z, yj, wj, m, q, bvec, gn, An, wn, w3n, lpn);
+                if (fn <= f + 1e-12 * (1.0 + fabs(f))) {
+                    double *sw;
+                    sw = w, w = wn, wn = sw;
+                    sw = w3, w3 = w3n, w3n = sw;
+                    sw = lp, lp = lpn, lpn = sw;
+                    memcpy(u, un, sizeof(double) * q);
+                    memcpy(gz, gn, sizeof(double) * q);
+                    memcpy(A, An, sizeof(double) * q * q);
+                    f = fn;
+                    ok = 1;
+                    break;
+                }
+                for (int a = 0; a < q; a++) step[a] *= 0.5;
+            }
+            if (!ok) break;
+        }
+        if (!converged) {
+            failed = 1;
+            break;
+        }
+        /* at the mode: w, w3, lp, g and A are those of the last point taken */
+        vec_curvature(q, T, A, AT, H);
+        if (!vec_chol(H, q)) {
+            failed = 1;
+            break;
+        }
+        double logdet = 0.0;
+        for (int a = 0; a < q; a++) logdet += 2.0 * log(H[a * q + a]);
+        dev += 2.0 * f + logdet;
+        if (!want_grad) continue;
+        /* P = H^{-1}, column by column */
+        for (int c = 0; c < q; c++) {
+            for (int a = 0; a < q; a++) gvec[a] = a == c ? 1.0 : 0.0;
+            vec_solve(H, q, gvec, step);
+            for (int a = 0; a < q; a++) P[a * q + c] = step[a];
+        }
+        /* TP = T P, M = T P T' */
+        for (int a = 0; a < q; a++)
+            for (int c = 0; c < q; c++) {
+                double s = 0.0;
+                for (int k = 0; k <= a; k++) s += T[a * q + k] * P[k * q + c];
+                TP[a * q + c] = s;
+            }
+        for (int a = 0; a < q; a++)
+            for (int c = 0; c <= a; c++) {
+                double s = 0.0;
+                for (int k = 0; k <= c; k++) s += TP[a * q + k] * T[c * q + k];
+                M[a * q + c] = M[c * q + a] = s;
+            }
+        /* h_i = z_i'M z_i, c = sum w' h z */
+        memset(cvec, 0, sizeof(double) * q);
+        for (int64_t i = 0; i < m; i++) {
+            const double *zi = Z + i * q;
+            double hi = 0.0;
+            for (int a = 0; a < q; a++) {
+                double s = 0.0;
+                for (int c = 0; c < q; c++) s += M[a * q + c] * zi[c];
+                hi += zi[a] * s;
+            }
+            hrow[i] = hi;
+            double wh = w3[i] * hi;
+            for (int a = 0; a < q; a++) cvec[a] += wh * zi[a];
+        }
+        /* v = P T'c, Tv = T v, ATv = A T v */
+        for (int a = 0; a < q; a++) {
+            double s = 0.0;
+            for (int k = a; k < q; k++) s += T[k * q + a] * cvec[k];
+            tc[a] = s;
+        }
+        for (int a = 0; a < q; a++) {
+            double s = 0.0;
+            for (int c = 0; c < q; c++) s += P[a * q + c] * tc[c];
+            vj[a] = s;
+        }
+        TU(vj, Tv);
+        for (int a = 0; a < q; a++) {
+            double s = 0.0;
+            for (int c = 0; c < q; c++) s += A[a * q + c] * Tv[c];
+            ATv[a] = s;
+        }
+        memset(sB, 0, sizeof(double) * q * p);
+        for (int64_t i = 0; i < m; i++) {
+            const double *zi = Z + i * q;
+            double ztv = 0.0;
+            for (int a = 0; a < q; a++) ztv += zi[a] * Tv[a];
+            double r = -2.0 * lp[i] + w3[i] * hrow[i] - w[i] * ztv;
+            const double *xi = X + (r0 + i) * p;
+            double *gb = grad + nt;
+            for (int a = 0; a < p; a++) gb[a] += r * xi[a];
+            for (int a = 0; a < q; a++) { /* B = sum w z x' for the next prediction */
+                double wz = w[i] * zi[a];
+                double *Ba = sB + a * p;
+                for (int k = 0; k < p; k++) Ba[k] += wz * xi[k];
+            }
+        }
+        memcpy(sP, P, sizeof(double) * q * q);
+        memcpy(sA, A, sizeof(double) * q * q);
+        memcpy(sg, gz, sizeof(double) * q);
+        /* dD/dT: (c - ATv - 2g) u' + g v' + 2 (AT) P */
+        for (int a = 0; a < q; a++) {
+            double ca = cvec[a] - ATv[a] - 2.0 * gz[a];
+            for (int c = 0; c <= a; c++) {
+                double s = 0.0;
+                for (int k = 0; k < q; k++) s += AT[a * q + k] * P[k * q + c];
+                GT[a * q + c] += ca * u[c] + gz[a] * vj[c] + 2.0 * s;
+            }
+        }
+#undef TU
+    }
+    Py_END_ALLOW_THREADS
+    if (!failed && want_grad)
+        for (int c = 0, k = 0; c < q; c++)
+            for (int r = c; r < q; r++) grad[k++] = GT[r * q + c];
+done:
+    PyBuffer_Release(&bX); PyBuffer_Release(&bZ); PyBuffer_Release(&bo);
+    PyBuffer_Release(&by); PyBuffer_Release(&bw); PyBuffer_Release(&bs);
+    PyBuffer_Release(&bphi); PyBuffer_Release(&bu); PyBuffer_Release(&bg);
+    PyBuffer_Release(&bsc); PyBuffer_Release(&bst); PyBuffer_Release(&bprev);
+    if (failed == 4) {
+        PyErr_SetString(PyExc_ValueError, "vector_glmm: state or prev_phi too short");
+        return NULL;
+    }
+    if (failed == 3) {
+        PyErr_SetString(PyExc_ValueError, "vector_glmm takes 1 to 16 random effects per level");
+        return NULL;
+    }
+    if (failed) {
+        PyErr_SetString(PyExc_ArithmeticError,
+                        "the conditional modes of a group did not converge");
+        return NULL;
+    }
+    return PyFloat_FromDouble(dev);
+}
+
 static PyMethodDef methods[] = {
     {"scalar_glmm", scalar_glmm, METH_VARARGS,
      "scalar_glmm(X, z, offset, y, wt, starts, t, logw, phi, u, grad, scratch, p, logit, "
@@ -568,6 +951,10 @@ static PyMethodDef methods[] = {
     {"laplace_terms", laplace_terms, METH_VARARGS,
      "laplace_terms(X, y, wt, offset, z, pos, slot, erow, ecol, pe1, pe2, term, phi, "
      "u, grad, work, n0, Qr, logit, want_grad, step_tol) -> Laplace deviance without constants"},
+    {"vector_glmm", vector_glmm, METH_VARARGS,
+     "vector_glmm(X, Z, offset, y, wt, starts, phi, u, grad, scratch, state, prev_phi, p, q, "
+     "logit, want_grad, step_tol, predict) -> Laplace deviance without constants (one vector "
+     "term)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_glmm_kernels",

@@ -4,7 +4,9 @@
 * its gradient equals central differences of the deviance (binomial with a
   correlated intercept and slope, Poisson with three correlated effects and
   an offset);
-* glmer with it reaches the two-stage search's optimum on contra_slope.
+* glmer with it reaches the two-stage search's optimum on contra_slope;
+* the compiled kernel (Laplace, binomial-logit and Poisson-log) and the numpy
+  path give the same deviance, gradient and modes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import multilevel.glmm.exact.vector as vector_mod
 import multilevel.glmm.fit as glmm_mod
+from multilevel.compiled import kernel
 from multilevel.glmm.exact.vector import VectorGLMM, supported
 from multilevel.glmm.families import binomial, poisson
 from multilevel.glmm.quadrature import agq_deviance
@@ -43,11 +47,22 @@ def _poisson3():
 
 
 FITS = {"poisson3": _poisson3(), "contra_slope": reference_fit("contra_slope")}
+COMPILED = kernel("_glmm_kernels", "vector_glmm") is not None
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def path(request, monkeypatch):
+    """Both implementations of the Laplace deviance (the compiled one where built)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(vector_mod, "KERNEL_DISABLED", True)
+    elif not COMPILED:
+        pytest.skip("the compiled kernel was not built")
+    return request.param
 
 
 @pytest.mark.parametrize("kind", sorted(FITS))
 @pytest.mark.parametrize("nagq", [1, 3])
-def test_deviance_equals_the_general_path(kind, nagq):
+def test_deviance_equals_the_general_path(kind, nagq, path):
     fit = FITS[kind]
     prob = fit._prob
     nt = fit.theta.size
@@ -60,12 +75,39 @@ def test_deviance_equals_the_general_path(kind, nagq):
 
 @pytest.mark.parametrize("kind", sorted(FITS))
 @pytest.mark.parametrize("nagq", [1, 3])
-def test_gradient_equals_differences(kind, nagq, monkeypatch):
+def test_gradient_equals_differences(kind, nagq, monkeypatch, path):
     """Quadrature included: the nodes move with the modes and with the
     Cholesky factor of the curvature (dL = LΦ(L⁻¹dH L⁻ᵀ))."""
     monkeypatch.setattr("multilevel.glmm.exact.vector.STEP_TOL", 1e-14)
     fit = FITS[kind]
     assert_gradient_matches_differences(VectorGLMM(fit._prob, nagq), fit, atol=1e-6)
+
+
+@pytest.mark.skipif(not COMPILED, reason="the compiled kernel was not built")
+@pytest.mark.parametrize("kind", sorted(FITS))
+@pytest.mark.parametrize("shift", [0.0, 0.3, -0.4])
+def test_compiled_equals_numpy(kind, shift, monkeypatch):
+    """Same deviance, gradient and modes, from cold and from warm modes."""
+    prob = FITS[kind]._prob
+    fit = FITS[kind]
+    phi = np.concatenate([fit.theta.values, fit.fixef.values]) + shift * np.linspace(
+        1, -1, len(fit.theta) + prob.p
+    )
+    fast = VectorGLMM(prob)
+    assert fast._kernel is not None
+    monkeypatch.setattr(vector_mod, "KERNEL_DISABLED", True)
+    slow = VectorGLMM(prob)
+    assert slow._kernel is None
+    for start in (None, 0.5):
+        if start is not None:
+            fast.u = slow.u = np.full_like(fast.u, start)
+        d1, g1 = fast.deviance_grad(phi)
+        d2, g2 = slow.deviance_grad(phi)
+        assert d1 == pytest.approx(d2, abs=1e-8)
+        np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-7 * np.max(np.abs(g2)))
+        np.testing.assert_allclose(fast.u, slow.u, atol=1e-8)
+        d3, g3 = fast.deviance_grad(phi, grad=False)
+        assert g3 is None and d3 == pytest.approx(d1, abs=1e-9)
 
 
 def test_which_models():

@@ -24,7 +24,10 @@ parameter ψ (its logarithm) enters φ after θ:
 
     ∂D/∂ψ = Σᵢ [−2 ∂ℓᵢ/∂ψ + hᵢ ∂wᵢ/∂ψ + (zᵢᵀTv_j) ∂ℓ'ᵢ/∂ψ].
 
-For q = 1 these are :mod:`multilevel.glmm.exact.scalar`'s formulas.  With the
+For q = 1 these are :mod:`multilevel.glmm.exact.scalar`'s formulas.  The
+compiled kernel (``_glmm_kernels.c``, used when it was built) does the
+Laplace deviance and gradient of binomial-logit and Poisson-log group by
+group, each group's Newton iterations in cache.  With the
 observed curvature H_j is f_j'' (the modes' Newton matrix) and the Laplace
 approximation's; where a family that is not log-concave makes it indefinite
 at a trial point, the Newton step takes Fisher's weights instead.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from multilevel.compiled import kernel
 from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
 from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Family
@@ -45,6 +49,8 @@ MAX_NEWTON = 100
 CHUNK_CELLS = 400_000  # rows × nodes per block of the quadrature
 _LOG2PI = float(np.log(2.0 * np.pi))
 STEP_TOL = 1e-10
+KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
+KERNEL_MAX_Q = 16  # random effects per level the compiled kernel takes
 
 
 def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> bool:
@@ -85,6 +91,36 @@ class VectorGLMM:
         self.nagq = nagq
         if nagq > 1:
             self.nodes, self.logw = gauss_hermite_grid(nagq, self.q)
+        self._kernel = None
+        if not (KERNEL_DISABLED or self.generic or nagq > 1 or self.q > KERNEL_MAX_Q):
+            self._kernel = kernel("_glmm_kernels", "vector_glmm")
+        if self._kernel is not None:
+            starts = np.searchsorted(self.codes, np.arange(self.J + 1)).astype(np.int64)
+            if np.any(np.diff(self.codes) < 0):
+                raise ValueError("rows must be sorted by group")
+            self._starts = starts
+            self._scratch = np.empty(8 * max(1, int(np.diff(starts).max(initial=1))))
+            self._cargs = [
+                np.ascontiguousarray(a, dtype=float)
+                for a in (self.X, self.Z, self.off, r.y, r.weights)
+            ]
+            p = self.X.shape[1]
+            # per group H⁻¹, A, g and Σ w z xᵀ at the last modes, and the φ they
+            # belong to: the kernel predicts the next modes from them
+            self._pstate = np.empty((self.J, 2 * self.q * self.q + self.q + self.q * p))
+            self._prev_phi = np.zeros(self.nt + p)
+
+    @property
+    def u(self) -> np.ndarray:
+        """The conditional modes (J, q) the next evaluation starts from."""
+        return self._u
+
+    @u.setter
+    def u(self, value: np.ndarray) -> None:
+        # modes set from outside (a search's remembered point) are not those the
+        # kernel's prediction state belongs to
+        self._u = value
+        self._predict = False
 
     def _gsum(self, M: np.ndarray) -> np.ndarray:
         return group_sums(self.codes, M, self.J)
@@ -122,9 +158,44 @@ class VectorGLMM:
 
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):
         self.evals += 1
+        if self._kernel is not None:
+            return self._compiled(phi, grad)
         # a trial point far out (μ → 0 or ∞) gives an infinite deviance, refused by the search
         with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
             return self._deviance_grad(phi, grad)
+
+    def _compiled(self, phi: np.ndarray, grad: bool):
+        """The Laplace deviance and gradient by the compiled kernel (the modes
+        are kept only when every group converged)."""
+        u = self.u.copy()
+        g = np.zeros(phi.size)
+        phi = np.ascontiguousarray(phi, dtype=float)
+        predict = self._predict
+        self._predict = False  # the state is rewritten (or left half-written) below
+        try:
+            dev = self._kernel(
+                *self._cargs,
+                self._starts,
+                phi,
+                u,
+                g,
+                self._scratch,
+                self._pstate,
+                self._prev_phi,
+                self.X.shape[1],
+                self.q,
+                int(self.rows_.logit),
+                int(grad),
+                STEP_TOL,
+                int(predict),
+            )
+        except ArithmeticError as exc:
+            raise PirlsError(str(exc)) from None
+        self._u = u
+        if grad:  # the kernel wrote the state at these modes
+            self._prev_phi[:] = phi
+            self._predict = True
+        return dev - 2.0 * self.const, (g if grad else None)
 
     def _deviance_grad(self, phi: np.ndarray, grad: bool):
         q, nt = self.q, self.nt
