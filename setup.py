@@ -1,5 +1,6 @@
 """Build of the optional compiled kernels (``_kernels``: LMM criterion and
-per-level cross-products; ``_glmm_kernels``: GLMM deviances and gradients);
+per-level cross-products; ``_glmm_kernels``: GLMM deviances and gradients;
+``_optim``: the loop of the bounded BFGS search over θ);
 everything else is in pyproject.toml.
 
 The kernels remove per-call overhead and temporaries; if one cannot be
@@ -19,6 +20,12 @@ setup(
         Extension(
             "multilevel._glmm_kernels",
             sources=["src/multilevel/_glmm_kernels.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
+            "multilevel._optim",
+            sources=["src/multilevel/_optim.c"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

@@ -105,3 +105,67 @@ def test_a_zero_start_reaches_the_optimum():
         m = ml.lmer("Reaction ~ Days + (1 | Subject)", s, start=[0.0])
     assert m.converged
     assert m.optinfo.criterion == pytest.approx(ref.optinfo.criterion, abs=1e-8)
+
+
+def _rosenbrock_bounded(x):
+    """A curved valley with its minimum at (1, 1); bounded below at 0 in x₀."""
+    a, b = x
+    f = (1 - a) ** 2 + 10 * (b - a * a) ** 2
+    g = np.array([-2 * (1 - a) - 40 * a * (b - a * a), 20 * (b - a * a)])
+    return f, g
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+        ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+        ("sleepstudy", "Reaction ~ Days + (Days || Subject)"),
+        "valley",
+        "bound",
+    ],
+)
+def test_compiled_bfgs_loop_takes_the_python_loops_steps(case, monkeypatch):
+    """The compiled loop of the search and its Python fallback evaluate the
+    same points in the same order (the same arithmetic, to rounding)."""
+    import multilevel.optimize.theta as th
+    from multilevel.compiled import kernel
+
+    if kernel("_optim", "bfgs_loop") is None:
+        pytest.skip("the compiled loop was not built")
+
+    def run(disabled):
+        monkeypatch.setattr(th, "LOOP_DISABLED", disabled)
+        if case == "valley":
+            rec = minimize_theta(
+                lambda x: _rosenbrock_bounded(x)[0],
+                np.array([-1.0, 2.0]),
+                np.array([-np.inf, -np.inf]),
+                value_and_gradient=_rosenbrock_bounded,
+            )
+            return np.array(rec._thetas), np.array(rec._values), rec
+        if case == "bound":  # the optimum sits on the bound x₀ = 0.5
+
+            def fg(x):
+                return (x[0] + 1) ** 2 + (x[1] - 2) ** 2, np.array([2 * (x[0] + 1), 2 * (x[1] - 2)])
+
+            rec = minimize_theta(
+                lambda x: fg(x)[0], np.array([3.0, 0.0]), np.array([0.5, -np.inf]),
+                value_and_gradient=fg, check_hessian=False,
+            )  # fmt: skip
+            return np.array(rec._thetas), np.array(rec._values), rec
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = ml.lmer(case[1], ml.datasets.load(case[0]))
+        return np.array(fit.optinfo._thetas), np.array(fit.optinfo._values), fit.optinfo
+
+    xc, vc, rc = run(False)
+    xp, vp, rp = run(True)
+    assert xc.shape == xp.shape
+    np.testing.assert_allclose(xc, xp, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(vc, vp, rtol=1e-9, atol=1e-10)
+    assert rc.converged and rp.converged
+    if case == "valley":
+        np.testing.assert_allclose(rc.theta, [1.0, 1.0], atol=1e-6)
+    if case == "bound":
+        np.testing.assert_allclose(rc.theta, [0.5, 2.0], atol=1e-8)

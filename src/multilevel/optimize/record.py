@@ -109,7 +109,7 @@ class Logged:
     def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         x = np.array(x, dtype=float)
         v, g = self.fg(x)
-        return self._log(x, float(v)), np.asarray(g, dtype=float)
+        return self._log(x, float(v)), np.ascontiguousarray(g, dtype=float)
 
     def record(
         self,

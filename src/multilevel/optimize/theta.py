@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from multilevel.compiled import kernel
 from multilevel.optimize.bobyqa import bobyqa
 from multilevel.optimize.bounds import snap_to_bounds
 from multilevel.optimize.hessian import (
@@ -33,6 +34,7 @@ DECREMENT_TOL = 1e-6  # deviance units a Newton step could still gain
 # counts as flat (a variance parameter not identified), as lme4's check
 HESSIAN_RTOL = 1e-6
 START_INSIDE = 0.1  # a start on a bound moves this far inside (θ ~ 1 is unit scale)
+LOOP_DISABLED = False  # tests switch the compiled BFGS loop off to compare with Python
 
 
 def minimize_theta(
@@ -141,7 +143,6 @@ def _bfgs(
     n = x.size
     bounded = np.isfinite(lower)
     Hinv = np.eye(n) / max(1.0, math.sqrt(g @ g))
-    any_bounded = bool(bounded.any())
     if isinstance(hessian0, str):  # "differences": formed here, at x0
         idx = np.arange(n)
         h = 1e-4 * np.maximum(1.0, np.abs(x))
@@ -149,6 +150,76 @@ def _bfgs(
         hessian0 = H0 if clearly_positive_definite(H0, 1e-8) else None
     if hessian0 is not None:
         Hinv = np.linalg.inv(hessian0)
+    loop = None if LOOP_DISABLED else kernel("_optim", "bfgs_loop")
+    if loop is not None:
+        x, g = np.array(x, dtype=float), np.array(g, dtype=float)
+        Hinv = np.array(Hinv, dtype=float, order="C")
+        f, code, _ = loop(
+            logged.value_grad,
+            x,
+            g,
+            Hinv,
+            np.ascontiguousarray(lower, dtype=float),
+            float(f),
+            int(maxeval),
+            len(logged.values),
+            hessian0 is None,
+            float(max_step),
+        )
+        status = "CONVERGED" if code == 0 else "MAXEVAL_REACHED"
+    else:
+        x, f, g, status = _bfgs_loop(
+            logged, x, f, g, Hinv, lower, maxeval, hessian0 is None, max_step
+        )
+    # Near the optimum the criterion's differences drown in rounding (its
+    # value is known to ~1e-12 relative, so θ only to ~1e-7 from values) while
+    # the exact gradient still points the way: Newton steps with a Hessian from
+    # differences of the exact gradient, accepted while the gradient shrinks,
+    # pin θ down to what the gradient resolves.
+    free = ~(bounded & (x <= lower) & (g >= 0))
+    idx = np.flatnonzero(free)
+    if newton_polish and idx.size and np.abs(g[idx]).max() > 1e-10 * (1 + abs(f)):
+        h = 1e-5 * np.maximum(1.0, np.abs(x[idx]))
+        H = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, h, g0=g)
+        logged.hessian = (x.copy(), idx, H)
+        for _ in range(4):
+            gnorm = np.linalg.norm(g[idx])
+            if gnorm < 1e-10 * (1 + abs(f)):
+                break
+            try:
+                step = -np.linalg.solve(H, g[idx])
+            except np.linalg.LinAlgError:
+                break
+            xn = x.copy()
+            xn[idx] += step
+            if np.any(bounded & (xn <= lower)) or np.linalg.norm(step) > 1e-3:
+                break
+            fn, gn = logged.value_grad(xn)
+            if not (np.linalg.norm(gn[idx]) < 0.5 * gnorm and fn <= f + 1e-11 * (1 + abs(f))):
+                break
+            x, f, g = xn, fn, gn
+    x, f, _ = snap_to_bounds(lambda z: logged.value_grad(z)[0], x, f, lower)
+    logged.best, logged.best_x = f, x
+    return "bfgs", status
+
+
+def _bfgs_loop(
+    logged: Logged,
+    x: np.ndarray,
+    f: float,
+    g: np.ndarray,
+    Hinv: np.ndarray,
+    lower: np.ndarray,
+    maxeval: int,
+    scale_first: bool,
+    max_step: float,
+) -> tuple[np.ndarray, float, np.ndarray, str]:
+    """The search's iterations from (x, f, g) with the inverse Hessian
+    approximation Hinv (``multilevel._optim.bfgs_loop`` is the same loop
+    compiled); ``scale_first``: rescale Hinv at the first update."""
+    n = x.size
+    bounded = np.isfinite(lower)
+    any_bounded = bool(bounded.any())
     status = "MAXEVAL_REACHED"
     restarted = False
     for it in range(maxeval):
@@ -205,7 +276,7 @@ def _bfgs(
         x, f, g = xn, fn, gn
         sy = s @ y
         if sy > 1e-12 * math.sqrt((s @ s) * (y @ y)):
-            if it == 0 and hessian0 is None:
+            if it == 0 and scale_first:
                 Hinv = np.eye(n) * sy / (y @ y)
             # the BFGS update (I − ρsyᵀ)H(I − ρysᵀ) + ρssᵀ, expanded
             rho = 1.0 / sy
@@ -215,36 +286,7 @@ def _bfgs(
         if df < 1e-13 * (1 + abs(f)) and np.abs(s).max() < 1e-8:
             status = "CONVERGED"
             break
-    # Near the optimum the criterion's differences drown in rounding (its
-    # value is known to ~1e-12 relative, so θ only to ~1e-7 from values) while
-    # the exact gradient still points the way: Newton steps with a Hessian from
-    # differences of the exact gradient, accepted while the gradient shrinks,
-    # pin θ down to what the gradient resolves.
-    free = ~(bounded & (x <= lower) & (g >= 0))
-    idx = np.flatnonzero(free)
-    if newton_polish and idx.size and np.abs(g[idx]).max() > 1e-10 * (1 + abs(f)):
-        h = 1e-5 * np.maximum(1.0, np.abs(x[idx]))
-        H = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, h, g0=g)
-        logged.hessian = (x.copy(), idx, H)
-        for _ in range(4):
-            gnorm = np.linalg.norm(g[idx])
-            if gnorm < 1e-10 * (1 + abs(f)):
-                break
-            try:
-                step = -np.linalg.solve(H, g[idx])
-            except np.linalg.LinAlgError:
-                break
-            xn = x.copy()
-            xn[idx] += step
-            if np.any(bounded & (xn <= lower)) or np.linalg.norm(step) > 1e-3:
-                break
-            fn, gn = logged.value_grad(xn)
-            if not (np.linalg.norm(gn[idx]) < 0.5 * gnorm and fn <= f + 1e-11 * (1 + abs(f))):
-                break
-            x, f, g = xn, fn, gn
-    x, f, _ = snap_to_bounds(lambda z: logged.value_grad(z)[0], x, f, lower)
-    logged.best, logged.best_x = f, x
-    return "bfgs", status
+    return x, f, g, status
 
 
 def _brent(logged: Logged, x0: float, lower: float, xtol: float) -> tuple[str, str]:
