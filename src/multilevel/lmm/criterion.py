@@ -32,14 +32,13 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
-from scipy.linalg.lapack import dpotrf, dpotri, dtrtri
+from scipy.linalg.lapack import dpotrf, dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.covariance import Template
 from multilevel.linalg import batched
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.lmm.schur import RestBlock, RestFactor
-from multilevel.threads import threads_for_order
 
 _LOG2PI = np.log(2 * np.pi)
 
@@ -79,6 +78,7 @@ class ProfiledCriterion:
         self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
         self._rest = RestBlock(cp) if cp.A1R is not None else None
         self._kernel = _one_term_kernel(cp) if self._rest is None else None
+        self._last: tuple[np.ndarray, float, np.ndarray] | None = None  # (θ, value, gradient)
 
     def templates(self, theta: np.ndarray) -> list[np.ndarray]:
         out = []
@@ -199,6 +199,11 @@ class ProfiledCriterion:
             g = np.zeros(theta.size)
             return self._kernel_call(theta, g), g
         theta = np.asarray(theta, dtype=float)
+        # optimisers ask again for the point they stopped at; with a large rest
+        # block one evaluation costs seconds
+        last = self._last
+        if last is not None and np.array_equal(last[0], theta):
+            return last[1], last[2].copy()
         g = np.zeros(theta.size)
         f = self.factor(theta)
         if f is None:
@@ -213,7 +218,9 @@ class ProfiledCriterion:
             self._gradient_scalar_terms(f, beta, P, g)
         else:
             self._gradient_terms(f, beta, P, g)
-        return self.value(f), g
+        value = self.value(f)
+        self._last = (theta.copy(), value, g.copy())
+        return value, g
 
     def _gradient_scalar_terms(self, f: Factorization, beta, P, g: np.ndarray) -> None:
         """Scalar terms k with Λ = diag(λ), A = ZᵀZ, M = ΛAΛ + I, G = ΛZᵀX,
@@ -224,25 +231,33 @@ class ProfiledCriterion:
           ∂ r²         = −2 Σ_{j∈k} (Zᵀr)_j u_j
 
         tr M⁻¹ over the first term needs M⁻¹'s diagonal there: 1/sᵢ plus
-        Σ_ab (Λ_R M_RR⁻¹ Λ_R)_ab [A_R1 diag(λ₁²/sᵢ²) A_1R]_ab, the same pair
-        products as the criterion with other weights.
+        Σ_i (λ₁²/sᵢ²) (A_1R Λ_R M_RR⁻¹ Λ_R A_R1)_ii = ‖W C‖²_F, with W = L⁻¹ of
+        M_RR = LLᵀ and C = Λ_R A_R1 diag(λ₁/sᵢ) (sparse); tr M⁻¹ over a rest
+        term is the sum of its columns' squares in W.  One triangular inversion
+        in place of L: no full inverse.
         """
         cp, rb, rf, p = self.cp, self._rest, f.rest, self.p
         lam1 = f.T[0][0, 0]
         lamR = rf.lam
         d = cp.D1[:, 0, 0]
         s = lam1 * lam1 * d + 1.0
-        # U = M⁻¹ Λ Zᵀ[X y] through the two blocks
+        # U = M⁻¹ Λ Zᵀ[X y] through the two blocks (before L is inverted in place)
         UR = rf.solve(rf.MRF)
-        # M_RR⁻¹'s lower triangle, in place of L (a work buffer, rebuilt next time):
-        # only its diagonal and the pair positions (lower) are read
-        with threads_for_order(rf.L.shape[0]):
-            Sinv, _ = dpotri(rf.L, lower=1, overwrite_c=1)
         U1 = (lam1 * cp.B1F[:, 0, :] - lam1 * (rb.A1R_op @ (lamR[:, None] * UR))) / s[:, None]
+        W = rf.factor_inverse()
+        diagR = np.einsum("ij,ij->j", W, W)  # diag(M_RR⁻¹) = diag(WᵀW)
+        CT = rb.A1R.multiply((lam1 / s)[:, None]).multiply(lamR[None, :]).tocsr()
+        tr_cross = 0.0
+        step = max(1, (1 << 21) // W.shape[0])  # rows of (W C)ᵀ at a time: ~16 MB
+        WT = W.T  # C-ordered: the sparse product reads its rows
+        for lo in range(0, CT.shape[0], step):
+            B = CT[lo : lo + step] @ WT
+            tr_cross += float(np.einsum("ij,ij->", B, B))
+        del W, WT
 
         def a_lam(v1: np.ndarray, vR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             lv1, lvR = lam1 * v1, lamR[:, None] * vR
-            return d[:, None] * lv1 + rb.A1R_op @ lvR, rb.AR1_op @ lv1 + rb.ARR @ lvR
+            return d[:, None] * lv1 + rb.A1R_op @ lvR, rb.AR1_op @ lv1 + rb.ARR_op @ lvR
 
         z = np.append(-beta, 1.0)
         u1, uR = U1 @ z, UR @ z
@@ -254,14 +269,7 @@ class ProfiledCriterion:
         e1 = np.einsum("jc,jc->j", (cp.B1F[:, 0, :p] - ab1) @ P, B1)
         eR = np.einsum("jc,jc->j", (cp.ARF[:, :p] - abR) @ P, BR)
         # traces of M⁻¹ per term
-        tr1 = (1.0 / s).sum()
-        h = rb.pairs(lam1 * lam1 / (s * s))
-        w = Sinv[rb.pairs.rows, rb.pairs.cols] * lamR[rb.pairs.rows] * lamR[rb.pairs.cols]
-        tr1 += float(
-            np.dot(h, w) * 2.0
-            - np.dot(h[rb.pairs.rows == rb.pairs.cols], w[rb.pairs.rows == rb.pairs.cols])
-        )
-        diagR = np.diagonal(Sinv)
+        tr1 = (1.0 / s).sum() + tr_cross
         offs = cp.rest_offsets
         terms = [(slice(0, cp.nlevels[0]), None)] + [
             (slice(int(offs[k - 1]), int(offs[k])), k) for k in range(1, len(cp.q))
@@ -359,7 +367,7 @@ class ProfiledCriterion:
         # F = Zᵀ[X y] − AΛU
         LU1 = np.einsum("ab,ibm->iam", T1, U1)
         F1 = cp.B1F - D @ LU1 - AR
-        FR = cp.ARF - rb.AR1_op @ LU1.reshape(n1 * q1, -1) - rb.ARR @ (LamR @ UR)
+        FR = cp.ARF - rb.AR1_op @ LU1.reshape(n1 * q1, -1) - rb.ARR_op @ (LamR @ UR)
         # diagonal blocks of M⁻¹ΛᵀA, first term: Kᵢ = (A_1R Λ_R)ᵢ S⁻¹ (A_1R Λ_R)ᵢᵀ
         # through the sparse rows of A_1R Λ_R (each level meets few rest levels)
         Sinv = rf.solve(np.eye(QR))

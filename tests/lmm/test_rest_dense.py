@@ -1,0 +1,134 @@
+"""The dense rest block of scalar terms: M_RR built by a rank-n₁ update (syrk)
+or by scattering its nonzeros, factored and inverted in place, and the exact
+gradient from L⁻¹ (no full inverse)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel as ml
+from multilevel.lmm import schur
+from multilevel.lmm.criterion import ProfiledCriterion
+
+
+def crossed(n: int, levels: tuple[int, ...], seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    cols = {f"g{k}": rng.integers(0, nl, n) for k, nl in enumerate(levels)}
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + rng.normal(size=n)
+    for k, nl in enumerate(levels):
+        y = y + rng.normal(0, 0.7, nl)[cols[f"g{k}"]]
+    return pd.DataFrame({"y": y, "x": x, **cols})
+
+
+FORMULAS = {
+    2: "y ~ x + (1 | g0) + (1 | g1)",
+    3: "y ~ x + (1 | g0) + (1 | g1) + (1 | g2)",
+}
+
+
+def criterion(df: pd.DataFrame, nterms: int, mode: str, monkeypatch) -> ProfiledCriterion:
+    monkeypatch.setattr(schur.RestBlock, "_syrk_pays", lambda self: mode == "syrk")
+    fit = ml.lmer(FORMULAS[nterms], df)
+    crit = fit.criterion.scaled
+    assert crit._rest.kind == "dense"
+    assert (crit._rest._syrk_A is not None) == (mode == "syrk")
+    return crit
+
+
+def brute_force_M(crit: ProfiledCriterion, theta: np.ndarray) -> np.ndarray:
+    """Λ_R(A_RR − A_R1 diag(w²) A_1R)Λ_R + I from dense arrays."""
+    cp, rb = crit.cp, crit._rest
+    T = crit.templates(theta)
+    lam1 = T[0][0, 0]
+    w2 = lam1**2 / (lam1**2 * cp.D1[:, 0, 0] + 1.0)
+    A1R = cp.A1R.toarray()
+    lam = rb.lam(T)
+    B = cp.ARR.toarray() - A1R.T @ (w2[:, None] * A1R)
+    return lam[:, None] * B * lam[None, :] + np.eye(lam.size)
+
+
+@pytest.mark.parametrize("mode", ["syrk", "scatter"])
+@pytest.mark.parametrize("nterms", [2, 3])
+def test_rest_block_is_the_schur_complement(nterms, mode, monkeypatch):
+    df = crossed(1500, (120, 60, 25)[:nterms])
+    crit = criterion(df, nterms, mode, monkeypatch)
+    theta = np.linspace(0.6, 1.3, nterms)
+    f = crit.factor(theta)
+    M = brute_force_M(crit, theta)
+    L = np.tril(f.rest.L)
+    np.testing.assert_allclose(L @ L.T, M, rtol=1e-12, atol=1e-12)
+    assert f.rest.logdet == pytest.approx(np.linalg.slogdet(M)[1], rel=1e-12)
+    # L⁻¹ in place: lower triangular, zeros above, and the factor is consumed
+    W = f.rest.factor_inverse()
+    assert W.flags.f_contiguous
+    np.testing.assert_allclose(np.triu(W, 1), 0.0)
+    np.testing.assert_allclose(W @ L, np.eye(L.shape[0]), atol=1e-10)
+    assert f.rest.L is None
+
+
+@pytest.mark.parametrize("nterms", [2, 3])
+def test_both_builds_give_the_same_criterion_and_gradient(nterms, monkeypatch):
+    df = crossed(1500, (120, 60, 25)[:nterms])
+    a = criterion(df, nterms, "syrk", monkeypatch)
+    b = criterion(df, nterms, "scatter", monkeypatch)
+    for theta in (np.linspace(0.6, 1.3, nterms), np.linspace(0.05, 2.0, nterms)):
+        va, ga = a.value_and_gradient(theta)
+        vb, gb = b.value_and_gradient(theta)
+        assert va == pytest.approx(vb, rel=1e-13)
+        np.testing.assert_allclose(ga, gb, rtol=1e-8, atol=1e-8)
+        h = 1e-6
+        num = [(b(theta + h * e) - b(theta - h * e)) / (2 * h) for e in np.eye(nterms)]
+        np.testing.assert_allclose(gb, num, rtol=2e-4, atol=2e-4)
+
+
+def test_a_kept_factor_survives_later_evaluations(monkeypatch):
+    df = crossed(1500, (120, 60))
+    crit = criterion(df, 2, "scatter", monkeypatch)
+    theta = np.array([0.8, 1.1])
+    kept = crit.factor(theta, keep=True)
+    L0 = kept.rest.L.copy()
+    np.testing.assert_allclose(np.triu(L0, 1), 0.0)
+    crit.value_and_gradient(np.array([0.3, 0.4]))  # reuses (and inverts) the work buffer
+    np.testing.assert_array_equal(kept.rest.L, L0)
+    W = kept.rest.factor_inverse()  # a kept factor is inverted on a copy
+    np.testing.assert_array_equal(kept.rest.L, L0)
+    np.testing.assert_allclose(W @ L0, np.eye(L0.shape[0]), atol=1e-10)
+    x = kept.rest.solve(kept.rest.MRF)
+    np.testing.assert_allclose(L0 @ (L0.T @ x), kept.rest.MRF, rtol=1e-10, atol=1e-10)
+
+
+def test_a_repeated_point_is_not_evaluated_again(monkeypatch):
+    df = crossed(1500, (120, 60))
+    crit = criterion(df, 2, "scatter", monkeypatch)
+    theta = np.array([0.8, 1.1])
+    v1, g1 = crit.value_and_gradient(theta)
+    calls = []
+    monkeypatch.setattr(crit, "factor", lambda *a, **k: calls.append(a))
+    v2, g2 = crit.value_and_gradient(theta.copy())
+    assert not calls and v2 == v1
+    np.testing.assert_array_equal(g1, g2)
+    g2[0] += 1.0  # the caller's copy
+    np.testing.assert_array_equal(crit.value_and_gradient(theta)[1], g1)
+
+
+def test_syrk_is_chosen_for_dense_pair_maps_only():
+    """Many pairs per level of the first term (a users x items table) make the
+    rank-n₁ update cheaper; a thin random crossing keeps the pair map."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(2)
+
+    def block(n1: int, Q: int, per_row: int) -> schur.RestBlock:
+        rows = np.repeat(np.arange(n1), per_row)
+        cols = rng.integers(0, Q, rows.size)
+        A1R = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n1, Q))
+        A1R.sum_duplicates()
+        rb = schur.RestBlock.__new__(schur.RestBlock)
+        rb.A1R = A1R
+        return rb
+
+    assert block(1600, 900, 80)._syrk_pays()
+    assert not block(3000, 3000, 6)._syrk_pays()
