@@ -564,66 +564,106 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
  * One vector-valued random-effects term (multilevel.glmm.exact.vector):
  * the Laplace deviance of binomial-logit or Poisson-log and its exact
  * gradient in phi = (theta, beta), group by group.  Row i of group j has
- * eta_i = o_i + x_i'beta + z_i'T u_j (T lower triangular, q x q, theta its
- * lower triangle by columns).  Per group, with A = sum w z z', H = I + T'AT:
- * Newton steps H^{-1}(u - T' sum l' z) on u, halved while f rises; at the
- * mode 2 f + log|H| and (P = H^{-1}, h_i = z_i'TPT'z_i, c = sum w' h z,
- * v = P T'c, g = sum l' z)
- *   dD/dbeta += sum x_i (-2 l'_i + w'_i h_i - w_i z_i'T v)
- *   dD/dT    += (c - A T v - 2 g) u' + g v' + 2 A T P.
+ * eta_i = base_i + z_i'T u_j (base = o + X beta, T lower triangular, q x q,
+ * theta its lower triangle by columns).  Per group, with A = sum w z z',
+ * H = I + T'AT: Newton steps s = H^{-1}(u - T' sum l' z) on u, halved while f
+ * rises; at the mode 2 f + log|H| and (P = H^{-1}, h_i = z_i'TPT'z_i,
+ * c = sum w' h z, v = P T'c, g = sum l' z)
+ *   r_i = -2 l'_i + w'_i h_i - w_i z_i'T v      (dD/dbeta = X'r, by the caller)
+ *   dD/dT += (c - A T v - 2 g) u' + g v' + 2 A T P.
  * The formulas are those of vector.py (its module docstring).
  *
+ * f is needed only to refuse a step that raises it.  For these families
+ * |w'| <= w, so along u - ts the curvature s'H(t)s is at most e^{tD} s'H(0)s,
+ * D = max_i |z_i'T s|, and with Q = s'H(0)s
+ *   f(u - s) - f(u) <= -Q + Q (e^D - 1 - D)/D^2 <= -0.28 Q < 0  for D <= 1:
+ * such a step is taken without evaluating f (no log per row);
+ * f is evaluated where it is needed, at the mode for the deviance.  The
+ * iterates are those of the numpy path, which would accept the step too.
+ *
  * Inputs (C-contiguous float64 unless said):
- *   X (n, p), Z (n, q), offset, y, wt (n,)   rows sorted by group
- *   starts (J + 1,) int64                     first row of each group, then n
- *   phi (q(q+1)/2 + p,)                       theta (lower triangle by columns), beta
- *   u (J, q)                                  in: starting modes; out: the modes
- *   grad (q(q+1)/2 + p,)                      out (if want_grad)
- *   scratch (8 * max group size,)
- *   state (J, 2q^2 + q + qp)                 per group P, A, g and B = sum w z x' at
- *                                             the mode (written when want_grad)
- *   prev_phi (q(q+1)/2 + p,)                  the phi state belongs to
- *   predict                                   1: state and prev_phi are valid
+ *   base, Z (n, q), y, wt (n,)    rows sorted by group
+ *   starts (J + 1,) int64         first row of each group, then n
+ *   zmax (J, q)                   max_i |z_ia| over each group's rows
+ *   theta (q(q+1)/2,)
+ *   u (J, q)                      in: starting modes; out: the modes
+ *   scratch (12 * max group size,)
+ *   state (J, 2q^2 + q)           per group P, A and g at the mode (written when
+ *                                 want_grad), and wrow (n,): w at the mode
+ *   dbase (n,), prev_theta        base and theta minus those state belongs to
+ *   r (n,), gtheta (q(q+1)/2,)    out (if want_grad)
+ *   predict                       1: state is valid
  * With a valid state each group's Newton iteration starts from the first-order
- * prediction of its mode at phi (implicit differentiation of u = T'g at the
- * previous mode): du = P [dT'g - T'(B dbeta + A dT u)], taken when every
- * |du_a| <= 1 (else the previous mode).  A search's nearby points (the
- * differences of a Hessian, short steps) then need one Newton step less.
+ * prediction of its mode (implicit differentiation of u = T'g at the previous
+ * mode): du = P [dT'g - T'(sum w z dbase + A dT u)], taken when every
+ * |du_a| <= 1 (else the previous mode): a search's nearby points (the
+ * differences of a Hessian, short steps) need one Newton step less.
  * Returns the deviance without the response's constants, or raises
  * ArithmeticError when a group's Newton iteration fails.
  * ------------------------------------------------------------------------ */
 #define VEC_MAXQ 16
+#define VEC_SAFE_D 1.0 /* max |z'T s| up to which a Newton step surely lowers f */
 
-/* sum over a group's rows of wt (y eta - b) at eta = base + z'b; with gz (and
- * then A, w, w3, lp) also sum l' z, the lower triangle of sum w z z' and the
- * rows' w = wt b'', w3 = wt b''', lp = wt (y - mu) (kept for the mode) */
-static double vec_point(int logit, const double *base, const double *Z, const double *y,
-                        const double *wt, int64_t m, int q, const double *bvec, double *gz,
-                        double *A, double *w, double *w3, double *lp) {
+/* The rows' eta = base + z'b, w = wt b'', w3 = wt b''', lp = wt (y - mu), sum l' z
+ * and the lower triangle of A = sum w z z'; with want_f also returns
+ * sum wt (y eta - b(eta)) (else 0).  The expressions are cumulant()'s. */
+static inline __attribute__((always_inline)) double
+vec_point_q(int logit, int want_f, const double *base, const double *Z, const double *y,
+            const double *wt, int64_t m, int q, const double *bvec, double *gz, double *A,
+            double *eta_out, double *w, double *w3, double *lp) {
     double ll = 0.0;
-    if (gz) {
-        memset(gz, 0, sizeof(double) * q);
-        memset(A, 0, sizeof(double) * q * q);
-    }
+    /* local sums (registers when q is a constant) */
+    double g_[VEC_MAXQ] = {0.0}, A_[VEC_MAXQ * VEC_MAXQ] = {0.0};
     for (int64_t i = 0; i < m; i++) {
         const double *zi = Z + i * q;
         double eta = base[i];
         for (int a = 0; a < q; a++) eta += zi[a] * bvec[a];
         double mu, v, v3;
-        double b = cumulant(logit, eta, gz ? &mu : NULL, &v, &v3);
-        ll += wt[i] * (y[i] * eta - b);
-        if (gz) {
-            double l1 = wt[i] * (y[i] - mu), wi = wt[i] * v;
-            w[i] = wi;
-            w3[i] = wt[i] * v3;
-            lp[i] = l1;
-            for (int a = 0; a < q; a++) {
-                gz[a] += l1 * zi[a];
-                double wa = wi * zi[a];
-                for (int c = 0; c <= a; c++) A[a * q + c] += wa * zi[c];
-            }
+        if (logit) {
+            double e = exp(-fabs(eta));
+            double rr = 1.0 / (1.0 + e);
+            mu = eta >= 0 ? rr : e * rr;
+            v = e * rr * rr;
+            v3 = v * (1.0 - 2.0 * mu);
+            if (want_f) ll += wt[i] * (y[i] * eta - ((eta > 0 ? eta : 0.0) + log1p(e)));
+        } else {
+            mu = exp(eta < 700.0 ? eta : 700.0);
+            v = v3 = mu;
+            ll += wt[i] * (y[i] * eta - mu);
+        }
+        eta_out[i] = eta;
+        double l1 = wt[i] * (y[i] - mu), wi = wt[i] * v;
+        w[i] = wi;
+        w3[i] = wt[i] * v3;
+        lp[i] = l1;
+        for (int a = 0; a < q; a++) {
+            g_[a] += l1 * zi[a];
+            double wa = wi * zi[a];
+            for (int c = 0; c <= a; c++) A_[a * q + c] += wa * zi[c];
         }
     }
+    memcpy(gz, g_, sizeof(double) * q);
+    memcpy(A, A_, sizeof(double) * q * q);
+    return ll;
+}
+
+/* vec_point_q with q = 2 and 3 compiled apart (the common random slopes) */
+static double vec_point(int logit, int want_f, const double *base, const double *Z,
+                        const double *y, const double *wt, int64_t m, int q,
+                        const double *bvec, double *gz, double *A, double *eta_out, double *w,
+                        double *w3, double *lp) {
+    if (q == 2)
+        return vec_point_q(logit, want_f, base, Z, y, wt, m, 2, bvec, gz, A, eta_out, w, w3, lp);
+    if (q == 3)
+        return vec_point_q(logit, want_f, base, Z, y, wt, m, 3, bvec, gz, A, eta_out, w, w3, lp);
+    return vec_point_q(logit, want_f, base, Z, y, wt, m, q, bvec, gz, A, eta_out, w, w3, lp);
+}
+
+/* sum wt (y eta - b(eta)) at stored eta */
+static double vec_loglik(int logit, const double *eta, const double *y, const double *wt,
+                         int64_t m) {
+    double ll = 0.0;
+    for (int64_t i = 0; i < m; i++) ll += wt[i] * (y[i] * eta[i] - cumulant(logit, eta[i], NULL, NULL, NULL));
     return ll;
 }
 
@@ -676,76 +716,102 @@ static void vec_solve(const double *L, int q, const double *g, double *x) {
     }
 }
 
+/* out = T x (T lower triangular) */
+static inline void vec_tmul(const double *T, int q, const double *x, double *out) {
+    for (int a = 0; a < q; a++) {
+        double s = 0.0;
+        for (int k = 0; k <= a; k++) s += T[a * q + k] * x[k];
+        out[a] = s;
+    }
+}
+
+/* out = T'x (T lower triangular) */
+static inline void vec_ttmul(const double *T, int q, const double *x, double *out) {
+    for (int a = 0; a < q; a++) {
+        double s = 0.0;
+        for (int k = a; k < q; k++) s += T[k * q + a] * x[k];
+        out[a] = s;
+    }
+}
+
 static PyObject *vector_glmm(PyObject *self, PyObject *args) {
-    Py_buffer bX, bZ, bo, by, bw, bs, bphi, bu, bg, bsc, bst, bprev;
-    int p, q, logit, want_grad, predict;
+    Py_buffer bb, bZ, by, bw, bs, bzm, bth, bu, bsc, bst, bwr, bdb, bprev, br, bgt;
+    int q, logit, want_grad, predict;
     double step_tol;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*w*w*y*iiiidi", &bX, &bZ, &bo, &by, &bw, &bs,
-                          &bphi, &bu, &bg, &bsc, &bst, &bprev, &p, &q, &logit, &want_grad,
-                          &step_tol, &predict))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*w*w*y*y*w*w*iiidi", &bb, &bZ, &by, &bw, &bs,
+                          &bzm, &bth, &bu, &bsc, &bst, &bwr, &bdb, &bprev, &br, &bgt, &q, &logit,
+                          &want_grad, &step_tol, &predict))
         return NULL;
-    double *state = bst.buf;
-    const double *prev = bprev.buf;
-    const double *X = bX.buf, *Zall = bZ.buf, *off = bo.buf, *y = by.buf, *wt = bw.buf;
+    const double *zmax_all = bzm.buf;
+    const double *baseall = bb.buf, *Zall = bZ.buf, *y = by.buf, *wt = bw.buf;
     const int64_t *starts = bs.buf;
-    const double *phi = bphi.buf;
-    double *U = bu.buf, *grad = bg.buf, *scratch = bsc.buf;
+    const double *theta = bth.buf, *dbase = bdb.buf, *prev = bprev.buf;
+    double *U = bu.buf, *scratch = bsc.buf, *state = bst.buf, *wrow = bwr.buf;
+    double *rrow = br.buf, *gtheta = bgt.buf;
     int failed = 0;
     double dev = 0.0;
+    int64_t n = (int64_t)(by.len / sizeof(double));
+    int nt = q * (q + 1) / 2;
+    int64_t J = q >= 1 ? (int64_t)(bu.len / sizeof(double)) / q : 0;
+    int64_t ns = 2 * q * q + q; /* state per group */
     if (q < 1 || q > VEC_MAXQ) {
         failed = 3;
         goto done;
     }
-    int64_t J = (int64_t)(bu.len / sizeof(double)) / q;
-    int nt = q * (q + 1) / 2;
-    const double *beta = phi + nt;
-    double T[VEC_MAXQ * VEC_MAXQ] = {0.0};
-    for (int c = 0, k = 0; c < q; c++)
-        for (int r = c; r < q; r++) T[r * q + c] = phi[k++];
-    double GT[VEC_MAXQ * VEC_MAXQ] = {0.0};
-    int64_t ns = 2 * q * q + q + (int64_t)q * p; /* state per group */
-    if ((int64_t)(bst.len / sizeof(double)) < J * ns ||
-        (int64_t)(bprev.len / sizeof(double)) < nt + p) {
+    if ((int64_t)(bst.len / sizeof(double)) < J * ns || (int64_t)(bwr.len / sizeof(double)) < n ||
+        (int64_t)(bdb.len / sizeof(double)) < n || (int64_t)(br.len / sizeof(double)) < n ||
+        (int64_t)(bprev.len / sizeof(double)) < nt || (int64_t)(bgt.len / sizeof(double)) < nt ||
+        (int64_t)(bb.len / sizeof(double)) < n || (int64_t)(bZ.len / sizeof(double)) < n * q ||
+        (int64_t)(bs.len / sizeof(int64_t)) < J + 1 || starts[J] > n ||
+        (int64_t)(bzm.len / sizeof(double)) < J * q) {
         failed = 4;
         goto done;
     }
-    double Tp[VEC_MAXQ * VEC_MAXQ] = {0.0}, dT[VEC_MAXQ * VEC_MAXQ] = {0.0};
+    double T[VEC_MAXQ * VEC_MAXQ] = {0.0}, Tp[VEC_MAXQ * VEC_MAXQ] = {0.0};
+    double dT[VEC_MAXQ * VEC_MAXQ] = {0.0}, GT[VEC_MAXQ * VEC_MAXQ] = {0.0};
     for (int c = 0, k = 0; c < q; c++)
         for (int r = c; r < q; r++, k++) {
+            T[r * q + c] = theta[k];
             Tp[r * q + c] = prev[k];
-            dT[r * q + c] = phi[k] - prev[k];
+            dT[r * q + c] = theta[k] - prev[k];
         }
-    if (want_grad)
-        for (int a = 0; a < nt + p; a++) grad[a] = 0.0;
     Py_BEGIN_ALLOW_THREADS
     double A[VEC_MAXQ * VEC_MAXQ], AT[VEC_MAXQ * VEC_MAXQ], H[VEC_MAXQ * VEC_MAXQ];
     double P[VEC_MAXQ * VEC_MAXQ], M[VEC_MAXQ * VEC_MAXQ], TP[VEC_MAXQ * VEC_MAXQ];
     double gz[VEC_MAXQ], bvec[VEC_MAXQ], gvec[VEC_MAXQ], step[VEC_MAXQ], un[VEC_MAXQ];
     double gn[VEC_MAXQ], An[VEC_MAXQ * VEC_MAXQ], cvec[VEC_MAXQ], tc[VEC_MAXQ];
-    double vj[VEC_MAXQ], Tv[VEC_MAXQ], ATv[VEC_MAXQ];
+    double vj[VEC_MAXQ], Tv[VEC_MAXQ], ATv[VEC_MAXQ], Ts[VEC_MAXQ];
     for (int64_t j = 0; j < J && !failed; j++) {
         int64_t r0 = starts[j], m = starts[j + 1] - r0;
-        const double *Z = Zall + r0 * q, *yj = y + r0, *wj = wt + r0;
+        const double *Z = Zall + r0 * q, *yj = y + r0, *wj = wt + r0, *base = baseall + r0;
         double *u = U + j * q;
-        /* scratch: base, h, then the rows' w, w3, lp at the current point and at
-         * a trial point (swapped when the trial is taken) */
-        double *base = scratch, *hrow = base + m;
-        double *w = hrow + m, *w3 = w + m, *lp = w3 + m;
-        double *wn = lp + m, *w3n = wn + m, *lpn = w3n + m;
-        double *sP = state + j * ns, *sA = sP + q * q, *sg = sA + q * q, *sB = sg + q;
+        /* scratch: h, then the rows' eta, w, w3, lp at the current point and at a
+         * trial point (swapped when the trial is taken) */
+        double *hrow = scratch;
+        double *eta = hrow + m, *w = eta + m, *w3 = w + m, *lp = w3 + m;
+        double *etan = lp + m, *wn = etan + m, *w3n = wn + m, *lpn = w3n + m;
+        double *sP = state + j * ns, *sA = sP + q * q, *sg = sA + q * q;
+        const double *zmax = zmax_all + j * q;
         if (predict) { /* the first-order prediction of the mode */
             double sv[VEC_MAXQ], rv[VEC_MAXQ], du[VEC_MAXQ], dTu[VEC_MAXQ];
-            for (int a = 0; a < q; a++) {
-                double s_ = 0.0;
-                for (int k = 0; k <= a; k++) s_ += dT[a * q + k] * u[k];
-                dTu[a] = s_;
-            }
-            for (int a = 0; a < q; a++) {
-                double s_ = 0.0;
-                for (int k = 0; k < p; k++) s_ += sB[a * p + k] * (beta[k] - prev[nt + k]);
-                for (int k = 0; k < q; k++) s_ += sA[a * q + k] * dTu[k];
-                sv[a] = s_;
-            }
+            vec_tmul(dT, q, u, dTu);
+            for (int a = 0; a < q; a++) sv[a] = 0.0;
+            if (q == 2) { /* the common case, in registers */
+                double s0 = 0.0, s1 = 0.0;
+                for (int64_t i = 0; i < m; i++) {
+                    double wd = wrow[r0 + i] * dbase[r0 + i];
+                    s0 += wd * Z[2 * i];
+                    s1 += wd * Z[2 * i + 1];
+                }
+                sv[0] = s0;
+                sv[1] = s1;
+            } else
+                for (int64_t i = 0; i < m; i++) {
+                    double wd = wrow[r0 + i] * dbase[r0 + i];
+                    for (int a = 0; a < q; a++) sv[a] += wd * Z[i * q + a];
+                }
+            for (int a = 0; a < q; a++)
+                for (int k = 0; k < q; k++) sv[a] += sA[a * q + k] * dTu[k];
             for (int a = 0; a < q; a++) {
                 double s_ = 0.0;
                 for (int k = a; k < q; k++) s_ += dT[k * q + a] * sg[k] - Tp[k * q + a] * sv[k];
@@ -761,32 +827,18 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
             if (take)
                 for (int a = 0; a < q; a++) u[a] += du[a];
         }
-        for (int64_t i = 0; i < m; i++) {
-            const double *xi = X + (r0 + i) * p;
-            double s = off[r0 + i];
-            for (int a = 0; a < p; a++) s += xi[a] * beta[a];
-            base[i] = s;
-        }
         /* Newton iterations on u, a step halved while f rises */
-#define TU(vec, out)                                                  \
-    for (int a = 0; a < q; a++) {                                     \
-        double s_ = 0.0;                                              \
-        for (int k = 0; k <= a; k++) s_ += T[a * q + k] * (vec)[k];   \
-        (out)[a] = s_;                                                \
-    }
-        TU(u, bvec);
+        vec_tmul(T, q, u, bvec);
         double uu = 0.0;
         for (int a = 0; a < q; a++) uu += u[a] * u[a];
-        double f = 0.5 * uu - vec_point(logit, base, Z, yj, wj, m, q, bvec, gz, A, w, w3, lp);
-        int converged = 0;
-        for (int it = 0; it < MAX_NEWTON && isfinite(f); it++) {
+        /* f (a log per row for the logit) only where a step needs it, or at the mode */
+        double f = 0.5 * uu - vec_point(logit, 0, base, Z, yj, wj, m, q, bvec, gz, A, eta, w, w3, lp);
+        int f_known = !logit, converged = 0;
+        for (int it = 0; it < MAX_NEWTON && (!f_known || isfinite(f)); it++) {
             vec_curvature(q, T, A, AT, H);
             if (!vec_chol(H, q)) break;
-            for (int a = 0; a < q; a++) { /* u - T'g */
-                double s = 0.0;
-                for (int k = a; k < q; k++) s += T[k * q + a] * gz[k];
-                gvec[a] = u[a] - s;
-            }
+            vec_ttmul(T, q, gz, gvec);
+            for (int a = 0; a < q; a++) gvec[a] = u[a] - gvec[a]; /* u - T'g */
             vec_solve(H, q, gvec, step);
             double smax = 0.0;
             int finite = 1;
@@ -799,25 +851,36 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
                 converged = 1;
                 break;
             }
+            vec_tmul(T, q, step, Ts);
+            double D = 0.0; /* a bound on max_i |z_i'T s| */
+            for (int a = 0; a < q; a++) D += zmax[a] * fabs(Ts[a]);
+            int safe = D <= VEC_SAFE_D;
+            if (!safe && !f_known) {
+                f = 0.5 * uu - vec_loglik(logit, eta, yj, wj, m);
+                f_known = 1;
+            }
             int ok = 0;
             for (int hv = 0; hv < MAX_HALVINGS; hv++) {
-                uu = 0.0;
+                double uun = 0.0;
                 for (int a = 0; a < q; a++) {
                     un[a] = u[a] - step[a];
-                    uu += un[a] * un[a];
+                    uun += un[a] * un[a];
                 }
-                TU(un, bvec);
-                double fn =
-                    0.5 * uu - vec_point(logit, base, Z, yj, wj, m, q, bvec, gn, An, wn, w3n, lpn);
-                if (fn <= f + 1e-12 * (1.0 + fabs(f))) {
+                vec_tmul(T, q, un, bvec);
+                double fn = 0.5 * uun - vec_point(logit, !safe, base, Z, yj, wj, m, q, bvec, gn,
+                                                  An, etan, wn, w3n, lpn);
+                if (safe || fn <= f + 1e-12 * (1.0 + fabs(f))) {
                     double *sw;
+                    sw = eta, eta = etan, etan = sw;
                     sw = w, w = wn, wn = sw;
                     sw = w3, w3 = w3n, w3n = sw;
                     sw = lp, lp = lpn, lpn = sw;
                     memcpy(u, un, sizeof(double) * q);
                     memcpy(gz, gn, sizeof(double) * q);
                     memcpy(A, An, sizeof(double) * q * q);
+                    uu = uun;
                     f = fn;
+                    f_known = !safe || !logit; /* Poisson's f comes with the pass */
                     ok = 1;
                     break;
                 }
@@ -829,7 +892,12 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
             failed = 1;
             break;
         }
-        /* at the mode: w, w3, lp, g and A are those of the last point taken */
+        if (!f_known) f = 0.5 * uu - vec_loglik(logit, eta, yj, wj, m);
+        if (!isfinite(f)) {
+            failed = 1;
+            break;
+        }
+        /* at the mode: eta, w, w3, lp, g and A are those of the last point taken */
         vec_curvature(q, T, A, AT, H);
         if (!vec_chol(H, q)) {
             failed = 1;
@@ -873,40 +941,25 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
             for (int a = 0; a < q; a++) cvec[a] += wh * zi[a];
         }
         /* v = P T'c, Tv = T v, ATv = A T v */
-        for (int a = 0; a < q; a++) {
-            double s = 0.0;
-            for (int k = a; k < q; k++) s += T[k * q + a] * cvec[k];
-            tc[a] = s;
-        }
+        vec_ttmul(T, q, cvec, tc);
         for (int a = 0; a < q; a++) {
             double s = 0.0;
             for (int c = 0; c < q; c++) s += P[a * q + c] * tc[c];
             vj[a] = s;
         }
-        TU(vj, Tv);
+        vec_tmul(T, q, vj, Tv);
         for (int a = 0; a < q; a++) {
             double s = 0.0;
             for (int c = 0; c < q; c++) s += A[a * q + c] * Tv[c];
             ATv[a] = s;
         }
-        memset(sB, 0, sizeof(double) * q * p);
         for (int64_t i = 0; i < m; i++) {
             const double *zi = Z + i * q;
             double ztv = 0.0;
             for (int a = 0; a < q; a++) ztv += zi[a] * Tv[a];
-            double r = -2.0 * lp[i] + w3[i] * hrow[i] - w[i] * ztv;
-            const double *xi = X + (r0 + i) * p;
-            double *gb = grad + nt;
-            for (int a = 0; a < p; a++) gb[a] += r * xi[a];
-            for (int a = 0; a < q; a++) { /* B = sum w z x' for the next prediction */
-                double wz = w[i] * zi[a];
-                double *Ba = sB + a * p;
-                for (int k = 0; k < p; k++) Ba[k] += wz * xi[k];
-            }
+            rrow[r0 + i] = -2.0 * lp[i] + w3[i] * hrow[i] - w[i] * ztv;
+            wrow[r0 + i] = w[i];
         }
-        memcpy(sP, P, sizeof(double) * q * q);
-        memcpy(sA, A, sizeof(double) * q * q);
-        memcpy(sg, gz, sizeof(double) * q);
         /* dD/dT: (c - ATv - 2g) u' + g v' + 2 (AT) P */
         for (int a = 0; a < q; a++) {
             double ca = cvec[a] - ATv[a] - 2.0 * gz[a];
@@ -916,19 +969,23 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
                 GT[a * q + c] += ca * u[c] + gz[a] * vj[c] + 2.0 * s;
             }
         }
-#undef TU
+        memcpy(sP, P, sizeof(double) * q * q);
+        memcpy(sA, A, sizeof(double) * q * q);
+        memcpy(sg, gz, sizeof(double) * q);
     }
     Py_END_ALLOW_THREADS
     if (!failed && want_grad)
         for (int c = 0, k = 0; c < q; c++)
-            for (int r = c; r < q; r++) grad[k++] = GT[r * q + c];
+            for (int r = c; r < q; r++) gtheta[k++] = GT[r * q + c];
 done:
-    PyBuffer_Release(&bX); PyBuffer_Release(&bZ); PyBuffer_Release(&bo);
-    PyBuffer_Release(&by); PyBuffer_Release(&bw); PyBuffer_Release(&bs);
-    PyBuffer_Release(&bphi); PyBuffer_Release(&bu); PyBuffer_Release(&bg);
-    PyBuffer_Release(&bsc); PyBuffer_Release(&bst); PyBuffer_Release(&bprev);
+    PyBuffer_Release(&bb); PyBuffer_Release(&bZ); PyBuffer_Release(&by);
+    PyBuffer_Release(&bw); PyBuffer_Release(&bs); PyBuffer_Release(&bth);
+    PyBuffer_Release(&bzm);
+    PyBuffer_Release(&bu); PyBuffer_Release(&bsc); PyBuffer_Release(&bst);
+    PyBuffer_Release(&bwr); PyBuffer_Release(&bdb); PyBuffer_Release(&bprev);
+    PyBuffer_Release(&br); PyBuffer_Release(&bgt);
     if (failed == 4) {
-        PyErr_SetString(PyExc_ValueError, "vector_glmm: state or prev_phi too short");
+        PyErr_SetString(PyExc_ValueError, "vector_glmm: an array has the wrong length");
         return NULL;
     }
     if (failed == 3) {
@@ -952,9 +1009,9 @@ static PyMethodDef methods[] = {
      "laplace_terms(X, y, wt, offset, z, pos, slot, erow, ecol, pe1, pe2, term, phi, "
      "u, grad, work, n0, Qr, logit, want_grad, step_tol) -> Laplace deviance without constants"},
     {"vector_glmm", vector_glmm, METH_VARARGS,
-     "vector_glmm(X, Z, offset, y, wt, starts, phi, u, grad, scratch, state, prev_phi, p, q, "
-     "logit, want_grad, step_tol, predict) -> Laplace deviance without constants (one vector "
-     "term)"},
+     "vector_glmm(base, Z, y, wt, starts, zmax, theta, u, scratch, state, wrow, dbase, prev_theta, r, "
+     "gtheta, q, logit, want_grad, step_tol, predict) -> Laplace deviance without constants "
+     "(one vector term)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_glmm_kernels",

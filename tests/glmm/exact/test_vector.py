@@ -110,6 +110,35 @@ def test_compiled_equals_numpy(kind, shift, monkeypatch):
         assert g3 is None and d3 == pytest.approx(d1, abs=1e-9)
 
 
+@pytest.mark.skipif(not COMPILED, reason="the compiled kernel was not built")
+@pytest.mark.parametrize("kind", sorted(FITS))
+def test_predicted_modes_along_a_search(kind, monkeypatch):
+    """A sequence of nearby and distant points, as a search asks for them: the
+    kernel starts each from the prediction of the last modes (none after the
+    modes were set from outside, or after a value without gradient) and
+    agrees with the numpy path, which starts from the last modes."""
+    fit = FITS[kind]
+    prob = fit._prob
+    phi0 = np.concatenate([fit.theta.values, fit.fixef.values])
+    rng = np.random.default_rng(3)
+    steps = [1e-4, 1e-4, 0.05, 0.3, 1e-4, 0.0, 0.02]
+    fast = VectorGLMM(prob)
+    monkeypatch.setattr(vector_mod, "KERNEL_DISABLED", True)
+    slow = VectorGLMM(prob)
+    phi = phi0.copy()
+    for k, h in enumerate(steps):
+        phi = phi + h * rng.normal(size=phi.size)
+        grad = k != 4
+        d1, g1 = fast.deviance_grad(phi, grad)
+        d2, g2 = slow.deviance_grad(phi, grad)
+        assert d1 == pytest.approx(d2, abs=1e-8)
+        if grad:
+            np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-7 * np.max(np.abs(g2)))
+        np.testing.assert_allclose(fast.u, slow.u, atol=1e-8)
+        if k == 5:
+            fast.u = slow.u = slow.u + 0.01
+
+
 def test_which_models():
     assert supported(binomial(), 1, 2) and supported(poisson(), 1, 3)
     assert not supported(binomial(), 1, 1)  # scalar: scalar_glmm

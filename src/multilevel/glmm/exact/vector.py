@@ -99,16 +99,19 @@ class VectorGLMM:
             if np.any(np.diff(self.codes) < 0):
                 raise ValueError("rows must be sorted by group")
             self._starts = starts
-            self._scratch = np.empty(8 * max(1, int(np.diff(starts).max(initial=1))))
-            self._cargs = [
-                np.ascontiguousarray(a, dtype=float)
-                for a in (self.X, self.Z, self.off, r.y, r.weights)
-            ]
-            p = self.X.shape[1]
-            # per group H⁻¹, A, g and Σ w z xᵀ at the last modes, and the φ they
-            # belong to: the kernel predicts the next modes from them
-            self._pstate = np.empty((self.J, 2 * self.q * self.q + self.q + self.q * p))
-            self._prev_phi = np.zeros(self.nt + p)
+            self._scratch = np.empty(12 * max(1, int(np.diff(starts).max(initial=1))))
+            self._cargs = [np.ascontiguousarray(a, dtype=float) for a in (self.Z, r.y, r.weights)]
+            zmax = np.zeros((self.J, self.q))  # bounds the rows' |zᵀTs| per group
+            np.maximum.at(zmax, self.codes, np.abs(self.Z))
+            self._zmax = zmax
+            n = self.codes.size
+            # per group H⁻¹, A and g, per row w, at the last modes, and the θ and
+            # Xβ + o they belong to: the kernel predicts the next modes from them
+            self._pstate = np.empty((self.J, 2 * self.q * self.q + self.q))
+            self._wrow = np.zeros(n)
+            self._prev_theta = np.zeros(self.nt)
+            self._prev_base = np.zeros(n)
+            self._r = np.zeros(n)
 
     @property
     def u(self) -> np.ndarray:
@@ -168,21 +171,27 @@ class VectorGLMM:
         """The Laplace deviance and gradient by the compiled kernel (the modes
         are kept only when every group converged)."""
         u = self.u.copy()
-        g = np.zeros(phi.size)
-        phi = np.ascontiguousarray(phi, dtype=float)
+        nt = self.nt
+        theta = np.ascontiguousarray(phi[:nt], dtype=float)
+        base = self.off + self.X @ phi[nt:]
+        g_theta = np.zeros(nt)
         predict = self._predict
         self._predict = False  # the state is rewritten (or left half-written) below
         try:
             dev = self._kernel(
+                base,
                 *self._cargs,
                 self._starts,
-                phi,
+                self._zmax,
+                theta,
                 u,
-                g,
                 self._scratch,
                 self._pstate,
-                self._prev_phi,
-                self.X.shape[1],
+                self._wrow,
+                base - self._prev_base,
+                self._prev_theta,
+                self._r,
+                g_theta,
                 self.q,
                 int(self.rows_.logit),
                 int(grad),
@@ -192,10 +201,13 @@ class VectorGLMM:
         except ArithmeticError as exc:
             raise PirlsError(str(exc)) from None
         self._u = u
-        if grad:  # the kernel wrote the state at these modes
-            self._prev_phi[:] = phi
-            self._predict = True
-        return dev - 2.0 * self.const, (g if grad else None)
+        if not grad:
+            return dev - 2.0 * self.const, None
+        # the kernel wrote the state at these modes
+        self._prev_theta[:] = theta
+        self._prev_base = base
+        self._predict = True
+        return dev - 2.0 * self.const, np.concatenate([g_theta, self.X.T @ self._r])
 
     def _deviance_grad(self, phi: np.ndarray, grad: bool):
         q, nt = self.q, self.nt
