@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from multilevel import DataError, FormulaError, ModelError, lmer, parse_formula
-from multilevel.formula.design import RankDeficiencyWarning, build_design
+from multilevel.formula.design import RankDeficiencyWarning, _label, build_design, level_labels
 
 
 def small(n_groups: int = 8, per: int = 6, seed: int = 1) -> pd.DataFrame:
@@ -200,3 +202,18 @@ def test_poly_gives_orthonormal_columns_and_new_data_reuses_them():
     # R: poly(0:9 repeated 18 times, 2)[1, ] = (-0.1167748, 0.1230915)
     np.testing.assert_allclose(P[0], [-0.1167748, 0.1230915], atol=1e-7)
     np.testing.assert_allclose(fit.predict(d.iloc[5:9]), fit.fitted.iloc[5:9], atol=1e-9)
+
+
+@given(
+    st.one_of(
+        st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=20, unique=True),
+        st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=20, unique=True),
+        st.lists(st.text(max_size=5), min_size=1, max_size=20, unique=True),
+        st.lists(st.booleans(), min_size=1, max_size=2, unique=True),
+    )
+)
+def test_level_labels_by_dtype_equal_the_per_value_labels(values):
+    """The fast paths by dtype print every level as the one-value rule does
+    (integral floats without '.0', TRUE/FALSE)."""
+    idx = pd.Index(values)
+    assert level_labels(idx) == [_label(v) for v in idx.to_numpy()]

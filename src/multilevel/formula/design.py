@@ -97,10 +97,13 @@ def to_pandas(data: Any) -> pd.DataFrame:
 
 def categorize(values: Any, label: str, level_order: list | None) -> Categorical:
     """Factor coding of a column: pandas category order, otherwise sorted."""
-    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    # a float or integer array is coded as it is (a Series costs more than the coding)
+    plain = isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iuf"
+    s = values if plain or isinstance(values, pd.Series) else pd.Series(values)
     if isinstance(s.dtype, pd.CategoricalDtype):
-        cats = s.cat.categories
-        codes = s.cat.codes.to_numpy().astype(np.int64)
+        # the dtype's and array's own attributes: the .cat accessor builds Series
+        cats = s.dtype.categories
+        codes = np.asarray(s.array.codes).astype(np.int64)
         # unused categories would give all-zero columns; R's droplevels() would drop them
         used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
         if not used.all():
@@ -124,12 +127,28 @@ def categorize(values: Any, label: str, level_order: list | None) -> Categorical
             )
         codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
         values_index = order
+    return Categorical(codes, values_index, level_labels(values_index))
+
+
+def level_labels(values_index: pd.Index) -> list[str]:
+    """Printable labels of levels: R's (TRUE/FALSE, integral numbers without
+    '.0'), by dtype where that decides them."""
+    arr = values_index.to_numpy()  # iterating an Arrow-backed index costs µs per item
+    kind = arr.dtype.kind
+    if kind in "iu":
+        return [str(v) for v in arr.tolist()]
+    if kind == "f":
+        return [str(int(v)) if v.is_integer() else str(v) for v in arr.tolist()]
+    if kind == "O":
+        items = arr.tolist()
+        if all(type(v) is str for v in items):
+            return items
     if len(values_index) > 1000:  # pandas' fixed cost pays off only for many levels
-        labels = _label_strings(pd.Series(values_index)).tolist()
-    else:
-        # a plain array first: iterating an Arrow-backed index costs µs per item
-        labels = [_label(v) for v in values_index.to_numpy()]
-    return Categorical(codes, values_index, labels)
+        return _label_strings(pd.Series(values_index)).tolist()
+    return [_label(v) for v in arr]
+
+
+SMALL_SORT = 5000  # text columns up to this length are coded by sorting
 
 
 def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
@@ -137,7 +156,7 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
     spanning a range not much wider than the data (the usual ids) are coded by
     direct addressing, several times faster than hashing on large data."""
     if s.dtype.kind in "iuf" and isinstance(s.dtype, np.dtype) and s.size:
-        arr = s.to_numpy()
+        arr = np.asarray(s)
         lo, hi = arr.min(), arr.max()
         if s.dtype.kind == "f":  # whole numbers only (ids read as doubles)
             ok = np.isfinite(lo) and np.isfinite(hi) and hi - lo <= 4 * arr.size
@@ -149,9 +168,23 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
             off = (arr - arr.dtype.type(lo)).astype(np.intp)
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[off] = True
-            remap = np.cumsum(present, dtype=np.int64) - 1
-            uniques = (np.flatnonzero(present) + lo).astype(arr.dtype)
-            return remap[off], uniques
+            used = np.flatnonzero(present)
+            # a scatter over the used values (a cumulative sum over the whole
+            # range costs several times more: its bool-to-int cast)
+            remap = np.empty(hi - lo + 1, dtype=np.int64)
+            remap[used] = np.arange(used.size)
+            return remap[off], (used + lo).astype(arr.dtype)
+    if s.size <= SMALL_SORT and s.dtype.kind in "OUT":
+        # a short text column: sorting the values beats pandas' hashing and
+        # its fixed cost (a tenth of a small model's fit); not for long ones,
+        # where comparing Python strings is slow
+        arr = np.asarray(s, dtype=object)
+        try:
+            uniques, codes = np.unique(arr, return_inverse=True)
+        except TypeError:  # missing values or mixed types: pandas decides
+            uniques = None
+        if uniques is not None and all(type(v) is str for v in uniques.tolist()):
+            return codes.reshape(-1).astype(np.int64), pd.Index(uniques, dtype=s.dtype)
     codes, uniques = pd.factorize(s, sort=True, use_na_sentinel=True)
     return codes.astype(np.int64), uniques
 
@@ -160,6 +193,8 @@ def is_categorical(values: Any) -> bool:
     dtype = getattr(values, "dtype", None)
     if dtype is None:
         return True
+    if isinstance(dtype, np.dtype) and dtype.kind in "iufb":  # without pandas' dispatch
+        return dtype.kind == "b"
     return pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype)
 
 
@@ -283,11 +318,15 @@ def evaluate_factor(
     factor: Factor, frame: pd.DataFrame, evaluator: Evaluator, columns: list[str]
 ) -> Any:
     if factor.is_name:
-        if factor.label not in frame.columns:
+        try:
+            column = frame[factor.label]
+        except KeyError:
+            column = None
+        if not isinstance(column, pd.Series):  # missing, or a label matching several columns
             raise DataError(
                 f"column {factor.label!r} is not in the data" + closest(factor.label, columns)
             )
-        return plain_column(frame[factor.label])
+        return plain_column(column)
     used = evaluator.columns_used(factor.code, columns, factor.label)
     arrays = {c: _numeric_or_raw(frame[c]) for c in used}
     with np.errstate(all="ignore"):
@@ -416,11 +455,14 @@ def build_matrix(
     if tset.intercept:
         blocks.append(np.ones((n, 1)))
         names.append("(Intercept)")
+    built: dict[tuple[str, str], tuple[np.ndarray, list[str]]] = {}
     for term, coding in zip(tset.terms, codings, strict=True):
         mat = None
         cn = [""]
         for f, c in zip(term, coding, strict=True):
-            cols, suffixes = _factor_columns(values[f], c)
+            if (f, c) not in built:  # a factor's indicators serve all its interactions
+                built[f, c] = _factor_columns(values[f], c)
+            cols, suffixes = built[f, c]
             # the first factor varies fastest, as in R
             mat = cols if mat is None else (mat[:, None, :] * cols[:, :, None]).reshape(n, -1)
             cn = [f"{a}:{f}{s}" if a else f"{f}{s}" for s in suffixes for a in cn]
@@ -838,7 +880,7 @@ def _random_structure(
         if isinstance(v, Numeric):
             if v.values.shape[1] != 1:
                 raise DataError(f"grouping factor {g!r} must be a single column")
-            v = categorize(pd.Series(v.values[:, 0]), g, None)
+            v = categorize(v.values[:, 0], g, None)
             values[g] = v
         parts.append(v)
     codes, labels, combos = group_codes(parts, combos)
