@@ -178,7 +178,8 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
         # a short text column: sorting the values beats pandas' hashing and
         # its fixed cost (a tenth of a small model's fit); not for long ones,
         # where comparing Python strings is slow
-        arr = np.asarray(s, dtype=object)
+        arr = s.to_numpy() if isinstance(s, pd.Series) else s
+        arr = arr if arr.dtype == object else arr.astype(object)
         try:
             uniques, codes = np.unique(arr, return_inverse=True)
         except TypeError:  # missing values or mixed types: pandas decides
