@@ -1,6 +1,7 @@
 """Build of the optional compiled kernels (``_kernels``: LMM criterion and
 per-level cross-products; ``_glmm_kernels``: GLMM deviances and gradients;
-``_optim``: the loop of the bounded BFGS search over θ);
+``_optim``: the loop of the bounded BFGS search over θ; ``_sparse_chol``:
+sparse Cholesky and selected inverse of the random effects' Schur complement);
 everything else is in pyproject.toml.
 
 The kernels remove per-call overhead and temporaries; if one cannot be
@@ -20,6 +21,12 @@ setup(
         Extension(
             "multilevel._glmm_kernels",
             sources=["src/multilevel/_glmm_kernels.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
+            "multilevel._sparse_chol",
+            sources=["src/multilevel/_sparse_chol.c"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

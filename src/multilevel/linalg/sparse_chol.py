@@ -1,0 +1,127 @@
+"""Sparse Cholesky factorization with a fixed pattern, and the entries of the
+inverse on the factor's pattern (the selected inverse).
+
+For a symmetric positive definite M whose pattern is known in advance (the
+random effects' Schur complement: its pattern is set by the design, its
+values change with θ), a fill-reducing ordering P and the pattern of the
+factor of PMPᵀ = LLᵀ are found once; each factorization is then numeric only.
+M⁻¹ on the pattern of L + Lᵀ (which contains M's) follows from L by the
+recurrence of Takahashi et al. (1973), column by column from the last:
+
+    Z_ij = −(1/L_jj) Σ_{k∈S_j} L_kj Z_ik     (i ∈ S_j)
+    Z_jj = 1/L_jj² − (1/L_jj) Σ_{k∈S_j} L_kj Z_kj
+
+(S_j the rows below the diagonal in column j), at a cost of the order of the
+factorization's.  The arithmetic is compiled (``multilevel._sparse_chol``);
+without it :func:`available` is False and callers factor another way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from multilevel.compiled import kernel
+
+
+def available() -> bool:
+    return kernel("_sparse_chol", "numeric") is not None
+
+
+def fill_reducing_order(pattern: sp.spmatrix) -> np.ndarray:
+    """A symmetric fill-reducing ordering of ``pattern`` (old indices in new
+    order): SuperLU's minimum degree on AᵀA + A, read off a factorization of a
+    diagonally dominant matrix with that pattern."""
+    P = sp.csc_matrix(abs(pattern), dtype=float)
+    P = P + P.T
+    n = P.shape[0]
+    dom = np.asarray(P.sum(axis=1)).ravel() + 1.0
+    M = (P + sp.diags(dom)).tocsc()
+    lu = spla.splu(
+        M, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+    )
+    return np.argsort(lu.perm_c) if n else np.zeros(0, dtype=np.int64)
+
+
+class SparseCholesky:
+    """LLᵀ of PMPᵀ for matrices with the pattern given at construction.
+
+    ``factor(data)`` takes M's values aligned with ``self.pattern`` (CSC,
+    full symmetric pattern, sorted indices) and returns whether M was
+    positive definite."""
+
+    def __init__(self, pattern: sp.spmatrix, order: np.ndarray | None = None):
+        full = sp.csc_matrix(pattern, dtype=float)
+        full = (abs(full) + abs(full).T + sp.identity(full.shape[0], format="csc")).tocsc()
+        full.sort_indices()
+        self.n = n = full.shape[0]
+        self.pattern = full
+        self.order = fill_reducing_order(full) if order is None else np.asarray(order)
+        inv = np.empty(n, dtype=np.int64)
+        inv[self.order] = np.arange(n)
+        self.inv = inv  # new index of each old one
+        # the upper triangle of PMPᵀ in CSC, and where each of its entries
+        # sits in ``pattern``'s data
+        col = np.repeat(np.arange(n), np.diff(full.indptr))
+        r_new, c_new = inv[full.indices], inv[col]
+        upper = r_new <= c_new
+        src = np.flatnonzero(upper)
+        key = c_new[upper] * n + r_new[upper]
+        order_u = np.argsort(key, kind="stable")
+        self._src = src[order_u]
+        self.Ai = np.ascontiguousarray(r_new[upper][order_u], dtype=np.int64)
+        counts = np.bincount(c_new[upper], minlength=n)
+        self.Ap = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.Ap[1:])
+        lp, li = kernel("_sparse_chol", "symbolic")(self.Ap, self.Ai, n)
+        self.Lp = np.frombuffer(lp, dtype=np.int64)
+        self.Li = np.frombuffer(li, dtype=np.int64)
+        self.Lx = np.zeros(self.Li.size)
+        self._keys = None
+
+    @property
+    def nnz(self) -> int:
+        """Entries of L (diagonal included)."""
+        return int(self.Li.size)
+
+    def factor(self, data: np.ndarray) -> bool:
+        Ax = np.ascontiguousarray(np.asarray(data, dtype=float)[self._src])
+        return bool(
+            kernel("_sparse_chol", "numeric")(self.Ap, self.Ai, Ax, self.Lp, self.Li, self.Lx)
+        )
+
+    def logdet(self) -> float:
+        """log|M| from the last factorization."""
+        return float(2.0 * np.log(self.Lx[self.Lp[:-1]]).sum())
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        """M⁻¹B for B with n rows (one or more columns)."""
+        B = np.asarray(B, dtype=float)
+        X = np.ascontiguousarray(B[self.order].reshape(self.n, -1))
+        kernel("_sparse_chol", "solve")(self.Lp, self.Li, self.Lx, X)
+        return X[self.inv].reshape(B.shape)
+
+    def positions(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Slots in the selected inverse of the entries (rows, cols) of M⁻¹
+        (each must lie on M's pattern or the factor's)."""
+        if self._keys is None:
+            col = np.repeat(np.arange(self.n), np.diff(self.Lp))
+            self._keys = col * self.n + self.Li  # sorted: columns, then rows
+        r, c = self.inv[np.asarray(rows)], self.inv[np.asarray(cols)]
+        lo, hi = np.minimum(r, c), np.maximum(r, c)
+        key = lo * self.n + hi
+        pos = np.searchsorted(self._keys, key)
+        if pos.size and (pos.max() >= self._keys.size or np.any(self._keys[pos] != key)):
+            raise ValueError("an entry outside the pattern of the factor")
+        return pos
+
+    def selected_inverse(self) -> np.ndarray:
+        """M⁻¹ on the factor's pattern (index with :meth:`positions`)."""
+        Z = np.empty_like(self.Lx)
+        kernel("_sparse_chol", "selinv")(self.Lp, self.Li, self.Lx, Z)
+        return Z
+
+    def diagonal_of_inverse(self, Z: np.ndarray) -> np.ndarray:
+        """diag(M⁻¹) in M's order, from :meth:`selected_inverse`."""
+        return Z[self.Lp[:-1]][self.inv]

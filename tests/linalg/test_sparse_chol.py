@@ -1,0 +1,83 @@
+"""Sparse Cholesky with a fixed pattern and its selected inverse, against
+dense linear algebra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multilevel.linalg.sparse_chol import SparseCholesky, available
+
+pytestmark = pytest.mark.skipif(not available(), reason="the compiled kernel was not built")
+
+
+def _spd(n: int, density: float, seed: int, blocks: list[int] | None = None) -> sp.csc_matrix:
+    rng = np.random.default_rng(seed)
+    if blocks:  # nested: small clusters joined by a few bordering levels
+        A = sp.block_diag([sp.random(b, b, density=0.5, random_state=rng) for b in blocks])
+        B = sp.random(A.shape[0], 4, density=0.3, random_state=rng)
+        A = sp.bmat([[A, B], [B.T, sp.random(4, 4, density=0.5, random_state=rng)]])
+    else:
+        A = sp.random(n, n, density=density, random_state=rng)
+    A = (A + A.T).tocsr()
+    return (A @ A.T + 2.0 * sp.identity(A.shape[0])).tocsc()
+
+
+def _values(ch: SparseCholesky, M: np.ndarray) -> np.ndarray:
+    P = ch.pattern
+    col = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
+    return M[P.indices, col], P.indices, col
+
+
+@given(
+    n=st.integers(1, 60),
+    density=st.floats(0.0, 0.3),
+    seed=st.integers(0, 10_000),
+)
+@settings(max_examples=40, deadline=None)
+def test_factor_solve_and_selected_inverse_equal_dense(n, density, seed):
+    M = _spd(n, density, seed)
+    ch = SparseCholesky(M)
+    Md = M.toarray()
+    data, rows, cols = _values(ch, Md)
+    assert ch.factor(data)
+    Minv = np.linalg.inv(Md)
+    scale = np.abs(Minv).max()
+    assert ch.logdet() == pytest.approx(np.linalg.slogdet(Md)[1], rel=1e-12, abs=1e-10)
+    B = np.random.default_rng(seed).normal(size=(n, 3))
+    np.testing.assert_allclose(ch.solve(B), Minv @ B, atol=1e-12 * scale * np.abs(B).max() * n)
+    Z = ch.selected_inverse()
+    np.testing.assert_allclose(
+        Z[ch.positions(rows, cols)], Minv[rows, cols], atol=1e-13 * scale * n
+    )
+    np.testing.assert_allclose(ch.diagonal_of_inverse(Z), np.diag(Minv), atol=1e-13 * scale * n)
+
+
+def test_a_nested_pattern_keeps_the_factor_sparse():
+    """Clusters joined through a few shared levels: the ordering eliminates
+    the clusters first, so the factor holds little more than the matrix."""
+    M = _spd(0, 0.0, 3, blocks=[6, 8, 5, 7] * 25)
+    ch = SparseCholesky(M)
+    assert ch.nnz <= 1.5 * (M.nnz + M.shape[0]) / 2
+    data, rows, cols = _values(ch, M.toarray())
+    assert ch.factor(data)
+    np.testing.assert_allclose(
+        ch.selected_inverse()[ch.positions(rows, cols)], np.linalg.inv(M.toarray())[rows, cols],
+        atol=1e-12,
+    )  # fmt: skip
+
+
+def test_an_indefinite_matrix_is_reported():
+    M = sp.csc_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    ch = SparseCholesky(M)
+    assert not ch.factor(_values(ch, M.toarray())[0])
+
+
+def test_entries_off_the_pattern_are_refused():
+    M = sp.csc_matrix(np.diag([1.0, 2.0, 3.0]))
+    ch = SparseCholesky(M)
+    with pytest.raises(ValueError):
+        ch.positions(np.array([0]), np.array([2]))
