@@ -132,3 +132,67 @@ def test_syrk_is_chosen_for_dense_pair_maps_only():
 
     assert block(1600, 900, 80)._syrk_pays()
     assert not block(3000, 3000, 6)._syrk_pays()
+
+
+def staged_and_dense(df: pd.DataFrame, nterms: int, monkeypatch):
+    """The same model with the rest block's independent sets eliminated first
+    and without."""
+    monkeypatch.setattr(schur.RestBlock, "_syrk_pays", lambda self: False)
+    monkeypatch.setattr(schur, "STAGED_MIN", 10**9)
+    dense = ml.lmer(FORMULAS[nterms], df)
+    monkeypatch.setattr(schur, "STAGED_MIN", 0)
+    staged = ml.lmer(FORMULAS[nterms], df)
+    assert dense.criterion.scaled._rest.staged is None
+    assert staged.criterion.scaled._rest.staged is not None
+    return dense, staged
+
+
+@pytest.mark.parametrize("nterms", [2, 3])
+def test_staged_elimination_gives_the_dense_answer(nterms, monkeypatch):
+    # thin: levels with few observations have few neighbours
+    df = crossed(1500, {2: (400, 300), 3: (500, 300, 200)}[nterms])
+    dense, staged = staged_and_dense(df, nterms, monkeypatch)
+    a, b = dense.criterion.scaled, staged.criterion.scaled
+    for theta in (np.linspace(0.6, 1.3, nterms), np.linspace(0.05, 2.0, nterms)):
+        va, ga = a.value_and_gradient(theta)
+        vb, gb = b.value_and_gradient(theta)
+        assert vb == pytest.approx(va, rel=1e-13)
+        np.testing.assert_allclose(gb, ga, rtol=1e-8, atol=1e-8)
+    assert staged.loglik == pytest.approx(dense.loglik, rel=1e-12)
+    np.testing.assert_allclose(staged.fixef, dense.fixef, rtol=1e-8)
+    for g in dense.ranef:
+        np.testing.assert_allclose(staged.ranef[g], dense.ranef[g], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(staged.ranef_condsd[g], dense.ranef_condsd[g], rtol=1e-6)
+
+
+def test_staged_factor_solves_and_inverts():
+    """Block elimination of independent sets against dense algebra, on a rest
+    block of random crossing."""
+    import scipy.sparse as sp
+
+    from multilevel.lmm.staged import StagedElimination
+
+    rng = np.random.default_rng(0)
+    n1, Q, N = 400, 300, 2500
+    a, b = rng.integers(0, n1, N), rng.integers(0, Q, N)
+    Z1 = sp.csr_matrix((np.ones(N), (np.arange(N), a)), shape=(N, n1))
+    Z2 = sp.csr_matrix((np.ones(N), (np.arange(N), b)), shape=(N, Q))
+    d1 = np.asarray(Z1.sum(0)).ravel()
+    A12 = (Z1.T @ Z2).tocsr()
+    M = (Z2.T @ Z2 - A12.T @ sp.diags(1 / (d1 + 1)) @ A12 + sp.identity(Q)).toarray()
+    r, c = np.nonzero(np.tril(M))
+    keys = np.sort(r * Q + c)
+    plan = StagedElimination.plan(Q, keys)
+    assert plan is not None and plan.nS < Q
+    vals = M[keys // Q, keys % Q]
+    B = rng.normal(size=(Q, 3))
+    f = plan.factor(vals, B, keep=True)
+    assert f.logdet == pytest.approx(np.linalg.slogdet(M)[1], rel=1e-13)
+    np.testing.assert_allclose(M @ f.solve(B), B, atol=1e-12)
+    np.testing.assert_allclose(M @ f.solve(B[:, 0]), B[:, 0], atol=1e-12)
+    np.testing.assert_allclose(f.quad, B.T @ np.linalg.solve(M, B), rtol=1e-12)
+    Minv = np.linalg.inv(M)
+    np.testing.assert_allclose(f.selected_inverse(), Minv[keys // Q, keys % Q], atol=1e-14)
+    np.testing.assert_allclose(M @ f.solve(B), B, atol=1e-12)  # a kept factor still solves
+    # not positive definite: a pivot of a stage or of the dense block fails
+    assert plan.factor(-vals, B, keep=False) is None

@@ -244,16 +244,10 @@ class ProfiledCriterion:
         # U = M⁻¹ Λ Zᵀ[X y] through the two blocks (before L is inverted in place)
         UR = rf.solve(rf.MRF)
         U1 = (lam1 * cp.B1F[:, 0, :] - lam1 * (rb.A1R_op @ (lamR[:, None] * UR))) / s[:, None]
-        W = rf.factor_inverse()
-        diagR = np.einsum("ij,ij->j", W, W)  # diag(M_RR⁻¹) = diag(WᵀW)
-        CT = rb.A1R.multiply((lam1 / s)[:, None]).multiply(lamR[None, :]).tocsr()
-        tr_cross = 0.0
-        step = max(1, (1 << 21) // W.shape[0])  # rows of (W C)ᵀ at a time: ~16 MB
-        WT = W.T  # C-ordered: the sparse product reads its rows
-        for lo in range(0, CT.shape[0], step):
-            B = CT[lo : lo + step] @ WT
-            tr_cross += float(np.einsum("ij,ij->", B, B))
-        del W, WT
+        if rf.staged is not None:
+            diagR, tr_cross = self._traces_staged(rf, rb, lam1, lamR, s)
+        else:
+            diagR, tr_cross = self._traces_dense(rf, rb, lam1, lamR, s)
 
         def a_lam(v1: np.ndarray, vR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             lv1, lvR = lam1 * v1, lamR[:, None] * vR
@@ -287,6 +281,34 @@ class ProfiledCriterion:
                 g[k] = dZ - 2.0 * float(ee.sum()) + (self.n - p) * dr2 / f.r2
             else:
                 g[k] = dZ + self.n * dr2 / f.r2
+
+    @staticmethod
+    def _traces_dense(rf, rb, lam1, lamR, s) -> tuple[np.ndarray, float]:
+        """diag(M_RR⁻¹) and ‖W C‖²_F from W = L⁻¹ (in place of L)."""
+        W = rf.factor_inverse()
+        diagR = np.einsum("ij,ij->j", W, W)  # diag(M_RR⁻¹) = diag(WᵀW)
+        CT = rb.A1R.multiply((lam1 / s)[:, None]).multiply(lamR[None, :]).tocsr()
+        tr_cross = 0.0
+        step = max(1, (1 << 21) // W.shape[0])  # rows of (W C)ᵀ at a time: ~16 MB
+        WT = W.T  # C-ordered: the sparse product reads its rows
+        for lo in range(0, CT.shape[0], step):
+            B = CT[lo : lo + step] @ WT
+            tr_cross += float(np.einsum("ij,ij->", B, B))
+        return diagR, tr_cross
+
+    @staticmethod
+    def _traces_staged(rf, rb, lam1, lamR, s) -> tuple[np.ndarray, float]:
+        """The same from M_RR⁻¹ on its own pattern (a selected inverse): ‖W C‖²_F
+        = Σ_ab (Λ_R M_RR⁻¹ Λ_R)_ab [A_R1 diag(λ₁²/sᵢ²) A_1R]_ab, whose second
+        factor is nonzero only at the pairs."""
+        z = rf.staged.selected_inverse()
+        diagR = z[rb._staged_diag]
+        pr, pc = rb.pairs.rows, rb.pairs.cols
+        h = rb.pairs(lam1 * lam1 / (s * s))
+        w = z[rb._staged_pairs] * lamR[pr] * lamR[pc] * h
+        # the pairs hold the lower triangle: off-diagonal entries count twice
+        tr_cross = float(2.0 * w.sum() - w[pr == pc].sum())
+        return diagR, tr_cross
 
     def _gradient_one_term(self, f: Factorization, beta, P, g: np.ndarray) -> None:
         """Criterion and its exact gradient in θ (one random-effects term).

@@ -29,12 +29,14 @@ from scipy.linalg.lapack import dpotrf, dpotrs, dtrtri, dtrtrs
 
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import CrossProducts
+from multilevel.lmm.staged import StagedElimination
 from multilevel.threads import threads_for_order
 
 DENSE_MAX = 1500  # below this size a dense factorization is always cheapest
 SPARSE_DENSITY = 0.05  # above this fill the dense factorization wins
 SPARSE_LINKS = 16  # mean links per level in a large block above which the factor fills in
 SMALL_DENSE = 250_000  # entries: sparse first × rest maps held dense below this
+STAGED_MIN = 1000  # dense rest blocks from this order try eliminating independent sets first
 DENSE_KEYS = 16_000_000  # rest orders² up to which pair positions are found by a table
 
 
@@ -185,14 +187,45 @@ class RestBlock:
         if self.sparse:
             self._init_sparse(pattern)
         else:
-            # Fortran order: LAPACK factors (and inverts) it in place, so one
-            # Q x Q array is all the memory an evaluation needs
-            self.buf = np.empty((self.Q, self.Q), order="F")
-            self._diag = np.diag_indices(self.Q)
             if self.q1 == 1 and self.scalar:
                 if self._syrk_pays():
                     self._syrk_A = self.A1R.toarray()
                 self._init_scatter()
+                if self._syrk_A is None and self.Q >= STAGED_MIN:
+                    self._init_staged()
+            if self.staged is None:
+                # Fortran order: LAPACK factors (and inverts) it in place, so one
+                # Q x Q array is all the memory an evaluation needs
+                self.buf = np.empty((self.Q, self.Q), order="F")
+                self._diag = np.diag_indices(self.Q)
+
+    staged: StagedElimination | None = None
+
+    def _init_staged(self) -> None:
+        """Independent sets of M_RR's nodes eliminated before the dense
+        factorization (:mod:`multilevel.lmm.staged`), when they are large."""
+        Q = self.Q
+        r, c = self._m_r, self._m_c
+        keys = r * Q + c  # row-major lower-triangle keys of the same entries
+        order = np.argsort(keys, kind="stable")
+        plan = StagedElimination.plan(Q, keys[order])
+        if plan is None:
+            return
+        self.staged = plan
+        self._staged_order = order
+        skeys = plan.keys
+        self._staged_diag = np.searchsorted(skeys, np.arange(Q, dtype=np.int64) * (Q + 1))
+        pr, pc = self.pairs.rows, self.pairs.cols
+        self._staged_pairs = np.searchsorted(skeys, pr * Q + pc)
+
+    def _scatter_values(self, W: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """M_RR's nonzeros in the lower triangle, at ``_m_pos`` (scalar terms)."""
+        vals = np.zeros(self._m_pos.size)
+        vals[self._m_h] = -self.pairs(W[0, 0] ** 2)
+        vals[self._m_a] += self._m_aval  # distinct positions: no repeated index
+        vals *= lam[self._m_r] * lam[self._m_c]
+        vals[self._m_d] += 1.0
+        return vals
 
     @cached_property
     def pairs(self) -> PairProducts | None:
@@ -307,11 +340,7 @@ class RestBlock:
             M.reshape(-1, order="F")[self._m_pos] += vals
             return M
         if self.q1 == 1 and self.scalar:
-            vals = np.zeros(self._m_pos.size)
-            vals[self._m_h] = -self.pairs(W[0, 0] ** 2)
-            vals[self._m_a] += self._m_aval  # distinct positions: no repeated index
-            vals *= lam[self._m_r] * lam[self._m_c]
-            vals[self._m_d] += 1.0
+            vals = self._scatter_values(W, lam)
             M.fill(0.0)
             M.reshape(-1, order="F")[self._m_pos] = vals
             return M
@@ -398,6 +427,12 @@ class RestBlock:
                 return None
             sol = lu.solve(MRF)
             return RestFactor(lam, MRF, float(np.log(d).sum()), MRF.T @ sol, None, lu)
+        if self.staged is not None:
+            vals = self._scatter_values(W, lam)[self._staged_order]
+            sf = self.staged.factor(vals, MRF, keep)
+            if sf is None:
+                return None
+            return RestFactor(lam, MRF, sf.logdet, sf.quad, None, None, staged=sf)
         M = self._dense(W, lam)
         with threads_for_order(self.Q):
             L, info = dpotrf(M, lower=1, clean=0, overwrite_a=1)  # in place: M is Fortran-ordered
@@ -434,7 +469,7 @@ def zero_upper(A: np.ndarray, block: int = 512) -> None:
 class RestFactor:
     """M_RR factored at one θ: log-determinant, solves, inverse blocks."""
 
-    def __init__(self, lam, MRF, logdet, schur_FF, L, lu, work=False):
+    def __init__(self, lam, MRF, logdet, schur_FF, L, lu, work=False, staged=None):
         self.lam = lam
         self.MRF = MRF  # Λ_Rᵀ(A_RF − A_R1 V B_1F)
         self.logdet = logdet
@@ -442,6 +477,7 @@ class RestFactor:
         self.L = L  # dense lower Cholesky factor (Fortran order), or None
         self.lu = lu  # sparse LU, or None
         self._work = work  # L is the rest block's work buffer (may be overwritten)
+        self.staged = staged  # StagedFactor, or None
 
     def factor_inverse(self) -> np.ndarray:
         """W = L⁻¹ (dense factor only), lower triangular with zeros above, in
@@ -465,6 +501,8 @@ class RestFactor:
         """M_RR⁻¹ B."""
         if self.lu is not None:
             return self.lu.solve(B)
+        if self.staged is not None:
+            return self.staged.solve(B)
         if self.L is None:  # pragma: no cover - programming error
             raise RuntimeError("the factor was inverted in place")
         X, info = dpotrs(self.L, B, lower=1)

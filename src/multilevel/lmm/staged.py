@@ -1,0 +1,266 @@
+"""Dense Cholesky of a sparse symmetric positive definite matrix after
+eliminating independent sets of its nodes.
+
+A random crossing of two factors leaves, after the first factor is
+eliminated, a rest block M_RR that is thin (a few dozen nonzeros per row)
+but whose Cholesky factor fills in: it is factored dense.  Yet some of its
+nodes (levels with few observations) have few neighbours.  A set E of nodes
+no two of which are neighbours has a diagonal block D = M_EE, so it is
+eliminated exactly and cheaply:
+
+    M = [D  Bᵀ]      S = M_SS − B D⁻¹ Bᵀ      (B = M_SE, sparse)
+        [B  M_SS]
+
+and S is again sparse: only the neighbours of each eliminated node fill in
+(a clique each).  Repeating this while the independent sets stay large, the
+dense factorization is left with a smaller S (on 5,000 x 5,000 random
+levels: 4,987 → about 3,850, less than half the flops).
+
+Everything an evaluation needs follows by block elimination:
+log|M| = Σ log dₑ + log|S|; solves go forward through the stages, through
+the dense factor and back; and entries of M⁻¹ on M's pattern (its diagonal
+and the pairs the gradient reads) come backwards from S⁻¹ (a selected
+inverse): with Z = M⁻¹, for an eliminated node e and its neighbours b,
+
+    Z_eb = −(1/dₑ) Σ_a m_ea Z_ab,        Z_ee = 1/dₑ − (1/dₑ) Σ_b m_eb Z_eb,
+
+which read Z only between neighbours of e: entries of the next stage's
+pattern (the clique its elimination filled in).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+# LAPACK directly: scipy.linalg's wrappers cost more than small solves
+from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dtrtrs
+
+from multilevel.threads import threads_for_order
+
+MIN_FRACTION = 0.05  # stop when an independent set would remove fewer nodes
+MAX_TERMS = 20_000_000  # neighbour pairs per stage (memory of the maps)
+
+
+def _independent_set(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """A maximal set of nodes no two of which share an edge, chosen greedily
+    from the lowest degree up (those eliminate with the least fill)."""
+    adj = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+    adj = (adj + adj.T).tocsr()
+    deg = np.diff(adj.indptr)
+    order = np.argsort(deg, kind="stable")
+    blocked = np.zeros(n, dtype=bool)
+    chosen = np.zeros(n, dtype=bool)
+    indptr, indices = adj.indptr, adj.indices
+    for v in order:  # one pass over nodes, at set-up only
+        if not blocked[v]:
+            chosen[v] = True
+            blocked[v] = True
+            blocked[indices[indptr[v] : indptr[v + 1]]] = True
+    return np.flatnonzero(chosen)
+
+
+class _Stage:
+    """One elimination of an independent set E from a sparse symmetric matrix
+    given by its lower-triangle entries (keys r·n + c, r ≥ c, sorted; the
+    diagonal included)."""
+
+    def __init__(self, n: int, keys: np.ndarray, E: np.ndarray):
+        r, c = keys // n, keys % n
+        inE = np.zeros(n, dtype=bool)
+        inE[E] = True
+        S = np.flatnonzero(~inE)
+        new = np.full(n, -1, dtype=np.int64)
+        new[S] = np.arange(S.size)
+        self.n, self.nS = n, S.size
+        self.E, self.S = E, S
+        diag = r == c
+        self.n_keys = keys.size
+        # d: the diagonal at E, in E's order (keys sort the diagonal by node)
+        self.d_idx = np.flatnonzero(diag & inE[r])
+        # edges between E and S (no edge joins two nodes of E)
+        es = ~diag & (inE[r] | inE[c])
+        self.es_idx = np.flatnonzero(es)
+        e_node = np.where(inE[r], r, c)[es]
+        s_node = np.where(inE[r], c, r)[es]
+        epos = np.full(n, -1, dtype=np.int64)
+        epos[E] = np.arange(E.size)
+        self.es_e = epos[e_node]  # which eliminated node
+        self.es_s = new[s_node]  # its neighbour, in S's numbering
+        # entries within S carry over
+        ss = ~(inE[r] | inE[c])
+        self.ss_idx = np.flatnonzero(ss)
+        ss_keys = new[r[ss]] * self.nS + new[c[ss]]
+        # neighbour pairs (a, b) of each e, in both orders: edges i, j of one e
+        order = np.argsort(self.es_e, kind="stable")
+        cnt = np.bincount(self.es_e, minlength=E.size)
+        start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+        per = cnt[self.es_e[order]]
+        ti = np.repeat(order, per)  # edge (e, a)
+        blk = np.repeat(np.cumsum(per) - per, per)
+        tj = order[start[self.es_e[ti]] + (np.arange(ti.size) - blk)]  # edge (e, b)
+        a, b = self.es_s[ti], self.es_s[tj]
+        ab_keys = np.maximum(a, b) * self.nS + np.minimum(a, b)
+        self.next_keys = np.union1d(ss_keys, ab_keys)
+        self.ss_to = np.searchsorted(self.next_keys, ss_keys)
+        self.t_ea, self.t_eb = ti, tj
+        self.t_ab = np.searchsorted(self.next_keys, ab_keys)
+        self.t_e = self.es_e[ti]
+        lower = a >= b  # the fill, once per unordered pair (twice off the diagonal: a > b once)
+        self.f_ea, self.f_eb, self.f_ab = ti[lower], tj[lower], self.t_ab[lower]
+        self.f_e = self.es_e[ti][lower]
+        self.nterms = ti.size
+
+    def forward(self, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(d, the E-S edge values, the next stage's values), or None when a
+        pivot is not positive."""
+        d = vals[self.d_idx]
+        if not np.all(d > 0):
+            return None
+        m = vals[self.es_idx]
+        nxt = np.zeros(self.next_keys.size)
+        nxt[self.ss_to] = vals[self.ss_idx]
+        w = m[self.f_ea] * m[self.f_eb] / d[self.f_e]
+        nxt -= np.bincount(self.f_ab, weights=w, minlength=nxt.size)
+        return d, m, nxt
+
+    def backward(self, d: np.ndarray, m: np.ndarray, znext: np.ndarray) -> np.ndarray:
+        """Z = M⁻¹ at this stage's keys from Z at the next stage's keys."""
+        out = np.empty(self.n_keys)
+        out[self.ss_idx] = znext[self.ss_to]
+        # Z_eb = −(1/dₑ) Σ_a m_ea Z_ab
+        zeb = -np.bincount(
+            self.t_eb, weights=m[self.t_ea] * znext[self.t_ab], minlength=m.size
+        ) / d[self.es_e]
+        out[self.es_idx] = zeb
+        # Z_ee = 1/dₑ − (1/dₑ) Σ_b m_eb Z_eb
+        s = np.bincount(self.es_e, weights=m * zeb, minlength=d.size)
+        out[self.d_idx] = (1.0 - s) / d
+        return out
+
+    def F(self, d: np.ndarray, m: np.ndarray) -> sp.csr_matrix:
+        """B D⁻¹ (S x E), the multipliers of the elimination."""
+        return sp.csr_matrix(
+            (m / d[self.es_e], (self.es_s, self.es_e)), shape=(self.nS, self.E.size)
+        )
+
+
+class StagedElimination:
+    """The stages for a fixed pattern (lower-triangle keys r·Q + c, r ≥ c,
+    sorted, the diagonal included), and the dense order left at the end."""
+
+    def __init__(self, Q: int, keys: np.ndarray, stages: list[_Stage]):
+        self.Q = Q
+        self.keys = keys
+        self.stages = stages
+        self.nS = stages[-1].nS
+        last = stages[-1].next_keys
+        r, c = last // self.nS, last % self.nS
+        self.dense_pos = r + c * self.nS  # column-major positions in the dense block
+        self.buf = np.empty((self.nS, self.nS), order="F")
+
+    @classmethod
+    def plan(cls, Q: int, keys: np.ndarray) -> StagedElimination | None:
+        """Stages while each removes at least MIN_FRACTION of the nodes; None if
+        not even the first does."""
+        stages: list[_Stage] = []
+        n, k = Q, keys
+        while True:
+            r, c = k // n, k % n
+            off = r != c
+            E = _independent_set(n, r[off], c[off])
+            if E.size < MIN_FRACTION * n:
+                break
+            deg = np.bincount(np.concatenate([r[off], c[off]]), minlength=n)
+            if float((deg[E].astype(np.float64) ** 2).sum()) > MAX_TERMS:
+                break
+            st = _Stage(n, k, E)
+            stages.append(st)
+            n, k = st.nS, st.next_keys
+        return cls(Q, keys, stages) if stages else None
+
+    def factor(self, vals: np.ndarray, MRF: np.ndarray, keep: bool) -> StagedFactor | None:
+        """Factor the matrix with these values at ``keys``; None if it is not
+        positive definite."""
+        parts = []
+        v = vals
+        for st in self.stages:
+            res = st.forward(v)
+            if res is None:
+                return None
+            d, m, v = res
+            parts.append((d, m, st.F(d, m)))
+        A = self.buf
+        A.fill(0.0)
+        A.reshape(-1, order="F")[self.dense_pos] = v
+        with threads_for_order(self.nS):
+            L, info = dpotrf(A, lower=1, clean=0, overwrite_a=1)
+        if info != 0:
+            return None
+        if keep:
+            L = L.copy(order="F")
+        f = StagedFactor(self, parts, L, work=not keep)
+        logdet = 2.0 * float(np.log(np.diag(L)).sum())
+        logdet += sum(float(np.log(d).sum()) for d, _, _ in parts)
+        f.logdet = logdet
+        # MRFᵀ M⁻¹ MRF = Σ_stages bₑᵀ D⁻¹ bₑ + cᵀc, c = L⁻¹ b_S after the stages
+        b = MRF
+        quad = np.zeros((MRF.shape[1], MRF.shape[1]))
+        for st, (d, _, F) in zip(self.stages, parts, strict=True):
+            bE = b[st.E]
+            quad += bE.T @ (bE / d[:, None])
+            b = b[st.S] - F @ bE
+        C, info = dtrtrs(L, b, lower=1)
+        if info != 0:
+            return None
+        f.quad = quad + C.T @ C
+        return f
+
+
+class StagedFactor:
+    """A staged factorization at one θ: solves and a selected inverse."""
+
+    def __init__(self, plan: StagedElimination, parts, L: np.ndarray, work: bool):
+        self.plan = plan
+        self.parts = parts  # per stage: (d, E-S edge values, B D⁻¹)
+        self.L = L  # dense factor of what the stages leave (Fortran order)
+        self._work = work
+        self.logdet = 0.0
+        self.quad = None
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        """M⁻¹ B: forward through the stages, the dense factor, and back."""
+        if self.L is None:  # pragma: no cover - programming error
+            raise RuntimeError("the factor was inverted in place")
+        stages = self.plan.stages
+        vec = B.ndim == 1
+        b = B[:, None] if vec else B
+        saved = []
+        for st, (_, _, F) in zip(stages, self.parts, strict=True):
+            bE = b[st.E]
+            saved.append(bE)
+            b = b[st.S] - F @ bE
+        x, info = dpotrs(self.L, b, lower=1)
+        if info != 0:  # pragma: no cover - L came from a successful potrf
+            raise np.linalg.LinAlgError("potrs failed")
+        for st, (d, _, F), bE in zip(stages[::-1], self.parts[::-1], saved[::-1], strict=True):
+            full = np.empty((st.n, b.shape[1]))
+            full[st.S] = x
+            full[st.E] = bE / d[:, None] - F.T @ x
+            x = full
+        return x[:, 0] if vec else x
+
+    def selected_inverse(self) -> np.ndarray:
+        """M⁻¹ at the pattern's keys (lower triangle and diagonal).  The dense
+        factor is inverted in place when it is the work buffer."""
+        L = self.L if self._work else self.L.copy(order="F")
+        with threads_for_order(L.shape[0]):
+            Sinv, info = dpotri(L, lower=1, overwrite_c=1)
+        if info != 0:  # pragma: no cover - L came from a successful potrf
+            raise np.linalg.LinAlgError("potri failed")
+        if self._work:
+            self.L = None
+        z = Sinv.reshape(-1, order="F")[self.plan.dense_pos]
+        for st, (d, m, _) in zip(self.plan.stages[::-1], self.parts[::-1], strict=True):
+            z = st.backward(d, m, z)
+        return z
