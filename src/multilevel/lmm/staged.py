@@ -60,6 +60,17 @@ def _independent_set(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.flatnonzero(chosen)
 
 
+def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_inverse=True) by one sort (numpy's hashing unique
+    and a search of millions of keys cost several times more)."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    first = np.concatenate([[True], xs[1:] != xs[:-1]])
+    inv = np.empty(x.size, dtype=np.int64)
+    inv[order] = np.cumsum(first) - 1
+    return xs[first], inv
+
+
 class _Stage:
     """One elimination of an independent set E from a sparse symmetric matrix
     given by its lower-triangle entries (keys r·n + c, r ≥ c, sorted; the
@@ -101,10 +112,10 @@ class _Stage:
         tj = order[start[self.es_e[ti]] + (np.arange(ti.size) - blk)]  # edge (e, b)
         a, b = self.es_s[ti], self.es_s[tj]
         ab_keys = np.maximum(a, b) * self.nS + np.minimum(a, b)
-        self.next_keys = np.union1d(ss_keys, ab_keys)
-        self.ss_to = np.searchsorted(self.next_keys, ss_keys)
+        self.next_keys, inv = _unique_inverse(np.concatenate([ss_keys, ab_keys]))
+        self.ss_to = inv[: ss_keys.size]
         self.t_ea, self.t_eb = ti, tj
-        self.t_ab = np.searchsorted(self.next_keys, ab_keys)
+        self.t_ab = inv[ss_keys.size :]
         self.t_e = self.es_e[ti]
         lower = a >= b  # the fill, once per unordered pair (twice off the diagonal: a > b once)
         self.f_ea, self.f_eb, self.f_ab = ti[lower], tj[lower], self.t_ab[lower]
@@ -129,9 +140,10 @@ class _Stage:
         out = np.empty(self.n_keys)
         out[self.ss_idx] = znext[self.ss_to]
         # Z_eb = −(1/dₑ) Σ_a m_ea Z_ab
-        zeb = -np.bincount(
-            self.t_eb, weights=m[self.t_ea] * znext[self.t_ab], minlength=m.size
-        ) / d[self.es_e]
+        zeb = (
+            -np.bincount(self.t_eb, weights=m[self.t_ea] * znext[self.t_ab], minlength=m.size)
+            / d[self.es_e]
+        )
         out[self.es_idx] = zeb
         # Z_ee = 1/dₑ − (1/dₑ) Σ_b m_eb Z_eb
         s = np.bincount(self.es_e, weights=m * zeb, minlength=d.size)
