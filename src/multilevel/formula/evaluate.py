@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import difflib
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -162,6 +163,59 @@ def _r_names(code: str) -> tuple[str, dict[str, str]]:
     return "".join(out), names
 
 
+@lru_cache(maxsize=1024)
+def _checked(code: str, label: str, own: frozenset[str]) -> tuple[ast.Expression, tuple[str, ...]]:
+    """The expression's syntax tree, checked against the allowed functions and
+    nodes (``own``: the caller's functions), and the names it reads as
+    variables (not called), in order of first appearance.  Cached by text: a
+    formula's expressions are parsed and checked on every fit, and refits of
+    one formula are the common case.  The tree is shared: evaluation only
+    reads it."""
+    if len(code) > MAX_EXPRESSION:
+        raise FormulaError(
+            f"the expression {label[:40]!r}... is {len(code)} characters long "
+            f"(limit {MAX_EXPRESSION}); build the column in the data instead"
+        )
+    code, names = _r_names(code)
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError as exc:
+        raise FormulaError(f"cannot parse the expression {label!r}: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise FormulaError(
+            f"the expression {label[:40]!r}... is nested too deeply to evaluate"
+        ) from None
+    nodes = list(ast.walk(tree))
+    if names:
+        for node in nodes:
+            if isinstance(node, ast.Name) and node.id in names:
+                node.id = names[node.id]
+    called = set()
+    for node in nodes:
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or (
+                node.func.id not in _FUNCTIONS
+                and node.func.id not in _STATEFUL
+                and node.func.id not in own
+            ):
+                fname = ast.unparse(node.func)
+                raise FormulaError(
+                    f"function {fname!r} in {label!r} is not allowed in a formula; "
+                    f"allowed: {', '.join(ALLOWED_FUNCTIONS)} (pass namespace= to add "
+                    "functions of your own)"
+                )
+            called.add(id(node.func))
+        elif not isinstance(node, _ALLOWED_NODES):
+            raise FormulaError(
+                f"{type(node).__name__} is not allowed in formula expression {label!r}"
+            )
+    variables: list[str] = []
+    for node in nodes:
+        if isinstance(node, ast.Name) and id(node) not in called and node.id not in variables:
+            variables.append(node.id)
+    return tree, tuple(variables)
+
+
 class Evaluator:
     """Evaluates factor expressions on a mapping of column arrays.
 
@@ -176,62 +230,18 @@ class Evaluator:
 
     def columns_used(self, code: str, columns: list[str], label: str) -> list[str]:
         """Names of data columns referenced by ``code``; refuses anything unsafe."""
-        tree = self._parse(code, label)
         used: list[str] = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id not in used:
-                if self._is_function_name(node, tree):
-                    continue
-                if node.id in columns:
-                    used.append(node.id)
-                elif node.id not in _CONSTANTS and node.id not in self.namespace:
-                    raise DataError(
-                        f"column {node.id!r} (in {label!r}) is not in the data"
-                        + closest(node.id, columns)
-                    )
+        for name in _checked(code, label, frozenset(self.namespace))[1]:
+            if name in columns:
+                used.append(name)
+            elif name not in _CONSTANTS and name not in self.namespace:
+                raise DataError(
+                    f"column {name!r} (in {label!r}) is not in the data" + closest(name, columns)
+                )
         return used
 
     def _parse(self, code: str, label: str) -> ast.Expression:
-        if len(code) > MAX_EXPRESSION:
-            raise FormulaError(
-                f"the expression {label[:40]!r}... is {len(code)} characters long "
-                f"(limit {MAX_EXPRESSION}); build the column in the data instead"
-            )
-        code, names = _r_names(code)
-        try:
-            tree = ast.parse(code, mode="eval")
-        except SyntaxError as exc:
-            raise FormulaError(f"cannot parse the expression {label!r}: {exc.msg}") from None
-        except (RecursionError, MemoryError):
-            raise FormulaError(
-                f"the expression {label[:40]!r}... is nested too deeply to evaluate"
-            ) from None
-        if names:
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Name) and node.id in names:
-                    node.id = names[node.id]
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                if not isinstance(node.func, ast.Name) or (
-                    node.func.id not in _FUNCTIONS
-                    and node.func.id not in _STATEFUL
-                    and node.func.id not in self.namespace
-                ):
-                    fname = ast.unparse(node.func)
-                    raise FormulaError(
-                        f"function {fname!r} in {label!r} is not allowed in a formula; "
-                        f"allowed: {', '.join(ALLOWED_FUNCTIONS)} (pass namespace= to add "
-                        "functions of your own)"
-                    )
-            elif not isinstance(node, _ALLOWED_NODES):
-                raise FormulaError(
-                    f"{type(node).__name__} is not allowed in formula expression {label!r}"
-                )
-        return tree
-
-    @staticmethod
-    def _is_function_name(node: ast.Name, tree: ast.AST) -> bool:
-        return any(isinstance(n, ast.Call) and n.func is node for n in ast.walk(tree))
+        return _checked(code, label, frozenset(self.namespace))[0]
 
     def evaluate(self, code: str, data: Mapping[str, np.ndarray], label: str) -> np.ndarray:
         tree = self._parse(code, label)
