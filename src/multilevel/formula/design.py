@@ -355,6 +355,9 @@ def plain_column(s: pd.Series) -> pd.Series:
 
 def _numeric_or_raw(s: pd.Series) -> np.ndarray:
     s = plain_column(s)
+    if isinstance(s.dtype, np.dtype) and s.dtype.kind in "iuf":
+        # a numpy column has no missing-value marker but NaN: no pandas pass
+        return s.to_numpy().astype(float, copy=False)
     if is_categorical(s):
         return s.to_numpy()
     return s.to_numpy(dtype=float, na_value=np.nan)
