@@ -123,6 +123,88 @@ CASES = {
             crossed=True,
             max_repeats=3,
         ),
+        # real data sets from R's packages (data/export_real.R), none of them
+        # used to tune the engine before it was timed on them
+        Case(
+            "k",
+            "scotssec",
+            "attain ~ verbal*sex + (1 | primary) + (1 | second)",
+            "data:real/scotssec.csv",
+            {"sex": None, "primary": None, "second": None},
+            crossed=True,
+        ),
+        Case(
+            "l",
+            "star",
+            "math ~ gr + cltype + sx + eth + (1 | id) + (1 | tch) + (1 | sch)",
+            "data:real/star.csv",
+            {
+                "gr": None,
+                "cltype": None,
+                "sx": None,
+                "eth": None,
+                "id": None,
+                "tch": None,
+                "sch": None,
+            },
+            crossed=True,
+        ),  # fmt: skip
+        Case(
+            "m",
+            "chem97",
+            "score ~ gcsecnt + (1 | school) + (1 | lea)",
+            "data:real/chem97.csv",
+            {"school": None, "lea": None},
+        ),
+        Case(
+            "n",
+            "exam",
+            "normexam ~ standLRT + (standLRT | school)",
+            "data:real/exam.csv",
+            {"school": None},
+        ),  # fmt: skip
+        Case(
+            "o",
+            "bdf",
+            "langPOST ~ IQ.verb + sex + ses + (IQ.verb | schoolNR)",
+            "data:real/bdf.csv",
+            {"schoolNR": None},
+        ),
+        Case(
+            "p",
+            "machines",
+            "score ~ Machine + (1 | Worker) + (1 | Worker:Machine)",
+            "data:real/machines.csv",
+            {"Machine": None, "Worker": None},
+        ),
+        Case(
+            "q",
+            "pastes",
+            "strength ~ 1 + (1 | batch) + (1 | batch:cask)",
+            "data:real/pastes.csv",
+            {"batch": None, "cask": None},
+        ),
+        Case(
+            "r",
+            "oxboys",
+            "height ~ age + I(age^2) + (age + I(age^2) | Subject)",
+            "data:real/oxboys.csv",
+            {"Subject": None},
+        ),
+        Case(
+            "s",
+            "orthodont",
+            "distance ~ age*Sex + (age | Subject)",
+            "data:real/orthodont.csv",
+            {"Sex": None, "Subject": None},
+        ),
+        Case(
+            "t",
+            "early",
+            "cog ~ age*trt + (age | id)",
+            "data:real/early.csv",
+            {"trt": None, "id": None},
+        ),  # fmt: skip
     ]
 }
 
