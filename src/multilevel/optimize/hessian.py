@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg.lapack import dsyev
 
 
 def hessian_stencil(x: np.ndarray, h: np.ndarray | float = 1e-3) -> list[np.ndarray]:
@@ -137,5 +138,9 @@ def clearly_positive_definite(H: np.ndarray | None, rtol: float = 1e-8) -> bool:
     if H.shape == (1, 1):  # most θ searches are over one or three parameters
         h = float(H[0, 0])
         return math.isfinite(h) and h > 0.0
-    lam = np.linalg.eigvalsh(0.5 * (H + H.T))
-    return bool(np.all(np.isfinite(lam)) and lam[0] > rtol * max(lam[-1], 0.0))
+    S = 0.5 * (H + H.T)
+    if not np.all(np.isfinite(S)):
+        return False
+    # LAPACK directly: numpy's wrapper costs several times these small problems
+    lam, _, info = dsyev(S, compute_v=0)
+    return bool(info == 0 and lam[0] > rtol * max(lam[-1], 0.0))
