@@ -196,3 +196,16 @@ def test_staged_factor_solves_and_inverts():
     np.testing.assert_allclose(M @ f.solve(B), B, atol=1e-12)  # a kept factor still solves
     # not positive definite: a pivot of a stage or of the dense block fails
     assert plan.factor(-vals, B, keep=False) is None
+
+
+@pytest.mark.parametrize("mode", ["syrk", "scatter"])
+def test_scalar_terms_keep_no_dense_copies(mode, monkeypatch):
+    """Memory: one Fortran-ordered buffer for M_RR, L and L⁻¹; no dense A_RR
+    or H (each would be another Q x Q array)."""
+    df = crossed(1500, (120, 60))
+    crit = criterion(df, 2, mode, monkeypatch)
+    rb = crit._rest
+    f = crit.factor(np.array([0.8, 1.1]))
+    assert np.shares_memory(f.rest.L, rb.buf) and rb.buf.flags.f_contiguous
+    crit.value_and_gradient(np.array([0.7, 1.2]))
+    assert "ARR" not in rb.__dict__ and "Hbuf" not in rb.__dict__

@@ -12,6 +12,14 @@ fill it in (dense Cholesky, LAPACK), nested ones keep it sparse (sparse LU
 with a fill-reducing ordering; for a symmetric positive definite matrix the
 pivots are the Cholesky pivots squared, so log|M_RR| = Σ log uᵢᵢ).  Which
 one is used is decided once from the pattern.
+
+Dense, with scalar terms throughout, M_RR is written straight into one
+Fortran-ordered buffer that LAPACK factors (and the gradient inverts) in
+place: either its nonzeros alone (A_RR and the pairs of H) into a zeroed
+buffer, or, when the first term's levels each meet many rest levels (a
+users x items table), H as one rank-n₁ update (syrk).  A large such block
+first has independent sets of its nodes eliminated (:mod:`.staged`), which
+leaves a smaller dense factorization.
 """
 
 from __future__ import annotations
