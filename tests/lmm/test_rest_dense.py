@@ -209,3 +209,20 @@ def test_scalar_terms_keep_no_dense_copies(mode, monkeypatch):
     assert np.shares_memory(f.rest.L, rb.buf) and rb.buf.flags.f_contiguous
     crit.value_and_gradient(np.array([0.7, 1.2]))
     assert "ARR" not in rb.__dict__ and "Hbuf" not in rb.__dict__
+
+
+@pytest.mark.parametrize("staged", [False, True])
+@pytest.mark.parametrize("nterms", [2, 3])
+def test_conditional_variances_of_scalar_terms(nterms, staged, monkeypatch):
+    """From one inversion, the same as by a solve per level (the general path)."""
+    df = crossed(1500, {2: (400, 300), 3: (500, 300, 200)}[nterms])
+    monkeypatch.setattr(schur.RestBlock, "_syrk_pays", lambda self: False)
+    monkeypatch.setattr(schur, "STAGED_MIN", 0 if staged else 10**9)
+    fit = ml.lmer(FORMULAS[nterms], df)
+    crit = fit.criterion.scaled
+    assert (crit._rest.staged is not None) == staged
+    f = crit.factor(fit.optinfo.internal_theta, keep=True)
+    fast = crit.conditional_variances(f)
+    slow = crit._conditional_variances_general(f)
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)

@@ -465,6 +465,12 @@ class ProfiledCriterion:
 
         Block i of the first term is L1ᵢ⁻ᵀ(I + [C1R M_RR⁻¹ C1Rᵀ]ᵢᵢ)L1ᵢ⁻¹ with
         C1R = W A_1R Λ_R; the rest's blocks are those of M_RR⁻¹."""
+        rf = f.rest
+        if rf is not None and rf.lu is None and all(q == 1 for q in self.cp.q):
+            return self._conditional_variances_scalar(f)
+        return self._conditional_variances_general(f)
+
+    def _conditional_variances_general(self, f: Factorization) -> list[np.ndarray]:
         cp = self.cp
         q1 = self._q1
         W = batched.to_levels_first(f.W)
@@ -495,6 +501,39 @@ class ProfiledCriterion:
             for k, Mk in enumerate(blocks, start=1):
                 Tk = f.T[k]
                 out.append(Tk @ Mk @ Tk.T)
+        return out
+
+    def _conditional_variances_scalar(self, f: Factorization) -> list[np.ndarray]:
+        """Scalar terms, the rest block dense: the first term's λ₁²(1 + Gᵢ)/sᵢ with
+        Gᵢ = cᵢᵀ M_RR⁻¹ cᵢ, cᵢ = (λ₁/√sᵢ) Λ_R A_R1 eᵢ, and the rest's λ_k² (M_RR⁻¹)_jj,
+        from one inversion: ‖L⁻¹cᵢ‖² and the column sums of squares of L⁻¹, or
+        M_RR⁻¹ on its pattern for a staged factor (instead of a solve per level:
+        Q²(n₁ + Q) flops)."""
+        cp, rb, rf = self.cp, self._rest, f.rest
+        lam1 = f.T[0][0, 0]
+        lamR = rf.lam
+        s = lam1 * lam1 * cp.D1[:, 0, 0] + 1.0
+        if rf.staged is not None:
+            z = rf.staged.selected_inverse()  # a kept factor is inverted on a copy
+            diagR = z[rb._staged_diag]
+            pr, pc = rb.pairs.rows, rb.pairs.cols
+            w = z[rb._staged_pairs] * lamR[pr] * lamR[pc]
+            w = np.where(pr == pc, w, 2.0 * w)  # the pairs hold the lower triangle
+            G = (lam1 * lam1 / s) * (rb.pairs.K.T @ w)
+        else:
+            W = rf.factor_inverse()  # a kept factor is inverted on a copy
+            diagR = np.einsum("ij,ij->j", W, W)
+            CT = rb.A1R.multiply((lam1 / np.sqrt(s))[:, None]).multiply(lamR[None, :]).tocsr()
+            G = np.empty(CT.shape[0])
+            step = max(1, (1 << 21) // W.shape[0])
+            for lo in range(0, CT.shape[0], step):
+                B = CT[lo : lo + step] @ W.T
+                G[lo : lo + step] = np.einsum("ij,ij->i", B, B)
+        out = [(lam1 * lam1 * (1.0 + G) / s)[:, None, None]]
+        offs = cp.rest_offsets
+        for k in range(1, len(cp.q)):
+            lk = f.T[k][0, 0]
+            out.append((lk * lk * diagR[offs[k - 1] : offs[k]])[:, None, None])
         return out
 
 
