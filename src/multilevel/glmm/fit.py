@@ -481,6 +481,8 @@ def flag_runaway_parameter(fit: GlmerFit, mu: np.ndarray | None = None) -> None:
     running off to infinity on counts without overdispersion...) is not an
     optimum: the fit is not converged, and the message says what to fit.
     ``mu``: the fitted means (or their largest), by default ``fit.fitted``."""
+    if type(fit.family).runaway is Family.runaway:  # a family without such a limit
+        return
     msg = fit.family.runaway(fit.fitted.to_numpy() if mu is None else mu)
     if msg is not None:
         fit.optinfo.converged = False

@@ -40,7 +40,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg.cholesky's wrapper costs more than a small factorization
-from scipy.linalg.lapack import dpotrf
+from scipy.linalg.lapack import dposv, dpotrf
 
 from multilevel.glmm.families import Family, GlmResponse
 from multilevel.linalg import batched
@@ -486,11 +486,19 @@ class PirlsProblem:
         eta = fam.linkfun(mu)
         beta = np.zeros(self.p)
         dev = np.inf
+        X = self.X
         for _ in range(50):  # IRLS iterations
             w, resid = fam.score_weights(r.y, eta, r.weights)
             z = eta - self.offset + resid
-            sw = np.sqrt(w)
-            beta_new = np.linalg.lstsq(self.X * sw[:, None], z * sw, rcond=None)[0]
+            # the normal equations by Cholesky (X is centred and scaled: well
+            # conditioned); least squares where XᵀWX is singular or not finite
+            Xw = X.T * w
+            info = 1
+            if self.p:
+                _, beta_new, info = dposv(Xw @ X, Xw @ z, lower=1)
+            if info != 0 or not np.all(np.isfinite(beta_new)):
+                sw = np.sqrt(w)
+                beta_new = np.linalg.lstsq(X * sw[:, None], z * sw, rcond=None)[0]
             eta_new = self.offset + self.X @ beta_new
             dev_new = -2 * self.loglik_eta(eta_new)
             if not np.isfinite(dev_new):

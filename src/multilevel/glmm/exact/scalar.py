@@ -114,6 +114,8 @@ class ScalarGLMM:
                 np.ascontiguousarray(a, dtype=float)
                 for a in (self.X, self.z, offset, resp.y, resp.weights)
             ]
+            self._t = np.ascontiguousarray(self.t, dtype=float)
+            self._logw = np.ascontiguousarray(self.logw, dtype=float)
         self._block_cache: dict[int, list] = {}
 
     def _blocks(self, K: int) -> list[tuple[int, int, int, int, np.ndarray]]:
@@ -217,8 +219,8 @@ class ScalarGLMM:
                 dev = self._kernel(
                     *self._cargs,
                     self._starts64,
-                    np.ascontiguousarray(self.t),
-                    np.ascontiguousarray(self.logw),
+                    self._t,
+                    self._logw,
                     np.ascontiguousarray(phi, dtype=float),
                     u,
                     g,

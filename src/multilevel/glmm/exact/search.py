@@ -14,9 +14,11 @@ the conditional modes ``u`` it warm-starts from, and an ``evals`` counter.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from multilevel.glmm.pirls import PirlsError
+from multilevel.glmm.pirls import PirlsError, factor
 from multilevel.optimize.bounds import snap_to_bounds
 from multilevel.optimize.hessian import gradient_hessian
 from multilevel.optimize.newton import newton_steps
@@ -45,7 +47,7 @@ class Search:
     steps ask for the optimum again after other points) and the modes each
     left."""
 
-    REMEMBER = 8  # points
+    REMEMBER = 8  # points, at least; a Hessian's differences and its centre always fit
 
     def __init__(
         self,
@@ -61,26 +63,34 @@ class Search:
         lt = np.zeros(ntheta) if lower_theta is None else np.asarray(lower_theta, float)
         self.lower = np.concatenate([lt, np.full(beta0.size, -np.inf)])
         self._seen: dict[bytes, tuple[float, np.ndarray, np.ndarray | None]] = {}
+        self._remember = max(self.REMEMBER, self.d + 3)
+        self._phi = np.empty(self.d)  # (θ, β), filled per evaluation
 
     def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         key = x.tobytes()
-        if key in self._seen:
-            dev, gx, u = self._seen[key]
+        seen = self._seen.get(key)
+        if seen is not None:
+            dev, gx, u = seen
             self.model.u = None if u is None else u.copy()
             return dev, gx
+        nt = self.nt
+        phi = self._phi
+        phi[:nt] = x[:nt]
+        np.matmul(self.Rinv, x[nt:], out=phi[nt:])
+        phi[nt:] += self.beta0
         try:
-            nt = self.nt
-            dev, g = self.model.deviance_grad(
-                np.concatenate([x[:nt], self.beta0 + self.Rinv @ x[nt:]])
-            )
+            dev, g = self.model.deviance_grad(phi.copy())
         except PirlsError:
-            dev, g = np.inf, None
-        if not np.isfinite(dev) or g is None or not np.all(np.isfinite(g)):
-            dev, gx = np.inf, np.zeros(self.d)
+            dev, g = math.inf, None
+        # a sum is finite only if every term is (an overflowing sum is refused too)
+        if g is None or not math.isfinite(dev) or not math.isfinite(float(g.sum())):
+            dev, gx = math.inf, np.zeros(self.d)
         else:
-            gx = np.concatenate([g[: self.nt], self.Rinv.T @ g[self.nt :]])
+            gx = np.empty(self.d)
+            gx[:nt] = g[:nt]
+            np.matmul(g[nt:], self.Rinv, out=gx[nt:])
         u = self.model.u
-        if len(self._seen) >= self.REMEMBER:
+        if len(self._seen) >= self._remember:
             del self._seen[next(iter(self._seen))]  # the oldest
         self._seen[key] = (dev, gx, None if u is None else u.copy())
         return dev, gx
@@ -208,14 +218,64 @@ def past_zero_columns(tmpl: list):
     return after
 
 
+def conditional_curvature(prob, theta: np.ndarray, beta: np.ndarray, u: np.ndarray):
+    """2 R_XᵀR_X at (θ, β) and the modes u: the β-curvature of the Laplace
+    deviance with u following β and the weights held (2Xᵀ(W − WZΛM⁻¹ΛᵀZᵀW)X,
+    M = ΛᵀZᵀWZΛ + I, Fisher weights W); None where it cannot be formed."""
+    T = prob.templates(theta)
+    eta = prob.eta(beta, u, T)
+    w = prob.family.irls_terms(eta, prob.resp.weights)[2]
+    if not np.all(np.isfinite(w)):
+        return None
+    F = np.zeros((prob.n, prob.p + 1))  # the last column (a response) is not used
+    F[:, : prob.p] = prob.X
+    f = factor(prob.rb, prob.rb.crossprods(w, F), T, True)
+    if f is None or not np.all(np.isfinite(f.LFF)):
+        return None
+    return 2.0 * (f.LFF @ f.LFF.T)
+
+
+def start_hessian(prob, search: Search, x0: np.ndarray, h: float = 1e-4) -> np.ndarray:
+    """BFGS's first Hessian at x0: the rows of θ (and a family's parameter) by
+    forward differences of the exact gradient, the (δ, δ) block from the
+    conditional curvature (:func:`conditional_curvature`), which omits only
+    the weights' change with β — BFGS corrects that, and the Hessian at the
+    optimum, the one behind the standard errors, is differenced in full.
+    Costs nt evaluations instead of nt + p; all differenced where the
+    curvature cannot be formed."""
+    nt, d = search.nt, search.d
+    f0, g0 = search.fg(x0)
+    u = search.model.u
+    if not math.isfinite(f0) or u is None or nt == d:
+        return search.hessian(x0, h)
+    theta, beta = x0[:nt], search.beta0 + search.Rinv @ x0[nt:]
+    try:
+        with np.errstate(all="ignore"):
+            C = conditional_curvature(prob, theta, beta, np.asarray(u, dtype=float).reshape(-1))
+    except (PirlsError, np.linalg.LinAlgError, ValueError):
+        C = None
+    if C is None:
+        return search.hessian(x0, h)
+    H = np.empty((d, d))
+    H[nt:, nt:] = search.Rinv.T @ C @ search.Rinv
+    for i in range(nt):  # θ coordinates, not rows
+        e = x0.copy()
+        e[i] += h
+        H[i] = (search.fg(e)[1] - g0) / h
+    H[:nt, :nt] = 0.5 * (H[:nt, :nt] + H[:nt, :nt].T)
+    H[nt:, :nt] = H[:nt, nt:].T
+    search.fg(x0)  # the modes at x0 again
+    return H
+
+
 def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower_theta=None,
                after=None):  # fmt: skip
     """The search every exact-gradient route runs.
 
     ``make_model(n)`` builds the route's deviance model with n quadrature
     nodes (1: Laplace).  β is whitened at the GLM fit β₀ (:func:`whitening`);
-    the Laplace deviance is minimised from (θ₀, δ = 0) with a forward-difference
-    Hessian there; for nAGQ > 1 Newton (chord) steps on the quadrature deviance
+    the Laplace deviance is minimised from (θ₀, δ = 0) with the Hessian of
+    :func:`start_hessian` there; for nAGQ > 1 Newton (chord) steps on the quadrature deviance
     follow from the Laplace optimum and Hessian (the two are close, and a
     Laplace evaluation costs 1/nAGQ of a quadrature one).  ``after(search,
     model, rec, H)`` may continue a search (the vector route's sign flips).
@@ -235,7 +295,7 @@ def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower
         if np.isfinite(search.fg(x0)[0]):
             break
         x0[sd] *= 0.25
-    rec, H = search.minimize(x0, search.hessian(x0))
+    rec, H = search.minimize(x0, start_hessian(prob, search, x0))
     if after is not None:
         rec, H = after(search, model, rec, H)
     evals = model.evals
