@@ -334,6 +334,8 @@ class RestBlock:
 
     # -- dense ------------------------------------------------------------------
     def _dense(self, W: np.ndarray, lam) -> np.ndarray:
+        if self.buf is None:  # handed to a kept factor: a new one
+            self.buf = np.empty((self.Q, self.Q), order="F")
         M = self.buf
         if self._syrk_A is not None:
             # lower triangle of −Λ_R A_R1 diag(v) A_1R Λ_R in one rank-n₁ update
@@ -450,7 +452,10 @@ class RestBlock:
         if info != 0:
             return None
         if keep:
-            L = L.copy(order="F")
+            # the kept factor takes the buffer (usually the fit's last
+            # factorization: no copy, and no second Q x Q array held)
+            if np.shares_memory(L, self.buf):
+                self.buf = None
             zero_upper(L)
         return RestFactor(
             lam,

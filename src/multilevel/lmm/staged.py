@@ -118,12 +118,13 @@ class _Stage:
         ab_keys = np.maximum(a, b) * self.nS + np.minimum(a, b)
         self.next_keys, inv = _unique_inverse(np.concatenate([ss_keys, ab_keys]))
         self.ss_to = inv[: ss_keys.size]
-        self.t_ea, self.t_eb = ti, tj
-        self.t_ab = inv[ss_keys.size :]
-        self.t_e = self.es_e[ti]
-        lower = a >= b  # the fill, once per unordered pair (twice off the diagonal: a > b once)
-        self.f_ea, self.f_eb, self.f_ab = ti[lower], tj[lower], self.t_ab[lower]
-        self.f_e = self.es_e[ti][lower]
+        # the maps of neighbour pairs are the bulk of the memory: 32-bit indices
+        i32 = np.int32
+        self.t_ea, self.t_eb = ti.astype(i32), tj.astype(i32)
+        self.t_ab = inv[ss_keys.size :].astype(i32)
+        lower = a >= b  # the fill, once per unordered pair (a > b: one of its two orders)
+        self.f_ea, self.f_eb, self.f_ab = self.t_ea[lower], self.t_eb[lower], self.t_ab[lower]
+        self.f_e = self.es_e[ti[lower]].astype(i32)
         self.nterms = ti.size
 
     def forward(self, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -208,6 +209,8 @@ class StagedElimination:
                 return None
             d, m, v = res
             parts.append((d, m, st.F(d, m)))
+        if self.buf is None:  # handed to a kept factor: a new one
+            self.buf = np.empty((self.nS, self.nS), order="F")
         A = self.buf
         A.fill(0.0)
         A.reshape(-1, order="F")[self.dense_pos] = v
@@ -215,8 +218,8 @@ class StagedElimination:
             L, info = dpotrf(A, lower=1, clean=0, overwrite_a=1)
         if info != 0:
             return None
-        if keep:
-            L = L.copy(order="F")
+        if keep and np.shares_memory(L, self.buf):
+            self.buf = None  # the kept factor takes the buffer: no copy
         f = StagedFactor(self, parts, L, work=not keep)
         logdet = 2.0 * float(np.log(np.diag(L)).sum())
         logdet += sum(float(np.log(d).sum()) for d, _, _ in parts)
