@@ -226,3 +226,19 @@ def test_conditional_variances_of_scalar_terms(nterms, staged, monkeypatch):
     slow = crit._conditional_variances_general(f)
     for a, b in zip(fast, slow, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_staged_elimination_of_a_diagonal_block():
+    """No edges: everything but one node is eliminated; the dense block is 1 x 1."""
+    from multilevel.lmm.staged import StagedElimination
+
+    Q = 50
+    keys = np.arange(Q, dtype=np.int64) * (Q + 1)
+    plan = StagedElimination.plan(Q, keys)
+    assert plan is not None and plan.nS == 1
+    vals = np.linspace(1.0, 3.0, Q)
+    B = np.ones((Q, 2))
+    f = plan.factor(vals, B, keep=False)
+    assert f.logdet == pytest.approx(np.log(vals).sum(), rel=1e-14)
+    np.testing.assert_allclose(f.solve(B), B / vals[:, None], rtol=1e-14)
+    np.testing.assert_allclose(f.selected_inverse(), 1.0 / vals, rtol=1e-14)

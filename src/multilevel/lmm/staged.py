@@ -186,6 +186,8 @@ class StagedElimination:
             r, c = k // n, k % n
             off = r != c
             E = _independent_set(n, r[off], c[off])
+            if E.size == n:  # no edges left: one node stays for the dense block
+                E = E[:-1]
             if E.size < MIN_FRACTION * n:
                 break
             deg = np.bincount(np.concatenate([r[off], c[off]]), minlength=n)
