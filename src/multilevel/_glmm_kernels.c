@@ -1000,6 +1000,173 @@ done:
     return PyFloat_FromDouble(dev);
 }
 
+/* ------------------------------------------------------------------------
+ * One scalar term, binomial with a probit or cloglog link, Laplace
+ * (multilevel.glmm.exact.link): Fisher scoring for each group's mode (halved
+ * while f rises), the Laplace deviance with Fisher's curvature and its exact
+ * gradient in (theta, beta).  Formulas: link.py.
+ * ------------------------------------------------------------------------ */
+#define LN_SQRT_2PI 0.91893853320467274178
+
+/* log Phi(x): log1p of the upper tail for x > 0, erfc below, the asymptotic
+ * series of the Mills ratio far in the lower tail */
+static double log_ndtr_c(double x) {
+    if (x > 0.0) return log1p(-0.5 * erfc(x / M_SQRT2));
+    if (x > -30.0) return log(0.5 * erfc(-x / M_SQRT2));
+    double r = 1.0 / (x * x), term = 1.0, s = 1.0;
+    for (int k = 1; k <= 6; k++) { /* 1 - 1/x^2 + 3/x^4 - 15/x^6 ... */
+        term *= -(2.0 * k - 1.0) * r;
+        s += term;
+    }
+    return -0.5 * x * x - log(-x) - LN_SQRT_2PI + log(s);
+}
+
+/* phi(x)/Phi(x) */
+static inline double mills_c(double x) { return exp(-0.5 * x * x - LN_SQRT_2PI - log_ndtr_c(x)); }
+
+/* row terms at eta: loglik (always); when lp != NULL also l', O = -l'', W, W' */
+static inline double link_row(int cloglog, double eta, double y, double wt, double *lp,
+                              double *obs, double *W, double *W1) {
+    double ll;
+    if (cloglog) {
+        double t = exp(eta < 700.0 ? eta : 700.0);
+        double lm = log(-expm1(-t)), l1m = -t;
+        ll = wt * ((y > 0 ? y * lm : 0.0) + (y < 1 ? (1.0 - y) * l1m : 0.0));
+        if (lp) {
+            double B = t > 1e-300 ? t / expm1(t < 700.0 ? t : 700.0) : 1.0;
+            double dB = B * (1.0 - t - B);
+            *lp = wt * (y * B - (1.0 - y) * t);
+            *obs = -wt * (y * dB - (1.0 - y) * t);
+            *W = wt * t * B;
+            *W1 = wt * t * B * (2.0 - t - B);
+        }
+    } else {
+        double lm = log_ndtr_c(eta), l1m = log_ndtr_c(-eta);
+        ll = wt * ((y > 0 ? y * lm : 0.0) + (y < 1 ? (1.0 - y) * l1m : 0.0));
+        if (lp) {
+            double Ap = exp(-0.5 * eta * eta - LN_SQRT_2PI - lm);
+            double Am = exp(-0.5 * eta * eta - LN_SQRT_2PI - l1m);
+            double dAp = -Ap * (eta + Ap), dAm = -Am * (-eta + Am);
+            *lp = wt * (y * Ap - (1.0 - y) * Am);
+            *obs = -wt * (y * dAp + (1.0 - y) * dAm);
+            *W = wt * Ap * Am;
+            *W1 = wt * (dAp * Am - Ap * dAm);
+        }
+    }
+    return ll;
+}
+
+/* f(u) = u^2/2 - sum l over a group's rows */
+static double link_f(int cloglog, const double *base, const double *z, const double *y,
+                     const double *wt, int64_t m, double theta, double u) {
+    double s = 0.0;
+    for (int64_t i = 0; i < m; i++)
+        s += link_row(cloglog, base[i] + theta * z[i] * u, y[i], wt[i], NULL, NULL, NULL, NULL);
+    return 0.5 * u * u - s;
+}
+
+static PyObject *link_glmm(PyObject *self, PyObject *args) {
+    Py_buffer bX, bz, bo, by, bw, bs, bphi, bu, bg, bsc;
+    int p, cloglog, want_grad;
+    double step_tol;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*w*iiid", &bX, &bz, &bo, &by, &bw, &bs, &bphi,
+                          &bu, &bg, &bsc, &p, &cloglog, &want_grad, &step_tol))
+        return NULL;
+    const double *X = bX.buf, *z = bz.buf, *off = bo.buf, *y = by.buf, *wt = bw.buf;
+    const int64_t *starts = bs.buf;
+    const double *phi = bphi.buf;
+    double *U = bu.buf, *grad = bg.buf, *scratch = bsc.buf;
+    int64_t J = (int64_t)(bu.len / sizeof(double));
+    double theta = phi[0];
+    const double *beta = phi + 1;
+    double dev = 0.0, gtheta = 0.0;
+    int failed = 0;
+    if (want_grad)
+        for (int a = 0; a <= p; a++) grad[a] = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t j = 0; j < J && !failed; j++) {
+        int64_t r0 = starts[j], m = starts[j + 1] - r0;
+        const double *zj = z + r0, *yj = y + r0, *wj = wt + r0;
+        double *base = scratch, *lp = base + m, *obs = lp + m, *W = obs + m, *W1 = W + m;
+        for (int64_t i = 0; i < m; i++) {
+            const double *xi = X + (r0 + i) * p;
+            double s = off[r0 + i];
+            for (int a = 0; a < p; a++) s += xi[a] * beta[a];
+            base[i] = s;
+        }
+        double u = U[j];
+        double f = link_f(cloglog, base, zj, yj, wj, m, theta, u);
+        double Szlp = 0.0, Sz2W = 0.0;
+        int converged = 0;
+        for (int it = 0; it < 200; it++) { /* Fisher scoring */
+            Szlp = 0.0;
+            Sz2W = 0.0;
+            for (int64_t i = 0; i < m; i++) {
+                link_row(cloglog, base[i] + theta * zj[i] * u, yj[i], wj[i], lp + i, obs + i,
+                         W + i, W1 + i);
+                Szlp += zj[i] * lp[i];
+                Sz2W += zj[i] * zj[i] * W[i];
+            }
+            double h = 1.0 + theta * theta * Sz2W;
+            double step = (u - theta * Szlp) / h;
+            if (!isfinite(step)) break;
+            if (fabs(step) < step_tol) {
+                converged = 1;
+                break;
+            }
+            int ok = 0;
+            for (int k = 0; k < MAX_HALVINGS; k++) {
+                double un = u - step;
+                double fn = link_f(cloglog, base, zj, yj, wj, m, theta, un);
+                if (fn <= f + 1e-12 * (1.0 + fabs(f))) {
+                    u = un;
+                    f = fn;
+                    ok = 1;
+                    break;
+                }
+                step *= 0.5;
+            }
+            if (!ok) break;
+        }
+        if (!converged) {
+            failed = 1;
+            break;
+        }
+        U[j] = u;
+        double h = 1.0 + theta * theta * Sz2W;
+        dev += 2.0 * f + log(h);
+        if (!want_grad || !isfinite(dev)) continue;
+        double Sz3W1 = 0.0, Sz2O = 0.0;
+        for (int64_t i = 0; i < m; i++) {
+            Sz3W1 += zj[i] * zj[i] * zj[i] * W1[i];
+            Sz2O += zj[i] * zj[i] * obs[i];
+        }
+        double hO = 1.0 + theta * theta * Sz2O;
+        double alpha = 1.0 / h;
+        double gamma = alpha * theta * theta * theta * Sz3W1;
+        for (int64_t i = 0; i < m; i++) {
+            double r = -2.0 * lp[i] + theta * theta * alpha * zj[i] * zj[i] * W1[i] -
+                       theta * (gamma / hO) * zj[i] * obs[i];
+            const double *xi = X + (r0 + i) * p;
+            for (int a = 0; a < p; a++) grad[1 + a] += r * xi[a];
+            gtheta += -2.0 * lp[i] * zj[i] * u;
+        }
+        gtheta += alpha * (2.0 * theta * Sz2W + theta * theta * u * Sz3W1) +
+                  gamma * (Szlp - theta * u * Sz2O) / hO;
+    }
+    Py_END_ALLOW_THREADS
+    if (want_grad) grad[0] = gtheta;
+    PyBuffer_Release(&bX); PyBuffer_Release(&bz); PyBuffer_Release(&bo);
+    PyBuffer_Release(&by); PyBuffer_Release(&bw); PyBuffer_Release(&bs);
+    PyBuffer_Release(&bphi); PyBuffer_Release(&bu); PyBuffer_Release(&bg);
+    PyBuffer_Release(&bsc);
+    if (failed) {
+        PyErr_SetString(PyExc_ArithmeticError, "the conditional mode of a group did not converge");
+        return NULL;
+    }
+    return PyFloat_FromDouble(dev);
+}
+
 static PyMethodDef methods[] = {
     {"scalar_glmm", scalar_glmm, METH_VARARGS,
      "scalar_glmm(X, z, offset, y, wt, starts, t, logw, phi, u, grad, scratch, p, logit, "
@@ -1012,6 +1179,9 @@ static PyMethodDef methods[] = {
      "vector_glmm(base, Z, y, wt, starts, zmax, theta, u, scratch, state, wrow, dbase, prev_theta, r, "
      "gtheta, q, logit, want_grad, step_tol, predict) -> Laplace deviance without constants "
      "(one vector term)"},
+    {"link_glmm", link_glmm, METH_VARARGS,
+     "link_glmm(X, z, offset, y, wt, starts, phi, u, grad, scratch, p, cloglog, want_grad, "
+     "step_tol) -> Laplace deviance without constants (probit or cloglog, one scalar term)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_glmm_kernels",

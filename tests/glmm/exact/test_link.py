@@ -91,3 +91,26 @@ def test_fit_reaches_the_two_stage_optimum(link, case, nagq, monkeypatch):
     )
     fast, slow = fit_both_routes(monkeypatch, formula, data, f"binomial({link})", nagq)
     assert_same_optimum(fast, slow, theta_atol=1e-5)
+
+
+@pytest.mark.parametrize("link", sorted(LINKS))
+@pytest.mark.parametrize("shift", [0.0, 2.5, -2.5])
+def test_compiled_laplace_equals_numpy(link, shift, monkeypatch):
+    """The compiled Laplace deviance and gradient equal the numpy path's, also
+    with the linear predictor pushed into either tail."""
+    fit = quiet_glmer(CONTRA, _data("contra_laplace"), family=f"binomial({link})")
+    prob = fit._prob
+    phi = np.concatenate([fit.theta.to_numpy(), fit.fixef.to_numpy()])
+    phi[0] *= 1.5
+    phi[1] += shift  # the intercept
+    compiled = LinkGLMM(prob)
+    if compiled._kernel is None:
+        pytest.skip("the compiled kernels were not built")
+    d1, g1 = compiled.deviance_grad(phi)
+    monkeypatch.setattr("multilevel.glmm.exact.link.KERNEL_DISABLED", True)
+    plain = LinkGLMM(prob)
+    assert plain._kernel is None
+    d2, g2 = plain.deviance_grad(phi)
+    assert d1 == pytest.approx(d2, rel=1e-11)
+    np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-7 * np.max(np.abs(g2)))
+    np.testing.assert_allclose(compiled.u, plain.u, atol=1e-8)

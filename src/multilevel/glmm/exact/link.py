@@ -21,7 +21,10 @@ tails: for probit the inverse Mills ratio A(x) = φ(x)/Φ(x) (ℓ' = wt[yA(η) �
 B = t/(eᵗ − 1) (ℓ' = wt[yB − (1 − y)t], W = wt tB, B' = B(1 − t − B)).
 Quadrature (nodes scaled by the Fisher curvature, as PIRLS scales them) adds
 the node terms of :mod:`multilevel.glmm.exact.scalar`: α_j = (1 − s_jE_j)/h_j and
-2D_j in γ_j, the node-weighted ℓ' in the direct terms.
+2D_j in γ_j, the node-weighted ℓ' in the direct terms.  The Laplace deviance
+is also compiled (``_glmm_kernels.link_glmm``: the same steps group by group,
+log Φ from erfc and its tail series); the numpy code stays the fallback and
+for quadrature.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
+from multilevel.compiled import kernel
 from multilevel.glmm.exact.search import run_search
 from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
@@ -36,6 +40,7 @@ from multilevel.glmm.quadrature import gauss_hermite_grid
 from multilevel.linalg.crossprod import group_sums
 
 MAX_ITER = 200
+KERNEL_DISABLED = False  # tests switch the compiled Laplace kernel off to check the numpy path
 STEP_TOL = 1e-10
 _LOG2PI = float(np.log(2.0 * np.pi))
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
@@ -94,6 +99,25 @@ class LinkGLMM:
         self.evals = 0
         nodes, self.logw = gauss_hermite_grid(max(1, nagq), 1)
         self.t = nodes[:, 0]
+        self._kernel = None
+        codes = self.codes
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        if (
+            self.t.size == 1
+            and not KERNEL_DISABLED
+            and starts.size == self.J
+            and not np.any(np.diff(codes) < 0)
+        ):
+            self._kernel = kernel("_glmm_kernels", "link_glmm")
+        if self._kernel is not None:
+            bounds = np.r_[starts, codes.size].astype(np.int64)
+            self._starts = bounds
+            self._scratch = np.empty(5 * int(np.diff(bounds).max(initial=1)))
+            self._cargs = [
+                np.ascontiguousarray(a, dtype=float)
+                for a in (self.X, self.z, self.off, self.y, self.wt)
+            ]
+            self._cloglog = int(prob.family.link.name == "cloglog")
 
     def _gsum(self, M: np.ndarray) -> np.ndarray:
         return group_sums(self.codes, M, self.J)
@@ -104,6 +128,26 @@ class LinkGLMM:
 
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):
         self.evals += 1
+        if self._kernel is not None:
+            u = self.u.copy()
+            g = np.zeros(phi.size)
+            try:
+                dev = self._kernel(
+                    *self._cargs,
+                    self._starts,
+                    np.ascontiguousarray(phi, dtype=float),
+                    u,
+                    g,
+                    self._scratch,
+                    self.X.shape[1],
+                    self._cloglog,
+                    int(grad),
+                    STEP_TOL,
+                )
+            except ArithmeticError as exc:
+                raise PirlsError(str(exc)) from None
+            self.u = u
+            return dev - 2.0 * self.const, (g if grad else None)
         theta, beta = float(phi[0]), phi[1:]
         base = self.off + self.X @ beta
         tz = theta * self.z
