@@ -1008,23 +1008,10 @@ done:
  * ------------------------------------------------------------------------ */
 #define LN_SQRT_2PI 0.91893853320467274178
 
-/* log Phi(x): log1p of the upper tail for x > 0, erfc below, the asymptotic
- * series of the Mills ratio far in the lower tail */
-static double log_ndtr_c(double x) {
-    if (x > 0.0) return log1p(-0.5 * erfc(x / M_SQRT2));
-    if (x > -30.0) return log(0.5 * erfc(-x / M_SQRT2));
-    double r = 1.0 / (x * x), term = 1.0, s = 1.0;
-    for (int k = 1; k <= 6; k++) { /* 1 - 1/x^2 + 3/x^4 - 15/x^6 ... */
-        term *= -(2.0 * k - 1.0) * r;
-        s += term;
-    }
-    return -0.5 * x * x - log(-x) - LN_SQRT_2PI + log(s);
-}
-
-/* phi(x)/Phi(x) */
-static inline double mills_c(double x) { return exp(-0.5 * x * x - LN_SQRT_2PI - log_ndtr_c(x)); }
-
-/* row terms at eta: loglik (always); when lp != NULL also l', O = -l'', W, W' */
+/* Row terms at eta: the log-likelihood, and when lp != NULL also l', O = -l'',
+ * W and W'.  Probit: one erfc gives the smaller tail probability c (Phi of
+ * -|eta|), log1p(-c) the larger one's logarithm, and the Mills ratios
+ * A(+-eta) = phi(eta)/Phi(+-eta) share one exp (the series where c underflows). */
 static inline double link_row(int cloglog, double eta, double y, double wt, double *lp,
                               double *obs, double *W, double *W1) {
     double ll;
@@ -1040,28 +1027,53 @@ static inline double link_row(int cloglog, double eta, double y, double wt, doub
             *W = wt * t * B;
             *W1 = wt * t * B * (2.0 - t - B);
         }
+        return ll;
+    }
+    double a = fabs(eta), c, lsmall, Asmall;
+    double ph = exp(-0.5 * eta * eta - LN_SQRT_2PI);
+    if (a <= 30.0) {
+        c = 0.5 * erfc(a / M_SQRT2);
+        lsmall = log(c);
+        Asmall = ph / c;
     } else {
-        double lm = log_ndtr_c(eta), l1m = log_ndtr_c(-eta);
-        ll = wt * ((y > 0 ? y * lm : 0.0) + (y < 1 ? (1.0 - y) * l1m : 0.0));
-        if (lp) {
-            double Ap = exp(-0.5 * eta * eta - LN_SQRT_2PI - lm);
-            double Am = exp(-0.5 * eta * eta - LN_SQRT_2PI - l1m);
-            double dAp = -Ap * (eta + Ap), dAm = -Am * (-eta + Am);
-            *lp = wt * (y * Ap - (1.0 - y) * Am);
-            *obs = -wt * (y * dAp + (1.0 - y) * dAm);
-            *W = wt * Ap * Am;
-            *W1 = wt * (dAp * Am - Ap * dAm);
+        double r = 1.0 / (a * a), term = 1.0, sr = 1.0;
+        for (int k = 1; k <= 6; k++) {
+            term *= -(2.0 * k - 1.0) * r;
+            sr += term;
         }
+        lsmall = -0.5 * a * a - log(a) - LN_SQRT_2PI + log(sr);
+        Asmall = a / sr;
+        c = exp(lsmall);
+    }
+    double llarge = log1p(-c), Alarge = ph / (1.0 - c);
+    double lm = eta >= 0 ? llarge : lsmall, l1m = eta >= 0 ? lsmall : llarge;
+    ll = wt * ((y > 0 ? y * lm : 0.0) + (y < 1 ? (1.0 - y) * l1m : 0.0));
+    if (lp) {
+        double Ap = eta >= 0 ? Alarge : Asmall, Am = eta >= 0 ? Asmall : Alarge;
+        double dAp = -Ap * (eta + Ap), dAm = -Am * (-eta + Am);
+        *lp = wt * (y * Ap - (1.0 - y) * Am);
+        *obs = -wt * (y * dAp + (1.0 - y) * dAm);
+        *W = wt * Ap * Am;
+        *W1 = wt * (dAp * Am - Ap * dAm);
     }
     return ll;
 }
 
-/* f(u) = u^2/2 - sum l over a group's rows */
-static double link_f(int cloglog, const double *base, const double *z, const double *y,
-                     const double *wt, int64_t m, double theta, double u) {
-    double s = 0.0;
-    for (int64_t i = 0; i < m; i++)
-        s += link_row(cloglog, base[i] + theta * z[i] * u, y[i], wt[i], NULL, NULL, NULL, NULL);
+/* f(u) = u^2/2 - sum l over a group's rows, with the row terms at u and the
+ * sums the scoring step needs (one pass: an accepted step's terms are the
+ * next step's) */
+static double link_point(int cloglog, const double *base, const double *z, const double *y,
+                         const double *wt, int64_t m, double theta, double u, double *lp,
+                         double *obs, double *W, double *W1, double *Szlp, double *Sz2W) {
+    double s = 0.0, a = 0.0, b = 0.0;
+    for (int64_t i = 0; i < m; i++) {
+        s += link_row(cloglog, base[i] + theta * z[i] * u, y[i], wt[i], lp + i, obs + i, W + i,
+                      W1 + i);
+        a += z[i] * lp[i];
+        b += z[i] * z[i] * W[i];
+    }
+    *Szlp = a;
+    *Sz2W = b;
     return 0.5 * u * u - s;
 }
 
@@ -1095,18 +1107,10 @@ static PyObject *link_glmm(PyObject *self, PyObject *args) {
             base[i] = s;
         }
         double u = U[j];
-        double f = link_f(cloglog, base, zj, yj, wj, m, theta, u);
-        double Szlp = 0.0, Sz2W = 0.0;
+        double Szlp, Sz2W;
+        double f = link_point(cloglog, base, zj, yj, wj, m, theta, u, lp, obs, W, W1, &Szlp, &Sz2W);
         int converged = 0;
         for (int it = 0; it < 200; it++) { /* Fisher scoring */
-            Szlp = 0.0;
-            Sz2W = 0.0;
-            for (int64_t i = 0; i < m; i++) {
-                link_row(cloglog, base[i] + theta * zj[i] * u, yj[i], wj[i], lp + i, obs + i,
-                         W + i, W1 + i);
-                Szlp += zj[i] * lp[i];
-                Sz2W += zj[i] * zj[i] * W[i];
-            }
             double h = 1.0 + theta * theta * Sz2W;
             double step = (u - theta * Szlp) / h;
             if (!isfinite(step)) break;
@@ -1116,11 +1120,13 @@ static PyObject *link_glmm(PyObject *self, PyObject *args) {
             }
             int ok = 0;
             for (int k = 0; k < MAX_HALVINGS; k++) {
-                double un = u - step;
-                double fn = link_f(cloglog, base, zj, yj, wj, m, theta, un);
+                double un = u - step, a, b;
+                double fn = link_point(cloglog, base, zj, yj, wj, m, theta, un, lp, obs, W, W1, &a, &b);
                 if (fn <= f + 1e-12 * (1.0 + fabs(f))) {
                     u = un;
                     f = fn;
+                    Szlp = a;
+                    Sz2W = b;
                     ok = 1;
                     break;
                 }
