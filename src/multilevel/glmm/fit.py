@@ -47,6 +47,7 @@ constant, not the integration.  For 0/1 responses the term is 0.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -56,7 +57,7 @@ from multilevel.covariance import templates
 from multilevel.errors import ModelError
 from multilevel.formula.design import build_design
 from multilevel.formula.parser import parse_formula
-from multilevel.glmm.basis import GlmmBasis
+from multilevel.glmm.basis import GlmmBasis, _Then
 from multilevel.glmm.exact import laplace as laplace_gradient
 from multilevel.glmm.exact import link as link_glmm
 from multilevel.glmm.exact import scalar as scalar_glmm
@@ -282,6 +283,19 @@ def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | 
     return None
 
 
+@dataclass
+class _Natural:
+    """A logged point (θ, δ) as (θ, β), β = β₀ + R⁻¹δ; picklable."""
+
+    nt: int
+    beta0: np.ndarray
+    Rinv: np.ndarray
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return np.concatenate([x[: self.nt], self.beta0 + self.Rinv @ x[self.nt :]])
+
+
 def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t: np.ndarray):
     """The exact-gradient search of ``route`` (groupwise, vector, terms, link),
     its record in natural coordinates and its Hessian; not converged when the
@@ -303,7 +317,9 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
             r2, H2, obj.beta0, obj.Rinv, obj.u = laplace_gradient.optimize_laplace(
                 prob, obj.beta, theta0, lower_t
             )
-    r2._thetas = [obj.natural(x) for x in r2._thetas]
+    # the log maps (θ, δ) -> (θ, β) when read, not per evaluation
+    to_natural = _Natural(obj.ntheta, obj.beta0.copy(), obj.Rinv.copy())
+    r2.log_map = to_natural if r2.log_map is None else _Then(r2.log_map, to_natural)
     r2.optimizer = "bfgs (exact gradient)"
     if not positive_definite(H2, r2.theta, lower_t):
         r2.status, r2.converged = "HESSIAN_NOT_PD", False
