@@ -37,7 +37,7 @@ from scipy.linalg.lapack import dpotrf, dpotrs, dtrtri, dtrtrs
 
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import CrossProducts
-from multilevel.lmm.staged import StagedElimination
+from multilevel.lmm.staged import StagedElimination, zero_lower
 from multilevel.threads import threads_for_order
 
 DENSE_MAX = 1500  # below this size a dense factorization is always cheapest
@@ -351,7 +351,7 @@ class RestBlock:
             return M
         if self.q1 == 1 and self.scalar:
             vals = self._scatter_values(W, lam)
-            M.fill(0.0)
+            zero_lower(M)  # potrf reads no more
             M.reshape(-1, order="F")[self._m_pos] = vals
             return M
         if self.q1 == 1:

@@ -64,6 +64,14 @@ def _independent_set(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.flatnonzero(chosen)
 
 
+def zero_lower(A: np.ndarray, block: int = 256) -> None:
+    """Zero the lower triangle (diagonal included) of a Fortran-ordered square
+    array, column block by column block: half the writes of A.fill(0)."""
+    n = A.shape[0]
+    for lo in range(0, n, block):
+        A[lo:, lo : min(n, lo + block)] = 0.0
+
+
 def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(x, return_inverse=True) by one sort (numpy's hashing unique
     and a search of millions of keys cost several times more)."""
@@ -214,7 +222,7 @@ class StagedElimination:
         if self.buf is None:  # handed to a kept factor: a new one
             self.buf = np.empty((self.nS, self.nS), order="F")
         A = self.buf
-        A.fill(0.0)
+        zero_lower(A)  # potrf reads no more
         A.reshape(-1, order="F")[self.dense_pos] = v
         with threads_for_order(self.nS):
             L, info = dpotrf(A, lower=1, clean=0, overwrite_a=1)
