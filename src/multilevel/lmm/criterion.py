@@ -18,7 +18,8 @@ random-effects terms (Bates et al. 2015, J. Stat. Softw. 67(1)):
 * term 1 (most levels): a batch of q₁ x q₁ factorizations, one per level;
 * the other terms: one factorization of their Schur complement
   Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I, where V = blockdiag(T₁ S₁ᵢ⁻¹ T₁ᵀ), dense or
-  sparse by its pattern (:mod:`multilevel.lmm.schur`);
+  sparse by its pattern (:mod:`multilevel.lmm.schur`), a large dense one after
+  eliminating independent sets of its levels (:mod:`multilevel.lmm.staged`);
 * [X y]: a (p+1) x (p+1) factorization of its Schur complement.
 
 No step depends on the number of rows.
