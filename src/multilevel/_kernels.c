@@ -277,6 +277,256 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(value);
 }
 
+/* lower-triangular solve in place: L x = b (forward) or L^T x = b (back),
+ * L row-major n x n, b with r columns (row-major n x r) */
+static void tri_solve(const double *L, double *X, int n, int r, int transpose) {
+    if (!transpose) {
+        for (int i = 0; i < n; i++) {
+            for (int k = 0; k < i; k++) {
+                double l = L[i * n + k];
+                if (l != 0.0)
+                    for (int c = 0; c < r; c++) X[i * r + c] -= l * X[k * r + c];
+            }
+            for (int c = 0; c < r; c++) X[i * r + c] /= L[i * n + i];
+        }
+    } else {
+        for (int i = n - 1; i >= 0; i--) {
+            for (int k = i + 1; k < n; k++) {
+                double l = L[k * n + i];
+                if (l != 0.0)
+                    for (int c = 0; c < r; c++) X[i * r + c] -= l * X[k * r + c];
+            }
+            for (int c = 0; c < r; c++) X[i * r + c] /= L[i * n + i];
+        }
+    }
+}
+
+/*
+ * Several scalar random-effects terms (intercepts, nested or crossed) with a
+ * small rest block, dense: the criterion and its exact gradient, the same
+ * computation as multilevel.lmm.criterion (ProfiledCriterion with its rest
+ * block, _gradient_scalar_terms) without numpy's per-call costs.
+ *   d (n1)        Z_1^T Z_1 per level of the first term
+ *   B (n1, m)     Z_1^T [X y]
+ *   A1R (n1, Q)   Z_1^T Z_R
+ *   ARR (Q, Q)    Z_R^T Z_R
+ *   ARF (Q, m)    Z_R^T [X y]
+ *   AFF (m, m)    [X y]^T [X y]
+ *   term (Q)      the term (1 .. K-1) of each rest level
+ * With s_i = l1^2 d_i + 1, w_i = l1^2 / s_i and Lam_R = diag(theta[term]):
+ *   M = Lam_R (ARR - A_R1 diag(w) A_1R) Lam_R + I,  G = Lam_R (ARF - A_R1 diag(w) B)
+ *   MFF = AFF - B^T diag(w) B - G^T M^{-1} G;  log|L_Z|^2 = sum log s_i + log|M|.
+ * Gradient: d log|M_full| = 2 (n_k - tr_k M_full^{-1}) / theta_k, where
+ * tr over the first term is sum 1/s_i + sum_i (l1^2/s_i^2) a_i' Lam M^{-1} Lam a_i
+ * (a_i the row of A_1R); the log|R_X|^2 and r^2 terms from U = M_full^{-1} Lam Z^T [X y].
+ */
+static PyObject *scalar_terms(PyObject *self, PyObject *args) {
+    Py_buffer bd, bB, bA1R, bARR, bARF, bAFF, bterm, bth, bg;
+    int n1, Q, m, K, reml, want_grad;
+    double nobs;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*w*iiiidii", &bd, &bB, &bA1R, &bARR, &bARF, &bAFF,
+                          &bterm, &bth, &bg, &n1, &Q, &m, &K, &nobs, &reml, &want_grad))
+        return NULL;
+    const double *d = bd.buf, *B = bB.buf, *A1R = bA1R.buf, *ARR = bARR.buf, *ARF = bARF.buf;
+    const double *AFF = bAFF.buf, *theta = bth.buf;
+    const int64_t *term = bterm.buf;
+    double *grad = bg.buf;
+    int p = m - 1;
+    double value = INFINITY;
+    size_t QQ = (size_t)Q * Q, Qm = (size_t)Q * m, n1m = (size_t)n1 * m, mm = (size_t)m * m;
+    size_t total = 3 * QQ + 4 * Qm + 2 * n1m + 4 * mm + 3 * (size_t)n1 + 6 * (size_t)Q + 3 * (size_t)m;
+    double *work = calloc(total > 0 ? total : 1, sizeof(double));
+    if (!work) {
+        PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
+        PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
+        PyBuffer_Release(&bterm); PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+        return PyErr_NoMemory();
+    }
+    double *M = work, *Minv = M + QQ, *AL = Minv + QQ;                 /* Q x Q each */
+    double *G = AL + QQ, *UR = G + Qm, *abR = UR + Qm, *tmpQ = abR + Qm; /* Q x m each */
+    double *U1 = tmpQ + Qm, *ab1 = U1 + n1m;                            /* n1 x m each */
+    double *MFF = ab1 + n1m, *LXinv = MFF + mm, *P = LXinv + mm, *LX = P + mm;
+    double *s = LX + mm, *w = s + n1, *v1 = w + n1;
+    double *lamR = v1 + n1, *diagR = lamR + Q, *vR = diagR + Q, *avR = vR + Q, *aQ = avR + Q,
+           *zrR = aQ + Q;
+    double *z = zrR + Q;
+    double l1 = theta[0];
+    double logdet = 0.0;
+    for (int i = 0; i < n1; i++) {
+        s[i] = l1 * l1 * d[i] + 1.0;
+        w[i] = l1 * l1 / s[i];
+        logdet += log(s[i]);
+    }
+    for (int a = 0; a < Q; a++) lamR[a] = theta[term[a]];
+    /* M and G */
+    for (int a = 0; a < Q; a++)
+        for (int b = 0; b <= a; b++) M[a * Q + b] = ARR[a * Q + b];
+    for (int a = 0; a < Q; a++)
+        for (int c = 0; c < m; c++) G[a * m + c] = ARF[a * m + c];
+    for (int i = 0; i < n1; i++) {
+        const double *ai = A1R + (size_t)i * Q, *bi = B + (size_t)i * m;
+        double wi = w[i];
+        for (int a = 0; a < Q; a++) {
+            double x = wi * ai[a];
+            if (x == 0.0) continue;
+            for (int b = 0; b <= a; b++) M[a * Q + b] -= x * ai[b];
+            for (int c = 0; c < m; c++) G[a * m + c] -= x * bi[c];
+        }
+    }
+    for (int a = 0; a < Q; a++) {
+        for (int b = 0; b <= a; b++) M[a * Q + b] *= lamR[a] * lamR[b];
+        M[a * Q + a] += 1.0;
+        for (int c = 0; c < m; c++) G[a * m + c] *= lamR[a];
+    }
+    int ok = chol(M, Q);
+    if (ok) {
+        for (int a = 0; a < Q; a++) logdet += 2.0 * log(M[a * Q + a]);
+        memcpy(UR, G, sizeof(double) * Qm);
+        tri_solve(M, UR, Q, m, 0);
+        tri_solve(M, UR, Q, m, 1); /* UR = M^{-1} G */
+        /* MFF = AFF - sum_i w_i b_i b_i^T - G^T UR (lower triangle) */
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c <= r; c++) {
+                double x = AFF[r * m + c];
+                for (int i = 0; i < n1; i++) x -= w[i] * B[(size_t)i * m + r] * B[(size_t)i * m + c];
+                for (int a = 0; a < Q; a++) x -= G[a * m + r] * UR[a * m + c];
+                MFF[r * m + c] = x;
+            }
+        ok = chol(MFF, m);
+    }
+    if (ok) {
+        double r2 = MFF[p * m + p] * MFF[p * m + p];
+        double logdetX = 0.0;
+        for (int a = 0; a < p; a++) logdetX += 2.0 * log(MFF[a * m + a]);
+        const double log2pi = 1.8378770664093453;
+        if (reml) {
+            double dof = nobs - p;
+            value = logdet + logdetX + dof * (1.0 + log2pi + log(r2 / dof));
+        } else {
+            value = logdet + nobs * (1.0 + log2pi + log(r2 / nobs));
+        }
+        if (want_grad && r2 > 0) {
+            for (int a = 0; a < p; a++)
+                for (int b = 0; b < p; b++) LX[a * p + b] = MFF[a * m + b];
+            tri_inv(LX, LXinv, p);
+            for (int a = 0; a < p; a++) {
+                double x = 0.0;
+                for (int k = a; k < p; k++) x += LXinv[k * p + a] * MFF[p * m + k];
+                z[a] = -x; /* -beta */
+            }
+            z[p] = 1.0;
+            for (int a = 0; a < p; a++)
+                for (int b = 0; b < p; b++) {
+                    double x = 0.0;
+                    for (int k = (a > b ? a : b); k < p; k++) x += LXinv[k * p + a] * LXinv[k * p + b];
+                    P[a * p + b] = x;
+                }
+            /* M^{-1}: solve against the identity */
+            memset(Minv, 0, sizeof(double) * QQ);
+            for (int a = 0; a < Q; a++) Minv[a * Q + a] = 1.0;
+            tri_solve(M, Minv, Q, Q, 0);
+            tri_solve(M, Minv, Q, Q, 1);
+            for (int a = 0; a < Q; a++) diagR[a] = Minv[a * Q + a];
+            /* AL = Lam M^{-1} Lam; tr_cross = sum_i (l1^2/s_i^2) a_i' AL a_i */
+            for (int a = 0; a < Q; a++)
+                for (int b = 0; b < Q; b++) AL[a * Q + b] = lamR[a] * Minv[a * Q + b] * lamR[b];
+            double tr1 = 0.0;
+            for (int i = 0; i < n1; i++) {
+                const double *ai = A1R + (size_t)i * Q;
+                double q2 = 0.0;
+                for (int a = 0; a < Q; a++) {
+                    if (ai[a] == 0.0) continue;
+                    double x = 0.0;
+                    for (int b = 0; b < Q; b++) x += AL[a * Q + b] * ai[b];
+                    q2 += ai[a] * x;
+                }
+                tr1 += 1.0 / s[i] + l1 * l1 / (s[i] * s[i]) * q2;
+            }
+            /* U1 = (l1 B - l1 A1R (lam_R UR)) / s */
+            for (int a = 0; a < Q; a++)
+                for (int c = 0; c < m; c++) tmpQ[a * m + c] = lamR[a] * UR[a * m + c];
+            for (int i = 0; i < n1; i++) {
+                const double *ai = A1R + (size_t)i * Q;
+                for (int c = 0; c < m; c++) {
+                    double x = B[(size_t)i * m + c];
+                    for (int a = 0; a < Q; a++) x -= ai[a] * tmpQ[a * m + c];
+                    U1[(size_t)i * m + c] = l1 * x / s[i];
+                }
+            }
+            /* a_lam on every column of U: (d l1 v1 + A1R lam vR, A_R1 l1 v1 + ARR lam vR) */
+            for (int c = 0; c < m; c++) {
+                for (int a = 0; a < Q; a++) {
+                    double x = 0.0;
+                    for (int b = 0; b < Q; b++) x += ARR[a * Q + b] * lamR[b] * UR[b * m + c];
+                    avR[a] = x;
+                }
+                for (int i = 0; i < n1; i++) {
+                    const double *ai = A1R + (size_t)i * Q;
+                    double x = d[i] * l1 * U1[(size_t)i * m + c];
+                    for (int a = 0; a < Q; a++) x += ai[a] * lamR[a] * UR[a * m + c];
+                    ab1[(size_t)i * m + c] = x;
+                    double lv = l1 * U1[(size_t)i * m + c];
+                    if (lv != 0.0)
+                        for (int a = 0; a < Q; a++) avR[a] += ai[a] * lv;
+                }
+                for (int a = 0; a < Q; a++) abR[a * m + c] = avR[a];
+            }
+            /* u = U z, Z^T r = Z^T [X y] z - A Lam u (the columns' combination) */
+            double dr2_0 = 0.0, e_0 = 0.0;
+            for (int i = 0; i < n1; i++) {
+                double ui = 0.0, zr = 0.0, ei = 0.0;
+                const double *bi = B + (size_t)i * m, *u1i = U1 + (size_t)i * m, *abi = ab1 + (size_t)i * m;
+                for (int c = 0; c < m; c++) {
+                    ui += u1i[c] * z[c];
+                    zr += (bi[c] - abi[c]) * z[c];
+                }
+                for (int a = 0; a < p; a++) {
+                    double x = 0.0;
+                    for (int b = 0; b < p; b++) x += (bi[b] - abi[b]) * P[b * p + a];
+                    ei += x * u1i[a];
+                }
+                dr2_0 += -2.0 * zr * ui;
+                e_0 += ei;
+            }
+            for (int k = 0; k < K; k++) {
+                double lam_k = theta[k], trk = 0.0, dr2 = 0.0, ee = 0.0;
+                int nk = 0;
+                if (k == 0) {
+                    trk = tr1;
+                    nk = n1;
+                    dr2 = dr2_0;
+                    ee = e_0;
+                } else {
+                    for (int a = 0; a < Q; a++) {
+                        if (term[a] != k) continue;
+                        nk++;
+                        trk += diagR[a];
+                        double ua = 0.0, zr = 0.0, ea = 0.0;
+                        for (int c = 0; c < m; c++) {
+                            ua += UR[a * m + c] * z[c];
+                            zr += (ARF[a * m + c] - abR[a * m + c]) * z[c];
+                        }
+                        for (int c2 = 0; c2 < p; c2++) {
+                            double x = 0.0;
+                            for (int b = 0; b < p; b++) x += (ARF[a * m + b] - abR[a * m + b]) * P[b * p + c2];
+                            ea += x * UR[a * m + c2];
+                        }
+                        dr2 += -2.0 * zr * ua;
+                        ee += ea;
+                    }
+                }
+                double dZ = lam_k != 0.0 ? 2.0 * (nk - trk) / lam_k : 0.0;
+                grad[k] = reml ? dZ - 2.0 * ee + (nobs - p) * dr2 / r2 : dZ + nobs * dr2 / r2;
+            }
+        }
+    }
+    free(work);
+    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
+    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
+    PyBuffer_Release(&bterm); PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+    return PyFloat_FromDouble(value);
+}
+
 /* Per-level cross-products in one pass over the rows, in any row order:
  * out[l] += a_i b_i^T for the rows i of level l.  A (n, a), B (n, b) and
  * out (nlev, a, b) C-contiguous; out must be zeroed by the caller. */
@@ -365,6 +615,9 @@ static PyObject *one_term_crossprod(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"one_term", one_term, METH_VARARGS,
      "one_term(D, B, AFF, theta, grad_out, q, m, nlev, nobs, reml, want_grad) -> criterion"},
+    {"scalar_terms", scalar_terms, METH_VARARGS,
+     "scalar_terms(d, B, A1R, ARR, ARF, AFF, term, theta, grad_out, n1, Q, m, K, nobs, reml, "
+     "want_grad) -> criterion (several scalar terms, small dense rest block)"},
     {"level_crossprod", level_crossprod, METH_VARARGS,
      "level_crossprod(codes, A, B, out, a, b): out[l] += a_i b_i^T over the rows of level l"},
     {"one_term_crossprod", one_term_crossprod, METH_VARARGS,
