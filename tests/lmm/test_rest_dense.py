@@ -242,3 +242,42 @@ def test_staged_elimination_of_a_diagonal_block():
     assert f.logdet == pytest.approx(np.log(vals).sum(), rel=1e-14)
     np.testing.assert_allclose(f.solve(B), B / vals[:, None], rtol=1e-14)
     np.testing.assert_allclose(f.selected_inverse(), 1.0 / vals, rtol=1e-14)
+
+
+@pytest.mark.parametrize("product", [False, True])
+@pytest.mark.parametrize("mode", ["syrk", "scatter"])
+def test_gradient_traces_by_product_or_full_inverse(mode, product, monkeypatch):
+    """‖L⁻¹C‖² or Σ (M_RR⁻¹)_ab H_ab: the same gradient, and the exact one."""
+    monkeypatch.setattr(schur.RestBlock, "_product_pays", lambda self: product)
+    monkeypatch.setattr(schur, "STAGED_MIN", 10**9)
+    df = crossed(1500, (120, 60, 25))
+    crit = criterion(df, 3, mode, monkeypatch)
+    assert crit._rest.inverse_by_product == product
+    theta = np.array([0.6, 1.3, 0.9])
+    value, grad = crit.value_and_gradient(theta)
+    h = 1e-6
+    num = [(crit(theta + h * e) - crit(theta - h * e)) / (2 * h) for e in np.eye(3)]
+    np.testing.assert_allclose(grad, num, rtol=2e-4, atol=2e-4)
+    monkeypatch.setattr(schur.RestBlock, "_product_pays", lambda self: not product)
+    other = criterion(df, 3, mode, monkeypatch)
+    v2, g2 = other.value_and_gradient(theta)
+    assert v2 == pytest.approx(value, rel=1e-13)
+    np.testing.assert_allclose(g2, grad, rtol=1e-9, atol=1e-9)
+
+
+def test_inverse_choice_follows_the_costs():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(4)
+
+    def block(n1: int, Q: int, per_row: int) -> schur.RestBlock:
+        rows = np.repeat(np.arange(n1), per_row)
+        cols = rng.integers(0, Q, rows.size)
+        A1R = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n1, Q))
+        A1R.sum_duplicates()
+        rb = schur.RestBlock.__new__(schur.RestBlock)
+        rb.A1R, rb.Q, rb._syrk_A = A1R, Q, None
+        return rb
+
+    assert block(5000, 5000, 6)._product_pays()  # a thin random crossing
+    assert not block(3000, 1100, 25)._product_pays()  # InstEval's shape

@@ -39,7 +39,7 @@ from multilevel.compiled import kernel
 from multilevel.covariance import Template
 from multilevel.linalg import batched
 from multilevel.linalg.crossprod import CrossProducts
-from multilevel.lmm.schur import RestBlock, RestFactor
+from multilevel.lmm.schur import RestBlock, RestFactor, lower_dot
 
 _LOG2PI = np.log(2 * np.pi)
 
@@ -285,7 +285,21 @@ class ProfiledCriterion:
 
     @staticmethod
     def _traces_dense(rf, rb, lam1, lamR, s) -> tuple[np.ndarray, float]:
-        """diag(M_RR⁻¹) and ‖W C‖²_F from W = L⁻¹ (in place of L)."""
+        """diag(M_RR⁻¹) and ‖W C‖²_F from W = L⁻¹ (in place of L), or, where
+        that product costs more (:meth:`RestBlock._product_pays`), from the
+        full inverse Z: Σ_ab Z_ab (Λ_R A_R1 diag(λ₁²/sᵢ²) A_1R Λ_R)_ab."""
+        if not rb.inverse_by_product:
+            Z = rf.full_inverse()
+            diagR = np.diagonal(Z).copy()
+            v = lam1 * lam1 / (s * s)
+            if rb._syrk_A is not None:
+                H = rb.lower_H(v, lamR)
+                tr_cross = 2.0 * lower_dot(Z, H) - float(diagR @ np.diagonal(H))
+            else:
+                pr, pc = rb.pairs.rows, rb.pairs.cols
+                w = Z[pr, pc] * lamR[pr] * lamR[pc] * rb.pairs(v)
+                tr_cross = float(2.0 * w.sum() - w[pr == pc].sum())
+            return diagR, tr_cross
         W = rf.factor_inverse()
         diagR = np.einsum("ij,ij->j", W, W)  # diag(M_RR⁻¹) = diag(WᵀW)
         CT = rb.A1R.multiply((lam1 / s)[:, None]).multiply(lamR[None, :]).tocsr()

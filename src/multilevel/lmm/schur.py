@@ -33,7 +33,7 @@ import scipy.sparse.linalg as spla
 
 # LAPACK directly: scipy.linalg's wrappers cost more than small solves
 from scipy.linalg.blas import dsyrk
-from scipy.linalg.lapack import dpotrf, dpotrs, dtrtri, dtrtrs
+from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dtrtri, dtrtrs
 
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import CrossProducts
@@ -201,6 +201,7 @@ class RestBlock:
                 self._init_scatter()
                 if self._syrk_A is None and self.Q >= STAGED_MIN:
                     self._init_staged()
+                self.inverse_by_product = self._product_pays()
             if self.staged is None:
                 # Fortran order: LAPACK factors (and inverts) it in place, so one
                 # Q x Q array is all the memory an evaluation needs
@@ -208,6 +209,34 @@ class RestBlock:
                 self._diag = np.diag_indices(self.Q)
 
     staged: StagedElimination | None = None
+    # the gradient's traces from ‖L⁻¹C‖² (True) or from M_RR⁻¹ at H's entries
+    inverse_by_product = False
+
+    def _product_pays(self) -> bool:
+        """Whether the gradient's traces cost less as ‖L⁻¹C‖²_F, a product of L⁻¹
+        with the sparse C = Λ_R A_R1 diag(λ₁/sᵢ) (~0.9 ns per nonzero of A_1R
+        per row of L⁻¹), than as Σ (M_RR⁻¹)_ab H_ab, which needs the full
+        inverse (potri: L⁻¹ and then L⁻ᵀL⁻¹, ~0.011 ns per flop of its Q³/3)
+        and H at other weights (the pair map, ~1.3 ns per pair, or syrk,
+        ~0.02 ns per n₁Q²).  Costs measured on one core: a random crossing
+        (few nonzeros, large Q) takes the product, InstEval or a users x
+        items table the full inverse."""
+        Q = float(self.Q)
+        n1 = float(self.A1R.shape[0])
+        product = 0.9 * self.A1R.nnz * Q
+        if self._syrk_A is not None:
+            h = 0.02 * n1 * Q * Q
+        else:
+            c = np.diff(self.A1R.indptr).astype(np.float64)
+            h = 1.3 * float((c * (c + 1) / 2).sum())
+        return product < 0.011 * Q**3 / 3.0 + h
+
+    def lower_H(self, v: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """Lower triangle of Λ_R A_R1 diag(v) A_1R Λ_R by syrk (a new array; the
+        upper triangle is not set)."""
+        B = self._syrk_A * np.sqrt(v)[:, None]
+        B *= lam[None, :]
+        return dsyrk(1.0, B, trans=1, lower=1)
 
     def _init_staged(self) -> None:
         """Independent sets of M_RR's nodes eliminated before the dense
@@ -468,6 +497,19 @@ class RestBlock:
         )
 
 
+def lower_dot(A: np.ndarray, B: np.ndarray, block: int = 512) -> float:
+    """Σ_{a≥b} A_ab B_ab over the lower triangles (diagonal included), by
+    column blocks: the upper triangles are not read."""
+    Q = A.shape[0]
+    total = 0.0
+    for lo in range(0, Q, block):
+        hi = min(Q, lo + block)
+        total += float(np.einsum("ij,ij->", A[hi:, lo:hi], B[hi:, lo:hi]))
+        r, c = np.tril_indices(hi - lo)
+        total += float(np.dot(A[lo + r, lo + c], B[lo + r, lo + c]))
+    return total
+
+
 def zero_upper(A: np.ndarray, block: int = 512) -> None:
     """Zero A's strict upper triangle in place, by column blocks (no Q x Q
     index or mask arrays)."""
@@ -509,6 +551,18 @@ class RestFactor:
         if self._work:
             self.L = None
         return W
+
+    def full_inverse(self) -> np.ndarray:
+        """M_RR⁻¹ (dense factor only), its lower triangle valid (Fortran order).
+        A factor in the work buffer is inverted in place and can no longer solve."""
+        L = self.L if self._work else self.L.copy(order="F")
+        with threads_for_order(L.shape[0]):
+            Z, info = dpotri(L, lower=1, overwrite_c=1)
+        if info != 0:  # pragma: no cover - L came from a successful potrf
+            raise np.linalg.LinAlgError("potri failed")
+        if self._work:
+            self.L = None
+        return Z
 
     def solve(self, B: np.ndarray) -> np.ndarray:
         """M_RR⁻¹ B."""
