@@ -106,3 +106,29 @@ def test_mapped_cross_products_equal_those_of_the_mapped_columns(path, shift, mo
     for name in ("D1", "B1F", "AFF"):
         np.testing.assert_allclose(getattr(cp, name), getattr(ref, name), rtol=1e-9, atol=1e-9)
     assert cp.n == n and cp.p == 3 and cp.q == [2] and cp.nlevels == [9]
+
+
+def test_small_models_dense_blocks_equal_the_sparse_assembly(monkeypatch):
+    """The cross blocks of a small model, formed dense, equal the sparse
+    assembly's (vector and scalar terms, crossed)."""
+    import pandas as pd
+
+    import multilevel as ml
+
+    rng = np.random.default_rng(0)
+    n = 300
+    d = pd.DataFrame({
+        "y": rng.normal(size=n), "x": rng.normal(size=n),
+        "a": rng.integers(0, 20, n).astype(str), "b": rng.integers(0, 8, n).astype(str),
+        "c": rng.integers(0, 5, n).astype(str),
+    })  # fmt: skip
+    formula = "y ~ x + (x | a) + (1 | b) + (x | c)"
+    monkeypatch.setattr(cpm, "SMALL_BLOCKS", 0)
+    sparse = ml.lmer(formula, d).criterion.scaled.cp
+    monkeypatch.setattr(cpm, "SMALL_BLOCKS", 1_000_000)
+    dense = ml.lmer(formula, d).criterion.scaled.cp
+    for name in ("A1R", "ARR"):
+        np.testing.assert_allclose(
+            getattr(dense, name).toarray(), getattr(sparse, name).toarray(), rtol=1e-13, atol=1e-12
+        )
+    np.testing.assert_allclose(dense.ARF, sparse.ARF, rtol=1e-13, atol=1e-12)

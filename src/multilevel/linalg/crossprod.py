@@ -202,6 +202,9 @@ def cross_products(
             [[0], np.cumsum([nl * qq for nl, qq in zip(nlevels[1:], q[1:], strict=True)])]
         )
         Qr = int(offs[-1])
+        if (n1 * q[0] + Qr) * Qr <= SMALL_BLOCKS:
+            A1R, ARR, ARF = _small_blocks(Zs, codes, nlevels, F, offs)
+            return CrossProducts(q, list(nlevels), D1, B1F, A1R, ARR, ARF, AFF, n, p)
         A1R = sp.hstack(
             [
                 _pair_block(codes[0], Zs[0], n1, codes[k], Zs[k], nlevels[k])
@@ -224,6 +227,55 @@ def cross_products(
                 blocks[b - 1][a - 1] = blk.T
         ARR = sp.bmat(blocks, format="csr")
     return CrossProducts(q, list(nlevels), D1, B1F, A1R, ARR, ARF, AFF, n, p)
+
+
+SMALL_BLOCKS = 1_000_000  # dense entries of the cross blocks below which they are formed dense
+
+
+def _dense_pair(
+    ca: np.ndarray, Za: np.ndarray, na: int, cb: np.ndarray, Zb: np.ndarray, nb: int
+) -> np.ndarray:
+    """Dense Z_aᵀZ_b (rows level*qa + i, columns level*qb + j): one bincount
+    per pair of columns (a sparse assembly's sorting and format conversions
+    cost more than the whole fit of a small model)."""
+    qa, qb = Za.shape[1], Zb.shape[1]
+    key = ca.astype(np.int64) * nb + cb
+    out = np.empty((na, qa, nb, qb))
+    for i in range(qa):  # columns of the terms, not rows or levels
+        for j in range(qb):
+            out[:, i, :, j] = np.bincount(
+                key, weights=Za[:, i] * Zb[:, j], minlength=na * nb
+            ).reshape(na, nb)
+    return out.reshape(na * qa, nb * qb)
+
+
+def _small_blocks(
+    Zs: list[np.ndarray],
+    codes: list[np.ndarray],
+    nlevels: list[int],
+    F: np.ndarray,
+    offs: np.ndarray,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+    """A_1R, A_RR and A_RF of a small model, formed dense and stored sparse."""
+    Qr = int(offs[-1])
+    q = [Z.shape[1] for Z in Zs]
+    A1R = np.empty((nlevels[0] * q[0], Qr))
+    ARR = np.zeros((Qr, Qr))
+    ARF = np.empty((Qr, F.shape[1]))
+    for a in range(1, len(Zs)):
+        sa = slice(int(offs[a - 1]), int(offs[a]))
+        A1R[:, sa] = _dense_pair(codes[0], Zs[0], nlevels[0], codes[a], Zs[a], nlevels[a])
+        na, qa = nlevels[a], q[a]
+        Daa = level_crossprod(codes[a], Zs[a], Zs[a], na)
+        idx = int(offs[a - 1]) + np.arange(na * qa).reshape(na, qa)
+        ARR[idx[:, :, None], idx[:, None, :]] = Daa
+        ARF[sa] = level_crossprod(codes[a], Zs[a], F, na).reshape(na * qa, -1)
+        for b in range(a + 1, len(Zs)):
+            sb = slice(int(offs[b - 1]), int(offs[b]))
+            blk = _dense_pair(codes[a], Zs[a], na, codes[b], Zs[b], nlevels[b])
+            ARR[sa, sb] = blk
+            ARR[sb, sa] = blk.T
+    return sp.csr_matrix(A1R), sp.csr_matrix(ARR), ARF
 
 
 def _affine_kernel():
