@@ -77,9 +77,17 @@ class ProfiledCriterion:
         # level-last layout for the batched kernels
         self._D1 = np.ascontiguousarray(np.moveaxis(cp.D1, 0, -1))  # (q1, q1, n1)
         self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
-        self._rest = RestBlock(cp) if cp.A1R is not None else None
-        self._kernel = _one_term_kernel(cp) if self._rest is None else None
+        self._kernel = _one_term_kernel(cp) if cp.A1R is None else _scalar_terms_kernel(cp)
+        self._rest_block: RestBlock | None = None
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None  # (θ, value, gradient)
+
+    @property
+    def _rest(self) -> RestBlock | None:
+        """The terms after the first (None for one term); built on first use:
+        with a compiled criterion only the estimates at the optimum need it."""
+        if self._rest_block is None and self.cp.A1R is not None:
+            self._rest_block = RestBlock(self.cp)
+        return self._rest_block
 
     def templates(self, theta: np.ndarray) -> list[np.ndarray]:
         out = []
@@ -162,17 +170,13 @@ class ProfiledCriterion:
         return f.logdet_Z + n * (1.0 + _LOG2PI + f.log_r2 - np.log(n)) - self.sum_log_w
 
     def _kernel_call(self, theta: np.ndarray, grad: np.ndarray | None) -> float:
-        fn, D, B, AFF, q, m, nlev = self._kernel
+        fn, data, dims = self._kernel
         out = np.zeros(theta.size) if grad is None else grad
         val = fn(
-            D,
-            B,
-            AFF,
+            *data,
             np.ascontiguousarray(theta, dtype=float),
             out,
-            q,
-            m,
-            nlev,
+            *dims,
             float(self.n),
             int(self.reml),
             int(grad is not None),
@@ -189,7 +193,7 @@ class ProfiledCriterion:
     def has_gradient(self) -> bool:
         """Exact gradients: one random-effects term, or several whose rest
         block is factored densely (crossed or nested terms of any size q)."""
-        if self._rest is None:
+        if self._kernel is not None or self.cp.A1R is None:
             return True
         return not self._rest.sparse
 
@@ -567,15 +571,35 @@ def _one_term_kernel(cp: CrossProducts):
     if fn is None or _KERNEL_DISABLED:
         return None
     q, m = cp.q[0], cp.p + 1
-    return (
-        fn,
-        np.ascontiguousarray(cp.D1, dtype=float),
-        np.ascontiguousarray(cp.B1F, dtype=float),
+    data = tuple(np.ascontiguousarray(a, dtype=float) for a in (cp.D1, cp.B1F, cp.AFF))
+    return fn, data, (q, m, cp.nlevels[0])
+
+
+SCALAR_KERNEL_WORK = 4_000_000  # flops per evaluation up to which the compiled loops win
+
+
+def _scalar_terms_kernel(cp: CrossProducts):
+    """The compiled criterion for several scalar terms with a small rest
+    block (``_kernels.scalar_terms``: dense loops, about nnz(A_1R)·Q + Q³
+    flops per evaluation, where numpy's per-call costs dominate), or None."""
+    fn = kernel("_kernels", "scalar_terms")
+    if fn is None or _KERNEL_DISABLED or any(q != 1 for q in cp.q):
+        return None
+    Q = cp.ARR.shape[0]
+    if cp.A1R.nnz * Q + Q**3 > SCALAR_KERNEL_WORK:
+        return None
+    offs = np.asarray(cp.rest_offsets)
+    term = np.searchsorted(offs, np.arange(Q), side="right").astype(np.int64)
+    data = (
+        np.ascontiguousarray(cp.D1[:, 0, 0], dtype=float),
+        np.ascontiguousarray(cp.B1F[:, 0, :], dtype=float),
+        np.ascontiguousarray(cp.A1R.toarray()),
+        np.ascontiguousarray(cp.ARR.toarray()),
+        np.ascontiguousarray(cp.ARF, dtype=float),
         np.ascontiguousarray(cp.AFF, dtype=float),
-        q,
-        m,
-        cp.nlevels[0],
+        term,
     )
+    return fn, data, (cp.nlevels[0], Q, cp.p + 1, len(cp.q))
 
 
 _KERNEL_DISABLED = False  # tests switch the kernel off to compare with numpy
