@@ -863,10 +863,15 @@ def group_codes(
         comps.append(rem % len(p.labels))
         rem = rem // len(p.labels)
     comps.reverse()
-    cols = [
-        pd.Series(np.asarray(p.labels, dtype=object)[c]) for p, c in zip(parts, comps, strict=True)
-    ]
-    labels = cols[0].str.cat(cols[1:], sep=":").tolist()
+    if len(uniq) <= 10_000:  # a join per level: pandas' fixed cost exceeds it here
+        names = [[p.labels[i] for i in c.tolist()] for p, c in zip(parts, comps, strict=True)]
+        labels = [":".join(t) for t in zip(*names, strict=True)]
+    else:
+        cols = [
+            pd.Series(np.asarray(p.labels, dtype=object)[c])
+            for p, c in zip(parts, comps, strict=True)
+        ]
+        labels = cols[0].str.cat(cols[1:], sep=":").tolist()
     return codes.astype(np.int64), labels, np.stack(comps, axis=1)
 
 
