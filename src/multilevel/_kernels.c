@@ -308,8 +308,8 @@ static void tri_solve(const double *L, double *X, int n, int r, int transpose) {
  * block, _gradient_scalar_terms) without numpy's per-call costs.
  *   d (n1)        Z_1^T Z_1 per level of the first term
  *   B (n1, m)     Z_1^T [X y]
- *   A1R (n1, Q)   Z_1^T Z_R
- *   ARR (Q, Q)    Z_R^T Z_R
+ *   Ap, Ai, Ax    Z_1^T Z_R in CSR (n1 rows, Q columns; int64 indices, sorted)
+ *   ARR (Q, Q)    Z_R^T Z_R, dense
  *   ARF (Q, m)    Z_R^T [X y]
  *   AFF (m, m)    [X y]^T [X y]
  *   term (Q)      the term (1 .. K-1) of each rest level
@@ -319,15 +319,18 @@ static void tri_solve(const double *L, double *X, int n, int r, int transpose) {
  * Gradient: d log|M_full| = 2 (n_k - tr_k M_full^{-1}) / theta_k, where
  * tr over the first term is sum 1/s_i + sum_i (l1^2/s_i^2) a_i' Lam M^{-1} Lam a_i
  * (a_i the row of A_1R); the log|R_X|^2 and r^2 terms from U = M_full^{-1} Lam Z^T [X y].
+ * Work per evaluation: O(sum_i nnz_i^2 + Q^3 + (n1 + Q^2) m).
  */
 static PyObject *scalar_terms(PyObject *self, PyObject *args) {
-    Py_buffer bd, bB, bA1R, bARR, bARF, bAFF, bterm, bth, bg;
+    Py_buffer bd, bB, bAp, bAi, bAx, bARR, bARF, bAFF, bterm, bth, bg;
     int n1, Q, m, K, reml, want_grad;
     double nobs;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*w*iiiidii", &bd, &bB, &bA1R, &bARR, &bARF, &bAFF,
-                          &bterm, &bth, &bg, &n1, &Q, &m, &K, &nobs, &reml, &want_grad))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*w*iiiidii", &bd, &bB, &bAp, &bAi, &bAx, &bARR,
+                          &bARF, &bAFF, &bterm, &bth, &bg, &n1, &Q, &m, &K, &nobs, &reml,
+                          &want_grad))
         return NULL;
-    const double *d = bd.buf, *B = bB.buf, *A1R = bA1R.buf, *ARR = bARR.buf, *ARF = bARF.buf;
+    const double *d = bd.buf, *B = bB.buf, *Ax = bAx.buf, *ARR = bARR.buf, *ARF = bARF.buf;
+    const int64_t *Ap = bAp.buf, *Ai = bAi.buf;
     const double *AFF = bAFF.buf, *theta = bth.buf;
     const int64_t *term = bterm.buf;
     double *grad = bg.buf;
@@ -337,19 +340,19 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
     size_t total = 3 * QQ + 4 * Qm + 2 * n1m + 4 * mm + 3 * (size_t)n1 + 6 * (size_t)Q + 3 * (size_t)m;
     double *work = calloc(total > 0 ? total : 1, sizeof(double));
     if (!work) {
-        PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
-        PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
-        PyBuffer_Release(&bterm); PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+        PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
+        PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bARR);
+        PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF); PyBuffer_Release(&bterm);
+        PyBuffer_Release(&bth); PyBuffer_Release(&bg);
         return PyErr_NoMemory();
     }
     double *M = work, *Minv = M + QQ, *AL = Minv + QQ;                 /* Q x Q each */
     double *G = AL + QQ, *UR = G + Qm, *abR = UR + Qm, *tmpQ = abR + Qm; /* Q x m each */
     double *U1 = tmpQ + Qm, *ab1 = U1 + n1m;                            /* n1 x m each */
     double *MFF = ab1 + n1m, *LXinv = MFF + mm, *P = LXinv + mm, *LX = P + mm;
-    double *s = LX + mm, *w = s + n1, *v1 = w + n1;
-    double *lamR = v1 + n1, *diagR = lamR + Q, *vR = diagR + Q, *avR = vR + Q, *aQ = avR + Q,
-           *zrR = aQ + Q;
-    double *z = zrR + Q;
+    double *s = LX + mm, *w = s + n1;
+    double *lamR = w + 2 * (size_t)n1, *diagR = lamR + Q, *avR = diagR + 2 * (size_t)Q;
+    double *z = avR + 3 * (size_t)Q;
     double l1 = theta[0];
     double logdet = 0.0;
     for (int i = 0; i < n1; i++) {
@@ -361,15 +364,13 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
     /* M and G */
     for (int a = 0; a < Q; a++)
         for (int b = 0; b <= a; b++) M[a * Q + b] = ARR[a * Q + b];
-    for (int a = 0; a < Q; a++)
-        for (int c = 0; c < m; c++) G[a * m + c] = ARF[a * m + c];
+    memcpy(G, ARF, sizeof(double) * Qm);
     for (int i = 0; i < n1; i++) {
-        const double *ai = A1R + (size_t)i * Q, *bi = B + (size_t)i * m;
-        double wi = w[i];
-        for (int a = 0; a < Q; a++) {
-            double x = wi * ai[a];
-            if (x == 0.0) continue;
-            for (int b = 0; b <= a; b++) M[a * Q + b] -= x * ai[b];
+        const double *bi = B + (size_t)i * m;
+        for (int64_t pa = Ap[i]; pa < Ap[i + 1]; pa++) {
+            int a = (int)Ai[pa];
+            double x = w[i] * Ax[pa];
+            for (int64_t pb = Ap[i]; pb <= pa; pb++) M[a * Q + Ai[pb]] -= x * Ax[pb];
             for (int c = 0; c < m; c++) G[a * m + c] -= x * bi[c];
         }
     }
@@ -432,13 +433,11 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
                 for (int b = 0; b < Q; b++) AL[a * Q + b] = lamR[a] * Minv[a * Q + b] * lamR[b];
             double tr1 = 0.0;
             for (int i = 0; i < n1; i++) {
-                const double *ai = A1R + (size_t)i * Q;
                 double q2 = 0.0;
-                for (int a = 0; a < Q; a++) {
-                    if (ai[a] == 0.0) continue;
+                for (int64_t pa = Ap[i]; pa < Ap[i + 1]; pa++) {
                     double x = 0.0;
-                    for (int b = 0; b < Q; b++) x += AL[a * Q + b] * ai[b];
-                    q2 += ai[a] * x;
+                    for (int64_t pb = Ap[i]; pb < Ap[i + 1]; pb++) x += AL[Ai[pa] * Q + Ai[pb]] * Ax[pb];
+                    q2 += Ax[pa] * x;
                 }
                 tr1 += 1.0 / s[i] + l1 * l1 / (s[i] * s[i]) * q2;
             }
@@ -446,30 +445,29 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
             for (int a = 0; a < Q; a++)
                 for (int c = 0; c < m; c++) tmpQ[a * m + c] = lamR[a] * UR[a * m + c];
             for (int i = 0; i < n1; i++) {
-                const double *ai = A1R + (size_t)i * Q;
                 for (int c = 0; c < m; c++) {
                     double x = B[(size_t)i * m + c];
-                    for (int a = 0; a < Q; a++) x -= ai[a] * tmpQ[a * m + c];
+                    for (int64_t pa = Ap[i]; pa < Ap[i + 1]; pa++) x -= Ax[pa] * tmpQ[Ai[pa] * m + c];
                     U1[(size_t)i * m + c] = l1 * x / s[i];
                 }
             }
-            /* a_lam on every column of U: (d l1 v1 + A1R lam vR, A_R1 l1 v1 + ARR lam vR) */
-            for (int c = 0; c < m; c++) {
-                for (int a = 0; a < Q; a++) {
+            /* A Lam U for every column: (d l1 U1 + A1R lam UR, A_R1 l1 U1 + ARR lam UR) */
+            for (int a = 0; a < Q; a++)
+                for (int c = 0; c < m; c++) {
                     double x = 0.0;
-                    for (int b = 0; b < Q; b++) x += ARR[a * Q + b] * lamR[b] * UR[b * m + c];
-                    avR[a] = x;
+                    for (int b = 0; b < Q; b++) x += ARR[a * Q + b] * tmpQ[b * m + c];
+                    abR[a * m + c] = x;
                 }
-                for (int i = 0; i < n1; i++) {
-                    const double *ai = A1R + (size_t)i * Q;
-                    double x = d[i] * l1 * U1[(size_t)i * m + c];
-                    for (int a = 0; a < Q; a++) x += ai[a] * lamR[a] * UR[a * m + c];
-                    ab1[(size_t)i * m + c] = x;
+            for (int i = 0; i < n1; i++) {
+                for (int c = 0; c < m; c++) {
                     double lv = l1 * U1[(size_t)i * m + c];
-                    if (lv != 0.0)
-                        for (int a = 0; a < Q; a++) avR[a] += ai[a] * lv;
+                    double x = d[i] * lv;
+                    for (int64_t pa = Ap[i]; pa < Ap[i + 1]; pa++) {
+                        x += Ax[pa] * tmpQ[Ai[pa] * m + c];
+                        abR[Ai[pa] * m + c] += Ax[pa] * lv;
+                    }
+                    ab1[(size_t)i * m + c] = x;
                 }
-                for (int a = 0; a < Q; a++) abR[a * m + c] = avR[a];
             }
             /* u = U z, Z^T r = Z^T [X y] z - A Lam u (the columns' combination) */
             double dr2_0 = 0.0, e_0 = 0.0;
@@ -521,9 +519,10 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
         }
     }
     free(work);
-    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
-    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
-    PyBuffer_Release(&bterm); PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
+    PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bARR);
+    PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF); PyBuffer_Release(&bterm);
+    PyBuffer_Release(&bth); PyBuffer_Release(&bg);
     return PyFloat_FromDouble(value);
 }
 
@@ -616,7 +615,7 @@ static PyMethodDef methods[] = {
     {"one_term", one_term, METH_VARARGS,
      "one_term(D, B, AFF, theta, grad_out, q, m, nlev, nobs, reml, want_grad) -> criterion"},
     {"scalar_terms", scalar_terms, METH_VARARGS,
-     "scalar_terms(d, B, A1R, ARR, ARF, AFF, term, theta, grad_out, n1, Q, m, K, nobs, reml, "
+     "scalar_terms(d, B, Ap, Ai, Ax, ARR, ARF, AFF, term, theta, grad_out, n1, Q, m, K, nobs, reml, "
      "want_grad) -> criterion (several scalar terms, small dense rest block)"},
     {"level_crossprod", level_crossprod, METH_VARARGS,
      "level_crossprod(codes, A, B, out, a, b): out[l] += a_i b_i^T over the rows of level l"},

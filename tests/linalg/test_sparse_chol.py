@@ -26,10 +26,9 @@ def _spd(n: int, density: float, seed: int, blocks: list[int] | None = None) -> 
     return (A @ A.T + 2.0 * sp.identity(A.shape[0])).tocsc()
 
 
-def _values(ch: SparseCholesky, M: np.ndarray) -> np.ndarray:
-    P = ch.pattern
-    col = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
-    return M[P.indices, col], P.indices, col
+def _build(M: sp.spmatrix) -> tuple[SparseCholesky, np.ndarray, np.ndarray, np.ndarray]:
+    ch, rows, cols = SparseCholesky.of_pattern(M)
+    return ch, M.toarray()[rows, cols], rows, cols
 
 
 @given(
@@ -40,9 +39,8 @@ def _values(ch: SparseCholesky, M: np.ndarray) -> np.ndarray:
 @settings(max_examples=40, deadline=None)
 def test_factor_solve_and_selected_inverse_equal_dense(n, density, seed):
     M = _spd(n, density, seed)
-    ch = SparseCholesky(M)
+    ch, data, rows, cols = _build(M)
     Md = M.toarray()
-    data, rows, cols = _values(ch, Md)
     assert ch.factor(data)
     Minv = np.linalg.inv(Md)
     scale = np.abs(Minv).max()
@@ -60,9 +58,8 @@ def test_a_nested_pattern_keeps_the_factor_sparse():
     """Clusters joined through a few shared levels: the ordering eliminates
     the clusters first, so the factor holds little more than the matrix."""
     M = _spd(0, 0.0, 3, blocks=[6, 8, 5, 7] * 25)
-    ch = SparseCholesky(M)
+    ch, data, rows, cols = _build(M)
     assert ch.nnz <= 1.5 * (M.nnz + M.shape[0]) / 2
-    data, rows, cols = _values(ch, M.toarray())
     assert ch.factor(data)
     np.testing.assert_allclose(
         ch.selected_inverse()[ch.positions(rows, cols)], np.linalg.inv(M.toarray())[rows, cols],
@@ -72,12 +69,12 @@ def test_a_nested_pattern_keeps_the_factor_sparse():
 
 def test_an_indefinite_matrix_is_reported():
     M = sp.csc_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
-    ch = SparseCholesky(M)
-    assert not ch.factor(_values(ch, M.toarray())[0])
+    ch, data, _, _ = _build(M)
+    assert not ch.factor(data)
 
 
 def test_entries_off_the_pattern_are_refused():
     M = sp.csc_matrix(np.diag([1.0, 2.0, 3.0]))
-    ch = SparseCholesky(M)
+    ch, _, _, _ = _build(M)
     with pytest.raises(ValueError):
         ch.positions(np.array([0]), np.array([2]))

@@ -45,33 +45,30 @@ def fill_reducing_order(pattern: sp.spmatrix) -> np.ndarray:
 
 
 class SparseCholesky:
-    """LLᵀ of PMPᵀ for matrices with the pattern given at construction.
+    """LLᵀ of PMPᵀ for matrices with a fixed pattern.
 
-    ``factor(data)`` takes M's values aligned with ``self.pattern`` (CSC,
-    full symmetric pattern, sorted indices) and returns whether M was
-    positive definite."""
+    Built from M's lower-triangle entries (``rows`` ≥ ``cols``, the diagonal
+    included, each once): ``factor(vals)`` takes the values in that order and
+    returns whether M was positive definite."""
 
-    def __init__(self, pattern: sp.spmatrix, order: np.ndarray | None = None):
-        full = sp.csc_matrix(pattern, dtype=float)
-        full = (abs(full) + abs(full).T + sp.identity(full.shape[0], format="csc")).tocsc()
-        full.sort_indices()
-        self.n = n = full.shape[0]
-        self.pattern = full
-        self.order = fill_reducing_order(full) if order is None else np.asarray(order)
+    def __init__(self, n: int, rows: np.ndarray, cols: np.ndarray, order: np.ndarray | None = None):
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        self.n = n
+        if order is None:
+            pattern = sp.csc_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+            order = fill_reducing_order(pattern)
+        self.order = np.asarray(order, dtype=np.int64)
         inv = np.empty(n, dtype=np.int64)
         inv[self.order] = np.arange(n)
         self.inv = inv  # new index of each old one
-        # the upper triangle of PMPᵀ in CSC, and where each of its entries
-        # sits in ``pattern``'s data
-        col = np.repeat(np.arange(n), np.diff(full.indptr))
-        r_new, c_new = inv[full.indices], inv[col]
-        upper = r_new <= c_new
-        src = np.flatnonzero(upper)
-        key = c_new[upper] * n + r_new[upper]
-        order_u = np.argsort(key, kind="stable")
-        self._src = src[order_u]
-        self.Ai = np.ascontiguousarray(r_new[upper][order_u], dtype=np.int64)
-        counts = np.bincount(c_new[upper], minlength=n)
+        # the upper triangle of PMPᵀ in CSC: entry (r, c) of M goes to
+        # (min, max) of its new indices; _src says where each value comes from
+        r_new, c_new = inv[rows], inv[cols]
+        top, col = np.minimum(r_new, c_new), np.maximum(r_new, c_new)
+        self._src = np.lexsort((top, col))
+        self.Ai = np.ascontiguousarray(top[self._src])
+        counts = np.bincount(col, minlength=n)
         self.Ap = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=self.Ap[1:])
         lp, li = kernel("_sparse_chol", "symbolic")(self.Ap, self.Ai, n)
@@ -80,13 +77,30 @@ class SparseCholesky:
         self.Lx = np.zeros(self.Li.size)
         self._keys = None
 
+    @classmethod
+    def of_pattern(cls, pattern: sp.spmatrix) -> tuple[SparseCholesky, np.ndarray, np.ndarray]:
+        """For a symmetric pattern: the factorization object and the (rows,
+        cols) of the lower-triangle entries whose values ``factor`` takes."""
+        P = sp.coo_matrix(abs(sp.csc_matrix(pattern, dtype=float)))
+        P = (P + P.T + sp.identity(P.shape[0])).tocoo()
+        low = P.row >= P.col
+        rows, cols = P.row[low].astype(np.int64), P.col[low].astype(np.int64)
+        return cls(P.shape[0], rows, cols), rows, cols
+
     @property
     def nnz(self) -> int:
         """Entries of L (diagonal included)."""
         return int(self.Li.size)
 
-    def factor(self, data: np.ndarray) -> bool:
-        Ax = np.ascontiguousarray(np.asarray(data, dtype=float)[self._src])
+    @property
+    def flops(self) -> float:
+        """Multiplications of one factorization, Σ_j c_j² over L's column counts
+        (the selected inverse costs about as much)."""
+        c = np.diff(self.Lp).astype(np.float64)
+        return float((c * c).sum())
+
+    def factor(self, vals: np.ndarray) -> bool:
+        Ax = np.ascontiguousarray(np.asarray(vals, dtype=float)[self._src])
         return bool(
             kernel("_sparse_chol", "numeric")(self.Ap, self.Ai, Ax, self.Lp, self.Li, self.Lx)
         )
@@ -95,11 +109,12 @@ class SparseCholesky:
         """log|M| from the last factorization."""
         return float(2.0 * np.log(self.Lx[self.Lp[:-1]]).sum())
 
-    def solve(self, B: np.ndarray) -> np.ndarray:
-        """M⁻¹B for B with n rows (one or more columns)."""
+    def solve(self, B: np.ndarray, Lx: np.ndarray | None = None) -> np.ndarray:
+        """M⁻¹B for B with n rows (one or more columns); ``Lx`` a kept
+        factor's values (default the last factorization's)."""
         B = np.asarray(B, dtype=float)
         X = np.ascontiguousarray(B[self.order].reshape(self.n, -1))
-        kernel("_sparse_chol", "solve")(self.Lp, self.Li, self.Lx, X)
+        kernel("_sparse_chol", "solve")(self.Lp, self.Li, self.Lx if Lx is None else Lx, X)
         return X[self.inv].reshape(B.shape)
 
     def positions(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -116,10 +131,10 @@ class SparseCholesky:
             raise ValueError("an entry outside the pattern of the factor")
         return pos
 
-    def selected_inverse(self) -> np.ndarray:
+    def selected_inverse(self, Lx: np.ndarray | None = None) -> np.ndarray:
         """M⁻¹ on the factor's pattern (index with :meth:`positions`)."""
         Z = np.empty_like(self.Lx)
-        kernel("_sparse_chol", "selinv")(self.Lp, self.Li, self.Lx, Z)
+        kernel("_sparse_chol", "selinv")(self.Lp, self.Li, self.Lx if Lx is None else Lx, Z)
         return Z
 
     def diagonal_of_inverse(self, Z: np.ndarray) -> np.ndarray:

@@ -575,25 +575,32 @@ def _one_term_kernel(cp: CrossProducts):
     return fn, data, (q, m, cp.nlevels[0])
 
 
-SCALAR_KERNEL_WORK = 4_000_000  # flops per evaluation up to which the compiled loops win
+SCALAR_KERNEL_WORK = 2_000_000  # multiplications per evaluation up to which compiled loops win
 
 
 def _scalar_terms_kernel(cp: CrossProducts):
     """The compiled criterion for several scalar terms with a small rest
-    block (``_kernels.scalar_terms``: dense loops, about nnz(A_1R)·Q + Q³
-    flops per evaluation, where numpy's per-call costs dominate), or None."""
+    block (``_kernels.scalar_terms``: Σᵢ nnzᵢ² + 4Q³/3 + (n₁ + Q²)m
+    multiplications per evaluation in plain loops, where numpy's per-call
+    costs dominate), or None."""
     fn = kernel("_kernels", "scalar_terms")
     if fn is None or _KERNEL_DISABLED or any(q != 1 for q in cp.q):
         return None
-    Q = cp.ARR.shape[0]
-    if cp.A1R.nnz * Q + Q**3 > SCALAR_KERNEL_WORK:
+    Q, m = cp.ARR.shape[0], cp.p + 1
+    A = cp.A1R.tocsr()
+    A.sort_indices()
+    nnz = np.diff(A.indptr).astype(np.float64)
+    work = float((nnz * nnz).sum()) + 4.0 * Q**3 / 3.0 + (A.shape[0] + Q * Q) * m * (m + 2)
+    if work > SCALAR_KERNEL_WORK:
         return None
     offs = np.asarray(cp.rest_offsets)
     term = np.searchsorted(offs, np.arange(Q), side="right").astype(np.int64)
     data = (
         np.ascontiguousarray(cp.D1[:, 0, 0], dtype=float),
         np.ascontiguousarray(cp.B1F[:, 0, :], dtype=float),
-        np.ascontiguousarray(cp.A1R.toarray()),
+        A.indptr.astype(np.int64),
+        A.indices.astype(np.int64),
+        np.ascontiguousarray(A.data, dtype=float),
         np.ascontiguousarray(cp.ARR.toarray()),
         np.ascontiguousarray(cp.ARF, dtype=float),
         np.ascontiguousarray(cp.AFF, dtype=float),

@@ -37,6 +37,7 @@ from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dtrtri, dtrtrs
 
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import CrossProducts
+from multilevel.lmm.sparse_rest import SparseRest
 from multilevel.lmm.staged import StagedElimination, zero_lower
 from multilevel.threads import threads_for_order
 
@@ -45,6 +46,7 @@ SPARSE_DENSITY = 0.05  # above this fill the dense factorization wins
 SPARSE_LINKS = 16  # mean links per level in a large block above which the factor fills in
 SMALL_DENSE = 250_000  # entries: sparse first × rest maps held dense below this
 STAGED_MIN = 1000  # dense rest blocks from this order try eliminating independent sets first
+SPARSE_MIN = 200  # rest blocks from this order try a sparse Cholesky factorization
 DENSE_KEYS = 16_000_000  # rest orders² up to which pair positions are found by a table
 
 
@@ -199,7 +201,7 @@ class RestBlock:
                 if self._syrk_pays():
                     self._syrk_A = self.A1R.toarray()
                 self._init_scatter()
-                if self._syrk_A is None and self.Q >= STAGED_MIN:
+                if self._syrk_A is None and self.Q >= SPARSE_MIN:
                     self._init_staged()
                 self.inverse_by_product = self._product_pays()
             if self.staged is None:
@@ -239,13 +241,17 @@ class RestBlock:
         return dsyrk(1.0, B, trans=1, lower=1)
 
     def _init_staged(self) -> None:
-        """Independent sets of M_RR's nodes eliminated before the dense
-        factorization (:mod:`multilevel.lmm.staged`), when they are large."""
+        """A sparse Cholesky factorization where its factor stays sparse
+        (:mod:`multilevel.lmm.sparse_rest`), else independent sets of M_RR's
+        nodes eliminated before the dense factorization
+        (:mod:`multilevel.lmm.staged`), when they are large."""
         Q = self.Q
         r, c = self._m_r, self._m_c
         keys = r * Q + c  # row-major lower-triangle keys of the same entries
         order = np.argsort(keys, kind="stable")
-        plan = StagedElimination.plan(Q, keys[order])
+        plan = SparseRest.plan(Q, keys[order])
+        if plan is None and Q >= STAGED_MIN:
+            plan = StagedElimination.plan(Q, keys[order])
         if plan is None:
             return
         self.staged = plan
