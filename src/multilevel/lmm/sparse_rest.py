@@ -28,6 +28,7 @@ from multilevel.linalg.sparse_chol import SparseCholesky, available
 SPARSE_NS = 2.5
 DENSE_NS = 0.1
 PAYS = 0.5  # the sparse route is taken when it costs less than this share
+MAX_LINKS = 16.0  # mean links per level above which the factor is taken to fill in
 
 
 class SparseRest:
@@ -46,7 +47,14 @@ class SparseRest:
         r ≥ c, the diagonal included), else None."""
         if not available() or Q < 2:
             return None
-        chol = SparseCholesky(Q, keys // Q, keys % Q)
+        r, c = keys // Q, keys % Q
+        # a random crossing links each level to dozens of others and its factor
+        # fills in under any ordering; finding that out would cost an ordering
+        # by a sparse LU (3.8 s on 5,000 x 5,000 random levels), so such
+        # patterns are left to the dense factorization at once
+        if 2.0 * float(np.count_nonzero(r != c)) / Q > MAX_LINKS:
+            return None
+        chol = SparseCholesky(Q, r, c)
         sparse = 2.0 * chol.flops * SPARSE_NS  # factorization and selected inverse
         dense = (Q**3 / 3.0) * 2.1 * DENSE_NS  # potrf and trtri/potri
         if sparse > PAYS * dense:
