@@ -56,6 +56,44 @@ static void tri_inv(const double *l, double *out, int n) {
     }
 }
 
+/* The profiled criterion from the factored [X y] block L_FF (m x m, lower,
+ * row-major): r^2 = L_FF[p,p]^2, log|R_X|^2 from its first p pivots. */
+static double profiled_value(const double *LFF, int m, double logdet, double nobs, int reml,
+                             double *r2_out) {
+    int p = m - 1;
+    double r2 = LFF[p * m + p] * LFF[p * m + p];
+    double logdetX = 0.0;
+    for (int a = 0; a < p; a++) logdetX += 2.0 * log(LFF[a * m + a]);
+    const double log2pi = 1.8378770664093453;
+    *r2_out = r2;
+    if (reml) {
+        double dof = nobs - p;
+        return logdet + logdetX + dof * (1.0 + log2pi + log(r2 / dof));
+    }
+    return logdet + nobs * (1.0 + log2pi + log(r2 / nobs));
+}
+
+/* From L_FF: z = (-beta, 1) with L_XX^T beta = L_FF[p, :p], and
+ * P = (L_XX L_XX^T)^{-1}; LX and LXinv (p x p) are work space. */
+static void beta_and_P(const double *LFF, int m, double *LX, double *LXinv, double *z, double *P) {
+    int p = m - 1;
+    for (int a = 0; a < p; a++)
+        for (int b = 0; b < p; b++) LX[a * p + b] = LFF[a * m + b];
+    tri_inv(LX, LXinv, p);
+    for (int a = 0; a < p; a++) {
+        double x = 0.0;
+        for (int k = a; k < p; k++) x += LXinv[k * p + a] * LFF[p * m + k];
+        z[a] = -x;
+    }
+    z[p] = 1.0;
+    for (int a = 0; a < p; a++)
+        for (int b = 0; b < p; b++) {
+            double x = 0.0;
+            for (int k = (a > b ? a : b); k < p; k++) x += LXinv[k * p + a] * LXinv[k * p + b];
+            P[a * p + b] = x;
+        }
+}
+
 /* S = T^T D T + I, factor it; returns 0 if not PD. Also W = L^{-1} T^T. */
 static int level_factor(const double *D, const double *T, int q, double *S,
                         double *DT, double *W, double *Linv, double *logdet) {
@@ -147,36 +185,12 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     }
     if (ok) ok = chol(M, m);
     if (ok) {
-        double r2 = M[p * m + p] * M[p * m + p];
-        double logdetX = 0.0;
-        for (int a = 0; a < p; a++) logdetX += 2.0 * log(M[a * m + a]);
-        const double log2pi = 1.8378770664093453;
-        if (reml) {
-            double dof = nobs - p;
-            value = logdet + logdetX + dof * (1.0 + log2pi + log(r2 / dof));
-        } else {
-            value = logdet + nobs * (1.0 + log2pi + log(r2 / nobs));
-        }
+        double r2;
+        value = profiled_value(M, m, logdet, nobs, reml, &r2);
         if (want_grad && r2 > 0) {
-            /* beta from L_XX^T beta = l, l = M[p, :p]; P = (L_XX L_XX^T)^{-1} */
             double *LX = malloc(sizeof(double) * (size_t)p * p + sizeof(double) * m);
             double *z = LX + (size_t)p * p;
-            for (int a = 0; a < p; a++)
-                for (int b = 0; b < p; b++) LX[a * p + b] = M[a * m + b];
-            tri_inv(LX, LXinv, p);
-            for (int a = 0; a < p; a++) {
-                double s = 0.0;
-                for (int kk = a; kk < p; kk++) s += LXinv[kk * p + a] * M[p * m + kk];
-                z[a] = -s;
-            }
-            z[p] = 1.0;
-            for (int a = 0; a < p; a++)
-                for (int b = 0; b < p; b++) {
-                    double s = 0.0;
-                    for (int kk = (a > b ? a : b); kk < p; kk++)
-                        s += LXinv[kk * p + a] * LXinv[kk * p + b];
-                    P[a * p + b] = s;
-                }
+            beta_and_P(M, m, LX, LXinv, z, P);
             memset(A1, 0, sizeof(double) * 3 * qq);
             for (int lev = 0; lev < nlev; lev++) {
                 const double *Di = D + lev * qq, *Bi = B + (size_t)lev * q * m;
@@ -396,32 +410,10 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
         ok = chol(MFF, m);
     }
     if (ok) {
-        double r2 = MFF[p * m + p] * MFF[p * m + p];
-        double logdetX = 0.0;
-        for (int a = 0; a < p; a++) logdetX += 2.0 * log(MFF[a * m + a]);
-        const double log2pi = 1.8378770664093453;
-        if (reml) {
-            double dof = nobs - p;
-            value = logdet + logdetX + dof * (1.0 + log2pi + log(r2 / dof));
-        } else {
-            value = logdet + nobs * (1.0 + log2pi + log(r2 / nobs));
-        }
+        double r2;
+        value = profiled_value(MFF, m, logdet, nobs, reml, &r2);
         if (want_grad && r2 > 0) {
-            for (int a = 0; a < p; a++)
-                for (int b = 0; b < p; b++) LX[a * p + b] = MFF[a * m + b];
-            tri_inv(LX, LXinv, p);
-            for (int a = 0; a < p; a++) {
-                double x = 0.0;
-                for (int k = a; k < p; k++) x += LXinv[k * p + a] * MFF[p * m + k];
-                z[a] = -x; /* -beta */
-            }
-            z[p] = 1.0;
-            for (int a = 0; a < p; a++)
-                for (int b = 0; b < p; b++) {
-                    double x = 0.0;
-                    for (int k = (a > b ? a : b); k < p; k++) x += LXinv[k * p + a] * LXinv[k * p + b];
-                    P[a * p + b] = x;
-                }
+            beta_and_P(MFF, m, LX, LXinv, z, P);
             /* M^{-1}: solve against the identity */
             memset(Minv, 0, sizeof(double) * QQ);
             for (int a = 0; a < Q; a++) Minv[a * Q + a] = 1.0;

@@ -39,6 +39,20 @@ static int get(PyObject *o, Py_buffer *b, int writable) {
     return PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0));
 }
 
+/* The buffers of n arrays, the last one writable; 0 (all released) on failure. */
+static int get_all(PyObject **objs, int n, Py_buffer *b) {
+    for (int got = 0; got < n; got++)
+        if (get(objs[got], &b[got], got == n - 1) < 0) {
+            for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+            return 0;
+        }
+    return 1;
+}
+
+static void release_all(Py_buffer *b, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&b[i]);
+}
+
 static PyObject *symbolic(PyObject *self, PyObject *args) {
     PyObject *oAp, *oAi;
     Py_ssize_t n;
@@ -128,17 +142,11 @@ done:
 }
 
 static PyObject *numeric(PyObject *self, PyObject *args) {
-    PyObject *oAp, *oAi, *oAx, *oLp, *oLi, *oLx;
-    if (!PyArg_ParseTuple(args, "OOOOOO", &oAp, &oAi, &oAx, &oLp, &oLi, &oLx)) return NULL;
-    Py_buffer b[6];
-    PyObject *objs[6] = {oAp, oAi, oAx, oLp, oLi, oLx};
-    int got = 0;
-    for (; got < 6; got++)
-        if (get(objs[got], &b[got], got == 5) < 0) break;
-    if (got < 6) {
-        for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    PyObject *objs[6];
+    if (!PyArg_ParseTuple(args, "OOOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5]))
         return NULL;
-    }
+    Py_buffer b[6];
+    if (!get_all(objs, 6, b)) return NULL;
     const idx *Ap = b[0].buf, *Ai = b[1].buf, *Lp = b[3].buf, *Li = b[4].buf;
     const double *Ax = b[2].buf;
     double *Lx = b[5].buf;
@@ -150,7 +158,7 @@ static PyObject *numeric(PyObject *self, PyObject *args) {
     idx *rowpat = malloc(sizeof(idx) * (n > 0 ? n : 1));
     if (!x || !fill || !mark || !rowpat) {
         free(x); free(fill); free(mark); free(rowpat);
-        for (int i = 0; i < 6; i++) PyBuffer_Release(&b[i]);
+        release_all(b, 6);
         return PyErr_NoMemory();
     }
     for (idx k = 0; k < n; k++) {
@@ -202,22 +210,15 @@ static PyObject *numeric(PyObject *self, PyObject *args) {
         Lx[Lp[k]] = sqrt(d);
     }
     free(x); free(fill); free(mark); free(rowpat);
-    for (int i = 0; i < 6; i++) PyBuffer_Release(&b[i]);
+    release_all(b, 6);
     return PyBool_FromLong(ok);
 }
 
 static PyObject *selinv(PyObject *self, PyObject *args) {
-    PyObject *oLp, *oLi, *oLx, *oZx;
-    if (!PyArg_ParseTuple(args, "OOOO", &oLp, &oLi, &oLx, &oZx)) return NULL;
+    PyObject *objs[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objs[0], &objs[1], &objs[2], &objs[3])) return NULL;
     Py_buffer b[4];
-    PyObject *objs[4] = {oLp, oLi, oLx, oZx};
-    int got = 0;
-    for (; got < 4; got++)
-        if (get(objs[got], &b[got], got == 3) < 0) break;
-    if (got < 4) {
-        for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
-        return NULL;
-    }
+    if (!get_all(objs, 4, b)) return NULL;
     const idx *Lp = b[0].buf, *Li = b[1].buf;
     const double *Lx = b[2].buf;
     double *Zx = b[3].buf;
@@ -226,7 +227,7 @@ static PyObject *selinv(PyObject *self, PyObject *args) {
     double *acc = calloc(n > 0 ? n : 1, sizeof(double));
     if (!pos || !acc) {
         free(pos); free(acc);
-        for (int i = 0; i < 4; i++) PyBuffer_Release(&b[i]);
+        release_all(b, 4);
         return PyErr_NoMemory();
     }
     for (idx i = 0; i < n; i++) pos[i] = -1;
@@ -258,22 +259,15 @@ static PyObject *selinv(PyObject *self, PyObject *args) {
         Zx[p0] = 1.0 / (ljj * ljj) - s / ljj;
     }
     free(pos); free(acc);
-    for (int i = 0; i < 4; i++) PyBuffer_Release(&b[i]);
+    release_all(b, 4);
     Py_RETURN_NONE;
 }
 
 static PyObject *solve(PyObject *self, PyObject *args) {
-    PyObject *oLp, *oLi, *oLx, *oB;
-    if (!PyArg_ParseTuple(args, "OOOO", &oLp, &oLi, &oLx, &oB)) return NULL;
+    PyObject *objs[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objs[0], &objs[1], &objs[2], &objs[3])) return NULL;
     Py_buffer b[4];
-    PyObject *objs[4] = {oLp, oLi, oLx, oB};
-    int got = 0;
-    for (; got < 4; got++)
-        if (get(objs[got], &b[got], got == 3) < 0) break;
-    if (got < 4) {
-        for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
-        return NULL;
-    }
+    if (!get_all(objs, 4, b)) return NULL;
     const idx *Lp = b[0].buf, *Li = b[1].buf;
     const double *Lx = b[2].buf;
     double *B = b[3].buf;
@@ -300,7 +294,7 @@ static PyObject *solve(PyObject *self, PyObject *args) {
         double l = Lx[Lp[j]];
         for (idx c = 0; c < r; c++) bj[c] /= l;
     }
-    for (int i = 0; i < 4; i++) PyBuffer_Release(&b[i]);
+    release_all(b, 4);
     Py_RETURN_NONE;
 }
 

@@ -38,7 +38,7 @@ from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dtrtri, dtrtrs
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import CrossProducts
 from multilevel.lmm.sparse_rest import SparseRest
-from multilevel.lmm.staged import StagedElimination, zero_lower
+from multilevel.lmm.staged import StagedElimination, invert_factor, zero_lower
 from multilevel.threads import threads_for_order
 
 DENSE_MAX = 1500  # below this size a dense factorization is always cheapest
@@ -546,28 +546,17 @@ class RestFactor:
         squares of W, and ‖W B‖²_F = tr(Bᵀ M_RR⁻¹ B).  Half the work of the
         full inverse (one triangular inversion, no product WᵀW).  A factor in
         the work buffer is inverted in place and can no longer solve."""
-        L = self.L
-        if not self._work:
-            L = L.copy(order="F")
+        L = self.L if self._work else self.L.copy(order="F")
         zero_upper(L)
-        with threads_for_order(L.shape[0]):
-            W, info = dtrtri(L, lower=1, overwrite_c=1)
-        if info != 0:  # pragma: no cover - L came from a successful potrf
-            raise np.linalg.LinAlgError("trtri failed")
-        if self._work:
-            self.L = None
+        W = invert_factor(L, True, dtrtri)
+        self.L = None if self._work else self.L
         return W
 
     def full_inverse(self) -> np.ndarray:
         """M_RR⁻¹ (dense factor only), its lower triangle valid (Fortran order).
         A factor in the work buffer is inverted in place and can no longer solve."""
-        L = self.L if self._work else self.L.copy(order="F")
-        with threads_for_order(L.shape[0]):
-            Z, info = dpotri(L, lower=1, overwrite_c=1)
-        if info != 0:  # pragma: no cover - L came from a successful potrf
-            raise np.linalg.LinAlgError("potri failed")
-        if self._work:
-            self.L = None
+        Z = invert_factor(self.L, self._work, dpotri)
+        self.L = None if self._work else self.L
         return Z
 
     def solve(self, B: np.ndarray) -> np.ndarray:

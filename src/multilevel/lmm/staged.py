@@ -72,6 +72,20 @@ def zero_lower(A: np.ndarray, block: int = 256) -> None:
         A[lo:, lo : min(n, lo + block)] = 0.0
 
 
+def invert_factor(L: np.ndarray, work: bool, routine) -> np.ndarray:
+    """``routine`` (LAPACK's ``dtrtri``: L⁻¹, or ``dpotri``: (LLᵀ)⁻¹'s lower
+    triangle) of a lower Cholesky factor in Fortran order, with the BLAS
+    threads its order warrants.  In place when ``work`` (a work buffer: the
+    factor is gone afterwards), else on a copy."""
+    if not work:
+        L = L.copy(order="F")
+    with threads_for_order(L.shape[0]):
+        X, info = routine(L, lower=1, overwrite_c=1)
+    if info != 0:  # pragma: no cover - L came from a successful potrf
+        raise np.linalg.LinAlgError("the inversion of a Cholesky factor failed")
+    return X
+
+
 def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(x, return_inverse=True) by one sort (numpy's hashing unique
     and a search of millions of keys cost several times more)."""
@@ -284,11 +298,7 @@ class StagedFactor:
     def selected_inverse(self) -> np.ndarray:
         """M⁻¹ at the pattern's keys (lower triangle and diagonal).  The dense
         factor is inverted in place when it is the work buffer."""
-        L = self.L if self._work else self.L.copy(order="F")
-        with threads_for_order(L.shape[0]):
-            Sinv, info = dpotri(L, lower=1, overwrite_c=1)
-        if info != 0:  # pragma: no cover - L came from a successful potrf
-            raise np.linalg.LinAlgError("potri failed")
+        Sinv = invert_factor(self.L, self._work, dpotri)
         if self._work:
             self.L = None
         z = Sinv.reshape(-1, order="F")[self.plan.dense_pos]
