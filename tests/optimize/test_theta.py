@@ -132,7 +132,7 @@ def test_compiled_bfgs_loop_takes_the_python_loops_steps(case, monkeypatch):
     from multilevel.compiled import kernel
 
     if kernel("_optim", "bfgs_loop") is None:
-        pytest.skip("the compiled loop was not built")
+        pytest.skip("the compiled kernel of the loop was not built")
 
     def run(disabled):
         monkeypatch.setattr(th, "LOOP_DISABLED", disabled)
