@@ -139,7 +139,9 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
         # σ² from its own equation
         free = dof - S[0, K]
         s2e = (rss - rhs[0]) / free if free > 0 and rss > rhs[0] else rss / dof
-        v = np.append((rhs[:K] - s2e * S[:K, K]) / np.diag(S)[:K], s2e)
+        own = np.diag(S)[:K]  # positive for a term with two levels carrying rows
+        var = (rhs[:K] - s2e * S[:K, K]) / np.where(own > 0, own, np.inf)
+        v = np.append(var, s2e)
     return np.sqrt(np.maximum(v[:K] / v[K], FLOOR))
 
 
