@@ -136,7 +136,3 @@ class SparseCholesky:
         Z = np.empty_like(self.Lx)
         kernel("_sparse_chol", "selinv")(self.Lp, self.Li, self.Lx if Lx is None else Lx, Z)
         return Z
-
-    def diagonal_of_inverse(self, Z: np.ndarray) -> np.ndarray:
-        """diag(M⁻¹) in M's order, from :meth:`selected_inverse`."""
-        return Z[self.Lp[:-1]][self.inv]

@@ -35,7 +35,6 @@ class SparseRest:
     """A fixed pattern's sparse factorization plan (see the module)."""
 
     def __init__(self, Q: int, keys: np.ndarray, chol: SparseCholesky):
-        self.Q = Q
         self.keys = keys
         self.chol = chol
         r, c = keys // Q, keys % Q
