@@ -518,6 +518,128 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(value);
 }
 
+/* The first term's blocks at theta, kept for the estimates after the optimum
+ * (the value pass of one_term, with its per-level results written out):
+ * L_i (chol of S_i = T^T D_i T + I), W_i = L_i^{-1} T^T and C_i = W_i B_i,
+ * level-first, into L (nlev, q, q), W (nlev, q, q), C (nlev, q, m).
+ * Returns sum_i log|S_i|, or None where some S_i is not positive definite. */
+static PyObject *level_factors(PyObject *self, PyObject *args) {
+    Py_buffer bD, bB, bth, bL, bW, bC;
+    int q, m, nlev;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*iii", &bD, &bB, &bth, &bL, &bW, &bC, &q, &m, &nlev))
+        return NULL;
+    const double *D = bD.buf, *B = bB.buf, *theta = bth.buf;
+    double *Lo = bL.buf, *Wo = bW.buf, *Co = bC.buf;
+    size_t qq = (size_t)q * q;
+    double *work = malloc(sizeof(double) * (4 * qq + 1));
+    if (!work) {
+        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bth);
+        PyBuffer_Release(&bL); PyBuffer_Release(&bW); PyBuffer_Release(&bC);
+        return PyErr_NoMemory();
+    }
+    double *T = work, *DT = T + qq, *Linv = DT + qq, *S;
+    memset(T, 0, sizeof(double) * qq);
+    int k = 0;
+    for (int j = 0; j < q; j++)
+        for (int i = j; i < q; i++) T[i * q + j] = theta[k++];
+    double logdet = 0.0;
+    int ok = 1;
+    for (int lev = 0; lev < nlev; lev++) {
+        S = Lo + qq * (size_t)lev;
+        double *W = Wo + qq * (size_t)lev, *C = Co + (size_t)q * m * lev;
+        const double *Bi = B + (size_t)q * m * lev;
+        if (!level_factor(D + qq * (size_t)lev, T, q, S, DT, W, Linv, &logdet)) { ok = 0; break; }
+        for (int a = 0; a < q; a++)
+            for (int c = 0; c < m; c++) {
+                double s = 0.0;
+                for (int b = 0; b < q; b++) s += W[a * q + b] * Bi[b * m + c];
+                C[a * m + c] = s;
+            }
+    }
+    free(work);
+    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bth);
+    PyBuffer_Release(&bL); PyBuffer_Release(&bW); PyBuffer_Release(&bC);
+    if (!ok) Py_RETURN_NONE;
+    return PyFloat_FromDouble(logdet);
+}
+
+/* In place, per level: X_i <- L_i^{-T} X_i with L (nlev, q, q) lower and
+ * X (nlev, q, r), both level-first (the conditional modes from the factor). */
+static PyObject *level_solve_t(PyObject *self, PyObject *args) {
+    Py_buffer bL, bX;
+    int q, r, nlev;
+    if (!PyArg_ParseTuple(args, "y*w*iii", &bL, &bX, &q, &r, &nlev)) return NULL;
+    const double *L = bL.buf;
+    double *X = bX.buf;
+    for (int lev = 0; lev < nlev; lev++)
+        tri_solve(L + (size_t)q * q * lev, X + (size_t)q * r * lev, q, r, 1);
+    PyBuffer_Release(&bL); PyBuffer_Release(&bX);
+    Py_RETURN_NONE;
+}
+
+/* The sums behind one term's moment start (multilevel.lmm.start): with
+ * zr_i = B_i z (Z_i^T r), over the levels whose D_i - c_i I is positive
+ * definite (c_i = 1e-8 max(tr D_i, 1e-300): the smallest eigenvalue clears
+ * it), b_i = D_i^{-1} zr_i;  bb = sum b_i b_i^T,  Dinv = sum D_i^{-1} (q x q,
+ * row-major, zeroed by the caller).  Returns (levels used, sum b_i . zr_i). */
+static PyObject *one_term_moments(PyObject *self, PyObject *args) {
+    Py_buffer bD, bB, bz, bbb, bDi;
+    int q, m, nlev;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*iii", &bD, &bB, &bz, &bbb, &bDi, &q, &m, &nlev))
+        return NULL;
+    const double *D = bD.buf, *B = bB.buf, *z = bz.buf;
+    double *bb = bbb.buf, *Dsum = bDi.buf;
+    size_t qq = (size_t)q * q;
+    double *work = malloc(sizeof(double) * (3 * qq + 2 * q + 1));
+    if (!work) {
+        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bz);
+        PyBuffer_Release(&bbb); PyBuffer_Release(&bDi);
+        return PyErr_NoMemory();
+    }
+    double *A = work, *Linv = A + qq, *Di = Linv + qq, *zr = Di + qq, *b = zr + q;
+    long used = 0;
+    double fitted = 0.0;
+    for (int lev = 0; lev < nlev; lev++) {
+        const double *Dl = D + qq * (size_t)lev, *Bl = B + (size_t)q * m * lev;
+        double tr = 0.0;
+        for (int a = 0; a < q; a++) tr += Dl[a * q + a];
+        double c = 1e-8 * (tr > 1e-300 ? tr : 1e-300);
+        memcpy(A, Dl, sizeof(double) * qq);
+        for (int a = 0; a < q; a++) A[a * q + a] -= c;
+        if (!chol(A, q)) continue;
+        memcpy(A, Dl, sizeof(double) * qq);
+        if (!chol(A, q)) continue;
+        tri_inv(A, Linv, q);
+        for (int a = 0; a < q; a++)
+            for (int e = 0; e < q; e++) {
+                double s = 0.0;
+                for (int k = (a > e ? a : e); k < q; k++) s += Linv[k * q + a] * Linv[k * q + e];
+                Di[a * q + e] = s;
+            }
+        for (int a = 0; a < q; a++) {
+            double s = 0.0;
+            for (int cc = 0; cc < m; cc++) s += Bl[a * m + cc] * z[cc];
+            zr[a] = s;
+        }
+        for (int a = 0; a < q; a++) {
+            double s = 0.0;
+            for (int e = 0; e < q; e++) s += Di[a * q + e] * zr[e];
+            b[a] = s;
+            fitted += s * zr[a];
+        }
+        for (int a = 0; a < q; a++)
+            for (int e = 0; e < q; e++) {
+                bb[a * q + e] += b[a] * b[e];
+                Dsum[a * q + e] += Di[a * q + e];
+            }
+        used++;
+    }
+    free(work);
+    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bz);
+    PyBuffer_Release(&bbb); PyBuffer_Release(&bDi);
+    return Py_BuildValue("ld", used, fitted);
+}
+
 /* Per-level cross-products in one pass over the rows, in any row order:
  * out[l] += a_i b_i^T for the rows i of level l.  A (n, a), B (n, b) and
  * out (nlev, a, b) C-contiguous; out must be zeroed by the caller. */
@@ -614,6 +736,12 @@ static PyMethodDef methods[] = {
     {"one_term_crossprod", one_term_crossprod, METH_VARARGS,
      "one_term_crossprod(codes, Z, F, D, B, AFF, q, m, sz, rz, sf, rf): one term's blocks "
      "of (Z - sz) * rz and (F - sf) * rf in one pass"},
+    {"level_factors", level_factors, METH_VARARGS,
+     "level_factors(D, B, theta, L, W, C, q, m, nlev) -> sum log|S_i| or None"},
+    {"level_solve_t", level_solve_t, METH_VARARGS,
+     "level_solve_t(L, X, q, r, nlev): X_i <- L_i^-T X_i in place"},
+    {"one_term_moments", one_term_moments, METH_VARARGS,
+     "one_term_moments(D, B, z, bb, Dinv, q, m, nlev) -> (levels used, sum b_i . zr_i)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",

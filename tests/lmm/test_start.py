@@ -101,3 +101,26 @@ def test_balanced_scalar_start_is_the_reml_optimum(data, formula):
     x0 = moment_start_scalar(m.criterion.scaled.cp)
     np.testing.assert_allclose(x0, m.optinfo.internal_theta, rtol=1e-6)
     assert m.optinfo.evals <= 8
+
+
+@pytest.mark.parametrize(
+    ("formula", "data"),
+    [
+        ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
+        ("mathach ~ meanses*cses + sector*cses + (cses | school)", "hsb"),
+        ("Reaction ~ Days + (1 | Subject)", "sleepstudy"),
+    ],
+)
+def test_compiled_level_moments_equal_numpy(formula, data, monkeypatch):
+    import multilevel.lmm.start as start
+
+    cp = _fit(formula, ml.datasets.load(data)).criterion.scaled.cp
+    z = np.append(-np.linalg.solve(cp.AFF[:-1, :-1], cp.AFF[:-1, -1]), 1.0)
+    fast = start._level_moments(cp, z)
+    if start.kernel("_kernels", "one_term_moments") is None:
+        pytest.skip("the compiled kernel was not built")
+    monkeypatch.setattr(start, "kernel", lambda *a: None)
+    slow = start._level_moments(cp, z)
+    assert fast[0] == slow[0] == cp.nlevels[0]
+    for a, b in zip(fast[1:], slow[1:], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10)

@@ -79,6 +79,7 @@ class ProfiledCriterion:
         self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
         self._kernel = _one_term_kernel(cp) if cp.A1R is None else _scalar_terms_kernel(cp)
         self._rest_block: RestBlock | None = None
+        self._levels_first: tuple[np.ndarray, np.ndarray] | None = None  # D₁, B₁F for kernels
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None  # (θ, value, gradient)
 
     @property
@@ -96,6 +97,32 @@ class ProfiledCriterion:
             T[rows, cols] = theta[off : off + size]
             out.append(T)
         return out
+
+    def _level_factors(self, T1: np.ndarray, theta: np.ndarray, m: int):
+        """The first term's L₁ᵢ, Wᵢ = L₁ᵢ⁻¹T₁ᵀ and C₁ᵢ = Wᵢ(Z₁ᵀ[X y])ᵢ, level-last,
+        and Σ log|Sᵢ| (None where some Sᵢ is not positive definite)."""
+        q, n1 = self._q1, self.cp.nlevels[0]
+        fn = None if _KERNEL_DISABLED else kernel("_kernels", "level_factors")
+        if fn is None:
+            S = np.einsum("ai,ijn,jb->abn", T1.T, self._D1, T1)
+            S[np.diag_indices(q)] += 1.0
+            L1 = batched.cholesky(S)
+            if L1 is None:
+                return None
+            W = batched.solve_lower(L1, T1.T)
+            C1F = np.einsum("abn,bmn->amn", W, self._B1F)
+            return L1, W, C1F, 2.0 * np.log(np.diagonal(L1)).sum()
+        # level-first buffers, seen level-last (the layout the numpy code reads)
+        L1, W, C1F = np.empty((n1, q, q)), np.empty((n1, q, q)), np.empty((n1, q, m))
+        if self._levels_first is None:
+            self._levels_first = tuple(
+                np.ascontiguousarray(a, dtype=float) for a in (self.cp.D1, self.cp.B1F)
+            )
+        theta1 = np.ascontiguousarray(theta[: self._tidx[0][3]], dtype=float)
+        logdet = fn(*self._levels_first, theta1, L1, W, C1F, q, m, n1)
+        if logdet is None:
+            return None
+        return (*(np.moveaxis(a, 0, -1) for a in (L1, W, C1F)), logdet)
 
     def factor(self, theta: np.ndarray, keep: bool = False) -> Factorization | None:
         """Blocked Cholesky at θ; None where a block is not positive definite.
@@ -115,14 +142,10 @@ class ProfiledCriterion:
             C1F = (w * self._B1F[0])[None]
             logdet = 2.0 * np.log(l1).sum()
         else:
-            S = np.einsum("ai,ijn,jb->abn", T1.T, self._D1, T1)
-            S[np.diag_indices(self._q1)] += 1.0
-            L1 = batched.cholesky(S)
-            if L1 is None:
+            blocks = self._level_factors(T1, theta, m)
+            if blocks is None:
                 return None
-            W = batched.solve_lower(L1, T1.T)
-            C1F = np.einsum("abn,bmn->amn", W, self._B1F)
-            logdet = 2.0 * np.log(np.diagonal(L1)).sum()
+            L1, W, C1F, logdet = blocks
         flat = C1F.transpose(1, 0, 2).reshape(m, -1)
         MFF = cp.AFF - flat @ flat.T
         rest = None
@@ -457,9 +480,7 @@ class ProfiledCriterion:
         cp = self.cp
         LFF = f.LFF
         LXinv, _ = dtrtri(LFF[:p, :p], lower=1)
-        W = batched.to_levels_first(f.W)
         C1F = batched.to_levels_first(f.C1F)
-        L1 = batched.to_levels_first(f.L1)
         beta = LXinv.T @ LFF[p, :p]
         us: list[np.ndarray] = []
         rhs1 = C1F[:, :, p] - C1F[:, :, :p] @ beta
@@ -469,8 +490,8 @@ class ProfiledCriterion:
             lam = f.rest.lam
             LamU = lam * uR if isinstance(lam, np.ndarray) else lam @ uR
             AU = (self._rest.A1R_op @ LamU).reshape(-1, self._q1)
-            rhs1 = rhs1 - np.einsum("iab,ib->ia", W, AU)
-        u1 = np.linalg.solve(np.swapaxes(L1, 1, 2), rhs1[:, :, None])[:, :, 0]
+            rhs1 = rhs1 - np.einsum("iab,ib->ia", batched.to_levels_first(f.W), AU)
+        u1 = _solve_t(batched.to_levels_first(f.L1), rhs1)
         us.append(u1)
         if f.rest is not None:
             offs = cp.rest_offsets
@@ -554,6 +575,19 @@ class ProfiledCriterion:
             lk = f.T[k][0, 0]
             out.append((lk * lk * diagR[offs[k - 1] : offs[k]])[:, None, None])
         return out
+
+
+def _solve_t(L1: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """uᵢ with L₁ᵢᵀuᵢ = rhsᵢ per level (L1 (n1, q, q) level-first, rhs (n1, q))."""
+    n1, q = rhs.shape
+    fn = None if _KERNEL_DISABLED else kernel("_kernels", "level_solve_t")
+    if q == 1:
+        return rhs / L1[:, :, 0]
+    if fn is None:
+        return np.linalg.solve(np.swapaxes(L1, 1, 2), rhs[:, :, None])[:, :, 0]
+    u = np.array(rhs, dtype=float, order="C")
+    fn(np.ascontiguousarray(L1, dtype=float), u, q, 1, n1)
+    return u
 
 
 def _pair_weights(G: np.ndarray, pairs) -> np.ndarray:

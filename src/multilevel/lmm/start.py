@@ -21,8 +21,9 @@ evaluations finding the scale of θ that this gives directly.
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg.lapack import dpotrf, dpotrs
+from scipy.linalg.lapack import dpotrf, dpotrs, dsyev
 
+from multilevel.compiled import kernel
 from multilevel.covariance import Template
 from multilevel.linalg.crossprod import CrossProducts
 
@@ -39,25 +40,41 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
         return None
     beta, rss, dof = ols
     s2 = rss / dof
-    zr = cp.B1F @ np.append(-beta, 1.0)  # (levels, q): Z_iᵀ r
-    D = cp.D1
-    usable = _smallest_eigenvalue(D) > 1e-8 * np.maximum(np.einsum("nii->n", D), 1e-300)
-    if usable.sum() < 2:
+    used, bb, Dinv_sum, fitted = _level_moments(cp, np.append(-beta, 1.0))
+    if used < 2:
         return None
-    Dinv = _inverse(D[usable])
-    b = np.einsum("nij,nj->ni", Dinv, zr[usable])
     # σ² from the residual left within the levels (s² also holds Σ's part)
-    within = rss - float(np.einsum("ni,ni->", b, zr[usable]))
-    dof_within = dof - cp.q[0] * int(usable.sum())
+    within = rss - fitted
+    dof_within = dof - cp.q[0] * used
     if within > 0 and dof_within > 0.1 * dof:
         s2 = within / dof_within
-    S = (b.T @ b) / (b.shape[0] * s2) - Dinv.mean(axis=0)
-    lam, U = np.linalg.eigh(0.5 * (S + S.T))
-    if not np.all(np.isfinite(lam)):
+    S = bb / (used * s2) - Dinv_sum / used
+    lam, U, info = dsyev(0.5 * (S + S.T))
+    if info != 0 or not np.all(np.isfinite(lam)):
         return None
     S = (U * np.maximum(lam, FLOOR)) @ U.T
     T, info = dpotrf(0.5 * (S + S.T), lower=1, clean=1)
     return T[tmpl.rows, tmpl.cols] if info == 0 else None
+
+
+def _level_moments(cp: CrossProducts, z: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, float]:
+    """Over the levels whose Dᵢ = Z_iᵀZ_i is well conditioned (smallest
+    eigenvalue above 1e-8 of its trace), with Z_iᵀr = B_i z and b̂_i = Dᵢ⁻¹Z_iᵀr:
+    the number of such levels, Σ b̂_i b̂_iᵀ, Σ Dᵢ⁻¹ and Σ b̂_iᵀZ_iᵀr."""
+    q, m, nlev = cp.q[0], cp.p + 1, cp.nlevels[0]
+    fn = kernel("_kernels", "one_term_moments")
+    if fn is not None:
+        bb, Dinv = np.zeros((q, q)), np.zeros((q, q))
+        D, B = (np.ascontiguousarray(a, dtype=float) for a in (cp.D1, cp.B1F))
+        used, fitted = fn(D, B, np.ascontiguousarray(z, dtype=float), bb, Dinv, q, m, nlev)
+        return used, bb, Dinv, fitted
+    zr = cp.B1F @ z  # (levels, q): Z_iᵀ r
+    D = cp.D1
+    usable = _smallest_eigenvalue(D) > 1e-8 * np.maximum(np.einsum("nii->n", D), 1e-300)
+    Dinv = _inverse(D[usable])
+    b = np.einsum("nij,nj->ni", Dinv, zr[usable])
+    fitted = float(np.einsum("ni,ni->", b, zr[usable]))
+    return int(usable.sum()), b.T @ b, Dinv.sum(axis=0), fitted
 
 
 def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
