@@ -132,3 +132,21 @@ def test_small_models_dense_blocks_equal_the_sparse_assembly(monkeypatch):
             getattr(dense, name).toarray(), getattr(sparse, name).toarray(), rtol=1e-13, atol=1e-12
         )
     np.testing.assert_allclose(dense.ARF, sparse.ARF, rtol=1e-13, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(0, 12),
+    cols=st.integers(0, 12),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_dense_to_csr_keeps_every_nonzero_in_sorted_rows(rows, cols, density, seed):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(rows, cols)) * (rng.random((rows, cols)) < density)
+    B = cpm.dense_to_csr(A)
+    B.check_format(full_check=True)
+    assert B.shape == A.shape and B.nnz == np.count_nonzero(A)
+    np.testing.assert_array_equal(B.toarray(), A)
+    for i in range(rows):  # column indices ascending within each row
+        assert np.all(np.diff(B.indices[B.indptr[i] : B.indptr[i + 1]]) > 0)

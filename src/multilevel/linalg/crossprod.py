@@ -275,7 +275,19 @@ def _small_blocks(
             blk = _dense_pair(codes[a], Zs[a], na, codes[b], Zs[b], nlevels[b])
             ARR[sa, sb] = blk
             ARR[sb, sa] = blk.T
-    return sp.csr_matrix(A1R), sp.csr_matrix(ARR), ARF
+    return dense_to_csr(A1R), dense_to_csr(ARR), ARF
+
+
+def dense_to_csr(A: np.ndarray) -> sp.csr_matrix:
+    """The nonzeros of a dense matrix in CSR, column indices sorted within
+    rows (from ``np.nonzero``, row-major: half the cost of scipy's conversion,
+    which goes through COO)."""
+    r, c = np.nonzero(A)
+    indptr = np.zeros(A.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=A.shape[0]), out=indptr[1:])
+    out = sp.csr_matrix((A[r, c], c.astype(np.int64), indptr), shape=A.shape)
+    out.has_sorted_indices = True
+    return out
 
 
 def _affine_kernel():

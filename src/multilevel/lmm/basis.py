@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.lapack import dtrtrs
 
 from multilevel.linalg.affine import affine, lower_factor, ones_column, rms, solve_small
 from multilevel.linalg.crossprod import CrossProducts
@@ -207,8 +208,10 @@ class ScaledCriterion:
         p, NF = self.p, self.basis.NF
         c = NF[p, p]
         rhs = c * beta_s + NF[:p, p]  # a e₀ sits in the intercept's row
-        # N_X is triangular; a small LU costs less than scipy's wrapper
-        beta = np.linalg.solve(NF[:p, :p], rhs)
+        # N_X is upper triangular: LAPACK's triangular solve directly
+        beta, info = dtrtrs(NF[:p, :p], rhs, lower=0)
+        if info != 0:
+            beta = np.linalg.solve(NF[:p, :p], rhs)
         # u is in the response's units: ũ in ỹ's, so c converts
         return beta, [c * u @ M.T for u, M in zip(us, self._relative_maps(f), strict=True)]
 

@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from scipy.linalg.lapack import dpotrf
 
 from multilevel.covariance import templates
 from multilevel.errors import ModelError
@@ -87,14 +88,11 @@ def _fitted_exactly(AFF: np.ndarray) -> bool:
     from [X̃ ỹ]ᵀ[X̃ ỹ] in the centred basis, where that test is well conditioned:
     the last diagonal entry of its Cholesky factor is that residual."""
     p = AFF.shape[0] - 1
-    try:
-        L = np.linalg.cholesky(AFF)
+    # LAPACK directly: numpy's wrapper costs more than this small factorization
+    L, info = dpotrf(AFF, lower=1)
+    if info == 0:
         return bool(L[p, p] ** 2 <= 1e-14 * AFF[p, p])
-    except np.linalg.LinAlgError:
-        pass
-    try:
-        np.linalg.cholesky(AFF[:p, :p])
-    except np.linalg.LinAlgError:
+    if dpotrf(AFF[:p, :p], lower=1)[1] != 0:
         return False  # X itself is singular here: left to the criterion
     return True  # X is not singular but [X y] is: y in the span of X
 

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy.linalg.lapack import dsyev
+from scipy.linalg.lapack import dgesv, dpotrf, dpotri, dsyev
 
 
 def hessian_stencil(x: np.ndarray, h: np.ndarray | float = 1e-3) -> list[np.ndarray]:
@@ -115,16 +115,37 @@ def gradient_hessian(
     gradient at x) when given, central otherwise.  A forward difference has an
     O(h) error, which only slows Newton's convergence by that factor per step."""
     idx = np.arange(x.size) if idx is None else np.asarray(idx)
-    hs = np.broadcast_to(np.asarray(h, dtype=float), (idx.size,))
-    H = np.empty((idx.size, idx.size))
-    for a, i in enumerate(idx):
+    k = idx.size
+    hs = np.full(k, float(h)) if np.ndim(h) == 0 else np.asarray(h, dtype=float).reshape(k)
+    g0i = None if g0 is None else g0[idx]
+    H = np.empty((k, k))
+    for a in range(k):
         e = np.zeros(x.size)
-        e[i] = hs[a]
-        if g0 is not None:
-            H[a] = (grad(x + e)[idx] - g0[idx]) / hs[a]
+        e[idx[a]] = hs[a]
+        if g0i is not None:
+            H[a] = (grad(x + e)[idx] - g0i) / hs[a]
         else:
             H[a] = (grad(x + e)[idx] - grad(x - e)[idx]) / (2 * hs[a])
     return 0.5 * (H + H.T)
+
+
+def spd_inverse(H: np.ndarray) -> np.ndarray | None:
+    """The inverse of a symmetric positive definite H by its Cholesky factor
+    (LAPACK directly: numpy's wrapper costs more than these small matrices),
+    or None if H has no such factor."""
+    c, info = dpotrf(H, lower=1)
+    if info != 0:
+        return None
+    inv, info = dpotri(c, lower=1)
+    if info != 0:
+        return None
+    return np.tril(inv) + np.tril(inv, -1).T
+
+
+def solve_small(H: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """x with H x = b for a small square H (LU with pivoting), None if H is singular."""
+    _, _, x, info = dgesv(H, b)
+    return x if info == 0 else None
 
 
 def clearly_positive_definite(H: np.ndarray | None, rtol: float = 1e-8) -> bool:
@@ -139,7 +160,7 @@ def clearly_positive_definite(H: np.ndarray | None, rtol: float = 1e-8) -> bool:
         h = float(H[0, 0])
         return math.isfinite(h) and h > 0.0
     S = 0.5 * (H + H.T)
-    if not np.all(np.isfinite(S)):
+    if not np.isfinite(S).all():
         return False
     # LAPACK directly: numpy's wrapper costs several times these small problems
     lam, _, info = dsyev(S, compute_v=0)

@@ -82,6 +82,8 @@ class Logged:
         self.best_x: np.ndarray | None = None
         # the last Hessian an optimiser formed: (x, coordinates, H)
         self.hessian: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # an exact gradient the search already has: (x, gradient at x)
+        self.known_grad: tuple[np.ndarray, np.ndarray] | None = None
 
     def hessian_near(self, x: np.ndarray, idx: np.ndarray, tol: float = 1e-3) -> np.ndarray | None:
         """The last Hessian formed, if in the coordinates ``idx`` and within
