@@ -180,14 +180,14 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
         # a short text column: sorting the values beats pandas' hashing and
         # its fixed cost (a tenth of a small model's fit); not for long ones,
         # where comparing Python strings is slow
-        arr = s.to_numpy() if isinstance(s, pd.Series) else s
-        arr = arr if arr.dtype == object else arr.astype(object)
-        try:
-            uniques, codes = np.unique(arr, return_inverse=True)
-        except TypeError:  # missing values or mixed types: pandas decides
-            uniques = None
-        if uniques is not None and all(type(v) is str for v in uniques.tolist()):
-            return codes.reshape(-1).astype(np.int64), pd.Index(uniques, dtype=s.dtype)
+        items = s.tolist()
+        if all(type(v) is str for v in items):  # else missing values or mixed types: pandas
+            # sorted distinct values and a dict lookup: for a few hundred
+            # strings cheaper than numpy's sort of an object array
+            uniques = sorted(set(items))
+            pos = {v: i for i, v in enumerate(uniques)}
+            codes = np.fromiter(map(pos.__getitem__, items), dtype=np.int64, count=len(items))
+            return codes, pd.Index(uniques, dtype=s.dtype)
     codes, uniques = pd.factorize(s, sort=True, use_na_sentinel=True)
     return codes.astype(np.int64), uniques
 
