@@ -640,6 +640,104 @@ static PyObject *one_term_moments(PyObject *self, PyObject *args) {
     return Py_BuildValue("ld", used, fitted);
 }
 
+/* The moment equations of several scalar terms (multilevel.lmm.start,
+ * moment_start_scalar), from the data of scalar_terms: with zr = Z^T r
+ * (r = [X y] z), d the diagonal of Z^T Z (A_1R and A_RR in CSR, int64
+ * indices), inv = 1/d where d is clearly
+ * positive (0 elsewhere), t(.) the term of a level and c_j = 1^T Z_j's entries:
+ *   S[k, j] = sum over levels l of k, m of j of A_lm^2 inv_l  - |c_j|^2/n  (k, j < K)
+ *   S[K, j] = tr Z_j^T Z_j - |c_j|^2/n,  S[k, K] = (usable levels of k) - 1
+ *   rhs[k]  = sum_{l in k} zr_l^2 inv_l
+ * S ((K+1) x (K+1)) and rhs (K+1) zeroed by the caller; S[K, K] and rhs[K]
+ * are the caller's.  Returns the fewest usable levels of a term. */
+static PyObject *scalar_moments(PyObject *self, PyObject *args) {
+    Py_buffer bd, bB, bAp, bAi, bAx, bRp, bRi, bRx, bARF, bterm, bz, bS, brhs;
+    int n1, Q, m, K;
+    double nobs;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*w*w*iiiid", &bd, &bB, &bAp, &bAi, &bAx,
+                          &bRp, &bRi, &bRx, &bARF, &bterm, &bz, &bS, &brhs, &n1, &Q, &m, &K,
+                          &nobs))
+        return NULL;
+    const double *d1 = bd.buf, *B = bB.buf, *Ax = bAx.buf, *Rx = bRx.buf, *ARF = bARF.buf;
+    const double *z = bz.buf;
+    const int64_t *Ap = bAp.buf, *Ai = bAi.buf, *Rp = bRp.buf, *Ri = bRi.buf, *term = bterm.buf;
+    double *S = bS.buf, *rhs = brhs.buf;
+    int K1 = K + 1;
+    double *work = malloc(sizeof(double) * (3 * (size_t)Q + 2 * (size_t)n1 + 2 * (size_t)K + 2));
+    long *used = calloc((size_t)K + 1, sizeof(long));
+    if (!work || !used) {
+        free(work); free(used);
+        PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
+        PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bRp);
+        PyBuffer_Release(&bRi); PyBuffer_Release(&bRx); PyBuffer_Release(&bARF);
+        PyBuffer_Release(&bterm); PyBuffer_Release(&bz); PyBuffer_Release(&bS);
+        PyBuffer_Release(&brhs);
+        return PyErr_NoMemory();
+    }
+    double *invR = work, *colR = invR + Q, *dR = colR + Q, *inv1 = dR + Q;
+    double *csq = inv1 + n1, *dsum = csq + K;
+    double max1 = 1e-300, maxR = 1e-300;
+    for (int i = 0; i < n1; i++) if (d1[i] > max1) max1 = d1[i];
+    for (int r = 0; r < Q; r++) {
+        dR[r] = 0.0;
+        for (int64_t e = Rp[r]; e < Rp[r + 1]; e++)
+            if (Ri[e] == r) dR[r] += Rx[e];
+        if (dR[r] > maxR) maxR = dR[r];
+        colR[r] = 0.0;
+    }
+    for (int k = 0; k < K; k++) csq[k] = dsum[k] = 0.0;
+    for (int i = 0; i < n1; i++) {
+        int ok = d1[i] > 1e-12 * max1;
+        inv1[i] = ok ? 1.0 / d1[i] : 0.0;
+        if (ok) { S[0] += d1[i]; used[0]++; }
+        double zr = 0.0;
+        for (int c = 0; c < m; c++) zr += B[(size_t)i * m + c] * z[c];
+        rhs[0] += zr * zr * inv1[i];
+        csq[0] += d1[i] * d1[i];
+        dsum[0] += d1[i];
+    }
+    for (int r = 0; r < Q; r++) {
+        int ok = dR[r] > 1e-12 * maxR;
+        invR[r] = ok ? 1.0 / dR[r] : 0.0;
+        int k = (int)term[r];
+        if (ok) used[k]++;
+        double zr = 0.0;
+        for (int c = 0; c < m; c++) zr += ARF[(size_t)r * m + c] * z[c];
+        rhs[k] += zr * zr * invR[r];
+        dsum[k] += dR[r];
+    }
+    for (int i = 0; i < n1; i++)
+        for (int64_t e = Ap[i]; e < Ap[i + 1]; e++) {
+            int64_t r = Ai[e];
+            double a2 = Ax[e] * Ax[e];
+            int k = (int)term[r];
+            S[0 * K1 + k] += a2 * inv1[i];
+            S[k * K1 + 0] += a2 * invR[r];
+            colR[r] += Ax[e];
+        }
+    for (int r = 0; r < Q; r++) {
+        int kr = (int)term[r];
+        csq[kr] += colR[r] * colR[r];
+        for (int64_t e = Rp[r]; e < Rp[r + 1]; e++)
+            S[kr * K1 + (int)term[Ri[e]]] += Rx[e] * Rx[e] * invR[r];
+    }
+    long fewest = used[0];
+    for (int j = 0; j < K; j++) {
+        double common = csq[j] / nobs;
+        for (int k = 0; k < K; k++) S[k * K1 + j] -= common;
+        S[K * K1 + j] = dsum[j] - common;
+        S[j * K1 + K] = (double)used[j] - 1.0;
+        if (used[j] < fewest) fewest = used[j];
+    }
+    free(work); free(used);
+    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
+    PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bRp);
+    PyBuffer_Release(&bRi); PyBuffer_Release(&bRx); PyBuffer_Release(&bARF);
+    PyBuffer_Release(&bterm); PyBuffer_Release(&bz); PyBuffer_Release(&bS);
+    PyBuffer_Release(&brhs);
+    return PyLong_FromLong(fewest);
+}
+
 /* Per-level cross-products in one pass over the rows, in any row order:
  * out[l] += a_i b_i^T for the rows i of level l.  A (n, a), B (n, b) and
  * out (nlev, a, b) C-contiguous; out must be zeroed by the caller. */
@@ -742,6 +840,9 @@ static PyMethodDef methods[] = {
      "level_solve_t(L, X, q, r, nlev): X_i <- L_i^-T X_i in place"},
     {"one_term_moments", one_term_moments, METH_VARARGS,
      "one_term_moments(D, B, z, bb, Dinv, q, m, nlev) -> (levels used, sum b_i . zr_i)"},
+    {"scalar_moments", scalar_moments, METH_VARARGS,
+     "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
+     "usable levels of a term (moment equations of several scalar terms)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",

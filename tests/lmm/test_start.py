@@ -84,6 +84,16 @@ def test_crossed_scalar_start_is_near_the_optimum():
     np.testing.assert_allclose(x0[2], opt[2], rtol=0.2)
     one = _fit("Reaction ~ Days + (Days | Subject)", ml.datasets.load("sleepstudy"))
     assert moment_start_scalar(one.criterion.scaled.cp) is None
+    # three terms: the compiled equations equal numpy's
+    import multilevel.lmm.start as start
+
+    if start.kernel("_kernels", "scalar_moments") is not None:
+        start.kernel, saved = (lambda *a: None), start.kernel
+        try:
+            slow = moment_start_scalar(m.criterion.scaled.cp)
+        finally:
+            start.kernel = saved
+        np.testing.assert_allclose(x0, slow, rtol=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -124,3 +134,21 @@ def test_compiled_level_moments_equal_numpy(formula, data, monkeypatch):
     assert fast[0] == slow[0] == cp.nlevels[0]
     for a, b in zip(fast[1:], slow[1:], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("formula", "data"),
+    [
+        ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin"),
+        ("strength ~ 1 + (1 | batch) + (1 | batch:cask)", "pastes"),
+    ],
+)
+def test_compiled_scalar_moments_equal_numpy(formula, data, monkeypatch):
+    import multilevel.lmm.start as start
+
+    cp = _fit(formula, ml.datasets.load(data)).criterion.scaled.cp
+    fast = moment_start_scalar(cp)
+    if start.kernel("_kernels", "scalar_moments") is None:
+        pytest.skip("the compiled kernel was not built")
+    monkeypatch.setattr(start, "kernel", lambda *a: None)
+    np.testing.assert_allclose(fast, moment_start_scalar(cp), rtol=1e-10)

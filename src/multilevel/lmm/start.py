@@ -105,6 +105,20 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     beta, rss, dof = ols
     z = np.append(-beta, 1.0)
     K, n = len(cp.q), cp.n
+    fn = kernel("_kernels", "scalar_moments")
+    if fn is not None:
+        S, rhs = np.zeros((K + 1, K + 1)), np.zeros(K + 1)
+        A, R = _csr64(cp.A1R), _csr64(cp.ARR)
+        Q = cp.ARR.shape[0]
+        term = np.searchsorted(cp.rest_offsets, np.arange(Q), side="right").astype(np.int64)
+        d1 = np.ascontiguousarray(cp.D1[:, 0, 0], dtype=float)
+        B1 = np.ascontiguousarray(cp.B1F[:, 0, :], dtype=float)
+        ARF = np.ascontiguousarray(cp.ARF, dtype=float)
+        fewest = fn(d1, B1, *A, *R, ARF, term, z, S, rhs, cp.nlevels[0], Q, cp.p + 1, K, float(n))
+        if fewest < 2:
+            return None
+        S[K, K], rhs[K] = dof, rss
+        return _variance_ratios(S, rhs, dof, rss, K)
     offs = np.asarray(cp.rest_offsets, dtype=np.int64)  # rest term k: offs[k-1]:offs[k]
     d1 = cp.D1[:, 0, 0]
     rrow, rcol, rval = _entries(cp.ARR)
@@ -147,6 +161,21 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
         rhs[k] = float(zr[ck] @ (zr[ck] * dinv[ck]))
         S[k, K] = float(ok[ck].sum()) - 1.0
     S[K, K], rhs[K] = dof, rss
+    return _variance_ratios(S, rhs, dof, rss, K)
+
+
+def _csr64(M) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """indptr, indices (int64) and values of a sparse matrix in CSR."""
+    M = M.tocsr()
+    return (
+        M.indptr.astype(np.int64),
+        M.indices.astype(np.int64),
+        np.ascontiguousarray(M.data, dtype=float),
+    )
+
+
+def _variance_ratios(S: np.ndarray, rhs: np.ndarray, dof: float, rss: float, K: int) -> np.ndarray:
+    """θ_k = σ_k/σ_e from the moment equations S v = rhs (v = σ²_1 … σ²_K, σ²_e)."""
     try:
         v = np.linalg.solve(S, rhs)
     except np.linalg.LinAlgError:
