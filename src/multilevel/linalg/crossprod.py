@@ -144,6 +144,34 @@ class CrossProducts:
         sizes = [n * q for n, q in zip(self.nlevels[1:], self.q[1:], strict=True)]
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
+    @cached_property
+    def rest_term(self) -> np.ndarray:
+        """The term (1 … K-1) of each rest column (scalar terms: each rest level)."""
+        Q = self.rest_offsets[-1]
+        return np.searchsorted(self.rest_offsets, np.arange(Q), side="right").astype(np.int64)
+
+    @cached_property
+    def A1R_csr64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A_1R's indptr, indices (int64, sorted within rows) and values, for
+        the compiled kernels."""
+        return _csr64(self.A1R)
+
+    @cached_property
+    def ARR_csr64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A_RR's indptr, indices (int64, sorted within rows) and values."""
+        return _csr64(self.ARR)
+
+
+def _csr64(M: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    M = M.tocsr()
+    if not M.has_sorted_indices:
+        M = M.sorted_indices()
+    return (
+        M.indptr.astype(np.int64),
+        M.indices.astype(np.int64),
+        np.ascontiguousarray(M.data, dtype=float),
+    )
+
 
 def _pair_block(
     ca: np.ndarray, Za: np.ndarray, na: int, cb: np.ndarray, Zb: np.ndarray, nb: int

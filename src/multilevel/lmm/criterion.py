@@ -621,24 +621,25 @@ def _scalar_terms_kernel(cp: CrossProducts):
     if fn is None or _KERNEL_DISABLED or any(q != 1 for q in cp.q):
         return None
     Q, m = cp.ARR.shape[0], cp.p + 1
-    A = cp.A1R.tocsr()
-    A.sort_indices()
-    nnz = np.diff(A.indptr).astype(np.float64)
-    work = float((nnz * nnz).sum()) + 4.0 * Q**3 / 3.0 + (A.shape[0] + Q * Q) * m * (m + 2)
+    n1 = cp.A1R.shape[0]
+    # a cheap bound first: the dense Q x Q work alone may rule the kernel out
+    if 4.0 * Q**3 / 3.0 + (n1 + Q * Q) * m * (m + 2) > SCALAR_KERNEL_WORK:
+        return None
+    indptr, indices, values = cp.A1R_csr64
+    nnz = np.diff(indptr).astype(np.float64)
+    work = float(nnz @ nnz) + 4.0 * Q**3 / 3.0 + (n1 + Q * Q) * m * (m + 2)
     if work > SCALAR_KERNEL_WORK:
         return None
-    offs = np.asarray(cp.rest_offsets)
-    term = np.searchsorted(offs, np.arange(Q), side="right").astype(np.int64)
     data = (
         np.ascontiguousarray(cp.D1[:, 0, 0], dtype=float),
         np.ascontiguousarray(cp.B1F[:, 0, :], dtype=float),
-        A.indptr.astype(np.int64),
-        A.indices.astype(np.int64),
-        np.ascontiguousarray(A.data, dtype=float),
+        indptr,
+        indices,
+        values,
         np.ascontiguousarray(cp.ARR.toarray()),
         np.ascontiguousarray(cp.ARF, dtype=float),
         np.ascontiguousarray(cp.AFF, dtype=float),
-        term,
+        cp.rest_term,
     )
     return fn, data, (cp.nlevels[0], Q, cp.p + 1, len(cp.q))
 

@@ -108,9 +108,8 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     fn = kernel("_kernels", "scalar_moments")
     if fn is not None:
         S, rhs = np.zeros((K + 1, K + 1)), np.zeros(K + 1)
-        A, R = _csr64(cp.A1R), _csr64(cp.ARR)
+        A, R, term = cp.A1R_csr64, cp.ARR_csr64, cp.rest_term
         Q = cp.ARR.shape[0]
-        term = np.searchsorted(cp.rest_offsets, np.arange(Q), side="right").astype(np.int64)
         d1 = np.ascontiguousarray(cp.D1[:, 0, 0], dtype=float)
         B1 = np.ascontiguousarray(cp.B1F[:, 0, :], dtype=float)
         ARF = np.ascontiguousarray(cp.ARF, dtype=float)
@@ -162,16 +161,6 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
         S[k, K] = float(ok[ck].sum()) - 1.0
     S[K, K], rhs[K] = dof, rss
     return _variance_ratios(S, rhs, dof, rss, K)
-
-
-def _csr64(M) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """indptr, indices (int64) and values of a sparse matrix in CSR."""
-    M = M.tocsr()
-    return (
-        M.indptr.astype(np.int64),
-        M.indices.astype(np.int64),
-        np.ascontiguousarray(M.data, dtype=float),
-    )
 
 
 def _variance_ratios(S: np.ndarray, rhs: np.ndarray, dof: float, rss: float, K: int) -> np.ndarray:
