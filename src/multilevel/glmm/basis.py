@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
+from scipy.linalg.lapack import dtrtri
 
 from multilevel.linalg.affine import affine, apply_affine, lower_factor
 from multilevel.optimize.record import OptRecord
@@ -92,6 +93,11 @@ class GlmmBasis:
         out = []
         s = self.eta_scale
         for V, t in zip(self.Vs, tmpl, strict=True):
+            if t.q == 1:  # a scalar term: |θ̃ s/v| (or |θ v/s|), no factorization
+                v = float(V[0, 0])
+                x = theta_s[t.offset : t.offset + 1]
+                out.append(np.abs((v * x) / s) if to_scaled else np.abs(s * (x / v)))
+                continue
             T = t.matrix(theta_s)
             M = (V @ T) / s if to_scaled else s * np.linalg.solve(V, T)
             out.append(lower_factor(M)[t.rows, t.cols])
@@ -113,16 +119,14 @@ class GlmmBasis:
         gradients are rewritten, θ̃ kept as ``internal_theta``; their logs map
         when read."""
         nt = theta_s.size
-        Ninv = sla.solve_triangular(
-            self.N, np.eye(self.N.shape[0]), lower=False, check_finite=False
-        )
+        Ninv = _upper_inverse(self.N)
         s = self.eta_scale
         vcov = (s * Ninv) @ vcov @ (s * Ninv.T)
         theta = self.theta(np.asarray(theta_s, dtype=float), tmpl)
         Jt = None
         if hess is not None:
             # off-diagonal entries of V all within allclose's absolute tolerance
-            if all(np.all(np.abs(V - np.diag(np.diag(V))) <= 1e-8) for V in self.Vs):
+            if all(V.shape[0] == 1 or np.all(np.abs(np.triu(V, 1)) <= 1e-8) for V in self.Vs):
                 scales = [np.diag(V)[t.rows] / s for V, t in zip(self.Vs, tmpl, strict=True)]
                 Jt = np.diag(np.concatenate(scales + [np.ones(nt - sum(t.size for t in tmpl))]))
             else:
@@ -148,6 +152,15 @@ class GlmmBasis:
                 rec.gradient = np.concatenate([gt, self.N.T @ g[nt:] / s])
             rec.log_map = log_map if rec.log_map is None else _Then(rec.log_map, log_map)
         return theta, vcov, hess
+
+
+def _upper_inverse(N: np.ndarray) -> np.ndarray:
+    """N⁻¹ for an upper-triangular N (LAPACK's trtri: scipy's solve_triangular
+    costs more in argument checks than the inversion of a few columns)."""
+    inv, info = dtrtri(N, lower=0)
+    if info != 0:  # pragma: no cover - N has a positive diagonal by construction
+        return sla.solve_triangular(N, np.eye(N.shape[0]), lower=False, check_finite=False)
+    return inv
 
 
 @dataclass

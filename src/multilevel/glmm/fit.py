@@ -425,6 +425,7 @@ def fit_glmm(
     else:
         rec1, mode1, rec2, H = two_stage()
     hess = None
+    dev = mc = None
     if rec2 is None:  # nAGQ = 0: stage 1 only
         mode = mode1
         x_hat = np.concatenate([rec1.theta, np.zeros(prob.p)])
@@ -433,26 +434,34 @@ def fit_glmm(
     else:
         x_hat = rec2.theta
         est = stage2_estimates(obj, rec2, H)
-        try:
-            mode = obj.mode(est.theta, est.beta, joint=False)
-        except PirlsError as exc:
-            raise ModelError(pirls_message(exc)) from None
+        if rec1 is None:
+            # an exact-gradient search ends at its optimum with the deviance
+            # evaluated there (the same approximation, by the same modes): the
+            # PIRLS mode and factor behind the random effects and fitted
+            # values are formed only when a result asks for them
+            prob.set_params(est.theta)
+            mode = LazyMode(prob, est.theta, est.beta, obj.u)
+            dev = rec2.criterion
+        else:
+            try:
+                mode = obj.mode(est.theta, est.beta, joint=False)
+            except PirlsError as exc:
+                raise ModelError(pirls_message(exc)) from None
         vcov, vcov_note, hess = est.vcov, est.vcov_note, est.hessian
         if vcov is None:
             m = mode1 if rec1 is not None else obj.joint_mode(est.theta, est.beta)
             vcov = conditional_vcov(m.LFF)
     theta_hat = x_hat[: obj.ntheta]
-    with np.errstate(over="ignore", under="ignore"):
-        if method == "laplace":
-            dev = mode.laplace
-            mc = None
-        elif method == "agq":
-            dev = agq_deviance(prob, mode, nAGQ)
-            mc = None
-        else:
-            mc = mc_loglik(prob, mode, draws)
-            dev = mc.deviance
-            warn_degenerate(mc)
+    if dev is None:
+        with np.errstate(over="ignore", under="ignore"):
+            if method == "laplace":
+                dev = mode.laplace
+            elif method == "agq":
+                dev = agq_deviance(prob, mode, nAGQ)
+            else:
+                mc = mc_loglik(prob, mode, draws)
+                dev = mc.deviance
+                warn_degenerate(mc)
     theta_hat, vcov, hess = basis.to_original(tmpl, theta_hat, vcov, hess, (rec1, rec2))
     theta_hat = theta_hat[: prob.nre]  # the family's parameter is in prob.family
     fit = result(
@@ -490,6 +499,33 @@ def fit_glmm(
     flag_runaway_parameter(fit)
     warn_about(fit)
     return fit
+
+
+class LazyMode:
+    """The conditional mode at an exact search's optimum, by PIRLS from the
+    search's modes on first use of anything but β (``Mode``'s attributes)."""
+
+    def __init__(self, prob: PirlsProblem, theta: np.ndarray, beta: np.ndarray, u):
+        self.beta = np.asarray(beta, dtype=float)
+        self._args = (prob, np.asarray(theta, dtype=float), None if u is None else u.copy())
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or "_args" not in self.__dict__:
+            raise AttributeError(name)
+        m = self.__dict__.get("_m")
+        if m is None:
+            prob, theta, u = self._args
+            try:
+                try:
+                    m = prob.mode(theta, self.beta, u, False)
+                except PirlsError:
+                    if u is None:
+                        raise
+                    m = prob.mode(theta, self.beta, None, False)  # cold restart from u = 0
+            except PirlsError as exc:
+                raise ModelError(pirls_message(exc)) from None
+            self._m = m
+        return getattr(m, name)
 
 
 def flag_runaway_parameter(fit: GlmerFit, mu: np.ndarray | None = None) -> None:
