@@ -335,6 +335,76 @@ static void tri_solve(const double *L, double *X, int n, int r, int transpose) {
  * (a_i the row of A_1R); the log|R_X|^2 and r^2 terms from U = M_full^{-1} Lam Z^T [X y].
  * Work per evaluation: O(sum_i nnz_i^2 + Q^3 + (n1 + Q^2) m).
  */
+
+/* The rest block of several scalar terms at theta (see scalar_terms):
+ * s_i = l1^2 d_i + 1, w_i = l1^2 / s_i, lamR, the lower triangle of
+ * M = Lam_R (ARR - A_R1 diag(w) A_1R) Lam_R + I factored in place (row-major,
+ * the upper triangle zeroed), G = Lam_R (ARF - A_R1 diag(w) B), and
+ * logdet1 += sum log s_i, logdetR += log|M|.  Returns 0 if M is not positive
+ * definite. */
+static int scalar_rest(const double *d, const double *B, const int64_t *Ap, const int64_t *Ai,
+                       const double *Ax, const double *ARR, const double *ARF,
+                       const int64_t *term, const double *theta, int n1, int Q, int m,
+                       double *s, double *w, double *lamR, double *M, double *G,
+                       double *logdet1, double *logdetR) {
+    double l1 = theta[0];
+    for (int i = 0; i < n1; i++) {
+        s[i] = l1 * l1 * d[i] + 1.0;
+        w[i] = l1 * l1 / s[i];
+        *logdet1 += log(s[i]);
+    }
+    for (int a = 0; a < Q; a++) lamR[a] = theta[term[a]];
+    for (int a = 0; a < Q; a++)
+        for (int b = 0; b <= a; b++) M[a * Q + b] = ARR[a * Q + b];
+    memcpy(G, ARF, sizeof(double) * (size_t)Q * m);
+    for (int i = 0; i < n1; i++) {
+        const double *bi = B + (size_t)i * m;
+        for (int64_t pa = Ap[i]; pa < Ap[i + 1]; pa++) {
+            int a = (int)Ai[pa];
+            double x = w[i] * Ax[pa];
+            for (int64_t pb = Ap[i]; pb <= pa; pb++) M[a * Q + Ai[pb]] -= x * Ax[pb];
+            for (int c = 0; c < m; c++) G[a * m + c] -= x * bi[c];
+        }
+    }
+    for (int a = 0; a < Q; a++) {
+        for (int b = 0; b <= a; b++) M[a * Q + b] *= lamR[a] * lamR[b];
+        M[a * Q + a] += 1.0;
+        for (int c = 0; c < m; c++) G[a * m + c] *= lamR[a];
+    }
+    if (!chol(M, Q)) return 0;
+    for (int a = 0; a < Q; a++) *logdetR += 2.0 * log(M[a * Q + a]);
+    return 1;
+}
+
+/* The rest block's factor alone at theta, for the estimates after the
+ * optimum: L (Q x Q, lower, row-major) and G (Q x m) as in scalar_rest.
+ * Returns log|M|, or None where M is not positive definite. */
+static PyObject *scalar_rest_factor(PyObject *self, PyObject *args) {
+    Py_buffer bd, bB, bAp, bAi, bAx, bARR, bARF, bterm, bth, bL, bG;
+    int n1, Q, m;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*w*w*iii", &bd, &bB, &bAp, &bAi, &bAx, &bARR,
+                          &bARF, &bterm, &bth, &bL, &bG, &n1, &Q, &m))
+        return NULL;
+    double *sw = malloc(sizeof(double) * (2 * (size_t)n1 + (size_t)Q + 1));
+    int ok = 0;
+    double logdet1 = 0.0, logdet = 0.0; /* the first term's part is the caller's */
+    if (sw) {
+        double *L = bL.buf;
+        memset(L, 0, sizeof(double) * (size_t)Q * Q);
+        ok = scalar_rest(bd.buf, bB.buf, bAp.buf, bAi.buf, bAx.buf, bARR.buf, bARF.buf,
+                         bterm.buf, bth.buf, n1, Q, m, sw, sw + n1, sw + 2 * (size_t)n1, L,
+                         bG.buf, &logdet1, &logdet);
+    }
+    free(sw);
+    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
+    PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bARR);
+    PyBuffer_Release(&bARF); PyBuffer_Release(&bterm); PyBuffer_Release(&bth);
+    PyBuffer_Release(&bL); PyBuffer_Release(&bG);
+    if (!sw) return PyErr_NoMemory();
+    if (!ok) Py_RETURN_NONE;
+    return PyFloat_FromDouble(logdet);
+}
+
 static PyObject *scalar_terms(PyObject *self, PyObject *args) {
     Py_buffer bd, bB, bAp, bAi, bAx, bARR, bARF, bAFF, bterm, bth, bg;
     int n1, Q, m, K, reml, want_grad;
@@ -368,34 +438,11 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
     double *lamR = w + 2 * (size_t)n1, *diagR = lamR + Q, *avR = diagR + 2 * (size_t)Q;
     double *z = avR + 3 * (size_t)Q;
     double l1 = theta[0];
-    double logdet = 0.0;
-    for (int i = 0; i < n1; i++) {
-        s[i] = l1 * l1 * d[i] + 1.0;
-        w[i] = l1 * l1 / s[i];
-        logdet += log(s[i]);
-    }
-    for (int a = 0; a < Q; a++) lamR[a] = theta[term[a]];
-    /* M and G */
-    for (int a = 0; a < Q; a++)
-        for (int b = 0; b <= a; b++) M[a * Q + b] = ARR[a * Q + b];
-    memcpy(G, ARF, sizeof(double) * Qm);
-    for (int i = 0; i < n1; i++) {
-        const double *bi = B + (size_t)i * m;
-        for (int64_t pa = Ap[i]; pa < Ap[i + 1]; pa++) {
-            int a = (int)Ai[pa];
-            double x = w[i] * Ax[pa];
-            for (int64_t pb = Ap[i]; pb <= pa; pb++) M[a * Q + Ai[pb]] -= x * Ax[pb];
-            for (int c = 0; c < m; c++) G[a * m + c] -= x * bi[c];
-        }
-    }
-    for (int a = 0; a < Q; a++) {
-        for (int b = 0; b <= a; b++) M[a * Q + b] *= lamR[a] * lamR[b];
-        M[a * Q + a] += 1.0;
-        for (int c = 0; c < m; c++) G[a * m + c] *= lamR[a];
-    }
-    int ok = chol(M, Q);
+    double logdet1 = 0.0, logdetR = 0.0;
+    int ok = scalar_rest(d, B, Ap, Ai, Ax, ARR, ARF, term, theta, n1, Q, m, s, w, lamR, M, G,
+                         &logdet1, &logdetR);
+    double logdet = logdet1 + logdetR;
     if (ok) {
-        for (int a = 0; a < Q; a++) logdet += 2.0 * log(M[a * Q + a]);
         memcpy(UR, G, sizeof(double) * Qm);
         tri_solve(M, UR, Q, m, 0);
         tri_solve(M, UR, Q, m, 1); /* UR = M^{-1} G */
@@ -843,6 +890,9 @@ static PyMethodDef methods[] = {
     {"scalar_moments", scalar_moments, METH_VARARGS,
      "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
      "usable levels of a term (moment equations of several scalar terms)"},
+    {"scalar_rest_factor", scalar_rest_factor, METH_VARARGS,
+     "scalar_rest_factor(d, B, Ap, Ai, Ax, ARR, ARF, term, theta, L, G, n1, Q, m) -> log|M_RR| "
+     "or None (the rest block's factor for the estimates)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",

@@ -60,3 +60,30 @@ def test_scalar_kernel_equals_numpy(data, formula, reml, monkeypatch):
         # rounding there is ~1e-9 n, whatever the order of the sums
         np.testing.assert_allclose(g1, g0, rtol=1e-8, atol=1e-9 * cr.n)
         assert compiled(theta) == pytest.approx(v0, rel=1e-12, abs=1e-9)
+
+
+@pytest.mark.parametrize("data,formula,reml", CASES)
+def test_kept_factor_compiled_equals_the_rest_block(data, formula, reml):
+    """The factor kept for the estimates (compiled, without the general rest
+    block's set-up) against the general path's: the same blocks, solves and
+    inverse, hence the same estimates."""
+    frame = _three_terms() if data == "three" else ml.datasets.load(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.lmer(formula, frame, REML=reml)
+    cr = fit.criterion.scaled
+    theta = 1.1 * fit.optinfo.internal_theta + 0.05
+    kept = cr.factor(theta, keep=True)
+    general = cr.factor(theta, keep=False)  # the rest block's path
+    assert "_rest_block" in vars(cr) and cr._rest_block is not None
+    a, b = kept.rest, general.rest
+    np.testing.assert_allclose(a.lam, b.lam, rtol=1e-14)
+    np.testing.assert_allclose(a.MRF, b.MRF, rtol=1e-12, atol=1e-12)
+    assert a.logdet == pytest.approx(b.logdet, rel=1e-12)
+    np.testing.assert_allclose(a.schur_FF, b.schur_FF, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(np.tril(a.L), np.tril(b.L), rtol=1e-12, atol=1e-12)
+    rhs = np.linspace(-1.0, 1.0, a.MRF.shape[0])
+    np.testing.assert_allclose(a.solve(rhs), b.solve(rhs), rtol=1e-11, atol=1e-12)
+    assert kept.logdet_Z == pytest.approx(general.logdet_Z, rel=1e-13)
+    for u, v in zip(cr.solve(kept)[1], cr.solve(general)[1], strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
-from scipy.linalg.lapack import dpotrf, dtrtri
+from scipy.linalg.lapack import dpotrf, dtrtri, dtrtrs
 
 from multilevel.compiled import kernel
 from multilevel.covariance import Template
@@ -124,6 +124,38 @@ class ProfiledCriterion:
             return None
         return (*(np.moveaxis(a, 0, -1) for a in (L1, W, C1F)), logdet)
 
+    def _rest_factor(
+        self, W: np.ndarray, T: list[np.ndarray], theta: np.ndarray, keep: bool
+    ) -> RestFactor | None:
+        """The rest block factored at θ.  A kept factor (the estimates at the
+        optimum) of several scalar terms that have the compiled criterion is
+        compiled too: the search never needed the general path's set-up
+        (:class:`multilevel.lmm.schur.RestBlock`), which costs more than a
+        small model's whole search.  Otherwise that general path."""
+        # with several terms, a compiled criterion is the scalar terms' one
+        fn = None
+        if keep and self._kernel is not None:
+            fn = kernel("_kernels", "scalar_rest_factor")
+        if fn is None:
+            return self._rest.factor(W, T, keep)
+        _, data, (n1, Q, m, _) = self._kernel
+        d, B, Ap, Ai, Ax, ARR, ARF, _, term = data
+        L, G = np.empty((Q, Q)), np.empty((Q, m))
+        theta = np.ascontiguousarray(theta, dtype=float)
+        logdet = fn(d, B, Ap, Ai, Ax, ARR, ARF, term, theta, L, G, n1, Q, m)
+        if logdet is None:
+            return None
+        L = np.asfortranarray(L)  # the layout LAPACK reads, as RestBlock keeps it
+        C, info = dtrtrs(L, G, lower=1)
+        if info != 0:
+            return None
+        return RestFactor(theta[term], G, float(logdet), C.T @ C, L, None, work=False)
+
+    def _a1r_times(self, v: np.ndarray) -> np.ndarray:
+        """A_1R v, through the rest block's operator when it exists."""
+        rb = self._rest_block
+        return (rb.A1R_op if rb is not None else self.cp.A1R) @ v
+
     def factor(self, theta: np.ndarray, keep: bool = False) -> Factorization | None:
         """Blocked Cholesky at θ; None where a block is not positive definite.
 
@@ -149,8 +181,8 @@ class ProfiledCriterion:
         flat = C1F.transpose(1, 0, 2).reshape(m, -1)
         MFF = cp.AFF - flat @ flat.T
         rest = None
-        if self._rest is not None:
-            rest = self._rest.factor(W, T, keep)
+        if cp.A1R is not None:
+            rest = self._rest_factor(W, T, theta, keep)
             if rest is None:
                 return None
             logdet += rest.logdet
@@ -489,7 +521,7 @@ class ProfiledCriterion:
             uR = f.rest.solve(f.rest.MRF[:, p] - f.rest.MRF[:, :p] @ beta)
             lam = f.rest.lam
             LamU = lam * uR if isinstance(lam, np.ndarray) else lam @ uR
-            AU = (self._rest.A1R_op @ LamU).reshape(-1, self._q1)
+            AU = self._a1r_times(LamU).reshape(-1, self._q1)
             rhs1 = rhs1 - np.einsum("iab,ib->ia", batched.to_levels_first(f.W), AU)
         u1 = _solve_t(batched.to_levels_first(f.L1), rhs1)
         us.append(u1)
