@@ -16,7 +16,8 @@ is approximated at the conditional mode ũ(θ, β) found by PIRLS
   numbers, :mod:`multilevel.glmm.montecarlo`.
 
 Optimisation.  With a canonical link and scalar terms, or one vector term
-(Laplace; one scalar term also AGQ), the deviance comes with its exact
+(Laplace; one scalar term also AGQ), and with probit or cloglog links for
+scalar terms or one vector term, the deviance comes with its exact
 gradient in (θ, β) (:mod:`multilevel.glmm.exact.scalar`,
 :mod:`multilevel.glmm.exact.laplace`, :mod:`multilevel.glmm.exact.vector`) and BFGS
 searches (θ, β) together (:mod:`multilevel.glmm.exact.search`); a search that

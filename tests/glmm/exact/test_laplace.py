@@ -5,7 +5,8 @@
   term, vector terms first, after the first, or both), the PIRLS modes
   pinned to rounding;
 * glmer with it reaches the two-stage search's optimum on grouseticks (no
-  higher deviance, the same estimates and standard errors).
+  higher deviance, the same estimates and standard errors), and with lme4's
+  curvature (probit, cloglog) for several terms or one vector term.
 """
 
 from __future__ import annotations
@@ -67,9 +68,17 @@ def _probit_terms():
                        family="binomial(probit)")  # fmt: skip
 
 
+def _probit_vector():
+    import multilevel as ml
+
+    d = ml.datasets.load("contraception")
+    return quiet_glmer("use ~ age + urban + (urban | district)", d, family="binomial(probit)")
+
+
 FITS = {
     "grouse": reference_fit("grouse_poisson"),
     "probit_fisher": _probit_terms(),
+    "probit_vector": _probit_vector(),
     "crossed_binomial": _crossed_binomial(),
     **{k: _contraception(f)[0] for k, f in VECTOR.items()},
 }
@@ -98,6 +107,13 @@ def test_which_models():
     assert supported(binomial(), [2, 1], [50, 10], nrows=500)
     assert not supported(binomial(), [2, 2], [50, 1000], nrows=5000)  # a rest vector per row
     assert not supported(binomial(), [1, 1], [50, 5000])
+    # one vector term: here only with lme4's curvature (probit, cloglog); a
+    # canonical link or one scalar term has a route of its own
+    assert supported(binomial("probit"), [2], [60], nrows=1934)
+    assert supported(binomial("cloglog"), [2], [60], nrows=1934)
+    assert not supported(binomial(), [2], [60], nrows=1934)
+    assert not supported(binomial("probit"), [1], [60], nrows=1934)
+    assert not supported(binomial("probit"), [2], [60], "observed", nrows=1934)
 
 
 def test_fit_reaches_the_two_stage_optimum(monkeypatch):
@@ -114,6 +130,18 @@ def test_fisher_curvature_several_terms_reach_the_two_stage_optimum(link, monkey
 
     d = ml.datasets.load("contraception")
     formula = "use ~ age + urban + (1 | district) + (1 | livch)"
+    fast, slow = fit_both_routes(monkeypatch, formula, d, f"binomial({link})")
+    assert_same_optimum(fast, slow, theta_atol=1e-4)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_fisher_curvature_one_vector_term_reaches_the_two_stage_optimum(link, monkeypatch):
+    """One vector term with lme4's curvature (no rest block: M is block
+    diagonal) on the exact-gradient search, not lme4's two stages."""
+    import multilevel as ml
+
+    d = ml.datasets.load("contraception")
+    formula = "use ~ age + urban + (urban | district)"
     fast, slow = fit_both_routes(monkeypatch, formula, d, f"binomial({link})")
     assert_same_optimum(fast, slow, theta_atol=1e-4)
 

@@ -1,6 +1,8 @@
 """Exact gradient of the Laplace deviance for several random-effects terms
 (nested or crossed, scalar or vector): binomial-logit, Poisson-log, or any
-family with the derivatives of its log-density and the observed curvature.
+family with the derivatives of its log-density and the observed curvature;
+with lme4's (Fisher) curvature and a probit or cloglog link also one vector
+term, where M is block diagonal (no rest block).
 Scalar terms below; vector terms in :meth:`LaplaceGLMM._gradient_terms` (the
 same formula with each θ an entry of a template T_k).
 
@@ -56,16 +58,22 @@ def supported(
     """Several terms, a rest block small enough for dense inverse blocks (and,
     with vector terms, for one rest-sized vector per row), and binomial-logit
     or Poisson-log (plain classes) or a family with the derivatives of its
-    log-density and the observed curvature (or a canonical link)."""
+    log-density and the observed curvature (or a canonical link); or one
+    vector term with lme4's curvature and a probit or cloglog link (the
+    vector route, :mod:`multilevel.glmm.exact.vector`, takes the observed
+    curvature only)."""
     rest = sum(q * nl for q, nl in zip(qs[1:], nlevels[1:], strict=True))
     fits = (
         canonical_plain(family)
         or (has_derivatives(family) and (hessian == "observed" or family.canonical))
         or fisher_curvature(family, hessian)
     )
+    if len(qs) == 1:
+        # one vector term with lme4's curvature: the vector route
+        # (:mod:`multilevel.glmm.exact.vector`) has the observed one only
+        return qs[0] > 1 and fisher_curvature(family, hessian) and nrows > 0
     return (
-        len(qs) > 1
-        and fits
+        fits
         and rest <= MAX_REST
         and nlevels[0] * qs[0] * rest <= MAX_CELLS
         # the general path (vector terms, Fisher curvature) holds a rest vector per row
@@ -217,11 +225,14 @@ class LaplaceGLMM:
         ZT = [Z @ Tk for Z, Tk in zip(rb.Zs, T, strict=True)]  # rows z̃ᵢₖᵀ
         L0inv = np.linalg.inv(np.moveaxis(f.L0, -1, 0))  # (n0, q0, q0)
         y0 = np.einsum("nab,nb->na", L0inv[c0], ZT[0])
-        G, info = dtrtri(f.LR, lower=1)
-        if info != 0:  # pragma: no cover - L_R came from a successful potrf
-            raise PirlsError("the rest block's factor is singular")
-        GT = np.ascontiguousarray(G.T)  # row p: column p of L_R⁻¹
-        HC = np.asarray(f.C0R @ GT)  # (Q0, Qr): rows of C₀ᵣ L_R⁻ᵀ
+        if f.LR is None:  # one term: M is block diagonal, no rest block
+            GT = HC = None
+        else:
+            G, info = dtrtri(f.LR, lower=1)
+            if info != 0:  # pragma: no cover - L_R came from a successful potrf
+                raise PirlsError("the rest block's factor is singular")
+            GT = np.ascontiguousarray(G.T)  # row p: column p of L_R⁻¹
+            HC = np.asarray(f.C0R @ GT)  # (Q0, Qr): rows of C₀ᵣ L_R⁻ᵀ
         pos = [c0 * q[0]] + [
             int(rb.rest_offsets[a - 1]) + rb.codes[a] * q[a] for a in range(1, K)
         ]  # start of row i's level block (first term in u₀, others in u_R)
@@ -229,7 +240,7 @@ class LaplaceGLMM:
         for a in range(1, K):
             for j in range(q[a]):
                 yR += ZT[a][:, j, None] * GT[pos[a] + j]
-        for j in range(q[0]):
+        for j in range(q[0] if HC is not None else 0):
             yR -= y0[:, j, None] * HC[pos[0] + j]
         h = np.einsum("na,na->n", y0, y0) + np.einsum("nr,nr->n", yR, yR)
         c = w3 * h
@@ -255,8 +266,11 @@ class LaplaceGLMM:
         # x at each row's own levels
         xR = [np.stack([np.einsum("nr,nr->n", GT[pos[a] + j], yR) for j in range(q[a])], 1)
               for a in range(1, K)]  # fmt: skip
-        cx = np.stack([np.einsum("nr,nr->n", HC[pos[0] + j], yR) for j in range(q[0])], 1)
-        x0 = np.einsum("nba,nb->na", L0inv[c0], y0 - cx)
+        if HC is None:
+            x0 = np.einsum("nba,nb->na", L0inv[c0], y0)
+        else:
+            cx = np.stack([np.einsum("nr,nr->n", HC[pos[0] + j], yR) for j in range(q[0])], 1)
+            x0 = np.einsum("nba,nb->na", L0inv[c0], y0 - cx)
         xs = [x0] + xR
         off = 0
         for k in range(K):
@@ -275,6 +289,8 @@ class LaplaceGLMM:
         rb = self.prob.rb
         n0, q0 = rb.nlevels[0], rb.q[0]
         y0 = np.einsum("nab,nb->na", L0inv, rhs[: rb.Q0].reshape(n0, q0)).ravel()
+        if f.LR is None:  # one term
+            return back_solve(rb, f, y0, None)
         yR = sla.solve_triangular(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0, lower=True, check_finite=False)
         return back_solve(rb, f, y0, yR)
 
@@ -363,8 +379,9 @@ def _kernel_args(prob: PirlsProblem):
 
 
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None):
-    """Minimise the Laplace deviance of several scalar terms over (θ[, ψ], δ)
-    with its exact gradient (:func:`multilevel.glmm.exact.search.run_search`)."""
+    """Minimise the Laplace deviance of several terms (or one vector term with
+    lme4's curvature) over (θ[, ψ], δ) with its exact gradient
+    (:func:`multilevel.glmm.exact.search.run_search`)."""
     after = past_zero_columns(prob.tmpl) if any(q > 1 for q in prob.rb.q) else None
     return run_search(
         prob, beta0, theta0, lambda nagq: LaplaceGLMM(prob), lower_theta=lower_theta, after=after
