@@ -150,6 +150,9 @@ def _bfgs(
         h = 1e-4 * np.maximum(1.0, np.abs(x))
         H0 = gradient_hessian(lambda w: logged.value_grad(w)[1], x, idx, h, g0=g)
         hessian0 = H0 if clearly_positive_definite(H0, 1e-8) else None
+        # the checks after the search reuse it where the search ends near x0
+        # (a start at the optimum: balanced data's moment equations)
+        logged.hessian = (x.copy(), idx, H0)
     if hessian0 is not None:
         inv = spd_inverse(np.asarray(hessian0, dtype=float))
         Hinv = np.linalg.inv(hessian0) if inv is None else inv
