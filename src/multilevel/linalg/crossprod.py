@@ -208,11 +208,12 @@ def cross_products(
     F[:, p] = y
     if maps is not None:
         Vs, NF = maps
-        parts = [affine_parts(V) for V in Vs] + [affine_parts(NF)]
-        fast = len(Zs) == 1 and sqrtw is None and all(parts)
-        fast = fast and max(F.shape[1], Zs[0].shape[1]) <= 64  # the kernel's row buffers
+        # one unweighted term of at most 64 columns (the kernel's row buffers)
+        fast = len(Zs) == 1 and sqrtw is None and max(F.shape[1], Zs[0].shape[1]) <= 64
         if fast and not KERNEL_DISABLED and _affine_kernel() is not None:
-            return _one_term_mapped(Zs[0], codes[0], nlevels[0], F, parts[0], parts[1], p)
+            parts = [affine_parts(Vs[0]), affine_parts(NF)]
+            if all(parts):
+                return _one_term_mapped(Zs[0], codes[0], nlevels[0], F, parts[0], parts[1], p)
         Zs = [apply_affine(Z, V) for Z, V in zip(Zs, Vs, strict=True)]
         F = apply_affine(F, NF)
     if sqrtw is not None:
