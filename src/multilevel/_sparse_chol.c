@@ -25,6 +25,13 @@
  *   column of that first row (the elimination tree's closure).
  * solve(Lp, Li, Lx, B) -> None
  *   B (n x r, C order) overwritten by M^{-1} B.
+ * gram_entries(WT, a, b, out, block) -> None
+ *   out[p] = sum_{k >= a[p]} W[k, a[p]] W[k, b[p]] for a lower triangular W
+ *   (given as WT = W^T, C order: row j of WT is column j of W), pairs with
+ *   a[p] >= b[p] sorted by a: the entries of W^T W = M^{-1} (W = L^{-1})
+ *   at a sparse set of positions.  Row blocks of W (block rows at a time, a
+ *   strip that stays in cache) are visited once each; every pair adds the
+ *   products of its two columns' segments in the strip.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -298,11 +305,141 @@ static PyObject *solve(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Vectors of four doubles (GCC/Clang vector extensions: two SSE2 registers by
+ * default, one AVX register where the CPU has it); two accumulators, so that
+ * the products are not serialised by one running sum. */
+typedef double v4d __attribute__((vector_size(32)));
+#define GRAM_KB 32 /* rows per strip: a strip of 4,000 columns stays in L2 */
+
+/* The products of one strip (rows [k0, k1), columns side by side in S, kb
+ * apart) for the pairs np_ of the prefix.  Inlined into one function per
+ * instruction set below. */
+static inline __attribute__((always_inline)) void gram_strip(const double *S, idx kb, const idx *a,
+                                                             const idx *b, double *out, idx np_,
+                                                             idx k0, idx k1) {
+    k1 -= k0;
+    idx p = 0;
+    while (p < np_) {
+        idx ap = a[p], q = p;
+        while (q < np_ && a[q] == ap) q++; /* the pairs of column a[p] */
+        idx lo = ap > k0 ? ap - k0 : 0;
+        const double *x = S + ap * kb;
+        if (lo == 0 && k1 == GRAM_KB) {
+            /* a whole strip: fixed length, x held in registers for all its pairs */
+            v4d xv[GRAM_KB / 4];
+            memcpy(xv, x, sizeof(xv));
+            for (; p < q; p++) {
+                const double *y = S + b[p] * kb;
+                v4d s0 = {0, 0, 0, 0}, s1 = s0;
+                for (int c = 0; c < GRAM_KB / 4; c += 2) {
+                    v4d y0, y1;
+                    memcpy(&y0, y + 4 * c, 32);
+                    memcpy(&y1, y + 4 * c + 4, 32);
+                    s0 += xv[c] * y0;
+                    s1 += xv[c + 1] * y1;
+                }
+                s0 += s1;
+                out[p] += (s0[0] + s0[1]) + (s0[2] + s0[3]);
+            }
+            continue;
+        }
+        for (; p < q; p++) { /* the strip holding a's diagonal, or the last one */
+            const double *y = S + b[p] * kb;
+            double t = 0.0;
+            for (idx k = lo; k < k1; k++) t += x[k] * y[k];
+            out[p] += t;
+        }
+    }
+}
+
+/* Compiled for the baseline and, on x86-64 with GCC or Clang, for AVX2 with
+ * FMA and for AVX-512, chosen by what the CPU reports (the compiler's own
+ * clone dispatch keys on CPU models, which virtual machines often do not
+ * name: it fell back to the baseline here, at half the speed). */
+#define GRAM_ARGS                                                                             \
+    const double *S, idx kb, const idx *a, const idx *b, double *out, idx np_, idx k0, idx k1
+static void gram_strip_base(GRAM_ARGS) { gram_strip(S, kb, a, b, out, np_, k0, k1); }
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define GRAM_SIMD 1
+__attribute__((target("avx2,fma"))) static void gram_strip_avx2(GRAM_ARGS) {
+    gram_strip(S, kb, a, b, out, np_, k0, k1);
+}
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) static void gram_strip_avx512(GRAM_ARGS) {
+    gram_strip(S, kb, a, b, out, np_, k0, k1);
+}
+#endif
+
+typedef void (*gram_strip_fn)(const double *, idx, const idx *, const idx *, double *, idx, idx,
+                              idx);
+
+static gram_strip_fn gram_strip_pick(void) {
+#ifdef GRAM_SIMD
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+        return gram_strip_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gram_strip_avx2;
+#endif
+    return gram_strip_base;
+}
+
+static PyObject *gram_entries(PyObject *self, PyObject *args) {
+    PyObject *objs[4];
+    Py_ssize_t block;
+    if (!PyArg_ParseTuple(args, "OOOOn", &objs[0], &objs[1], &objs[2], &objs[3], &block))
+        return NULL;
+    Py_buffer b[4];
+    if (!get_all(objs, 4, b)) return NULL;
+    const double *WT = b[0].buf;
+    const idx *pa = b[1].buf, *pb = b[2].buf;
+    double *out = b[3].buf;
+    idx npairs = (idx)(b[1].len / sizeof(idx));
+    if (b[0].ndim != 2 || b[0].shape[0] != b[0].shape[1] ||
+        b[2].len != b[1].len || b[3].len != npairs * (Py_ssize_t)sizeof(double)) {
+        release_all(b, 4);
+        PyErr_SetString(PyExc_ValueError, "gram_entries: a square WT and pairs of one length");
+        return NULL;
+    }
+    idx n = (idx)b[0].shape[0];
+    for (idx p = 0; p < npairs; p++) /* every read stays inside W's lower triangle */
+        if (pb[p] < 0 || pb[p] > pa[p] || pa[p] >= n || (p > 0 && pa[p] < pa[p - 1])) {
+            release_all(b, 4);
+            PyErr_SetString(PyExc_ValueError, "gram_entries: pairs need 0 <= b <= a < n, a sorted");
+            return NULL;
+        }
+    if (block < 1) block = 1;
+    /* the strip's column segments copied side by side: read in place they lie
+     * a page apart each, and the lookups of so many pages cost more than the
+     * products */
+    double *S = malloc(sizeof(double) * (size_t)block * (size_t)(n > 0 ? n : 1));
+    if (!S) {
+        release_all(b, 4);
+        return PyErr_NoMemory();
+    }
+    gram_strip_fn strip = gram_strip_pick();
+    Py_BEGIN_ALLOW_THREADS
+    memset(out, 0, sizeof(double) * npairs);
+    /* pairs with a < k1 (a prefix, a sorted) meet the strip of rows [k0, k1) */
+    idx upto = 0;
+    for (idx k0 = 0; k0 < n; k0 += block) {
+        idx k1 = k0 + block < n ? k0 + block : n;
+        while (upto < npairs && pa[upto] < k1) upto++;
+        for (idx j = 0; j < k1; j++)
+            memcpy(S + j * block, WT + j * n + k0, sizeof(double) * (size_t)(k1 - k0));
+        strip(S, block, pa, pb, out, upto, k0, k1);
+    }
+    Py_END_ALLOW_THREADS
+    free(S);
+    release_all(b, 4);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"symbolic", symbolic, METH_VARARGS, "symbolic(Ap, Ai, n) -> (Lp bytes, Li bytes)"},
     {"numeric", numeric, METH_VARARGS, "numeric(Ap, Ai, Ax, Lp, Li, Lx) -> positive definite"},
     {"selinv", selinv, METH_VARARGS, "selinv(Lp, Li, Lx, Zx): M^-1 on the pattern of L"},
     {"solve", solve, METH_VARARGS, "solve(Lp, Li, Lx, B): B <- M^-1 B in place"},
+    {"gram_entries", gram_entries, METH_VARARGS,
+     "gram_entries(WT, a, b, out, block): out <- (W^T W)[a, b], W lower triangular"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sparse_chol",

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multilevel.linalg.sparse_chol import SparseCholesky, available
+from multilevel.linalg.sparse_chol import SparseCholesky, available, lower_gram_entries
 
 pytestmark = pytest.mark.skipif(not available(), reason="the compiled kernel was not built")
 
@@ -79,3 +79,27 @@ def test_entries_off_the_pattern_are_refused():
     ch, _, _, _ = _build(M)
     with pytest.raises(ValueError):
         ch.positions(np.array([0]), np.array([2]))
+
+
+@given(n=st.integers(1, 150), npairs=st.integers(0, 400), seed=st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_entries_of_the_gram_matrix_of_a_triangle(n, npairs, seed):
+    """(WᵀW)_ab from the columns' products, strips of 32 rows and their ends;
+    the upper triangle (garbage in a factor inverted in place) is not read."""
+    rng = np.random.default_rng(seed)
+    W = np.asfortranarray(rng.normal(size=(n, n)))
+    a, b = rng.integers(0, n, npairs), rng.integers(0, n, npairs)
+    a, b = np.maximum(a, b), np.minimum(a, b)
+    a, b = np.append(a, n - 1), np.append(b, 0)  # the longest and shortest products
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    low = np.tril(W)
+    expect = (low.T @ low)[a, b]
+    np.testing.assert_allclose(lower_gram_entries(W, a, b), expect, rtol=1e-12, atol=1e-12)
+
+
+def test_gram_entries_outside_the_triangle_are_refused():
+    W = np.asfortranarray(np.eye(4))
+    for a, b in [([1], [2]), ([4], [0]), ([2, 1], [0, 0])]:
+        with pytest.raises(ValueError):
+            lower_gram_entries(W, np.array(a), np.array(b))

@@ -13,7 +13,9 @@ recurrence of Takahashi et al. (1973), column by column from the last:
 
 (S_j the rows below the diagonal in column j), at a cost of the order of the
 factorization's.  The arithmetic is compiled (``multilevel._sparse_chol``);
-without it :func:`available` is False and callers factor another way.
+without it :func:`available` is False and callers factor another way.  The
+same extension gives entries of a dense factor's inverse at a sparse set of
+positions (:func:`lower_gram_entries`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,29 @@ from multilevel.compiled import kernel
 
 def available() -> bool:
     return kernel("_sparse_chol", "numeric") is not None
+
+
+GRAM_BLOCK = 32  # rows of W per pass of the compiled loop (the kernel's fast path)
+
+
+def gram_available() -> bool:
+    return kernel("_sparse_chol", "gram_entries") is not None
+
+
+def lower_gram_entries(W: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(WᵀW)_ab = Σ_{k ≥ a} W_ka W_kb for a lower triangular W (Fortran order;
+    its upper triangle is not read) at pairs a ≥ b (int64, sorted by a): with
+    W = L⁻¹ these are entries of (LLᵀ)⁻¹ at Σ (n − a) multiply-adds, where
+    the whole product costs n³/6.  The compiled loop passes over W in strips
+    of rows that stay in cache."""
+    if not W.flags.f_contiguous or W.shape[0] != W.shape[1]:
+        raise ValueError("W must be square and in Fortran order")
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    b = np.ascontiguousarray(b, dtype=np.int64)
+    out = np.empty(a.size)
+    # W.T is C-ordered: its rows are W's columns
+    kernel("_sparse_chol", "gram_entries")(W.T, a, b, out, GRAM_BLOCK)
+    return out
 
 
 def fill_reducing_order(pattern: sp.spmatrix) -> np.ndarray:
