@@ -150,3 +150,23 @@ def test_dense_to_csr_keeps_every_nonzero_in_sorted_rows(rows, cols, density, se
     np.testing.assert_array_equal(B.toarray(), A)
     for i in range(rows):  # column indices ascending within each row
         assert np.all(np.diff(B.indices[B.indptr[i] : B.indptr[i + 1]]) > 0)
+
+
+def test_small_blocks_stay_dense_until_asked_for_sparse():
+    """A small crossed fit reads its cross blocks dense (the kernels' CSR
+    arrays come from them); the sparse forms, built on first use, and sums of
+    chunks agree with them."""
+    import multilevel as ml
+
+    cp = ml.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", ml.datasets.load("penicillin"))
+    cp = cp.criterion.scaled.cp
+    assert cp.dense is not None and cp._A1R is None and cp._ARR is None
+    A1R, ARR = cp.dense
+    indptr, indices, values = cp.A1R_csr64
+    np.testing.assert_array_equal(cpm.dense_to_csr(A1R).indptr, indptr)
+    np.testing.assert_array_equal(cp.A1R.toarray(), A1R)  # built now
+    np.testing.assert_array_equal(cp.ARR.toarray(), ARR)
+    assert cp.Qr == ARR.shape[0] and cp.has_rest
+    twice = cp + cp
+    np.testing.assert_allclose(twice.ARR_dense(), 2 * ARR)
+    np.testing.assert_allclose(twice.A1R.toarray(), 2 * A1R)

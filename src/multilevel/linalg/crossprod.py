@@ -11,7 +11,7 @@ complement (dense or sparse) from its pattern.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -93,12 +93,43 @@ class CrossProducts:
     nlevels: list[int]  # levels per term
     D1: np.ndarray  # (n1, q1, q1) Z₁ᵀZ₁ per level
     B1F: np.ndarray  # (n1, q1, m) Z₁ᵀ[X y] per level
-    A1R: sp.csr_matrix | None  # (n1 q1, Q_r) Z₁ᵀZ_rest
-    ARR: sp.csr_matrix | None  # (Q_r, Q_r) Z_restᵀZ_rest
+    _A1R: sp.csr_matrix | None  # (n1 q1, Q_r) Z₁ᵀZ_rest (see ``A1R``)
+    _ARR: sp.csr_matrix | None  # (Q_r, Q_r) Z_restᵀZ_rest (see ``ARR``)
     ARF: np.ndarray | None  # (Q_r, m) Z_restᵀ[X y]
     AFF: np.ndarray  # (m, m) [X y]ᵀ[X y]
     n: int
     p: int
+    # a small model's A_1R and A_RR as dense arrays: the compiled kernels read
+    # them so, and the sparse forms are built only if something asks for them
+    # (scipy's constructors cost more than a small model's search)
+    dense: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_rest(self) -> bool:
+        """Whether there are terms after the first."""
+        return len(self.q) > 1
+
+    @property
+    def A1R(self) -> sp.csr_matrix | None:
+        """Z₁ᵀZ_rest in CSR (None for one term)."""
+        if self._A1R is None and self.dense is not None:
+            self._A1R = dense_to_csr(self.dense[0])
+        return self._A1R
+
+    @property
+    def ARR(self) -> sp.csr_matrix | None:
+        """Z_restᵀZ_rest in CSR (None for one term)."""
+        if self._ARR is None and self.dense is not None:
+            self._ARR = dense_to_csr(self.dense[1])
+        return self._ARR
+
+    def ARR_dense(self) -> np.ndarray:
+        """Z_restᵀZ_rest as a dense array (a copy only where it was stored sparse)."""
+        return self.dense[1] if self.dense is not None else self.ARR.toarray()
+
+    def A1R_dense_or_csr(self) -> np.ndarray | sp.csr_matrix:
+        """Z₁ᵀZ_rest as stored: dense for a small model, else CSR (for products)."""
+        return self.dense[0] if self.dense is not None else self.A1R
 
     def __add__(self, other: CrossProducts) -> CrossProducts:
         """Cross-products of two sets of rows with the same levels: their sum."""
@@ -106,17 +137,21 @@ class CrossProducts:
         def add(a, b):
             return None if a is None else a + b
 
+        dense = None
+        if self.dense is not None and other.dense is not None:
+            dense = (self.dense[0] + other.dense[0], self.dense[1] + other.dense[1])
         return CrossProducts(
             self.q,
             self.nlevels,
             self.D1 + other.D1,
             self.B1F + other.B1F,
-            add(self.A1R, other.A1R),
-            add(self.ARR, other.ARR),
+            None if dense is not None else add(self.A1R, other.A1R),
+            None if dense is not None else add(self.ARR, other.ARR),
             add(self.ARF, other.ARF),
             self.AFF + other.AFF,
             self.n + other.n,
             self.p,
+            dense,
         )
 
     def drop_x_columns(self, keep: np.ndarray) -> CrossProducts:
@@ -127,17 +162,20 @@ class CrossProducts:
             self.nlevels,
             self.D1,
             self.B1F[:, :, cols],
-            self.A1R,
-            self.ARR,
+            self._A1R,
+            self._ARR,
             None if self.ARF is None else self.ARF[:, cols],
             self.AFF[np.ix_(cols, cols)],
             self.n,
             int(keep.sum()),
+            self.dense,
         )
 
     @property
     def Qr(self) -> int:
-        return 0 if self.ARR is None else self.ARR.shape[0]
+        if not self.has_rest:
+            return 0
+        return self.dense[1].shape[0] if self.dense is not None else self.ARR.shape[0]
 
     @cached_property
     def rest_offsets(self) -> np.ndarray:
@@ -154,11 +192,15 @@ class CrossProducts:
     def A1R_csr64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A_1R's indptr, indices (int64, sorted within rows) and values, for
         the compiled kernels."""
+        if self.dense is not None:
+            return _csr_arrays(self.dense[0])
         return _csr64(self.A1R)
 
     @cached_property
     def ARR_csr64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A_RR's indptr, indices (int64, sorted within rows) and values."""
+        if self.dense is not None:
+            return _csr_arrays(self.dense[1])
         return _csr64(self.ARR)
 
 
@@ -233,7 +275,7 @@ def cross_products(
         Qr = int(offs[-1])
         if (n1 * q[0] + Qr) * Qr <= SMALL_BLOCKS:
             A1R, ARR, ARF = _small_blocks(Zs, codes, nlevels, F, offs)
-            return CrossProducts(q, list(nlevels), D1, B1F, A1R, ARR, ARF, AFF, n, p)
+            return CrossProducts(q, list(nlevels), D1, B1F, None, None, ARF, AFF, n, p, (A1R, ARR))
         A1R = sp.hstack(
             [
                 _pair_block(codes[0], Zs[0], n1, codes[k], Zs[k], nlevels[k])
@@ -284,8 +326,8 @@ def _small_blocks(
     nlevels: list[int],
     F: np.ndarray,
     offs: np.ndarray,
-) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
-    """A_1R, A_RR and A_RF of a small model, formed dense and stored sparse."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A_1R, A_RR and A_RF of a small model, formed dense (and kept so)."""
     Qr = int(offs[-1])
     q = [Z.shape[1] for Z in Zs]
     A1R = np.empty((nlevels[0] * q[0], Qr))
@@ -304,17 +346,23 @@ def _small_blocks(
             blk = _dense_pair(codes[a], Zs[a], na, codes[b], Zs[b], nlevels[b])
             ARR[sa, sb] = blk
             ARR[sb, sa] = blk.T
-    return dense_to_csr(A1R), dense_to_csr(ARR), ARF
+    return A1R, ARR, ARF
+
+
+def _csr_arrays(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """indptr, indices (int64, sorted within rows) and values of the nonzeros
+    of a dense matrix (``np.nonzero`` is row-major)."""
+    r, c = np.nonzero(A)
+    indptr = np.zeros(A.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=A.shape[0]), out=indptr[1:])
+    return indptr, c.astype(np.int64), A[r, c]
 
 
 def dense_to_csr(A: np.ndarray) -> sp.csr_matrix:
     """The nonzeros of a dense matrix in CSR, column indices sorted within
-    rows (from ``np.nonzero``, row-major: half the cost of scipy's conversion,
-    which goes through COO)."""
-    r, c = np.nonzero(A)
-    indptr = np.zeros(A.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(r, minlength=A.shape[0]), out=indptr[1:])
-    out = sp.csr_matrix((A[r, c], c.astype(np.int64), indptr), shape=A.shape)
+    rows (half the cost of scipy's conversion, which goes through COO)."""
+    indptr, indices, values = _csr_arrays(A)
+    out = sp.csr_matrix((values, indices, indptr), shape=A.shape)
     out.has_sorted_indices = True
     return out
 

@@ -77,7 +77,7 @@ class ProfiledCriterion:
         # level-last layout for the batched kernels
         self._D1 = np.ascontiguousarray(np.moveaxis(cp.D1, 0, -1))  # (q1, q1, n1)
         self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
-        self._kernel = _one_term_kernel(cp) if cp.A1R is None else _scalar_terms_kernel(cp)
+        self._kernel = _scalar_terms_kernel(cp) if cp.has_rest else _one_term_kernel(cp)
         self._rest_block: RestBlock | None = None
         self._levels_first: tuple[np.ndarray, np.ndarray] | None = None  # D₁, B₁F for kernels
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None  # (θ, value, gradient)
@@ -86,7 +86,7 @@ class ProfiledCriterion:
     def _rest(self) -> RestBlock | None:
         """The terms after the first (None for one term); built on first use:
         with a compiled criterion only the estimates at the optimum need it."""
-        if self._rest_block is None and self.cp.A1R is not None:
+        if self._rest_block is None and self.cp.has_rest:
             self._rest_block = RestBlock(self.cp)
         return self._rest_block
 
@@ -154,7 +154,7 @@ class ProfiledCriterion:
     def _a1r_times(self, v: np.ndarray) -> np.ndarray:
         """A_1R v, through the rest block's operator when it exists."""
         rb = self._rest_block
-        return (rb.A1R_op if rb is not None else self.cp.A1R) @ v
+        return (rb.A1R_op if rb is not None else self.cp.A1R_dense_or_csr()) @ v
 
     def factor(self, theta: np.ndarray, keep: bool = False) -> Factorization | None:
         """Blocked Cholesky at θ; None where a block is not positive definite.
@@ -181,7 +181,7 @@ class ProfiledCriterion:
         flat = C1F.transpose(1, 0, 2).reshape(m, -1)
         MFF = cp.AFF - flat @ flat.T
         rest = None
-        if cp.A1R is not None:
+        if cp.has_rest:
             rest = self._rest_factor(W, T, theta, keep)
             if rest is None:
                 return None
@@ -248,7 +248,7 @@ class ProfiledCriterion:
     def has_gradient(self) -> bool:
         """Exact gradients: one random-effects term, or several whose rest
         block is factored densely (crossed or nested terms of any size q)."""
-        if self._kernel is not None or self.cp.A1R is None:
+        if self._kernel is not None or not self.cp.has_rest:
             return True
         return not self._rest.sparse
 
@@ -652,8 +652,8 @@ def _scalar_terms_kernel(cp: CrossProducts):
     fn = kernel("_kernels", "scalar_terms")
     if fn is None or _KERNEL_DISABLED or any(q != 1 for q in cp.q):
         return None
-    Q, m = cp.ARR.shape[0], cp.p + 1
-    n1 = cp.A1R.shape[0]
+    Q, m = cp.Qr, cp.p + 1
+    n1 = cp.nlevels[0] * cp.q[0]
     # a cheap bound first: the dense Q x Q work alone may rule the kernel out
     if 4.0 * Q**3 / 3.0 + (n1 + Q * Q) * m * (m + 2) > SCALAR_KERNEL_WORK:
         return None
@@ -668,7 +668,7 @@ def _scalar_terms_kernel(cp: CrossProducts):
         indptr,
         indices,
         values,
-        np.ascontiguousarray(cp.ARR.toarray()),
+        np.ascontiguousarray(cp.ARR_dense(), dtype=float),
         np.ascontiguousarray(cp.ARF, dtype=float),
         np.ascontiguousarray(cp.AFF, dtype=float),
         cp.rest_term,

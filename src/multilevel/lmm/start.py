@@ -33,7 +33,7 @@ FLOOR = 1e-3  # smallest eigenvalue of the start's Σ/σ² (θ's scale is 1)
 def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
     """θ for one term (``cp`` with no other terms), or None where the moments
     do not give one (X rank deficient, no residual, under two usable levels)."""
-    if cp.A1R is not None or len(cp.q) != 1:
+    if cp.has_rest or len(cp.q) != 1:
         return None
     ols = _ols(cp)
     if ols is None:
@@ -97,7 +97,7 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     optimum of 1.5.  Where the equations give no positive σ²_e, σ²_e is the
     residual variance left within the levels of the first term.  θ_k = σ_k/σ_e,
     at least √FLOOR.  None where X is rank deficient or there is no residual."""
-    if cp.A1R is None or any(q != 1 for q in cp.q):
+    if not cp.has_rest or any(q != 1 for q in cp.q):
         return None
     ols = _ols(cp)
     if ols is None:
@@ -109,7 +109,7 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     if fn is not None:
         S, rhs = np.zeros((K + 1, K + 1)), np.zeros(K + 1)
         A, R, term = cp.A1R_csr64, cp.ARR_csr64, cp.rest_term
-        Q = cp.ARR.shape[0]
+        Q = cp.Qr
         d1 = np.ascontiguousarray(cp.D1[:, 0, 0], dtype=float)
         B1 = np.ascontiguousarray(cp.B1F[:, 0, :], dtype=float)
         ARF = np.ascontiguousarray(cp.ARF, dtype=float)
