@@ -115,7 +115,7 @@ def categorize(values: Any, label: str, level_order: list | None) -> Categorical
         values_index = pd.Index(cats)
     else:
         codes, uniques = _factorize(s)
-        values_index = pd.Index(uniques)
+        values_index = uniques if isinstance(uniques, pd.Index) else pd.Index(uniques)
     if level_order is not None:
         order = pd.Index(level_order)
         if not order.is_unique:
@@ -176,18 +176,20 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
             remap = np.empty(hi - lo + 1, dtype=np.int64)
             remap[used] = np.arange(used.size)
             return remap[off], (used + lo).astype(arr.dtype)
-    if s.size <= SMALL_SORT and s.dtype.kind in "OUT":
+    if len(s) <= SMALL_SORT and s.dtype.kind in "OUT":
         # a short text column: sorting the values beats pandas' hashing and
         # its fixed cost (a tenth of a small model's fit); not for long ones,
         # where comparing Python strings is slow
-        items = s.tolist()
+        items = (np.asarray(s) if isinstance(s, np.ndarray) else s.to_numpy()).tolist()
         if all(type(v) is str for v in items):  # else missing values or mixed types: pandas
             # sorted distinct values and a dict lookup: for a few hundred
-            # strings cheaper than numpy's sort of an object array
+            # strings cheaper than numpy's sort of an object array; the levels
+            # as plain Python strings (an Arrow-backed index costs tens of µs
+            # to build and to read back)
             uniques = sorted(set(items))
             pos = {v: i for i, v in enumerate(uniques)}
             codes = np.fromiter(map(pos.__getitem__, items), dtype=np.int64, count=len(items))
-            return codes, pd.Index(uniques, dtype=s.dtype)
+            return codes, pd.Index(uniques, dtype=object)
     codes, uniques = pd.factorize(s, sort=True, use_na_sentinel=True)
     return codes.astype(np.int64), uniques
 
