@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import multilevel as ml
-from multilevel.lmm import schur
+from multilevel.lmm import schur, staged
 from multilevel.lmm.criterion import ProfiledCriterion
 
 
@@ -134,13 +134,21 @@ def test_syrk_is_chosen_for_dense_pair_maps_only():
     assert not block(3000, 3000, 6)._syrk_pays()
 
 
+def force_staging(monkeypatch) -> None:
+    """Stages whenever they shrink the dense block (small blocks do not pay
+    for them at the measured costs)."""
+    monkeypatch.setattr(schur, "STAGED_MIN", 0)
+    monkeypatch.setattr(staged, "STAGE_NS", 0.0)
+    monkeypatch.setattr(staged, "GRAM_NS", 0.0)
+
+
 def staged_and_dense(df: pd.DataFrame, nterms: int, monkeypatch):
     """The same model with the rest block's independent sets eliminated first
     and without."""
     monkeypatch.setattr(schur.RestBlock, "_syrk_pays", lambda self: False)
     monkeypatch.setattr(schur, "STAGED_MIN", 10**9)
     dense = ml.lmer(FORMULAS[nterms], df)
-    monkeypatch.setattr(schur, "STAGED_MIN", 0)
+    force_staging(monkeypatch)
     staged = ml.lmer(FORMULAS[nterms], df)
     assert dense.criterion.scaled._rest.staged is None
     assert staged.criterion.scaled._rest.staged is not None
@@ -165,7 +173,24 @@ def test_staged_elimination_gives_the_dense_answer(nterms, monkeypatch):
         np.testing.assert_allclose(staged.ranef_condsd[g], dense.ranef_condsd[g], rtol=1e-6)
 
 
-def test_staged_factor_solves_and_inverts():
+@pytest.mark.parametrize("nterms", [2, 3])
+def test_staged_gradient_matches_differences(nterms, monkeypatch):
+    """The exact gradient through the staged factor (M_RR⁻¹ on its pattern
+    from L⁻¹'s column products) against central differences of the criterion."""
+    df = crossed(1500, {2: (400, 300), 3: (500, 300, 200)}[nterms])
+    monkeypatch.setattr(schur.RestBlock, "_syrk_pays", lambda self: False)
+    force_staging(monkeypatch)
+    crit = ml.lmer(FORMULAS[nterms], df).criterion.scaled
+    assert crit._rest.staged is not None and crit._rest.staged.nS < crit._rest.Q
+    for theta in (np.linspace(0.6, 1.3, nterms), np.linspace(0.05, 2.0, nterms)):
+        value, grad = crit.value_and_gradient(theta)
+        assert value == pytest.approx(crit(theta), rel=1e-13)
+        h = 1e-6
+        num = [(crit(theta + h * e) - crit(theta - h * e)) / (2 * h) for e in np.eye(nterms)]
+        np.testing.assert_allclose(grad, num, rtol=2e-4, atol=2e-4)
+
+
+def test_staged_factor_solves_and_inverts(monkeypatch):
     """Block elimination of independent sets against dense algebra, on a rest
     block of random crossing."""
     import scipy.sparse as sp
@@ -182,6 +207,7 @@ def test_staged_factor_solves_and_inverts():
     M = (Z2.T @ Z2 - A12.T @ sp.diags(1 / (d1 + 1)) @ A12 + sp.identity(Q)).toarray()
     r, c = np.nonzero(np.tril(M))
     keys = np.sort(r * Q + c)
+    force_staging(monkeypatch)
     plan = StagedElimination.plan(Q, keys)
     assert plan is not None and plan.nS < Q
     vals = M[keys // Q, keys % Q]
@@ -197,6 +223,11 @@ def test_staged_factor_solves_and_inverts():
     # not positive definite: a pivot of a stage or of the dense block fails
     assert plan.factor(-vals, B, keep=False) is None
 
+    # without the compiled column products, the entries come from the full inverse
+    monkeypatch.setattr(staged, "gram_available", lambda: False)
+    f = plan.factor(vals, B, keep=False)
+    np.testing.assert_allclose(f.selected_inverse(), Minv[keys // Q, keys % Q], atol=1e-14)
+
 
 @pytest.mark.parametrize("mode", ["syrk", "scatter"])
 def test_scalar_terms_keep_no_dense_copies(mode, monkeypatch):
@@ -211,16 +242,19 @@ def test_scalar_terms_keep_no_dense_copies(mode, monkeypatch):
     assert "ARR" not in rb.__dict__ and "Hbuf" not in rb.__dict__
 
 
-@pytest.mark.parametrize("staged", [False, True])
+@pytest.mark.parametrize("stage", [False, True])
 @pytest.mark.parametrize("nterms", [2, 3])
-def test_conditional_variances_of_scalar_terms(nterms, staged, monkeypatch):
+def test_conditional_variances_of_scalar_terms(nterms, stage, monkeypatch):
     """From one inversion, the same as by a solve per level (the general path)."""
     df = crossed(1500, {2: (400, 300), 3: (500, 300, 200)}[nterms])
     monkeypatch.setattr(schur.RestBlock, "_syrk_pays", lambda self: False)
-    monkeypatch.setattr(schur, "STAGED_MIN", 0 if staged else 10**9)
+    if stage:
+        force_staging(monkeypatch)
+    else:
+        monkeypatch.setattr(schur, "STAGED_MIN", 10**9)
     fit = ml.lmer(FORMULAS[nterms], df)
     crit = fit.criterion.scaled
-    assert (crit._rest.staged is not None) == staged
+    assert (crit._rest.staged is not None) == stage
     f = crit.factor(fit.optinfo.internal_theta, keep=True)
     fast = crit.conditional_variances(f)
     slow = crit._conditional_variances_general(f)

@@ -26,6 +26,17 @@ inverse): with Z = M⁻¹, for an eliminated node e and its neighbours b,
 
 which read Z only between neighbours of e: entries of the next stage's
 pattern (the clique its elimination filled in).
+
+At the dense block S = LLᵀ those entries are a small share of S⁻¹ (5 % on
+5,000 x 5,000 random levels), so S⁻¹ is not formed: with W = L⁻¹ (LAPACK
+``trtri``, half the work of ``potri``, which goes on to form all of WᵀW),
+
+    (S⁻¹)_ab = Σ_{k ≥ max(a,b)} W_ka W_kb,
+
+one short product of two columns of W per entry (compiled:
+``multilevel._sparse_chol.gram_entries``).  Its cost is Σ (n − max(a,b))
+over the entries, so the dense block's levels are ordered by their number
+of entries, the most connected last.
 """
 
 from __future__ import annotations
@@ -34,16 +45,19 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than small solves
-from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dtrtrs
+from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dtrtri, dtrtrs
 
+from multilevel.linalg.sparse_chol import gram_available, lower_gram_entries
 from multilevel.threads import threads_for_order
 
 MIN_FRACTION = 0.05  # stop when an independent set would remove fewer nodes
 MAX_TERMS = 20_000_000  # neighbour pairs per stage (memory of the maps)
-# the gradient's selected inverse needs the dense block's full inverse (potri,
-# ~1.9 factorizations) where an unstaged block needs only L⁻¹ (trtri, ~1.1):
-# staging must cut the cubic work by a third to pay
-MAX_CUBE_RATIO = 0.65
+# per-evaluation costs in ns, measured on one core (AVX-512 OpenBLAS): potrf
+# and trtri per multiply-add (n³/6 each), the compiled entries of WᵀW per
+# multiply-add, the stages' numpy passes per neighbour pair term
+BLAS_NS = 0.025
+GRAM_NS = 0.35
+STAGE_NS = 50.0
 
 
 def _independent_set(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -95,6 +109,33 @@ def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv = np.empty(x.size, dtype=np.int64)
     inv[order] = np.cumsum(first) - 1
     return xs[first], inv
+
+
+def _dense_order(n: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An order of the dense block's n levels (old index per new one), least
+    entries first, and the new (row ≥ column) of each key r·n + c."""
+    r, c = keys // n, keys % n
+    count = np.bincount(r, minlength=n) + np.bincount(c, minlength=n)
+    perm = np.argsort(count, kind="stable")
+    new = np.empty(n, dtype=np.int64)
+    new[perm] = np.arange(n)
+    nr, nc = new[r], new[c]
+    return perm, np.maximum(nr, nc), np.minimum(nr, nc)
+
+
+def cost(n: int, keys: np.ndarray, terms: int) -> float:
+    """Estimated ns of one evaluation (factorization and the entries of the
+    inverse) with a dense block of order n whose lower-triangle keys are these,
+    after stages of ``terms`` neighbour pair terms: potrf and trtri, and the
+    entries' column products (without stages, this stands for the unstaged
+    block's product of L⁻¹ with the first term's sparse cross block, of
+    similar cost).  Without the compiled products a staged block reads its
+    entries from the full inverse (potri: twice trtri's work)."""
+    dense = n**3 / 6.0 * BLAS_NS
+    if terms and not gram_available():
+        return 3.0 * dense + terms * STAGE_NS
+    _, a, _ = _dense_order(n, keys)
+    return 2.0 * dense + float((n - a).sum()) * GRAM_NS + terms * STAGE_NS
 
 
 class _Stage:
@@ -192,18 +233,25 @@ class StagedElimination:
         self.Q = Q
         self.keys = keys
         self.stages = stages
-        self.nS = stages[-1].nS
-        last = stages[-1].next_keys
-        r, c = last // self.nS, last % self.nS
-        self.dense_pos = r + c * self.nS  # column-major positions in the dense block
-        self.buf = np.empty((self.nS, self.nS), order="F")
+        nS = self.nS = stages[-1].nS
+        # the dense block's order: its levels by number of entries, so that the
+        # entries of S⁻¹ read (Σ (n − max(a,b)) multiply-adds) cost least
+        self.perm, a, b = _dense_order(nS, stages[-1].next_keys)
+        self.dense_pos = a + b * nS  # column-major positions in the dense block
+        # the entries in gram_entries' order (by column a, then b)
+        self._gram_order = np.lexsort((b, a))
+        self._gram_a = a[self._gram_order]
+        self._gram_b = b[self._gram_order]
+        self.buf = np.empty((nS, nS), order="F")
 
     @classmethod
     def plan(cls, Q: int, keys: np.ndarray) -> StagedElimination | None:
-        """Stages while each removes at least MIN_FRACTION of the nodes; None if
-        they leave more than MAX_CUBE_RATIO of the cubic work."""
+        """Stages while each removes at least MIN_FRACTION of the nodes, kept up
+        to the one after which an evaluation costs least (:func:`cost`); None
+        if no number of stages costs less than the unstaged dense block."""
         stages: list[_Stage] = []
         n, k = Q, keys
+        best, best_cost = 0, cost(Q, keys, 0)
         while True:
             r, c = k // n, k % n
             off = r != c
@@ -218,9 +266,12 @@ class StagedElimination:
             st = _Stage(n, k, E)
             stages.append(st)
             n, k = st.nS, st.next_keys
-        if not stages or (stages[-1].nS / Q) ** 3 > MAX_CUBE_RATIO:
+            c_now = cost(n, k, sum(s.nterms for s in stages))
+            if c_now < best_cost:
+                best, best_cost = len(stages), c_now
+        if best == 0:
             return None
-        return cls(Q, keys, stages)
+        return cls(Q, keys, stages[:best])
 
     def factor(self, vals: np.ndarray, MRF: np.ndarray, keep: bool) -> StagedFactor | None:
         """Factor the matrix with these values at ``keys``; None if it is not
@@ -255,11 +306,24 @@ class StagedElimination:
             bE = b[st.E]
             quad += bE.T @ (bE / d[:, None])
             b = b[st.S] - F @ bE
-        C, info = dtrtrs(L, b, lower=1)
+        C, info = dtrtrs(L, b[self.perm], lower=1)
         if info != 0:
             return None
         f.quad = quad + C.T @ C
         return f
+
+    def dense_inverse_entries(self, L: np.ndarray, work: bool) -> np.ndarray:
+        """S⁻¹ at the last stage's keys, from S's factor L (in place when
+        ``work``): from W = L⁻¹ by the compiled column products where built,
+        else from the full inverse."""
+        if not gram_available():
+            Sinv = invert_factor(L, work, dpotri)
+            return Sinv.reshape(-1, order="F")[self.dense_pos]
+        W = invert_factor(L, work, dtrtri)  # lower triangle only: trtri reads no more
+        out = lower_gram_entries(W, self._gram_a, self._gram_b)
+        z = np.empty_like(out)
+        z[self._gram_order] = out
+        return z
 
 
 class StagedFactor:
@@ -285,9 +349,12 @@ class StagedFactor:
             bE = b[st.E]
             saved.append(bE)
             b = b[st.S] - F @ bE
-        x, info = dpotrs(self.L, b, lower=1)
+        perm = self.plan.perm
+        xp, info = dpotrs(self.L, b[perm], lower=1)
         if info != 0:  # pragma: no cover - L came from a successful potrf
             raise np.linalg.LinAlgError("potrs failed")
+        x = np.empty_like(xp)
+        x[perm] = xp
         for st, (d, _, F), bE in zip(stages[::-1], self.parts[::-1], saved[::-1], strict=True):
             full = np.empty((st.n, b.shape[1]))
             full[st.S] = x
@@ -298,10 +365,9 @@ class StagedFactor:
     def selected_inverse(self) -> np.ndarray:
         """M⁻¹ at the pattern's keys (lower triangle and diagonal).  The dense
         factor is inverted in place when it is the work buffer."""
-        Sinv = invert_factor(self.L, self._work, dpotri)
+        z = self.plan.dense_inverse_entries(self.L, self._work)
         if self._work:
             self.L = None
-        z = Sinv.reshape(-1, order="F")[self.plan.dense_pos]
         for st, (d, m, _) in zip(self.plan.stages[::-1], self.parts[::-1], strict=True):
             z = st.backward(d, m, z)
         return z
