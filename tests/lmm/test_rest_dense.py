@@ -220,8 +220,14 @@ def test_staged_factor_solves_and_inverts(monkeypatch):
     Minv = np.linalg.inv(M)
     np.testing.assert_allclose(f.selected_inverse(), Minv[keys // Q, keys % Q], atol=1e-14)
     np.testing.assert_allclose(M @ f.solve(B), B, atol=1e-12)  # a kept factor still solves
+    # the kept factor holds the packed triangle only, and no work buffer is left
+    assert f.L is None and f._packed.shape == (plan.nS * (plan.nS + 1) // 2,)
+    assert plan.buf is None
     # not positive definite: a pivot of a stage or of the dense block fails
     assert plan.factor(-vals, B, keep=False) is None
+    work = plan.factor(2.0 * vals, B, keep=False)  # a new work buffer
+    work.selected_inverse()  # inverted in place
+    np.testing.assert_allclose(M @ f.solve(B), B, atol=1e-12)  # the kept one is untouched
 
     # without the compiled column products, the entries come from the full inverse
     monkeypatch.setattr(staged, "gram_available", lambda: False)

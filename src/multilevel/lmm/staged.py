@@ -45,7 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than small solves
-from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dtrtri, dtrtrs
+from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dpptrs, dtpttr, dtrtri, dtrtrs
 
 from multilevel.linalg.sparse_chol import gram_available, lower_gram_entries
 from multilevel.threads import threads_for_order
@@ -180,7 +180,7 @@ class _Stage:
         a, b = self.es_s[ti], self.es_s[tj]
         ab_keys = np.maximum(a, b) * self.nS + np.minimum(a, b)
         self.next_keys, inv = _unique_inverse(np.concatenate([ss_keys, ab_keys]))
-        self.ss_to = inv[: ss_keys.size]
+        self.ss_to = inv[: ss_keys.size].copy()  # a view would hold all of inv
         # the maps of neighbour pairs are the bulk of the memory: 32-bit indices
         i32 = np.int32
         self.t_ea, self.t_eb = ti.astype(i32), tj.astype(i32)
@@ -293,8 +293,6 @@ class StagedElimination:
             L, info = dpotrf(A, lower=1, clean=0, overwrite_a=1)
         if info != 0:
             return None
-        if keep and np.shares_memory(L, self.buf):
-            self.buf = None  # the kept factor takes the buffer: no copy
         f = StagedFactor(self, parts, L, work=not keep)
         logdet = 2.0 * float(np.log(np.diag(L)).sum())
         logdet += sum(float(np.log(d).sum()) for d, _, _ in parts)
@@ -310,6 +308,11 @@ class StagedElimination:
         if info != 0:
             return None
         f.quad = quad + C.T @ C
+        if keep:
+            # a kept factor (a fit holds it for its lifetime) packed: half the
+            # memory, and the work buffer goes (the next evaluation makes one)
+            f.pack()
+            self.buf = None
         return f
 
     def dense_inverse_entries(self, L: np.ndarray, work: bool) -> np.ndarray:
@@ -333,13 +336,29 @@ class StagedFactor:
         self.plan = plan
         self.parts = parts  # per stage: (d, E-S edge values, B D⁻¹)
         self.L = L  # dense factor of what the stages leave (Fortran order)
+        self._packed: np.ndarray | None = None  # or its lower triangle packed (LAPACK's 'L')
         self._work = work
         self.logdet = 0.0
         self.quad = None
 
+    def pack(self) -> None:
+        """Hold the dense factor as its packed lower triangle (LAPACK's 'L'
+        layout, n(n+1)/2 values), in its own memory: the columns move forward
+        and the array shrinks (a copy would hold both at once)."""
+        A, self.L = self.L, None
+        n = A.shape[0]
+        flat = A.reshape(-1, order="F")  # a view of the same memory
+        off = 0
+        for j in range(n):  # numpy copies overlapping slices through a temporary
+            flat[off : off + n - j] = flat[j * n + j : (j + 1) * n]
+            off += n - j
+        del flat
+        A.resize((off,), refcheck=False)  # realloc: the tail goes back to the system
+        self._packed = A
+
     def solve(self, B: np.ndarray) -> np.ndarray:
         """M⁻¹ B: forward through the stages, the dense factor, and back."""
-        if self.L is None:  # pragma: no cover - programming error
+        if self.L is None and self._packed is None:  # pragma: no cover - programming error
             raise RuntimeError("the factor was inverted in place")
         stages = self.plan.stages
         vec = B.ndim == 1
@@ -350,7 +369,10 @@ class StagedFactor:
             saved.append(bE)
             b = b[st.S] - F @ bE
         perm = self.plan.perm
-        xp, info = dpotrs(self.L, b[perm], lower=1)
+        if self._packed is not None:
+            xp, info = dpptrs(self.plan.nS, self._packed, b[perm], lower=1)
+        else:
+            xp, info = dpotrs(self.L, b[perm], lower=1)
         if info != 0:  # pragma: no cover - L came from a successful potrf
             raise np.linalg.LinAlgError("potrs failed")
         x = np.empty_like(xp)
@@ -364,10 +386,17 @@ class StagedFactor:
 
     def selected_inverse(self) -> np.ndarray:
         """M⁻¹ at the pattern's keys (lower triangle and diagonal).  The dense
-        factor is inverted in place when it is the work buffer."""
-        z = self.plan.dense_inverse_entries(self.L, self._work)
-        if self._work:
-            self.L = None
+        factor is inverted in place when it is the work buffer; a packed one is
+        unpacked into a temporary array."""
+        if self._packed is not None:
+            L, info = dtpttr(self.plan.nS, self._packed, uplo="L")
+            if info != 0:  # pragma: no cover - a packed triangle of order nS
+                raise np.linalg.LinAlgError("tpttr failed")
+            z = self.plan.dense_inverse_entries(np.asfortranarray(L), True)
+        else:
+            z = self.plan.dense_inverse_entries(self.L, self._work)
+            if self._work:
+                self.L = None
         for st, (d, m, _) in zip(self.plan.stages[::-1], self.parts[::-1], strict=True):
             z = st.backward(d, m, z)
         return z
