@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy.linalg.lapack import dgesv, dpotrf, dpotri, dsyev
+from scipy.linalg.lapack import dgesv, dsyev
 
 
 def hessian_stencil(x: np.ndarray, h: np.ndarray | float = 1e-3) -> list[np.ndarray]:
@@ -127,19 +127,6 @@ def gradient_hessian(
         else:
             H[a] = (grad(x + e)[idx] - grad(x - e)[idx]) / (2 * hs[a])
     return 0.5 * (H + H.T)
-
-
-def spd_inverse(H: np.ndarray) -> np.ndarray | None:
-    """The inverse of a symmetric positive definite H by its Cholesky factor
-    (LAPACK directly: numpy's wrapper costs more than these small matrices),
-    or None if H has no such factor."""
-    c, info = dpotrf(H, lower=1)
-    if info != 0:
-        return None
-    inv, info = dpotri(c, lower=1)
-    if info != 0:
-        return None
-    return np.tril(inv) + np.tril(inv, -1).T
 
 
 def solve_small(H: np.ndarray, b: np.ndarray) -> np.ndarray | None:

@@ -25,7 +25,6 @@ from multilevel.optimize.hessian import (
     fd_hessian_of,
     gradient_hessian,
     solve_small,
-    spd_inverse,
 )
 from multilevel.optimize.newton import newton_steps
 from multilevel.optimize.record import Logged, OptRecord
@@ -154,8 +153,7 @@ def _bfgs(
         # (a start at the optimum: balanced data's moment equations)
         logged.hessian = (x.copy(), idx, H0)
     if hessian0 is not None:
-        inv = spd_inverse(np.asarray(hessian0, dtype=float))
-        Hinv = np.linalg.inv(hessian0) if inv is None else inv
+        Hinv = np.linalg.inv(hessian0)
     loop = None if LOOP_DISABLED else kernel("_optim", "bfgs_loop")
     if loop is not None:
         x, g = np.array(x, dtype=float), np.array(g, dtype=float)
