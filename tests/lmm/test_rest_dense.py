@@ -190,14 +190,13 @@ def test_staged_gradient_matches_differences(nterms, monkeypatch):
         np.testing.assert_allclose(grad, num, rtol=2e-4, atol=2e-4)
 
 
-def test_staged_factor_solves_and_inverts(monkeypatch):
-    """Block elimination of independent sets against dense algebra, on a rest
-    block of random crossing."""
+def random_crossing_plan(monkeypatch, rng):
+    """M_RR of a random crossing (400 x 300 levels, 2,500 rows), its sorted
+    lower-triangle keys and their staged elimination."""
     import scipy.sparse as sp
 
     from multilevel.lmm.staged import StagedElimination
 
-    rng = np.random.default_rng(0)
     n1, Q, N = 400, 300, 2500
     a, b = rng.integers(0, n1, N), rng.integers(0, Q, N)
     Z1 = sp.csr_matrix((np.ones(N), (np.arange(N), a)), shape=(N, n1))
@@ -210,6 +209,15 @@ def test_staged_factor_solves_and_inverts(monkeypatch):
     force_staging(monkeypatch)
     plan = StagedElimination.plan(Q, keys)
     assert plan is not None and plan.nS < Q
+    return M, keys, plan
+
+
+def test_staged_factor_solves_and_inverts(monkeypatch):
+    """Block elimination of independent sets against dense algebra, on a rest
+    block of random crossing."""
+    rng = np.random.default_rng(0)
+    M, keys, plan = random_crossing_plan(monkeypatch, rng)
+    Q = M.shape[0]
     vals = M[keys // Q, keys % Q]
     B = rng.normal(size=(Q, 3))
     f = plan.factor(vals, B, keep=True)
@@ -233,6 +241,38 @@ def test_staged_factor_solves_and_inverts(monkeypatch):
     monkeypatch.setattr(staged, "gram_available", lambda: False)
     f = plan.factor(vals, B, keep=False)
     np.testing.assert_allclose(f.selected_inverse(), Minv[keys // Q, keys % Q], atol=1e-14)
+
+
+def test_a_kept_factor_at_the_last_point_is_its_inverse_packed(monkeypatch):
+    """The estimates' factorization at the point the search evaluated last
+    takes that evaluation's W = L⁻¹ (packed) instead of factoring again; it
+    solves and gives M⁻¹'s entries as the factor would."""
+    rng = np.random.default_rng(1)
+    M, keys, plan = random_crossing_plan(monkeypatch, rng)
+    Q = M.shape[0]
+    vals = M[keys // Q, keys % Q]
+    B = rng.normal(size=(Q, 2))
+    Minv = np.linalg.inv(M)
+    work = plan.factor(vals, B, keep=False)
+    work.selected_inverse()  # the gradient: W in the work buffer
+    kept = plan.factor(vals.copy(), B.copy(), keep=True)
+    assert kept is work and kept.W is None and kept._packed_inverse and plan.buf is None
+    np.testing.assert_allclose(kept.selected_inverse(), Minv[keys // Q, keys % Q], atol=1e-14)
+    for cols in (1, 3, 20):  # packed products, and BLAS-3 on W unpacked
+        R = rng.normal(size=(Q, cols))
+        np.testing.assert_allclose(M @ kept.solve(R), R, atol=1e-11)
+    np.testing.assert_allclose(M @ kept.solve(B[:, 0]), B[:, 0], atol=1e-11)
+    # elsewhere, or without the inverse formed, a kept factor is factored anew
+    other = plan.factor(2.0 * vals, B, keep=False)
+    other.selected_inverse()
+    assert plan.factor(vals, B, keep=True) is not other
+    plain = plan.factor(vals, B, keep=False)
+    assert plan.factor(vals, B, keep=True) is not plain
+    # a work factor whose buffer a later factorization took no longer answers
+    stale = plan.factor(vals, B, keep=False)
+    stale.selected_inverse()
+    plan.factor(2.0 * vals, B, keep=False)
+    assert stale.W is None
 
 
 @pytest.mark.parametrize("mode", ["syrk", "scatter"])

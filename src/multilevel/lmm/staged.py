@@ -45,6 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than small solves
+from scipy.linalg.blas import dtpmv, dtrmm
 from scipy.linalg.lapack import dpotrf, dpotri, dpotrs, dpptrs, dtpttr, dtrtri, dtrtrs
 
 from multilevel.linalg.sparse_chol import gram_available, lower_gram_entries
@@ -58,6 +59,9 @@ MAX_TERMS = 20_000_000  # neighbour pairs per stage (memory of the maps)
 BLAS_NS = 0.025
 GRAM_NS = 0.35
 STAGE_NS = 50.0
+# a kept factor holding W = L⁻¹ packed solves this many columns by packed
+# products (2n² each), more by unpacking W for BLAS-3 products
+PACKED_COLUMNS = 8
 
 
 def _independent_set(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -98,6 +102,22 @@ def invert_factor(L: np.ndarray, work: bool, routine) -> np.ndarray:
     if info != 0:  # pragma: no cover - L came from a successful potrf
         raise np.linalg.LinAlgError("the inversion of a Cholesky factor failed")
     return X
+
+
+def pack_lower(A: np.ndarray) -> np.ndarray:
+    """A's lower triangle (square, Fortran order, owning its memory) packed
+    column by column (LAPACK's 'L' layout, n(n+1)/2 values) in A's own memory:
+    the columns move forward and the array shrinks (a copy would hold both at
+    once).  A is the returned 1-d array."""
+    n = A.shape[0]
+    flat = A.reshape(-1, order="F")  # a view of the same memory
+    off = 0
+    for j in range(n):  # numpy copies overlapping slices through a temporary
+        flat[off : off + n - j] = flat[j * n + j : (j + 1) * n]
+        off += n - j
+    del flat
+    A.resize((off,), refcheck=False)  # realloc: the tail goes back to the system
+    return A
 
 
 def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +295,21 @@ class StagedElimination:
 
     def factor(self, vals: np.ndarray, MRF: np.ndarray, keep: bool) -> StagedFactor | None:
         """Factor the matrix with these values at ``keys``; None if it is not
-        positive definite."""
+        positive definite.
+
+        A kept factor at the values of the last work factorization, whose
+        gradient left W = L⁻¹ in the work buffer (a fit's estimates are taken
+        at the point its search evaluated last), is that one: W packed, no
+        second factorization."""
+        last, self._last = self._last, None
+        if keep and last is not None and last[2].W is not None:
+            lv, lm, lf = last
+            if np.array_equal(lv, vals) and np.array_equal(lm, MRF):
+                lf.keep_inverse()
+                self.buf = None
+                return lf
+        if last is not None:
+            last[2].W = None  # the buffer it points to is about to be overwritten
         parts = []
         v = vals
         for st in self.stages:
@@ -313,16 +347,26 @@ class StagedElimination:
             # memory, and the work buffer goes (the next evaluation makes one)
             f.pack()
             self.buf = None
+        else:
+            self._last = (vals, MRF, f)
         return f
 
-    def dense_inverse_entries(self, L: np.ndarray, work: bool) -> np.ndarray:
+    _last: tuple[np.ndarray, np.ndarray, StagedFactor] | None = None
+
+    def dense_inverse_entries(
+        self, L: np.ndarray, work: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """S⁻¹ at the last stage's keys, from S's factor L (in place when
-        ``work``): from W = L⁻¹ by the compiled column products where built,
-        else from the full inverse."""
+        ``work``), and W = L⁻¹ where it was formed: by the compiled column
+        products of W where built, else from the full inverse (and None)."""
         if not gram_available():
             Sinv = invert_factor(L, work, dpotri)
-            return Sinv.reshape(-1, order="F")[self.dense_pos]
+            return Sinv.reshape(-1, order="F")[self.dense_pos], None
         W = invert_factor(L, work, dtrtri)  # lower triangle only: trtri reads no more
+        return self.entries_from_inverse_factor(W), W
+
+    def entries_from_inverse_factor(self, W: np.ndarray) -> np.ndarray:
+        """S⁻¹ = WᵀW at the last stage's keys (W = L⁻¹, Fortran order)."""
         out = lower_gram_entries(W, self._gram_a, self._gram_b)
         z = np.empty_like(out)
         z[self._gram_order] = out
@@ -335,31 +379,58 @@ class StagedFactor:
     def __init__(self, plan: StagedElimination, parts, L: np.ndarray, work: bool):
         self.plan = plan
         self.parts = parts  # per stage: (d, E-S edge values, B D⁻¹)
-        self.L = L  # dense factor of what the stages leave (Fortran order)
-        self._packed: np.ndarray | None = None  # or its lower triangle packed (LAPACK's 'L')
+        # the dense block's factor L (Fortran order), or W = L⁻¹ after a work
+        # factor was inverted in place (valid until the next factorization), or
+        # either packed (kept factors: LAPACK's 'L' layout, n(n+1)/2 values)
+        self.L: np.ndarray | None = L
+        self.W: np.ndarray | None = None
+        self._packed: np.ndarray | None = None
+        self._packed_inverse = False  # the packed triangle is W, not L
         self._work = work
         self.logdet = 0.0
         self.quad = None
 
     def pack(self) -> None:
-        """Hold the dense factor as its packed lower triangle (LAPACK's 'L'
-        layout, n(n+1)/2 values), in its own memory: the columns move forward
-        and the array shrinks (a copy would hold both at once)."""
-        A, self.L = self.L, None
-        n = A.shape[0]
-        flat = A.reshape(-1, order="F")  # a view of the same memory
-        off = 0
-        for j in range(n):  # numpy copies overlapping slices through a temporary
-            flat[off : off + n - j] = flat[j * n + j : (j + 1) * n]
-            off += n - j
-        del flat
-        A.resize((off,), refcheck=False)  # realloc: the tail goes back to the system
-        self._packed = A
+        """Hold the dense factor packed, in its own memory (:func:`pack_lower`)."""
+        self._packed, self.L = pack_lower(self.L), None
+
+    def keep_inverse(self) -> None:
+        """A work factor inverted in place becomes a kept one holding W packed."""
+        self._packed, self.W = pack_lower(self.W), None
+        self._packed_inverse = True
+        self._work = False
+
+    def _unpacked(self) -> np.ndarray:
+        A, info = dtpttr(self.plan.nS, self._packed, uplo="L")
+        if info != 0:  # pragma: no cover - a packed triangle of order nS
+            raise np.linalg.LinAlgError("tpttr failed")
+        return np.asfortranarray(A)
+
+    def _dense_solve(self, b: np.ndarray) -> np.ndarray:
+        """S⁻¹ b in the dense block's order."""
+        n = self.plan.nS
+        if self._packed is None:
+            x, info = dpotrs(self.L, b, lower=1)
+        elif not self._packed_inverse:
+            x, info = dpptrs(n, self._packed, b, lower=1)
+        elif b.shape[1] <= PACKED_COLUMNS:  # WᵀW b, one column at a time
+            x = np.empty_like(b)
+            for j in range(b.shape[1]):
+                y = dtpmv(n, self._packed, b[:, j], lower=1)
+                x[:, j] = dtpmv(n, self._packed, y, lower=1, trans=1)
+            info = 0
+        else:
+            W = self._unpacked()
+            x = dtrmm(1.0, W, dtrmm(1.0, W, b, lower=1), lower=1, trans_a=1)
+            info = 0
+        if info != 0:  # pragma: no cover - L came from a successful potrf
+            raise np.linalg.LinAlgError("potrs failed")
+        return x
 
     def solve(self, B: np.ndarray) -> np.ndarray:
         """M⁻¹ B: forward through the stages, the dense factor, and back."""
         if self.L is None and self._packed is None:  # pragma: no cover - programming error
-            raise RuntimeError("the factor was inverted in place")
+            raise RuntimeError("the work factor was inverted in place")
         stages = self.plan.stages
         vec = B.ndim == 1
         b = B[:, None] if vec else B
@@ -369,12 +440,7 @@ class StagedFactor:
             saved.append(bE)
             b = b[st.S] - F @ bE
         perm = self.plan.perm
-        if self._packed is not None:
-            xp, info = dpptrs(self.plan.nS, self._packed, b[perm], lower=1)
-        else:
-            xp, info = dpotrs(self.L, b[perm], lower=1)
-        if info != 0:  # pragma: no cover - L came from a successful potrf
-            raise np.linalg.LinAlgError("potrs failed")
+        xp = self._dense_solve(np.asarray(b[perm], order="F"))
         x = np.empty_like(xp)
         x[perm] = xp
         for st, (d, _, F), bE in zip(stages[::-1], self.parts[::-1], saved[::-1], strict=True):
@@ -388,15 +454,17 @@ class StagedFactor:
         """M⁻¹ at the pattern's keys (lower triangle and diagonal).  The dense
         factor is inverted in place when it is the work buffer; a packed one is
         unpacked into a temporary array."""
-        if self._packed is not None:
-            L, info = dtpttr(self.plan.nS, self._packed, uplo="L")
-            if info != 0:  # pragma: no cover - a packed triangle of order nS
-                raise np.linalg.LinAlgError("tpttr failed")
-            z = self.plan.dense_inverse_entries(np.asfortranarray(L), True)
+        plan = self.plan
+        if self.W is not None:
+            z = plan.entries_from_inverse_factor(self.W)
+        elif self._packed is not None and self._packed_inverse:
+            z = plan.entries_from_inverse_factor(self._unpacked())
+        elif self._packed is not None:
+            z, _ = plan.dense_inverse_entries(self._unpacked(), True)
         else:
-            z = self.plan.dense_inverse_entries(self.L, self._work)
+            z, W = plan.dense_inverse_entries(self.L, self._work)
             if self._work:
-                self.L = None
+                self.L, self.W = None, W
         for st, (d, m, _) in zip(self.plan.stages[::-1], self.parts[::-1], strict=True):
             z = st.backward(d, m, z)
         return z
