@@ -56,6 +56,15 @@ static void tri_inv(const double *l, double *out, int n) {
     }
 }
 
+/* y = A x for A (rows x cols, row-major) */
+static void mat_vec(const double *A, const double *x, double *y, int rows, int cols) {
+    for (int a = 0; a < rows; a++) {
+        double s = 0.0;
+        for (int c = 0; c < cols; c++) s += A[a * cols + c] * x[c];
+        y[a] = s;
+    }
+}
+
 /* The profiled criterion from the factored [X y] block L_FF (m x m, lower,
  * row-major): r^2 = L_FF[p,p]^2, log|R_X|^2 from its first p pivots. */
 static double profiled_value(const double *LFF, int m, double logdet, double nobs, int reml,
@@ -203,16 +212,8 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
                         for (int kk = a; kk < q; kk++) s += Linv[kk * q + a] * W[kk * q + b];
                         R[a * q + b] = s;
                     }
-                for (int a = 0; a < q; a++) {
-                    double s = 0.0;
-                    for (int c = 0; c < m; c++) s += Bi[a * m + c] * z[c];
-                    cvec[a] = s;
-                }
-                for (int a = 0; a < q; a++) {
-                    double s = 0.0;
-                    for (int b = 0; b < q; b++) s += R[a * q + b] * cvec[b];
-                    u[a] = s;
-                }
+                mat_vec(Bi, z, cvec, q, m);
+                mat_vec(R, cvec, u, q, q);
                 for (int a = 0; a < q; a++) {
                     double s = 0.0;
                     for (int b = 0; b <= a; b++) s += T[a * q + b] * u[b];
@@ -663,17 +664,9 @@ static PyObject *one_term_moments(PyObject *self, PyObject *args) {
                 for (int k = (a > e ? a : e); k < q; k++) s += Linv[k * q + a] * Linv[k * q + e];
                 Di[a * q + e] = s;
             }
-        for (int a = 0; a < q; a++) {
-            double s = 0.0;
-            for (int cc = 0; cc < m; cc++) s += Bl[a * m + cc] * z[cc];
-            zr[a] = s;
-        }
-        for (int a = 0; a < q; a++) {
-            double s = 0.0;
-            for (int e = 0; e < q; e++) s += Di[a * q + e] * zr[e];
-            b[a] = s;
-            fitted += s * zr[a];
-        }
+        mat_vec(Bl, z, zr, q, m);
+        mat_vec(Di, zr, b, q, q);
+        for (int a = 0; a < q; a++) fitted += b[a] * zr[a];
         for (int a = 0; a < q; a++)
             for (int e = 0; e < q; e++) {
                 bb[a * q + e] += b[a] * b[e];
@@ -712,69 +705,64 @@ static PyObject *scalar_moments(PyObject *self, PyObject *args) {
     int K1 = K + 1;
     double *work = malloc(sizeof(double) * (3 * (size_t)Q + 2 * (size_t)n1 + 2 * (size_t)K + 2));
     long *used = calloc((size_t)K + 1, sizeof(long));
-    if (!work || !used) {
-        free(work); free(used);
-        PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
-        PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bRp);
-        PyBuffer_Release(&bRi); PyBuffer_Release(&bRx); PyBuffer_Release(&bARF);
-        PyBuffer_Release(&bterm); PyBuffer_Release(&bz); PyBuffer_Release(&bS);
-        PyBuffer_Release(&brhs);
-        return PyErr_NoMemory();
-    }
-    double *invR = work, *colR = invR + Q, *dR = colR + Q, *inv1 = dR + Q;
-    double *csq = inv1 + n1, *dsum = csq + K;
-    double max1 = 1e-300, maxR = 1e-300;
-    for (int i = 0; i < n1; i++) if (d1[i] > max1) max1 = d1[i];
-    for (int r = 0; r < Q; r++) {
-        dR[r] = 0.0;
-        for (int64_t e = Rp[r]; e < Rp[r + 1]; e++)
-            if (Ri[e] == r) dR[r] += Rx[e];
-        if (dR[r] > maxR) maxR = dR[r];
-        colR[r] = 0.0;
-    }
-    for (int k = 0; k < K; k++) csq[k] = dsum[k] = 0.0;
-    for (int i = 0; i < n1; i++) {
-        int ok = d1[i] > 1e-12 * max1;
-        inv1[i] = ok ? 1.0 / d1[i] : 0.0;
-        if (ok) { S[0] += d1[i]; used[0]++; }
-        double zr = 0.0;
-        for (int c = 0; c < m; c++) zr += B[(size_t)i * m + c] * z[c];
-        rhs[0] += zr * zr * inv1[i];
-        csq[0] += d1[i] * d1[i];
-        dsum[0] += d1[i];
-    }
-    for (int r = 0; r < Q; r++) {
-        int ok = dR[r] > 1e-12 * maxR;
-        invR[r] = ok ? 1.0 / dR[r] : 0.0;
-        int k = (int)term[r];
-        if (ok) used[k]++;
-        double zr = 0.0;
-        for (int c = 0; c < m; c++) zr += ARF[(size_t)r * m + c] * z[c];
-        rhs[k] += zr * zr * invR[r];
-        dsum[k] += dR[r];
-    }
-    for (int i = 0; i < n1; i++)
-        for (int64_t e = Ap[i]; e < Ap[i + 1]; e++) {
-            int64_t r = Ai[e];
-            double a2 = Ax[e] * Ax[e];
-            int k = (int)term[r];
-            S[0 * K1 + k] += a2 * inv1[i];
-            S[k * K1 + 0] += a2 * invR[r];
-            colR[r] += Ax[e];
+    int nomem = !work || !used;
+    long fewest = 0;
+    if (!nomem) {
+        double *invR = work, *colR = invR + Q, *dR = colR + Q, *inv1 = dR + Q;
+        double *csq = inv1 + n1, *dsum = csq + K;
+        double max1 = 1e-300, maxR = 1e-300;
+        for (int i = 0; i < n1; i++) if (d1[i] > max1) max1 = d1[i];
+        for (int r = 0; r < Q; r++) {
+            dR[r] = 0.0;
+            for (int64_t e = Rp[r]; e < Rp[r + 1]; e++)
+                if (Ri[e] == r) dR[r] += Rx[e];
+            if (dR[r] > maxR) maxR = dR[r];
+            colR[r] = 0.0;
         }
-    for (int r = 0; r < Q; r++) {
-        int kr = (int)term[r];
-        csq[kr] += colR[r] * colR[r];
-        for (int64_t e = Rp[r]; e < Rp[r + 1]; e++)
-            S[kr * K1 + (int)term[Ri[e]]] += Rx[e] * Rx[e] * invR[r];
-    }
-    long fewest = used[0];
-    for (int j = 0; j < K; j++) {
-        double common = csq[j] / nobs;
-        for (int k = 0; k < K; k++) S[k * K1 + j] -= common;
-        S[K * K1 + j] = dsum[j] - common;
-        S[j * K1 + K] = (double)used[j] - 1.0;
-        if (used[j] < fewest) fewest = used[j];
+        for (int k = 0; k < K; k++) csq[k] = dsum[k] = 0.0;
+        for (int i = 0; i < n1; i++) {
+            int ok = d1[i] > 1e-12 * max1;
+            inv1[i] = ok ? 1.0 / d1[i] : 0.0;
+            if (ok) { S[0] += d1[i]; used[0]++; }
+            double zr = 0.0;
+            for (int c = 0; c < m; c++) zr += B[(size_t)i * m + c] * z[c];
+            rhs[0] += zr * zr * inv1[i];
+            csq[0] += d1[i] * d1[i];
+            dsum[0] += d1[i];
+        }
+        for (int r = 0; r < Q; r++) {
+            int ok = dR[r] > 1e-12 * maxR;
+            invR[r] = ok ? 1.0 / dR[r] : 0.0;
+            int k = (int)term[r];
+            if (ok) used[k]++;
+            double zr = 0.0;
+            for (int c = 0; c < m; c++) zr += ARF[(size_t)r * m + c] * z[c];
+            rhs[k] += zr * zr * invR[r];
+            dsum[k] += dR[r];
+        }
+        for (int i = 0; i < n1; i++)
+            for (int64_t e = Ap[i]; e < Ap[i + 1]; e++) {
+                int64_t r = Ai[e];
+                double a2 = Ax[e] * Ax[e];
+                int k = (int)term[r];
+                S[0 * K1 + k] += a2 * inv1[i];
+                S[k * K1 + 0] += a2 * invR[r];
+                colR[r] += Ax[e];
+            }
+        for (int r = 0; r < Q; r++) {
+            int kr = (int)term[r];
+            csq[kr] += colR[r] * colR[r];
+            for (int64_t e = Rp[r]; e < Rp[r + 1]; e++)
+                S[kr * K1 + (int)term[Ri[e]]] += Rx[e] * Rx[e] * invR[r];
+        }
+        fewest = used[0];
+        for (int j = 0; j < K; j++) {
+            double common = csq[j] / nobs;
+            for (int k = 0; k < K; k++) S[k * K1 + j] -= common;
+            S[K * K1 + j] = dsum[j] - common;
+            S[j * K1 + K] = (double)used[j] - 1.0;
+            if (used[j] < fewest) fewest = used[j];
+        }
     }
     free(work); free(used);
     PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
@@ -782,6 +770,7 @@ static PyObject *scalar_moments(PyObject *self, PyObject *args) {
     PyBuffer_Release(&bRi); PyBuffer_Release(&bRx); PyBuffer_Release(&bARF);
     PyBuffer_Release(&bterm); PyBuffer_Release(&bz); PyBuffer_Release(&bS);
     PyBuffer_Release(&brhs);
+    if (nomem) return PyErr_NoMemory();
     return PyLong_FromLong(fewest);
 }
 

@@ -304,12 +304,10 @@ def factor(
         C0F = w0[:, None] * blocks.B0F[:, 0, :]
         logdet0 = 2.0 * np.log(l0)
     else:
-        S = np.einsum("ai,ijn,jb->abn", T0.T, blocks.D0, T0)
-        S[np.diag_indices(q0)] += 1.0
-        L0 = batched.cholesky(S)
-        if L0 is None:
+        factored = batched.factor_levels(T0, blocks.D0)
+        if factored is None:
             return None
-        W0 = batched.solve_lower(L0, T0.T)
+        L0, W0 = factored
         C0F = np.einsum("abn,nbm->nam", W0, blocks.B0F).reshape(n0 * q0, m)
         logdet0 = 2.0 * np.log(np.diagonal(L0)).sum(axis=1)
     logdet = float(logdet0.sum())

@@ -67,3 +67,15 @@ def solve_upper_t(L: np.ndarray, B: np.ndarray) -> np.ndarray:
 def to_levels_first(A: np.ndarray) -> np.ndarray:
     """(a, b, n) -> (n, a, b)."""
     return np.ascontiguousarray(np.moveaxis(A, -1, 0))
+
+
+def factor_levels(T: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per level Sᵢ = TᵀDᵢT + I = LᵢLᵢᵀ and Wᵢ = Lᵢ⁻¹Tᵀ (a term's blocks of the
+    penalized cross-product at one template T), for D (q, q, n) level-last;
+    None if some Sᵢ is not positive definite."""
+    S = np.einsum("ai,ijn,jb->abn", T.T, D, T)
+    S[np.diag_indices(T.shape[0])] += 1.0
+    L = cholesky(S)
+    if L is None:
+        return None
+    return L, solve_lower(L, T.T)

@@ -104,12 +104,10 @@ class ProfiledCriterion:
         q, n1 = self._q1, self.cp.nlevels[0]
         fn = None if _KERNEL_DISABLED else kernel("_kernels", "level_factors")
         if fn is None:
-            S = np.einsum("ai,ijn,jb->abn", T1.T, self._D1, T1)
-            S[np.diag_indices(q)] += 1.0
-            L1 = batched.cholesky(S)
-            if L1 is None:
+            blocks = batched.factor_levels(T1, self._D1)
+            if blocks is None:
                 return None
-            W = batched.solve_lower(L1, T1.T)
+            L1, W = blocks
             C1F = np.einsum("abn,bmn->amn", W, self._B1F)
             return L1, W, C1F, 2.0 * np.log(np.diagonal(L1)).sum()
         # level-first buffers, seen level-last (the layout the numpy code reads)
