@@ -112,7 +112,7 @@ def categorize(values: Any, label: str, level_order: list | None) -> Categorical
             remap = np.cumsum(used) - 1
             codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
             cats = cats[used]
-        values_index = pd.Index(cats)
+        values_index = cats  # an Index already (immutable: shared, not copied)
     else:
         codes, uniques = _factorize(s)
         values_index = uniques if isinstance(uniques, pd.Index) else pd.Index(uniques)
@@ -340,6 +340,13 @@ class ColumnNames(Sequence):
         return len(self._list())
 
     def __contains__(self, name: object) -> bool:
+        # the index's hash lookup first; the text names decide for labels that
+        # are not strings (a column 1 is named "1" in a formula)
+        try:
+            if name in self._frame.columns:
+                return True
+        except TypeError:  # an unhashable name
+            pass
         return name in self._list()
 
     def __iter__(self):
