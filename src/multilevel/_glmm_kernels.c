@@ -71,6 +71,60 @@ static double group_point(int logit, const double *base, const double *z, const 
     return 0.5 * u * u - s;
 }
 
+
+static double link_point(int cloglog, const double *base, const double *z, const double *y,
+                         const double *wt, int64_t m, double theta, double u, double *lp,
+                         double *obs, double *W, double *W1, double *Szlp, double *Sz2W);
+
+/* One group's rows for the penalized deviance f(u) of its scalar random
+ * effect: group_point (canonical links; no row terms kept) or link_point
+ * (probit/cloglog, the row terms lp, obs, W, W1 of the last point kept) */
+typedef struct {
+    int flag; /* logit (group_point) or cloglog (link_point) */
+    const double *base, *z, *y, *wt;
+    int64_t m;
+    double theta;
+    double *lp, *obs, *W, *W1; /* NULL: group_point */
+} GroupRows;
+
+static double rows_point(const GroupRows *g, double u, double *Szlp, double *Sz2) {
+    if (g->W)
+        return link_point(g->flag, g->base, g->z, g->y, g->wt, g->m, g->theta, u, g->lp, g->obs,
+                          g->W, g->W1, Szlp, Sz2);
+    return group_point(g->flag, g->base, g->z, g->y, g->wt, g->m, g->theta, u, Szlp, Sz2);
+}
+
+/* The group's mode from *u: steps (u - theta Szlp)/(1 + theta^2 Sz2),
+ * halved while f rises.  Returns 1 when a step fell below step_tol, with
+ * *u, *f, *Szlp and *Sz2 at that point (and link_point's row terms there:
+ * the last point evaluated is the accepted one); 0 if no step lowers f,
+ * a step is not finite or maxit steps pass. */
+static int group_mode(const GroupRows *g, double step_tol, int maxit, double *u, double *f,
+                      double *Szlp, double *Sz2) {
+    double theta = g->theta;
+    *f = rows_point(g, *u, Szlp, Sz2);
+    for (int it = 0; it < maxit; it++) {
+        double step = (*u - theta * *Szlp) / (1.0 + theta * theta * *Sz2);
+        if (!isfinite(step)) return 0;
+        if (fabs(step) < step_tol) return 1;
+        int ok = 0;
+        for (int k = 0; k < MAX_HALVINGS && !ok; k++) {
+            double un = *u - step, a, b;
+            double fn = rows_point(g, un, &a, &b);
+            if (fn <= *f + 1e-12 * (1.0 + fabs(*f))) {
+                *u = un;
+                *f = fn;
+                *Szlp = a;
+                *Sz2 = b;
+                ok = 1;
+            }
+            step *= 0.5;
+        }
+        if (!ok) return 0;
+    }
+    return 0;
+}
+
 static PyObject *scalar_glmm(PyObject *self, PyObject *args) {
     Py_buffer bX, bz, bo, by, bw, bs, bt, blw, bphi, bu, bg, bsc;
     int p, logit, want_grad;
@@ -111,35 +165,9 @@ static PyObject *scalar_glmm(PyObject *self, PyObject *args) {
             base[i] = s;
         }
         /* Newton iterations on u, halving while f rises */
-        double u = U[j];
-        double Sz2w, Szlp;
-        double f = group_point(logit, base, zj, yj, wj, m, theta, u, &Szlp, &Sz2w);
-        int converged = 0;
-        for (int it = 0; it < MAX_NEWTON; it++) {
-            double h = 1.0 + theta * theta * Sz2w;
-            double step = (u - theta * Szlp) / h;
-            if (!isfinite(step)) break;
-            if (fabs(step) < step_tol) {
-                converged = 1;
-                break;
-            }
-            int ok = 0;
-            for (int k = 0; k < MAX_HALVINGS; k++) {
-                double un = u - step, a, c;
-                double fn = group_point(logit, base, zj, yj, wj, m, theta, un, &a, &c);
-                if (fn <= f + 1e-12 * (1.0 + fabs(f))) {
-                    u = un;
-                    f = fn;
-                    Szlp = a;
-                    Sz2w = c;
-                    ok = 1;
-                    break;
-                }
-                step *= 0.5;
-            }
-            if (!ok) break;
-        }
-        if (!converged) {
+        double u = U[j], f, Sz2w, Szlp;
+        GroupRows rows = {logit, base, zj, yj, wj, m, theta, NULL, NULL, NULL, NULL};
+        if (!group_mode(&rows, step_tol, MAX_NEWTON, &u, &f, &Szlp, &Sz2w)) {
             failed = 1;
             break;
         }
@@ -1077,6 +1105,7 @@ static double link_point(int cloglog, const double *base, const double *z, const
     return 0.5 * u * u - s;
 }
 
+
 static PyObject *link_glmm(PyObject *self, PyObject *args) {
     Py_buffer bX, bz, bo, by, bw, bs, bphi, bu, bg, bsc;
     int p, cloglog, want_grad;
@@ -1106,35 +1135,10 @@ static PyObject *link_glmm(PyObject *self, PyObject *args) {
             for (int a = 0; a < p; a++) s += xi[a] * beta[a];
             base[i] = s;
         }
-        double u = U[j];
-        double Szlp, Sz2W;
-        double f = link_point(cloglog, base, zj, yj, wj, m, theta, u, lp, obs, W, W1, &Szlp, &Sz2W);
-        int converged = 0;
-        for (int it = 0; it < 200; it++) { /* Fisher scoring */
-            double h = 1.0 + theta * theta * Sz2W;
-            double step = (u - theta * Szlp) / h;
-            if (!isfinite(step)) break;
-            if (fabs(step) < step_tol) {
-                converged = 1;
-                break;
-            }
-            int ok = 0;
-            for (int k = 0; k < MAX_HALVINGS; k++) {
-                double un = u - step, a, b;
-                double fn = link_point(cloglog, base, zj, yj, wj, m, theta, un, lp, obs, W, W1, &a, &b);
-                if (fn <= f + 1e-12 * (1.0 + fabs(f))) {
-                    u = un;
-                    f = fn;
-                    Szlp = a;
-                    Sz2W = b;
-                    ok = 1;
-                    break;
-                }
-                step *= 0.5;
-            }
-            if (!ok) break;
-        }
-        if (!converged) {
+        /* Fisher scoring on u, halving while f rises */
+        double u = U[j], f, Szlp, Sz2W;
+        GroupRows rows = {cloglog, base, zj, yj, wj, m, theta, lp, obs, W, W1};
+        if (!group_mode(&rows, step_tol, 200, &u, &f, &Szlp, &Sz2W)) {
             failed = 1;
             break;
         }

@@ -33,6 +33,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from multilevel.compiled import kernel
+from multilevel.glmm.exact.scalar import compiled_deviance_grad
 from multilevel.glmm.exact.search import run_search
 from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
@@ -129,25 +130,13 @@ class LinkGLMM:
     def deviance_grad(self, phi: np.ndarray, grad: bool = True):
         self.evals += 1
         if self._kernel is not None:
-            u = self.u.copy()
-            g = np.zeros(phi.size)
-            try:
-                dev = self._kernel(
-                    *self._cargs,
-                    self._starts,
-                    np.ascontiguousarray(phi, dtype=float),
-                    u,
-                    g,
-                    self._scratch,
-                    self.X.shape[1],
-                    self._cloglog,
-                    int(grad),
-                    STEP_TOL,
-                )
-            except ArithmeticError as exc:
-                raise PirlsError(str(exc)) from None
-            self.u = u
-            return dev - 2.0 * self.const, (g if grad else None)
+            return compiled_deviance_grad(
+                self,
+                (*self._cargs, self._starts),
+                phi,
+                (self.X.shape[1], self._cloglog, int(grad), STEP_TOL),
+                grad,
+            )
         theta, beta = float(phi[0]), phi[1:]
         base = self.off + self.X @ beta
         tz = theta * self.z

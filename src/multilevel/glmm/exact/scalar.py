@@ -69,6 +69,22 @@ def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> b
     return has_derivatives(family) and (hessian == "observed" or family.canonical)
 
 
+def compiled_deviance_grad(model, data: tuple, phi: np.ndarray, flags: tuple, grad: bool):
+    """D(φ) (less 2·const) and dD/dφ by a one-term compiled kernel called as
+    ``kernel(*data, φ, u, g, scratch, *flags)``: the modes u start from the
+    model's and are kept; a kernel's arithmetic failure is a PIRLS failure."""
+    u = model.u.copy()
+    g = np.zeros(phi.size)
+    try:
+        dev = model._kernel(
+            *data, np.ascontiguousarray(phi, dtype=float), u, g, model._scratch, *flags
+        )
+    except ArithmeticError as exc:
+        raise PirlsError(str(exc)) from None
+    model.u = u
+    return dev - 2.0 * model.const, (g if grad else None)
+
+
 class ScalarGLMM:
     """Deviance and gradient in φ = (θ, β) for rows sorted by group."""
 
@@ -213,27 +229,13 @@ class ScalarGLMM:
         """D(φ) and, if asked, dD/dφ, φ = (θ, β₁..β_p)."""
         self.evals += 1
         if self._kernel is not None:
-            u = self.u.copy()
-            g = np.zeros(phi.size)
-            try:
-                dev = self._kernel(
-                    *self._cargs,
-                    self._starts64,
-                    self._t,
-                    self._logw,
-                    np.ascontiguousarray(phi, dtype=float),
-                    u,
-                    g,
-                    self._scratch,
-                    self.X.shape[1],
-                    int(self.logit),
-                    int(grad),
-                    STEP_TOL,
-                )
-            except ArithmeticError as exc:
-                raise PirlsError(str(exc)) from None
-            self.u = u
-            return dev - 2.0 * self.const, (g if grad else None)
+            return compiled_deviance_grad(
+                self,
+                (*self._cargs, self._starts64, self._t, self._logw),
+                phi,
+                (self.X.shape[1], int(self.logit), int(grad), STEP_TOL),
+                grad,
+            )
         # a trial point far out (μ → 0 or ∞) gives an infinite deviance, refused by the search
         with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
             return self._deviance_grad(phi, grad)
