@@ -114,21 +114,27 @@ def test_a_repeated_point_is_not_evaluated_again(monkeypatch):
     np.testing.assert_array_equal(crit.value_and_gradient(theta)[1], g1)
 
 
+def bare_block(rng, n1: int, Q: int, per_row: int) -> schur.RestBlock:
+    """A rest block holding only its cost inputs: A_1R with ``per_row``
+    random columns per row of the first term (a thin crossing to a table)."""
+    import scipy.sparse as sp
+
+    rows = np.repeat(np.arange(n1), per_row)
+    cols = rng.integers(0, Q, rows.size)
+    A1R = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n1, Q))
+    A1R.sum_duplicates()
+    rb = schur.RestBlock.__new__(schur.RestBlock)
+    rb.A1R, rb.Q, rb._syrk_A = A1R, Q, None
+    return rb
+
+
 def test_syrk_is_chosen_for_dense_pair_maps_only():
     """Many pairs per level of the first term (a users x items table) make the
     rank-n₁ update cheaper; a thin random crossing keeps the pair map."""
-    import scipy.sparse as sp
-
     rng = np.random.default_rng(2)
 
     def block(n1: int, Q: int, per_row: int) -> schur.RestBlock:
-        rows = np.repeat(np.arange(n1), per_row)
-        cols = rng.integers(0, Q, rows.size)
-        A1R = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n1, Q))
-        A1R.sum_duplicates()
-        rb = schur.RestBlock.__new__(schur.RestBlock)
-        rb.A1R = A1R
-        return rb
+        return bare_block(rng, n1, Q, per_row)
 
     assert block(1600, 900, 80)._syrk_pays()
     assert not block(3000, 3000, 6)._syrk_pays()
@@ -346,18 +352,10 @@ def test_gradient_traces_by_product_or_full_inverse(mode, product, monkeypatch):
 
 
 def test_inverse_choice_follows_the_costs():
-    import scipy.sparse as sp
-
     rng = np.random.default_rng(4)
 
     def block(n1: int, Q: int, per_row: int) -> schur.RestBlock:
-        rows = np.repeat(np.arange(n1), per_row)
-        cols = rng.integers(0, Q, rows.size)
-        A1R = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n1, Q))
-        A1R.sum_duplicates()
-        rb = schur.RestBlock.__new__(schur.RestBlock)
-        rb.A1R, rb.Q, rb._syrk_A = A1R, Q, None
-        return rb
+        return bare_block(rng, n1, Q, per_row)
 
     assert block(5000, 5000, 6)._product_pays()  # a thin random crossing
     assert not block(3000, 1100, 25)._product_pays()  # InstEval's shape
