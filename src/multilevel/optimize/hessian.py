@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy.linalg.lapack import dgesv, dsyev
+from scipy.linalg.lapack import dsyev
 
 
 def hessian_stencil(x: np.ndarray, h: np.ndarray | float = 1e-3) -> list[np.ndarray]:
@@ -128,11 +128,6 @@ def gradient_hessian(
             H[a] = (grad(x + e)[idx] - grad(x - e)[idx]) / (2 * hs[a])
     return 0.5 * (H + H.T)
 
-
-def solve_small(H: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """x with H x = b for a small square H (LU with pivoting), None if H is singular."""
-    _, _, x, info = dgesv(H, b)
-    return x if info == 0 else None
 
 
 def clearly_positive_definite(H: np.ndarray | None, rtol: float = 1e-8) -> bool:

@@ -24,7 +24,6 @@ from multilevel.optimize.hessian import (
     clearly_positive_definite,
     fd_hessian_of,
     gradient_hessian,
-    solve_small,
 )
 from multilevel.optimize.newton import newton_steps
 from multilevel.optimize.record import Logged, OptRecord
@@ -191,8 +190,9 @@ def _bfgs(
             gnorm = math.sqrt(float(gi @ gi))
             if gnorm < 1e-10 * (1 + abs(f)):
                 break
-            step = solve_small(H, gi)
-            if step is None:
+            try:
+                step = np.linalg.solve(H, gi)
+            except np.linalg.LinAlgError:
                 break
             xn = x.copy()
             xn[idx] -= step
