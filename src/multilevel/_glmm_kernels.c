@@ -76,6 +76,17 @@ static double link_point(int cloglog, const double *base, const double *z, const
                          const double *wt, int64_t m, double theta, double u, double *lp,
                          double *obs, double *W, double *W1, double *Szlp, double *Sz2W);
 
+/* A group's linear predictor without its random effect: base_i = off_i + x_i beta
+ * over its m rows (X row-major, p columns). */
+static void group_base(const double *X, const double *off, const double *beta, int64_t m, int p,
+                       double *base) {
+    for (int64_t i = 0; i < m; i++) {
+        double s = off[i];
+        for (int a = 0; a < p; a++) s += X[i * p + a] * beta[a];
+        base[i] = s;
+    }
+}
+
 /* One group's rows for the penalized deviance f(u) of its scalar random
  * effect: group_point (canonical links; no row terms kept) or link_point
  * (probit/cloglog, the row terms lp, obs, W, W1 of the last point kept) */
@@ -158,12 +169,7 @@ static PyObject *scalar_glmm(PyObject *self, PyObject *args) {
         const double *zj = z + r0, *yj = y + r0, *wj = wt + r0;
         /* scratch: base, w (=wt b''), w3 (=wt b'''), lp (=wt (y - mu)), then K columns */
         double *base = scratch, *w = base + m, *w3 = w + m, *lp = w3 + m, *lpk = lp + m;
-        for (int64_t i = 0; i < m; i++) {
-            const double *xi = X + (r0 + i) * p;
-            double s = off[r0 + i];
-            for (int a = 0; a < p; a++) s += xi[a] * beta[a];
-            base[i] = s;
-        }
+        group_base(X + r0 * p, off + r0, beta, m, p, base);
         /* Newton iterations on u, halving while f rises */
         double u = U[j], f, Sz2w, Szlp;
         GroupRows rows = {logit, base, zj, yj, wj, m, theta, NULL, NULL, NULL, NULL};
@@ -1129,12 +1135,7 @@ static PyObject *link_glmm(PyObject *self, PyObject *args) {
         int64_t r0 = starts[j], m = starts[j + 1] - r0;
         const double *zj = z + r0, *yj = y + r0, *wj = wt + r0;
         double *base = scratch, *lp = base + m, *obs = lp + m, *W = obs + m, *W1 = W + m;
-        for (int64_t i = 0; i < m; i++) {
-            const double *xi = X + (r0 + i) * p;
-            double s = off[r0 + i];
-            for (int a = 0; a < p; a++) s += xi[a] * beta[a];
-            base[i] = s;
-        }
+        group_base(X + r0 * p, off + r0, beta, m, p, base);
         /* Fisher scoring on u, halving while f rises */
         double u = U[j], f, Szlp, Sz2W;
         GroupRows rows = {cloglog, base, zj, yj, wj, m, theta, lp, obs, W, W1};
