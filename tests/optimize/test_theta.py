@@ -125,14 +125,14 @@ def _rosenbrock_bounded(x):
         "bound",
     ],
 )
-def test_compiled_bfgs_loop_takes_the_python_loops_steps(case, monkeypatch):
+def test_compiled_bfgs_search_takes_the_python_searchs_steps(case, monkeypatch):
     """The compiled loop of the search and its Python fallback evaluate the
     same points in the same order (the same arithmetic, to rounding)."""
     import multilevel.optimize.theta as th
     from multilevel.compiled import kernel
 
-    if kernel("_optim", "bfgs_loop") is None:
-        pytest.skip("the compiled kernel of the loop was not built")
+    if kernel("_optim", "bfgs_search") is None:
+        pytest.skip("the compiled kernel of the search was not built")
 
     def run(disabled):
         monkeypatch.setattr(th, "LOOP_DISABLED", disabled)

@@ -34,7 +34,7 @@ DECREMENT_TOL = 1e-6  # deviance units a Newton step could still gain
 # counts as flat (a variance parameter not identified), as lme4's check
 HESSIAN_RTOL = 1e-6
 START_INSIDE = 0.1  # a start on a bound moves this far inside (θ ~ 1 is unit scale)
-LOOP_DISABLED = False  # tests switch the compiled BFGS loop off to compare with Python
+LOOP_DISABLED = False  # tests switch the compiled BFGS search off to compare with Python
 
 
 def minimize_theta(
@@ -137,7 +137,32 @@ def _bfgs(
     even in it), so a step that would reach the bound is cut to a tenth of the
     remaining distance: bounds are approached geometrically and reached only
     by the final snap, when that does not raise the criterion.
+
+    ``multilevel._optim.bfgs_search`` is this whole search compiled (the
+    same steps and arithmetic, to rounding); the code below is its fallback.
     """
+    search = None if LOOP_DISABLED else kernel("_optim", "bfgs_search")
+    if search is not None:
+        x = np.array(x0, dtype=float)
+        Hinv0 = None
+        if hessian0 is not None and not isinstance(hessian0, str):
+            Hinv0 = np.ascontiguousarray(np.linalg.inv(hessian0), dtype=float)
+        f, g, code, _, hessians, snapped = search(
+            logged.value_grad,
+            x,
+            np.ascontiguousarray(lower, dtype=float),
+            int(maxeval),
+            Hinv0,
+            isinstance(hessian0, str),
+            newton_polish,
+            float(max_step),
+        )
+        if hessians:
+            hx, hidx, H = hessians[-1]
+            logged.hessian = (hx, np.array(hidx, dtype=np.intp), H)
+        logged.best, logged.best_x = f, x
+        logged.known_grad = None if snapped else (x, g)
+        return "bfgs", "CONVERGED" if code == 0 else "MAXEVAL_REACHED"
     x = x0.copy()
     f, g = logged.value_grad(x)
     n = x.size
@@ -153,27 +178,7 @@ def _bfgs(
         logged.hessian = (x.copy(), idx, H0)
     if hessian0 is not None:
         Hinv = np.linalg.inv(hessian0)
-    loop = None if LOOP_DISABLED else kernel("_optim", "bfgs_loop")
-    if loop is not None:
-        x, g = np.array(x, dtype=float), np.array(g, dtype=float)
-        Hinv = np.array(Hinv, dtype=float, order="C")
-        f, code, _ = loop(
-            logged.value_grad,
-            x,
-            g,
-            Hinv,
-            np.ascontiguousarray(lower, dtype=float),
-            float(f),
-            int(maxeval),
-            len(logged.values),
-            hessian0 is None,
-            float(max_step),
-        )
-        status = "CONVERGED" if code == 0 else "MAXEVAL_REACHED"
-    else:
-        x, f, g, status = _bfgs_loop(
-            logged, x, f, g, Hinv, lower, maxeval, hessian0 is None, max_step
-        )
+    x, f, g, status = _bfgs_loop(logged, x, f, g, Hinv, lower, maxeval, hessian0 is None, max_step)
     # Near the optimum the criterion's differences drown in rounding (its
     # value is known to ~1e-12 relative, so θ only to ~1e-7 from values) while
     # the exact gradient still points the way: Newton steps with a Hessian from
@@ -222,8 +227,7 @@ def _bfgs_loop(
     max_step: float,
 ) -> tuple[np.ndarray, float, np.ndarray, str]:
     """The search's iterations from (x, f, g) with the inverse Hessian
-    approximation Hinv (``multilevel._optim.bfgs_loop`` is the same loop
-    compiled); ``scale_first``: rescale Hinv at the first update."""
+    approximation Hinv; ``scale_first``: rescale Hinv at the first update."""
     n = x.size
     bounded = np.isfinite(lower)
     any_bounded = bool(bounded.any())
