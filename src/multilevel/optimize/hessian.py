@@ -129,7 +129,6 @@ def gradient_hessian(
     return 0.5 * (H + H.T)
 
 
-
 def clearly_positive_definite(H: np.ndarray | None, rtol: float = 1e-8) -> bool:
     """Whether a symmetric H is clearly positive definite: its smallest
     eigenvalue above ``rtol`` of its largest (a criterion flat to rounding in
