@@ -66,7 +66,7 @@ def solve_upper_t(L: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def to_levels_first(A: np.ndarray) -> np.ndarray:
     """(a, b, n) -> (n, a, b)."""
-    return np.ascontiguousarray(np.moveaxis(A, -1, 0))
+    return np.ascontiguousarray(A.transpose(2, 0, 1))  # moveaxis costs µs per call
 
 
 def factor_levels(T: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

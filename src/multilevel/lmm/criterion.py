@@ -28,6 +28,7 @@ No step depends on the number of rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -74,13 +75,20 @@ class ProfiledCriterion:
         self.p = cp.p
         self._q1 = cp.q[0]
         self._tidx = [(t.rows, t.cols, t.offset, t.size) for t in tmpl]
-        # level-last layout for the batched kernels
-        self._D1 = np.ascontiguousarray(np.moveaxis(cp.D1, 0, -1))  # (q1, q1, n1)
-        self._B1F = np.ascontiguousarray(np.moveaxis(cp.B1F, 0, -1))  # (q1, m, n1)
         self._kernel = _scalar_terms_kernel(cp) if cp.has_rest else _one_term_kernel(cp)
         self._rest_block: RestBlock | None = None
         self._levels_first: tuple[np.ndarray, np.ndarray] | None = None  # D₁, B₁F for kernels
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None  # (θ, value, gradient)
+
+    @cached_property
+    def _D1(self) -> np.ndarray:
+        """D₁ level-last (q1, q1, n1), the layout the numpy code reads."""
+        return np.ascontiguousarray(self.cp.D1.transpose(1, 2, 0))
+
+    @cached_property
+    def _B1F(self) -> np.ndarray:
+        """B₁F level-last (q1, m, n1)."""
+        return np.ascontiguousarray(self.cp.B1F.transpose(1, 2, 0))
 
     @property
     def _rest(self) -> RestBlock | None:
@@ -120,7 +128,7 @@ class ProfiledCriterion:
         logdet = fn(*self._levels_first, theta1, L1, W, C1F, q, m, n1)
         if logdet is None:
             return None
-        return (*(np.moveaxis(a, 0, -1) for a in (L1, W, C1F)), logdet)
+        return L1.transpose(1, 2, 0), W.transpose(1, 2, 0), C1F.transpose(1, 2, 0), logdet
 
     def _rest_factor(
         self, W: np.ndarray, T: list[np.ndarray], theta: np.ndarray, keep: bool
