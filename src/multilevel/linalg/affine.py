@@ -179,9 +179,17 @@ def solve_small(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     if A.shape == (1, 1):
         return B / A[0, 0]
     if A.shape == (2, 2):
-        a, b, c, d = A[0, 0], A[0, 1], A[1, 0], A[1, 1]
+        (a, b), (c, d) = A.tolist()  # Python floats: numpy scalars cost µs here
         det = a * d - b * c
-        if det != 0.0 and np.isfinite(det):
+        if det != 0.0 and math.isfinite(det):
+            if B.shape == (2, 2):  # the θ maps: the product written out
+                (e, f), (g, h) = B.tolist()
+                return np.array(
+                    [
+                        [(d * e + -b * g) / det, (d * f + -b * h) / det],
+                        [(-c * e + a * g) / det, (-c * f + a * h) / det],
+                    ]
+                )
             return np.array([[d, -b], [-c, a]]) @ B / det
     return np.linalg.solve(A, B)
 
@@ -195,10 +203,11 @@ def lower_factor(M: np.ndarray) -> np.ndarray:
     if q == 1:
         return np.abs(M)
     if q == 2:
-        r = float(np.hypot(M[0, 0], M[0, 1]))
-        c, s = (M[0, 0] / r, M[0, 1] / r) if r > 0 else (1.0, 0.0)
-        l21 = M[1, 0] * c + M[1, 1] * s
-        l22 = -M[1, 0] * s + M[1, 1] * c
+        (m00, m01), (m10, m11) = M.tolist()  # Python floats: numpy scalars cost µs here
+        r = math.hypot(m00, m01)
+        c, s = (m00 / r, m01 / r) if r > 0 else (1.0, 0.0)
+        l21 = m10 * c + m11 * s
+        l22 = -m10 * s + m11 * c
         return np.array([[r, 0.0], [l21, abs(l22)]])
     R = np.linalg.qr(M.T, mode="r")
     L = R.T

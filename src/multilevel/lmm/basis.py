@@ -138,6 +138,8 @@ class ScaledCriterion:
         self.sum_log_w = scaled.sum_log_w
         self.n, self.p = scaled.n, scaled.p
         self._tidx = [(t.rows, t.cols, t.offset, t.size) for t in tmpl]
+        # (θ, θ̃) at the optimum, set by the estimation that found it
+        self.optimum: tuple[np.ndarray, np.ndarray] | None = None
         NF = basis.NF
         p = self.p
         self._log_c = float(np.log(NF[p, p]))
@@ -156,6 +158,9 @@ class ScaledCriterion:
         return self.basis.original_cross_products(self.scaled.cp)
 
     def to_scaled(self, theta: np.ndarray) -> np.ndarray:
+        known = self.optimum
+        if known is not None and np.array_equal(theta, known[0]):
+            return known[1]  # the search's own θ̃: no round trip through the maps
         T = self.basis.theta_to_scaled(self.templates(theta))
         return np.concatenate([Tk[t.rows, t.cols] for Tk, t in zip(T, self.tmpl, strict=True)])
 

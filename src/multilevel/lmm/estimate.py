@@ -77,6 +77,7 @@ def optimize_in_basis(
     original = partial(_to_original, basis, tmpl)  # picklable: the record travels with the fit
     rec.internal_theta = np.asarray(rec.theta, dtype=float)
     rec.theta = original(rec.internal_theta)
+    crit.optimum = (rec.theta, rec.internal_theta)
     rec.criterion = rec.criterion + shift
     rec.log_map = original
     rec._values = [v + shift for v in rec._values]
