@@ -135,6 +135,13 @@ def categorize(values: Any, label: str, level_order: list | None) -> Categorical
 def level_labels(values_index: pd.Index) -> list[str]:
     """Printable labels of levels: R's (TRUE/FALSE, integral numbers without
     '.0'), by dtype where that decides them."""
+    arrow = getattr(values_index.array, "__arrow_array__", None)
+    if arrow is not None and isinstance(values_index.dtype, pd.StringDtype):
+        # Arrow-backed text (pandas' default string type): its own list
+        # conversion, a quarter of the cost of one through numpy
+        items = arrow().to_pylist()
+        if all(type(v) is str for v in items):
+            return items
     arr = values_index.to_numpy()  # iterating an Arrow-backed index costs µs per item
     kind = arr.dtype.kind
     if kind in "iu":
@@ -200,6 +207,8 @@ def is_categorical(values: Any) -> bool:
         return True
     if isinstance(dtype, np.dtype) and dtype.kind in "iufb":  # without pandas' dispatch
         return dtype.kind == "b"
+    if isinstance(dtype, pd.CategoricalDtype):
+        return True
     return pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype)
 
 

@@ -143,10 +143,17 @@ class ScaledCriterion:
         NF = basis.NF
         p = self.p
         self._log_c = float(np.log(NF[p, p]))
-        self._logdet_NX = float(2.0 * np.log(np.diag(NF)[:p]).sum())
+        self._logdet_NX = float(2.0 * np.log(NF.diagonal()[:p]).sum())
 
     templates = ProfiledCriterion.templates
     value = ProfiledCriterion.value
+
+    def criterion_shift(self, reml: bool) -> float:
+        """The original problem's criterion less the scaled one's: 2(n − p) log c
+        + log|det N_X|² for REML, 2n log c for ML."""
+        if reml:
+            return 2.0 * (self.n - self.p) * self._log_c + self._logdet_NX
+        return 2.0 * self.n * self._log_c
 
     @property
     def has_gradient(self) -> bool:

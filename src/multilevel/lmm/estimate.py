@@ -68,11 +68,7 @@ def optimize_in_basis(
         start_s = _flatten(basis.theta_to_scaled([t.matrix(start) for t in tmpl]), tmpl)
     crit_s, rec = optimize_cross_products(cp_s, qs, REML, sum_log_w, start_s)
     crit = ScaledCriterion(crit_s, basis, tmpl)
-    p, n = cp_s.p, cp_s.n
-    log_c = float(np.log(basis.NF[p, p]))
-    shift = 2.0 * (n - p) * log_c + 2.0 * float(np.log(np.diag(basis.NF)[:p]).sum())
-    if not REML:
-        shift = 2.0 * n * log_c
+    shift = crit.criterion_shift(REML)
 
     original = partial(_to_original, basis, tmpl)  # picklable: the record travels with the fit
     rec.internal_theta = np.asarray(rec.theta, dtype=float)

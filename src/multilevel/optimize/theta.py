@@ -30,6 +30,7 @@ from multilevel.optimize.record import Logged, OptRecord
 
 GRAD_TOL = 2e-3  # on the deviance scale, as lme4's check
 DECREMENT_TOL = 1e-6  # deviance units a Newton step could still gain
+POLISH_GTOL = 1e-3  # the polish after a search acts on larger free gradients only
 # smallest over largest eigenvalue of the Hessian in θ below which the optimum
 # counts as flat (a variance parameter not identified), as lme4's check
 HESSIAN_RTOL = 1e-6
@@ -82,9 +83,15 @@ def minimize_theta(
         optimizer = "bobyqa"
     x = logged.best_x if logged.best_x is not None else x0
     fx = logged.best
-    x, fx, grad, decrement = _polish(logged, x, fx, lower)
-    free = ~(_at_bound(x, lower) & (grad >= 0))
-    gmax = float(np.abs(grad[free]).max()) if free.any() else 0.0
+    known = logged.known_grad
+    if known is not None and known[0] is x:
+        # the search's exact gradient at its end: when already below the
+        # polish's threshold, the polish would return it as it is
+        grad, decrement = known[1].copy(), None
+        free, gmax = _free_gradient(x, grad, lower)
+    if known is None or known[0] is not x or gmax >= POLISH_GTOL:
+        x, fx, grad, decrement = _polish(logged, x, fx, lower)
+        free, gmax = _free_gradient(x, grad, lower)
     messages = []
     converged = status in ("SUCCESS", "FTOL_REACHED", "XTOL_REACHED", "CONVERGED")
     if not converged:
@@ -322,6 +329,13 @@ def _brent(logged: Logged, x0: float, lower: float, xtol: float) -> tuple[str, s
     return "brent", "CONVERGED" if res.success else "FAILED"
 
 
+def _free_gradient(x: np.ndarray, grad: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, float]:
+    """The parameters not held at their bound by the gradient, and the
+    largest |gradient| among them."""
+    free = ~(_at_bound(x, lower) & (grad >= 0))
+    return free, float(np.abs(grad[free]).max()) if free.any() else 0.0
+
+
 def _at_bound(x: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """Parameters at their (finite) lower bound, to rounding (np.isclose's
     tolerances, without its general-purpose overhead)."""
@@ -368,7 +382,7 @@ def _polish(
         return _gradient(logged, z, lower), hessian
 
     res = newton_steps(
-        logged, x, fx, lower, derivatives, maxit=3, tol=1e-10, gtol=1e-3, at_bound_tol=1e-8
+        logged, x, fx, lower, derivatives, maxit=3, tol=1e-10, gtol=POLISH_GTOL, at_bound_tol=1e-8
     )
     grad = _gradient(logged, res.x, lower) if res.moved else res.g
     return res.x, res.f, grad, res.decrement
