@@ -42,7 +42,8 @@ import scipy.sparse as sp
 # LAPACK directly: scipy.linalg.cholesky's wrapper costs more than a small factorization
 from scipy.linalg.lapack import dposv, dpotrf
 
-from multilevel.glmm.families import Family, GlmResponse
+from multilevel.compiled import kernel
+from multilevel.glmm.families import Binomial, Family, GlmResponse, Poisson
 from multilevel.linalg import batched
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import group_sums, level_crossprod
@@ -51,6 +52,9 @@ MAX_ITER = 200
 MAX_HALVINGS = 30
 STEP_TOL = 1e-10  # largest |change| of u (standard-normal scale) and β at convergence
 
+
+IRLS_KERNEL_DISABLED = False  # tests switch the compiled GLM start off to check numpy's
+MAX_KERNEL_P = 64  # fixed effects the compiled GLM start solves for (its Cholesky is unblocked)
 
 SMALL_DENSE = 250_000  # entries: first x rest maps small enough to multiply densely
 
@@ -441,6 +445,7 @@ class PirlsProblem:
         self.tmpl = templates
         self.n, self.p = X.shape
         self._const = float(resp.const.sum())
+        self._glm_info: tuple | None = None  # (family, β, XᵀWX) of the compiled GLM start
 
     def templates(self, theta: np.ndarray) -> list[np.ndarray]:
         return [t.matrix(theta) for t in self.tmpl]
@@ -482,6 +487,9 @@ class PirlsProblem:
         fam, r = self.family, self.resp
         mu = fam.initial_mu(r)
         eta = fam.linkfun(mu)
+        beta = self._compiled_irls(eta)
+        if beta is not None:
+            return beta
         beta = np.zeros(self.p)
         dev = np.inf
         X = self.X
@@ -506,6 +514,40 @@ class PirlsProblem:
                 break
             dev = dev_new
         return beta
+
+    def _compiled_irls(self, eta: np.ndarray) -> np.ndarray | None:
+        """:meth:`initial_beta`'s IRLS by the compiled kernel (binomial-logit and
+        Poisson-log), which also leaves XᵀWX at the fit for
+        :meth:`glm_information`; None where numpy's loop must run (no kernel,
+        another family, or a singular or non-finite step, which numpy answers
+        by least squares)."""
+        fam, r = self.family, self.resp
+        irls = None if IRLS_KERNEL_DISABLED else kernel("_glmm_kernels", "glm_irls")
+        plain = type(fam) in (Binomial, Poisson) and fam.canonical
+        if irls is None or not plain or not 0 < self.p <= MAX_KERNEL_P:
+            return None
+        beta = np.empty(self.p)
+        info = np.empty((self.p, self.p))
+        as_f = np.ascontiguousarray
+        status = irls(
+            self.X, as_f(self.offset, dtype=float), as_f(r.y, dtype=float),
+            as_f(r.weights, dtype=float), np.array(eta, dtype=float), beta, info,
+            int(type(fam) is Binomial), self._const, 50,
+        )  # fmt: skip
+        if status < 0:
+            return None
+        self._glm_info = (fam, beta.copy(), info)
+        return beta
+
+    def glm_information(self, beta: np.ndarray) -> np.ndarray:
+        """XᵀWX of the GLM without random effects at β (Fisher weights): the
+        compiled IRLS start's when β is its result, else formed here."""
+        info = self._glm_info
+        if info is not None and info[0] is self.family and np.array_equal(info[1], beta):
+            return info[2]
+        eta = self.offset + self.X @ beta
+        w = self.family.irls_terms(eta, self.resp.weights)[2]
+        return (self.X.T * w) @ self.X
 
     def mode(
         self,

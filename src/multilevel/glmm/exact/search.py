@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.linalg.lapack import dpotrf, dtrtri
 
 from multilevel.glmm.pirls import PirlsError, factor
 from multilevel.optimize.bounds import snap_to_bounds
@@ -29,16 +30,20 @@ from multilevel.optimize.theta import GRAD_TOL, minimize_theta
 def whitening(prob, beta0: np.ndarray) -> np.ndarray:
     """R with RᵀR = 2XᵀWX at the GLM fit β₀ (the deviance's β-curvature without
     random effects): β = β₀ + R⁻¹δ puts δ on unit scales for the search."""
-    eta0 = prob.offset + prob.X @ beta0
-    w = prob.family.irls_terms(eta0, prob.resp.weights)[2]
-    A = 2.0 * (prob.X.T * w) @ prob.X
-    try:
-        R = np.linalg.cholesky(A).T
-        if not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R))) < 1e-8:
-            raise np.linalg.LinAlgError
-    except np.linalg.LinAlgError:
+    A = 2.0 * prob.glm_information(beta0)
+    # LAPACK directly: numpy.linalg's wrappers cost more than a p x p factorization
+    R, info = dpotrf(A, lower=0, clean=1)
+    if info != 0 or not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R)), initial=1.0) < 1e-8:
         R = np.eye(prob.p)
     return R
+
+
+def whitening_inverse(R: np.ndarray) -> np.ndarray:
+    """R⁻¹ of an upper-triangular R from :func:`whitening`."""
+    if not R.size:
+        return R.copy()
+    Rinv, info = dtrtri(R, lower=0)
+    return Rinv if info == 0 else np.linalg.inv(R)
 
 
 class Search:
@@ -282,7 +287,7 @@ def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower
     Returns the record (in x; ``evals`` counts both searches, the log keeps the
     last one's evaluations), the Hessian in x (None if not finite), β₀, R⁻¹
     (β = β₀ + R⁻¹δ) and the conditional modes at the optimum."""
-    Rinv = np.linalg.inv(whitening(prob, beta0))
+    Rinv = whitening_inverse(whitening(prob, beta0))
     theta0 = np.atleast_1d(np.asarray(theta0, dtype=float))
     nt = theta0.size
     model = make_model(1)
