@@ -495,9 +495,10 @@ def _codings(tset: TermSet, values: dict[str, Value]) -> list[tuple[str, ...]]:
 MAX_MATRIX_ENTRIES = 200_000_000  # 1.6 GB of doubles for one model matrix
 
 
-def _check_size(tset: TermSet, values: dict[str, Value], n: int, codings) -> None:
-    """Refuse a model matrix too large to allocate before allocating it (a
-    factor with many levels, or an interaction of several, as fixed effects)."""
+def _check_size(tset: TermSet, values: dict[str, Value], n: int, codings) -> int:
+    """The model matrix's number of columns; refuses a matrix too large to
+    allocate before allocating it (a factor with many levels, or an
+    interaction of several, as fixed effects)."""
     p = int(tset.intercept)
     for term, coding in zip(tset.terms, codings, strict=True):
         width = 1
@@ -514,6 +515,7 @@ def _check_size(tset: TermSet, values: dict[str, Value], n: int, codings) -> Non
             "a factor with this many levels (or their interaction) is better a random "
             "effect, e.g. (1 | factor)"
         )
+    return p
 
 
 def build_matrix(
@@ -522,12 +524,14 @@ def build_matrix(
     """Model matrix of a term set with R's column names and order."""
     if codings is None:
         codings = _codings(tset, values)
-    _check_size(tset, values, n, codings)
-    blocks: list[np.ndarray] = []
+    # filled in place: stacking the blocks costs a copy and numpy's checks
+    X = np.empty((n, _check_size(tset, values, n, codings)))
     names: list[str] = []
+    j = 0
     if tset.intercept:
-        blocks.append(np.ones((n, 1)))
+        X[:, 0] = 1.0
         names.append("(Intercept)")
+        j = 1
     built: dict[tuple[str, str], tuple[np.ndarray, list[str]]] = {}
     for term, coding in zip(tset.terms, codings, strict=True):
         mat = None
@@ -539,9 +543,9 @@ def build_matrix(
             # the first factor varies fastest, as in R
             mat = cols if mat is None else (mat[:, None, :] * cols[:, :, None]).reshape(n, -1)
             cn = [f"{a}:{f}{s}" if a else f"{f}{s}" for s in suffixes for a in cn]
-        blocks.append(mat)
+        X[:, j : j + mat.shape[1]] = mat
+        j += mat.shape[1]
         names.extend(cn)
-    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
     return X, MatrixSpec(tset.intercept, list(tset.terms), codings, names)
 
 
@@ -868,7 +872,8 @@ def _covariate_means(parsed, needed, values, frame, keep, evaluator, columns) ->
         if label not in fixed or not isinstance(values[label], Numeric):
             continue
         if f.is_name:  # the column itself, already subset to the rows used
-            out[label] = float(np.mean(values[label].values[:, 0]))
+            col = values[label].values[:, 0]
+            out[label] = float(col.sum()) / col.size  # np.mean's sum and division
             continue
         used = evaluator.columns_used(f.code, columns, f.label)
         for c in used:
