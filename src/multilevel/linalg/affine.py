@@ -132,7 +132,7 @@ def affine_parts(N: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """For N from :func:`affine`: the shifts and reciprocal scales with
     M̃ = (M − shifts)·(1/scales) column by column, or None where a reciprocal
     is not finite (then :func:`apply_affine` is the way)."""
-    d = np.diag(N)
+    d = N.diagonal()
     with np.errstate(divide="ignore", over="ignore"):
         r = 1.0 / d
     if not np.all(np.isfinite(r)):
@@ -144,7 +144,7 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
     """M̃ = M N⁻¹ for N from :func:`affine` (M): its shifts sit in the row of a
     column of ones, so M̃ is (M − shifts)/scales.  M itself when N = I."""
     k = M.shape[1]
-    d = np.diag(N)
+    d = N.diagonal()
     offdiag = N - np.diag(d)
     if not offdiag.any() and np.all(d == 1.0):
         return M

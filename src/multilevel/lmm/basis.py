@@ -209,7 +209,7 @@ class ScaledCriterion:
         out = []
         for T, V, Ts in zip(f.T, self.basis.V, f.scaled.T, strict=True):
             VTs = solve_small(V, Ts)
-            if np.all(np.diag(T) > 0):
+            if (T.diagonal() > 0).all():
                 out.append(solve_small(T, VTs))
             else:
                 out.append(np.linalg.pinv(T) @ VTs)

@@ -198,7 +198,7 @@ class ProfiledCriterion:
         LFF, info = dpotrf(MFF, lower=1, clean=1)
         if info != 0:
             return None
-        d = np.diag(LFF)
+        d = LFF.diagonal()
         r2 = float(d[-1] ** 2)
         log_r2 = float(2.0 * np.log(abs(d[-1]))) if d[-1] != 0 else -np.inf
         logdet_X = float(2.0 * np.log(d[:-1]).sum())
