@@ -330,18 +330,20 @@ def _brent(logged: Logged, x0: float, lower: float, xtol: float) -> tuple[str, s
 
 
 def _free_gradient(x: np.ndarray, grad: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, float]:
-    """The parameters not held at their bound by the gradient, and the
-    largest |gradient| among them."""
-    free = ~(_at_bound(x, lower) & (grad >= 0))
-    return free, float(np.abs(grad[free]).max()) if free.any() else 0.0
-
-
-def _at_bound(x: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """Parameters at their (finite) lower bound, to rounding (np.isclose's
-    tolerances, without its general-purpose overhead)."""
-    fin = np.isfinite(lower)
-    lo = np.where(fin, lower, 0.0)
-    return fin & (np.abs(x - lo) <= 1e-8 + 1e-5 * np.abs(lo))
+    """The parameters not held at their (finite) bound by the gradient, and
+    the largest |gradient| among them; at the bound means within rounding of
+    it (np.isclose's tolerances)."""
+    # Python floats: a handful of parameters, where each numpy call costs more
+    free = [
+        not (math.isfinite(lo) and abs(xi - lo) <= 1e-8 + 1e-5 * abs(lo) and gi >= 0)
+        for xi, lo, gi in zip(x.tolist(), lower.tolist(), grad.tolist(), strict=True)
+    ]
+    # a NaN gradient is never small
+    gfree = (
+        abs(gi) if gi == gi else math.inf for gi, f in zip(grad.tolist(), free, strict=True) if f
+    )
+    gmax = max(gfree, default=0.0)
+    return np.array(free, dtype=bool), float(gmax)
 
 
 def _hessian(logged: Logged, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
