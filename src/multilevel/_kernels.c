@@ -859,6 +859,82 @@ static PyObject *one_term_crossprod(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The aliasing screen of a model matrix (multilevel.formula.design's
+ * _gram_screen, the same steps): G = X^T X (X n x p, row-major); undecided
+ * (0) if a diagonal entry is not finite; with an all-ones first column, G
+ * centred on it (G - n m m^T, m = G[0]/n, its first row and column zeroed,
+ * G[0,0] = n); undecided if a nonzero column lost all but 1e-8 of its length
+ * to the centring; zero[j] = 1 for the all-zero columns; then the other
+ * columns' correlation matrix G_ij / s_i / s_j (s = sqrt of the centred
+ * diagonal) must have Cholesky pivots all above 1e-4 (decided, 1: no column
+ * aliased but the zero ones), else undecided.  Returns 1 or 0. */
+static PyObject *gram_screen(PyObject *self, PyObject *args) {
+    Py_buffer bX, bz;
+    int n, p;
+    if (!PyArg_ParseTuple(args, "y*w*ii", &bX, &bz, &n, &p)) return NULL;
+    const double *X = bX.buf;
+    char *zero = bz.buf;
+    size_t pp = (size_t)p * p;
+    double *G = calloc(2 * pp + 3 * (size_t)p, sizeof(double));
+    int *kept_at = malloc(sizeof(int) * (size_t)(p > 0 ? p : 1));
+    if (!G || !kept_at) {
+        free(G);
+        free(kept_at);
+        PyBuffer_Release(&bX); PyBuffer_Release(&bz);
+        return PyErr_NoMemory();
+    }
+    double *R = G + pp, *raw = R + pp, *s = raw + p, *m0 = s + p;
+    int decided = 0;
+    for (int i = 0; i < n; i++) { /* the upper triangle, row by row */
+        const double *x = X + (size_t)i * p;
+        for (int a = 0; a < p; a++) {
+            double xa = x[a];
+            if (xa == 0.0) continue;
+            for (int b = a; b < p; b++) G[a * p + b] += xa * x[b];
+        }
+    }
+    for (int a = 0; a < p; a++)
+        for (int b = a + 1; b < p; b++) G[b * p + a] = G[a * p + b];
+    for (int a = 0; a < p; a++) {
+        raw[a] = G[a * p + a];
+        if (!isfinite(raw[a])) goto done;
+    }
+    int ones = X[0] == 1.0;
+    for (int i = 1; i < n && ones; i++) ones = X[(size_t)i * p] == 1.0;
+    if (ones) {
+        for (int a = 0; a < p; a++) m0[a] = G[a] / n;
+        for (int a = 0; a < p; a++)
+            for (int b = 0; b < p; b++) G[a * p + b] -= n * (m0[a] * m0[b]);
+        for (int a = 0; a < p; a++) G[a] = G[a * p] = 0.0;
+        G[0] = n;
+    }
+    int kept = 0;
+    for (int a = 0; a < p; a++) {
+        double d = G[a * p + a];
+        zero[a] = raw[a] == 0.0;
+        if (!zero[a] && d <= 1e-8 * raw[a]) goto done;
+        if (!zero[a]) {
+            s[kept] = sqrt(d);
+            kept_at[kept++] = a;
+        }
+    }
+    if (kept == 0) {
+        decided = 1;
+        goto done;
+    }
+    for (int a = 0; a < kept; a++)
+        for (int b = 0; b < kept; b++)
+            R[a * kept + b] = G[kept_at[a] * p + kept_at[b]] / s[a] / s[b];
+    if (!chol(R, kept)) goto done;
+    decided = 1;
+    for (int a = 0; a < kept; a++) decided &= R[a * kept + a] > 1e-4;
+done:
+    free(G);
+    free(kept_at);
+    PyBuffer_Release(&bX); PyBuffer_Release(&bz);
+    return PyBool_FromLong(decided);
+}
+
 static PyMethodDef methods[] = {
     {"one_term", one_term, METH_VARARGS,
      "one_term(D, B, AFF, theta, grad_out, q, m, nlev, nobs, reml, want_grad) -> criterion"},
@@ -882,6 +958,9 @@ static PyMethodDef methods[] = {
     {"scalar_rest_factor", scalar_rest_factor, METH_VARARGS,
      "scalar_rest_factor(d, B, Ap, Ai, Ax, ARR, ARF, term, theta, L, G, n1, Q, m) -> log|M_RR| "
      "or None (the rest block's factor for the estimates)"},
+    {"gram_screen", gram_screen, METH_VARARGS,
+     "gram_screen(X, zero, n, p) -> decided (the aliasing screen of a model matrix; zero[j] "
+     "set for all-zero columns)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",

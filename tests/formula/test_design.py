@@ -217,3 +217,49 @@ def test_level_labels_by_dtype_equal_the_per_value_labels(values):
     (integral floats without '.0', TRUE/FALSE)."""
     idx = pd.Index(values)
     assert level_labels(idx) == [_label(v) for v in idx.to_numpy()]
+
+
+@given(
+    n=st.integers(1, 60),
+    cols=st.lists(
+        st.sampled_from(["normal", "zero", "copy", "shifted", "tiny", "huge", "ones", "int"]),
+        min_size=1,
+        max_size=6,
+    ),
+    intercept=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_compiled_aliasing_screen_decides_as_numpy(n, cols, intercept, seed):
+    """The compiled screen of a model matrix decides what the numpy one
+    decides: the same zero columns, or undecided (None) alike."""
+    import multilevel.formula.design as D
+    from multilevel.compiled import kernel
+
+    if kernel("_kernels", "gram_screen") is None:
+        pytest.skip("the compiled kernel of the screen was not built")
+    rng = np.random.default_rng(seed)
+    made = [np.ones(n)] if intercept else []
+    for c in cols:
+        base = rng.normal(size=n)
+        made.append(
+            {
+                "normal": base,
+                "zero": np.zeros(n),
+                "copy": made[-1] * 3.0 if made else base,
+                "shifted": 1e6 + base,  # centring keeps few digits
+                "tiny": 1e-9 * base,
+                "huge": 1e150 * base,
+                "ones": np.ones(n),
+                "int": rng.integers(0, 3, n).astype(float),
+            }[c]
+        )
+    X = np.column_stack(made)
+    D.GRAM_KERNEL_DISABLED = True
+    try:
+        expected = D._gram_screen(X)
+    finally:
+        D.GRAM_KERNEL_DISABLED = False
+    got = D._gram_screen(X)
+    assert (expected is None) == (got is None)
+    if expected is not None:
+        np.testing.assert_array_equal(got, expected)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.linalg.lapack import dpotrf
 
+from multilevel.compiled import kernel
 from multilevel.errors import DataError, FormulaError, ModelError, RankDeficiencyWarning, warn
 from multilevel.formula.evaluate import Evaluator, closest
 from multilevel.formula.parser import Factor, ParsedFormula, RandomTerm, TermSet
@@ -549,6 +550,10 @@ def build_matrix(
     return X, MatrixSpec(tset.intercept, list(tset.terms), codings, names)
 
 
+GRAM_KERNEL_WORK = 100_000  # n·p² up to which the compiled screen beats BLAS's XᵀX
+GRAM_KERNEL_DISABLED = False  # tests switch the compiled screen off to compare with numpy
+
+
 def _gram_screen(X: np.ndarray) -> np.ndarray | None:
     """The common case without copying X: XᵀX centred on an all-ones first
     column and scaled to correlations in p x p space; if its Cholesky pivots
@@ -559,6 +564,10 @@ def _gram_screen(X: np.ndarray) -> np.ndarray | None:
     n, p = X.shape
     if n == 0 or p == 0:
         return np.zeros(p, dtype=bool) if p == 0 else None
+    fn = None if GRAM_KERNEL_DISABLED else kernel("_kernels", "gram_screen")
+    if fn is not None and n * p * p <= GRAM_KERNEL_WORK and X.dtype == np.float64:
+        zero = np.zeros(p, dtype=bool)
+        return zero if fn(np.ascontiguousarray(X), zero, n, p) else None
     with np.errstate(all="ignore"):
         G = X.T @ X
         raw_d = G.diagonal().copy()
