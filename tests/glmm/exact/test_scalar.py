@@ -152,3 +152,24 @@ def test_compiled_kernel_equals_numpy(kind, nagq, monkeypatch):
     assert plain._kernel is None
     phi = np.concatenate([fit.theta, fit.fixef.values]) + np.linspace(-0.2, 0.2, fit._prob.p + 1)
     assert_compiled_equals_numpy(compiled, plain, phi, shift=0.0)
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+def test_scalar_curvature_equals_the_blocked_factor(kind):
+    """The start Hessian's β-curvature for one scalar term (diagonal M) equals
+    the one the blocked PIRLS factor gives (rows taken as unsorted there)."""
+    from multilevel.glmm.exact.search import conditional_curvature
+
+    fit = FITS[kind]
+    prob = fit._prob
+    theta = np.array([0.8 * float(np.asarray(fit.theta)[0]) + 0.1])
+    beta = fit.fixef.values * 0.9
+    u = np.linspace(-1.0, 1.0, prob.rb.Q)
+    fast = conditional_curvature(prob, theta, beta, u)
+    starts, prob.rb._starts0 = prob.rb._starts0, None
+    try:
+        general = conditional_curvature(prob, theta, beta, u)
+    finally:
+        prob.rb._starts0 = starts
+    assert starts is not None and fast is not None
+    np.testing.assert_allclose(fast, general, rtol=1e-11, atol=1e-11 * np.abs(general).max())

@@ -98,7 +98,10 @@ class ScalarGLMM:
         codes: np.ndarray,
         nlevels: int,
         nagq: int = 1,
+        starts: np.ndarray | None = None,
     ):
+        """``starts``: the first row of each group, when the caller knows the
+        rows sorted with every group present (else found and checked here)."""
         self.rows = RowTerms(family, resp)
         self.generic = self.rows.generic
         self.npar = family.nfree
@@ -110,9 +113,11 @@ class ScalarGLMM:
         self.offset = offset
         self.codes = codes
         self.J = nlevels
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        if starts.size != nlevels or np.any(np.diff(codes) < 0):
-            raise ValueError("rows must be sorted by group, every group present")
+        if starts is None:
+            starts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+            starts = np.concatenate([np.zeros(min(1, codes.size), dtype=starts.dtype), starts])
+            if starts.size != nlevels or np.any(codes[starts] != np.arange(nlevels)):
+                raise ValueError("rows must be sorted by group, every group present")
         self.starts = starts
         self.z2 = self.z * self.z
         self.z3 = self.z2 * self.z
@@ -123,15 +128,18 @@ class ScalarGLMM:
         self.evals = 0
         self._kernel = None if KERNEL_DISABLED or self.generic else _load_kernel()
         if self._kernel is not None:
-            self._starts64 = np.r_[starts, codes.size].astype(np.int64)
-            sizes = np.diff(self._starts64)
-            self._scratch = np.empty(int(sizes.max(initial=1)) * (self.t.size + 4))
+            self._starts64 = np.empty(starts.size + 1, dtype=np.int64)
+            self._starts64[:-1] = starts
+            self._starts64[-1] = codes.size
+            largest = int(np.diff(self._starts64).max(initial=1))
+            self._scratch = np.empty(largest * (self.t.size + 4))
             self._cargs = [
                 np.ascontiguousarray(a, dtype=float)
                 for a in (self.X, self.z, offset, resp.y, resp.weights)
             ]
             self._t = np.ascontiguousarray(self.t, dtype=float)
             self._logw = np.ascontiguousarray(self.logw, dtype=float)
+            self._data = (*self._cargs, self._starts64, self._t, self._logw)
         self._block_cache: dict[int, list] = {}
 
     def _blocks(self, K: int) -> list[tuple[int, int, int, int, np.ndarray]]:
@@ -169,6 +177,7 @@ class ScalarGLMM:
             rb.codes[0],
             rb.nlevels[0],
             nagq,
+            rb._starts0,
         )
 
     # -- per-row pieces of the log-density
@@ -231,7 +240,7 @@ class ScalarGLMM:
         if self._kernel is not None:
             return compiled_deviance_grad(
                 self,
-                (*self._cargs, self._starts64, self._t, self._logw),
+                self._data,
                 phi,
                 (self.X.shape[1], int(self.logit), int(grad), STEP_TOL),
                 grad,

@@ -69,7 +69,11 @@ class Search:
         self.lower = np.concatenate([lt, np.full(beta0.size, -np.inf)])
         self._seen: dict[bytes, tuple[float, np.ndarray, np.ndarray | None]] = {}
         self._remember = max(self.REMEMBER, self.d + 3)
-        self._phi = np.empty(self.d)  # (θ, β), filled per evaluation
+        # φ = Ax + c, A = diag(I, R⁻¹), c = (0, β₀): one product per evaluation,
+        # and the gradient in x is gA (θ's entries pass through exactly)
+        self._A = np.eye(self.d)
+        self._A[ntheta:, ntheta:] = Rinv
+        self._c = np.concatenate([np.zeros(ntheta), beta0])
 
     def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         key = x.tobytes()
@@ -78,22 +82,17 @@ class Search:
             dev, gx, u = seen
             self.model.u = None if u is None else u.copy()
             return dev, gx
-        nt = self.nt
-        phi = self._phi
-        phi[:nt] = x[:nt]
-        np.matmul(self.Rinv, x[nt:], out=phi[nt:])
-        phi[nt:] += self.beta0
+        phi = self._A @ x
+        phi += self._c
         try:
-            dev, g = self.model.deviance_grad(phi.copy())
+            dev, g = self.model.deviance_grad(phi)
         except PirlsError:
             dev, g = math.inf, None
         # a sum is finite only if every term is (an overflowing sum is refused too)
-        if g is None or not math.isfinite(dev) or not math.isfinite(float(g.sum())):
+        if g is None or not math.isfinite(dev + float(g.sum())):
             dev, gx = math.inf, np.zeros(self.d)
         else:
-            gx = np.empty(self.d)
-            gx[:nt] = g[:nt]
-            np.matmul(g[nt:], self.Rinv, out=gx[nt:])
+            gx = g @ self._A
         u = self.model.u
         if len(self._seen) >= self._remember:
             del self._seen[next(iter(self._seen))]  # the oldest
@@ -125,7 +124,7 @@ class Search:
 
         def derivatives(z: np.ndarray, _fz: float):
             gz = start.pop() if start else self.fg(z)[1]
-            return gz, lambda idx: H[np.ix_(idx, idx)]
+            return gz, lambda idx: H if idx.size == H.shape[0] else H[np.ix_(idx, idx)]
 
         res = newton_steps(
             fun, x, f, self.lower, derivatives, maxit=maxit, tol=tol,
@@ -227,6 +226,9 @@ def conditional_curvature(prob, theta: np.ndarray, beta: np.ndarray, u: np.ndarr
     """2 R_XᵀR_X at (θ, β) and the modes u: the β-curvature of the Laplace
     deviance with u following β and the weights held (2Xᵀ(W − WZΛM⁻¹ΛᵀZᵀW)X,
     M = ΛᵀZᵀWZΛ + I, Fisher weights W); None where it cannot be formed."""
+    rb = prob.rb
+    if rb.K == 1 and rb.q[0] == 1 and rb._starts0 is not None:
+        return _scalar_curvature(prob, float(prob.templates(theta)[0][0, 0]), beta, u)
     T = prob.templates(theta)
     eta = prob.eta(beta, u, T)
     w = prob.family.irls_terms(eta, prob.resp.weights)[2]
@@ -238,6 +240,27 @@ def conditional_curvature(prob, theta: np.ndarray, beta: np.ndarray, u: np.ndarr
     if f is None or not np.all(np.isfinite(f.LFF)):
         return None
     return 2.0 * (f.LFF @ f.LFF.T)
+
+
+def _scalar_curvature(prob, t: float, beta: np.ndarray, u: np.ndarray):
+    """:func:`conditional_curvature` for one scalar term with rows sorted by
+    its levels, where M is diagonal, h_j = 1 + t² Σ z²w over level j's rows:
+    2(XᵀWX − Σ_j t² b_j b_jᵀ / h_j), b_j = Σ z w x over its rows — the product
+    the blocked factor forms, without factoring (its Cholesky only decides
+    whether the matrix is positive definite, checked here)."""
+    rb = prob.rb
+    z, starts = rb.Zs[0][:, 0], rb._starts0
+    eta = prob.offset + prob.X @ beta + (t * z) * u[rb.codes[0]]
+    w = prob.family.irls_terms(eta, prob.resp.weights)[2]
+    if not np.all(np.isfinite(w)):
+        return None
+    zw = z * w
+    b = np.add.reduceat(zw[:, None] * prob.X, starts, axis=0)
+    h = 1.0 + (t * t) * np.add.reduceat(z * zw, starts)
+    M = (prob.X.T * w) @ prob.X - (b.T * ((t * t) / h)) @ b
+    if not np.all(np.isfinite(M)) or (M.size and dpotrf(M, lower=1)[1] != 0):
+        return None
+    return 2.0 * M
 
 
 def start_hessian(prob, search: Search, x0: np.ndarray, h: float = 1e-4) -> np.ndarray:
