@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.linalg.lapack import dgeqrf, dtrtrs
 
 
 def rms(v: np.ndarray) -> float:
@@ -172,10 +173,12 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
     return out
 
 
-def solve_small(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def solve_small(A: np.ndarray, B: np.ndarray, lower: bool | None = None) -> np.ndarray:
     """A⁻¹B for a nonsingular A; 1 x 1 and 2 x 2 in closed form (Cramer's
     rule: the θ maps and random-effect maps of the common one- and two-column
-    terms, where LAPACK's call overhead would dominate)."""
+    terms, where LAPACK's call overhead would dominate).  ``lower``: A is
+    lower (True) or upper (False) triangular, solved as such by LAPACK
+    directly (numpy's general solve costs several times more here)."""
     if A.shape == (1, 1):
         return B / A[0, 0]
     if A.shape == (2, 2):
@@ -191,6 +194,10 @@ def solve_small(A: np.ndarray, B: np.ndarray) -> np.ndarray:
                     ]
                 )
             return np.array([[d, -b], [-c, a]]) @ B / det
+    if lower is not None and A.shape[0] > 2:
+        X, info = dtrtrs(A, B, lower=int(lower))
+        if info == 0:
+            return X
     return np.linalg.solve(A, B)
 
 
@@ -209,7 +216,9 @@ def lower_factor(M: np.ndarray) -> np.ndarray:
         l21 = m10 * c + m11 * s
         l22 = -m10 * s + m11 * c
         return np.array([[r, 0.0], [l21, abs(l22)]])
-    R = np.linalg.qr(M.T, mode="r")
+    # LAPACK's QR directly (numpy's wrapper costs several times more here)
+    qr, _, _, info = dgeqrf(np.array(M.T, order="F"))
+    R = np.triu(qr) if info == 0 else np.linalg.qr(M.T, mode="r")
     L = R.T
     signs = np.where(np.diag(L) < 0, -1.0, 1.0)
     return L * signs[None, :]

@@ -84,7 +84,10 @@ class Basis:
 
     # -- θ ------------------------------------------------------------------------------
     def theta_to_original(self, T_scaled: list[np.ndarray]) -> list[np.ndarray]:
-        return [lower_factor(solve_small(V, T)) for V, T in zip(self.V, T_scaled, strict=True)]
+        return [
+            lower_factor(solve_small(V, T, lower=False))
+            for V, T in zip(self.V, T_scaled, strict=True)
+        ]
 
     def theta_to_scaled(self, T: list[np.ndarray]) -> list[np.ndarray]:
         return [lower_factor(V @ Tk) for V, Tk in zip(self.V, T, strict=True)]
@@ -208,9 +211,9 @@ class ScaledCriterion:
         singular: the same b)."""
         out = []
         for T, V, Ts in zip(f.T, self.basis.V, f.scaled.T, strict=True):
-            VTs = solve_small(V, Ts)
+            VTs = solve_small(V, Ts, lower=False)  # V is upper triangular
             if (T.diagonal() > 0).all():
-                out.append(solve_small(T, VTs))
+                out.append(solve_small(T, VTs, lower=True))
             else:
                 out.append(np.linalg.pinv(T) @ VTs)
         return out
