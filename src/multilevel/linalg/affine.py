@@ -145,6 +145,13 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
     """M̃ = M N⁻¹ for N from :func:`affine` (M): its shifts sit in the row of a
     column of ones, so M̃ is (M − shifts)/scales.  M itself when N = I."""
     k = M.shape[1]
+    if k == 1:  # a scalar term's column: a scale only (the product below, written out)
+        s = float(N[0, 0])
+        if s == 1.0:
+            return M
+        r = 1.0 / s if s != 0.0 else math.inf
+        with np.errstate(over="ignore", under="ignore"):
+            return M * r if math.isfinite(r) else M / s
     d = N.diagonal()
     offdiag = N - np.diag(d)
     if not offdiag.any() and np.all(d == 1.0):
