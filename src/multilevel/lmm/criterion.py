@@ -529,7 +529,9 @@ class ProfiledCriterion:
             lam = f.rest.lam
             LamU = lam * uR if isinstance(lam, np.ndarray) else lam @ uR
             AU = self._a1r_times(LamU).reshape(-1, self._q1)
-            rhs1 = rhs1 - np.einsum("iab,ib->ia", batched.to_levels_first(f.W), AU)
+            # per level W_i (A Λ u)_i, as a batched product (einsum parses its
+            # subscripts on every call)
+            rhs1 = rhs1 - (batched.to_levels_first(f.W) @ AU[:, :, None])[:, :, 0]
         u1 = _solve_t(batched.to_levels_first(f.L1), rhs1)
         us.append(u1)
         if f.rest is not None:
