@@ -859,6 +859,69 @@ static PyObject *one_term_crossprod(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Several scalar terms' cross-products of [Z~ F~] in one pass, each row
+ * mapped as it is read (z~_k = (z_k - sz_k) rz_k, F~ = (F - sf) rf): with
+ * l = codes[0][i] and r_k = offs[k] + codes[k][i] (k >= 1, the rest's
+ * columns), d1[l] += z~0^2, B1[l] += z~0 F~, AFF += F~ F~^T,
+ * A1R[l, r_k] += z~0 z~k, ARF[r_k] += z~k F~, ARR[r_a, r_b] += z~a z~b
+ * (dense, zeroed by the caller; AFF's upper triangle copied at the end).
+ * codes and Z are (K, n), row-major. */
+static PyObject *scalar_crossprod(PyObject *self, PyObject *args) {
+    Py_buffer bc, bZ, bF, bo, bsz, brz, bsf, brf, bd, bB, bA, b1R, bRR, bRF;
+    int K, m, n1, Qr;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*w*w*w*w*w*w*iiii", &bc, &bZ, &bF, &bo, &bsz, &brz,
+                          &bsf, &brf, &bd, &bB, &bA, &b1R, &bRR, &bRF, &K, &m, &n1, &Qr))
+        return NULL;
+    const int64_t *codes = bc.buf, *offs = bo.buf;
+    const double *Z = bZ.buf, *F = bF.buf, *sz = bsz.buf, *rz = brz.buf, *sf = bsf.buf,
+                 *rf = brf.buf;
+    double *d1 = bd.buf, *B1 = bB.buf, *AFF = bA.buf, *A1R = b1R.buf, *ARR = bRR.buf,
+           *ARF = bRF.buf;
+    Py_ssize_t n = bc.len / (Py_ssize_t)(sizeof(int64_t) * (K > 0 ? K : 1));
+    int bad = K < 2 || K > 64 || m > 64 || m < 1;
+    Py_BEGIN_ALLOW_THREADS
+    double zt[64], ft[64];
+    int64_t r[64];
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        int64_t l = codes[i];
+        if (l < 0 || l >= n1) { bad = 1; break; }
+        for (int k = 0; k < K; k++) zt[k] = (Z[(Py_ssize_t)k * n + i] - sz[k]) * rz[k];
+        for (int k = 1; k < K; k++) {
+            r[k] = offs[k] + codes[(Py_ssize_t)k * n + i];
+            if (r[k] < offs[k] || r[k] >= (k + 1 < K ? offs[k + 1] : Qr)) bad = 1;
+        }
+        if (bad) break;
+        const double *fi = F + i * m;
+        for (int c = 0; c < m; c++) ft[c] = (fi[c] - sf[c]) * rf[c];
+        double z0 = zt[0];
+        d1[l] += z0 * z0;
+        for (int c = 0; c < m; c++) B1[l * m + c] += z0 * ft[c];
+        for (int a = 0; a < m; a++) {
+            double v = ft[a];
+            for (int c = 0; c <= a; c++) AFF[a * m + c] += v * ft[c];
+        }
+        for (int k = 1; k < K; k++) {
+            double v = zt[k];
+            A1R[l * Qr + r[k]] += z0 * v;
+            for (int c = 0; c < m; c++) ARF[r[k] * m + c] += v * ft[c];
+            for (int j = 1; j < K; j++) ARR[r[k] * Qr + r[j]] += v * zt[j];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (!bad)
+        for (int a = 0; a < m; a++)
+            for (int c = a + 1; c < m; c++) AFF[a * m + c] = AFF[c * m + a];
+    PyBuffer_Release(&bc); PyBuffer_Release(&bZ); PyBuffer_Release(&bF); PyBuffer_Release(&bo);
+    PyBuffer_Release(&bsz); PyBuffer_Release(&brz); PyBuffer_Release(&bsf); PyBuffer_Release(&brf);
+    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bA); PyBuffer_Release(&b1R);
+    PyBuffer_Release(&bRR); PyBuffer_Release(&bRF);
+    if (bad) {
+        PyErr_SetString(PyExc_IndexError, "level code out of range, or too many terms or columns");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* The aliasing screen of a model matrix (multilevel.formula.design's
  * _gram_screen, the same steps): G = X^T X (X n x p, row-major); undecided
  * (0) if a diagonal entry is not finite; with an all-ones first column, G
@@ -958,6 +1021,9 @@ static PyMethodDef methods[] = {
     {"scalar_rest_factor", scalar_rest_factor, METH_VARARGS,
      "scalar_rest_factor(d, B, Ap, Ai, Ax, ARR, ARF, term, theta, L, G, n1, Q, m) -> log|M_RR| "
      "or None (the rest block's factor for the estimates)"},
+    {"scalar_crossprod", scalar_crossprod, METH_VARARGS,
+     "scalar_crossprod(codes, Z, F, offs, sz, rz, sf, rf, d1, B1, AFF, A1R, ARR, ARF, K, m, n1, Qr): "
+     "several scalar terms' dense cross-products in one pass, rows mapped as read"},
     {"gram_screen", gram_screen, METH_VARARGS,
      "gram_screen(X, zero, n, p) -> decided (the aliasing screen of a model matrix; zero[j] "
      "set for all-zero columns)"},

@@ -108,6 +108,51 @@ def test_mapped_cross_products_equal_those_of_the_mapped_columns(path, shift, mo
     assert cp.n == n and cp.p == 3 and cp.q == [2] and cp.nlevels == [9]
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(2, 80),
+    levels=st.lists(st.integers(1, 9), min_size=2, max_size=4),
+    shift=st.sampled_from([0.0, 3.0, 1.7e9]),
+    seed=st.integers(0, 10_000),
+)
+def test_scalar_terms_compiled_pass_equals_the_mapped_columns(n, levels, shift, seed):
+    """Several scalar terms: the compiled pass, mapping each row as it reads
+    it, gives the dense blocks of the mapped columns (crossed and nested
+    codes, weighted columns, an intercept shift in [X y]), the columns mapped
+    here as the pass maps them, (M − shifts)·(1/scales)."""
+    from multilevel.linalg.affine import affine, affine_parts
+
+    def mapped(M, N):
+        shifts, r = affine_parts(N)
+        return (M - shifts) * r
+
+    if cpm.kernel("_kernels", "scalar_crossprod") is None:
+        pytest.skip("the compiled kernel of the pass was not built")
+    rng = np.random.default_rng(seed)
+    codes = [rng.integers(0, k, n) for k in sorted(levels, reverse=True)]
+    nlev = [int(c.max()) + 1 for c in codes]
+    Zs = [rng.uniform(0.5, 2.0, (n, 1)) * (3.0 if k % 2 else 1.0) for k in range(len(codes))]
+    X = np.column_stack([np.ones(n), shift + rng.normal(size=n)])
+    y = shift + rng.normal(size=n)
+    Vs = [affine(Z, center=False) for Z in Zs]
+    NF = affine(np.column_stack([X, y]), center=True, ones=0)
+    cp = cross_products(Zs, codes, nlev, X, y, maps=(Vs, NF))
+    cpm.KERNEL_DISABLED = True
+    try:
+        Zt = [mapped(Z, V) for Z, V in zip(Zs, Vs, strict=True)]
+        Ft = mapped(np.column_stack([X, y]), NF)
+        ref = cross_products(Zt, codes, nlev, Ft[:, :2], Ft[:, 2])
+    finally:
+        cpm.KERNEL_DISABLED = False
+    assert cp.dense is not None and ref.dense is not None
+    for a, b in [
+        (cp.D1, ref.D1), (cp.B1F, ref.B1F), (cp.AFF, ref.AFF), (cp.ARF, ref.ARF),
+        (cp.dense[0], ref.dense[0]), (cp.dense[1], ref.dense[1]),
+    ]:  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * max(1.0, np.abs(b).max()))
+    assert cp.q == [1] * len(codes) and cp.nlevels == nlev and cp.n == n and cp.p == 2
+
+
 def test_small_models_dense_blocks_equal_the_sparse_assembly(monkeypatch):
     """The cross blocks of a small model, formed dense, equal the sparse
     assembly's (vector and scalar terms, crossed)."""

@@ -256,6 +256,10 @@ def cross_products(
             parts = [affine_parts(Vs[0]), affine_parts(NF)]
             if all(parts):
                 return _one_term_mapped(Zs[0], codes[0], nlevels[0], F, parts[0], parts[1], p)
+        if sqrtw is None and _scalar_kernel_applies(Zs, nlevels, F.shape[1]):
+            parts = [affine_parts(V) for V in Vs] + [affine_parts(NF)]
+            if all(parts):
+                return _scalar_terms_mapped(Zs, codes, nlevels, F, parts, p)
         Zs = [apply_affine(Z, V) for Z, V in zip(Zs, Vs, strict=True)]
         F = apply_affine(F, NF)
     if sqrtw is not None:
@@ -365,6 +369,57 @@ def dense_to_csr(A: np.ndarray) -> sp.csr_matrix:
     out = sp.csr_matrix((values, indices, indptr), shape=A.shape)
     out.has_sorted_indices = True
     return out
+
+
+def _scalar_kernel_applies(Zs: list[np.ndarray], nlevels: list[int], m: int) -> bool:
+    """Whether several scalar terms' cross-products are formed dense by the
+    compiled one-pass kernel: a small model (dense blocks, see SMALL_BLOCKS)
+    of at most 64 terms and columns of [X y]."""
+    if len(Zs) < 2 or len(Zs) > 64 or m > 64 or any(Z.shape[1] != 1 for Z in Zs):
+        return False
+    if KERNEL_DISABLED or kernel("_kernels", "scalar_crossprod") is None:
+        return False
+    Qr = sum(nlevels[1:])
+    return (nlevels[0] + Qr) * Qr <= SMALL_BLOCKS
+
+
+def _scalar_terms_mapped(
+    Zs: list[np.ndarray],
+    codes: list[np.ndarray],
+    nlevels: list[int],
+    F: np.ndarray,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    p: int,
+) -> CrossProducts:
+    """Several scalar terms' blocks of [Z̃ F̃] in one compiled pass, dense (the
+    blocks :func:`_small_blocks` forms from mapped copies of the columns)."""
+    K, n, m = len(Zs), F.shape[0], F.shape[1]
+    n1, Qr = nlevels[0], sum(nlevels[1:])
+    starts = np.zeros(K, dtype=np.int64)  # each rest term's first column
+    starts[2:] = np.cumsum(nlevels[1:-1])
+    d1, B1, AFF = np.zeros(n1), np.zeros((n1, m)), np.zeros((m, m))
+    A1R, ARR, ARF = np.zeros((n1, Qr)), np.zeros((Qr, Qr)), np.zeros((Qr, m))
+    kernel("_kernels", "scalar_crossprod")(
+        np.array(codes, dtype=np.int64),
+        np.array([Z[:, 0] for Z in Zs], dtype=float),
+        np.ascontiguousarray(F, dtype=float),
+        starts,
+        np.array([sz[0] for sz, _ in parts[:K]], dtype=float),
+        np.array([rz[0] for _, rz in parts[:K]], dtype=float),
+        *parts[K],
+        d1,
+        B1,
+        AFF,
+        A1R,
+        ARR,
+        ARF,
+        K,
+        m,
+        n1,
+        Qr,
+    )
+    D1, B1F = d1.reshape(n1, 1, 1), B1.reshape(n1, 1, m)
+    return CrossProducts([1] * K, list(nlevels), D1, B1F, None, None, ARF, AFF, n, p, (A1R, ARR))
 
 
 def _affine_kernel():
