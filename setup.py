@@ -1,6 +1,6 @@
 """Build of the optional compiled kernels (``_kernels``: LMM criterion and
 per-level cross-products; ``_glmm_kernels``: GLMM deviances and gradients;
-``_optim``: the loop of the bounded BFGS search over θ; ``_sparse_chol``:
+``_optim``: the bounded BFGS search over θ; ``_sparse_chol``:
 sparse Cholesky and selected inverse of the random effects' Schur complement);
 everything else is in pyproject.toml.
 

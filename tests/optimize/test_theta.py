@@ -126,7 +126,7 @@ def _rosenbrock_bounded(x):
     ],
 )
 def test_compiled_bfgs_search_takes_the_python_searchs_steps(case, monkeypatch):
-    """The compiled loop of the search and its Python fallback evaluate the
+    """The compiled search and its Python fallback evaluate the
     same points in the same order (the same arithmetic, to rounding)."""
     import multilevel.optimize.theta as th
     from multilevel.compiled import kernel
