@@ -185,8 +185,8 @@ class CrossProducts:
     @cached_property
     def rest_term(self) -> np.ndarray:
         """The term (1 … K-1) of each rest column (scalar terms: each rest level)."""
-        Q = self.rest_offsets[-1]
-        return np.searchsorted(self.rest_offsets, np.arange(Q), side="right").astype(np.int64)
+        sizes = [n * q for n, q in zip(self.nlevels[1:], self.q[1:], strict=True)]
+        return np.repeat(np.arange(1, len(self.q), dtype=np.int64), sizes)
 
     @cached_property
     def A1R_csr64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
