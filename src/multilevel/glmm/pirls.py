@@ -135,19 +135,22 @@ class RandomBlocks:
         self.q = [Z.shape[1] for Z in Zs]
         self.K = len(Zs)
         self.n = self.Zs[0].shape[0]
-        sizes = [nl * q for nl, q in zip(self.nlevels[1:], self.q[1:], strict=True)]
-        self.rest_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        offsets = [0]
+        for nl, q in zip(self.nlevels[1:], self.q[1:], strict=True):  # terms, not levels
+            offsets.append(offsets[-1] + nl * q)
+        self.rest_offsets = np.array(offsets, dtype=np.int64)
         self.Qr = int(self.rest_offsets[-1])
         self.Q0 = self.nlevels[0] * self.q[0]
         self.Q = self.Q0 + self.Qr
-        self.sorted0 = bool(np.all(self.codes[0][1:] >= self.codes[0][:-1]))
+        c0 = self.codes[0]
+        self.sorted0 = bool(np.all(c0[1:] >= c0[:-1]))
         # rows sorted by the first factor with every level present: its per-level
         # sums are one reduceat at these row offsets (found once, not per iteration)
         self._starts0 = None
         if self.sorted0 and self.n:
-            starts = np.flatnonzero(np.r_[True, self.codes[0][1:] != self.codes[0][:-1]])
-            if starts.size == self.nlevels[0]:
-                self._starts0 = starts
+            starts = np.flatnonzero(c0[1:] != c0[:-1])
+            if starts.size + 1 == self.nlevels[0]:
+                self._starts0 = np.concatenate([np.zeros(1, dtype=starts.dtype), starts + 1])
         if self.K > 1:
             self._setup_rest()
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg.lapack import dpotrf, dtrtri
+from scipy.linalg.lapack import dposv, dpotrf, dsyev, dtrtri
 
 from multilevel.glmm.pirls import PirlsError, factor
 from multilevel.optimize.bounds import snap_to_bounds
-from multilevel.optimize.hessian import gradient_hessian
 from multilevel.optimize.newton import newton_steps
 from multilevel.optimize.record import OptRecord
 from multilevel.optimize.theta import GRAD_TOL, minimize_theta
@@ -44,6 +43,17 @@ def whitening_inverse(R: np.ndarray) -> np.ndarray:
         return R.copy()
     Rinv, info = dtrtri(R, lower=0)
     return Rinv if info == 0 else np.linalg.inv(R)
+
+
+def _stationary(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray, tol: float):
+    """Whether Newton steps from x would stop before their first step: no
+    parameter held on its bound, and H not positive definite or the decrement
+    ½gᵀH⁻¹g below tol (newton_steps' first test, by LAPACK directly; with a
+    parameter on its bound newton_steps decides)."""
+    if np.any((x <= lower) & (g >= 0)):  # held: -inf bounds never hold
+        return False
+    c, s, info = dposv(H, g, lower=1)
+    return bool(info != 0 or not 0.5 * float(g @ s) >= tol)
 
 
 class Search:
@@ -105,9 +115,14 @@ class Search:
     def hessian(self, x: np.ndarray, h: float = 1e-4) -> np.ndarray:
         """Forward differences of the exact gradient, symmetrised (relative
         error about h, far below what standard errors need)."""
-        H = gradient_hessian(lambda z: self.fg(z)[1], x, h=h, g0=self.fg(x)[1])
+        g0 = self.fg(x)[1]
+        H = np.empty((self.d, self.d))
+        for a in range(self.d):  # coordinates, not rows
+            e = x.copy()
+            e[a] += h
+            H[a] = (self.fg(e)[1] - g0) / h
         self.fg(x)
-        return H
+        return 0.5 * (H + H.T)
 
     def _newton(self, x, f, g, H, maxit: int, tol: float, log: tuple[list, list]):
         """Projected Newton steps with a fixed H (the exact Hessian, or a nearby
@@ -120,6 +135,8 @@ class Search:
             log[1].append(fz)
             return fz
 
+        if _stationary(x, g, H, self.lower, tol):
+            return x, f, g
         start = [g]  # the gradient at x is known; later ones are the accepted trials'
 
         def derivatives(z: np.ndarray, _fz: float):
@@ -138,7 +155,7 @@ class Search:
         the Hessian at the point reached."""
         d = self.d
         lower = self.lower
-        lam, V = np.linalg.eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
+        lam, V = _eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
         lam = np.maximum(np.abs(lam), 1e-10 * max(1.0, float(np.max(np.abs(lam)))))
         H0 = (V * lam) @ V.T
         if chord:
@@ -180,6 +197,13 @@ class Search:
                 rec.messages.append(f"Model failed to converge: largest |gradient| {gmax:.3g}")
         self.fg(x)  # leaves the modes at the optimum
         return rec, H
+
+
+def _eigh(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a finite symmetric H, by
+    LAPACK directly (numpy's wrapper costs more than a d x d problem)."""
+    lam, V, info = dsyev(H, lower=1)
+    return (lam, V) if info == 0 else np.linalg.eigh(H)
 
 
 def past_zero_columns(tmpl: list):
@@ -228,7 +252,8 @@ def conditional_curvature(prob, theta: np.ndarray, beta: np.ndarray, u: np.ndarr
     M = ΛᵀZᵀWZΛ + I, Fisher weights W); None where it cannot be formed."""
     rb = prob.rb
     if rb.K == 1 and rb.q[0] == 1 and rb._starts0 is not None:
-        return _scalar_curvature(prob, float(prob.templates(theta)[0][0, 0]), beta, u)
+        # the scalar template's one entry: T = [[θ_k]]
+        return _scalar_curvature(prob, float(theta[prob.tmpl[0].offset]), beta, u)
     T = prob.templates(theta)
     eta = prob.eta(beta, u, T)
     w = prob.family.irls_terms(eta, prob.resp.weights)[2]
