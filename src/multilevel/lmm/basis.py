@@ -66,7 +66,7 @@ class Basis:
         NF = np.zeros((p + 1, p + 1))
         NF[:p, :p] = NX
         with np.errstate(invalid="ignore"):
-            yshift = float(y.mean()) if base is not None and y.size else 0.0
+            yshift = float(y.sum()) / y.size if base is not None and y.size else 0.0
             yscale = rms(y - yshift)
         if not np.isfinite(yscale) or yscale == 0.0 or not np.isfinite(yshift):
             yshift, yscale = 0.0, 1.0
