@@ -164,16 +164,21 @@ class ScalarGLMM:
         return self._block_cache[K]
 
     @classmethod
-    def from_problem(cls, prob, nagq: int = 1) -> ScalarGLMM:
+    def from_problem(cls, prob, nagq: int = 1, beta0=None, Rinv=None) -> ScalarGLMM:
         """The model of a PIRLS problem (:class:`multilevel.glmm.pirls.PirlsProblem`)
-        with one scalar term, rows sorted by its levels."""
+        with one scalar term, rows sorted by its levels; with ``beta0`` and
+        ``Rinv``, in φ = (θ[, ψ], δ), β = β₀ + R⁻¹δ (the search's coordinates:
+        design X R⁻¹, offset o + Xβ₀, so the gradient comes in δ)."""
         rb = prob.rb
+        X, offset = prob.X, prob.offset
+        if Rinv is not None:
+            X, offset = X @ Rinv, offset + X @ beta0
         return cls(
             prob.family,
             prob.resp,
-            prob.X,
+            X,
             rb.Zs[0][:, 0],
-            prob.offset,
+            offset,
             rb.codes[0],
             rb.nlevels[0],
             nagq,
@@ -356,6 +361,19 @@ def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0=1.0, lower_the
     """Minimise the deviance of one scalar term over (θ[, ψ], δ) with its
     exact gradient, Laplace then quadrature
     (:func:`multilevel.glmm.exact.search.run_search`)."""
+    # binomial-logit and Poisson-log evaluate in the search's coordinates (no
+    # map per evaluation); the other families' searches, whose paths are more
+    # sensitive to rounding, keep the design as it is
+    if canonical_plain(prob.family):
+        return run_search(
+            prob,
+            beta0,
+            theta0,
+            lambda n, b0, Rinv: ScalarGLMM.from_problem(prob, n, b0, Rinv),
+            nagq,
+            lower_theta=lower_theta,
+            whitened=True,
+        )
     return run_search(
         prob,
         beta0,

@@ -71,8 +71,12 @@ class Search:
         Rinv: np.ndarray,
         ntheta: int = 1,
         lower_theta: np.ndarray | None = None,
+        in_x: bool = False,
     ):
+        """``in_x``: the model evaluates in x = (θ, δ) itself (its design is
+        whitened), so no map per evaluation."""
         self.model, self.beta0, self.Rinv = model, beta0, Rinv
+        self.in_x = in_x
         self.nt = ntheta
         self.d = beta0.size + ntheta
         lt = np.zeros(ntheta) if lower_theta is None else np.asarray(lower_theta, float)
@@ -92,17 +96,21 @@ class Search:
             dev, gx, u = seen
             self.model.u = None if u is None else u.copy()
             return dev, gx
-        phi = self._A @ x
-        phi += self._c
+        if self.in_x:
+            phi = x
+        else:
+            phi = self._A @ x
+            phi += self._c
         try:
             dev, g = self.model.deviance_grad(phi)
         except PirlsError:
             dev, g = math.inf, None
-        # a sum is finite only if every term is (an overflowing sum is refused too)
-        if g is None or not math.isfinite(dev + float(g.sum())):
+        # a sum is finite only if every term is (an overflowing sum is refused
+        # too); Python's sum of a few floats costs less than numpy's reduction
+        if g is None or not math.isfinite(dev + sum(g.tolist())):
             dev, gx = math.inf, np.zeros(self.d)
         else:
-            gx = g @ self._A
+            gx = g if self.in_x else g @ self._A
         u = self.model.u
         if len(self._seen) >= self._remember:
             del self._seen[next(iter(self._seen))]  # the oldest
@@ -322,7 +330,7 @@ def start_hessian(prob, search: Search, x0: np.ndarray, h: float = 1e-4) -> np.n
 
 
 def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower_theta=None,
-               after=None):  # fmt: skip
+               after=None, whitened: bool = False):  # fmt: skip
     """The search every exact-gradient route runs.
 
     ``make_model(n)`` builds the route's deviance model with n quadrature
@@ -332,14 +340,16 @@ def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower
     follow from the Laplace optimum and Hessian (the two are close, and a
     Laplace evaluation costs 1/nAGQ of a quadrature one).  ``after(search,
     model, rec, H)`` may continue a search (the vector route's sign flips).
+    ``whitened``: ``make_model(n, β₀, R⁻¹)`` builds the model in x = (θ, δ)
+    itself (X R⁻¹ for X, o + Xβ₀ for the offset: no map per evaluation).
     Returns the record (in x; ``evals`` counts both searches, the log keeps the
     last one's evaluations), the Hessian in x (None if not finite), β₀, R⁻¹
     (β = β₀ + R⁻¹δ) and the conditional modes at the optimum."""
     Rinv = whitening_inverse(whitening(prob, beta0))
     theta0 = np.atleast_1d(np.asarray(theta0, dtype=float))
     nt = theta0.size
-    model = make_model(1)
-    search = Search(model, beta0, Rinv, ntheta=nt, lower_theta=lower_theta)
+    model = make_model(1, beta0, Rinv) if whitened else make_model(1)
+    search = Search(model, beta0, Rinv, ntheta=nt, lower_theta=lower_theta, in_x=whitened)
     x0 = np.concatenate([theta0, np.zeros(prob.p)])
     # a start where the deviance is infinite (random effects of unit scale take
     # an inverse link's mean below 0 in some group) moves towards smaller ones
@@ -353,9 +363,9 @@ def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower
         rec, H = after(search, model, rec, H)
     evals = model.evals
     if nagq > 1:
-        quad = make_model(nagq)
+        quad = make_model(nagq, beta0, Rinv) if whitened else make_model(nagq)
         quad.u = model.u.copy()
-        search = Search(quad, beta0, Rinv, ntheta=nt, lower_theta=lower_theta)
+        search = Search(quad, beta0, Rinv, ntheta=nt, lower_theta=lower_theta, in_x=whitened)
         rec, H = search.minimize(rec.theta, H, chord=True)
         if after is not None:
             rec, H = after(search, quad, rec, H)
