@@ -628,8 +628,9 @@ static PyObject *level_solve_t(PyObject *self, PyObject *args) {
 /* The sums behind one term's moment start (multilevel.lmm.start): with
  * zr_i = B_i z (Z_i^T r), over the levels whose D_i - c_i I is positive
  * definite (c_i = 1e-8 max(tr D_i, 1e-300): the smallest eigenvalue clears
- * it), b_i = D_i^{-1} zr_i;  bb = sum b_i b_i^T,  Dinv = sum D_i^{-1} (q x q,
- * row-major, zeroed by the caller).  Returns (levels used, sum b_i . zr_i). */
+ * it), b_i = D_i^{-1} zr_i, weighted by w_i = tr D_i:  bb = sum w_i b_i b_i^T,
+ * Dinv = sum w_i D_i^{-1} (q x q, row-major, zeroed by the caller).  Returns
+ * (levels used, sum b_i . zr_i, sum w_i). */
 static PyObject *one_term_moments(PyObject *self, PyObject *args) {
     Py_buffer bD, bB, bz, bbb, bDi;
     int q, m, nlev;
@@ -646,7 +647,7 @@ static PyObject *one_term_moments(PyObject *self, PyObject *args) {
     }
     double *A = work, *Linv = A + qq, *Di = Linv + qq, *zr = Di + qq, *b = zr + q;
     long used = 0;
-    double fitted = 0.0;
+    double fitted = 0.0, wsum = 0.0;
     for (int lev = 0; lev < nlev; lev++) {
         const double *Dl = D + qq * (size_t)lev, *Bl = B + (size_t)q * m * lev;
         double tr = 0.0;
@@ -669,15 +670,16 @@ static PyObject *one_term_moments(PyObject *self, PyObject *args) {
         for (int a = 0; a < q; a++) fitted += b[a] * zr[a];
         for (int a = 0; a < q; a++)
             for (int e = 0; e < q; e++) {
-                bb[a * q + e] += b[a] * b[e];
-                Dsum[a * q + e] += Di[a * q + e];
+                bb[a * q + e] += tr * (b[a] * b[e]);
+                Dsum[a * q + e] += tr * Di[a * q + e];
             }
+        wsum += tr;
         used++;
     }
     free(work);
     PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bz);
     PyBuffer_Release(&bbb); PyBuffer_Release(&bDi);
-    return Py_BuildValue("ld", used, fitted);
+    return Py_BuildValue("ldd", used, fitted, wsum);
 }
 
 /* The moment equations of several scalar terms (multilevel.lmm.start,
@@ -1014,7 +1016,7 @@ static PyMethodDef methods[] = {
     {"level_solve_t", level_solve_t, METH_VARARGS,
      "level_solve_t(L, X, q, r, nlev): X_i <- L_i^-T X_i in place"},
     {"one_term_moments", one_term_moments, METH_VARARGS,
-     "one_term_moments(D, B, z, bb, Dinv, q, m, nlev) -> (levels used, sum b_i . zr_i)"},
+     "one_term_moments(D, B, z, bb, Dinv, q, m, nlev) -> (levels used, sum b_i . zr_i, sum w_i)"},
     {"scalar_moments", scalar_moments, METH_VARARGS,
      "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
      "usable levels of a term (moment equations of several scalar terms)"},
