@@ -202,8 +202,11 @@ class _Profiler:
         a, za, b, zb = crossing
         if zb == cutoff:
             return b
+        # the limit to 1e-8 of its size: ζ itself is known only to the inner
+        # optimisation's accuracy (~1e-12), and points closer than that would
+        # put rounding noise into the trace
         return optimize.brentq(
-            lambda t: abs(self.zeta(t)) - cutoff, a, b, xtol=1e-10 * max(abs(b), 1e-3), rtol=1e-12
+            lambda t: abs(self.zeta(t)) - cutoff, a, b, xtol=1e-8 * max(abs(b), 1e-3), rtol=1e-12
         )
 
 
