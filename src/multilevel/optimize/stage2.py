@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg.lapack import dpotrf, dpotri
 
 from multilevel.optimize.bobyqa import bobyqa
 from multilevel.optimize.bounds import snap_to_bounds
@@ -149,7 +150,19 @@ def positive_definite(H: np.ndarray | None, x: np.ndarray, lower_t: np.ndarray) 
         return False
     free = np.ones(x.size, dtype=bool)
     free[: lower_t.size] = x[: lower_t.size] > lower_t
-    return clearly_positive_definite(H[np.ix_(free, free)])
+    return clearly_positive_definite(H if free.all() else H[np.ix_(free, free)])
+
+
+def _spd_inverse(H: np.ndarray) -> np.ndarray | None:
+    """H⁻¹ from its Cholesky factor, or None where H is not positive definite
+    (LAPACK directly: numpy's wrappers cost several times these small problems)."""
+    c, info = dpotrf(H, lower=1)
+    if info != 0:
+        return None
+    inv, info = dpotri(c, lower=1)
+    if info != 0:
+        return None
+    return np.tril(inv) + np.tril(inv, -1).T  # dpotri fills the lower triangle
 
 
 def vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
@@ -158,16 +171,14 @@ def vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | N
     if H is None:
         return None, "none"
     H = 0.5 * (H + H.T)
-    try:
-        np.linalg.cholesky(H)
-        return 2.0 * np.linalg.inv(H), "hessian"
-    except np.linalg.LinAlgError:
-        pass
-    Hb = H[ntheta:, ntheta:]
-    try:
-        np.linalg.cholesky(Hb)
-    except np.linalg.LinAlgError:
+    if not np.isfinite(H).all():
+        return None, "none"
+    inv = _spd_inverse(H)
+    if inv is not None:
+        return 2.0 * inv, "hessian"
+    inv = _spd_inverse(np.ascontiguousarray(H[ntheta:, ntheta:]))
+    if inv is None:
         return None, "none"
     V = np.full_like(H, np.nan)
-    V[ntheta:, ntheta:] = 2.0 * np.linalg.inv(Hb)
+    V[ntheta:, ntheta:] = 2.0 * inv
     return V, "hessian-beta"
