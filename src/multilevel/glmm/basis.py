@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
-from scipy.linalg.lapack import dtrtri
 
-from multilevel.linalg.affine import affine, apply_affine, lower_factor
+from multilevel.linalg.affine import affine, apply_affine, lower_factor, upper_inverse
 from multilevel.optimize.record import OptRecord
 
 
@@ -119,7 +118,7 @@ class GlmmBasis:
         gradients are rewritten, θ̃ kept as ``internal_theta``; their logs map
         when read."""
         nt = theta_s.size
-        Ninv = _upper_inverse(self.N)
+        Ninv = upper_inverse(self.N)
         s = self.eta_scale
         vcov = (s * Ninv) @ vcov @ (s * Ninv.T)
         theta = self.theta(np.asarray(theta_s, dtype=float), tmpl)
@@ -152,15 +151,6 @@ class GlmmBasis:
                 rec.gradient = np.concatenate([gt, self.N.T @ g[nt:] / s])
             rec.log_map = log_map if rec.log_map is None else _Then(rec.log_map, log_map)
         return theta, vcov, hess
-
-
-def _upper_inverse(N: np.ndarray) -> np.ndarray:
-    """N⁻¹ for an upper-triangular N (LAPACK's trtri: scipy's solve_triangular
-    costs more in argument checks than the inversion of a few columns)."""
-    inv, info = dtrtri(N, lower=0)
-    if info != 0:  # pragma: no cover - N has a positive diagonal by construction
-        return sla.solve_triangular(N, np.eye(N.shape[0]), lower=False, check_finite=False)
-    return inv
 
 
 @dataclass

@@ -13,6 +13,7 @@ import numpy as np
 
 from multilevel.errors import ModelError
 from multilevel.glmm.pirls import PirlsError
+from multilevel.linalg.affine import upper_inverse
 from multilevel.optimize.record import OptRecord
 from multilevel.optimize.stage2 import optimize_stage2, vcov_from_hessian
 from multilevel.optimize.theta import minimize_theta
@@ -138,7 +139,8 @@ def stage2_estimates(obj: StagedObjective, rec: OptRecord, H: np.ndarray | None)
     nt = obj.ntheta
     x_hat = rec.theta
     J = np.eye(x_hat.size)
-    J[nt:, nt:] = np.linalg.inv(obj.Rinv)
+    Rinv = obj.Rinv  # upper triangular: the whitening's R⁻¹, or L⁻ᵀ of stage 1
+    J[nt:, nt:] = np.linalg.inv(Rinv) if np.tril(Rinv, -1).any() else upper_inverse(Rinv)
     rec.theta = obj.natural(x_hat)
     rec.gradient = J.T @ rec.gradient
     theta_hat, beta_hat = obj.unpack(x_hat)

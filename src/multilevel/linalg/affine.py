@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 from scipy.linalg.blas import dnrm2
-from scipy.linalg.lapack import dgeqrf, dtrtrs
+from scipy.linalg.lapack import dgeqrf, dtrtri, dtrtrs
 
 
 def rms(v: np.ndarray) -> float:
@@ -204,6 +204,17 @@ def solve_small(A: np.ndarray, B: np.ndarray, lower: bool | None = None) -> np.n
         if info == 0:
             return X
     return np.linalg.solve(A, B)
+
+
+def upper_inverse(A: np.ndarray) -> np.ndarray:
+    """A⁻¹ for an upper-triangular A (the whitening and basis maps): LAPACK's
+    triangular inverse directly, numpy's general inverse where that fails."""
+    if not A.size:
+        return A.copy()
+    inv, info = dtrtri(A, lower=0)
+    if info == 0 and np.isfinite(inv).all():
+        return inv
+    return np.linalg.inv(A)
 
 
 def lower_factor(M: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg.lapack import dgetrf, dgetri
 
 from multilevel.compiled import kernel
 from multilevel.optimize.bobyqa import bobyqa
@@ -153,7 +154,7 @@ def _bfgs(
         x = np.array(x0, dtype=float)
         Hinv0 = None
         if hessian0 is not None and not isinstance(hessian0, str):
-            Hinv0 = np.ascontiguousarray(np.linalg.inv(hessian0), dtype=float)
+            Hinv0 = _inverse(hessian0)
         f, g, code, _, hessians, snapped = search(
             logged.value_grad,
             x,
@@ -220,6 +221,17 @@ def _bfgs(
     # the exact gradient there, for the checks after the search
     logged.known_grad = None if snapped.any() else (x, g)
     return "bfgs", status
+
+
+def _inverse(H: np.ndarray) -> np.ndarray:
+    """H⁻¹ by LU (LAPACK directly: numpy's wrapper costs several times this
+    small inverse); numpy's, which raises, where H is singular."""
+    lu, piv, info = dgetrf(H)
+    if info == 0:
+        inv, info = dgetri(lu, piv)
+        if info == 0:
+            return np.ascontiguousarray(inv, dtype=float)
+    return np.ascontiguousarray(np.linalg.inv(H), dtype=float)
 
 
 def _bfgs_loop(

@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg.lapack import dposv, dpotrf, dsyev, dtrtri
+from scipy.linalg.lapack import dposv, dpotrf, dsyev
 
 from multilevel.glmm.pirls import PirlsError, factor
+from multilevel.linalg.affine import upper_inverse
 from multilevel.optimize.bounds import snap_to_bounds
 from multilevel.optimize.newton import newton_steps
 from multilevel.optimize.record import OptRecord
@@ -35,14 +36,6 @@ def whitening(prob, beta0: np.ndarray) -> np.ndarray:
     if info != 0 or not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R)), initial=1.0) < 1e-8:
         R = np.eye(prob.p)
     return R
-
-
-def whitening_inverse(R: np.ndarray) -> np.ndarray:
-    """R⁻¹ of an upper-triangular R from :func:`whitening`."""
-    if not R.size:
-        return R.copy()
-    Rinv, info = dtrtri(R, lower=0)
-    return Rinv if info == 0 else np.linalg.inv(R)
 
 
 def _stationary(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray, tol: float):
@@ -345,7 +338,7 @@ def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower
     Returns the record (in x; ``evals`` counts both searches, the log keeps the
     last one's evaluations), the Hessian in x (None if not finite), β₀, R⁻¹
     (β = β₀ + R⁻¹δ) and the conditional modes at the optimum."""
-    Rinv = whitening_inverse(whitening(prob, beta0))
+    Rinv = upper_inverse(whitening(prob, beta0))
     theta0 = np.atleast_1d(np.asarray(theta0, dtype=float))
     nt = theta0.size
     model = make_model(1, beta0, Rinv) if whitened else make_model(1)
