@@ -1215,38 +1215,6 @@ static inline double glm_loglik_row(int logit, double eta, double y, double wt) 
     return wt * ((y > 0.0 ? y * e : 0.0) - exp(e));
 }
 
-/* In place: the lower Cholesky factor of A (p x p, row-major); 0 if A is not
- * numerically positive definite. */
-static int small_chol(double *A, int p) {
-    for (int j = 0; j < p; j++) {
-        double s = A[j * p + j];
-        for (int k = 0; k < j; k++) s -= A[j * p + k] * A[j * p + k];
-        if (!(s > 0.0)) return 0;
-        double l = sqrt(s);
-        A[j * p + j] = l;
-        for (int i = j + 1; i < p; i++) {
-            double t = A[i * p + j];
-            for (int k = 0; k < j; k++) t -= A[i * p + k] * A[j * p + k];
-            A[i * p + j] = t / l;
-        }
-    }
-    return 1;
-}
-
-/* x with L L' x = b (L from small_chol), in place in b. */
-static void small_chol_solve(const double *L, int p, double *b) {
-    for (int i = 0; i < p; i++) {
-        double s = b[i];
-        for (int k = 0; k < i; k++) s -= L[i * p + k] * b[k];
-        b[i] = s / L[i * p + i];
-    }
-    for (int i = p - 1; i >= 0; i--) {
-        double s = b[i];
-        for (int k = i + 1; k < p; k++) s -= L[k * p + i] * b[k];
-        b[i] = s / L[i * p + i];
-    }
-}
-
 /* X'WX (lower and upper) and X'Wz over the rows, W = diag(w). */
 static void weighted_normal(const double *X, const double *w, const double *z, int64_t n, int p,
                             double *A, double *b) {
@@ -1289,8 +1257,8 @@ static PyObject *glm_irls(PyObject *self, PyObject *args) {
             zz[i] = eta[i] - off[i] + res;
         }
         weighted_normal(X, w, zz, n, p, A, bn);
-        if (!small_chol(A, p)) goto done;
-        small_chol_solve(A, p, bn);
+        if (!vec_chol(A, p)) goto done;
+        vec_solve(A, p, bn, bn);
         for (int a = 0; a < p; a++)
             if (!isfinite(bn[a])) goto done;
         /* the new eta in zz (the working response is not needed any more) */
