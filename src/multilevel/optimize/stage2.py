@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.linalg.lapack import dpotrf, dpotri
+from scipy.linalg.lapack import dpotrf, dpotrs
 
 from multilevel.optimize.bobyqa import bobyqa
 from multilevel.optimize.bounds import snap_to_bounds
@@ -159,10 +159,8 @@ def _spd_inverse(H: np.ndarray) -> np.ndarray | None:
     c, info = dpotrf(H, lower=1)
     if info != 0:
         return None
-    inv, info = dpotri(c, lower=1)
-    if info != 0:
-        return None
-    return np.tril(inv) + np.tril(inv, -1).T  # dpotri fills the lower triangle
+    inv, info = dpotrs(c, np.eye(H.shape[0]), lower=1)  # every entry, as numpy's inverse
+    return inv if info == 0 else None
 
 
 def vcov_from_hessian(H: np.ndarray | None, ntheta: int) -> tuple[np.ndarray | None, str]:
