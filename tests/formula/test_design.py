@@ -263,3 +263,13 @@ def test_compiled_aliasing_screen_decides_as_numpy(n, cols, intercept, seed):
     assert (expected is None) == (got is None)
     if expected is not None:
         np.testing.assert_array_equal(got, expected)
+
+
+def test_text_levels_without_pyarrow(monkeypatch):
+    """Text levels stored by Python (pandas' string type without pyarrow)
+    are listed without importing pyarrow, which is not a dependency."""
+    import sys
+
+    idx = pd.Index(["b", "a"], dtype=pd.StringDtype("python"))
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    assert level_labels(idx) == ["b", "a"]

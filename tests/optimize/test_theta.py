@@ -135,7 +135,7 @@ def test_compiled_bfgs_search_takes_the_python_searchs_steps(case, monkeypatch):
         pytest.skip("the compiled kernel of the search was not built")
 
     def run(disabled):
-        monkeypatch.setattr(th, "LOOP_DISABLED", disabled)
+        monkeypatch.setattr(th, "SEARCH_DISABLED", disabled)
         if case == "valley":
             rec = minimize_theta(
                 lambda x: _rosenbrock_bounded(x)[0],

@@ -136,11 +136,12 @@ def categorize(values: Any, label: str, level_order: list | None) -> Categorical
 def level_labels(values_index: pd.Index) -> list[str]:
     """Printable labels of levels: R's (TRUE/FALSE, integral numbers without
     '.0'), by dtype where that decides them."""
-    arrow = getattr(values_index.array, "__arrow_array__", None)
-    if arrow is not None and isinstance(values_index.dtype, pd.StringDtype):
-        # Arrow-backed text (pandas' default string type): its own list
-        # conversion, a quarter of the cost of one through numpy
-        items = arrow().to_pylist()
+    dtype = values_index.dtype
+    if isinstance(dtype, pd.StringDtype) and getattr(dtype, "storage", None) == "pyarrow":
+        # Arrow-backed text (pandas' default string type when pyarrow is
+        # installed): its own list conversion, a quarter of the cost of one
+        # through numpy
+        items = values_index.array.__arrow_array__().to_pylist()
         if all(type(v) is str for v in items):
             return items
     arr = values_index.to_numpy()  # iterating an Arrow-backed index costs µs per item

@@ -36,7 +36,7 @@ POLISH_GTOL = 1e-3  # the polish after a search acts on larger free gradients on
 # counts as flat (a variance parameter not identified), as lme4's check
 HESSIAN_RTOL = 1e-6
 START_INSIDE = 0.1  # a start on a bound moves this far inside (θ ~ 1 is unit scale)
-LOOP_DISABLED = False  # tests switch the compiled BFGS search off to compare with Python
+SEARCH_DISABLED = False  # tests switch the compiled BFGS search off to compare with Python
 
 
 def minimize_theta(
@@ -84,13 +84,15 @@ def minimize_theta(
         optimizer = "bobyqa"
     x = logged.best_x if logged.best_x is not None else x0
     fx = logged.best
+    polish = True
     known = logged.known_grad
     if known is not None and known[0] is x:
         # the search's exact gradient at its end: when already below the
         # polish's threshold, the polish would return it as it is
         grad, decrement = known[1].copy(), None
         free, gmax = _free_gradient(x, grad, lower)
-    if known is None or known[0] is not x or gmax >= POLISH_GTOL:
+        polish = gmax >= POLISH_GTOL
+    if polish:
         x, fx, grad, decrement = _polish(logged, x, fx, lower)
         free, gmax = _free_gradient(x, grad, lower)
     messages = []
@@ -149,7 +151,7 @@ def _bfgs(
     ``multilevel._optim.bfgs_search`` is this whole search compiled (the
     same steps and arithmetic, to rounding); the code below is its fallback.
     """
-    search = None if LOOP_DISABLED else kernel("_optim", "bfgs_search")
+    search = None if SEARCH_DISABLED else kernel("_optim", "bfgs_search")
     if search is not None:
         x = np.array(x0, dtype=float)
         Hinv0 = None
