@@ -19,7 +19,8 @@
  *      Hinv0, else I / max(1, |g|), or with hessian_start the inverse of the Hessian
  *      from forward differences of the gradient (steps 1e-4 max(1, |x|)),
  *      when that is clearly positive definite;
- *   2. iterations of a projected quasi-Newton step with an Armijo line search:
+ *   2. iterations of a projected quasi-Newton step with an Armijo line search
+ *      until the free gradient is below 1e-3 (1e-6 without the polish):
  *      free gradient pg (zero where theta sits on its bound and g >= 0);
  *      d = -Hinv pg on the free coordinates (steepest descent if not
  *      downhill), cut to length max_step; a trial that would reach a bound
@@ -267,7 +268,7 @@ static int keep_hessian(Search *S, PyObject *list, const double *x, const int *i
 /* Step 2: the quasi-Newton iterations from (x, f, g) with the inverse
  * Hessian approximation H; status 0 converged, 1 evaluation limit, -1 error. */
 static int iterate(Search *S, double *x, double *f_io, double *g, double *H, const double *lo,
-                   long maxeval, int scale_first, double max_step, double *work) {
+                   long maxeval, int scale_first, double max_step, double gtol, double *work) {
     int n = S->n;
     double f = *f_io;
     double *pg = work, *d = work + n, *xn = work + 2 * n, *gn = work + 3 * n;
@@ -283,7 +284,7 @@ static int iterate(Search *S, double *x, double *f_io, double *g, double *H, con
             pg[i] = active[i] ? 0.0 : g[i];
             if (fabs(pg[i]) > pmax) pmax = fabs(pg[i]);
         }
-        if (pmax < 1e-6) {
+        if (pmax < gtol) {
             status = 0;
             break;
         }
@@ -427,7 +428,11 @@ static PyObject *bfgs_search(PyObject *self, PyObject *args) {
             have_start = 1;
         }
     }
-    int status = iterate(&S, x, &f, g, Hinv, lo, maxeval, !have_start, max_step, work);
+    /* with the Newton polish to follow, the iterations hand over once the
+     * gradient is small: near the optimum BFGS closes in linearly, the
+     * polish (whose Hessian the convergence check needs anyway) quadratically */
+    double gtol = newton_polish ? 1e-3 : 1e-6;
+    int status = iterate(&S, x, &f, g, Hinv, lo, maxeval, !have_start, max_step, gtol, work);
     if (status < 0) goto done;
     /* step 3: Newton steps on the free coordinates */
     int k = 0;

@@ -32,6 +32,7 @@ from multilevel.optimize.record import Logged, OptRecord
 GRAD_TOL = 2e-3  # on the deviance scale, as lme4's check
 DECREMENT_TOL = 1e-6  # deviance units a Newton step could still gain
 POLISH_GTOL = 1e-3  # the polish after a search acts on larger free gradients only
+POLISH_HANDOVER = 1e-3  # free gradient at which BFGS hands over to its Newton polish
 # smallest over largest eigenvalue of the Hessian in θ below which the optimum
 # counts as flat (a variance parameter not identified), as lme4's check
 HESSIAN_RTOL = 1e-6
@@ -188,7 +189,13 @@ def _bfgs(
         logged.hessian = (x.copy(), idx, H0)
     if hessian0 is not None:
         Hinv = np.linalg.inv(hessian0)
-    x, f, g, status = _bfgs_loop(logged, x, f, g, Hinv, lower, maxeval, hessian0 is None, max_step)
+    # with the Newton polish below, the iterations hand over once the gradient
+    # is small: near the optimum BFGS closes in linearly, the polish (whose
+    # Hessian the convergence check needs anyway) quadratically
+    gtol = POLISH_HANDOVER if newton_polish else 1e-6
+    x, f, g, status = _bfgs_loop(
+        logged, x, f, g, Hinv, lower, maxeval, hessian0 is None, max_step, gtol
+    )
     # Near the optimum the criterion's differences drown in rounding (its
     # value is known to ~1e-12 relative, so θ only to ~1e-7 from values) while
     # the exact gradient still points the way: Newton steps with a Hessian from
@@ -246,9 +253,11 @@ def _bfgs_loop(
     maxeval: int,
     scale_first: bool,
     max_step: float,
+    gtol: float = 1e-6,
 ) -> tuple[np.ndarray, float, np.ndarray, str]:
     """The search's iterations from (x, f, g) with the inverse Hessian
-    approximation Hinv; ``scale_first``: rescale Hinv at the first update."""
+    approximation Hinv until the free gradient is below ``gtol``;
+    ``scale_first``: rescale Hinv at the first update."""
     n = x.size
     bounded = np.isfinite(lower)
     any_bounded = bool(bounded.any())
@@ -257,7 +266,7 @@ def _bfgs_loop(
     for it in range(maxeval):
         active = bounded & (x <= lower) & (g >= 0)
         pg = np.where(active, 0.0, g)
-        if np.abs(pg).max() < 1e-6:
+        if np.abs(pg).max() < gtol:
             status = "CONVERGED"
             break
         d = -Hinv @ pg
