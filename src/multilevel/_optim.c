@@ -10,8 +10,8 @@
  *   float64 array x (n); x is updated in place to the optimum; lower (n)
  *   holds the bounds (-inf where none); Hinv0 is None or the caller's
  *   inverse Hessian approximation at x (n x n, C order).
- *   Returns (f, g, status, evals, hessians, snapped): status 0 converged,
- *   1 evaluation limit; hessians the list of (x, coordinates, H) formed, in
+ *   Returns (f, g, status, evals, hessian, snapped): status 0 converged,
+ *   1 evaluation limit; hessian the last (x, coordinates, H) formed or None, in
  *   order; snapped whether parameters were put on their bound at the end.
  *
  * The steps, as _bfgs documents them:
@@ -246,8 +246,8 @@ static int invert(const double *A, double *Ainv, int k, double *scratch, double 
     return 1;
 }
 
-/* Appends (x, coordinates, H) to the list of Hessians formed. */
-static int keep_hessian(Search *S, PyObject *list, const double *x, const int *idx, int k,
+/* Keeps (x, coordinates, H) in *kept as the last Hessian formed. */
+static int keep_hessian(Search *S, PyObject **kept, const double *x, const int *idx, int k,
                         const double *H) {
     PyObject *ox = new_array(S, x, S->n, 0);
     PyObject *oi = PyList_New(k);
@@ -260,9 +260,8 @@ static int keep_hessian(Search *S, PyObject *list, const double *x, const int *i
     PyObject *t = PyTuple_Pack(3, ox, oi, oH);
     Py_DECREF(ox); Py_DECREF(oi); Py_DECREF(oH);
     if (!t) return 0;
-    int ok = PyList_Append(list, t) == 0;
-    Py_DECREF(t);
-    return ok;
+    Py_XSETREF(*kept, t);
+    return 1;
 }
 
 /* Step 2: the quasi-Newton iterations from (x, f, g) with the inverse
@@ -374,7 +373,7 @@ static PyObject *bfgs_search(PyObject *self, PyObject *args) {
         return NULL;
     }
     int n = (int)(bx.len / sizeof(double));
-    PyObject *result = NULL, *np = NULL, *hessians = NULL, *og = NULL;
+    PyObject *result = NULL, *np = NULL, *hessian = NULL, *og = NULL;
     double *mem = NULL;
     Search S = {fg, NULL, n, 0};
     if (blo.len != bx.len) {
@@ -385,8 +384,6 @@ static PyObject *bfgs_search(PyObject *self, PyObject *args) {
     if (!np) goto done;
     S.np_empty = PyObject_GetAttrString(np, "empty");
     if (!S.np_empty) goto done;
-    hessians = PyList_New(0);
-    if (!hessians) goto done;
     size_t m = n > 0 ? (size_t)n : 1;
     mem = malloc(sizeof(double) * (17 * m + 4 * m * m)); /* scratch: m * m + m */
     if (!mem) {
@@ -422,7 +419,7 @@ static PyObject *bfgs_search(PyObject *self, PyObject *args) {
             h[i] = 1e-4 * fmax(1.0, fabs(x[i]));
         }
         if (!gradient_hessian(&S, x, g, idx, n, h, Hd, xe, ge)) goto done;
-        if (!keep_hessian(&S, hessians, x, idx, n, Hd)) goto done;
+        if (!keep_hessian(&S, &hessian, x, idx, n, Hd)) goto done;
         if (clearly_pd(Hd, n, 1e-8, scratch) && invert(Hd, A, n, scratch, vec)) {
             memcpy(Hinv, A, sizeof(double) * n * n);
             have_start = 1;
@@ -445,7 +442,7 @@ static PyObject *bfgs_search(PyObject *self, PyObject *args) {
     if (newton_polish && k && gmax > 1e-10 * (1.0 + fabs(f))) {
         for (int a = 0; a < k; a++) h[a] = 1e-5 * fmax(1.0, fabs(x[idx[a]]));
         if (!gradient_hessian(&S, x, g, idx, k, h, Hd, xe, ge)) goto done;
-        if (!keep_hessian(&S, hessians, x, idx, k, Hd)) goto done;
+        if (!keep_hessian(&S, &hessian, x, idx, k, Hd)) goto done;
         double *xn = work, *gn = work + n, *step = vec;
         for (int it = 0; it < 4; it++) {
             double gnorm = 0.0;
@@ -493,11 +490,12 @@ static PyObject *bfgs_search(PyObject *self, PyObject *args) {
     }
     og = new_array(&S, g, n, 0);
     if (!og) goto done;
-    result = Py_BuildValue("dOilOO", f, og, status, S.evals, hessians, snapped ? Py_True : Py_False);
+    result = Py_BuildValue("dOilOO", f, og, status, S.evals, hessian ? hessian : Py_None,
+                           snapped ? Py_True : Py_False);
 done:
     free(mem);
     Py_XDECREF(og);
-    Py_XDECREF(hessians);
+    Py_XDECREF(hessian);
     Py_XDECREF(S.np_empty);
     Py_XDECREF(np);
     PyBuffer_Release(&bx);
@@ -508,7 +506,7 @@ done:
 static PyMethodDef methods[] = {
     {"bfgs_search", bfgs_search, METH_VARARGS,
      "bfgs_search(fg, x, lower, maxeval, Hinv0, hessian_start, newton_polish, max_step) "
-     "-> (f, g, status, evals, hessians, snapped); x updated in place"},
+     "-> (f, g, status, evals, hessian, snapped); x updated in place"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_optim",

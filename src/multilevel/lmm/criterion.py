@@ -261,10 +261,8 @@ class ProfiledCriterion:
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """Criterion and its exact gradient in θ (see :meth:`has_gradient`)."""
         if self._kernel is not None:
-            call, tail = self._kernel_bound
             g = np.zeros(len(theta))
-            value = call(np.ascontiguousarray(theta, dtype=float), g, *tail, 1)
-            return value - self.sum_log_w, g
+            return self._kernel_call(theta, g), g
         theta = np.asarray(theta, dtype=float)
         # optimisers ask again for the point they stopped at; with a large rest
         # block one evaluation costs seconds

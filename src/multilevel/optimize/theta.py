@@ -158,7 +158,7 @@ def _bfgs(
         Hinv0 = None
         if hessian0 is not None and not isinstance(hessian0, str):
             Hinv0 = _inverse(hessian0)
-        f, g, code, _, hessians, snapped = search(
+        f, g, code, _, hessian, snapped = search(
             logged.value_grad,
             x,
             np.ascontiguousarray(lower, dtype=float),
@@ -168,8 +168,8 @@ def _bfgs(
             newton_polish,
             float(max_step),
         )
-        if hessians:
-            hx, hidx, H = hessians[-1]
+        if hessian is not None:
+            hx, hidx, H = hessian
             logged.hessian = (hx, np.array(hidx, dtype=np.intp), H)
         logged.best, logged.best_x = f, x
         logged.known_grad = None if snapped else (x, g)

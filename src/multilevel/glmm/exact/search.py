@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg.lapack import dposv, dpotrf, dsyev
+from scipy.linalg.lapack import dpotrf, dsyev
 
 from multilevel.glmm.pirls import PirlsError, factor
 from multilevel.linalg.affine import upper_inverse
@@ -36,17 +36,6 @@ def whitening(prob, beta0: np.ndarray) -> np.ndarray:
     if info != 0 or not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R)), initial=1.0) < 1e-8:
         R = np.eye(prob.p)
     return R
-
-
-def _stationary(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray, tol: float):
-    """Whether Newton steps from x would stop before their first step: no
-    parameter held on its bound, and H not positive definite or the decrement
-    ½gᵀH⁻¹g below tol (newton_steps' first test, by LAPACK directly; with a
-    parameter on its bound newton_steps decides)."""
-    if np.any((x <= lower) & (g >= 0)):  # held: -inf bounds never hold
-        return False
-    c, s, info = dposv(H, g, lower=1)
-    return bool(info != 0 or not 0.5 * float(g @ s) >= tol)
 
 
 class Search:
@@ -136,8 +125,6 @@ class Search:
             log[1].append(fz)
             return fz
 
-        if _stationary(x, g, H, self.lower, tol):
-            return x, f, g
         start = [g]  # the gradient at x is known; later ones are the accepted trials'
 
         def derivatives(z: np.ndarray, _fz: float):
