@@ -15,7 +15,7 @@ setup(
         Extension(
             "multilevel._kernels",
             sources=["src/multilevel/_kernels.c"],
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O3"],
             optional=True,
         ),
         Extension(

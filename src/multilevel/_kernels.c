@@ -26,7 +26,7 @@
 #include <string.h>
 
 /* lower Cholesky of the n x n matrix a (row-major) in place; 0 if not PD */
-static int chol(double *a, int n) {
+__attribute__((always_inline)) static inline int chol(double *a, int n) {
     for (int j = 0; j < n; j++) {
         double d = a[j * n + j];
         for (int k = 0; k < j; k++) d -= a[j * n + k] * a[j * n + k];
@@ -44,7 +44,7 @@ static int chol(double *a, int n) {
 }
 
 /* inverse of the lower-triangular n x n matrix l into out (lower) */
-static void tri_inv(const double *l, double *out, int n) {
+__attribute__((always_inline)) static inline void tri_inv(const double *l, double *out, int n) {
     memset(out, 0, sizeof(double) * n * n);
     for (int c = 0; c < n; c++) {
         out[c * n + c] = 1.0 / l[c * n + c];
@@ -131,6 +131,203 @@ static int level_factor(const double *D, const double *T, int q, double *S,
     return 1;
 }
 
+#define CHUNK 128 /* levels whose C_i^T C_i are summed into M at once */
+
+/* x . y with four running sums (independent additions pipeline) */
+static inline double dot(const double *restrict x, const double *restrict y, size_t n) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += x[i] * y[i];
+        s1 += x[i + 1] * y[i + 1];
+        s2 += x[i + 2] * y[i + 2];
+        s3 += x[i + 3] * y[i + 3];
+    }
+    for (; i < n; i++) s0 += x[i] * y[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* One level's value pass, for a q known at the call (the dispatch below
+ * passes small q as constants, so that these loops unroll): S = T^T D T + I
+ * = L L^T and C = L^{-1} T^T B, its q rows stored as columns of Ct (leading
+ * dimension ld: M -= Ct Ct^T is formed after a chunk of levels, as dot
+ * products along contiguous rows); the product of L's pivots goes to
+ * *pivots (each pivot is at least 1: S is I plus a positive semi-definite
+ * matrix); R = S^{-1} T^T to R if R is not NULL.  work holds 4 q^2
+ * doubles.  0 if S is not PD. */
+__attribute__((always_inline)) static inline int level_value(
+    const int q, const int m, const double *restrict D, const double *restrict B,
+    const double *restrict T, double *restrict Ct, size_t ld, double *restrict R,
+    double *restrict work, double *restrict pivots) {
+    double *DT = work, *S = DT + q * q, *Linv = S + q * q, *W = Linv + q * q;
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = 0.0;
+            for (int j = b; j < q; j++) s += D[a * q + j] * T[j * q + b];
+            DT[a * q + b] = s;
+        }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b <= a; b++) {
+            double s = (a == b) ? 1.0 : 0.0;
+            for (int i = a; i < q; i++) s += T[i * q + a] * DT[i * q + b];
+            S[a * q + b] = s;
+        }
+    if (!chol(S, q)) return 0;
+    double prod = 1.0;
+    for (int a = 0; a < q; a++) prod *= S[a * q + a];
+    *pivots = prod;
+    tri_inv(S, Linv, q);
+    /* W = L^{-1} T^T (lower triangular times upper) */
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = 0.0;
+            int top = a < b ? a : b;
+            for (int k = 0; k <= top; k++) s += Linv[a * q + k] * T[b * q + k];
+            W[a * q + b] = s;
+        }
+    for (int a = 0; a < q; a++)
+        for (int c = 0; c < m; c++) {
+            double s = 0.0;
+            for (int b = 0; b < q; b++) s += W[a * q + b] * B[b * m + c];
+            Ct[c * ld + a] = s;
+        }
+    if (R)
+        for (int a = 0; a < q; a++)
+            for (int b = 0; b < q; b++) {
+                double s = 0.0;
+                for (int k = a; k < q; k++) s += Linv[k * q + a] * W[k * q + b];
+                R[a * q + b] = s;
+            }
+    return 1;
+}
+
+/* One level's share of the gradient (DESIGN.md; entry (r, c) of T is read
+ * at acc[c, r]).  With c = B z, H = B_X P B_X^T + k c c^T (the B_X P B_X^T
+ * part for REML only; P = LXinv^T LXinv, k = (n - p)/r^2 for REML, n/r^2 for
+ * ML), the three terms of the gradient
+ *   sum R D,  sum R B_X P B_X^T (I - R^T T^T D),  k sum u Zr^T = k sum R c c^T (I - R^T T^T D)
+ * (u = R c, Zr = c - D T u) combine into
+ *   acc += (R + R H R^T T^T) D - R H,
+ * the gradient being 2 acc.  F = B_X LXinv^T comes by columns (F[j * ld + a],
+ * formed for a chunk of levels at once), so B_X P B_X^T = F F^T.  work holds
+ * 4 q^2 + q doubles. */
+__attribute__((always_inline)) static inline void level_gradient(
+    const int q, const int m, const double *restrict D, const double *restrict B,
+    const double *restrict T, const double *restrict R, const double *restrict z,
+    const double *restrict F, size_t ld, int reml, double k, double *restrict acc,
+    double *restrict work) {
+    const int p = m - 1;
+    double *H = work, *Y = H + q * q, *V = Y + q * q, *E = V + q * q, *c = E + q * q;
+    /* loops over the q rows innermost: q independent sums per step */
+    for (int a = 0; a < q; a++) c[a] = 0.0;
+    for (int j = 0; j < m; j++)
+        for (int a = 0; a < q; a++) c[a] += B[a * m + j] * z[j];
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b <= a; b++) H[a * q + b] = k * c[a] * c[b];
+    if (reml)
+        for (int j = 0; j < p; j++) {
+            const double *Fj = F + j * ld;
+            for (int a = 0; a < q; a++)
+                for (int b = 0; b <= a; b++) H[a * q + b] += Fj[a] * Fj[b];
+        }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < a; b++) H[b * q + a] = H[a * q + b];
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = 0.0;
+            for (int e = 0; e < q; e++) s += R[a * q + e] * H[e * q + b];
+            Y[a * q + b] = s;
+        }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = 0.0;
+            for (int e = 0; e < q; e++) s += Y[a * q + e] * R[b * q + e];
+            V[a * q + b] = s;
+        }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = R[a * q + b];
+            for (int d = 0; d <= b; d++) s += V[a * q + d] * T[b * q + d];
+            E[a * q + b] = s;
+        }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++) {
+            double s = -Y[a * q + b];
+            for (int e = 0; e < q; e++) s += E[a * q + e] * D[e * q + b];
+            acc[a * q + b] += s;
+        }
+}
+
+/* Both passes over the levels for one q: the criterion, and the gradient if
+ * grad is not NULL.  T (q x q, lower) and buffers come from one_term. */
+__attribute__((always_inline)) static inline double one_term_passes(
+    const int q, const int m, int nlev, const double *D, const double *B, const double *AFF,
+    const double *T, double nobs, int reml, double *grad, double *keepR, double *M,
+    double *LXinv, double *Ct, double *work) {
+    const int p = m - 1;
+    const size_t qq = (size_t)q * q;
+    double logdet = 0.0;
+    memcpy(M, AFF, sizeof(double) * m * m);
+    const size_t ld = (size_t)CHUNK * q;
+    for (int lo = 0; lo < nlev; lo += CHUNK) {
+        int hi = lo + CHUNK < nlev ? lo + CHUNK : nlev;
+        for (int lev = lo; lev < hi; lev++) {
+            double pivots;
+            if (!level_value(q, m, D + lev * qq, B + (size_t)lev * q * m, T,
+                             Ct + (size_t)(lev - lo) * q, ld, keepR ? keepR + lev * qq : NULL,
+                             work, &pivots))
+                return INFINITY;
+            double l = log(pivots);
+            if (!isfinite(l)) return INFINITY;
+            logdet += 2.0 * l;
+        }
+        size_t len = (size_t)(hi - lo) * q;
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c <= r; c++) M[r * m + c] -= dot(Ct + r * ld, Ct + c * ld, len);
+    }
+    if (!chol(M, m)) return INFINITY;
+    double r2;
+    double value = profiled_value(M, m, logdet, nobs, reml, &r2);
+    if (!grad || !(r2 > 0)) return value;
+    double *LX = work, *P = LX + (size_t)p * p, *z = P + (size_t)p * p;
+    beta_and_P(M, m, LX, LXinv, z, P);
+    double *LT = P; /* P itself is not needed: LXinv^T, read by rows */
+    for (int a = 0; a < p; a++)
+        for (int b = 0; b < p; b++) LT[a * p + b] = b >= a ? LXinv[b * p + a] : 0.0;
+    double *acc = z + m, *lw = acc + qq;
+    memset(acc, 0, sizeof(double) * qq);
+    double k = (reml ? nobs - p : nobs) / r2;
+    /* F = B_X LXinv^T for a chunk of levels as updates along whole columns
+     * (BT: B_X's columns; one per level and row would chain each update
+     * through memory) */
+    double *BT = Ct, *FT = Ct + (size_t)p * ld;
+    for (int lo = 0; lo < nlev; lo += CHUNK) {
+        int hi = lo + CHUNK < nlev ? lo + CHUNK : nlev;
+        size_t len = (size_t)(hi - lo) * q;
+        const double *Bc = B + (size_t)lo * q * m;
+        if (reml) {
+            for (size_t r = 0; r < len; r++)
+                for (int j = 0; j < p; j++) BT[j * ld + r] = Bc[r * m + j];
+            for (int j = 0; j < p; j++) {
+                double *restrict Fj = FT + j * ld;
+                for (size_t r = 0; r < len; r++) Fj[r] = 0.0;
+                for (int kk = 0; kk <= j; kk++) {
+                    const double *restrict Bk = BT + kk * ld;
+                    double l = LT[kk * p + j];
+                    for (size_t r = 0; r < len; r++) Fj[r] += l * Bk[r];
+                }
+            }
+        }
+        for (int lev = lo; lev < hi; lev++)
+            level_gradient(q, m, D + lev * qq, B + (size_t)lev * q * m, T, keepR + lev * qq, z,
+                           FT + (size_t)(lev - lo) * q, ld, reml, k, acc, lw);
+    }
+    int e = 0;
+    for (int j = 0; j < q; j++)
+        for (int i = j; i < q; i++) grad[e++] = 2.0 * acc[j * q + i];
+    return value;
+}
+
 static PyObject *one_term(PyObject *self, PyObject *args) {
     Py_buffer bD, bB, bA, bth, bg;
     int q, m, nlev, reml, want_grad;
@@ -139,154 +336,46 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
                           &nobs, &reml, &want_grad))
         return NULL;
     const double *D = bD.buf, *B = bB.buf, *AFF = bA.buf, *theta = bth.buf;
-    double *grad = bg.buf;
-    int p = m - 1;
-    double value = INFINITY;
-    size_t qq = (size_t)q * q;
-    double *T = calloc(qq, sizeof(double));
-    double *work = malloc(sizeof(double) * (7 * qq + 2 * (size_t)q * m + 3 * (size_t)m * m + 4 * q + 3 * qq));
-    if (!T || !work) {
-        free(T);
-        free(work);
+    double *grad = want_grad ? bg.buf : NULL;
+    size_t qq = (size_t)q * q, mm = (size_t)m * m;
+    /* T, M, LXinv, then work enough for either pass: 4 q^2 + q m (value),
+     * 2 p^2 + m + q^2 + 5 q^2 + q (1 + p) (gradient) */
+    size_t nwork = 10 * qq + (size_t)q * (m + 1) + 2 * mm + m;
+    size_t nct = 2 * (size_t)m * CHUNK * q; /* C^T (value), B_X^T and F^T (gradient) */
+    double *buf = calloc(qq + 2 * mm + nwork + nct, sizeof(double));
+    double *keepR = want_grad ? malloc(sizeof(double) * qq * (size_t)(nlev > 0 ? nlev : 1)) : NULL;
+    if (!buf || (want_grad && !keepR)) {
+        free(buf);
+        free(keepR);
         PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
         PyBuffer_Release(&bth); PyBuffer_Release(&bg);
         return PyErr_NoMemory();
     }
-    double *S = work, *DT = S + qq, *W = DT + qq, *Linv = W + qq, *R = Linv + qq;
-    double *Q = R + qq, *RQ = Q + qq, *C = RQ + qq, *BXP = C + (size_t)q * m;
-    double *M = BXP + (size_t)q * m, *LXinv = M + (size_t)m * m, *P = LXinv + (size_t)m * m;
-    double *cvec = P + (size_t)m * m, *u = cvec + q, *Tu = u + q, *Zr = Tu + q;
-    double *A1 = Zr + q, *A2 = A1 + qq, *A3 = A2 + qq;
-    /* each level's L^{-1} and W, kept from the value pass for the gradient's */
-    double *keep = want_grad ? malloc(sizeof(double) * 2 * qq * (size_t)(nlev > 0 ? nlev : 1)) : NULL;
-    if (want_grad && !keep) {
-        free(T);
-        free(work);
-        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
-        PyBuffer_Release(&bth); PyBuffer_Release(&bg);
-        return PyErr_NoMemory();
-    }
-    int k = 0;
+    double *T = buf, *M = T + qq, *LXinv = M + mm, *Ct = LXinv + mm, *work = Ct + nct;
+    int e = 0;
     for (int j = 0; j < q; j++)
-        for (int i = j; i < q; i++) T[i * q + j] = theta[k++];
-    double logdet = 0.0;
-    memcpy(M, AFF, sizeof(double) * m * m);
-    int ok = 1;
-    for (int lev = 0; lev < nlev && ok; lev++) {
-        const double *Di = D + lev * qq, *Bi = B + (size_t)lev * q * m;
-        if (!level_factor(Di, T, q, S, DT, W, Linv, &logdet)) { ok = 0; break; }
-        if (keep) {
-            memcpy(keep + 2 * qq * (size_t)lev, Linv, sizeof(double) * qq);
-            memcpy(keep + 2 * qq * (size_t)lev + qq, W, sizeof(double) * qq);
-        }
-        for (int a = 0; a < q; a++)
-            for (int c = 0; c < m; c++) {
-                double s = 0.0;
-                for (int b = 0; b < q; b++) s += W[a * q + b] * Bi[b * m + c];
-                C[a * m + c] = s;
-            }
-        for (int r = 0; r < m; r++)
-            for (int c = 0; c <= r; c++) {
-                double s = 0.0;
-                for (int a = 0; a < q; a++) s += C[a * m + r] * C[a * m + c];
-                M[r * m + c] -= s;
-            }
+        for (int i = j; i < q; i++) T[i * q + j] = theta[e++];
+    double value;
+    /* small q as constants: the per-level loops unroll (three times faster
+     * on q = 2 and 3 than with q read at run time) */
+    switch (q) {
+    case 1:
+        value = one_term_passes(1, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
+        break;
+    case 2:
+        value = one_term_passes(2, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
+        break;
+    case 3:
+        value = one_term_passes(3, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
+        break;
+    case 4:
+        value = one_term_passes(4, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
+        break;
+    default:
+        value = one_term_passes(q, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
     }
-    if (ok) ok = chol(M, m);
-    if (ok) {
-        double r2;
-        value = profiled_value(M, m, logdet, nobs, reml, &r2);
-        if (want_grad && r2 > 0) {
-            double *LX = malloc(sizeof(double) * (size_t)p * p + sizeof(double) * m);
-            double *z = LX + (size_t)p * p;
-            beta_and_P(M, m, LX, LXinv, z, P);
-            memset(A1, 0, sizeof(double) * 3 * qq);
-            for (int lev = 0; lev < nlev; lev++) {
-                const double *Di = D + lev * qq, *Bi = B + (size_t)lev * q * m;
-                memcpy(Linv, keep + 2 * qq * (size_t)lev, sizeof(double) * qq);
-                memcpy(W, keep + 2 * qq * (size_t)lev + qq, sizeof(double) * qq);
-                /* R = S^{-1} T^T = Linv^T W */
-                for (int a = 0; a < q; a++)
-                    for (int b = 0; b < q; b++) {
-                        double s = 0.0;
-                        for (int kk = a; kk < q; kk++) s += Linv[kk * q + a] * W[kk * q + b];
-                        R[a * q + b] = s;
-                    }
-                mat_vec(Bi, z, cvec, q, m);
-                mat_vec(R, cvec, u, q, q);
-                for (int a = 0; a < q; a++) {
-                    double s = 0.0;
-                    for (int b = 0; b <= a; b++) s += T[a * q + b] * u[b];
-                    Tu[a] = s;
-                }
-                for (int a = 0; a < q; a++) {
-                    double s = 0.0;
-                    for (int b = 0; b < q; b++) s += Di[a * q + b] * Tu[b];
-                    Zr[a] = cvec[a] - s;
-                }
-                for (int a = 0; a < q; a++)
-                    for (int b = 0; b < q; b++) {
-                        double s = 0.0;
-                        for (int kk = 0; kk < q; kk++) s += R[a * q + kk] * Di[kk * q + b];
-                        A1[a * q + b] += s;
-                        A3[a * q + b] += u[a] * Zr[b];
-                    }
-                /* Q = B_X P B_X^T */
-                for (int a = 0; a < q; a++)
-                    for (int c = 0; c < p; c++) {
-                        double s = 0.0;
-                        for (int kk = 0; kk < p; kk++) s += Bi[a * m + kk] * P[kk * p + c];
-                        BXP[a * m + c] = s;
-                    }
-                for (int a = 0; a < q; a++)
-                    for (int b = 0; b < q; b++) {
-                        double s = 0.0;
-                        for (int c = 0; c < p; c++) s += BXP[a * m + c] * Bi[b * m + c];
-                        Q[a * q + b] = s;
-                    }
-                for (int a = 0; a < q; a++)
-                    for (int b = 0; b < q; b++) {
-                        double s = 0.0;
-                        for (int kk = 0; kk < q; kk++) s += R[a * q + kk] * Q[kk * q + b];
-                        RQ[a * q + b] = s;
-                    }
-                /* Y = RQ R^T into S (free now); then Y T^T into DT; A2 += RQ - (Y T^T) D */
-                for (int a = 0; a < q; a++)
-                    for (int b = 0; b < q; b++) {
-                        double s = 0.0;
-                        for (int kk = 0; kk < q; kk++) s += RQ[a * q + kk] * R[b * q + kk];
-                        S[a * q + b] = s;
-                    }
-                for (int a = 0; a < q; a++)
-                    for (int e = 0; e < q; e++) {
-                        double s = 0.0;
-                        for (int d = 0; d <= e; d++) s += S[a * q + d] * T[e * q + d];
-                        DT[a * q + e] = s;
-                    }
-                for (int a = 0; a < q; a++)
-                    for (int f = 0; f < q; f++) {
-                        double s = 0.0;
-                        for (int e = 0; e < q; e++) s += DT[a * q + e] * Di[e * q + f];
-                        A2[a * q + f] += RQ[a * q + f] - s;
-                    }
-            }
-            k = 0;
-            for (int j = 0; j < q; j++)
-                for (int i = j; i < q; i++) {
-                    double dZ = 2.0 * A1[j * q + i];
-                    double dr2 = -2.0 * A3[j * q + i];
-                    if (reml)
-                        grad[k] = dZ - 2.0 * A2[j * q + i] + (nobs - p) * dr2 / r2;
-                    else
-                        grad[k] = dZ + nobs * dr2 / r2;
-                    k++;
-                }
-            free(LX);
-        }
-    }
-    free(T);
-    free(work);
-    free(keep);
+    free(buf);
+    free(keepR);
     PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
     PyBuffer_Release(&bth); PyBuffer_Release(&bg);
     return PyFloat_FromDouble(value);
