@@ -180,3 +180,48 @@ def test_compiled_factor_and_modes_equal_numpy_on_random_blocks(q, nlev, p, seed
     assert f1.logdet_Z == pytest.approx(f2.logdet_Z, rel=1e-12, abs=1e-12)
     np.testing.assert_allclose(b1, b2, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(u1[0], u2[0], rtol=1e-9, atol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.integers(1, 6),
+    nlev=st.sampled_from([1, 2, 7, 127, 128, 129, 300]),
+    p=st.integers(0, 7),
+    reml=st.booleans(),
+    seed=st.integers(0, 10_000),
+    scale=st.sampled_from([1e-3, 1.0, 30.0]),
+)
+def test_compiled_criterion_and_gradient_equal_numpy_on_random_blocks(
+    q, nlev, p, reml, seed, scale
+):
+    """The one-term kernel's value and gradient against numpy at random θ:
+    every q (constants up to 4, the general loop above), level counts on
+    both sides of the kernel's chunk of 128 levels, no fixed effects at all."""
+    from multilevel.covariance import templates
+    from multilevel.linalg.crossprod import CrossProducts
+
+    rng = np.random.default_rng(seed)
+    m, rows = p + 1, q + 3
+    Z = rng.normal(size=(nlev, rows, q))
+    F = rng.normal(size=(nlev, rows, m))
+    D1 = np.einsum("lri,lrj->lij", Z, Z)
+    B1F = np.einsum("lri,lrj->lij", Z, F)
+    Fall = F.reshape(-1, m)
+    cp = CrossProducts([q], [nlev], D1, B1F, None, None, None, Fall.T @ Fall, nlev * rows, p)
+    tmpl = templates([q])
+    theta = scale * rng.uniform(0.2, 1.5, tmpl[0].size)
+    off = tmpl[0].rows != tmpl[0].cols
+    theta[off] *= rng.choice([-1.0, 1.0], size=int(off.sum()))
+    fast = lmm.ProfiledCriterion(cp, tmpl, reml)
+    if fast._kernel is None:
+        pytest.skip("the compiled kernel was not built")
+    v1, g1 = fast.value_and_gradient(theta)
+    saved = lmm._KERNEL_DISABLED
+    lmm._KERNEL_DISABLED = True
+    try:
+        v2, g2 = lmm.ProfiledCriterion(cp, tmpl, reml).value_and_gradient(theta)
+    finally:
+        lmm._KERNEL_DISABLED = saved
+    assert v1 == pytest.approx(v2, rel=1e-11, abs=1e-9)
+    np.testing.assert_allclose(g1, g2, rtol=1e-7, atol=1e-7 * max(1.0, np.abs(g2).max()))
+    assert fast(theta) == pytest.approx(v1, rel=1e-14, abs=1e-12)
