@@ -466,33 +466,99 @@ static int scalar_rest(const double *d, const double *B, const int64_t *Ap, cons
     return 1;
 }
 
-/* The rest block's factor alone at theta, for the estimates after the
- * optimum: L (Q x Q, lower, row-major) and G (Q x m) as in scalar_rest.
- * Returns log|M|, or None where M is not positive definite. */
-static PyObject *scalar_rest_factor(PyObject *self, PyObject *args) {
-    Py_buffer bd, bB, bAp, bAi, bAx, bARR, bARF, bterm, bth, bL, bG;
+/* Everything the estimates at one theta need from several scalar terms (see
+ * scalar_terms), for the kept factorization after the optimum: the first
+ * term's pivots l1 (n1: sqrt(s_i)) and C1F (n1 x m: (t / l1_i) B_i), the
+ * rest block's factor L (Q x Q, lower, column-major: the layout LAPACK
+ * reads) with G (Q x m) and schur = G^T M^{-1} G (m x m), the [X y] factor
+ * LFF (m x m, lower, row-major), and the solution: beta (p) and the
+ * spherical modes u (n1 + Q; rest modes u_R = M^{-1} G z, z = (-beta, 1);
+ * first term's u_i = (t / s_i)(B_i z - (A_1R Lam_R u_R)_i)).  C1F is
+ * written column by column (m x n1: the level-last layout of the numpy
+ * code), L as its transpose (L^T row-major is L column-major).  Returns
+ * (log|S_1|, log|M|), or None where a block is not positive definite. */
+static PyObject *scalar_terms_factor(PyObject *self, PyObject *args) {
+    Py_buffer bd, bB, bAp, bAi, bAx, bARR, bARF, bAFF, bterm, bth;
+    Py_buffer bl1, bC1, bL, bG, bS, bLFF, bbeta, bu;
     int n1, Q, m;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*w*w*iii", &bd, &bB, &bAp, &bAi, &bAx, &bARR,
-                          &bARF, &bterm, &bth, &bL, &bG, &n1, &Q, &m))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*w*w*w*w*w*w*w*w*iii", &bd, &bB, &bAp, &bAi,
+                          &bAx, &bARR, &bARF, &bAFF, &bterm, &bth, &bl1, &bC1, &bL, &bG, &bS,
+                          &bLFF, &bbeta, &bu, &n1, &Q, &m))
         return NULL;
-    double *sw = malloc(sizeof(double) * (2 * (size_t)n1 + (size_t)Q + 1));
+    const double *d = bd.buf, *B = bB.buf, *Ax = bAx.buf, *AFF = bAFF.buf, *theta = bth.buf;
+    const int64_t *Ap = bAp.buf, *Ai = bAi.buf;
+    double *l1o = bl1.buf, *C1F = bC1.buf, *Lc = bL.buf, *G = bG.buf, *schur = bS.buf;
+    double *LFF = bLFF.buf, *beta = bbeta.buf, *u = bu.buf;
+    int p = m - 1;
+    size_t QQ = (size_t)Q * Q, Qm = (size_t)Q * m, mm = (size_t)m * m;
+    double *work = calloc(2 * (size_t)n1 + 2 * (size_t)Q + QQ + Qm + 3 * mm + (size_t)m + 1,
+                          sizeof(double));
     int ok = 0;
-    double logdet1 = 0.0, logdet = 0.0; /* the first term's part is the caller's */
-    if (sw) {
-        double *L = bL.buf;
-        memset(L, 0, sizeof(double) * (size_t)Q * Q);
-        ok = scalar_rest(bd.buf, bB.buf, bAp.buf, bAi.buf, bAx.buf, bARR.buf, bARF.buf,
-                         bterm.buf, bth.buf, n1, Q, m, sw, sw + n1, sw + 2 * (size_t)n1, L,
-                         bG.buf, &logdet1, &logdet);
+    double logdet1 = 0.0, logdetR = 0.0;
+    if (work) {
+        double *s = work, *w = s + n1, *lamR = w + n1, *v = lamR + Q, *M = v + Q, *C = M + QQ;
+        double *LX = C + Qm, *LXinv = LX + mm, *P = LXinv + mm, *z = P + mm;
+        double t = theta[0];
+        ok = scalar_rest(d, B, Ap, Ai, Ax, bARR.buf, bARF.buf, bterm.buf, theta, n1, Q, m, s, w,
+                         lamR, M, G, &logdet1, &logdetR);
+        if (ok) {
+            for (int a = 0; a < Q; a++)
+                for (int b = 0; b < Q; b++) Lc[b * Q + a] = M[a * Q + b];
+            memcpy(C, G, sizeof(double) * Qm);
+            tri_solve(M, C, Q, m, 0); /* C = L^{-1} G: schur = C^T C */
+            for (int r = 0; r < m; r++)
+                for (int c = 0; c <= r; c++) {
+                    double x = 0.0;
+                    for (int a = 0; a < Q; a++) x += C[a * m + r] * C[a * m + c];
+                    schur[r * m + c] = schur[c * m + r] = x;
+                }
+            for (int i = 0; i < n1; i++) {
+                double l = sqrt(s[i]), wi = t / l;
+                l1o[i] = l;
+                for (int c = 0; c < m; c++) C1F[(size_t)c * n1 + i] = wi * B[(size_t)i * m + c];
+            }
+            /* MFF = AFF - C1F^T C1F - schur (lower triangle), factored */
+            memset(LFF, 0, sizeof(double) * mm);
+            for (int r = 0; r < m; r++)
+                for (int c = 0; c <= r; c++) {
+                    double x = AFF[r * m + c] - schur[r * m + c];
+                    for (int i = 0; i < n1; i++)
+                        x -= C1F[(size_t)r * n1 + i] * C1F[(size_t)c * n1 + i];
+                    LFF[r * m + c] = x;
+                }
+            ok = chol(LFF, m);
+        }
+        if (ok) {
+            beta_and_P(LFF, m, LX, LXinv, z, P);
+            for (int a = 0; a < p; a++) beta[a] = -z[a];
+            /* u_R = M^{-1} G z */
+            double *uR = u + n1;
+            for (int a = 0; a < Q; a++) {
+                double x = 0.0;
+                for (int c = 0; c < m; c++) x += G[a * m + c] * z[c];
+                uR[a] = x;
+            }
+            tri_solve(M, uR, Q, 1, 0);
+            tri_solve(M, uR, Q, 1, 1);
+            for (int a = 0; a < Q; a++) v[a] = lamR[a] * uR[a];
+            for (int i = 0; i < n1; i++) {
+                double x = 0.0;
+                for (int c = 0; c < m; c++) x += B[(size_t)i * m + c] * z[c];
+                for (int64_t pa = Ap[i]; pa < Ap[i + 1]; pa++) x -= Ax[pa] * v[Ai[pa]];
+                u[i] = t * x / s[i];
+            }
+        }
     }
-    free(sw);
+    free(work);
     PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
     PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bARR);
-    PyBuffer_Release(&bARF); PyBuffer_Release(&bterm); PyBuffer_Release(&bth);
-    PyBuffer_Release(&bL); PyBuffer_Release(&bG);
-    if (!sw) return PyErr_NoMemory();
+    PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF); PyBuffer_Release(&bterm);
+    PyBuffer_Release(&bth); PyBuffer_Release(&bl1); PyBuffer_Release(&bC1);
+    PyBuffer_Release(&bL); PyBuffer_Release(&bG); PyBuffer_Release(&bS);
+    PyBuffer_Release(&bLFF); PyBuffer_Release(&bbeta); PyBuffer_Release(&bu);
+    if (!work) return PyErr_NoMemory();
     if (!ok) Py_RETURN_NONE;
-    return PyFloat_FromDouble(logdet);
+    return Py_BuildValue("(dd)", logdet1, logdetR);
 }
 
 static PyObject *scalar_terms(PyObject *self, PyObject *args) {
@@ -1109,9 +1175,10 @@ static PyMethodDef methods[] = {
     {"scalar_moments", scalar_moments, METH_VARARGS,
      "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
      "usable levels of a term (moment equations of several scalar terms)"},
-    {"scalar_rest_factor", scalar_rest_factor, METH_VARARGS,
-     "scalar_rest_factor(d, B, Ap, Ai, Ax, ARR, ARF, term, theta, L, G, n1, Q, m) -> log|M_RR| "
-     "or None (the rest block's factor for the estimates)"},
+    {"scalar_terms_factor", scalar_terms_factor, METH_VARARGS,
+     "scalar_terms_factor(d, B, Ap, Ai, Ax, ARR, ARF, AFF, term, theta, l1, C1F, L, G, schur, LFF, "
+     "beta, u, n1, Q, m) -> (log|S_1|, log|M|) or None (the kept factorization and its "
+     "solution)"},
     {"scalar_crossprod", scalar_crossprod, METH_VARARGS,
      "scalar_crossprod(codes, Z, F, offs, sz, rz, sf, rf, d1, B1, AFF, A1R, ARR, ARF, K, m, n1, Qr): "
      "several scalar terms' dense cross-products in one pass, rows mapped as read"},

@@ -201,7 +201,7 @@ def test_compiled_criterion_and_gradient_equal_numpy_on_random_blocks(
     from multilevel.linalg.crossprod import CrossProducts
 
     rng = np.random.default_rng(seed)
-    m, rows = p + 1, q + 3
+    m, rows = p + 1, q + p + 3  # a residual left even with one level
     Z = rng.normal(size=(nlev, rows, q))
     F = rng.normal(size=(nlev, rows, m))
     D1 = np.einsum("lri,lrj->lij", Z, Z)

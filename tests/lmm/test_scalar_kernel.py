@@ -64,9 +64,9 @@ def test_scalar_kernel_equals_numpy(data, formula, reml, monkeypatch):
 
 @pytest.mark.parametrize("data,formula,reml", CASES)
 def test_kept_factor_compiled_equals_the_rest_block(data, formula, reml):
-    """The factor kept for the estimates (compiled, without the general rest
-    block's set-up) against the general path's: the same blocks, solves and
-    inverse, hence the same estimates."""
+    """The factor kept for the estimates (compiled, with its solution, without
+    the general rest block's set-up) against the general path's: the same
+    blocks, solves and inverse, hence the same estimates."""
     frame = _three_terms() if data == "three" else ml.datasets.load(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -85,5 +85,16 @@ def test_kept_factor_compiled_equals_the_rest_block(data, formula, reml):
     rhs = np.linspace(-1.0, 1.0, a.MRF.shape[0])
     np.testing.assert_allclose(a.solve(rhs), b.solve(rhs), rtol=1e-11, atol=1e-12)
     assert kept.logdet_Z == pytest.approx(general.logdet_Z, rel=1e-13)
-    for u, v in zip(cr.solve(kept)[1], cr.solve(general)[1], strict=True):
+    # the first term's blocks and [X y]'s factor, and the solution the
+    # compiled pass formed with them
+    for x, y in ((kept.L1, general.L1), (kept.W, general.W), (kept.C1F, general.C1F)):
+        np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(np.tril(kept.LFF), np.tril(general.LFF), rtol=1e-10, atol=1e-12)
+    assert kept.logdet_X == pytest.approx(general.logdet_X, rel=1e-11, abs=1e-11)
+    assert kept.log_r2 == pytest.approx(general.log_r2, rel=1e-11)
+    assert kept.solution is not None and general.solution is None
+    (b1, us1), (b2, us2) = cr.solve(kept), cr.solve(general)
+    np.testing.assert_allclose(b1, b2, rtol=1e-10, atol=1e-12)
+    for u, v in zip(us1, us2, strict=True):
+        assert u.shape == v.shape
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
-from scipy.linalg.lapack import dpotrf, dtrtri, dtrtrs
+from scipy.linalg.lapack import dpotrf, dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.covariance import Template
@@ -61,6 +61,8 @@ class Factorization:
     logdet_X: float
     r2: float  # may under- or overflow for responses in extreme units
     log_r2: float  # 2 log|d|, d the last diagonal element of the factor: always finite
+    # (β̂, u per term) where the compiled pass that factored also solved
+    solution: tuple[np.ndarray, list[np.ndarray]] | None = None
 
 
 class ProfiledCriterion:
@@ -130,33 +132,6 @@ class ProfiledCriterion:
             return None
         return L1.transpose(1, 2, 0), W.transpose(1, 2, 0), C1F.transpose(1, 2, 0), logdet
 
-    def _rest_factor(
-        self, W: np.ndarray, T: list[np.ndarray], theta: np.ndarray, keep: bool
-    ) -> RestFactor | None:
-        """The rest block factored at θ.  A kept factor (the estimates at the
-        optimum) of several scalar terms that have the compiled criterion is
-        compiled too: the search never needed the general path's set-up
-        (:class:`multilevel.lmm.schur.RestBlock`), which costs more than a
-        small model's whole search.  Otherwise that general path."""
-        # with several terms, a compiled criterion is the scalar terms' one
-        fn = None
-        if keep and self._kernel is not None:
-            fn = kernel("_kernels", "scalar_rest_factor")
-        if fn is None:
-            return self._rest.factor(W, T, keep)
-        _, data, (n1, Q, m, _) = self._kernel
-        d, B, Ap, Ai, Ax, ARR, ARF, _, term = data
-        L, G = np.empty((Q, Q)), np.empty((Q, m))
-        theta = np.ascontiguousarray(theta, dtype=float)
-        logdet = fn(d, B, Ap, Ai, Ax, ARR, ARF, term, theta, L, G, n1, Q, m)
-        if logdet is None:
-            return None
-        L = np.asfortranarray(L)  # the layout LAPACK reads, as RestBlock keeps it
-        C, info = dtrtrs(L, G, lower=1)
-        if info != 0:
-            return None
-        return RestFactor(theta[term], G, float(logdet), C.T @ C, L, None, work=False)
-
     def _a1r_times(self, v: np.ndarray) -> np.ndarray:
         """A_1R v, through the rest block's operator when it exists."""
         rb = self._rest_block
@@ -169,6 +144,10 @@ class ProfiledCriterion:
         so that the factorization stays valid after further evaluations."""
         cp = self.cp
         T = self.templates(theta)
+        if keep and self._kernel is not None and cp.has_rest:
+            fn = kernel("_kernels", "scalar_terms_factor")
+            if fn is not None:
+                return self._scalar_terms_kept(fn, theta, T)
         T1 = T[0]
         m = self.p + 1
         if self._q1 == 1:
@@ -188,7 +167,7 @@ class ProfiledCriterion:
         MFF = cp.AFF - flat @ flat.T
         rest = None
         if cp.has_rest:
-            rest = self._rest_factor(W, T, theta, keep)
+            rest = self._rest.factor(W, T, keep)
             if rest is None:
                 return None
             logdet += rest.logdet
@@ -214,6 +193,47 @@ class ProfiledCriterion:
             logdet_X,
             r2,
             log_r2,
+        )
+
+    def _scalar_terms_kept(
+        self, fn, theta: np.ndarray, T: list[np.ndarray]
+    ) -> Factorization | None:
+        """The kept factorization of several scalar terms with the compiled
+        criterion, and its solution (β̂, u) from the same compiled pass: the
+        estimates at the optimum are a small model's last step, and numpy's
+        per-call costs on its many small blocks were more than its search."""
+        _, data, (n1, Q, m, _) = self._kernel
+        d, B, Ap, Ai, Ax, ARR, ARF, AFF, term = data
+        l1, C1F, Lt = np.empty(n1), np.empty((m, n1)), np.empty((Q, Q))
+        G, schur, LFF = np.empty((Q, m)), np.empty((m, m)), np.empty((m, m))
+        beta, u = np.empty(m - 1), np.empty(n1 + Q)
+        theta = np.ascontiguousarray(theta, dtype=float)
+        out = fn(
+            d, B, Ap, Ai, Ax, ARR, ARF, AFF, term, theta,
+            l1, C1F, Lt, G, schur, LFF, beta, u, n1, Q, m,
+        )  # fmt: skip
+        if out is None:
+            return None
+        logdet1, logdetR = out
+        rest = RestFactor(theta[term], G, logdetR, schur, Lt.T, None, work=False)
+        dg = LFF.diagonal()
+        us = [u[:n1].reshape(n1, 1)]
+        offs = self.cp.rest_offsets
+        for k in range(1, len(self.cp.q)):
+            us.append(u[n1 + offs[k - 1] : n1 + offs[k]].reshape(-1, 1))
+        return Factorization(
+            theta,
+            T,
+            l1.reshape(1, 1, n1),
+            (theta[0] / l1).reshape(1, 1, n1),
+            C1F.reshape(1, m, n1),
+            rest,
+            LFF,
+            logdet1 + logdetR,
+            float(2.0 * np.log(dg[:-1]).sum()),
+            float(dg[-1] ** 2),
+            float(2.0 * np.log(abs(dg[-1]))) if dg[-1] != 0 else -np.inf,
+            solution=(beta, us),
         )
 
     def value(self, f: Factorization) -> float:
@@ -513,6 +533,9 @@ class ProfiledCriterion:
     # -- estimates at a θ ---------------------------------------------------------
     def solve(self, f: Factorization) -> tuple[np.ndarray, list[np.ndarray]]:
         """β̂ and the spherical conditional modes u (per term, (n_k, q_k))."""
+        if f.solution is not None:
+            beta, us = f.solution
+            return beta.copy(), [u.copy() for u in us]
         p = self.p
         cp = self.cp
         LFF = f.LFF
