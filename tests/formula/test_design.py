@@ -273,3 +273,30 @@ def test_text_levels_without_pyarrow(monkeypatch):
     idx = pd.Index(["b", "a"], dtype=pd.StringDtype("python"))
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
     assert level_labels(idx) == ["b", "a"]
+
+
+def test_level_labels_formed_on_use_match_the_coding():
+    """Grouping factors' level labels are formed on first use (a fit needs
+    only their number): the same labels, in level order, as the eager coding,
+    for one grouping column and for an interaction; a set list replaces them."""
+    from multilevel.formula.design import group_codes
+
+    df = pd.DataFrame(
+        {
+            "y": np.arange(12.0),
+            "a": pd.array(list("bbaaccbbaacc"), dtype="string"),
+            "b": [2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1],
+        }
+    )
+    d = build_design(parse_formula("y ~ 1 + (1 | a) + (1 | a:b)"), df)
+    one, inter = d.random
+    assert one.nlevels == 3 and inter.nlevels == 6
+    assert "_levels" in vars(one) and one._levels is None  # nothing formed yet
+    assert one.levels == ["a", "b", "c"]
+    codes, labels, _ = group_codes(inter.parts)
+    assert inter.levels == labels == ["a:1", "a:2", "b:1", "b:2", "c:1", "c:2"]
+    np.testing.assert_array_equal(codes, inter.codes)
+    spec = d.factor_specs["a"]
+    assert spec.labels == level_labels(spec.values) == ["a", "b", "c"]
+    inter.levels = labels[:4]
+    assert inter.nlevels == 4 and inter.levels == labels[:4]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -30,11 +31,25 @@ from multilevel.formula.evaluate import Evaluator, closest
 from multilevel.formula.parser import Factor, ParsedFormula, RandomTerm, TermSet
 
 
-@dataclass
 class Categorical:
-    codes: np.ndarray  # int64 level index per row; -1 for missing
-    values: pd.Index  # the data values of the levels, in level order
-    labels: list[str]  # printable level labels
+    """A factor's coding: ``codes`` (int64 level index per row, -1 for
+    missing), ``values`` (the data values of the levels, in level order) and
+    ``labels`` (printable level labels).  Labels not given are formed on first
+    use: a grouping factor's name its levels in results only."""
+
+    def __init__(self, codes: np.ndarray, values: pd.Index, labels: list[str] | None = None):
+        self.codes = codes
+        self.values = values
+        if labels is not None:
+            self.labels = labels
+
+    @cached_property
+    def labels(self) -> list[str]:
+        return level_labels(self.values)
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.values)
 
 
 @dataclass
@@ -130,7 +145,7 @@ def categorize(values: Any, label: str, level_order: list | None) -> Categorical
             )
         codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
         values_index = order
-    return Categorical(codes, values_index, level_labels(values_index))
+    return Categorical(codes, values_index)
 
 
 def level_labels(values_index: pd.Index) -> list[str]:
@@ -140,10 +155,8 @@ def level_labels(values_index: pd.Index) -> list[str]:
     if isinstance(dtype, pd.StringDtype) and getattr(dtype, "storage", None) == "pyarrow":
         # Arrow-backed text (pandas' default string type when pyarrow is
         # installed): its own list conversion, a quarter of the cost of one
-        # through numpy
-        items = values_index.array.__arrow_array__().to_pylist()
-        if all(type(v) is str for v in items):
-            return items
+        # through numpy; levels are never missing, so every item is a str
+        return values_index.array.__arrow_array__().to_pylist()
     arr = values_index.to_numpy()  # iterating an Arrow-backed index costs µs per item
     kind = arr.dtype.kind
     if kind in "iu":
@@ -221,8 +234,16 @@ class FactorSpec:
     factor: Factor
     categorical: bool
     values: pd.Index | None = None  # level values for categoricals
-    labels: list[str] | None = None
+    known_labels: list[str] | None = field(default=None, repr=False)  # if formed in the fit
     suffixes: list[str] | None = None  # numeric column suffixes
+
+    @cached_property
+    def labels(self) -> list[str] | None:
+        """Printable level labels for categoricals (formed here if the fit
+        never needed them: a grouping factor's)."""
+        if not self.categorical:
+            return None
+        return self.known_labels if self.known_labels is not None else level_labels(self.values)
 
 
 @dataclass
@@ -238,15 +259,32 @@ class MatrixSpec:
 
 @dataclass
 class RandomStructure:
-    """One random-effects term: raw columns and the grouping factor's levels."""
+    """One random-effects term: raw columns and the grouping factor's levels.
+
+    ``levels``, the levels' labels in order, are formed on first use from
+    ``parts`` (the grouping columns' codings) and ``group_combos``: a fit
+    needs only their number, results name them."""
 
     term: RandomTerm
     Z: np.ndarray  # (n, q) values of the term's columns
     codes: np.ndarray  # (n,) level of each row
-    levels: list[str]  # level labels in order
     spec: MatrixSpec
     group_values: list[pd.Index]  # per grouping column, level values (for new data)
-    group_combos: np.ndarray | None = None  # (nlevels, ncols) column codes of each level
+    group_combos: np.ndarray  # (nlevels, ncols) column codes of each level (one column: per row)
+    parts: list[Categorical] = field(repr=False)
+    _nlevels: int = field(repr=False)
+    _levels: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def levels(self) -> list[str]:
+        if self._levels is None:
+            self._levels = combo_labels(self.parts, self.group_combos)
+        return self._levels
+
+    @levels.setter
+    def levels(self, labels: list[str]) -> None:
+        self._levels = list(labels)
+        self._nlevels = len(self._levels)
 
     def level_index(self, frame: pd.DataFrame) -> np.ndarray:
         """Level of each row of new data (-1 for levels not seen in the fit)."""
@@ -284,7 +322,7 @@ class RandomStructure:
 
     @property
     def nlevels(self) -> int:
-        return len(self.levels)
+        return self._nlevels
 
 
 @dataclass
@@ -843,7 +881,7 @@ def build_design(
             parsed.factors[lab],
             isinstance(v, Categorical),
             getattr(v, "values", None) if isinstance(v, Categorical) else None,
-            v.labels if isinstance(v, Categorical) else None,
+            vars(v).get("labels") if isinstance(v, Categorical) else None,
             v.suffixes if isinstance(v, Numeric) else None,
         )
         for lab, v in values.items()
@@ -926,7 +964,7 @@ def combo_keys(parts: list[Categorical]) -> np.ndarray:
     """One integer per row for the combination of several factors' levels."""
     combo = np.zeros(len(parts[0].codes), dtype=np.int64)
     for p in parts:
-        combo = combo * len(p.labels) + p.codes
+        combo = combo * p.nlevels + p.codes
     return combo
 
 
@@ -935,13 +973,24 @@ def group_codes(
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Level index of the interaction of grouping factors (levels in the order
     of the first factor, then the next...): the combinations that occur, or
-    the sorted ``known`` combination keys (see :func:`combo_keys`)."""
+    the sorted ``known`` combination keys (see :func:`combo_keys`); with the
+    levels' labels and their column codes (see :func:`group_levels`)."""
+    codes, comps, _ = group_levels(parts, known)
+    return codes, combo_labels(parts, comps), comps
+
+
+def group_levels(
+    parts: list[Categorical], known: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The level of each row of the interaction of grouping factors, each
+    level's codes in the factors (for one factor: each row's) and the number
+    of levels."""
     if len(parts) == 1:
-        return parts[0].codes, list(parts[0].labels), parts[0].codes[:, None]
+        return parts[0].codes, parts[0].codes[:, None], parts[0].nlevels
     combo = combo_keys(parts)
     span = 1
     for p in parts:
-        span *= len(p.labels)
+        span *= p.nlevels
     if known is None and span <= 4 * combo.size:
         # the keys' range is small: direct addressing, the same sorted keys
         # and codes as np.unique's sort at a fraction of its fixed cost
@@ -959,18 +1008,24 @@ def group_codes(
     comps = np.empty((len(uniq), len(parts)), dtype=np.int64)  # each level's codes
     rem = uniq
     for k in range(len(parts) - 1, -1, -1):
-        comps[:, k] = rem % len(parts[k].labels)
-        rem = rem // len(parts[k].labels)
-    if len(uniq) <= 10_000:  # a join per level: pandas' fixed cost exceeds it here
+        comps[:, k] = rem % parts[k].nlevels
+        rem = rem // parts[k].nlevels
+    return codes.astype(np.int64, copy=False), comps, len(uniq)
+
+
+def combo_labels(parts: list[Categorical], comps: np.ndarray) -> list[str]:
+    """Labels of the levels of grouping factors' interaction, "a:b", from
+    each level's codes in the factors (see :func:`group_levels`)."""
+    if len(parts) == 1:
+        return list(parts[0].labels)
+    if len(comps) <= 10_000:  # a join per level: pandas' fixed cost exceeds it here
         names = [[p.labels[i] for i in c] for p, c in zip(parts, comps.T.tolist(), strict=True)]
-        labels = [":".join(t) for t in zip(*names, strict=True)]
-    else:
-        cols = [
-            pd.Series(np.asarray(p.labels, dtype=object)[c])
-            for p, c in zip(parts, comps.T, strict=True)
-        ]
-        labels = cols[0].str.cat(cols[1:], sep=":").tolist()
-    return codes.astype(np.int64, copy=False), labels, comps
+        return [":".join(t) for t in zip(*names, strict=True)]
+    cols = [
+        pd.Series(np.asarray(p.labels, dtype=object)[c])
+        for p, c in zip(parts, comps.T, strict=True)
+    ]
+    return cols[0].str.cat(cols[1:], sep=":").tolist()
 
 
 def _random_structure(
@@ -990,20 +1045,20 @@ def _random_structure(
             v = categorize(v.values[:, 0], g, None)
             values[g] = v
         parts.append(v)
-    codes, labels, combos = group_codes(parts, combos)
-    if len(labels) < 2 and check_nobs:
+    codes, combos, nlev = group_levels(parts, combos)
+    if nlev < 2 and check_nobs:
         raise ModelError(
-            f"grouping factor {rt.group_name!r} has only {len(labels)} level; "
+            f"grouping factor {rt.group_name!r} has only {nlev} level; "
             "a random effect needs at least two levels"
         )
-    if check_nobs and len(labels) * Z.shape[1] >= n:
+    if check_nobs and nlev * Z.shape[1] >= n:
         raise ModelError(
             f"number of observations ({n}) <= number of random effects "
-            f"({len(labels) * Z.shape[1]}) for term {rt.text}; the random-effects "
+            f"({nlev * Z.shape[1]}) for term {rt.text}; the random-effects "
             "parameters and the residual variance are probably unidentifiable"
         )
     return RandomStructure(
-        rt, np.ascontiguousarray(Z), codes, labels, spec, [p.values for p in parts], combos
+        rt, np.ascontiguousarray(Z), codes, spec, [p.values for p in parts], combos, parts, nlev
     )
 
 
