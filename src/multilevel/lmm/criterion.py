@@ -688,7 +688,7 @@ def _scalar_terms_kernel(cp: CrossProducts):
     if 4.0 * Q**3 / 3.0 + (n1 + Q * Q) * m * (m + 2) > SCALAR_KERNEL_WORK:
         return None
     indptr, indices, values = cp.A1R_csr64
-    nnz = np.diff(indptr).astype(np.float64)
+    nnz = np.diff(indptr)
     work = float(nnz @ nnz) + 4.0 * Q**3 / 3.0 + (n1 + Q * Q) * m * (m + 2)
     if work > SCALAR_KERNEL_WORK:
         return None

@@ -25,6 +25,8 @@ evaluations finding the scale of θ that this gives directly.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.linalg.lapack import dgesv, dpotrf, dpotrs, dsyev
 
@@ -114,7 +116,8 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     if ols is None:
         return None
     beta, rss, dof = ols
-    z = np.append(-beta, 1.0)
+    z = np.empty(cp.p + 1)
+    z[:-1], z[-1] = -beta, 1.0
     K, n = len(cp.q), cp.n
     fn = kernel("_kernels", "scalar_moments")
     if fn is not None:
@@ -180,7 +183,8 @@ def _variance_ratios(S: np.ndarray, rhs: np.ndarray, dof: float, rss: float, K: 
     _, _, v, info = dgesv(S, rhs)
     if info != 0:  # exactly singular
         v = np.full(K + 1, np.nan)
-    if not (np.all(np.isfinite(v)) and v[K] > 0):
+    # Python floats: a handful of numbers, where each numpy call costs more
+    if not (all(math.isfinite(x) for x in v.tolist()) and v[K] > 0):
         # σ²_e from the residual within the first term's levels, each term's
         # σ² from its own equation
         free = dof - S[0, K]
