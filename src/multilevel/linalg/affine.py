@@ -84,7 +84,7 @@ def affine(M: np.ndarray, center: bool, ones: int | None | str = "detect") -> np
     if k == 0:
         return N
     if k <= FEW_COLUMNS and ones != "detect" and M.shape[0]:
-        return _affine_few(M, N, ones if center else None)
+        return _affine_few(M, N, ones if center else None, ones)
     S = _sample(M)
     base = (ones_column(M, S) if ones == "detect" else ones) if center else None
     shift = np.zeros(k)
@@ -103,15 +103,17 @@ def affine(M: np.ndarray, center: bool, ones: int | None | str = "detect") -> np
     return N
 
 
-def _affine_few(M: np.ndarray, N: np.ndarray, base: int | None) -> np.ndarray:
+def _affine_few(M: np.ndarray, N: np.ndarray, base: int | None, ones: int | None) -> np.ndarray:
     """:func:`affine` for a few columns, one at a time: a column's sum and sum
     of squares are single BLAS calls, where the vectorised form's fixed costs
-    dominate a small model's fit."""
+    dominate a small model's fit.  The all-ones column ``ones`` keeps scale 1
+    (its root mean square): an intercept-only term needs no look at its rows."""
+    cols = [j for j in range(M.shape[1]) if j != ones]
+    if not cols:
+        return N
     S = _sample(M)
     m = S.shape[0]
-    for j in range(M.shape[1]):
-        if j == base:
-            continue
+    for j in cols:
         col = S[:, j]
         shift = 0.0
         if base is not None and j > base:
