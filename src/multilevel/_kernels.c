@@ -967,9 +967,14 @@ static PyObject *level_crossprod(PyObject *self, PyObject *args) {
 
 /* One term's blocks of the mapped columns in one pass over the rows:
  * z~ = (z - sz) * rz and f~ = (f - sf) * rf per row (a centring and scaling,
- * with no mapped copy of the rows), then D[l] += z~ z~^T, B[l] += z~ f~^T
- * for the row's level l and AFF += f~ f~^T.  Z (n, q), F (n, m)
- * C-contiguous; D (nlev, q, q), B (nlev, q, m), AFF (m, m) zeroed. */
+ * with no mapped copy of all rows: a block of ROWS rows at a time, by
+ * columns), then D[l] += z~ z~^T, B[l] += z~ f~^T for the row's level l and
+ * AFF += f~ f~^T, as dot products of the block's columns (independent sums,
+ * where row-by-row updates chain each entry through memory).  Z (n, q),
+ * F (n, m) C-contiguous; D (nlev, q, q), B (nlev, q, m), AFF (m, m) zeroed. */
+#define ROWS 256 /* rows mapped at a time into column buffers */
+#define RUN 8    /* a run of rows of one level at least this long is summed by columns */
+
 static PyObject *one_term_crossprod(PyObject *self, PyObject *args) {
     Py_buffer bc, bZ, bF, bD, bB, bA, bsz, brz, bsf, brf;
     int q, m;
@@ -983,26 +988,57 @@ static PyObject *one_term_crossprod(PyObject *self, PyObject *args) {
     Py_ssize_t n = bc.len / (Py_ssize_t)sizeof(int64_t);
     Py_ssize_t nlev = bD.len / (Py_ssize_t)(sizeof(double) * q * q);
     int bad = q > 64 || m > 64 || q < 1 || m < 1;
+    /* the mapped rows of a block, by columns: ZT[r * ROWS + i], FT[c * ROWS + i] */
+    double *ZT = bad ? NULL : malloc(sizeof(double) * ROWS * (size_t)(q + m));
+    if (!bad && !ZT) {
+        PyBuffer_Release(&bc); PyBuffer_Release(&bZ); PyBuffer_Release(&bF);
+        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
+        PyBuffer_Release(&bsz); PyBuffer_Release(&brz); PyBuffer_Release(&bsf);
+        PyBuffer_Release(&brf);
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS
-    double zt[64], ft[64];
-    for (Py_ssize_t i = 0; i < n && !bad; i++) {
-        int64_t l = codes[i];
-        if (l < 0 || l >= nlev) { bad = 1; break; }
-        const double *zi = Z + i * q, *fi = F + i * m;
-        for (int r = 0; r < q; r++) zt[r] = (zi[r] - sz[r]) * rz[r];
-        for (int c = 0; c < m; c++) ft[c] = (fi[c] - sf[c]) * rf[c];
-        double *Dl = D + l * q * q, *Bl = B + l * q * m;
-        for (int r = 0; r < q; r++) {
-            double v = zt[r];
-            for (int c = 0; c < q; c++) Dl[r * q + c] += v * zt[c];
-            for (int c = 0; c < m; c++) Bl[r * m + c] += v * ft[c];
+    double *FT = ZT + (size_t)ROWS * q;
+    for (Py_ssize_t lo = 0; lo < n && !bad; lo += ROWS) {
+        Py_ssize_t len = n - lo < ROWS ? n - lo : ROWS;
+        for (Py_ssize_t i = 0; i < len; i++) {
+            int64_t l = codes[lo + i];
+            if (l < 0 || l >= nlev) { bad = 1; break; }
+            const double *zi = Z + (lo + i) * q, *fi = F + (lo + i) * m;
+            for (int r = 0; r < q; r++) ZT[r * ROWS + i] = (zi[r] - sz[r]) * rz[r];
+            for (int c = 0; c < m; c++) FT[c * ROWS + i] = (fi[c] - sf[c]) * rf[c];
         }
-        for (int r = 0; r < m; r++) {
-            double v = ft[r];
-            for (int c = 0; c <= r; c++) AFF[r * m + c] += v * ft[c];
+        if (bad) break;
+        /* [X y]'s block: one dot product of whole columns per entry */
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c <= r; c++) AFF[r * m + c] += dot(FT + r * ROWS, FT + c * ROWS, len);
+        /* the levels' blocks: a run of rows of one level (sorted data) by
+         * columns, isolated rows one at a time */
+        for (Py_ssize_t a = 0; a < len;) {
+            int64_t l = codes[lo + a];
+            Py_ssize_t e = a + 1;
+            while (e < len && codes[lo + e] == l) e++;
+            double *Dl = D + l * q * q, *Bl = B + l * q * m;
+            if (e - a >= RUN) {
+                size_t L = (size_t)(e - a);
+                for (int r = 0; r < q; r++) {
+                    const double *zr = ZT + r * ROWS + a;
+                    for (int c = 0; c < q; c++) Dl[r * q + c] += dot(zr, ZT + c * ROWS + a, L);
+                    for (int c = 0; c < m; c++) Bl[r * m + c] += dot(zr, FT + c * ROWS + a, L);
+                }
+            } else {
+                for (Py_ssize_t i = a; i < e; i++)
+                    for (int r = 0; r < q; r++) {
+                        double v = ZT[r * ROWS + i];
+                        for (int c = 0; c < q; c++) Dl[r * q + c] += v * ZT[c * ROWS + i];
+                        for (int c = 0; c < m; c++) Bl[r * m + c] += v * FT[c * ROWS + i];
+                    }
+            }
+            a = e;
         }
     }
     Py_END_ALLOW_THREADS
+    free(ZT);
     if (!bad)
         for (int r = 0; r < m; r++)
             for (int c = r + 1; c < m; c++) AFF[r * m + c] = AFF[c * m + r];
