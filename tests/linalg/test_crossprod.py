@@ -81,15 +81,20 @@ def test_cross_products_equal_dense_blocks(path):
 
 
 @pytest.mark.parametrize("shift", [0.0, 1.7e9])
-def test_mapped_cross_products_equal_those_of_the_mapped_columns(path, shift, monkeypatch):
-    # one term: the compiled pass maps each row as it reads it; otherwise the
-    # mapped columns are formed first.  Both are the cross-products of
-    # [Z V⁻¹, [X y] N_F⁻¹], computed here from the mapped columns directly
+@pytest.mark.parametrize("order", ["random", "sorted"])
+def test_mapped_cross_products_equal_those_of_the_mapped_columns(path, shift, order, monkeypatch):
+    # one term: the compiled pass maps each row as it reads it (blocks of 256
+    # rows; runs of one level summed by columns, so sorted rows and block
+    # ends inside a run); otherwise the mapped columns are formed first.  Both
+    # are the cross-products of [Z V⁻¹, [X y] N_F⁻¹], computed here from the
+    # mapped columns directly
     from multilevel.linalg.affine import affine, apply_affine
 
     rng = np.random.default_rng(5)
-    n = 300
+    n = 700
     codes = rng.integers(0, 9, n)
+    if order == "sorted":
+        codes = np.sort(codes)
     t = shift + 86400.0 * rng.normal(size=n)
     X = np.column_stack([np.ones(n), t, rng.normal(size=n)])
     Z = np.column_stack([np.ones(n), t])
