@@ -466,6 +466,275 @@ static int scalar_rest(const double *d, const double *B, const int64_t *Ap, cons
     return 1;
 }
 
+/*
+ * Several random-effects terms of any size q_k, a small model whose blocks
+ * are dense (multilevel.lmm.criterion forms the same criterion blockwise in
+ * numpy): the criterion and its exact gradient from the whole Z^T Z.
+ *   A (Q, Q)      Z^T Z, terms in order, each level's q_k columns together
+ *   AZF (Q, m)    Z^T [X y];  AFF (m, m)  [X y]^T [X y]
+ *   qk, nk (K)    each term's columns and levels (int64)
+ * With Lam = blockdiag(T_k per level) (T_k lower, theta by columns, term by
+ * term): M = Lam^T A Lam + I = L L^T, G = Lam^T AZF, U = M^{-1} G,
+ * MFF = AFF - G^T U = L_F L_F^T.  Gradient: for theta_j, an entry (r, c)
+ * of T_k, dCrit = sum over the levels of Gam[o + r, o + c] with
+ *   Gam = 2 A Lam M^{-1} + 2 H Om U^T,  H = A Lam U - AZF,
+ *   Om = (n - p)/r^2 z z^T + [P 0; 0 0] (REML) or n/r^2 z z^T (ML),
+ * z = (-beta, 1), P = (L_X L_X^T)^{-1}: d log|M| = 2 <A Lam M^{-1}, dLam>
+ * and tr(Om dMFF) = 2 <H Om U^T, dLam>.  Only Gam's diagonal blocks are
+ * formed.  Work per evaluation: O(Q^3 + Q^2 m).
+ */
+/* The factorization of dense_terms at theta: Lam (Q x Q, dense), AL = A Lam,
+ * M's Cholesky factor L in place (lower, row-major), C = L^{-1} G (Q x m;
+ * G = Lam^T AZF) and MFF's factor L_F (m x m, lower) with log|M| in
+ * *logdet, blk/bsz each column's level block (first column, size).
+ * Returns 0 where M or MFF is not positive definite. */
+static int dense_factor(const double *A, const double *AZF, const double *AFF,
+                        const int64_t *qk, const int64_t *nk, const double *theta, int Q, int m,
+                        int K, int64_t *blk, int64_t *bsz, double *Lam, double *AL, double *M,
+                        double *C, double *MFF, double *logdet) {
+    int col = 0, toff = 0;
+    for (int k = 0; k < K; k++) {
+        int q = (int)qk[k];
+        for (int64_t l = 0; l < nk[k]; l++) {
+            int e = 0;
+            for (int c = 0; c < q; c++)
+                for (int r = c; r < q; r++) Lam[(size_t)(col + r) * Q + col + c] = theta[toff + e++];
+            for (int a = 0; a < q; a++) {
+                blk[col + a] = col;
+                bsz[col + a] = q;
+            }
+            col += q;
+        }
+        toff += q * (q + 1) / 2;
+    }
+    /* AL = A Lam (Lam's column b has entries in b's block only) */
+    for (int a = 0; a < Q; a++)
+        for (int b = 0; b < Q; b++) {
+            int64_t e = blk[b] + bsz[b];
+            double s = 0.0;
+            for (int64_t c = b; c < e; c++) s += A[(size_t)a * Q + c] * Lam[(size_t)c * Q + b];
+            AL[(size_t)a * Q + b] = s;
+        }
+    /* M = Lam^T AL + I (lower triangle), C = G = Lam^T AZF */
+    for (int a = 0; a < Q; a++) {
+        int64_t e = blk[a] + bsz[a];
+        for (int b = 0; b <= a; b++) {
+            double s = a == b ? 1.0 : 0.0;
+            for (int64_t c = a; c < e; c++) s += Lam[(size_t)c * Q + a] * AL[(size_t)c * Q + b];
+            M[(size_t)a * Q + b] = s;
+        }
+        for (int j = 0; j < m; j++) {
+            double s = 0.0;
+            for (int64_t c = a; c < e; c++) s += Lam[(size_t)c * Q + a] * AZF[(size_t)c * m + j];
+            C[(size_t)a * m + j] = s;
+        }
+    }
+    if (!chol(M, Q)) return 0;
+    *logdet = 0.0;
+    for (int a = 0; a < Q; a++) *logdet += 2.0 * log(M[(size_t)a * Q + a]);
+    tri_solve(M, C, Q, m, 0);
+    /* MFF = AFF - C^T C */
+    for (int r = 0; r < m; r++)
+        for (int c = 0; c <= r; c++) {
+            double s = AFF[r * m + c];
+            for (int a = 0; a < Q; a++) s -= C[(size_t)a * m + r] * C[(size_t)a * m + c];
+            MFF[r * m + c] = s;
+        }
+    return chol(MFF, m);
+}
+
+/*
+ * Several random-effects terms of any size q_k, a small model whose blocks
+ * are dense (multilevel.lmm.criterion forms the same criterion blockwise in
+ * numpy): the criterion and its exact gradient from the whole Z^T Z.
+ *   A (Q, Q)      Z^T Z, terms in order, each level's q_k columns together
+ *   AZF (Q, m)    Z^T [X y];  AFF (m, m)  [X y]^T [X y]
+ *   qk, nk (K)    each term's columns and levels (int64)
+ * With Lam = blockdiag(T_k per level) (T_k lower, theta by columns, term by
+ * term): M = Lam^T A Lam + I = L L^T, G = Lam^T AZF, U = M^{-1} G,
+ * MFF = AFF - G^T U = L_F L_F^T.  Gradient: for theta_j, an entry (r, c)
+ * of T_k, dCrit = sum over the levels of Gam[o + r, o + c] with
+ *   Gam = 2 A Lam M^{-1} + 2 H Om U^T,  H = A Lam U - AZF,
+ *   Om = (n - p)/r^2 z z^T + [P 0; 0 0] (REML) or n/r^2 z z^T (ML),
+ * z = (-beta, 1), P = (L_X L_X^T)^{-1}: d log|M| = 2 <A Lam M^{-1}, dLam>
+ * and tr(Om dMFF) = 2 <H Om U^T, dLam>.  Only Gam's diagonal blocks are
+ * formed.  Work per evaluation: O(Q^3 + Q^2 m).
+ */
+static PyObject *dense_terms(PyObject *self, PyObject *args) {
+    Py_buffer bA, bZF, bFF, bq, bn, bth, bg;
+    int Q, m, K, reml, want_grad;
+    double nobs;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*iiidii", &bA, &bZF, &bFF, &bq, &bn, &bth, &bg, &Q,
+                          &m, &K, &nobs, &reml, &want_grad))
+        return NULL;
+    const double *A = bA.buf, *AZF = bZF.buf, *AFF = bFF.buf, *theta = bth.buf;
+    const int64_t *qk = bq.buf, *nk = bn.buf;
+    double *grad = bg.buf;
+    int p = m - 1;
+    size_t QQ = (size_t)Q * Q, Qm = (size_t)Q * m, mm = (size_t)m * m;
+    int64_t *blk = malloc(sizeof(int64_t) * (size_t)(Q > 0 ? Q : 1) * 2);
+    double *work = calloc(4 * QQ + 4 * Qm + 5 * mm + 2 * (size_t)m + 1, sizeof(double));
+    double value = INFINITY;
+    if (!blk || !work) {
+        free(blk);
+        free(work);
+        PyBuffer_Release(&bA); PyBuffer_Release(&bZF); PyBuffer_Release(&bFF);
+        PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
+        PyBuffer_Release(&bg);
+        return PyErr_NoMemory();
+    }
+    int64_t *bsz = blk + Q;
+    double *Lam = work, *AL = Lam + QQ, *M = AL + QQ, *Mi = M + QQ;
+    double *U = Mi + QQ, *H = U + Qm, *HO = H + Qm;
+    double *MFF = HO + Qm + Qm, *LX = MFF + mm, *LXinv = LX + mm, *P = LXinv + mm, *Om = P + mm;
+    double *z = Om + mm;
+    double logdet = 0.0;
+    int ok = dense_factor(A, AZF, AFF, qk, nk, theta, Q, m, K, blk, bsz, Lam, AL, M, U, MFF,
+                          &logdet);
+    if (ok) {
+        double r2;
+        value = profiled_value(MFF, m, logdet, nobs, reml, &r2);
+        if (want_grad && r2 > 0) {
+            tri_solve(M, U, Q, m, 1); /* U = M^{-1} G */
+            beta_and_P(MFF, m, LX, LXinv, z, P);
+            double k = (reml ? nobs - p : nobs) / r2;
+            for (int r = 0; r < m; r++)
+                for (int c = 0; c < m; c++)
+                    Om[r * m + c] = k * z[r] * z[c] + (reml && r < p && c < p ? P[r * p + c] : 0.0);
+            /* M^{-1} from L: columns of the identity through both solves */
+            memset(Mi, 0, sizeof(double) * QQ);
+            for (int a = 0; a < Q; a++) Mi[(size_t)a * Q + a] = 1.0;
+            tri_solve(M, Mi, Q, Q, 0);
+            tri_solve(M, Mi, Q, Q, 1);
+            /* H = AL U - AZF, HO = H Om */
+            for (int a = 0; a < Q; a++)
+                for (int j = 0; j < m; j++) {
+                    double s = -AZF[(size_t)a * m + j];
+                    for (int c = 0; c < Q; c++) s += AL[(size_t)a * Q + c] * U[(size_t)c * m + j];
+                    H[(size_t)a * m + j] = s;
+                }
+            for (int a = 0; a < Q; a++)
+                for (int j = 0; j < m; j++) {
+                    double s = 0.0;
+                    for (int i = 0; i < m; i++) s += H[(size_t)a * m + i] * Om[i * m + j];
+                    HO[(size_t)a * m + j] = s;
+                }
+            /* gradient: Gam's diagonal blocks summed over each term's levels */
+            int gk = 0, col = 0;
+            for (int t = 0; t < K; t++) {
+                int q = (int)qk[t], e = 0;
+                for (int c = 0; c < q; c++)
+                    for (int r = c; r < q; r++) {
+                        double s = 0.0;
+                        for (int64_t l = 0; l < nk[t]; l++) {
+                            size_t a = (size_t)col + (size_t)l * q + r, b = (size_t)col + (size_t)l * q + c;
+                            double g1 = 0.0, g2 = 0.0;
+                            for (int i = 0; i < Q; i++) g1 += AL[a * Q + i] * Mi[(size_t)i * Q + b];
+                            for (int j = 0; j < m; j++) g2 += HO[a * m + j] * U[b * m + j];
+                            s += g1 + g2;
+                        }
+                        grad[gk + e++] = 2.0 * s;
+                    }
+                gk += q * (q + 1) / 2;
+                col += q * (int)nk[t];
+            }
+        }
+    }
+    free(blk);
+    free(work);
+    PyBuffer_Release(&bA); PyBuffer_Release(&bZF); PyBuffer_Release(&bFF);
+    PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
+    PyBuffer_Release(&bg);
+    return PyFloat_FromDouble(value);
+}
+
+/* The kept factorization of dense_terms at theta, in the blockwise layout of
+ * multilevel.lmm.criterion, and its solution: M's factor is [L11 0; L21 L22]
+ * with L11 the first term's per-level factors L1_i (n1 = levels of term 1)
+ * and L22 the rest's Schur complement's factor; C = L^{-1} G gives the first
+ * term's C1F_i (its rows) and C_R (the rest's), with MRF = L22 C_R and
+ * schur = C_R^T C_R.  Outputs: L1, W (n1, q1, q1; W_i = L1_i^{-1} T_1^T),
+ * C1F (n1, q1, m), LR (Qr x Qr lower, column-major), MRF (Qr, m), schur
+ * (m, m), LFF (m, m), beta (p), u = M^{-1} G z (Q).  Returns (log|S_1|,
+ * log|M_RR|), or None where a block is not positive definite. */
+static PyObject *dense_terms_factor(PyObject *self, PyObject *args) {
+    Py_buffer bA, bZF, bFF, bq, bn, bth, bL1, bW, bC1, bLR, bMRF, bS, bLFF, bbeta, bu;
+    int Q, m, K;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*w*w*w*w*iii", &bA, &bZF, &bFF, &bq, &bn,
+                          &bth, &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF, &bbeta, &bu, &Q, &m, &K))
+        return NULL;
+    const int64_t *qk = bq.buf, *nk = bn.buf;
+    double *L1 = bL1.buf, *W = bW.buf, *C1F = bC1.buf, *LR = bLR.buf, *MRF = bMRF.buf;
+    double *schur = bS.buf, *LFF = bLFF.buf, *beta = bbeta.buf, *u = bu.buf;
+    const double *theta = bth.buf;
+    int p = m - 1, q1 = (int)qk[0], n1 = (int)nk[0] * q1, Qr = Q - n1;
+    size_t QQ = (size_t)Q * Q, Qm = (size_t)Q * m, mm = (size_t)m * m;
+    int64_t *blk = malloc(sizeof(int64_t) * (size_t)(Q > 0 ? Q : 1) * 2);
+    double *work = calloc(3 * QQ + Qm + 4 * mm + (size_t)m + (size_t)q1 * q1 + 1, sizeof(double));
+    int ok = 0;
+    double logdet = 0.0, logdet1 = 0.0;
+    if (blk && work) {
+        double *Lam = work, *AL = Lam + QQ, *M = AL + QQ, *C = M + QQ, *LX = C + Qm;
+        double *LXinv = LX + mm, *P = LXinv + mm, *z = P + mm, *Li = z + m;
+        memset(LFF, 0, sizeof(double) * mm);
+        ok = dense_factor(bA.buf, bZF.buf, bFF.buf, qk, nk, theta, Q, m, K, blk, blk + Q, Lam,
+                          AL, M, C, LFF, &logdet);
+        if (ok) {
+            for (int a = 0; a < n1; a++) logdet1 += 2.0 * log(M[(size_t)a * Q + a]);
+            for (int l = 0; l < (int)nk[0]; l++) {
+                double *L1l = L1 + (size_t)l * q1 * q1, *Wl = W + (size_t)l * q1 * q1;
+                for (int r = 0; r < q1; r++)
+                    for (int c = 0; c < q1; c++)
+                        L1l[r * q1 + c] = c <= r ? M[(size_t)(l * q1 + r) * Q + l * q1 + c] : 0.0;
+                tri_inv(L1l, Li, q1);
+                /* W = L1^{-1} T_1^T; T_1 is Lam's first block */
+                for (int r = 0; r < q1; r++)
+                    for (int c = 0; c < q1; c++) {
+                        double s = 0.0;
+                        for (int k = 0; k <= r; k++) s += Li[r * q1 + k] * Lam[(size_t)c * Q + k];
+                        Wl[r * q1 + c] = s;
+                    }
+            }
+            memcpy(C1F, C, sizeof(double) * (size_t)n1 * m);
+            for (int a = 0; a < Qr; a++)
+                for (int b = 0; b < Qr; b++)
+                    LR[(size_t)b * Qr + a] = b <= a ? M[(size_t)(n1 + a) * Q + n1 + b] : 0.0;
+            const double *CR = C + (size_t)n1 * m;
+            for (int a = 0; a < Qr; a++)
+                for (int j = 0; j < m; j++) {
+                    double s = 0.0;
+                    for (int b = 0; b <= a; b++) s += M[(size_t)(n1 + a) * Q + n1 + b] * CR[(size_t)b * m + j];
+                    MRF[(size_t)a * m + j] = s;
+                }
+            for (int r = 0; r < m; r++)
+                for (int c = 0; c < m; c++) {
+                    double s = 0.0;
+                    for (int a = 0; a < Qr; a++) s += CR[(size_t)a * m + r] * CR[(size_t)a * m + c];
+                    schur[r * m + c] = s;
+                }
+            beta_and_P(LFF, m, LX, LXinv, z, P);
+            for (int a = 0; a < p; a++) beta[a] = -z[a];
+            /* u = L^{-T} (C z) */
+            for (int a = 0; a < Q; a++) {
+                double s = 0.0;
+                for (int j = 0; j < m; j++) s += C[(size_t)a * m + j] * z[j];
+                u[a] = s;
+            }
+            tri_solve(M, u, Q, 1, 1);
+        }
+    }
+    free(blk);
+    free(work);
+    PyBuffer_Release(&bA); PyBuffer_Release(&bZF); PyBuffer_Release(&bFF);
+    PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
+    PyBuffer_Release(&bL1); PyBuffer_Release(&bW); PyBuffer_Release(&bC1);
+    PyBuffer_Release(&bLR); PyBuffer_Release(&bMRF); PyBuffer_Release(&bS);
+    PyBuffer_Release(&bLFF); PyBuffer_Release(&bbeta); PyBuffer_Release(&bu);
+    if (!blk || !work) return PyErr_NoMemory();
+    if (!ok) Py_RETURN_NONE;
+    return Py_BuildValue("(dd)", logdet1, logdet - logdet1);
+}
+
 /* Everything the estimates at one theta need from several scalar terms (see
  * scalar_terms), for the kept factorization after the optimum: the first
  * term's pivots l1 (n1: sqrt(s_i)) and C1F (n1 x m: (t / l1_i) B_i), the
@@ -1211,6 +1480,12 @@ static PyMethodDef methods[] = {
     {"scalar_moments", scalar_moments, METH_VARARGS,
      "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
      "usable levels of a term (moment equations of several scalar terms)"},
+    {"dense_terms", dense_terms, METH_VARARGS,
+     "dense_terms(A, AZF, AFF, qk, nk, theta, grad_out, Q, m, K, nobs, reml, want_grad) -> "
+     "criterion (several terms of any size, a small model's whole dense Z^T Z)"},
+    {"dense_terms_factor", dense_terms_factor, METH_VARARGS,
+     "dense_terms_factor(A, AZF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, LFF, beta, u, "
+     "Q, m, K) -> (log|S_1|, log|M_RR|) or None (the kept factorization and its solution)"},
     {"scalar_terms_factor", scalar_terms_factor, METH_VARARGS,
      "scalar_terms_factor(d, B, Ap, Ai, Ax, ARR, ARF, AFF, term, theta, l1, C1F, L, G, schur, LFF, "
      "beta, u, n1, Q, m) -> (log|S_1|, log|M|) or None (the kept factorization and its "

@@ -531,7 +531,7 @@ class RestFactor:
     """M_RR factored at one θ: log-determinant, solves, inverse blocks."""
 
     def __init__(self, lam, MRF, logdet, schur_FF, L, lu, work=False, staged=None):
-        self.lam = lam
+        self._lam = lam  # Λ_R, or a callable forming it on first use
         self.MRF = MRF  # Λ_Rᵀ(A_RF − A_R1 V B_1F)
         self.logdet = logdet
         self.schur_FF = schur_FF  # M_RFᵀ M_RR⁻¹ M_RF
@@ -539,6 +539,13 @@ class RestFactor:
         self.lu = lu  # sparse LU, or None
         self._work = work  # L is the rest block's work buffer (may be overwritten)
         self.staged = staged  # StagedFactor, or None
+
+    @property
+    def lam(self):
+        """Λ_R: a vector for scalar terms, else the block-diagonal matrix."""
+        if callable(self._lam):
+            self._lam = self._lam()
+        return self._lam
 
     def factor_inverse(self) -> np.ndarray:
         """W = L⁻¹ (dense factor only), lower triangular with zeros above, in

@@ -1,0 +1,104 @@
+"""The compiled criterion of several terms, some of more than one column, in
+a small model with dense blocks (``_kernels.dense_terms``), against the
+blockwise numpy criterion: the same value, exact gradient, kept
+factorization and estimates."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel as ml
+import multilevel.lmm.criterion as crit_mod
+from multilevel.compiled import kernel
+
+pytestmark = pytest.mark.skipif(
+    kernel("_kernels", "dense_terms") is None, reason="the compiled kernel was not built"
+)
+
+
+def _frame(seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 240
+    g, h = rng.integers(0, 12, n), rng.integers(0, 5, n)
+    side = rng.integers(0, 2, n)
+    x, w = rng.normal(size=n), rng.normal(size=n)
+    b = rng.normal(size=(12, 2)) * [1.0, 0.4]
+    y = (2 + 0.5 * x + b[g, 0] + b[g, 1] * x + rng.normal(0, 0.6, 5)[h]
+         + rng.normal(0, 0.5, 24)[g * 2 + side] + 0.3 * w + rng.normal(size=n))  # fmt: skip
+    cols = {"g": g, "h": h, "side": side}
+    return pd.DataFrame({"y": y, "x": x, "w": w, **{k: v.astype(str) for k, v in cols.items()}})
+
+
+CASES = [
+    # a vector term first (most levels), a scalar one after: crossed
+    ("y ~ x + w + (x | g) + (1 | h)", True),
+    ("y ~ x + w + (x | g) + (1 | h)", False),
+    # a scalar term first, a vector one after: nested (Pixel's shape)
+    ("y ~ x + (x | h) + (1 | g:side)", True),
+    # two vector terms and a scalar one
+    ("y ~ x + (x | g) + (x | h) + (1 | side)", True),
+]
+
+
+def _fit(formula, reml):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ml.lmer(formula, _frame(), REML=reml)
+
+
+@pytest.mark.parametrize("formula,reml", CASES)
+def test_dense_kernel_equals_numpy(formula, reml, monkeypatch):
+    fit = _fit(formula, reml)
+    cr = fit.criterion.scaled
+    assert cr._kernel is not None and cr._kernel[0] is kernel("_kernels", "dense_terms")
+    monkeypatch.setattr(crit_mod, "_KERNEL_DISABLED", True)
+    numpy_crit = crit_mod.ProfiledCriterion(cr.cp, cr.tmpl, cr.reml, cr.sum_log_w)
+    assert numpy_crit._kernel is None
+    opt = fit.optinfo.internal_theta
+    rng = np.random.default_rng(0)
+    for theta in (opt, 1.3 * opt + 0.1, rng.uniform(-0.5, 1.5, opt.size)):
+        diag = np.concatenate([t.rows == t.cols for t in cr.tmpl])
+        theta = np.where(diag, np.abs(theta), theta)
+        v0, g0 = numpy_crit.value_and_gradient(theta)
+        v1, g1 = cr.value_and_gradient(theta)
+        assert v1 == pytest.approx(v0, rel=1e-12, abs=1e-9)
+        np.testing.assert_allclose(g1, g0, rtol=1e-8, atol=1e-9 * cr.n)
+
+
+@pytest.mark.parametrize("formula,reml", CASES)
+def test_dense_kept_factor_equals_the_blockwise_one(formula, reml):
+    """The kept factorization from the whole ZᵀZ's factor, in the blockwise
+    layout, against the general path's: blocks, solution, conditional
+    variances; and a fit holding it pickles before Λ_R was ever formed."""
+    fit = _fit(formula, reml)
+    cr = fit.criterion.scaled
+    theta = 1.1 * fit.optinfo.internal_theta + 0.05
+    kept = cr.factor(theta, keep=True)
+    general = cr.factor(theta, keep=False)
+    assert kept.solution is not None and general.solution is None
+    for a, b in ((kept.L1, general.L1), (kept.W, general.W), (kept.C1F, general.C1F)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(np.tril(kept.LFF), np.tril(general.LFF), rtol=1e-10, atol=1e-11)
+    for name in ("logdet_Z", "logdet_X", "log_r2"):
+        assert getattr(kept, name) == pytest.approx(getattr(general, name), rel=1e-11, abs=1e-11)
+    a, b = kept.rest, general.rest
+    np.testing.assert_allclose(a.MRF, b.MRF, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(a.schur_FF, b.schur_FF, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(np.tril(a.L), np.tril(b.L), rtol=1e-10, atol=1e-11)
+    assert a.logdet == pytest.approx(b.logdet, rel=1e-11, abs=1e-11)
+    (b1, us1), (b2, us2) = cr.solve(kept), cr.solve(general)
+    np.testing.assert_allclose(b1, b2, rtol=1e-10, atol=1e-11)
+    for u, v in zip(us1, us2, strict=True):
+        assert u.shape == v.shape
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-11)
+    pickle.loads(pickle.dumps(fit))  # the kept factor's Λ_R is still to be formed
+    cv1, cv2 = cr.conditional_variances(kept), cr.conditional_variances(general)
+    for x, y in zip(cv1, cv2, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-11)
+    assert fit.optinfo.converged
+    assert np.isfinite(fit.ranef_condsd[next(iter(fit.ranef_condsd))].to_numpy()).all()
