@@ -31,7 +31,8 @@
  *      s'y > 1e-12 |s| |y|;
  *   3. with newton_polish, up to four Newton steps on the free coordinates
  *      with the Hessian from forward differences of the gradient (steps
- *      1e-5 max(1, |x|)), each kept while the gradient halves;
+ *      1e-5 max(1, |x|)), each no longer than 0.1 max(1, max |x|) and kept
+ *      while the gradient halves;
  *   4. parameters within 1e-4 above their bound put on it when that does not
  *      raise the criterion.
  */
@@ -458,9 +459,14 @@ static PyObject *bfgs_search(PyObject *self, PyObject *args) {
                 xn[idx[a]] -= step[a];
                 slen += step[a] * step[a];
             }
+            /* a step longer than a tenth of theta's scale is not a polish */
             int hits = 0;
-            for (int i = 0; i < n; i++) hits |= isfinite(lo[i]) && xn[i] <= lo[i];
-            if (hits || sqrt(slen) > 1e-3) break;
+            double xmax = 1.0;
+            for (int i = 0; i < n; i++) {
+                hits |= isfinite(lo[i]) && xn[i] <= lo[i];
+                xmax = fmax(xmax, fabs(x[i]));
+            }
+            if (hits || sqrt(slen) > 0.1 * xmax) break;
             double fn;
             if (!call(&S, xn, &fn, gn)) goto done;
             double gnn = 0.0;

@@ -218,7 +218,11 @@ def _bfgs(
                 break
             xn = x.copy()
             xn[idx] -= step
-            if np.any(bounded & (xn <= lower)) or math.sqrt(float(step @ step)) > 1e-3:
+            # a step longer than a tenth of θ's scale is not a polish (a
+            # flat criterion's steps from the handover's gradient of 1e-3
+            # are longer than 1e-3: Rail's optimum is at θ ≈ 6.2)
+            scale = max(1.0, float(np.abs(x).max()))
+            if np.any(bounded & (xn <= lower)) or math.sqrt(float(step @ step)) > 0.1 * scale:
                 break
             fn, gn = logged.value_grad(xn)
             gni = gn[idx]
