@@ -483,256 +483,451 @@ static int scalar_rest(const double *d, const double *B, const int64_t *Ap, cons
  * and tr(Om dMFF) = 2 <H Om U^T, dLam>.  Only Gam's diagonal blocks are
  * formed.  Work per evaluation: O(Q^3 + Q^2 m).
  */
-/* The factorization of dense_terms at theta: Lam (Q x Q, dense), AL = A Lam,
- * M's Cholesky factor L in place (lower, row-major), C = L^{-1} G (Q x m;
- * G = Lam^T AZF) and MFF's factor L_F (m x m, lower) with log|M| in
- * *logdet, blk/bsz each column's level block (first column, size).
- * Returns 0 where M or MFF is not positive definite. */
-static int dense_factor(const double *A, const double *AZF, const double *AFF,
-                        const int64_t *qk, const int64_t *nk, const double *theta, int Q, int m,
-                        int K, int64_t *blk, int64_t *bsz, double *Lam, double *AL, double *M,
-                        double *C, double *MFF, double *logdet) {
-    int col = 0, toff = 0;
-    for (int k = 0; k < K; k++) {
-        int q = (int)qk[k];
-        for (int64_t l = 0; l < nk[k]; l++) {
-            int e = 0;
+/*
+ * Several random-effects terms of any size, blockwise: the first term (the
+ * most levels) per level, the rest dense (multilevel.lmm.criterion's
+ * layout, with the cross blocks dense: a small or middling model).
+ *   D1 (n1, q1, q1), B1 (n1, q1, m)  the first term's Z_i^T Z_i, Z_i^T [X y]
+ *   A1R (n1 q1, Qr)                  Z_1^T Z_R;  ARR (Qr, Qr), ARF (Qr, m), AFF (m, m)
+ *   qk, nk (K)                       each term's columns and levels (int64)
+ * With S_i = T1^T D_i T1 + I = L_i L_i^T, W_i = L_i^{-1} T1^T, C1_i = W_i B_i,
+ * Y_i = A_R1,i T1 (Qr x q1), MR1_i = Lam_R^T Y_i, L21_i = MR1_i L_i^{-T}:
+ *   S = Lam_R^T ARR Lam_R + I - sum L21_i L21_i^T = L22 L22^T,
+ *   MRF = Lam_R^T ARF - sum L21_i C1_i,  C_R = L22^{-1} MRF,
+ *   MFF = AFF - sum C1_i^T C1_i - C_R^T C_R = L_F L_F^T,
+ * the blocked Cholesky factor of M = Lam^T A Lam + I and [X y]'s.  For
+ * theta_j, an entry (r, c) of T_k, dCrit = sum over the levels of
+ * Gam[o + r, o + c] with Gam = 2 A Lam M^{-1} + 2 H Om U^T (G = Lam^T
+ * A_ZF, U = M^{-1} G, H = A Lam U - A_ZF, Om = (n - p)/r^2 z z^T + [P 0;
+ * 0 0] for REML, n/r^2 z z^T for ML, z = (-beta, 1), P = (L_X L_X^T)^{-1}:
+ * d log|M| = 2 <A Lam M^{-1}, dLam>, tr(Om dMFF) = 2 <H Om U^T, dLam>),
+ * formed on Lam's diagonal blocks only, from the blocks of K = M^{-1}: K_RR = S^{-1},
+ * K_Ri = -X_i with X_i = S^{-1} MR1_i S_i^{-1}, K_ii = S_i^{-1} + S_i^{-1}
+ * MR1_i^T X_i; so for level i of the first term
+ *   (A Lam K)_ii = D_i T1 K_ii - A_1R,i Lam_R X_i,
+ * and on the rest's diagonal (A Lam K)_RR = -sum Y_i X_i^T + ARR Lam_R S^{-1};
+ * with U = M^{-1} G (U_R = L22^{-T} C_R, U1_i = L_i^{-T}(C1_i - L21_i^T U_R)),
+ * H1_i = D_i T1 U1_i + A_1R,i Lam_R U_R - B_i and H_R = sum Y_i U1_i +
+ * ARR Lam_R U_R - ARF.  Work per evaluation O(n1 Qr^2 q1 + Qr^3 + ...).
+ */
+typedef struct {
+    int n1, q1, Qr, m, K;
+    const double *D1, *B1, *A1R, *ARR, *ARF, *AFF;
+    const int64_t *qk, *nk;
+    /* filled by blocked_factor */
+    double *T1, *LamR, *L, *W, *C1, *Y, *L21, *S, *MRF, *CR, *MFF;
+    int64_t *rblk, *rsz; /* each rest column's block start and size */
+    double logdet1, logdetR;
+} Blocked;
+
+static int blocked_factor(Blocked *b, const double *theta) {
+    int n1 = b->n1, q1 = b->q1, Qr = b->Qr, m = b->m;
+    size_t qq = (size_t)q1 * q1;
+    memset(b->T1, 0, sizeof(double) * qq);
+    int e = 0;
+    for (int c = 0; c < q1; c++)
+        for (int r = c; r < q1; r++) b->T1[r * q1 + c] = theta[e++];
+    memset(b->LamR, 0, sizeof(double) * (size_t)Qr * Qr);
+    int col = 0;
+    for (int k = 1; k < b->K; k++) {
+        int q = (int)b->qk[k];
+        for (int64_t l = 0; l < b->nk[k]; l++) {
+            int t = e;
             for (int c = 0; c < q; c++)
-                for (int r = c; r < q; r++) Lam[(size_t)(col + r) * Q + col + c] = theta[toff + e++];
+                for (int r = c; r < q; r++) b->LamR[(size_t)(col + r) * Qr + col + c] = theta[t++];
             for (int a = 0; a < q; a++) {
-                blk[col + a] = col;
-                bsz[col + a] = q;
+                b->rblk[col + a] = col;
+                b->rsz[col + a] = q;
             }
             col += q;
         }
-        toff += q * (q + 1) / 2;
+        e += q * (q + 1) / 2;
     }
-    /* AL = A Lam (Lam's column b has entries in b's block only) */
-    for (int a = 0; a < Q; a++)
-        for (int b = 0; b < Q; b++) {
-            int64_t e = blk[b] + bsz[b];
-            double s = 0.0;
-            for (int64_t c = b; c < e; c++) s += A[(size_t)a * Q + c] * Lam[(size_t)c * Q + b];
-            AL[(size_t)a * Q + b] = s;
-        }
-    /* M = Lam^T AL + I (lower triangle), C = G = Lam^T AZF */
-    for (int a = 0; a < Q; a++) {
-        int64_t e = blk[a] + bsz[a];
-        for (int b = 0; b <= a; b++) {
-            double s = a == b ? 1.0 : 0.0;
-            for (int64_t c = a; c < e; c++) s += Lam[(size_t)c * Q + a] * AL[(size_t)c * Q + b];
-            M[(size_t)a * Q + b] = s;
+    const double *T1 = b->T1, *LamR = b->LamR;
+    double Li[64 * 64], DT[64 * 64];
+    if (q1 > 64) return 0;
+    b->logdet1 = 0.0;
+    /* S = Lam_R^T ARR Lam_R + I (lower), MRF = Lam_R^T ARF */
+    for (int a = 0; a < Qr; a++) {
+        int64_t ea = b->rblk[a] + b->rsz[a];
+        for (int c = 0; c <= a; c++) {
+            int64_t ec = b->rblk[c] + b->rsz[c];
+            double s = a == c ? 1.0 : 0.0;
+            for (int64_t i = a; i < ea; i++)
+                for (int64_t j = c; j < ec; j++)
+                    s += LamR[(size_t)i * Qr + a] * b->ARR[(size_t)i * Qr + j] * LamR[(size_t)j * Qr + c];
+            b->S[(size_t)a * Qr + c] = s;
         }
         for (int j = 0; j < m; j++) {
             double s = 0.0;
-            for (int64_t c = a; c < e; c++) s += Lam[(size_t)c * Q + a] * AZF[(size_t)c * m + j];
-            C[(size_t)a * m + j] = s;
+            for (int64_t i = a; i < ea; i++) s += LamR[(size_t)i * Qr + a] * b->ARF[(size_t)i * m + j];
+            b->MRF[(size_t)a * m + j] = s;
         }
     }
-    if (!chol(M, Q)) return 0;
-    *logdet = 0.0;
-    for (int a = 0; a < Q; a++) *logdet += 2.0 * log(M[(size_t)a * Q + a]);
-    tri_solve(M, C, Q, m, 0);
-    /* MFF = AFF - C^T C */
+    memcpy(b->MFF, b->AFF, sizeof(double) * (size_t)m * m);
+    for (int lev = 0; lev < n1; lev++) {
+        const double *D = b->D1 + lev * qq, *B = b->B1 + (size_t)lev * q1 * m;
+        double *L = b->L + lev * qq, *W = b->W + lev * qq, *C1 = b->C1 + (size_t)lev * q1 * m;
+        double *Y = b->Y + (size_t)lev * Qr * q1, *L21 = b->L21 + (size_t)lev * Qr * q1;
+        double ld = 0.0;
+        if (!level_factor(D, T1, q1, L, DT, W, Li, &ld)) return 0;
+        b->logdet1 += ld;
+        for (int a = 0; a < q1; a++)
+            for (int c = 0; c < m; c++) {
+                double s = 0.0;
+                for (int k = 0; k < q1; k++) s += W[a * q1 + k] * B[k * m + c];
+                C1[a * m + c] = s;
+            }
+        /* Y = A_R1,i T1; L21 = Lam_R^T A_R1,i W^T */
+        const double *Ai = b->A1R + (size_t)lev * q1 * Qr; /* q1 rows of Qr */
+        for (int a = 0; a < Qr; a++)
+            for (int c = 0; c < q1; c++) {
+                double s = 0.0;
+                for (int j = c; j < q1; j++) s += Ai[(size_t)j * Qr + a] * T1[j * q1 + c];
+                Y[(size_t)a * q1 + c] = s;
+            }
+        for (int a = 0; a < Qr; a++) {
+            int64_t ea = b->rblk[a] + b->rsz[a];
+            for (int c = 0; c < q1; c++) {
+                double s = 0.0;
+                for (int j = 0; j < q1; j++) {
+                    double aw = 0.0; /* (Lam_R^T A_R1,i)[a, j] */
+                    for (int64_t i = a; i < ea; i++) aw += LamR[(size_t)i * Qr + a] * Ai[(size_t)j * Qr + i];
+                    s += aw * W[c * q1 + j];
+                }
+                L21[(size_t)a * q1 + c] = s;
+            }
+        }
+        for (int a = 0; a < Qr; a++) {
+            const double *la = L21 + (size_t)a * q1;
+            for (int c = 0; c <= a; c++) {
+                const double *lc = L21 + (size_t)c * q1;
+                double s = 0.0;
+                for (int j = 0; j < q1; j++) s += la[j] * lc[j];
+                b->S[(size_t)a * Qr + c] -= s;
+            }
+            for (int j = 0; j < m; j++) {
+                double s = 0.0;
+                for (int k = 0; k < q1; k++) s += la[k] * C1[k * m + j];
+                b->MRF[(size_t)a * m + j] -= s;
+            }
+        }
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c <= r; c++) {
+                double s = 0.0;
+                for (int a = 0; a < q1; a++) s += C1[a * m + r] * C1[a * m + c];
+                b->MFF[r * m + c] -= s;
+            }
+    }
+    if (!chol(b->S, Qr)) return 0;
+    b->logdetR = 0.0;
+    for (int a = 0; a < Qr; a++) b->logdetR += 2.0 * log(b->S[(size_t)a * Qr + a]);
+    memcpy(b->CR, b->MRF, sizeof(double) * (size_t)Qr * m);
+    tri_solve(b->S, b->CR, Qr, m, 0);
     for (int r = 0; r < m; r++)
         for (int c = 0; c <= r; c++) {
-            double s = AFF[r * m + c];
-            for (int a = 0; a < Q; a++) s -= C[(size_t)a * m + r] * C[(size_t)a * m + c];
-            MFF[r * m + c] = s;
+            double s = 0.0;
+            for (int a = 0; a < Qr; a++) s += b->CR[(size_t)a * m + r] * b->CR[(size_t)a * m + c];
+            b->MFF[r * m + c] -= s;
         }
-    return chol(MFF, m);
+    return chol(b->MFF, m);
 }
 
-/*
- * Several random-effects terms of any size q_k, a small model whose blocks
- * are dense (multilevel.lmm.criterion forms the same criterion blockwise in
- * numpy): the criterion and its exact gradient from the whole Z^T Z.
- *   A (Q, Q)      Z^T Z, terms in order, each level's q_k columns together
- *   AZF (Q, m)    Z^T [X y];  AFF (m, m)  [X y]^T [X y]
- *   qk, nk (K)    each term's columns and levels (int64)
- * With Lam = blockdiag(T_k per level) (T_k lower, theta by columns, term by
- * term): M = Lam^T A Lam + I = L L^T, G = Lam^T AZF, U = M^{-1} G,
- * MFF = AFF - G^T U = L_F L_F^T.  Gradient: for theta_j, an entry (r, c)
- * of T_k, dCrit = sum over the levels of Gam[o + r, o + c] with
- *   Gam = 2 A Lam M^{-1} + 2 H Om U^T,  H = A Lam U - AZF,
- *   Om = (n - p)/r^2 z z^T + [P 0; 0 0] (REML) or n/r^2 z z^T (ML),
- * z = (-beta, 1), P = (L_X L_X^T)^{-1}: d log|M| = 2 <A Lam M^{-1}, dLam>
- * and tr(Om dMFF) = 2 <H Om U^T, dLam>.  Only Gam's diagonal blocks are
- * formed.  Work per evaluation: O(Q^3 + Q^2 m).
- */
-static PyObject *dense_terms(PyObject *self, PyObject *args) {
-    Py_buffer bA, bZF, bFF, bq, bn, bth, bg;
-    int Q, m, K, reml, want_grad;
-    double nobs;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*iiidii", &bA, &bZF, &bFF, &bq, &bn, &bth, &bg, &Q,
-                          &m, &K, &nobs, &reml, &want_grad))
+/* the buffers of a Blocked problem, in one allocation (NULL if none) */
+static double *blocked_alloc(Blocked *b, size_t extra) {
+    size_t n1 = b->n1, q1 = b->q1, Qr = b->Qr, m = b->m;
+    size_t total = q1 * q1 + Qr * Qr + 2 * n1 * q1 * q1 + n1 * q1 * m + 2 * n1 * Qr * q1 +
+                   Qr * Qr + 2 * Qr * m + m * m + extra + 1;
+    double *w = calloc(total, sizeof(double));
+    int64_t *ib = malloc(sizeof(int64_t) * (2 * Qr + 1));
+    if (!w || !ib) {
+        free(w);
+        free(ib);
         return NULL;
-    const double *A = bA.buf, *AZF = bZF.buf, *AFF = bFF.buf, *theta = bth.buf;
-    const int64_t *qk = bq.buf, *nk = bn.buf;
+    }
+    b->rblk = ib;
+    b->rsz = ib + Qr;
+    b->T1 = w;
+    b->LamR = b->T1 + q1 * q1;
+    b->L = b->LamR + Qr * Qr;
+    b->W = b->L + n1 * q1 * q1;
+    b->C1 = b->W + n1 * q1 * q1;
+    b->Y = b->C1 + n1 * q1 * m;
+    b->L21 = b->Y + n1 * Qr * q1;
+    b->S = b->L21 + n1 * Qr * q1;
+    b->MRF = b->S + Qr * Qr;
+    b->CR = b->MRF + Qr * m;
+    b->MFF = b->CR + Qr * m;
+    return b->MFF + m * m; /* the extra space */
+}
+
+static void blocked_free(Blocked *b) {
+    free(b->T1);
+    free(b->rblk);
+}
+
+#define BLOCKED_ARGS "y*y*y*y*y*y*y*y*"
+
+static PyObject *blocked_terms(PyObject *self, PyObject *args) {
+    Py_buffer bD, bB, bA1R, bARR, bARF, bAFF, bq, bn, bth, bg;
+    int n1, q1, Qr, m, K, reml, want_grad;
+    double nobs;
+    if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*iiiiidii", &bD, &bB, &bA1R, &bARR, &bARF, &bAFF,
+                          &bq, &bn, &bth, &bg, &n1, &q1, &Qr, &m, &K, &nobs, &reml, &want_grad))
+        return NULL;
+    Blocked b = {n1, q1, Qr, m, K, bD.buf, bB.buf, bA1R.buf, bARR.buf, bARF.buf, bAFF.buf,
+                 bq.buf, bn.buf};
+    const double *theta = bth.buf;
     double *grad = bg.buf;
     int p = m - 1;
-    size_t QQ = (size_t)Q * Q, Qm = (size_t)Q * m, mm = (size_t)m * m;
-    int64_t *blk = malloc(sizeof(int64_t) * (size_t)(Q > 0 ? Q : 1) * 2);
-    double *work = calloc(4 * QQ + 4 * Qm + 5 * mm + 2 * (size_t)m + 1, sizeof(double));
-    double value = INFINITY;
-    if (!blk || !work) {
-        free(blk);
-        free(work);
-        PyBuffer_Release(&bA); PyBuffer_Release(&bZF); PyBuffer_Release(&bFF);
+    size_t nq = (size_t)n1 * q1, Qq = (size_t)Qr * q1, mm = (size_t)m * m;
+    size_t extra = 5 * mm + (size_t)m + (size_t)Qr * m * 2 + nq * m + 2 * (size_t)Qr * Qr +
+                   (size_t)n1 * Qq + 4 * (size_t)q1 * q1 + 2 * Qq + (size_t)q1 * m * 2;
+    double *x = blocked_alloc(&b, extra), value = INFINITY;
+    if (!x) {
+        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
+        PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
         PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
         PyBuffer_Release(&bg);
         return PyErr_NoMemory();
     }
-    int64_t *bsz = blk + Q;
-    double *Lam = work, *AL = Lam + QQ, *M = AL + QQ, *Mi = M + QQ;
-    double *U = Mi + QQ, *H = U + Qm, *HO = H + Qm;
-    double *MFF = HO + Qm + Qm, *LX = MFF + mm, *LXinv = LX + mm, *P = LXinv + mm, *Om = P + mm;
-    double *z = Om + mm;
-    double logdet = 0.0;
-    int ok = dense_factor(A, AZF, AFF, qk, nk, theta, Q, m, K, blk, bsz, Lam, AL, M, U, MFF,
-                          &logdet);
-    if (ok) {
+    if (blocked_factor(&b, theta)) {
         double r2;
-        value = profiled_value(MFF, m, logdet, nobs, reml, &r2);
+        value = profiled_value(b.MFF, m, b.logdet1 + b.logdetR, nobs, reml, &r2);
         if (want_grad && r2 > 0) {
-            tri_solve(M, U, Q, m, 1); /* U = M^{-1} G */
-            beta_and_P(MFF, m, LX, LXinv, z, P);
-            double k = (reml ? nobs - p : nobs) / r2;
+            double *LX = x, *LXinv = LX + mm, *P = LXinv + mm, *Om = P + mm, *z = Om + mm;
+            double *UR = z + m, *HR = UR + (size_t)Qr * m, *U1 = HR + (size_t)Qr * m;
+            double *Sinv = U1 + nq * m, *ARL = Sinv + (size_t)Qr * Qr, *X = ARL + (size_t)Qr * Qr;
+            double *Si = X + (size_t)n1 * Qq, *Kii = Si + (size_t)q1 * q1, *G1 = Kii + (size_t)q1 * q1;
+            double *DT = G1 + (size_t)q1 * q1, *V = DT + (size_t)q1 * q1, *Z = V + Qq;
+            double *H1 = Z + Qq, *tq = H1 + (size_t)q1 * m;
+            beta_and_P(b.MFF, m, LX, LXinv, z, P);
+            double kk = (reml ? nobs - p : nobs) / r2;
             for (int r = 0; r < m; r++)
                 for (int c = 0; c < m; c++)
-                    Om[r * m + c] = k * z[r] * z[c] + (reml && r < p && c < p ? P[r * p + c] : 0.0);
-            /* M^{-1} from L: columns of the identity through both solves */
-            memset(Mi, 0, sizeof(double) * QQ);
-            for (int a = 0; a < Q; a++) Mi[(size_t)a * Q + a] = 1.0;
-            tri_solve(M, Mi, Q, Q, 0);
-            tri_solve(M, Mi, Q, Q, 1);
-            /* H = AL U - AZF, HO = H Om */
-            for (int a = 0; a < Q; a++)
-                for (int j = 0; j < m; j++) {
-                    double s = -AZF[(size_t)a * m + j];
-                    for (int c = 0; c < Q; c++) s += AL[(size_t)a * Q + c] * U[(size_t)c * m + j];
-                    H[(size_t)a * m + j] = s;
-                }
-            for (int a = 0; a < Q; a++)
-                for (int j = 0; j < m; j++) {
+                    Om[r * m + c] = kk * z[r] * z[c] + (reml && r < p && c < p ? P[r * p + c] : 0.0);
+            /* U_R = L22^{-T} C_R, S^{-1} */
+            memcpy(UR, b.CR, sizeof(double) * (size_t)Qr * m);
+            tri_solve(b.S, UR, Qr, m, 1);
+            memset(Sinv, 0, sizeof(double) * (size_t)Qr * Qr);
+            for (int a = 0; a < Qr; a++) Sinv[(size_t)a * Qr + a] = 1.0;
+            tri_solve(b.S, Sinv, Qr, Qr, 0);
+            tri_solve(b.S, Sinv, Qr, Qr, 1);
+            /* ARL = ARR Lam_R; H_R starts at ARR Lam_R U_R - ARF */
+            for (int a = 0; a < Qr; a++)
+                for (int c = 0; c < Qr; c++) {
+                    int64_t ec = b.rblk[c] + b.rsz[c];
                     double s = 0.0;
-                    for (int i = 0; i < m; i++) s += H[(size_t)a * m + i] * Om[i * m + j];
-                    HO[(size_t)a * m + j] = s;
+                    for (int64_t i = c; i < ec; i++) s += b.ARR[(size_t)a * Qr + i] * b.LamR[(size_t)i * Qr + c];
+                    ARL[(size_t)a * Qr + c] = s;
                 }
-            /* gradient: Gam's diagonal blocks summed over each term's levels */
-            int gk = 0, col = 0;
-            for (int t = 0; t < K; t++) {
-                int q = (int)qk[t], e = 0;
+            for (int a = 0; a < Qr; a++)
+                for (int j = 0; j < m; j++) {
+                    double s = -b.ARF[(size_t)a * m + j];
+                    for (int c = 0; c < Qr; c++) s += ARL[(size_t)a * Qr + c] * UR[(size_t)c * m + j];
+                    HR[(size_t)a * m + j] = s;
+                }
+            int npar0 = q1 * (q1 + 1) / 2;
+            double g0[64 * 65 / 2];
+            for (int t = 0; t < npar0; t++) g0[t] = 0.0;
+            for (int lev = 0; lev < n1; lev++) {
+                const double *D = b.D1 + (size_t)lev * q1 * q1, *B = b.B1 + (size_t)lev * q1 * m;
+                const double *L = b.L + (size_t)lev * q1 * q1, *C1 = b.C1 + (size_t)lev * q1 * m;
+                const double *Y = b.Y + (size_t)lev * Qq, *L21 = b.L21 + (size_t)lev * Qq;
+                const double *Ai = b.A1R + (size_t)lev * q1 * Qr;
+                double *u1 = U1 + (size_t)lev * q1 * m, *Xi = X + (size_t)lev * Qq;
+                /* U1_i = L_i^{-T}(C1_i - L21_i^T U_R) */
+                for (int a = 0; a < q1; a++)
+                    for (int j = 0; j < m; j++) {
+                        double s = C1[a * m + j];
+                        for (int c = 0; c < Qr; c++) s -= L21[(size_t)c * q1 + a] * UR[(size_t)c * m + j];
+                        u1[a * m + j] = s;
+                    }
+                tri_solve(L, u1, q1, m, 1);
+                /* S_i^{-1} = L^{-T} L^{-1} */
+                memset(Si, 0, sizeof(double) * (size_t)q1 * q1);
+                for (int a = 0; a < q1; a++) Si[a * q1 + a] = 1.0;
+                tri_solve(L, Si, q1, q1, 0);
+                tri_solve(L, Si, q1, q1, 1);
+                /* Z = MR1_i S_i^{-1} = L21_i L_i^{-1}; X_i = S^{-1} Z */
+                for (int a = 0; a < Qr; a++)
+                    for (int c = 0; c < q1; c++) {
+                        double s = 0.0;
+                        for (int j = 0; j < q1; j++) {
+                            double mr = 0.0; /* MR1_i[a, j] = (L21_i L_i^T)[a, j] */
+                            for (int k = 0; k <= j; k++) mr += L21[(size_t)a * q1 + k] * L[j * q1 + k];
+                            s += mr * Si[j * q1 + c];
+                        }
+                        Z[(size_t)a * q1 + c] = s;
+                    }
+                for (int a = 0; a < Qr; a++)
+                    for (int c = 0; c < q1; c++) {
+                        double s = 0.0;
+                        for (int k = 0; k < Qr; k++) s += Sinv[(size_t)a * Qr + k] * Z[(size_t)k * q1 + c];
+                        Xi[(size_t)a * q1 + c] = s;
+                    }
+                /* K_ii = S_i^{-1} + Z^T X_i (Z^T = S_i^{-1} MR1_i^T) */
+                for (int a = 0; a < q1; a++)
+                    for (int c = 0; c < q1; c++) {
+                        double s = Si[a * q1 + c];
+                        for (int k = 0; k < Qr; k++) s += Z[(size_t)k * q1 + a] * Xi[(size_t)k * q1 + c];
+                        Kii[a * q1 + c] = s;
+                    }
+                /* V = A_1R,i Lam_R (q1 x Qr) */
+                for (int a = 0; a < q1; a++)
+                    for (int c = 0; c < Qr; c++) {
+                        int64_t ec = b.rblk[c] + b.rsz[c];
+                        double s = 0.0;
+                        for (int64_t i = c; i < ec; i++) s += Ai[(size_t)a * Qr + i] * b.LamR[(size_t)i * Qr + c];
+                        V[(size_t)a * Qr + c] = s;
+                    }
+                /* DT = D_i T1 */
+                for (int a = 0; a < q1; a++)
+                    for (int c = 0; c < q1; c++) {
+                        double s = 0.0;
+                        for (int j = c; j < q1; j++) s += D[a * q1 + j] * b.T1[j * q1 + c];
+                        DT[a * q1 + c] = s;
+                    }
+                /* H1 = DT U1 + V U_R - B; Gam_i = DT K_ii - V X_i + H1 Om U1^T */
+                for (int a = 0; a < q1; a++)
+                    for (int j = 0; j < m; j++) {
+                        double s = -B[a * m + j];
+                        for (int c = 0; c < q1; c++) s += DT[a * q1 + c] * u1[c * m + j];
+                        for (int c = 0; c < Qr; c++) s += V[(size_t)a * Qr + c] * UR[(size_t)c * m + j];
+                        H1[a * m + j] = s;
+                    }
+                for (int a = 0; a < q1; a++)
+                    for (int j = 0; j < m; j++) {
+                        double s = 0.0;
+                        for (int i = 0; i < m; i++) s += H1[a * m + i] * Om[i * m + j];
+                        tq[a * m + j] = s;
+                    }
+                for (int a = 0; a < q1; a++)
+                    for (int c = 0; c < q1; c++) {
+                        double s = 0.0;
+                        for (int k = 0; k < q1; k++) s += DT[a * q1 + k] * Kii[k * q1 + c];
+                        for (int k = 0; k < Qr; k++) s -= V[(size_t)a * Qr + k] * Xi[(size_t)k * q1 + c];
+                        for (int j = 0; j < m; j++) s += tq[a * m + j] * u1[c * m + j];
+                        G1[a * q1 + c] = s;
+                    }
+                int t = 0;
+                for (int c = 0; c < q1; c++)
+                    for (int r = c; r < q1; r++) g0[t++] += G1[r * q1 + c];
+                /* H_R += Y_i U1_i */
+                for (int a = 0; a < Qr; a++)
+                    for (int j = 0; j < m; j++) {
+                        double s = 0.0;
+                        for (int c = 0; c < q1; c++) s += Y[(size_t)a * q1 + c] * u1[c * m + j];
+                        HR[(size_t)a * m + j] += s;
+                    }
+            }
+            for (int t = 0; t < npar0; t++) grad[t] = 2.0 * g0[t];
+            /* the rest terms' diagonal blocks */
+            int gk = npar0, col = 0;
+            for (int k = 1; k < K; k++) {
+                int q = (int)b.qk[k], e = 0;
                 for (int c = 0; c < q; c++)
                     for (int r = c; r < q; r++) {
                         double s = 0.0;
-                        for (int64_t l = 0; l < nk[t]; l++) {
-                            size_t a = (size_t)col + (size_t)l * q + r, b = (size_t)col + (size_t)l * q + c;
+                        for (int64_t l = 0; l < b.nk[k]; l++) {
+                            size_t a = (size_t)col + (size_t)l * q + r, bb = (size_t)col + (size_t)l * q + c;
                             double g1 = 0.0, g2 = 0.0;
-                            for (int i = 0; i < Q; i++) g1 += AL[a * Q + i] * Mi[(size_t)i * Q + b];
-                            for (int j = 0; j < m; j++) g2 += HO[a * m + j] * U[b * m + j];
+                            for (int i = 0; i < Qr; i++) g1 += ARL[a * Qr + i] * Sinv[(size_t)i * Qr + bb];
+                            for (int lev = 0; lev < n1; lev++) {
+                                const double *Y = b.Y + (size_t)lev * Qq, *Xi = X + (size_t)lev * Qq;
+                                for (int j = 0; j < q1; j++) g1 -= Y[a * q1 + j] * Xi[bb * q1 + j];
+                            }
+                            for (int j = 0; j < m; j++) {
+                                double ho = 0.0;
+                                for (int i = 0; i < m; i++) ho += HR[a * m + i] * Om[i * m + j];
+                                g2 += ho * UR[bb * m + j];
+                            }
                             s += g1 + g2;
                         }
                         grad[gk + e++] = 2.0 * s;
                     }
                 gk += q * (q + 1) / 2;
-                col += q * (int)nk[t];
+                col += q * (int)b.nk[k];
             }
         }
     }
-    free(blk);
-    free(work);
-    PyBuffer_Release(&bA); PyBuffer_Release(&bZF); PyBuffer_Release(&bFF);
+    blocked_free(&b);
+    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
+    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
     PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
     PyBuffer_Release(&bg);
     return PyFloat_FromDouble(value);
 }
 
-/* The kept factorization of dense_terms at theta, in the blockwise layout of
- * multilevel.lmm.criterion, and its solution: M's factor is [L11 0; L21 L22]
- * with L11 the first term's per-level factors L1_i (n1 = levels of term 1)
- * and L22 the rest's Schur complement's factor; C = L^{-1} G gives the first
- * term's C1F_i (its rows) and C_R (the rest's), with MRF = L22 C_R and
- * schur = C_R^T C_R.  Outputs: L1, W (n1, q1, q1; W_i = L1_i^{-1} T_1^T),
- * C1F (n1, q1, m), LR (Qr x Qr lower, column-major), MRF (Qr, m), schur
- * (m, m), LFF (m, m), beta (p), u = M^{-1} G z (Q).  Returns (log|S_1|,
- * log|M_RR|), or None where a block is not positive definite. */
-static PyObject *dense_terms_factor(PyObject *self, PyObject *args) {
-    Py_buffer bA, bZF, bFF, bq, bn, bth, bL1, bW, bC1, bLR, bMRF, bS, bLFF, bbeta, bu;
-    int Q, m, K;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*w*w*w*w*iii", &bA, &bZF, &bFF, &bq, &bn,
-                          &bth, &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF, &bbeta, &bu, &Q, &m, &K))
+/* The kept factorization of blocked_terms at theta in the blockwise layout
+ * of multilevel.lmm.criterion, and its solution: L1, W (n1, q1, q1), C1F
+ * (n1, q1, m), LR (Qr x Qr lower, column-major: L22), MRF (Qr, m), schur
+ * (m, m: C_R^T C_R), LFF (m, m), beta (p), u (n1 q1 + Qr: u_R =
+ * L22^{-T} C_R z, u1_i = L_i^{-T}(C1_i z - L21_i^T u_R)).  Returns
+ * (log|S_1|, log|M_RR|), or None where a block is not positive definite. */
+static PyObject *blocked_terms_factor(PyObject *self, PyObject *args) {
+    Py_buffer bD, bB, bA1R, bARR, bARF, bAFF, bq, bn, bth;
+    Py_buffer bL1, bW, bC1, bLR, bMRF, bS, bLFF, bbeta, bu;
+    int n1, q1, Qr, m, K;
+    if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*w*w*w*w*w*w*w*w*iiiii", &bD, &bB, &bA1R, &bARR,
+                          &bARF, &bAFF, &bq, &bn, &bth, &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF,
+                          &bbeta, &bu, &n1, &q1, &Qr, &m, &K))
         return NULL;
-    const int64_t *qk = bq.buf, *nk = bn.buf;
-    double *L1 = bL1.buf, *W = bW.buf, *C1F = bC1.buf, *LR = bLR.buf, *MRF = bMRF.buf;
-    double *schur = bS.buf, *LFF = bLFF.buf, *beta = bbeta.buf, *u = bu.buf;
-    const double *theta = bth.buf;
-    int p = m - 1, q1 = (int)qk[0], n1 = (int)nk[0] * q1, Qr = Q - n1;
-    size_t QQ = (size_t)Q * Q, Qm = (size_t)Q * m, mm = (size_t)m * m;
-    int64_t *blk = malloc(sizeof(int64_t) * (size_t)(Q > 0 ? Q : 1) * 2);
-    double *work = calloc(3 * QQ + Qm + 4 * mm + (size_t)m + (size_t)q1 * q1 + 1, sizeof(double));
+    Blocked b = {n1, q1, Qr, m, K, bD.buf, bB.buf, bA1R.buf, bARR.buf, bARF.buf, bAFF.buf,
+                 bq.buf, bn.buf};
+    int p = m - 1;
+    size_t mm = (size_t)m * m, nq = (size_t)n1 * q1;
+    double *x = blocked_alloc(&b, 4 * mm + 2 * (size_t)m);
     int ok = 0;
-    double logdet = 0.0, logdet1 = 0.0;
-    if (blk && work) {
-        double *Lam = work, *AL = Lam + QQ, *M = AL + QQ, *C = M + QQ, *LX = C + Qm;
-        double *LXinv = LX + mm, *P = LXinv + mm, *z = P + mm, *Li = z + m;
-        memset(LFF, 0, sizeof(double) * mm);
-        ok = dense_factor(bA.buf, bZF.buf, bFF.buf, qk, nk, theta, Q, m, K, blk, blk + Q, Lam,
-                          AL, M, C, LFF, &logdet);
-        if (ok) {
-            for (int a = 0; a < n1; a++) logdet1 += 2.0 * log(M[(size_t)a * Q + a]);
-            for (int l = 0; l < (int)nk[0]; l++) {
-                double *L1l = L1 + (size_t)l * q1 * q1, *Wl = W + (size_t)l * q1 * q1;
-                for (int r = 0; r < q1; r++)
-                    for (int c = 0; c < q1; c++)
-                        L1l[r * q1 + c] = c <= r ? M[(size_t)(l * q1 + r) * Q + l * q1 + c] : 0.0;
-                tri_inv(L1l, Li, q1);
-                /* W = L1^{-1} T_1^T; T_1 is Lam's first block */
-                for (int r = 0; r < q1; r++)
-                    for (int c = 0; c < q1; c++) {
-                        double s = 0.0;
-                        for (int k = 0; k <= r; k++) s += Li[r * q1 + k] * Lam[(size_t)c * Q + k];
-                        Wl[r * q1 + c] = s;
-                    }
-            }
-            memcpy(C1F, C, sizeof(double) * (size_t)n1 * m);
-            for (int a = 0; a < Qr; a++)
-                for (int b = 0; b < Qr; b++)
-                    LR[(size_t)b * Qr + a] = b <= a ? M[(size_t)(n1 + a) * Q + n1 + b] : 0.0;
-            const double *CR = C + (size_t)n1 * m;
-            for (int a = 0; a < Qr; a++)
-                for (int j = 0; j < m; j++) {
-                    double s = 0.0;
-                    for (int b = 0; b <= a; b++) s += M[(size_t)(n1 + a) * Q + n1 + b] * CR[(size_t)b * m + j];
-                    MRF[(size_t)a * m + j] = s;
-                }
-            for (int r = 0; r < m; r++)
-                for (int c = 0; c < m; c++) {
-                    double s = 0.0;
-                    for (int a = 0; a < Qr; a++) s += CR[(size_t)a * m + r] * CR[(size_t)a * m + c];
-                    schur[r * m + c] = s;
-                }
-            beta_and_P(LFF, m, LX, LXinv, z, P);
-            for (int a = 0; a < p; a++) beta[a] = -z[a];
-            /* u = L^{-T} (C z) */
-            for (int a = 0; a < Q; a++) {
+    if (x && blocked_factor(&b, bth.buf)) {
+        ok = 1;
+        double *LX = x, *LXinv = LX + mm, *P = LXinv + mm, *z = P + mm;
+        double *schur = bS.buf, *u = bu.buf, *LR = bLR.buf;
+        memcpy(bL1.buf, b.L, sizeof(double) * nq * q1);
+        memcpy(bW.buf, b.W, sizeof(double) * nq * q1);
+        memcpy(bC1.buf, b.C1, sizeof(double) * nq * m);
+        memcpy(bMRF.buf, b.MRF, sizeof(double) * (size_t)Qr * m);
+        memcpy(bLFF.buf, b.MFF, sizeof(double) * mm);
+        for (int a = 0; a < Qr; a++)
+            for (int c = 0; c < Qr; c++) LR[(size_t)c * Qr + a] = c <= a ? b.S[(size_t)a * Qr + c] : 0.0;
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < m; c++) {
                 double s = 0.0;
-                for (int j = 0; j < m; j++) s += C[(size_t)a * m + j] * z[j];
-                u[a] = s;
+                for (int a = 0; a < Qr; a++) s += b.CR[(size_t)a * m + r] * b.CR[(size_t)a * m + c];
+                schur[r * m + c] = s;
             }
-            tri_solve(M, u, Q, 1, 1);
+        beta_and_P(b.MFF, m, LX, LXinv, z, P);
+        for (int a = 0; a < p; a++) ((double *)bbeta.buf)[a] = -z[a];
+        double *uR = u + nq;
+        for (int a = 0; a < Qr; a++) {
+            double s = 0.0;
+            for (int j = 0; j < m; j++) s += b.CR[(size_t)a * m + j] * z[j];
+            uR[a] = s;
+        }
+        tri_solve(b.S, uR, Qr, 1, 1);
+        for (int lev = 0; lev < n1; lev++) {
+            const double *C1 = b.C1 + (size_t)lev * q1 * m, *L21 = b.L21 + (size_t)lev * Qr * q1;
+            double *ui = u + (size_t)lev * q1;
+            for (int a = 0; a < q1; a++) {
+                double s = 0.0;
+                for (int j = 0; j < m; j++) s += C1[a * m + j] * z[j];
+                for (int c = 0; c < Qr; c++) s -= L21[(size_t)c * q1 + a] * uR[c];
+                ui[a] = s;
+            }
+            tri_solve(b.L + (size_t)lev * q1 * q1, ui, q1, 1, 1);
         }
     }
-    free(blk);
-    free(work);
-    PyBuffer_Release(&bA); PyBuffer_Release(&bZF); PyBuffer_Release(&bFF);
+    double l1 = b.logdet1, lR = b.logdetR;
+    if (x) blocked_free(&b);
+    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
+    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
     PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
     PyBuffer_Release(&bL1); PyBuffer_Release(&bW); PyBuffer_Release(&bC1);
     PyBuffer_Release(&bLR); PyBuffer_Release(&bMRF); PyBuffer_Release(&bS);
     PyBuffer_Release(&bLFF); PyBuffer_Release(&bbeta); PyBuffer_Release(&bu);
-    if (!blk || !work) return PyErr_NoMemory();
+    if (!x) return PyErr_NoMemory();
     if (!ok) Py_RETURN_NONE;
-    return Py_BuildValue("(dd)", logdet1, logdet - logdet1);
+    return Py_BuildValue("(dd)", l1, lR);
 }
 
 /* Everything the estimates at one theta need from several scalar terms (see
@@ -1480,12 +1675,14 @@ static PyMethodDef methods[] = {
     {"scalar_moments", scalar_moments, METH_VARARGS,
      "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
      "usable levels of a term (moment equations of several scalar terms)"},
-    {"dense_terms", dense_terms, METH_VARARGS,
-     "dense_terms(A, AZF, AFF, qk, nk, theta, grad_out, Q, m, K, nobs, reml, want_grad) -> "
-     "criterion (several terms of any size, a small model's whole dense Z^T Z)"},
-    {"dense_terms_factor", dense_terms_factor, METH_VARARGS,
-     "dense_terms_factor(A, AZF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, LFF, beta, u, "
-     "Q, m, K) -> (log|S_1|, log|M_RR|) or None (the kept factorization and its solution)"},
+    {"blocked_terms", blocked_terms, METH_VARARGS,
+     "blocked_terms(D1, B1, A1R, ARR, ARF, AFF, qk, nk, theta, grad_out, n1, q1, Qr, m, K, nobs, "
+     "reml, want_grad) -> criterion (several terms of any size, the first per level, the rest "
+     "dense)"},
+    {"blocked_terms_factor", blocked_terms_factor, METH_VARARGS,
+     "blocked_terms_factor(D1, B1, A1R, ARR, ARF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, "
+     "LFF, beta, u, n1, q1, Qr, m, K) -> (log|S_1|, log|M_RR|) or None (the kept factorization "
+     "and its solution)"},
     {"scalar_terms_factor", scalar_terms_factor, METH_VARARGS,
      "scalar_terms_factor(d, B, Ap, Ai, Ax, ARR, ARF, AFF, term, theta, l1, C1F, L, G, schur, LFF, "
      "beta, u, n1, Q, m) -> (log|S_1|, log|M|) or None (the kept factorization and its "

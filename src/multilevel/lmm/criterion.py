@@ -78,7 +78,7 @@ class ProfiledCriterion:
         self._q1 = cp.q[0]
         self._tidx = [(t.rows, t.cols, t.offset, t.size) for t in tmpl]
         self._kernel = (
-            (_scalar_terms_kernel(cp) or _dense_terms_kernel(cp))
+            (_scalar_terms_kernel(cp) or _blocked_terms_kernel(cp))
             if cp.has_rest
             else _one_term_kernel(cp)
         )
@@ -153,7 +153,7 @@ class ProfiledCriterion:
         if keep and self._kernel is not None and cp.has_rest:
             if self._scalar_kernel:
                 return self._scalar_terms_kept(kernel("_kernels", "scalar_terms_factor"), theta, T)
-            return self._dense_terms_kept(theta, T)
+            return self._blocked_terms_kept(theta, T)
         T1 = T[0]
         m = self.p + 1
         if self._q1 == 1:
@@ -242,33 +242,28 @@ class ProfiledCriterion:
             solution=(beta, us),
         )
 
-    def _dense_terms_kept(self, theta: np.ndarray, T: list[np.ndarray]) -> Factorization | None:
-        """The kept factorization of several terms with the dense compiled
-        criterion, in the blockwise layout, and its solution (β̂, u), from one
-        compiled factorization of the whole ZᵀZ (see
+    def _blocked_terms_kept(self, theta: np.ndarray, T: list[np.ndarray]) -> Factorization | None:
+        """The kept factorization of several terms with the blocked compiled
+        criterion and its solution (β̂, u) from the same compiled pass (see
         :meth:`_scalar_terms_kept`); Λ_R is formed on first use."""
-        fn = kernel("_kernels", "dense_terms_factor")
-        _, data, (Q, m, K) = self._kernel
+        fn = kernel("_kernels", "blocked_terms_factor")
+        _, data, (nl1, q1, Qr, m, K) = self._kernel
         cp = self.cp
-        q1, nl1 = cp.q[0], cp.nlevels[0]
-        Qr = Q - q1 * nl1
         L1, W, C1F = np.empty((nl1, q1, q1)), np.empty((nl1, q1, q1)), np.empty((nl1, q1, m))
-        LRt, MRF, schur, LFF = (
-            np.empty((Qr, Qr)),
-            np.empty((Qr, m)),
-            np.empty((m, m)),
-            np.empty((m, m)),
-        )
-        beta, u = np.empty(m - 1), np.empty(Q)
+        LRt, MRF = np.empty((Qr, Qr)), np.empty((Qr, m))
+        schur, LFF = np.empty((m, m)), np.empty((m, m))
+        n1 = q1 * nl1
+        beta, u = np.empty(m - 1), np.empty(n1 + Qr)
         theta = np.ascontiguousarray(theta, dtype=float)
-        out = fn(*data, theta, L1, W, C1F, LRt, MRF, schur, LFF, beta, u, Q, m, K)
+        out = fn(
+            *data, theta, L1, W, C1F, LRt, MRF, schur, LFF, beta, u, nl1, q1, Qr, m, K
+        )  # fmt: skip
         if out is None:
             return None
         logdet1, logdetR = out
         rest = RestFactor(partial(_rest_lam, self, T), MRF, logdetR, schur, LRt.T, None)
         dg = LFF.diagonal()
         offs = cp.rest_offsets
-        n1 = q1 * nl1
         us = [u[:n1].reshape(nl1, q1)]
         for k in range(1, len(cp.q)):
             us.append(u[n1 + offs[k - 1] : n1 + offs[k]].reshape(cp.nlevels[k], cp.q[k]))
@@ -763,39 +758,26 @@ def _rest_lam(crit: ProfiledCriterion, T: list[np.ndarray]):
     return crit._rest.lam(T)
 
 
-DENSE_KERNEL_WORK = 3_000_000  # Q³ + Q²m: the whole ZᵀZ's factor and inverse per evaluation
+BLOCKED_KERNEL_WORK = 3_000_000  # multiplications per evaluation up to which its loops win
 
 
-def _dense_terms_kernel(cp: CrossProducts):
+def _blocked_terms_kernel(cp: CrossProducts):
     """The compiled criterion for several terms, some of more than one
-    column, in a small model whose blocks are dense (``_kernels.dense_terms``:
-    the whole ZᵀZ factored, O(Q³ + Q²m) per evaluation, where the blockwise
-    numpy path's per-call costs are many times that), or None."""
-    fn = kernel("_kernels", "dense_terms")
-    if fn is None or _KERNEL_DISABLED or cp.dense is None or max(cp.q) == 1:
+    column, with dense cross blocks (``_kernels.blocked_terms``: the first
+    term per level, the rest's Schur complement dense, about 2 n₁q₁Q_R² + Q_R³
+    multiplications per evaluation in plain loops, where the blockwise numpy
+    path's per-call costs are many times that), or None."""
+    fn = kernel("_kernels", "blocked_terms")
+    if fn is None or _KERNEL_DISABLED or cp.dense is None or max(cp.q) == 1 or cp.q[0] > 64:
         return None
-    n1, m = cp.nlevels[0] * cp.q[0], cp.p + 1
-    Q = n1 + cp.Qr
-    if float(Q) ** 3 + float(Q) ** 2 * m > DENSE_KERNEL_WORK:
+    n1, q1, Qr, m = cp.nlevels[0], cp.q[0], cp.Qr, cp.p + 1
+    if 2.0 * n1 * q1 * Qr * Qr + float(Qr) ** 3 + n1 * q1 * Qr * m > BLOCKED_KERNEL_WORK:
         return None
     A1R, ARR = cp.dense
-    A = np.zeros((Q, Q))
-    q1 = cp.q[0]
-    for i in range(q1):  # the first term's per-level blocks, column by column
-        for j in range(q1):
-            A[np.arange(i, n1, q1), np.arange(j, n1, q1)] = cp.D1[:, i, j]
-    A[:n1, n1:] = A1R
-    A[n1:, :n1] = A1R.T
-    A[n1:, n1:] = ARR
-    AZF = np.concatenate([cp.B1F.reshape(n1, m), cp.ARF])
-    data = (
-        A,
-        AZF,
-        np.ascontiguousarray(cp.AFF, dtype=float),
-        np.array(cp.q, dtype=np.int64),
-        np.array(cp.nlevels, dtype=np.int64),
-    )
-    return fn, data, (Q, m, len(cp.q))
+    data = tuple(
+        np.ascontiguousarray(a, dtype=float) for a in (cp.D1, cp.B1F, A1R, ARR, cp.ARF, cp.AFF)
+    ) + (np.array(cp.q, dtype=np.int64), np.array(cp.nlevels, dtype=np.int64))
+    return fn, data, (n1, q1, Qr, m, len(cp.q))
 
 
 _KERNEL_DISABLED = False  # tests switch the kernel off to compare with numpy

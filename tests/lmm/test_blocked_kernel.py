@@ -1,7 +1,7 @@
-"""The compiled criterion of several terms, some of more than one column, in
-a small model with dense blocks (``_kernels.dense_terms``), against the
-blockwise numpy criterion: the same value, exact gradient, kept
-factorization and estimates."""
+"""The compiled criterion of several terms, some of more than one column,
+with dense cross blocks (``_kernels.blocked_terms``: the first term per
+level, the rest dense), against the blockwise numpy criterion: the same
+value, exact gradient, kept factorization and estimates."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import multilevel.lmm.criterion as crit_mod
 from multilevel.compiled import kernel
 
 pytestmark = pytest.mark.skipif(
-    kernel("_kernels", "dense_terms") is None, reason="the compiled kernel was not built"
+    kernel("_kernels", "blocked_terms") is None, reason="the compiled kernel was not built"
 )
 
 
@@ -42,6 +42,9 @@ CASES = [
     ("y ~ x + (x | h) + (1 | g:side)", True),
     # two vector terms and a scalar one
     ("y ~ x + (x | g) + (x | h) + (1 | side)", True),
+    # nested vector terms, the first with many levels (nlme's Wafer's shape)
+    ("y ~ x + (x | h/g)", True),
+    ("y ~ x + w + (x + w | g) + (1 | h)", False),
 ]
 
 
@@ -52,10 +55,10 @@ def _fit(formula, reml):
 
 
 @pytest.mark.parametrize("formula,reml", CASES)
-def test_dense_kernel_equals_numpy(formula, reml, monkeypatch):
+def test_blocked_kernel_equals_numpy(formula, reml, monkeypatch):
     fit = _fit(formula, reml)
     cr = fit.criterion.scaled
-    assert cr._kernel is not None and cr._kernel[0] is kernel("_kernels", "dense_terms")
+    assert cr._kernel is not None and cr._kernel[0] is kernel("_kernels", "blocked_terms")
     monkeypatch.setattr(crit_mod, "_KERNEL_DISABLED", True)
     numpy_crit = crit_mod.ProfiledCriterion(cr.cp, cr.tmpl, cr.reml, cr.sum_log_w)
     assert numpy_crit._kernel is None
@@ -71,10 +74,10 @@ def test_dense_kernel_equals_numpy(formula, reml, monkeypatch):
 
 
 @pytest.mark.parametrize("formula,reml", CASES)
-def test_dense_kept_factor_equals_the_blockwise_one(formula, reml):
-    """The kept factorization from the whole ZᵀZ's factor, in the blockwise
-    layout, against the general path's: blocks, solution, conditional
-    variances; and a fit holding it pickles before Λ_R was ever formed."""
+def test_blocked_kept_factor_equals_the_general_one(formula, reml):
+    """The compiled kept factorization against the general path's: blocks,
+    solution, conditional variances; and a fit holding it pickles before Λ_R
+    was ever formed."""
     fit = _fit(formula, reml)
     cr = fit.criterion.scaled
     theta = 1.1 * fit.optinfo.internal_theta + 0.05
