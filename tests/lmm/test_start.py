@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import multilevel as ml
@@ -152,3 +153,37 @@ def test_compiled_scalar_moments_equal_numpy(formula, data, monkeypatch):
         pytest.skip("the compiled kernel was not built")
     monkeypatch.setattr(start, "kernel", lambda *a: None)
     np.testing.assert_allclose(fast, moment_start_scalar(cp), rtol=1e-10)
+
+
+@pytest.mark.parametrize("between", [0, 1, 2])
+def test_balanced_one_way_starts_at_the_anova_estimate(between):
+    """Balanced one-way data, with 0-2 covariates constant within the levels
+    beside the intercept: the moment start keeps used − k degrees of freedom
+    for the levels' residual means (an ANOVA's between-level mean square)
+    and gives the within-level variance the k back, so it is the ANOVA
+    estimate, which is REML's: the search starts at the optimum."""
+    rng = np.random.default_rng(7 + between)
+    L, n = 9, 4
+    g = np.repeat(np.arange(L), n)
+    cols = {f"x{j}": rng.normal(size=L)[g] for j in range(between)}
+    y = 1.0 + sum(cols.values(), 0.0) + rng.normal(0, 1.5, L)[g] + rng.normal(size=L * n)
+    data = pd.DataFrame({"y": y, "g": g.astype(str), **cols, "w": rng.normal(size=L * n)})
+    rhs = " + ".join(["1", *cols])
+    m = _fit(f"y ~ {rhs} + (1 | g)", data)
+    x0 = moment_start(m.criterion.scaled.cp, templates([1])[0])
+    assert x0[0] == pytest.approx(m.optinfo.internal_theta[0], rel=1e-7)
+    assert len(m.optinfo._values) <= 3
+    # a covariate that varies within the levels is no between-level column
+    m2 = _fit(f"y ~ {rhs} + w + (1 | g)", data)
+    x2 = moment_start(m2.criterion.scaled.cp, templates([1])[0])
+    assert x2[0] == pytest.approx(m2.optinfo.internal_theta[0], rel=0.2)
+
+
+def test_rail_starts_at_lme4s_optimum():
+    """nlme's Rail (6 rails x 3 measurements): lme4's θ 6.16931776649064."""
+    from ..conftest import TESTDATA
+
+    rail = pd.read_csv(TESTDATA / "rail.csv")
+    rail["Rail"] = pd.Categorical(rail["Rail"].astype(str))
+    m = _fit("travel ~ 1 + (1 | Rail)", rail)
+    assert m.optinfo._thetas[0][0] == pytest.approx(6.16931776649064, rel=1e-7)
