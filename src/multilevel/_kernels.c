@@ -1395,6 +1395,78 @@ static PyObject *scalar_moments(PyObject *self, PyObject *args) {
     return PyLong_FromLong(fewest);
 }
 
+/* The scalar terms' moment equations with X's whole projection H taken out
+ * (multilevel.lmm.start._project_out_x): with R = Z^T (I - H) Z = A - W^T W,
+ * W = L^{-1} C^T (L the Cholesky factor of X^T X, C = Z^T X, rows c_l),
+ * w_l = 1/d_l over the usable levels (d_l above 1e-12 of its term's largest),
+ *   S[k, j] = sum_{l in k, m in j} w_l R_lm^2,
+ *   S[k, K] = sum_{l in k} (usable_l - w_l |W_l|^2),  S[K, j] = sum_{m in j} R_mm.
+ * A = [diag(d1) A1R; A1R^T ARR] from the small model's dense blocks; starts
+ * (K + 1, int64): each term's first level and the end.  O(Q^2 p). */
+static PyObject *project_moments(PyObject *self, PyObject *args) {
+    Py_buffer bd, bB, bA1R, bARR, bARF, bL, bst, bS;
+    int n1, Qr, m, p, K;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*iiiii", &bd, &bB, &bA1R, &bARR, &bARF, &bL, &bst,
+                          &bS, &n1, &Qr, &m, &p, &K))
+        return NULL;
+    const double *d1 = bd.buf, *B = bB.buf, *A1R = bA1R.buf, *ARR = bARR.buf, *ARF = bARF.buf;
+    const double *L = bL.buf;
+    const int64_t *st = bst.buf;
+    double *S = bS.buf;
+    int Q = n1 + Qr, K1 = K + 1;
+    double *work = malloc(sizeof(double) * ((size_t)Q * (p + 2) + 1));
+    int *term = malloc(sizeof(int) * (size_t)(Q > 0 ? Q : 1));
+    if (work && term) {
+        double *W = work, *w = W + (size_t)Q * p, *d = w + Q;
+        for (int k = 0; k < K; k++) {
+            double big = 1e-300;
+            for (int64_t l = st[k]; l < st[k + 1]; l++) {
+                term[l] = k;
+                d[l] = l < n1 ? d1[l] : ARR[(size_t)(l - n1) * Qr + (l - n1)];
+                if (d[l] > big) big = d[l];
+            }
+            for (int64_t l = st[k]; l < st[k + 1]; l++) w[l] = d[l] > 1e-12 * big ? 1.0 / d[l] : 0.0;
+        }
+        for (int l = 0; l < Q; l++) {
+            const double *c = l < n1 ? B + (size_t)l * m : ARF + (size_t)(l - n1) * m;
+            double *Wl = W + (size_t)l * p;
+            for (int a = 0; a < p; a++) {
+                double s = c[a];
+                for (int b = 0; b < a; b++) s -= L[a * p + b] * Wl[b];
+                Wl[a] = s / L[a * p + a];
+            }
+        }
+        for (int i = 0; i < K1 * K1; i++) S[i] = 0.0;
+        for (int l = 0; l < Q; l++) {
+            const double *Wl = W + (size_t)l * p;
+            int tl = term[l];
+            for (int mm = 0; mm < Q; mm++) {
+                double a;
+                if (l < n1 && mm < n1) a = l == mm ? d1[l] : 0.0;
+                else if (l < n1) a = A1R[(size_t)l * Qr + (mm - n1)];
+                else if (mm < n1) a = A1R[(size_t)mm * Qr + (l - n1)];
+                else a = ARR[(size_t)(l - n1) * Qr + (mm - n1)];
+                const double *Wm = W + (size_t)mm * p;
+                double h = 0.0;
+                for (int b = 0; b < p; b++) h += Wl[b] * Wm[b];
+                double r = a - h;
+                S[tl * K1 + term[mm]] += w[l] * r * r;
+                if (mm == l) {
+                    S[tl * K1 + K] += (w[l] > 0.0 ? 1.0 : 0.0) - w[l] * h;
+                    S[K * K1 + tl] += r;
+                }
+            }
+        }
+    }
+    free(work);
+    free(term);
+    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
+    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bL);
+    PyBuffer_Release(&bst); PyBuffer_Release(&bS);
+    if (!work || !term) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* Per-level cross-products in one pass over the rows, in any row order:
  * out[l] += a_i b_i^T for the rows i of level l.  A (n, a), B (n, b) and
  * out (nlev, a, b) C-contiguous; out must be zeroed by the caller. */
@@ -1683,6 +1755,9 @@ static PyMethodDef methods[] = {
      "blocked_terms_factor(D1, B1, A1R, ARR, ARF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, "
      "LFF, beta, u, n1, q1, Qr, m, K) -> (log|S_1|, log|M_RR|) or None (the kept factorization "
      "and its solution)"},
+    {"project_moments", project_moments, METH_VARARGS,
+     "project_moments(d1, B1, A1R, ARR, ARF, L, starts, S, n1, Qr, m, p, K): the scalar terms' "
+     "moment equations with X's projection taken out (S (K+1, K+1) except S[K, K])"},
     {"scalar_terms_factor", scalar_terms_factor, METH_VARARGS,
      "scalar_terms_factor(d, B, Ap, Ai, Ax, ARR, ARF, AFF, term, theta, l1, C1F, L, G, schur, LFF, "
      "beta, u, n1, Q, m) -> (log|S_1|, log|M|) or None (the kept factorization and its "

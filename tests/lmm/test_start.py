@@ -187,3 +187,43 @@ def test_rail_starts_at_lme4s_optimum():
     rail["Rail"] = pd.Categorical(rail["Rail"].astype(str))
     m = _fit("travel ~ 1 + (1 | Rail)", rail)
     assert m.optinfo._thetas[0][0] == pytest.approx(6.16931776649064, rel=1e-7)
+
+
+def _machines_like(seed: int, balanced: bool) -> pd.DataFrame:
+    """Workers x machines x replicates (nlme's Machines' shape): the machine,
+    a fixed effect, is constant within each worker:machine level."""
+    rng = np.random.default_rng(seed)
+    w, mach, rep = np.meshgrid(np.arange(6), np.arange(3), np.arange(3), indexing="ij")
+    w, mach = w.ravel(), mach.ravel()
+    keep = np.ones(w.size, dtype=bool) if balanced else rng.random(w.size) > 0.2
+    w, mach = w[keep], mach[keep]
+    y = (50 + 3.0 * mach + rng.normal(0, 5, 6)[w] + rng.normal(0, 3, 18)[w * 3 + mach]
+         + rng.normal(size=w.size))  # fmt: skip
+    return pd.DataFrame({"y": y, "Worker": w.astype(str), "Machine": np.array(list("ABC"))[mach]})
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_scalar_terms_moments_take_xs_projection_out(balanced, monkeypatch):
+    """Several scalar terms with X beyond an intercept: the moment equations
+    take X's whole projection out (compiled, and numpy's the same), so
+    balanced data start at the ANOVA estimates, REML's; unbalanced data
+    start near the optimum."""
+    import multilevel.lmm.start as start_mod
+
+    data = _machines_like(3, balanced)
+    m = _fit("y ~ Machine + (1 | Worker) + (1 | Worker:Machine)", data)
+    cp = m.criterion.scaled.cp
+    x0 = moment_start_scalar(cp)
+    opt = m.optinfo.internal_theta
+    if balanced:
+        np.testing.assert_allclose(x0, opt, rtol=1e-7)
+        assert len(m.optinfo._values) <= 3
+    else:
+        np.testing.assert_allclose(x0, opt, rtol=0.25)
+    compiled = start_mod.kernel
+    monkeypatch.setattr(
+        start_mod,
+        "kernel",
+        lambda mod, name: None if name == "project_moments" else compiled(mod, name),
+    )
+    np.testing.assert_allclose(moment_start_scalar(cp), x0, rtol=1e-10)

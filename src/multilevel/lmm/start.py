@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg.lapack import dgesv, dpotrf, dpotrs, dsyev
+from scipy.linalg.lapack import dgesv, dpotrf, dpotrs, dsyev, dtrtrs
 
 from multilevel.compiled import kernel
 from multilevel.covariance import Template
@@ -156,6 +156,7 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
         if fewest < 2:
             return None
         S[K, K], rhs[K] = dof, rss
+        _project_out_x(cp, S, K)
         return _variance_ratios(S, rhs, dof, rss, K)
     offs = np.asarray(cp.rest_offsets, dtype=np.int64)  # rest term k: offs[k-1]:offs[k]
     d1 = cp.D1[:, 0, 0]
@@ -199,7 +200,68 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
         rhs[k] = float(zr[ck] @ (zr[ck] * dinv[ck]))
         S[k, K] = float(ok[ck].sum()) - 1.0
     S[K, K], rhs[K] = dof, rss
+    _project_out_x(cp, S, K)
     return _variance_ratios(S, rhs, dof, rss, K)
+
+
+PROJECT_WORK = 4_000_000  # (Q₁ + Q_R)² p multiplications up to which X's projection is taken out
+
+
+def _project_out_x(cp: CrossProducts, S: np.ndarray, K: int) -> None:
+    """The moment equations' coefficients with the whole of X's projection H
+    taken out, in place of the intercept's alone (for a small model, whose
+    cross blocks are dense, and an X of more than one column).  With
+    R = Zᵀ(I − H)Z = ZᵀZ − C G Cᵀ (C = ZᵀX, G = (XᵀX)⁻¹) and wₗ = 1/dₗ over
+    the usable levels,
+
+        S[k, j] = Σ_{ℓ∈k, m∈j} wₗ R_ℓm²,   S[k, K] = Σ_{ℓ∈k} (1 − wₗ (CGCᵀ)_ℓℓ),
+        S[K, j] = Σ_{m∈j} R_mm
+
+    (tr P_k(I − H)Z_jZ_jᵀ(I − H), tr P_k(I − H) and tr Z_jᵀ(I − H)Z_j, P_k the
+    projection on term k's columns).  Balanced data with covariates constant
+    within levels (nlme's Machines, Oats) then start at the ANOVA estimates,
+    REML's when positive."""
+    p = cp.p
+    if p < 2 or cp.dense is None:
+        return
+    A1R, ARR = cp.dense
+    n1, Qr = cp.nlevels[0], cp.Qr
+    if float(n1 + Qr) ** 2 * p > PROJECT_WORK:
+        return
+    L, info = dpotrf(cp.AFF[:p, :p], lower=1)
+    if info != 0:
+        return
+    fn = kernel("_kernels", "project_moments")
+    if fn is not None:
+        starts = np.append(0, n1 + np.asarray(cp.rest_offsets, dtype=np.int64))
+        sKK = S[K, K]
+        fn(
+            np.ascontiguousarray(cp.D1[:, 0, 0]), np.ascontiguousarray(cp.B1F[:, 0, :]),
+            A1R, ARR, np.ascontiguousarray(cp.ARF), np.ascontiguousarray(L), starts, S,
+            n1, Qr, p + 1, p, K,
+        )  # fmt: skip
+        S[K, K] = sKK
+        return
+    C = np.concatenate([cp.B1F[:, 0, :p], cp.ARF[:, :p]])  # ZᵀX, every term's levels
+    W, info = dtrtrs(L, C.T, lower=1)  # L⁻¹Cᵀ: C G Cᵀ = WᵀW
+    if info != 0:
+        return
+    R = -(W.T @ W)
+    R[:n1, :n1] += np.diag(cp.D1[:, 0, 0])
+    R[:n1, n1:] += A1R
+    R[n1:, :n1] += A1R.T
+    R[n1:, n1:] += ARR
+    d = np.concatenate([cp.D1[:, 0, 0], np.diagonal(ARR)])
+    starts = np.concatenate([[0], n1 + np.asarray(cp.rest_offsets[:-1], dtype=np.int64)])
+    sizes = np.diff(np.append(starts, d.size))
+    big = np.repeat(np.maximum.reduceat(d, starts), sizes)
+    ok = d > 1e-12 * np.maximum(big, 1e-300)
+    w = np.where(ok, 1.0 / np.where(ok, d, 1.0), 0.0)
+    per_level = np.add.reduceat(w[:, None] * (R * R), starts, axis=0)
+    S[:K, :K] = np.add.reduceat(per_level, starts, axis=1)
+    hdiag = d - np.diagonal(R)  # (CGCᵀ)_ℓℓ
+    S[:K, K] = np.add.reduceat(ok - w * hdiag, starts)
+    S[K, :K] = np.add.reduceat(np.diagonal(R), starts)
 
 
 def _variance_ratios(S: np.ndarray, rhs: np.ndarray, dof: float, rss: float, K: int) -> np.ndarray:
