@@ -1190,32 +1190,27 @@ static PyObject *scalar_terms(PyObject *self, PyObject *args) {
  * L_i (chol of S_i = T^T D_i T + I), W_i = L_i^{-1} T^T and C_i = W_i B_i,
  * level-first, into L (nlev, q, q), W (nlev, q, q), C (nlev, q, m).
  * Returns sum_i log|S_i|, or None where some S_i is not positive definite. */
-static PyObject *level_factors(PyObject *self, PyObject *args) {
-    Py_buffer bD, bB, bth, bL, bW, bC;
-    int q, m, nlev;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*iii", &bD, &bB, &bth, &bL, &bW, &bC, &q, &m, &nlev))
-        return NULL;
-    const double *D = bD.buf, *B = bB.buf, *theta = bth.buf;
-    double *Lo = bL.buf, *Wo = bW.buf, *Co = bC.buf;
+/* The per-level pass of level_factors into Lo, Wo, Co (level-first);
+ * 0 where some S_i is not positive definite. */
+static int levels_pass(const double *D, const double *B, const double *theta, int q, int m,
+                       int nlev, double *Lo, double *Wo, double *Co, double *logdet) {
     size_t qq = (size_t)q * q;
-    double *work = malloc(sizeof(double) * (4 * qq + 1));
-    if (!work) {
-        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bth);
-        PyBuffer_Release(&bL); PyBuffer_Release(&bW); PyBuffer_Release(&bC);
-        return PyErr_NoMemory();
-    }
-    double *T = work, *DT = T + qq, *Linv = DT + qq, *S;
+    double *work = malloc(sizeof(double) * (3 * qq + 1));
+    if (!work) return -1;
+    double *T = work, *DT = T + qq, *Linv = DT + qq;
     memset(T, 0, sizeof(double) * qq);
     int k = 0;
     for (int j = 0; j < q; j++)
         for (int i = j; i < q; i++) T[i * q + j] = theta[k++];
-    double logdet = 0.0;
     int ok = 1;
-    for (int lev = 0; lev < nlev; lev++) {
-        S = Lo + qq * (size_t)lev;
-        double *W = Wo + qq * (size_t)lev, *C = Co + (size_t)q * m * lev;
+    for (int lev = 0; lev < nlev && ok; lev++) {
+        double *S = Lo + qq * (size_t)lev, *W = Wo + qq * (size_t)lev;
+        double *C = Co + (size_t)q * m * lev;
         const double *Bi = B + (size_t)q * m * lev;
-        if (!level_factor(D + qq * (size_t)lev, T, q, S, DT, W, Linv, &logdet)) { ok = 0; break; }
+        if (!level_factor(D + qq * (size_t)lev, T, q, S, DT, W, Linv, logdet)) {
+            ok = 0;
+            break;
+        }
         for (int a = 0; a < q; a++)
             for (int c = 0; c < m; c++) {
                 double s = 0.0;
@@ -1224,8 +1219,72 @@ static PyObject *level_factors(PyObject *self, PyObject *args) {
             }
     }
     free(work);
+    return ok;
+}
+
+static PyObject *level_factors(PyObject *self, PyObject *args) {
+    Py_buffer bD, bB, bth, bL, bW, bC;
+    int q, m, nlev;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*iii", &bD, &bB, &bth, &bL, &bW, &bC, &q, &m, &nlev))
+        return NULL;
+    double logdet = 0.0;
+    int ok = levels_pass(bD.buf, bB.buf, bth.buf, q, m, nlev, bL.buf, bW.buf, bC.buf, &logdet);
     PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bth);
     PyBuffer_Release(&bL); PyBuffer_Release(&bW); PyBuffer_Release(&bC);
+    if (ok < 0) return PyErr_NoMemory();
+    if (!ok) Py_RETURN_NONE;
+    return PyFloat_FromDouble(logdet);
+}
+
+/* One term's kept factorization at theta and its solution: the per-level
+ * blocks of level_factors, the [X y] factor LFF of AFF - sum C_i^T C_i
+ * (m x m, lower, the upper triangle zeroed), beta (p) and the spherical
+ * modes u_i = L_i^{-T} C_i z (nlev x q), z = (-beta, 1).  Returns
+ * sum_i log|S_i|, or None where a block is not positive definite. */
+static PyObject *one_term_factor(PyObject *self, PyObject *args) {
+    Py_buffer bD, bB, bA, bth, bL, bW, bC, bLFF, bbeta, bu;
+    int q, m, nlev;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*w*w*w*w*iii", &bD, &bB, &bA, &bth, &bL, &bW, &bC,
+                          &bLFF, &bbeta, &bu, &q, &m, &nlev))
+        return NULL;
+    double logdet = 0.0;
+    int ok = levels_pass(bD.buf, bB.buf, bth.buf, q, m, nlev, bL.buf, bW.buf, bC.buf, &logdet);
+    int p = m - 1;
+    size_t mm = (size_t)m * m;
+    double *LFF = bLFF.buf, *u = bu.buf, *beta = bbeta.buf;
+    const double *C = bC.buf, *L = bL.buf, *AFF = bA.buf;
+    double *work = ok > 0 ? malloc(sizeof(double) * (3 * mm + (size_t)m + 1)) : NULL;
+    if (ok > 0 && !work) ok = -1;
+    if (ok > 0) {
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < m; c++) {
+                double s = c <= r ? AFF[r * m + c] : 0.0;
+                if (c <= r)
+                    for (size_t i = 0; i < (size_t)nlev * q; i++) s -= C[i * m + r] * C[i * m + c];
+                LFF[r * m + c] = s;
+            }
+        ok = chol(LFF, m);
+    }
+    if (ok > 0) {
+        double *LX = work, *LXinv = LX + mm, *P = LXinv + mm, *z = P + mm;
+        beta_and_P(LFF, m, LX, LXinv, z, P);
+        for (int a = 0; a < p; a++) beta[a] = -z[a];
+        for (int lev = 0; lev < nlev; lev++) {
+            double *ui = u + (size_t)lev * q;
+            for (int a = 0; a < q; a++) {
+                double s = 0.0;
+                for (int c = 0; c < m; c++) s += C[((size_t)lev * q + a) * m + c] * z[c];
+                ui[a] = s;
+            }
+            tri_solve(L + (size_t)lev * q * q, ui, q, 1, 1);
+        }
+    }
+    free(work);
+    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
+    PyBuffer_Release(&bth); PyBuffer_Release(&bL); PyBuffer_Release(&bW);
+    PyBuffer_Release(&bC); PyBuffer_Release(&bLFF); PyBuffer_Release(&bbeta);
+    PyBuffer_Release(&bu);
+    if (ok < 0) return PyErr_NoMemory();
     if (!ok) Py_RETURN_NONE;
     return PyFloat_FromDouble(logdet);
 }
@@ -1740,6 +1799,9 @@ static PyMethodDef methods[] = {
      "of (Z - sz) * rz and (F - sf) * rf in one pass"},
     {"level_factors", level_factors, METH_VARARGS,
      "level_factors(D, B, theta, L, W, C, q, m, nlev) -> sum log|S_i| or None"},
+    {"one_term_factor", one_term_factor, METH_VARARGS,
+     "one_term_factor(D, B, AFF, theta, L, W, C, LFF, beta, u, q, m, nlev) -> sum log|S_i| or "
+     "None (one term's kept factorization and its solution)"},
     {"level_solve_t", level_solve_t, METH_VARARGS,
      "level_solve_t(L, X, q, r, nlev): X_i <- L_i^-T X_i in place"},
     {"one_term_moments", one_term_moments, METH_VARARGS,

@@ -150,7 +150,9 @@ class ProfiledCriterion:
         so that the factorization stays valid after further evaluations."""
         cp = self.cp
         T = self.templates(theta)
-        if keep and self._kernel is not None and cp.has_rest:
+        if keep and self._kernel is not None:
+            if not cp.has_rest:
+                return self._one_term_kept(theta, T)
             if self._scalar_kernel:
                 return self._scalar_terms_kept(kernel("_kernels", "scalar_terms_factor"), theta, T)
             return self._blocked_terms_kept(theta, T)
@@ -199,6 +201,33 @@ class ProfiledCriterion:
             logdet_X,
             r2,
             log_r2,
+        )
+
+    def _one_term_kept(self, theta: np.ndarray, T: list[np.ndarray]) -> Factorization | None:
+        """One term's kept factorization and its solution (β̂, u) in one
+        compiled pass (see :meth:`_scalar_terms_kept`)."""
+        fn = kernel("_kernels", "one_term_factor")
+        _, (D, B, AFF), (q, m, nl) = self._kernel
+        L, W, C = np.empty((nl, q, q)), np.empty((nl, q, q)), np.empty((nl, q, m))
+        LFF, beta, u = np.empty((m, m)), np.empty(m - 1), np.empty((nl, q))
+        theta = np.ascontiguousarray(theta, dtype=float)
+        logdet = fn(D, B, AFF, theta, L, W, C, LFF, beta, u, q, m, nl)
+        if logdet is None:
+            return None
+        dg = LFF.diagonal()
+        return Factorization(
+            theta,
+            T,
+            L.transpose(1, 2, 0),
+            W.transpose(1, 2, 0),
+            C.transpose(1, 2, 0),
+            None,
+            LFF,
+            float(logdet),
+            float(2.0 * np.log(dg[:-1]).sum()),
+            float(dg[-1] ** 2),
+            float(2.0 * np.log(abs(dg[-1]))) if dg[-1] != 0 else -np.inf,
+            solution=(beta, [u]),
         )
 
     def _scalar_terms_kept(

@@ -59,12 +59,15 @@ def moment_start(cp: CrossProducts, tmpl: Template) -> np.ndarray | None:
         # the levels' effects (their residuals' moments keep used - k degrees
         # of freedom, as an ANOVA's between-level mean square) and none of
         # the variation within levels: balanced one-way data then start at
-        # the ANOVA estimate, which is REML's (nlme's Rail: 9 → 3 evaluations)
+        # the ANOVA estimate, which is REML's (nlme's Rail: 9 → 2 evaluations)
         bb = bb * (used / (used - k))
         dof_within += k
     if within > 0 and dof_within > 0.1 * dof:
         s2 = within / dof_within
     S = bb / (wsum * s2) - Dinv_sum / wsum
+    if S.shape == (1, 1):  # Python floats: a scalar term's θ² is S itself
+        t2 = float(S[0, 0])
+        return np.array([math.sqrt(max(t2, FLOOR))]) if math.isfinite(t2) else None
     lam, U, info = dsyev(0.5 * (S + S.T))
     if info != 0 or not np.all(np.isfinite(lam)):
         return None
@@ -85,7 +88,7 @@ def _between_columns(cp: CrossProducts) -> int:
     ok = d > 0
     B = cp.B1F[ok, 0, :p]
     total = np.diagonal(cp.AFF)[:p]
-    within = total - np.einsum("ij,ij,i->j", B, B, 1.0 / d[ok])
+    within = total - (B * B).T @ (1.0 / d[ok])
     return int(np.count_nonzero(within <= 1e-10 * total))
 
 
