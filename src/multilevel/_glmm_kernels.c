@@ -303,9 +303,41 @@ typedef struct {
     int logit;
 } Design;
 
-/* eta = base + sum_k theta_k z_k u[pos_k]; returns sum wt (y eta - b) */
+/* b(eta), with the exponential it needs kept in *ex: exp(-|eta|) for the
+ * logit, exp(eta) (capped) for the log link */
+static inline double cumulant_ex(int logit, double eta, double *ex) {
+    if (logit) {
+        double e = exp(-fabs(eta));
+        *ex = e;
+        return (eta > 0 ? eta : 0.0) + log1p(e);
+    }
+    double m = exp(eta < 700.0 ? eta : 700.0);
+    *ex = m;
+    return m;
+}
+
+/* mu, b'' and b''' at eta from cumulant_ex's exponential (cumulant's values,
+ * without a second exp and log1p per row) */
+static inline void moments_ex(int logit, double eta, double ex, double *mu, double *v,
+                              double *v3) {
+    if (logit) {
+        double r = 1.0 / (1.0 + ex);
+        double m = eta >= 0 ? r : ex * r;
+        double vv = ex * r * r;
+        *mu = m;
+        *v = vv;
+        *v3 = vv * (1.0 - 2.0 * m);
+        return;
+    }
+    *mu = ex;
+    *v = ex;
+    *v3 = ex;
+}
+
+/* eta = base + sum_k theta_k z_k u[pos_k] and its exponentials (ex, see
+ * cumulant_ex); returns sum wt (y eta - b) */
 static double eta_loglik(const Design *D, const double *base, const double *theta,
-                         const double *u, double *eta) {
+                         const double *u, double *eta, double *ex) {
     double ll = 0.0;
     for (int64_t i = 0; i < D->n; i++) {
         double e = base[i];
@@ -314,7 +346,7 @@ static double eta_loglik(const Design *D, const double *base, const double *thet
             e += theta[k] * D->z[k * D->n + i] * u[k == 0 ? q : D->n0 + q];
         }
         eta[i] = e;
-        ll += D->wt[i] * (D->y[i] * e - cumulant(D->logit, e, NULL, NULL, NULL));
+        ll += D->wt[i] * (D->y[i] * e - cumulant_ex(D->logit, e, ex + i));
     }
     return ll;
 }
@@ -431,6 +463,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     double *w3 = lp + n, *Dg = w3 + n, *Cd = Dg + n0, *S = Cd + D.nnz, *r = S + Qr * Qr;
     double *du = r + Q, *uc = du + Q, *vs = uc + Q, *h = vs + Q, *KmT = h + n;
     double *Li = KmT + n0 * Qr; /* L_R^{-1}, beside the factor (which the solves need) */
+    double *ex = Li + Qr * Qr, *exc = ex + n; /* the rows' exponentials at eta, etac */
     int failed = 0;
     double laplace = 0.0;
     Py_BEGIN_ALLOW_THREADS
@@ -439,7 +472,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
         for (int64_t a = 0; a < p; a++) s += D.X[i * p + a] * beta[a];
         base[i] = s;
     }
-    double ll = eta_loglik(&D, base, theta, U, eta);
+    double ll = eta_loglik(&D, base, theta, U, eta, ex);
     double uu = 0.0;
     for (int64_t q = 0; q < Q; q++) uu += U[q] * U[q];
     double pdev = -2.0 * ll + uu;
@@ -447,7 +480,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     for (int it = 0; it < 200 && isfinite(pdev); it++) {
         for (int64_t i = 0; i < n; i++) {
             double mu, v, v3;
-            cumulant(logit, eta[i], &mu, &v, &v3);
+            moments_ex(logit, eta[i], ex[i], &mu, &v, &v3);
             w[i] = D.wt[i] * v;
             lp[i] = D.wt[i] * (D.y[i] - mu);
         }
@@ -474,11 +507,12 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
                 uc[q] = U[q] + t * du[q];
                 ucu += uc[q] * uc[q];
             }
-            double llc = eta_loglik(&D, base, theta, uc, etac);
+            double llc = eta_loglik(&D, base, theta, uc, etac, exc);
             double pc = -2.0 * llc + ucu;
             if (pc <= pdev + slack) {
                 memcpy(U, uc, sizeof(double) * Q);
                 memcpy(eta, etac, sizeof(double) * n);
+                memcpy(ex, exc, sizeof(double) * n);
                 pdev = pc;
                 ok = 1;
                 break;
@@ -497,7 +531,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     if (!failed && want_grad) {
         for (int64_t i = 0; i < n; i++) {
             double mu, v, v3;
-            cumulant(logit, eta[i], &mu, &v, &v3);
+            moments_ex(logit, eta[i], ex[i], &mu, &v, &v3);
             w3[i] = D.wt[i] * v3;
         }
         /* L_R^{-1} (column-major lower) in Li; S keeps L_R */

@@ -357,7 +357,7 @@ def _kernel_args(prob: PirlsProblem):
     term = np.concatenate([np.full(rb.nlevels[k], k, dtype=np.int64) for k in range(1, K)])
     z = np.ascontiguousarray(np.stack([Z[:, 0] for Z in rb.Zs]), dtype=float)
     Q = n0 + Qr
-    work = np.empty(7 * n + n0 + uniq.size + 2 * Qr * Qr + 4 * Q + n0 * Qr)
+    work = np.empty(9 * n + n0 + uniq.size + 2 * Qr * Qr + 4 * Q + n0 * Qr)
     args = (
         np.ascontiguousarray(prob.X, dtype=float),
         np.ascontiguousarray(r.y, dtype=float),
