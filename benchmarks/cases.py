@@ -240,9 +240,12 @@ CASES = {
             "alfalfa",
             "Yield ~ Date*Variety + (1 | Block) + (1 | Block:Variety)",
             "data:real/alfalfa.csv",
-            {"Date": ["None", "S1", "S20", "O7"], "Variety": ["Cossack", "Ladak", "Ranger"],
-             "Block": None},
-        ),  # fmt: skip
+            {
+                "Date": ["None", "S1", "S20", "O7"],
+                "Variety": ["Cossack", "Ladak", "Ranger"],
+                "Block": None,
+            },
+        ),
     ]
 }
 

@@ -77,6 +77,53 @@ DATASETS = {
             {"rating": ["1", "2", "3", "4", "5"], "rater": None},
             ordered=("rating",),
         ),
+        # real data sets added after the engine was tuned (2026-12-06), from
+        # data/export_real.R
+        Dataset(
+            "verbagg",
+            "repo:benchmarks/glmm/data/real/verbagg.csv",
+            {
+                "Gender": ["F", "M"],
+                "btype": ["curse", "scold", "shout"],
+                "situ": ["other", "self"],
+                "id": None,
+                "item": None,
+            },
+            "r2: N -> 0, Y -> 1",
+        ),
+        Dataset(
+            "arabidopsis",
+            "repo:benchmarks/glmm/data/real/arabidopsis.csv",
+            {
+                "amd": ["clipped", "unclipped"],
+                "status": ["Normal", "Petri.Plate", "Transplant"],
+                "popu": None,
+                "gen": None,
+            },
+        ),
+        Dataset(
+            "salamanders",
+            "repo:benchmarks/glmm/data/real/salamanders.csv",
+            {
+                "spp": ["GP", "PR", "DM", "EC-A", "EC-L", "DES-L", "DF"],
+                "mined": ["yes", "no"],
+                "site": None,
+            },
+        ),
+        Dataset(
+            "owls",
+            "repo:benchmarks/glmm/data/real/owls.csv",
+            {
+                "FoodTreatment": ["Deprived", "Satiated"],
+                "SexParent": ["Female", "Male"],
+                "Nest": None,
+            },
+        ),
+        Dataset(
+            "mmmec",
+            "repo:benchmarks/glmm/data/real/mmmec.csv",
+            {"region": None, "nation": None},
+        ),
         Dataset(
             "soup",
             "repo:tests/data/clmm/soup.csv",  # ordinal's soup data, as the clmm tests use it
@@ -138,6 +185,35 @@ CASES = {
         # the first 20,000 rows (400 raters): ordinal::clmm on all 100,000 takes > 15 min
         Case("clmm-1-20k", "clmm_sim_20k", ORDINAL, 1, "rating ~ x1 + x2 + (1 | rater)"),
         Case("clmm-soup", "soup", ORDINAL, 1, "SURENESS ~ PROD + (1 | RESP)"),
+        Case(
+            "verbagg-1",
+            "verbagg",
+            "binomial",
+            1,
+            "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)",
+        ),
+        Case(
+            "arabidopsis-1",
+            "arabidopsis",
+            "poisson",
+            1,
+            "total_fruits ~ nutrient*amd + rack + status + (1 | popu) + (1 | gen)",
+        ),
+        Case("salamanders-1", "salamanders", "poisson", 1, "count ~ spp + mined + (1 | site)"),
+        Case(
+            "owls-1",
+            "owls",
+            "poisson",
+            1,
+            "SiblingNegotiation ~ FoodTreatment*SexParent + offset(lbs) + (1 | Nest)",
+        ),
+        Case(
+            "mmmec-1",
+            "mmmec",
+            "poisson",
+            1,
+            "deaths ~ uvb + offset(lexp) + (1 | region) + (1 | nation)",
+        ),
     ]
 }
 
@@ -162,6 +238,8 @@ def prepare(d: Dataset) -> Path:
         df["fail"] = df["size"] - df["incidence"]
     elif d.name == "contraception":
         df["use"] = (df["use"] == "Y").astype(int)
+    elif d.name == "verbagg":
+        df["r2"] = (df["r2"] == "Y").astype(int)
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     df.to_csv(tmp, index=False)
