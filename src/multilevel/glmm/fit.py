@@ -303,6 +303,9 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
     Hessian is not positive definite or a zero variance is not a minimum."""
     with np.errstate(over="ignore", under="ignore"):
         if route == "groupwise":
+            t0 = scalar_glmm.moment_theta(prob, obj.beta)
+            if t0 is not None:  # the random effect's; a family's parameter keeps its start
+                theta0 = np.concatenate([[t0], theta0[1:]])
             r2, H2, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
                 prob, nAGQ, obj.beta, theta0, lower_t
             )
