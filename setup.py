@@ -15,7 +15,10 @@ setup(
         Extension(
             "multilevel._kernels",
             sources=["src/multilevel/_kernels.c"],
-            extra_compile_args=["-O3"],
+            # Python's own -fwrapv (signed overflow defined) keeps the compiler
+            # from simplifying the small loops' index arithmetic: 5-19% per
+            # evaluation here; these kernels never overflow an index
+            extra_compile_args=["-O3", "-fno-wrapv"],
             optional=True,
         ),
         Extension(

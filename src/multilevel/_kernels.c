@@ -24,6 +24,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
+
+/* PyBuffer_Release on each of n Py_buffer pointers */
+static void release(int n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++) PyBuffer_Release(va_arg(ap, Py_buffer *));
+    va_end(ap);
+}
 
 /* lower Cholesky of the n x n matrix a (row-major) in place; 0 if not PD */
 __attribute__((always_inline)) static inline int chol(double *a, int n) {
@@ -103,9 +112,12 @@ static void beta_and_P(const double *LFF, int m, double *LX, double *LXinv, doub
         }
 }
 
-/* S = T^T D T + I, factor it; returns 0 if not PD. Also W = L^{-1} T^T. */
-static int level_factor(const double *D, const double *T, int q, double *S,
-                        double *DT, double *W, double *Linv, double *logdet) {
+/* S = T^T D T + I (lower triangle) factored in place, Linv = L^{-1} and
+ * W = L^{-1} T^T (T lower); 0 if S is not positive definite.  Inlined, so
+ * that a q known at the call unrolls the loops. */
+__attribute__((always_inline)) static inline int level_chol(
+    const double *restrict D, const double *restrict T, int q, double *restrict S,
+    double *restrict DT, double *restrict W, double *restrict Linv) {
     for (int a = 0; a < q; a++)
         for (int b = 0; b < q; b++) {
             double s = 0.0;
@@ -113,22 +125,43 @@ static int level_factor(const double *D, const double *T, int q, double *S,
             DT[a * q + b] = s;
         }
     for (int a = 0; a < q; a++)
-        for (int b = 0; b < q; b++) {
+        for (int b = 0; b <= a; b++) {
             double s = (a == b) ? 1.0 : 0.0;
             for (int i = a; i < q; i++) s += T[i * q + a] * DT[i * q + b];
             S[a * q + b] = s;
         }
     if (!chol(S, q)) return 0;
-    for (int a = 0; a < q; a++) *logdet += 2.0 * log(S[a * q + a]);
     tri_inv(S, Linv, q);
-    /* W = Linv T^T */
+    /* W = Linv T^T (lower triangular times upper) */
     for (int a = 0; a < q; a++)
         for (int b = 0; b < q; b++) {
             double s = 0.0;
-            for (int k = 0; k <= a; k++) s += Linv[a * q + k] * T[b * q + k];
+            int top = a < b ? a : b;
+            for (int k = 0; k <= top; k++) s += Linv[a * q + k] * T[b * q + k];
             W[a * q + b] = s;
         }
     return 1;
+}
+
+/* level_chol, adding log|S| to *logdet */
+static int level_factor(const double *D, const double *T, int q, double *S,
+                        double *DT, double *W, double *Linv, double *logdet) {
+    if (!level_chol(D, T, q, S, DT, W, Linv)) return 0;
+    for (int a = 0; a < q; a++) *logdet += 2.0 * log(S[a * q + a]);
+    return 1;
+}
+
+/* C = A B (r x k times k x c), row-major; inlined, so that sizes known at
+ * the call unroll */
+__attribute__((always_inline)) static inline void mat_mul(const double *restrict A,
+                                                          const double *restrict B,
+                                                          double *restrict C, int r, int k, int c) {
+    for (int a = 0; a < r; a++)
+        for (int b = 0; b < c; b++) {
+            double s = 0.0;
+            for (int e = 0; e < k; e++) s += A[a * k + e] * B[e * c + b];
+            C[a * c + b] = s;
+        }
 }
 
 #define CHUNK 128 /* levels whose C_i^T C_i are summed into M at once */
@@ -160,31 +193,10 @@ __attribute__((always_inline)) static inline int level_value(
     const double *restrict T, double *restrict Ct, size_t ld, double *restrict R,
     double *restrict work, double *restrict pivots) {
     double *DT = work, *S = DT + q * q, *Linv = S + q * q, *W = Linv + q * q;
-    for (int a = 0; a < q; a++)
-        for (int b = 0; b < q; b++) {
-            double s = 0.0;
-            for (int j = b; j < q; j++) s += D[a * q + j] * T[j * q + b];
-            DT[a * q + b] = s;
-        }
-    for (int a = 0; a < q; a++)
-        for (int b = 0; b <= a; b++) {
-            double s = (a == b) ? 1.0 : 0.0;
-            for (int i = a; i < q; i++) s += T[i * q + a] * DT[i * q + b];
-            S[a * q + b] = s;
-        }
-    if (!chol(S, q)) return 0;
+    if (!level_chol(D, T, q, S, DT, W, Linv)) return 0;
     double prod = 1.0;
     for (int a = 0; a < q; a++) prod *= S[a * q + a];
     *pivots = prod;
-    tri_inv(S, Linv, q);
-    /* W = L^{-1} T^T (lower triangular times upper) */
-    for (int a = 0; a < q; a++)
-        for (int b = 0; b < q; b++) {
-            double s = 0.0;
-            int top = a < b ? a : b;
-            for (int k = 0; k <= top; k++) s += Linv[a * q + k] * T[b * q + k];
-            W[a * q + b] = s;
-        }
     for (int a = 0; a < q; a++)
         for (int c = 0; c < m; c++) {
             double s = 0.0;
@@ -347,8 +359,7 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     if (!buf || (want_grad && !keepR)) {
         free(buf);
         free(keepR);
-        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
-        PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+        release(5, &bD, &bB, &bA, &bth, &bg);
         return PyErr_NoMemory();
     }
     double *T = buf, *M = T + qq, *LXinv = M + mm, *Ct = LXinv + mm, *work = Ct + nct;
@@ -356,28 +367,20 @@ static PyObject *one_term(PyObject *self, PyObject *args) {
     for (int j = 0; j < q; j++)
         for (int i = j; i < q; i++) T[i * q + j] = theta[e++];
     double value;
-    /* small q as constants: the per-level loops unroll (three times faster
-     * on q = 2 and 3 than with q read at run time) */
+    /* small q as constants: the per-level loops unroll */
+#define PASSES(Q) \
+    one_term_passes(Q, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work)
     switch (q) {
-    case 1:
-        value = one_term_passes(1, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
-        break;
-    case 2:
-        value = one_term_passes(2, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
-        break;
-    case 3:
-        value = one_term_passes(3, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
-        break;
-    case 4:
-        value = one_term_passes(4, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
-        break;
-    default:
-        value = one_term_passes(q, m, nlev, D, B, AFF, T, nobs, reml, grad, keepR, M, LXinv, Ct, work);
+    case 1: value = PASSES(1); break;
+    case 2: value = PASSES(2); break;
+    case 3: value = PASSES(3); break;
+    case 4: value = PASSES(4); break;
+    default: value = PASSES(q);
     }
+#undef PASSES
     free(buf);
     free(keepR);
-    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
-    PyBuffer_Release(&bth); PyBuffer_Release(&bg);
+    release(5, &bD, &bB, &bA, &bth, &bg);
     return PyFloat_FromDouble(value);
 }
 
@@ -510,6 +513,14 @@ static int scalar_rest(const double *d, const double *B, const int64_t *Ap, cons
  * H1_i = D_i T1 U1_i + A_1R,i Lam_R U_R - B_i and H_R = sum Y_i U1_i +
  * ARR Lam_R U_R - ARF.  Work per evaluation O(n1 Qr^2 q1 + Qr^3 + ...).
  */
+/* A kept factorization's result: (log|S_1|, log|M_RR|), None where a block
+ * was not positive definite, MemoryError where work space was not had. */
+static PyObject *kept_result(int nomem, int ok, double logdet1, double logdetR) {
+    if (nomem) return PyErr_NoMemory();
+    if (!ok) Py_RETURN_NONE;
+    return Py_BuildValue("(dd)", logdet1, logdetR);
+}
+
 typedef struct {
     int n1, q1, Qr, m, K;
     const double *D1, *B1, *A1R, *ARR, *ARF, *AFF;
@@ -685,10 +696,7 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                    (size_t)n1 * Qq + 4 * (size_t)q1 * q1 + 2 * Qq + (size_t)q1 * m * 2;
     double *x = blocked_alloc(&b, extra), value = INFINITY;
     if (!x) {
-        PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
-        PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
-        PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
-        PyBuffer_Release(&bg);
+        release(10, &bD, &bB, &bA1R, &bARR, &bARF, &bAFF, &bq, &bn, &bth, &bg);
         return PyErr_NoMemory();
     }
     if (blocked_factor(&b, theta)) {
@@ -796,12 +804,7 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                         for (int c = 0; c < Qr; c++) s += V[(size_t)a * Qr + c] * UR[(size_t)c * m + j];
                         H1[a * m + j] = s;
                     }
-                for (int a = 0; a < q1; a++)
-                    for (int j = 0; j < m; j++) {
-                        double s = 0.0;
-                        for (int i = 0; i < m; i++) s += H1[a * m + i] * Om[i * m + j];
-                        tq[a * m + j] = s;
-                    }
+                mat_mul(H1, Om, tq, q1, m, m);
                 for (int a = 0; a < q1; a++)
                     for (int c = 0; c < q1; c++) {
                         double s = 0.0;
@@ -852,10 +855,7 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
         }
     }
     blocked_free(&b);
-    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
-    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
-    PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
-    PyBuffer_Release(&bg);
+    release(10, &bD, &bB, &bA1R, &bARR, &bARF, &bAFF, &bq, &bn, &bth, &bg);
     return PyFloat_FromDouble(value);
 }
 
@@ -919,15 +919,9 @@ static PyObject *blocked_terms_factor(PyObject *self, PyObject *args) {
     }
     double l1 = b.logdet1, lR = b.logdetR;
     if (x) blocked_free(&b);
-    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
-    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF);
-    PyBuffer_Release(&bq); PyBuffer_Release(&bn); PyBuffer_Release(&bth);
-    PyBuffer_Release(&bL1); PyBuffer_Release(&bW); PyBuffer_Release(&bC1);
-    PyBuffer_Release(&bLR); PyBuffer_Release(&bMRF); PyBuffer_Release(&bS);
-    PyBuffer_Release(&bLFF); PyBuffer_Release(&bbeta); PyBuffer_Release(&bu);
-    if (!x) return PyErr_NoMemory();
-    if (!ok) Py_RETURN_NONE;
-    return Py_BuildValue("(dd)", l1, lR);
+    release(18, &bD, &bB, &bA1R, &bARR, &bARF, &bAFF, &bq, &bn, &bth, &bL1, &bW, &bC1, &bLR,
+            &bMRF, &bS, &bLFF, &bbeta, &bu);
+    return kept_result(!x, ok, l1, lR);
 }
 
 /* Everything the estimates at one theta need from several scalar terms (see
@@ -1014,15 +1008,9 @@ static PyObject *scalar_terms_factor(PyObject *self, PyObject *args) {
         }
     }
     free(work);
-    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bAp);
-    PyBuffer_Release(&bAi); PyBuffer_Release(&bAx); PyBuffer_Release(&bARR);
-    PyBuffer_Release(&bARF); PyBuffer_Release(&bAFF); PyBuffer_Release(&bterm);
-    PyBuffer_Release(&bth); PyBuffer_Release(&bl1); PyBuffer_Release(&bC1);
-    PyBuffer_Release(&bL); PyBuffer_Release(&bG); PyBuffer_Release(&bS);
-    PyBuffer_Release(&bLFF); PyBuffer_Release(&bbeta); PyBuffer_Release(&bu);
-    if (!work) return PyErr_NoMemory();
-    if (!ok) Py_RETURN_NONE;
-    return Py_BuildValue("(dd)", logdet1, logdetR);
+    release(18, &bd, &bB, &bAp, &bAi, &bAx, &bARR, &bARF, &bAFF, &bterm, &bth, &bl1, &bC1, &bL,
+            &bG, &bS, &bLFF, &bbeta, &bu);
+    return kept_result(!work, ok, logdet1, logdetR);
 }
 
 static PyObject *scalar_terms(PyObject *self, PyObject *args) {
@@ -1229,8 +1217,7 @@ static PyObject *level_factors(PyObject *self, PyObject *args) {
         return NULL;
     double logdet = 0.0;
     int ok = levels_pass(bD.buf, bB.buf, bth.buf, q, m, nlev, bL.buf, bW.buf, bC.buf, &logdet);
-    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bth);
-    PyBuffer_Release(&bL); PyBuffer_Release(&bW); PyBuffer_Release(&bC);
+    release(6, &bD, &bB, &bth, &bL, &bW, &bC);
     if (ok < 0) return PyErr_NoMemory();
     if (!ok) Py_RETURN_NONE;
     return PyFloat_FromDouble(logdet);
@@ -1280,10 +1267,7 @@ static PyObject *one_term_factor(PyObject *self, PyObject *args) {
         }
     }
     free(work);
-    PyBuffer_Release(&bD); PyBuffer_Release(&bB); PyBuffer_Release(&bA);
-    PyBuffer_Release(&bth); PyBuffer_Release(&bL); PyBuffer_Release(&bW);
-    PyBuffer_Release(&bC); PyBuffer_Release(&bLFF); PyBuffer_Release(&bbeta);
-    PyBuffer_Release(&bu);
+    release(10, &bD, &bB, &bA, &bth, &bL, &bW, &bC, &bLFF, &bbeta, &bu);
     if (ok < 0) return PyErr_NoMemory();
     if (!ok) Py_RETURN_NONE;
     return PyFloat_FromDouble(logdet);
@@ -1519,9 +1503,7 @@ static PyObject *project_moments(PyObject *self, PyObject *args) {
     }
     free(work);
     free(term);
-    PyBuffer_Release(&bd); PyBuffer_Release(&bB); PyBuffer_Release(&bA1R);
-    PyBuffer_Release(&bARR); PyBuffer_Release(&bARF); PyBuffer_Release(&bL);
-    PyBuffer_Release(&bst); PyBuffer_Release(&bS);
+    release(8, &bd, &bB, &bA1R, &bARR, &bARF, &bL, &bst, &bS);
     if (!work || !term) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }

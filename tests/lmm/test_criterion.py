@@ -27,6 +27,19 @@ def fit_case(case):
         return ml.lmer(ref["formula"], reference_data(ref), REML=ref["method"] == "REML")
 
 
+def _random_one_term(rng, q: int, nlev: int, p: int, rows: int):
+    """Cross-products of one term of q columns from random rows (rows per level)."""
+    from multilevel.linalg.crossprod import CrossProducts
+
+    m = p + 1
+    Z = rng.normal(size=(nlev, rows, q))
+    F = rng.normal(size=(nlev, rows, m))
+    D1 = np.einsum("lri,lrj->lij", Z, Z)
+    B1F = np.einsum("lri,lrj->lij", Z, F)
+    Fall = F.reshape(-1, m)
+    return CrossProducts([q], [nlev], D1, B1F, None, None, None, Fall.T @ Fall, nlev * rows, p)
+
+
 def numeric_gradient(crit, theta, h=1e-6):
     return np.array(
         [(crit(theta + h * e) - crit(theta - h * e)) / (2 * h) for e in np.eye(theta.size)]
@@ -151,16 +164,9 @@ def test_compiled_factor_and_modes_equal_numpy_on_random_blocks(q, nlev, p, seed
     """The per-level factor, [X y] block and modes at any θ: the compiled
     kernels against numpy on random cross-products (one term of q columns)."""
     from multilevel.covariance import templates
-    from multilevel.linalg.crossprod import CrossProducts
 
     rng = np.random.default_rng(seed)
-    m, rows = p + 1, 6
-    Z = rng.normal(size=(nlev, rows, q))
-    F = rng.normal(size=(nlev, rows, m))
-    D1 = np.einsum("lri,lrj->lij", Z, Z)
-    B1F = np.einsum("lri,lrj->lij", Z, F)
-    Fall = F.reshape(-1, m)
-    cp = CrossProducts([q], [nlev], D1, B1F, None, None, None, Fall.T @ Fall, nlev * rows, p)
+    cp = _random_one_term(rng, q, nlev, p, rows=6)
     tmpl = templates([q])
     theta = scale * rng.uniform(0.2, 1.5, tmpl[0].size)
     theta[tmpl[0].rows != tmpl[0].cols] *= rng.choice([-1.0, 1.0])
@@ -198,16 +204,9 @@ def test_compiled_criterion_and_gradient_equal_numpy_on_random_blocks(
     every q (constants up to 4, the general loop above), level counts on
     both sides of the kernel's chunk of 128 levels, no fixed effects at all."""
     from multilevel.covariance import templates
-    from multilevel.linalg.crossprod import CrossProducts
 
     rng = np.random.default_rng(seed)
-    m, rows = p + 1, q + p + 3  # a residual left even with one level
-    Z = rng.normal(size=(nlev, rows, q))
-    F = rng.normal(size=(nlev, rows, m))
-    D1 = np.einsum("lri,lrj->lij", Z, Z)
-    B1F = np.einsum("lri,lrj->lij", Z, F)
-    Fall = F.reshape(-1, m)
-    cp = CrossProducts([q], [nlev], D1, B1F, None, None, None, Fall.T @ Fall, nlev * rows, p)
+    cp = _random_one_term(rng, q, nlev, p, rows=q + p + 3)  # a residual even with one level
     tmpl = templates([q])
     theta = scale * rng.uniform(0.2, 1.5, tmpl[0].size)
     off = tmpl[0].rows != tmpl[0].cols

@@ -65,6 +65,13 @@ class Factorization:
     solution: tuple[np.ndarray, list[np.ndarray]] | None = None
 
 
+def _ff_parts(LFF: np.ndarray) -> tuple[float, float, float]:
+    """log|R_X|², r² and 2 log|d| from [X y]'s factor (d its last pivot)."""
+    d = LFF.diagonal()
+    log_r2 = float(2.0 * np.log(abs(d[-1]))) if d[-1] != 0 else -np.inf
+    return float(2.0 * np.log(d[:-1]).sum()), float(d[-1] ** 2), log_r2
+
+
 class ProfiledCriterion:
     """Evaluates the profiled deviance from precomputed cross-products."""
 
@@ -185,22 +192,27 @@ class ProfiledCriterion:
         LFF, info = dpotrf(MFF, lower=1, clean=1)
         if info != 0:
             return None
-        d = LFF.diagonal()
-        r2 = float(d[-1] ** 2)
-        log_r2 = float(2.0 * np.log(abs(d[-1]))) if d[-1] != 0 else -np.inf
-        logdet_X = float(2.0 * np.log(d[:-1]).sum())
+        return Factorization(theta, T, L1, W, C1F, rest, LFF, float(logdet), *_ff_parts(LFF))
+
+    def _compiled_kept(self, theta, T, first, rest, LFF, logdet_Z, beta, u) -> Factorization:
+        """A kept factorization from a compiled pass: the first term's blocks
+        (L1, W, C1F level-last), the rest's factor, [X y]'s factor LFF and the
+        solution (β̂, the modes u of all terms in one vector)."""
+        cp = self.cp
+        n1 = cp.nlevels[0] * cp.q[0]
+        us = [u[:n1].reshape(cp.nlevels[0], cp.q[0])]
+        offs = cp.rest_offsets
+        for k in range(1, len(cp.q)):
+            us.append(u[n1 + offs[k - 1] : n1 + offs[k]].reshape(cp.nlevels[k], cp.q[k]))
         return Factorization(
             theta,
             T,
-            L1,
-            W,
-            C1F,
+            *first,
             rest,
             LFF,
-            float(logdet),
-            logdet_X,
-            r2,
-            log_r2,
+            float(logdet_Z),
+            *_ff_parts(LFF),
+            solution=(beta, us),
         )
 
     def _one_term_kept(self, theta: np.ndarray, T: list[np.ndarray]) -> Factorization | None:
@@ -214,21 +226,8 @@ class ProfiledCriterion:
         logdet = fn(D, B, AFF, theta, L, W, C, LFF, beta, u, q, m, nl)
         if logdet is None:
             return None
-        dg = LFF.diagonal()
-        return Factorization(
-            theta,
-            T,
-            L.transpose(1, 2, 0),
-            W.transpose(1, 2, 0),
-            C.transpose(1, 2, 0),
-            None,
-            LFF,
-            float(logdet),
-            float(2.0 * np.log(dg[:-1]).sum()),
-            float(dg[-1] ** 2),
-            float(2.0 * np.log(abs(dg[-1]))) if dg[-1] != 0 else -np.inf,
-            solution=(beta, [u]),
-        )
+        first = (L.transpose(1, 2, 0), W.transpose(1, 2, 0), C.transpose(1, 2, 0))
+        return self._compiled_kept(theta, T, first, None, LFF, logdet, beta, u.reshape(-1))
 
     def _scalar_terms_kept(
         self, fn, theta: np.ndarray, T: list[np.ndarray]
@@ -251,25 +250,8 @@ class ProfiledCriterion:
             return None
         logdet1, logdetR = out
         rest = RestFactor(theta[term], G, logdetR, schur, Lt.T, None, work=False)
-        dg = LFF.diagonal()
-        us = [u[:n1].reshape(n1, 1)]
-        offs = self.cp.rest_offsets
-        for k in range(1, len(self.cp.q)):
-            us.append(u[n1 + offs[k - 1] : n1 + offs[k]].reshape(-1, 1))
-        return Factorization(
-            theta,
-            T,
-            l1.reshape(1, 1, n1),
-            (theta[0] / l1).reshape(1, 1, n1),
-            C1F.reshape(1, m, n1),
-            rest,
-            LFF,
-            logdet1 + logdetR,
-            float(2.0 * np.log(dg[:-1]).sum()),
-            float(dg[-1] ** 2),
-            float(2.0 * np.log(abs(dg[-1]))) if dg[-1] != 0 else -np.inf,
-            solution=(beta, us),
-        )
+        first = (l1.reshape(1, 1, n1), (theta[0] / l1).reshape(1, 1, n1), C1F.reshape(1, m, n1))
+        return self._compiled_kept(theta, T, first, rest, LFF, logdet1 + logdetR, beta, u)
 
     def _blocked_terms_kept(self, theta: np.ndarray, T: list[np.ndarray]) -> Factorization | None:
         """The kept factorization of several terms with the blocked compiled
@@ -277,7 +259,6 @@ class ProfiledCriterion:
         :meth:`_scalar_terms_kept`); Λ_R is formed on first use."""
         fn = kernel("_kernels", "blocked_terms_factor")
         _, data, (nl1, q1, Qr, m, K) = self._kernel
-        cp = self.cp
         L1, W, C1F = np.empty((nl1, q1, q1)), np.empty((nl1, q1, q1)), np.empty((nl1, q1, m))
         LRt, MRF = np.empty((Qr, Qr)), np.empty((Qr, m))
         schur, LFF = np.empty((m, m)), np.empty((m, m))
@@ -291,25 +272,8 @@ class ProfiledCriterion:
             return None
         logdet1, logdetR = out
         rest = RestFactor(partial(_rest_lam, self, T), MRF, logdetR, schur, LRt.T, None)
-        dg = LFF.diagonal()
-        offs = cp.rest_offsets
-        us = [u[:n1].reshape(nl1, q1)]
-        for k in range(1, len(cp.q)):
-            us.append(u[n1 + offs[k - 1] : n1 + offs[k]].reshape(cp.nlevels[k], cp.q[k]))
-        return Factorization(
-            theta,
-            T,
-            L1.transpose(1, 2, 0),
-            W.transpose(1, 2, 0),
-            C1F.transpose(1, 2, 0),
-            rest,
-            LFF,
-            logdet1 + logdetR,
-            float(2.0 * np.log(dg[:-1]).sum()),
-            float(dg[-1] ** 2),
-            float(2.0 * np.log(abs(dg[-1]))) if dg[-1] != 0 else -np.inf,
-            solution=(beta, us),
-        )
+        first = (L1.transpose(1, 2, 0), W.transpose(1, 2, 0), C1F.transpose(1, 2, 0))
+        return self._compiled_kept(theta, T, first, rest, LFF, logdet1 + logdetR, beta, u)
 
     def value(self, f: Factorization) -> float:
         if not np.isfinite(f.log_r2):
