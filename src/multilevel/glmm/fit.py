@@ -63,6 +63,7 @@ from multilevel.glmm.exact import laplace as laplace_gradient
 from multilevel.glmm.exact import link as link_glmm
 from multilevel.glmm.exact import scalar as scalar_glmm
 from multilevel.glmm.exact import vector as vector_glmm
+from multilevel.glmm.exact.start import moment_theta
 from multilevel.glmm.families import Family, get_family
 from multilevel.glmm.montecarlo import DEFAULT_DF, Draws, mc_loglik, warn_degenerate
 from multilevel.glmm.pirls import Mode, PirlsError, PirlsProblem, RandomBlocks
@@ -302,10 +303,11 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
     its record in natural coordinates and its Hessian; not converged when the
     Hessian is not positive definite or a zero variance is not a minimum."""
     with np.errstate(over="ignore", under="ignore"):
+        if route in ("groupwise", "terms"):
+            t0 = moment_theta(prob, obj.beta)
+            if t0 is not None:  # the random effects'; a family's parameter keeps its start
+                theta0 = np.concatenate([t0, theta0[t0.size :]])
         if route == "groupwise":
-            t0 = scalar_glmm.moment_theta(prob, obj.beta)
-            if t0 is not None:  # the random effect's; a family's parameter keeps its start
-                theta0 = np.concatenate([[t0], theta0[1:]])
             r2, H2, obj.beta0, obj.Rinv, obj.u = scalar_glmm.optimize_groupwise(
                 prob, nAGQ, obj.beta, theta0, lower_t
             )

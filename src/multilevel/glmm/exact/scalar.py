@@ -36,8 +36,6 @@ group by group for binomial-logit and Poisson-log.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from multilevel.compiled import kernel
@@ -357,33 +355,6 @@ class ScalarGLMM:
         direct_t = float(np.sum(z * np.einsum("nk,nk->n", Pr * ujk[codes], lp_all)))
         direct_p = None if p_all is None else np.einsum("nk,nkp->np", Pr, p_all)
         return dev, alpha, gamma, direct_b, direct_t, direct_p
-
-
-def moment_theta(prob, beta: np.ndarray) -> float | None:
-    """A start for one scalar term's θ (the random effect's standard
-    deviation) by moments on the working scale of the GLM fit β: with
-    Fisher weights wᵢ and working residuals rᵢ, each level's weighted
-    estimate b̂ⱼ = Σ wzr / Σ wz² has variance about σ² + 1/Wⱼ (Wⱼ = Σ wz²), so
-    σ̂² = mean over the levels of (b̂ⱼ² − 1/Wⱼ).  Within 4–20% of the optimum
-    on cbpp, Contraception, Salamanders and Owls, where a start at 1 was
-    35–100% off (5–9 evaluations fewer).  None where it cannot be formed."""
-    fam, resp, rb = prob.family, prob.resp, prob.rb
-    with np.errstate(all="ignore"):
-        eta = prob.X @ beta + prob.offset
-        w, r = fam.score_weights(resp.y, eta, resp.weights)
-        z = rb.Zs[0][:, 0]
-        wz = w * z
-        W = np.bincount(rb.codes[0], weights=wz * z, minlength=rb.nlevels[0])
-        R = np.bincount(rb.codes[0], weights=wz * r, minlength=rb.nlevels[0])
-        ok = W > 0
-        s2 = float(np.mean((R[ok] / W[ok]) ** 2 - 1.0 / W[ok])) if ok.sum() >= 2 else math.nan
-    if not math.isfinite(s2):
-        return None
-    # inside the bound (a start there could stay there) and of θ's scale
-    return min(max(math.sqrt(max(s2, 0.0)), MOMENT_FLOOR), 10.0)
-
-
-MOMENT_FLOOR = 0.1  # smallest start: optimize.theta's START_INSIDE
 
 
 def optimize_groupwise(prob, nagq: int, beta0: np.ndarray, theta0=1.0, lower_theta=None):
