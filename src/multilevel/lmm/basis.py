@@ -146,6 +146,7 @@ class ScaledCriterion:
         NF = basis.NF
         p = self.p
         self._log_c = float(np.log(NF[p, p]))
+        self._c2 = float(NF[p, p]) * float(NF[p, p])
         self._logdet_NX = float(2.0 * np.log(NF.diagonal()[:p]).sum())
 
     templates = ProfiledCriterion.templates
@@ -180,8 +181,9 @@ class ScaledCriterion:
         if fs is None:
             return None
         LFF = self.basis.NF.T @ fs.LFF
-        with np.errstate(over="ignore", under="ignore"):  # r² itself may not be representable
-            r2 = fs.r2 * np.exp(2.0 * self._log_c)
+        # Python floats: r² itself may not be representable, and their
+        # products overflow to inf or underflow to 0 without a warning
+        r2 = float(fs.r2) * self._c2
         f = Factorization(
             theta,
             self.templates(theta),

@@ -67,8 +67,7 @@ class LmerFit(InferenceMethods, MixedModelFit):
         # σ̂ from the factor's last diagonal element: σ̂² itself may not be
         # representable for a response in extreme units (1e-200, 1e200)
         self._sigma = float(np.exp(0.5 * (fac.log_r2 - np.log(n - p if REML else n))))
-        with np.errstate(over="ignore", under="ignore"):
-            self._sigma2 = float(np.float64(self._sigma) ** 2)
+        self._sigma2 = self._sigma * self._sigma  # Python floats: inf or 0, no warning
         self._crit = criterion.value(fac)
 
     # -- basic quantities -----------------------------------------------------
