@@ -1445,7 +1445,8 @@ static PyObject *scalar_moments(PyObject *self, PyObject *args) {
  *   S[k, j] = sum_{l in k, m in j} w_l R_lm^2,
  *   S[k, K] = sum_{l in k} (usable_l - w_l |W_l|^2),  S[K, j] = sum_{m in j} R_mm.
  * A = [diag(d1) A1R; A1R^T ARR] from the small model's dense blocks; starts
- * (K + 1, int64): each term's first level and the end.  O(Q^2 p). */
+ * (K + 1, int64): each term's first level and the end.  S[K, K] is left as
+ * it is.  O(Q^2 p). */
 static PyObject *project_moments(PyObject *self, PyObject *args) {
     Py_buffer bd, bB, bA1R, bARR, bARF, bL, bst, bS;
     int n1, Qr, m, p, K;
@@ -1479,7 +1480,7 @@ static PyObject *project_moments(PyObject *self, PyObject *args) {
                 Wl[a] = s / L[a * p + a];
             }
         }
-        for (int i = 0; i < K1 * K1; i++) S[i] = 0.0;
+        for (int i = 0; i < K1 * K1 - 1; i++) S[i] = 0.0; /* S[K, K] is the caller's */
         for (int l = 0; l < Q; l++) {
             const double *Wl = W + (size_t)l * p;
             int tl = term[l];

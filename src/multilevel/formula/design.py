@@ -234,16 +234,13 @@ class FactorSpec:
     factor: Factor
     categorical: bool
     values: pd.Index | None = None  # level values for categoricals
-    known_labels: list[str] | None = field(default=None, repr=False)  # if formed in the fit
     suffixes: list[str] | None = None  # numeric column suffixes
 
     @cached_property
     def labels(self) -> list[str] | None:
-        """Printable level labels for categoricals (formed here if the fit
-        never needed them: a grouping factor's)."""
-        if not self.categorical:
-            return None
-        return self.known_labels if self.known_labels is not None else level_labels(self.values)
+        """Printable level labels for categoricals, formed from the level
+        values on first use (a grouping factor's are never needed by a fit)."""
+        return level_labels(self.values) if self.categorical else None
 
 
 @dataclass
@@ -881,7 +878,6 @@ def build_design(
             parsed.factors[lab],
             isinstance(v, Categorical),
             getattr(v, "values", None) if isinstance(v, Categorical) else None,
-            vars(v).get("labels") if isinstance(v, Categorical) else None,
             v.suffixes if isinstance(v, Numeric) else None,
         )
         for lab, v in values.items()

@@ -237,13 +237,11 @@ def _project_out_x(cp: CrossProducts, S: np.ndarray, K: int) -> None:
     fn = kernel("_kernels", "project_moments")
     if fn is not None:
         starts = np.append(0, n1 + np.asarray(cp.rest_offsets, dtype=np.int64))
-        sKK = S[K, K]
         fn(
             np.ascontiguousarray(cp.D1[:, 0, 0]), np.ascontiguousarray(cp.B1F[:, 0, :]),
             A1R, ARR, np.ascontiguousarray(cp.ARF), np.ascontiguousarray(L), starts, S,
             n1, Qr, p + 1, p, K,
         )  # fmt: skip
-        S[K, K] = sKK
         return
     C = np.concatenate([cp.B1F[:, 0, :p], cp.ARF[:, :p]])  # ZᵀX, every term's levels
     W, info = dtrtrs(L, C.T, lower=1)  # L⁻¹Cᵀ: C G Cᵀ = WᵀW
