@@ -109,7 +109,8 @@ static double rows_point(const GroupRows *g, double u, double *Szlp, double *Sz2
  * halved while f rises.  Returns 1 when a step fell below step_tol, with
  * *u, *f, *Szlp and *Sz2 at that point (and link_point's row terms there:
  * the last point evaluated is the accepted one); 0 if no step lowers f,
- * a step is not finite or maxit steps pass. */
+ * a step is not finite or maxit steps pass (canonical links: *u has the
+ * last, unevaluated step and *Szlp, *Sz2 are those before it). */
 static int group_mode(const GroupRows *g, double step_tol, int maxit, double *u, double *f,
                       double *Szlp, double *Sz2) {
     double theta = g->theta;
@@ -117,7 +118,15 @@ static int group_mode(const GroupRows *g, double step_tol, int maxit, double *u,
     for (int it = 0; it < maxit; it++) {
         double step = (*u - theta * *Szlp) / (1.0 + theta * theta * *Sz2);
         if (!isfinite(step)) return 0;
-        if (fabs(step) < step_tol) return 1;
+        if (fabs(step) < step_tol) {
+            /* the last step taken without evaluating it (canonical links: the
+             * callers form the terms at the mode afresh, and f moves by
+             * O(step^2)): log h, not stationary in u, then has the mode's
+             * error squared, not step_tol, and the deviance is smooth to
+             * rounding for Newton steps with the exact Hessian */
+            if (!g->W) *u -= step;
+            return 1;
+        }
         int ok = 0;
         for (int k = 0; k < MAX_HALVINGS && !ok; k++) {
             double un = *u - step, a, b;
@@ -260,6 +269,147 @@ done:
     PyBuffer_Release(&by); PyBuffer_Release(&bw); PyBuffer_Release(&bs);
     PyBuffer_Release(&bt); PyBuffer_Release(&blw); PyBuffer_Release(&bphi);
     PyBuffer_Release(&bu); PyBuffer_Release(&bg); PyBuffer_Release(&bsc);
+    if (failed == 2) return PyErr_NoMemory();
+    if (failed) {
+        PyErr_SetString(PyExc_ArithmeticError, "the conditional mode of a group did not converge");
+        return NULL;
+    }
+    return PyFloat_FromDouble(dev);
+}
+
+/* The Laplace deviance (without constants), its gradient and its exact
+ * Hessian in phi = (theta, beta) for one scalar term with a canonical link
+ * (formulas: glmm/exact/scalar_hessian.py).  Per group, over its rows, the
+ * second, third and fourth u-derivative tensors F2 = f_AB, F3 = f_uAB and
+ * F4 = f_uuAB in the D = p + 2 variables (theta, beta, u), lower triangles
+ * accumulated, then the implicit derivatives of the mode. */
+static PyObject *scalar_laplace_hessian(PyObject *self, PyObject *args) {
+    Py_buffer bX, bz, bo, by, bw, bs, bphi, bu, bg, bh, bsc;
+    int p, logit;
+    double step_tol;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*w*w*iid", &bX, &bz, &bo, &by, &bw, &bs, &bphi,
+                          &bu, &bg, &bh, &bsc, &p, &logit, &step_tol))
+        return NULL;
+    const double *X = bX.buf, *z = bz.buf, *off = bo.buf, *y = by.buf, *wt = bw.buf;
+    const int64_t *starts = bs.buf;
+    const double *phi = bphi.buf;
+    double *U = bu.buf, *grad = bg.buf, *H = bh.buf, *scratch = bsc.buf;
+    int64_t J = (int64_t)(bu.len / sizeof(double));
+    int d = p + 1, D = p + 2;
+    double theta = phi[0];
+    const double *beta = phi + 1;
+    double dev = 0.0;
+    int failed = 0;
+    double *work = malloc(sizeof(double) * (3 * (size_t)D * D + 4 * (size_t)D));
+    if (!work) {
+        failed = 2;
+        goto done;
+    }
+    double *F2 = work, *F3 = F2 + D * D, *F4 = F3 + D * D, *G = F4 + D * D;
+    double *Swzg = G + D, *Sw3g = Swzg + D, *ua = Sw3g + D;
+    double k[256];
+    double *kk = d <= 256 ? k : malloc(sizeof(double) * d);
+    if (!kk) {
+        failed = 2;
+        goto done;
+    }
+    for (int a = 0; a < d; a++) grad[a] = 0.0;
+    for (int a = 0; a < d * d; a++) H[a] = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t j = 0; j < J && !failed; j++) {
+        int64_t r0 = starts[j], m = starts[j + 1] - r0;
+        const double *zj = z + r0, *yj = y + r0, *wj = wt + r0, *Xj = X + r0 * p;
+        double *base = scratch;
+        group_base(Xj, off + r0, beta, m, p, base);
+        double u = U[j], f, Sz2w, Szlp;
+        GroupRows rows = {logit, base, zj, yj, wj, m, theta, NULL, NULL, NULL, NULL};
+        if (!group_mode(&rows, step_tol, MAX_NEWTON, &u, &f, &Szlp, &Sz2w)) {
+            failed = 1;
+            break;
+        }
+        U[j] = u;
+        memset(work, 0, sizeof(double) * (3 * (size_t)D * D + 3 * (size_t)D));
+        double Ssz = 0.0, Swguz = 0.0, Sw3gu2z = 0.0, Swz2 = 0.0;
+        for (int64_t i = 0; i < m; i++) {
+            double mu, v, v3;
+            cumulant(logit, base[i] + theta * zj[i] * u, &mu, &v, &v3);
+            double v4 = logit ? v * (1.0 - 6.0 * v) : v;
+            double s = wj[i] * (yj[i] - mu), w = wj[i] * v, w3 = wj[i] * v3, w4 = wj[i] * v4;
+            double zi = zj[i], gu = theta * zi;
+            G[0] = zi * u;
+            memcpy(G + 1, Xj + i * p, sizeof(double) * p);
+            G[d] = gu;
+            double a3 = w3 * gu, a4 = w4 * gu * gu;
+            for (int a = 0; a < D; a++) {
+                double *r2 = F2 + a * D, *r3 = F3 + a * D, *r4 = F4 + a * D;
+                for (int b = 0; b <= a; b++) {
+                    double gg = G[a] * G[b];
+                    r2[b] += w * gg;
+                    r3[b] += a3 * gg;
+                    r4[b] += a4 * gg;
+                }
+                Swzg[a] += w * zi * G[a];
+                Sw3g[a] += w3 * gu * zi * G[a];
+            }
+            for (int a = 0; a < d; a++) grad[a] -= 2.0 * s * G[a];
+            Ssz += s * zi;
+            Swguz += w * gu * zi;
+            Sw3gu2z += w3 * gu * gu * zi;
+            Swz2 += w * zi * zi;
+        }
+        for (int a = 0; a < D; a++)
+            for (int b = 0; b < a; b++) {
+                F2[b * D + a] = F2[a * D + b];
+                F3[b * D + a] = F3[a * D + b];
+                F4[b * D + a] = F4[a * D + b];
+            }
+        /* the terms in E (d2 eta / d theta du = z): row and column 0 */
+        F2[d] -= Ssz;
+        F2[d * D] -= Ssz;
+        F2[d * D + d] += 1.0;
+        for (int b = 0; b < D; b++) {
+            F3[b] += Swzg[b];
+            F3[b * D] += Swzg[b];
+            F4[b] += 2.0 * Sw3g[b];
+            F4[b * D] += 2.0 * Sw3g[b];
+        }
+        F3[d] += Swguz;
+        F3[d * D] += Swguz;
+        F4[d] += Sw3gu2z;
+        F4[d * D] += Sw3gu2z;
+        F4[0] += 2.0 * Swz2;
+        double h = F2[d * D + d];
+        if (!(h > 0.0) || !isfinite(h)) {
+            failed = 1;
+            break;
+        }
+        const double *f2u = F2 + d * D, *f3u = F3 + d * D, *f4u = F4 + d * D;
+        double f3uu = f3u[d], f4uu = f4u[d];
+        for (int a = 0; a < d; a++) {
+            ua[a] = -f2u[a] / h;
+            kk[a] = f3u[a] + f3uu * ua[a];
+            grad[a] += kk[a] / h;
+        }
+        for (int a = 0; a < d; a++)
+            for (int b = 0; b <= a; b++) {
+                double uu = ua[a] * ua[b];
+                double hg = F2[a * D + b] + f2u[a] * ua[b];
+                double uab = -(F3[a * D + b] + f3u[a] * ua[b] + ua[a] * f3u[b] + f3uu * uu) / h;
+                double dk = F4[a * D + b] + f4u[a] * ua[b] + ua[a] * f4u[b] + f4uu * uu + f3uu * uab;
+                H[a * d + b] += 2.0 * hg + dk / h - kk[a] * kk[b] / (h * h);
+            }
+        dev += 2.0 * f + log(h);
+    }
+    Py_END_ALLOW_THREADS
+    for (int a = 0; a < d; a++)
+        for (int b = 0; b < a; b++) H[b * d + a] = H[a * d + b];
+    if (kk != k) free(kk);
+done:
+    free(work);
+    PyBuffer_Release(&bX); PyBuffer_Release(&bz); PyBuffer_Release(&bo);
+    PyBuffer_Release(&by); PyBuffer_Release(&bw); PyBuffer_Release(&bs);
+    PyBuffer_Release(&bphi); PyBuffer_Release(&bu); PyBuffer_Release(&bg);
+    PyBuffer_Release(&bh); PyBuffer_Release(&bsc);
     if (failed == 2) return PyErr_NoMemory();
     if (failed) {
         PyErr_SetString(PyExc_ArithmeticError, "the conditional mode of a group did not converge");
@@ -1333,6 +1483,9 @@ static PyMethodDef methods[] = {
     {"scalar_glmm", scalar_glmm, METH_VARARGS,
      "scalar_glmm(X, z, offset, y, wt, starts, t, logw, phi, u, grad, scratch, p, logit, "
      "want_grad, step_tol) -> deviance without constants"},
+    {"scalar_laplace_hessian", scalar_laplace_hessian, METH_VARARGS,
+     "scalar_laplace_hessian(X, z, offset, y, wt, starts, phi, u, grad, hess, scratch, p, logit, "
+     "step_tol) -> Laplace deviance without constants, with its gradient and Hessian"},
     {"glm_irls", glm_irls, METH_VARARGS,
      "glm_irls(X, offset, y, wt, eta, beta, curv, logit, const, maxit) -> iterations, "
      "or -1 where numpy's IRLS must decide"},

@@ -326,7 +326,9 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
     # the log maps (θ, δ) -> (θ, β) when read, not per evaluation
     to_natural = _Natural(obj.ntheta, obj.beta0.copy(), obj.Rinv.copy())
     r2.log_map = to_natural if r2.log_map is None else _Then(r2.log_map, to_natural)
-    r2.optimizer = "bfgs (exact gradient)"
+    # Newton steps with the exact Hessian (one scalar term by Laplace), or BFGS
+    newton = r2.optimizer == "newton (exact Hessian)"
+    r2.optimizer = r2.optimizer if newton else "bfgs (exact gradient)"
     if not positive_definite(H2, r2.theta, lower_t):
         r2.status, r2.converged = "HESSIAN_NOT_PD", False
         r2.messages.append(NOT_PD_MESSAGE)

@@ -40,6 +40,7 @@ import numpy as np
 
 from multilevel.compiled import kernel
 from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
+from multilevel.glmm.exact.scalar_hessian import laplace_hessian
 from multilevel.glmm.exact.search import run_search
 from multilevel.glmm.families import Family, GlmResponse
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
@@ -50,11 +51,12 @@ MAX_NEWTON = 100
 STEP_TOL = 1e-10
 CHUNK_CELLS = 400_000  # rows × nodes per block of the quadrature
 KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the numpy path
+HESSIAN_DISABLED = False  # tests switch the exact Hessian off to compare the searches
 
 
-def _load_kernel():
-    """The compiled deviance (``multilevel._glmm_kernels``) if it was built."""
-    return kernel("_glmm_kernels", "scalar_glmm")
+def _load_kernel(name: str = "scalar_glmm"):
+    """A compiled kernel of ``multilevel._glmm_kernels`` if it was built."""
+    return kernel("_glmm_kernels", name)
 
 
 def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> bool:
@@ -127,6 +129,11 @@ class ScalarGLMM:
         self.u = np.zeros(nlevels)
         self.evals = 0
         self._kernel = None if KERNEL_DISABLED or self.generic else _load_kernel()
+        # the exact Hessian: Laplace with a canonical link (scalar_hessian)
+        self.exact_hessian = not (self.generic or HESSIAN_DISABLED) and self.t.size == 1
+        self._hess_kernel = (
+            _load_kernel("scalar_laplace_hessian") if self._kernel is not None else None
+        )
         if self._kernel is not None:
             self._starts64 = np.empty(starts.size + 1, dtype=np.int64)
             self._starts64[:-1] = starts
@@ -229,7 +236,11 @@ class ScalarGLMM:
             if not np.all(np.isfinite(step)):
                 raise PirlsError("the conditional modes diverged")
             if np.max(np.abs(step), initial=0.0) < STEP_TOL:
-                return u, eta
+                # the last step taken without evaluating it (f moves by
+                # O(step²)): log h, not stationary in u, then has the modes'
+                # error squared, as the compiled kernel's
+                u = u - step
+                return u, base + tz * u[codes]
 
             def state(un):
                 eta_n = base + tz * un[codes]
@@ -253,6 +264,26 @@ class ScalarGLMM:
         # a trial point far out (μ → 0 or ∞) gives an infinite deviance, refused by the search
         with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
             return self._deviance_grad(phi, grad)
+
+    def deviance_grad_hess(self, phi: np.ndarray):
+        """D(φ), dD/dφ and d²D/dφ² (``exact_hessian`` models only)."""
+        self.evals += 1
+        if self._hess_kernel is None:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+                return laplace_hessian(self, phi)
+        d = phi.size
+        u, g, H = self.u.copy(), np.empty(d), np.empty((d, d))
+        c = self._cargs
+        try:
+            dev = self._hess_kernel(
+                c[0], c[1], c[2], c[3], c[4], self._starts64,
+                np.ascontiguousarray(phi, dtype=float), u, g, H, self._scratch,
+                d - 1, int(self.logit), STEP_TOL,
+            )  # fmt: skip
+        except ArithmeticError as exc:
+            raise PirlsError(str(exc)) from None
+        self.u = u
+        return dev - 2.0 * self.const, g, H
 
     def _deviance_grad(self, phi: np.ndarray, grad: bool):
         theta = float(phi[0])

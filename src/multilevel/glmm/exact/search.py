@@ -59,6 +59,8 @@ class Search:
         whitened), so no map per evaluation."""
         self.model, self.beta0, self.Rinv = model, beta0, Rinv
         self.in_x = in_x
+        # the model gives its exact Hessian (deviance_grad_hess): Newton steps
+        self.exact = bool(getattr(model, "exact_hessian", False))
         self.nt = ntheta
         self.d = beta0.size + ntheta
         lt = np.zeros(ntheta) if lower_theta is None else np.asarray(lower_theta, float)
@@ -75,7 +77,7 @@ class Search:
         key = x.tobytes()
         seen = self._seen.get(key)
         if seen is not None:
-            dev, gx, u = seen
+            dev, gx, u, _ = seen
             self.model.u = None if u is None else u.copy()
             return dev, gx
         if self.in_x:
@@ -87,24 +89,52 @@ class Search:
             dev, g = self.model.deviance_grad(phi)
         except PirlsError:
             dev, g = math.inf, None
+        return self._keep(key, dev, g, None)[:2]
+
+    def fgh(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """The deviance, its gradient and its exact Hessian in x (``exact``
+        models; None where the deviance is not finite)."""
+        key = x.tobytes()
+        seen = self._seen.get(key)
+        if seen is not None and seen[3] is not None:
+            dev, gx, u, Hx = seen
+            self.model.u = None if u is None else u.copy()
+            return dev, gx, Hx
+        phi = x if self.in_x else self._A @ x + self._c
+        try:
+            dev, g, H = self.model.deviance_grad_hess(phi)
+        except PirlsError:
+            dev, g, H = math.inf, None, None
+        return self._keep(key, dev, g, H)
+
+    def _keep(self, key: bytes, dev: float, g, H):
+        """The point's values in x, remembered with the modes it left."""
         # a sum is finite only if every term is (an overflowing sum is refused
         # too); Python's sum of a few floats costs less than numpy's reduction
         if g is None or not math.isfinite(dev + sum(g.tolist())):
-            dev, gx = math.inf, np.zeros(self.d)
+            dev, gx, Hx = math.inf, np.zeros(self.d), None
         else:
             gx = g if self.in_x else g @ self._A
+            Hx = H if H is None or self.in_x else self._A.T @ H @ self._A
+            if Hx is not None and not np.isfinite(Hx).all():
+                Hx = None
         u = self.model.u
         if len(self._seen) >= self._remember:
             del self._seen[next(iter(self._seen))]  # the oldest
-        self._seen[key] = (dev, gx, None if u is None else u.copy())
-        return dev, gx
+        self._seen[key] = (dev, gx, None if u is None else u.copy(), Hx)
+        return dev, gx, Hx
 
     def fun(self, x: np.ndarray) -> float:
         return self.fg(x)[0]
 
     def hessian(self, x: np.ndarray, h: float = 1e-4) -> np.ndarray:
         """Forward differences of the exact gradient, symmetrised (relative
-        error about h, far below what standard errors need)."""
+        error about h, far below what standard errors need); the exact one
+        where the model gives it."""
+        if self.exact:
+            H = self.fgh(x)[2]
+            if H is not None:
+                return H
         g0 = self.fg(x)[1]
         H = np.empty((self.d, self.d))
         for a in range(self.d):  # coordinates, not rows
@@ -137,28 +167,67 @@ class Search:
         )  # fmt: skip
         return res.x, res.f, (self.fg(res.x)[1] if res.moved else res.g)
 
-    def minimize(self, x0: np.ndarray, H0: np.ndarray, chord: bool = False):
+    def _exact_newton(self, x0: np.ndarray):
+        """Newton steps with the exact Hessian at each point from x0 (the
+        trial points' Hessians come with their deviances, one evaluation
+        each).  Returns (record, None) at convergence, or (None, x) where the
+        steps stall (a Hessian not positive definite far from the optimum,
+        or no shorter step lowering the deviance): BFGS goes on from x."""
+        f = self.fgh(x0)[0]
+        log: tuple[list, list] = ([x0], [f])
+
+        def fun(z: np.ndarray) -> float:
+            fz = self.fgh(z)[0]
+            log[0].append(z)
+            log[1].append(fz)
+            return fz
+
+        def derivatives(z: np.ndarray, _fz: float):
+            _, gz, Hz = self.fgh(z)
+            if Hz is None:  # refused as not positive definite
+                Hz = np.full((self.d, self.d), np.nan)
+            return gz, lambda idx: Hz if idx.size == Hz.shape[0] else Hz[np.ix_(idx, idx)]
+
+        if not math.isfinite(f):
+            return None, x0
+        res = newton_steps(
+            fun, x0, f, self.lower, derivatives, maxit=50, tol=1e-12,
+            shrinks=(1.0, 0.5, 0.25, 0.125), slack=1e-11,
+        )  # fmt: skip
+        if not res.done:
+            return None, res.x
+        g = self.fg(res.x)[1]
+        rec = OptRecord("newton (exact Hessian)", "CONVERGED", True, 0, res.f, res.x, g, [])
+        rec._thetas, rec._values = log
+        return rec, None
+
+    def minimize(self, x0: np.ndarray, H0: np.ndarray | None, chord: bool = False):
         """From (x0, H0): BFGS, or (``chord``, H0 being the Hessian of a nearby
-        model at its optimum x0) Newton steps with H0; then Newton steps with
-        the Hessian at the point reached."""
+        model at its optimum x0) Newton steps with H0, or (a model with its
+        exact Hessian; H0 may be None) Newton steps with the Hessian at each
+        point, BFGS from where they stall; then Newton steps with the
+        Hessian at the point reached."""
         d = self.d
         lower = self.lower
-        lam, V = _eigh(H0) if np.all(np.isfinite(H0)) else (np.ones(d), np.eye(d))
-        lam = np.maximum(np.abs(lam), 1e-10 * max(1.0, float(np.max(np.abs(lam)))))
-        H0 = (V * lam) @ V.T
-        if chord:
+        rec = None
+        if self.exact and not chord:
+            rec, x0 = self._exact_newton(x0)
+            if rec is None:
+                H0 = self.hessian(x0)
+        if rec is None and chord:
+            H0 = _modified(H0, d)
             f, g = self.fg(x0)
             log: tuple[list, list] = ([x0], [f])
             x, f, g = self._newton(x0, f, g, H0, 20, 1e-9, log)
             rec = OptRecord("newton", "CONVERGED", True, 0, f, x, g, [])  # judged below
             rec._thetas, rec._values = log
-        else:
+        elif rec is None:
             rec = minimize_theta(
                 self.fun,
                 x0,
                 lower,
                 value_and_gradient=self.fg,
-                hessian0=H0,
+                hessian0=_modified(H0, d),
                 newton_polish=False,
                 max_step=np.inf,  # δ is in curvature units: Newton steps may be long
                 check_hessian=False,  # the Hessian is judged below
@@ -178,13 +247,23 @@ class Search:
         if snapped.any():
             g = self.fg(x)[1]
         rec.theta, rec.criterion, rec.gradient = x, f, g
-        if chord:  # judged where the Newton steps with the exact Hessian ended
+        if chord or rec.optimizer.startswith("newton"):
+            # judged where the Newton steps with the exact Hessian ended
             gmax = float(np.max(np.abs(np.where((x <= lower) & (g >= 0), 0.0, g))))
             if gmax > GRAD_TOL:
                 rec.status, rec.converged = "FAILED", False
                 rec.messages.append(f"Model failed to converge: largest |gradient| {gmax:.3g}")
         self.fg(x)  # leaves the modes at the optimum
         return rec, H
+
+
+def _modified(H: np.ndarray | None, d: int) -> np.ndarray:
+    """A positive definite H for a search's start: eigenvalues by magnitude,
+    floored at 1e-10 of the largest (the identity where H is not finite)."""
+    ok = H is not None and np.all(np.isfinite(H))
+    lam, V = _eigh(H) if ok else (np.ones(d), np.eye(d))
+    lam = np.maximum(np.abs(lam), 1e-10 * max(1.0, float(np.max(np.abs(lam)))))
+    return (V * lam) @ V.T
 
 
 def _eigh(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -338,7 +417,7 @@ def run_search(prob, beta0: np.ndarray, theta0, make_model, nagq: int = 1, lower
         if np.isfinite(search.fg(x0)[0]):
             break
         x0[sd] *= 0.25
-    rec, H = search.minimize(x0, start_hessian(prob, search, x0))
+    rec, H = search.minimize(x0, None if search.exact else start_hessian(prob, search, x0))
     if after is not None:
         rec, H = after(search, model, rec, H)
     evals = model.evals

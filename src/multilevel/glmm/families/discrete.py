@@ -129,18 +129,19 @@ class Binomial(Family):
         else:
             vals = value.values
         if vals.shape[1] == 2:
-            succ, fail = vals[:, 0], vals[:, 1]
-            if (succ < 0).any() or (fail < 0).any():
+            # both columns checked at once: a few ufunc calls on a small response
+            if vals.min(initial=0.0) < 0:
                 raise DataError(
                     f"the binomial response {label!r} has negative counts; "
                     "cbind() takes (successes, failures)"
                 )
-            if not (is_integer(succ).all() and is_integer(fail).all()):
+            if not is_integer(vals).all():
                 raise DataError(
                     f"the binomial response {label!r} has non-integer counts; "
                     "cbind() takes whole numbers of successes and failures"
                 )
-            return self._from_counts(np.round(succ), np.round(succ + fail), prior, label)
+            succ = np.round(vals[:, 0])
+            return self._from_counts(succ, succ + np.round(vals[:, 1]), prior, label)
         if vals.shape[1] != 1:
             raise DataError(
                 f"the binomial response {label!r} has {vals.shape[1]} columns; "
@@ -169,17 +170,19 @@ class Binomial(Family):
         return self._from_counts(np.round(succ), np.round(prior), np.ones_like(prior), label)
 
     def _from_counts(self, succ, trials, prior, label) -> GlmResponse:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            y = np.where(trials > 0, succ / trials, 0.0)
+        y = _ratio(succ, trials)
         wt = prior * trials
         return GlmResponse(y, wt, self.data_constant(y, wt, trials), trials)
 
     def data_constant(self, y, weights, trials):
         """prior weight × log C(trials, successes)."""
         n = np.ones_like(y) if trials is None else trials
-        with np.errstate(invalid="ignore", divide="ignore"):
-            prior = np.where(n > 0, weights / n, 0.0)
-        return prior * log_choose(n, np.round(y * n))
+        return _ratio(weights, n) * log_choose(n, np.round(y * n))
+
+
+def _ratio(a: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """a / n, 0 where n is 0 (a binomial row without trials)."""
+    return np.divide(a, n, out=np.zeros(np.shape(n)), where=n > 0)
 
 
 class Poisson(Family):
