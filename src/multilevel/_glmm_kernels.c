@@ -279,10 +279,13 @@ done:
 
 /* The Laplace deviance (without constants), its gradient and its exact
  * Hessian in phi = (theta, beta) for one scalar term with a canonical link
- * (formulas: glmm/exact/scalar_hessian.py).  Per group, over its rows, the
- * second, third and fourth u-derivative tensors F2 = f_AB, F3 = f_uAB and
- * F4 = f_uuAB in the D = p + 2 variables (theta, beta, u), lower triangles
- * accumulated, then the implicit derivatives of the mode. */
+ * (formulas: glmm/exact/scalar_hessian.py).  Over the D = p + 2 variables
+ * (theta, beta, u), per group: the first pass over its rows keeps each row's
+ * s, w, w3, w4 and sums the u-rows of F2 = f_AB, F3 = f_uAB, F4 = f_uuAB
+ * (O(D) a row); the Hessian's parts in g_a g_b, whose group constants (h,
+ * f_uuu) the first pass gives, are then one weighted outer product a row,
+ * c_i = 2 w + w4 g_u^2 / h - f_uuu w3 g_u / h^2, over the parameters only;
+ * the rest is a few rank-one terms per group. */
 static PyObject *scalar_laplace_hessian(PyObject *self, PyObject *args) {
     Py_buffer bX, bz, bo, by, bw, bs, bphi, bu, bg, bh, bsc;
     int p, logit;
@@ -300,26 +303,23 @@ static PyObject *scalar_laplace_hessian(PyObject *self, PyObject *args) {
     const double *beta = phi + 1;
     double dev = 0.0;
     int failed = 0;
-    double *work = malloc(sizeof(double) * (3 * (size_t)D * D + 4 * (size_t)D));
+    /* per variable: the u-rows of F2, F3, F4, Σ w z g, Σ w3 g_u z g, and per
+     * parameter û_A, k_A */
+    double *work = malloc(sizeof(double) * (5 * (size_t)D + 2 * (size_t)d + (size_t)D));
     if (!work) {
         failed = 2;
         goto done;
     }
-    double *F2 = work, *F3 = F2 + D * D, *F4 = F3 + D * D, *G = F4 + D * D;
-    double *Swzg = G + D, *Sw3g = Swzg + D, *ua = Sw3g + D;
-    double k[256];
-    double *kk = d <= 256 ? k : malloc(sizeof(double) * d);
-    if (!kk) {
-        failed = 2;
-        goto done;
-    }
+    double *f2u = work, *f3u = f2u + D, *f4u = f3u + D, *Swzg = f4u + D, *Sw3g = Swzg + D;
+    double *ua = Sw3g + D, *kk = ua + d, *G = kk + d;
     for (int a = 0; a < d; a++) grad[a] = 0.0;
     for (int a = 0; a < d * d; a++) H[a] = 0.0;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t j = 0; j < J && !failed; j++) {
         int64_t r0 = starts[j], m = starts[j + 1] - r0;
         const double *zj = z + r0, *yj = y + r0, *wj = wt + r0, *Xj = X + r0 * p;
-        double *base = scratch;
+        /* scratch: base, then each row's w, w3, w4 */
+        double *base = scratch, *rw = base + m, *rw3 = rw + m, *rw4 = rw3 + m;
         group_base(Xj, off + r0, beta, m, p, base);
         double u = U[j], f, Sz2w, Szlp;
         GroupRows rows = {logit, base, zj, yj, wj, m, theta, NULL, NULL, NULL, NULL};
@@ -328,28 +328,28 @@ static PyObject *scalar_laplace_hessian(PyObject *self, PyObject *args) {
             break;
         }
         U[j] = u;
-        memset(work, 0, sizeof(double) * (3 * (size_t)D * D + 3 * (size_t)D));
+        memset(work, 0, sizeof(double) * 5 * (size_t)D);
         double Ssz = 0.0, Swguz = 0.0, Sw3gu2z = 0.0, Swz2 = 0.0;
         for (int64_t i = 0; i < m; i++) {
             double mu, v, v3;
             cumulant(logit, base[i] + theta * zj[i] * u, &mu, &v, &v3);
             double v4 = logit ? v * (1.0 - 6.0 * v) : v;
             double s = wj[i] * (yj[i] - mu), w = wj[i] * v, w3 = wj[i] * v3, w4 = wj[i] * v4;
+            rw[i] = w;
+            rw3[i] = w3;
+            rw4[i] = w4;
             double zi = zj[i], gu = theta * zi;
             G[0] = zi * u;
             memcpy(G + 1, Xj + i * p, sizeof(double) * p);
             G[d] = gu;
-            double a3 = w3 * gu, a4 = w4 * gu * gu;
+            double b2 = w * gu, b3 = w3 * gu * gu, b4 = w4 * gu * gu * gu;
+            double cz = w * zi, c3 = w3 * gu * zi;
             for (int a = 0; a < D; a++) {
-                double *r2 = F2 + a * D, *r3 = F3 + a * D, *r4 = F4 + a * D;
-                for (int b = 0; b <= a; b++) {
-                    double gg = G[a] * G[b];
-                    r2[b] += w * gg;
-                    r3[b] += a3 * gg;
-                    r4[b] += a4 * gg;
-                }
-                Swzg[a] += w * zi * G[a];
-                Sw3g[a] += w3 * gu * zi * G[a];
+                f2u[a] += b2 * G[a];
+                f3u[a] += b3 * G[a];
+                f4u[a] += b4 * G[a];
+                Swzg[a] += cz * G[a];
+                Sw3g[a] += c3 * G[a];
             }
             for (int a = 0; a < d; a++) grad[a] -= 2.0 * s * G[a];
             Ssz += s * zi;
@@ -357,53 +357,52 @@ static PyObject *scalar_laplace_hessian(PyObject *self, PyObject *args) {
             Sw3gu2z += w3 * gu * gu * zi;
             Swz2 += w * zi * zi;
         }
-        for (int a = 0; a < D; a++)
-            for (int b = 0; b < a; b++) {
-                F2[b * D + a] = F2[a * D + b];
-                F3[b * D + a] = F3[a * D + b];
-                F4[b * D + a] = F4[a * D + b];
-            }
-        /* the terms in E (d2 eta / d theta du = z): row and column 0 */
-        F2[d] -= Ssz;
-        F2[d * D] -= Ssz;
-        F2[d * D + d] += 1.0;
-        for (int b = 0; b < D; b++) {
-            F3[b] += Swzg[b];
-            F3[b * D] += Swzg[b];
-            F4[b] += 2.0 * Sw3g[b];
-            F4[b * D] += 2.0 * Sw3g[b];
-        }
-        F3[d] += Swguz;
-        F3[d * D] += Swguz;
-        F4[d] += Sw3gu2z;
-        F4[d * D] += Sw3gu2z;
-        F4[0] += 2.0 * Swz2;
-        double h = F2[d * D + d];
+        /* the terms in E (d2 eta / d theta du = z) on the u-rows */
+        f2u[0] -= Ssz;
+        f2u[d] += 1.0;
+        f3u[0] += Swzg[d] + Swguz;
+        f4u[0] += 2.0 * Sw3g[d] + Sw3gu2z;
+        double h = f2u[d];
         if (!(h > 0.0) || !isfinite(h)) {
             failed = 1;
             break;
         }
-        const double *f2u = F2 + d * D, *f3u = F3 + d * D, *f4u = F4 + d * D;
         double f3uu = f3u[d], f4uu = f4u[d];
         for (int a = 0; a < d; a++) {
             ua[a] = -f2u[a] / h;
             kk[a] = f3u[a] + f3uu * ua[a];
             grad[a] += kk[a] / h;
         }
+        /* the parts in g_a g_b: one weighted outer product a row */
+        double ih = 1.0 / h, c3h = f3uu * ih * ih;
+        for (int64_t i = 0; i < m; i++) {
+            double gu = theta * zj[i];
+            double c = 2.0 * rw[i] + rw4[i] * gu * gu * ih - c3h * rw3[i] * gu;
+            G[0] = zj[i] * u;
+            memcpy(G + 1, Xj + i * p, sizeof(double) * p);
+            for (int a = 0; a < d; a++) {
+                double ca = c * G[a];
+                double *Ha = H + a * d;
+                for (int b = 0; b <= a; b++) Ha[b] += ca * G[b];
+            }
+        }
+        /* the rest: E's terms in F3, F4 (row and column 0) and rank-one terms */
         for (int a = 0; a < d; a++)
             for (int b = 0; b <= a; b++) {
                 double uu = ua[a] * ua[b];
-                double hg = F2[a * D + b] + f2u[a] * ua[b];
-                double uab = -(F3[a * D + b] + f3u[a] * ua[b] + ua[a] * f3u[b] + f3uu * uu) / h;
-                double dk = F4[a * D + b] + f4u[a] * ua[b] + ua[a] * f4u[b] + f4uu * uu + f3uu * uab;
-                H[a * d + b] += 2.0 * hg + dk / h - kk[a] * kk[b] / (h * h);
+                double e3 = (a == 0 ? Swzg[b] : 0.0) + (b == 0 ? Swzg[a] : 0.0);
+                double e4 = (a == 0 ? 2.0 * Sw3g[b] : 0.0) + (b == 0 ? 2.0 * Sw3g[a] : 0.0) +
+                            (a == 0 && b == 0 ? 2.0 * Swz2 : 0.0);
+                double r3 = e3 + f3u[a] * ua[b] + ua[a] * f3u[b] + f3uu * uu;
+                double r4 = e4 + f4u[a] * ua[b] + ua[a] * f4u[b] + f4uu * uu;
+                H[a * d + b] += 2.0 * f2u[a] * ua[b] + r4 * ih - f3uu * r3 * ih * ih -
+                                kk[a] * kk[b] * ih * ih;
             }
         dev += 2.0 * f + log(h);
     }
     Py_END_ALLOW_THREADS
     for (int a = 0; a < d; a++)
         for (int b = 0; b < a; b++) H[b * d + a] = H[a * d + b];
-    if (kk != k) free(kk);
 done:
     free(work);
     PyBuffer_Release(&bX); PyBuffer_Release(&bz); PyBuffer_Release(&bo);

@@ -53,25 +53,31 @@ def newton_steps(
     iterations.  A parameter within ``at_bound_tol`` of its bound counts as on it."""
     g, H, decrement = None, None, None
     moved = False
+    # the bounded coordinates, found once: a search's few θ among many β
+    bounded = np.flatnonzero(np.isfinite(lower)).tolist()
+    every = np.arange(x.size)
     for _ in range(maxit):
         g, hessian = derivatives(x, f)
         moved = False
-        held = (x - lower <= at_bound_tol) & np.isfinite(lower) & (g >= 0)
-        idx = np.flatnonzero(~held)
-        if idx.size == 0 or np.max(np.abs(g[idx])) < gtol:
+        held = [i for i in bounded if x[i] - lower[i] <= at_bound_tol and g[i] >= 0]
+        idx = np.setdiff1d(every, held, assume_unique=True) if held else every
+        if idx.size == 0 or (gtol > 0 and np.max(np.abs(g[idx])) < gtol):
             return NewtonResult(x, f, g, H, "CONVERGED", True, decrement, False)
         H = hessian(idx)
+        gi = g[idx] if held else g
         # LAPACK directly: numpy's wrappers cost several times these small solves
         c, info = dpotrf(H, lower=1)
-        if info != 0 or not np.isfinite(c).all():
+        # a non-finite entry of H's lower triangle reaches the factor's diagonal
+        if info != 0 or not np.isfinite(c.trace()):
             return NewtonResult(x, f, g, H, "HESSIAN_NOT_PD", False, decrement, False)
-        step = -dpotrs(c, g[idx], lower=1)[0]
-        decrement = float(-0.5 * g[idx] @ step)
+        step = -dpotrs(c, gi, lower=1)[0]
+        decrement = float(-0.5 * (gi @ step))
         if not decrement >= tol:
             return NewtonResult(x, f, g, H, "CONVERGED", True, decrement, False)
+        lo = lower[idx] if held else lower
         for t in shrinks:
             trial = x.copy()
-            trial[idx] = np.maximum(x[idx] + t * step, lower[idx])
+            trial[idx] = np.maximum(x[idx] + t * step, lo)
             ft = fun(trial)
             if ft < f + slack * (1 + abs(f)):
                 x, f, moved = trial, ft, True
