@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -140,14 +141,20 @@ def stage2_estimates(obj: StagedObjective, rec: OptRecord, H: np.ndarray | None)
     x_hat = rec.theta
     J = np.eye(x_hat.size)
     Rinv = obj.Rinv  # upper triangular: the whitening's R⁻¹, or L⁻ᵀ of stage 1
-    J[nt:, nt:] = np.linalg.inv(Rinv) if np.tril(Rinv, -1).any() else upper_inverse(Rinv)
+    below = Rinv[_strictly_lower(Rinv.shape[0])]  # exact zeros where the map was triangular
+    J[nt:, nt:] = np.linalg.inv(Rinv) if below.any() else upper_inverse(Rinv)
     rec.theta = obj.natural(x_hat)
     rec.gradient = J.T @ rec.gradient
-    theta_hat, beta_hat = obj.unpack(x_hat)
+    theta_hat, beta_hat = rec.theta[:nt], rec.theta[nt:]
     Vx, note = vcov_from_hessian(H, nt)
     hess = None if H is None else J.T @ H @ J
-    vcov = None if Vx is None else obj.Rinv @ Vx[nt:, nt:] @ obj.Rinv.T
+    vcov = None if Vx is None else Rinv @ Vx[nt:, nt:] @ Rinv.T
     return Estimates(theta_hat, beta_hat, vcov, note, hess)
+
+
+@cache
+def _strictly_lower(p: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.tril_indices(p, -1)
 
 
 def conditional_vcov(LFF: np.ndarray) -> np.ndarray:
