@@ -110,3 +110,18 @@ def test_newton_reaches_the_bfgs_optimum(case, monkeypatch):
     np.testing.assert_allclose(newton.theta, bfgs.theta, rtol=1e-5)
     # BFGS's standard errors come from forward differences of the gradient
     np.testing.assert_allclose(newton.se, bfgs.se, rtol=1e-3)
+
+
+@pytest.mark.parametrize("theta0", [0.01, 2.0, 20.0])
+def test_far_starts_reach_the_optimum(theta0, monkeypatch):
+    """From a θ far from the optimum the Hessian is not positive definite
+    and BFGS goes on from where the Newton steps stopped: the same optimum,
+    by the exact-gradient route (not the two-stage fallback)."""
+    ref = reference("cbpp_laplace")
+    data = reference_data(ref)
+    best = quiet_glmer(ref["formula"], data, family=ref["family"])
+    monkeypatch.setattr("multilevel.glmm.fit.moment_theta", lambda prob, beta: np.array([theta0]))
+    fit = quiet_glmer(ref["formula"], data, family=ref["family"])
+    assert "exact" in fit.optinfo.optimizer and fit.converged
+    assert fit.deviance == pytest.approx(best.deviance, abs=1e-9)
+    np.testing.assert_allclose(fit.se, best.se, rtol=1e-4)
