@@ -165,3 +165,50 @@ def test_complete_separation_is_reported():
         issubclass(w.category, ConvergenceWarning) and "separation" in str(w.message)
         for w in caught
     )
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_newton_weights_are_the_observed_curvature(link):
+    """Binomial probit and cloglog: PIRLS's weights are −ℓ'' (the one-pass
+    row formulas equal the chain rule's), working residuals ℓ'/w."""
+    from multilevel.glmm.families import Binomial, Family
+
+    fam = Binomial(link)
+    rng = np.random.default_rng(4)
+    # where 1 − μ keeps its digits (the chain rule loses them in the tails)
+    eta = np.concatenate([np.linspace(-4.0, 2.5, 57), rng.normal(size=40)])
+    y = rng.integers(0, 4, size=eta.size) / 3.0
+    wt = rng.integers(1, 5, size=eta.size).astype(float) * 3.0
+    w, r = fam.pirls_weights(y, eta, wt)
+    w0, r0 = Family.newton_weights(fam, y, eta, wt)
+    np.testing.assert_allclose(w, w0, rtol=1e-9)
+    np.testing.assert_allclose(r, r0, rtol=1e-8, atol=1e-12)
+    assert fam.pirls_newton and not Binomial().pirls_newton
+    # far in the tails: finite, positive weights and finite residuals
+    tails = np.array([-40.0, -20.0, 8.0, 30.0])
+    w, r = fam.pirls_weights(np.array([1.0, 0.0, 1.0, 0.0]), tails, np.ones(4))
+    assert np.all(np.isfinite(r)) and np.all(w > 0)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_newton_steps_reach_the_scoring_mode(link, monkeypatch):
+    """The mode and the Laplace deviance (its curvature Fisher's, lme4's) are
+    those of scoring steps; Newton's steps take fewer iterations."""
+    from multilevel.glmm.families import Binomial, Family
+
+    ref = reference("contra_laplace")
+    fit = glmer(
+        "use ~ age + urban + (1 | district) + (1 | livch)",
+        reference_data(ref),
+        family=f"binomial({link})",
+    )
+    prob = fit._prob
+    theta, beta = np.asarray(fit.optinfo.internal_theta), fit._mode.beta
+    newton = prob.mode(theta * 1.3, beta * 0.9)
+    monkeypatch.setattr(Binomial, "pirls_weights", Family.pirls_weights)
+    monkeypatch.setattr(Binomial, "pirls_newton", False)
+    scoring = prob.mode(theta * 1.3, beta * 0.9)
+    np.testing.assert_allclose(newton.u, scoring.u, atol=1e-8)
+    assert newton.laplace == pytest.approx(scoring.laplace, abs=1e-8)
+    np.testing.assert_allclose(newton.weights, scoring.weights, rtol=1e-7)
+    assert newton.iterations < scoring.iterations

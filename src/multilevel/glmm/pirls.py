@@ -608,6 +608,13 @@ class PirlsProblem:
                             "the observed information of the conditional density is not "
                             "positive definite at the mode"
                         )
+                elif fam.pirls_newton:  # the steps' weights were Newton's: the curvature Fisher's
+                    w = fam.irls_terms(eta, r.weights)[2]
+                    f = factor(rb, rb.crossprods(w, F), T, joint)
+                    if f is None:
+                        raise PirlsError(
+                            "the penalized weighted cross-product is not positive definite"
+                        )
                 return Mode(theta, beta, u, eta, ll, pdev, f, w, it)
             # rounding of a sum over n rows: changes below this are not decreases
             slack = 1e-12 * (1.0 + abs(pdev))

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multilevel.glmm.exact.link import LINKS, LinkGLMM, supported
+from multilevel.glmm.exact.link import LinkGLMM, supported
 from multilevel.glmm.families import binomial, poisson
+from multilevel.glmm.families.discrete import LINK_ROWS as LINKS
 from multilevel.glmm.quadrature import agq_deviance
 
 from ...conftest import reference, reference_data

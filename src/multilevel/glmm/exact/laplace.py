@@ -40,10 +40,10 @@ from scipy.linalg.lapack import dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.glmm import pirls
-from multilevel.glmm.exact.link import LINKS
 from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
 from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Binomial, Family
+from multilevel.glmm.families.discrete import LINK_ROWS
 from multilevel.glmm.pirls import PirlsError, PirlsProblem, back_solve
 
 MAX_REST = 1500  # rest-block order up to which M⁻¹'s blocks are formed densely
@@ -91,7 +91,7 @@ def fisher_curvature(family: Family, hessian: str) -> bool:
         hessian != "observed"
         and not family.canonical
         and type(family) is Binomial
-        and family.link.name in LINKS
+        and family.link.name in LINK_ROWS
     )
 
 
@@ -142,7 +142,7 @@ class LaplaceGLMM:
         self.rows_.family = prob.family  # at this ψ (PIRLS set it)
         if self.fisher:
             r = prob.resp
-            lp, obs, w, w3 = LINKS[prob.family.link.name](m.eta, r.y, r.weights)
+            lp, obs, w, w3 = LINK_ROWS[prob.family.link.name](m.eta, r.y, r.weights)
             return m.laplace, self._gradient_terms(phi, m, lp, w, w3, obs)
         _, lp, w, w3 = self.rows_.at(m.eta, 2)
         if self.vector:

@@ -30,12 +30,12 @@ for quadrature.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from multilevel.compiled import kernel
 from multilevel.glmm.exact.scalar import compiled_deviance_grad
 from multilevel.glmm.exact.search import run_search
 from multilevel.glmm.families import Binomial, Family
+from multilevel.glmm.families.discrete import LINK_ROWS
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
 from multilevel.linalg.crossprod import group_sums
@@ -44,44 +44,11 @@ MAX_ITER = 200
 KERNEL_DISABLED = False  # tests switch the compiled Laplace kernel off to check the numpy path
 STEP_TOL = 1e-10
 _LOG2PI = float(np.log(2.0 * np.pi))
-_HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
 def supported(family: Family, nterms: int, q: int) -> bool:
     """One scalar term, the plain binomial family with a probit or cloglog link."""
-    return nterms == 1 and q == 1 and type(family) is Binomial and family.link.name in LINKS
-
-
-def _mills(x: np.ndarray) -> np.ndarray:
-    """φ(x)/Φ(x), finite for every x."""
-    return np.exp(-0.5 * x * x - _HALF_LOG_2PI - log_ndtr(x))
-
-
-def _probit(eta, y, wt):
-    """ℓ', O = −ℓ'', W and W' per row (probit)."""
-    Ap, Am = _mills(eta), _mills(-eta)
-    dAp = -Ap * (eta + Ap)  # A'(η)
-    dAm = -Am * (-eta + Am)  # A'(−η)
-    lp = wt * (y * Ap - (1.0 - y) * Am)
-    obs = -wt * (y * dAp + (1.0 - y) * dAm)  # −ℓ'': d/dη A(−η) = −A'(−η)
-    W = wt * Ap * Am
-    W1 = wt * (dAp * Am - Ap * dAm)
-    return lp, obs, W, W1
-
-
-def _cloglog(eta, y, wt):
-    """ℓ', O = −ℓ'', W and W' per row (complementary log-log)."""
-    t = np.exp(np.minimum(eta, 700.0))
-    B = np.where(t > 1e-300, t / np.expm1(np.minimum(t, 700.0)), 1.0)
-    dB = B * (1.0 - t - B)
-    lp = wt * (y * B - (1.0 - y) * t)
-    obs = -wt * (y * dB - (1.0 - y) * t)
-    W = wt * t * B
-    W1 = wt * t * B * (2.0 - t - B)
-    return lp, obs, W, W1
-
-
-LINKS = {"probit": _probit, "cloglog": _cloglog}
+    return nterms == 1 and q == 1 and type(family) is Binomial and family.link.name in LINK_ROWS
 
 
 class LinkGLMM:
@@ -90,7 +57,7 @@ class LinkGLMM:
     def __init__(self, prob, nagq: int = 1):
         rb, r = prob.rb, prob.resp
         self.family = prob.family
-        self.derivs = LINKS[prob.family.link.name]
+        self.derivs = LINK_ROWS[prob.family.link.name]
         self.y, self.wt, self.const = r.y, r.weights, float(r.const.sum())
         self.X, self.off = prob.X, prob.offset
         self.z = rb.Zs[0][:, 0]

@@ -275,12 +275,30 @@ class Family:
         mu, d, w = self.irls_terms(eta, wt)
         return w, (y - mu) / d
 
+    pirls_newton: bool = False  # PIRLS steps with Newton's weights (newton_weights)
+
     def pirls_weights(
         self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The weights and working residuals of a PIRLS step (its steps are
         halved while the penalized deviance rises): the scoring step here."""
         return self.score_weights(y, eta, wt)
+
+    def newton_weights(
+        self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Newton's weights −ℓ_ηη (positive for a log-concave density in η:
+        the binomial and cumulative models with logit, probit, cloglog or
+        loglog links) and working residuals ℓ_η/w, Fisher's weights where
+        they are not positive (cauchit's tails): PIRLS, whose steps are
+        halved while the penalized deviance rises, then converges
+        quadratically where scoring converges linearly (non-canonical links)."""
+        _, l1, l2, _ = self.eta_derivs(y, eta, wt, third=False)
+        w = -l2
+        bad = ~(w > 1e-12)
+        if np.any(bad):
+            w = np.where(bad, self.irls_terms(eta, wt)[2], w)
+        return w, l1 / w
 
     def observed_weights(self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray) -> np.ndarray:
         """−∂²ℓ/∂η² per row; the Fisher weights for a canonical link."""

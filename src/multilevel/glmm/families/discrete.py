@@ -58,6 +58,46 @@ def softplus(eta: np.ndarray) -> np.ndarray:
     return out
 
 
+_HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
+
+
+def _mills(x: np.ndarray) -> np.ndarray:
+    """φ(x)/Φ(x), finite for every x."""
+    return np.exp(-0.5 * x * x - _HALF_LOG_2PI - special.log_ndtr(x))
+
+
+def probit_rows(eta, y, wt):
+    """ℓ', O = −ℓ'', W (Fisher's weight) and W' = dW/dη per row of a binomial
+    with the probit link, through the inverse Mills ratio A = φ/Φ (finite in
+    both tails): ℓ' = wt[yA(η) − (1 − y)A(−η)], W = wt A(η)A(−η),
+    A' = −A(x + A)."""
+    Ap, Am = _mills(eta), _mills(-eta)
+    dAp = -Ap * (eta + Ap)  # A'(η)
+    dAm = -Am * (-eta + Am)  # A'(−η)
+    lp = wt * (y * Ap - (1.0 - y) * Am)
+    obs = -wt * (y * dAp + (1.0 - y) * dAm)  # −ℓ'': d/dη A(−η) = −A'(−η)
+    W = wt * Ap * Am
+    W1 = wt * (dAp * Am - Ap * dAm)
+    return lp, obs, W, W1
+
+
+def cloglog_rows(eta, y, wt):
+    """ℓ', O = −ℓ'', W and W' per row (complementary log-log), through
+    t = e^η and B = t/(eᵗ − 1): ℓ' = wt[yB − (1 − y)t], W = wt tB,
+    B' = B(1 − t − B)."""
+    t = np.exp(np.minimum(eta, 700.0))
+    B = np.where(t > 1e-300, t / np.expm1(np.minimum(t, 700.0)), 1.0)
+    dB = B * (1.0 - t - B)
+    lp = wt * (y * B - (1.0 - y) * t)
+    obs = -wt * (y * dB - (1.0 - y) * t)
+    W = wt * t * B
+    W1 = wt * t * B * (2.0 - t - B)
+    return lp, obs, W, W1
+
+
+LINK_ROWS = {"probit": probit_rows, "cloglog": cloglog_rows}
+
+
 class Binomial(Family):
     """Binomial proportions; links logit (default), probit, cloglog."""
 
@@ -85,6 +125,26 @@ class Binomial(Family):
             a = np.where(y > 0, y * lm, 0.0)
             b = np.where(y < 1, (1.0 - y) * l1m, 0.0)
         return wt * (a + b)
+
+    @property
+    def pirls_newton(self) -> bool:
+        return self.link.name != "logit"
+
+    def pirls_weights(self, y, eta, wt):
+        # probit and cloglog: Newton's steps (scoring's converge linearly there)
+        if self.link.name != "logit":
+            return self.newton_weights(y, eta, wt)
+        return self.score_weights(y, eta, wt)
+
+    def newton_weights(self, y, eta, wt):
+        rows = LINK_ROWS.get(self.link.name)
+        if rows is None:
+            return super().newton_weights(y, eta, wt)
+        lp, obs, W, _ = rows(eta, y, wt)  # one pass: no log-likelihood, no μ
+        bad = ~(obs > 1e-12)
+        if np.any(bad):
+            obs = np.where(bad, W, obs)
+        return obs, lp / obs
 
     def irls_terms(self, eta, wt):
         if self.link.name != "logit":

@@ -411,17 +411,10 @@ class Cumulative(Family):
         w = self.irls_terms(eta, wt)[2]
         return w, self.eta_derivs(y, eta, wt, third=False)[1] / w
 
+    pirls_newton = True
+
     def pirls_weights(self, y, eta, wt):
-        """Newton's weights −ℓ_ηη (positive for a log-concave F: logit, probit,
-        cloglog, loglog), Fisher's where they are not (cauchit's tails): PIRLS,
-        whose steps are halved while the penalized deviance rises, then
-        converges quadratically."""
-        _, l1, l2, _ = self.eta_derivs(y, eta, wt, third=False)
-        w = -l2
-        bad = ~(w > 1e-12)
-        if np.any(bad):
-            w = np.where(bad, self.irls_terms(eta, wt)[2], w)
-        return w, l1 / w
+        return self.newton_weights(y, eta, wt)
 
     def observed_weights(self, y, eta, wt):
         return -self.eta_derivs(y, eta, wt, third=False)[2]
