@@ -120,7 +120,9 @@ def test_mode_solves_the_score_equations(name, joint):
 
 
 @pytest.mark.parametrize("name", [pytest.param("grouse", marks=_SLOW_BLAS)])
-def test_weighted_crossproducts_match_dense(name):
+@pytest.mark.parametrize("small_dense", [250_000, 0])  # A₀ᵣ dense, and sparse
+def test_weighted_crossproducts_match_dense(name, small_dense, monkeypatch):
+    monkeypatch.setattr("multilevel.glmm.pirls.SMALL_DENSE", small_dense)
     fit = fit_of(name)
     prob = fit._prob
     rb = prob.rb
@@ -130,7 +132,9 @@ def test_weighted_crossproducts_match_dense(name):
     Z = dense_design(prob, np.ones(3))  # Λ = I: the raw Z
     Z0, ZR = Z[:, : rb.Q0], Z[:, rb.Q0 :]
     np.testing.assert_allclose(B.D0[0, 0], np.diag(Z0.T @ (w[:, None] * Z0)))
-    np.testing.assert_allclose(B.A0R.toarray(), Z0.T @ (w[:, None] * ZR), atol=1e-12)
+    A0R = B.A0R if small_dense else B.A0R.toarray()
+    assert isinstance(B.A0R, np.ndarray) == bool(small_dense)
+    np.testing.assert_allclose(A0R, Z0.T @ (w[:, None] * ZR), atol=1e-12)
     np.testing.assert_allclose(B.ARR, ZR.T @ (w[:, None] * ZR), atol=1e-12)
     np.testing.assert_allclose(B.ARF, ZR.T @ (w[:, None] * F), atol=1e-10)
     np.testing.assert_allclose(B.B0F[:, 0, :], Z0.T @ (w[:, None] * F), atol=1e-10)
@@ -212,3 +216,37 @@ def test_newton_steps_reach_the_scoring_mode(link, monkeypatch):
     assert newton.laplace == pytest.approx(scoring.laplace, abs=1e-8)
     np.testing.assert_allclose(newton.weights, scoring.weights, rtol=1e-7)
     assert newton.iterations < scoring.iterations
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "use ~ age + urban + (1 | district) + (1 | livch)",
+        "use ~ age + urban + (urban | district) + (urban | livch)",
+    ],
+)
+def test_dense_small_blocks_equal_the_sparse_path(formula, monkeypatch):
+    """A small model's first-by-rest blocks are dense: the same mode, factor
+    and conditional variances as the sparse path (scalar and vector rest)."""
+    ref = reference("contra_laplace")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = glmer(formula, reference_data(ref), family="binomial")
+    prob = fit._prob
+    theta = np.asarray(fit.optinfo.internal_theta) * 1.1 + 0.05
+    beta = fit._mode.beta * 0.95
+    dense = prob.mode(theta, beta, joint=True)
+    assert isinstance(dense.factor.C0R, np.ndarray)
+    monkeypatch.setattr("multilevel.glmm.pirls.SMALL_DENSE", 0)
+    sparse = prob.mode(theta, beta, joint=True)
+    assert not isinstance(sparse.factor.C0R, np.ndarray)
+    np.testing.assert_allclose(dense.u, sparse.u, atol=1e-10)
+    np.testing.assert_allclose(dense.beta, sparse.beta, atol=1e-10)
+    assert dense.laplace == pytest.approx(sparse.laplace, abs=1e-9)
+    np.testing.assert_allclose(dense.factor.LFF, sparse.factor.LFF, rtol=1e-10)
+    for a, b in zip(
+        conditional_variances(prob.rb, dense.factor),
+        conditional_variances(prob.rb, sparse.factor),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -116,7 +116,7 @@ class WeightedBlocks:
 
     D0: np.ndarray  # (q0, q0, n0) level-last: Z₁ᵀWZ₁ per level
     B0F: np.ndarray  # (n0, q0, m): Z₁ᵀWF per level
-    A0R: sp.csr_matrix | None  # (n0 q0, Qr)
+    A0R: sp.csr_matrix | np.ndarray | None  # (n0 q0, Qr); dense when small
     ARR: np.ndarray | None  # (Qr, Qr)
     ARF: np.ndarray | None  # (Qr, m)
     AFF: np.ndarray  # (m, m)
@@ -221,9 +221,15 @@ class RandomBlocks:
                 for k, pi in zip(range(1, self.K), self._pairs0, strict=True)
             ]
         )
-        A0R = sp.csr_matrix(
-            (data[self._a0r_perm], self._a0r_indices, self._a0r_indptr), shape=(self.Q0, Qr)
-        )
+        if self.Q0 * Qr <= SMALL_DENSE:
+            # small blocks dense: scipy's sparse construction and dispatch cost
+            # more than the arithmetic there
+            A0R = np.zeros((self.Q0, Qr))
+            A0R[self._a0r_rows, self._a0r_indices] = data[self._a0r_perm]
+        else:
+            A0R = sp.csr_matrix(
+                (data[self._a0r_perm], self._a0r_indices, self._a0r_indptr), shape=(self.Q0, Qr)
+            )
         ARR = np.zeros(Qr * Qr)
         ARF = np.empty((Qr, m))
         offs = self.rest_offsets
@@ -287,7 +293,7 @@ class Factor:
     L0: np.ndarray  # (q0, q0, n0) level-last
     W0: np.ndarray  # (q0, q0, n0): L₀⁻¹T₀ᵀ
     C0F: np.ndarray  # (n0 q0, m)
-    C0R: sp.csr_matrix | None
+    C0R: sp.csr_matrix | np.ndarray | None  # dense when small
     LR: np.ndarray | None  # (Qr, Qr) lower
     CRF: np.ndarray | None  # (Qr, m)
     logdet0: np.ndarray  # (n0,) log|L₀ᵢ|² per level
@@ -324,35 +330,8 @@ def factor(
         MFF = blocks.AFF - C0F.T @ C0F
     if rb.K > 1:
         lam, lam_sparse = _lambda_rest(rb, T)
-        A0R = blocks.A0R
-        if q0 == 1:
-            data = A0R.data * W0[0, 0][rb._a0r_rows]
-            C0R = sp.csr_matrix((data, A0R.indices, A0R.indptr), shape=A0R.shape)
-        else:
-            Wb = sp.bsr_matrix(
-                (np.moveaxis(W0, -1, 0), np.arange(n0), np.arange(n0 + 1)),
-                shape=(n0 * q0, n0 * q0),
-            )
-            C0R = (Wb @ A0R).tocsr()
-        if lam_sparse is None:
-            C0R = sp.csr_matrix(
-                (C0R.data * lam[C0R.indices], C0R.indices, C0R.indptr), shape=C0R.shape
-            )
-            MRR = blocks.ARR * lam[:, None] * lam[None, :]
-            MRF = blocks.ARF * lam[:, None]
-        elif C0R.shape[0] * C0R.shape[1] <= SMALL_DENSE:
-            # small blocks: dense products cost less than scipy's sparse dispatch
-            lam_d = lam_sparse.toarray()
-            C0R_d = C0R @ lam_d
-            MRR = lam_d.T @ blocks.ARR @ lam_d - C0R_d.T @ C0R_d
-            MRF = lam_d.T @ blocks.ARF
-            C0R = sp.csr_matrix(C0R_d)
-        else:
-            C0R = (C0R @ lam_sparse).tocsr()
-            MRR = (lam_sparse.T @ (lam_sparse.T @ blocks.ARR).T).T - (C0R.T @ C0R).toarray()
-            MRF = lam_sparse.T @ blocks.ARF
-        if lam_sparse is None:
-            MRR = MRR - (C0R.T @ C0R).toarray()
+        rest = _dense_rest if isinstance(blocks.A0R, np.ndarray) else _sparse_rest
+        C0R, MRR, MRF = rest(rb, blocks, W0, lam, lam_sparse)
         MRR[np.diag_indices_from(MRR)] += 1.0
         LR, info = dpotrf(MRR, lower=1, clean=1, overwrite_a=1)
         if info != 0:
@@ -368,6 +347,54 @@ def factor(
         except np.linalg.LinAlgError:
             return None
     return Factor(T, L0, W0, C0F, C0R, LR, CRF, logdet0, logdet, LFF)
+
+
+def _sparse_rest(rb: RandomBlocks, blocks: WeightedBlocks, W0: np.ndarray, lam, lam_sparse):
+    """C₀ᵣ = W₀A₀ᵣΛ_R (sparse; the levels' blocks W₀ᵢ), M_RR = Λ_RᵀA_RRΛ_R − C₀ᵣᵀC₀ᵣ
+    (dense; its identity added by the caller) and M_RF = Λ_RᵀA_RF."""
+    A0R = blocks.A0R
+    q0, n0 = W0.shape[0], W0.shape[2]
+    if q0 == 1:
+        data = A0R.data * W0[0, 0][rb._a0r_rows]
+        C0R = sp.csr_matrix((data, A0R.indices, A0R.indptr), shape=A0R.shape)
+    else:
+        Wb = sp.bsr_matrix(
+            (np.moveaxis(W0, -1, 0), np.arange(n0), np.arange(n0 + 1)),
+            shape=(n0 * q0, n0 * q0),
+        )
+        C0R = (Wb @ A0R).tocsr()
+    if lam_sparse is None:
+        C0R = sp.csr_matrix(
+            (C0R.data * lam[C0R.indices], C0R.indices, C0R.indptr), shape=C0R.shape
+        )
+        MRR = blocks.ARR * lam[:, None] * lam[None, :]
+        MRF = blocks.ARF * lam[:, None]
+    else:
+        C0R = (C0R @ lam_sparse).tocsr()
+        MRR = (lam_sparse.T @ (lam_sparse.T @ blocks.ARR).T).T
+        MRF = lam_sparse.T @ blocks.ARF
+    return C0R, MRR - (C0R.T @ C0R).toarray(), MRF
+
+
+def _dense_rest(rb: RandomBlocks, blocks: WeightedBlocks, W0: np.ndarray, lam, lam_sparse):
+    """:func:`_sparse_rest` for small blocks, dense throughout (scipy's sparse
+    construction and dispatch cost more than the arithmetic there)."""
+    A0R = blocks.A0R
+    q0, n0 = W0.shape[0], W0.shape[2]
+    if q0 == 1:
+        C0R = A0R * W0[0, 0][:, None]
+    else:
+        C0R = np.einsum("abn,nbr->nar", W0, A0R.reshape(n0, q0, -1)).reshape(n0 * q0, -1)
+    if lam_sparse is None:  # scalar rest terms: Λ_R diagonal
+        C0R *= lam[None, :]
+        MRR = blocks.ARR * lam[:, None] * lam[None, :]
+        MRF = blocks.ARF * lam[:, None]
+    else:
+        lam_d = lam_sparse.toarray()
+        C0R = C0R @ lam_d
+        MRR = lam_d.T @ blocks.ARR @ lam_d
+        MRF = lam_d.T @ blocks.ARF
+    return C0R, MRR - C0R.T @ C0R, MRF
 
 
 def _lambda_rest(rb: RandomBlocks, T: list[np.ndarray]):
@@ -665,10 +692,12 @@ def conditional_variances(rb: RandomBlocks, f: Factor, chunk: int = 4096) -> lis
         ),
         shape=(n0 * q0, n0 * q0),
     )
-    B = (Wb @ f.C0R).tocsr()  # rows: W₀ᵢᵀ C₀ᵣ per level
+    B = Wb @ f.C0R  # rows: W₀ᵢᵀ C₀ᵣ per level (dense where C₀ᵣ is)
+    B = B if isinstance(B, np.ndarray) else B.tocsr()
     step = max(1, chunk // q0) * q0
     for start in range(0, n0 * q0, step):  # chunks of levels, bounded memory
-        rows = B[start : start + step].toarray()  # (k q0, Qr)
+        rows = B[start : start + step]
+        rows = rows if isinstance(rows, np.ndarray) else rows.toarray()  # (k q0, Qr)
         Y = sla.solve_triangular(f.LR, rows.T, lower=True, check_finite=False)  # (Qr, k q0)
         Yl = Y.reshape(Y.shape[0], -1, q0)
         V0[start // q0 : start // q0 + Yl.shape[1]] += np.einsum("rna,rnb->nab", Yl, Yl)
