@@ -45,6 +45,7 @@ from scipy.linalg.lapack import dposv, dpotrf
 from multilevel.compiled import kernel
 from multilevel.glmm.families import Binomial, Family, GlmResponse, Poisson
 from multilevel.linalg import batched
+from multilevel.linalg.affine import lower_solve
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import group_sums, level_crossprod
 
@@ -332,12 +333,12 @@ def factor(
         lam, lam_sparse = _lambda_rest(rb, T)
         rest = _dense_rest if isinstance(blocks.A0R, np.ndarray) else _sparse_rest
         C0R, MRR, MRF = rest(rb, blocks, W0, lam, lam_sparse)
-        MRR[np.diag_indices_from(MRR)] += 1.0
+        MRR.flat[:: MRR.shape[0] + 1] += 1.0
         LR, info = dpotrf(MRR, lower=1, clean=1, overwrite_a=1)
         if info != 0:
             return None
         logdet += 2.0 * float(np.log(np.diag(LR)).sum())
-        CRF = sla.solve_triangular(LR, MRF - C0R.T @ C0F, lower=True, check_finite=False)
+        CRF = lower_solve(LR, MRF - C0R.T @ C0F)
         if joint:
             MFF = MFF - CRF.T @ CRF
     LFF = None
@@ -364,9 +365,7 @@ def _sparse_rest(rb: RandomBlocks, blocks: WeightedBlocks, W0: np.ndarray, lam, 
         )
         C0R = (Wb @ A0R).tocsr()
     if lam_sparse is None:
-        C0R = sp.csr_matrix(
-            (C0R.data * lam[C0R.indices], C0R.indices, C0R.indptr), shape=C0R.shape
-        )
+        C0R = sp.csr_matrix((C0R.data * lam[C0R.indices], C0R.indices, C0R.indptr), shape=C0R.shape)
         MRR = blocks.ARR * lam[:, None] * lam[None, :]
         MRF = blocks.ARF * lam[:, None]
     else:
@@ -415,7 +414,7 @@ def back_solve(rb: RandomBlocks, f: Factor, c0: np.ndarray, cR: np.ndarray | Non
     q0, n0 = rb.q[0], rb.nlevels[0]
     extra = c0.shape[1:]
     if f.LR is not None:
-        uR = sla.solve_triangular(f.LR, cR, lower=True, trans="T", check_finite=False)
+        uR = lower_solve(f.LR, cR, trans=True)
         c0 = c0 - f.C0R @ uR
     B = np.moveaxis(c0.reshape((n0, q0) + extra), 1, 0)  # (q0, n0, ...)
     u0 = np.moveaxis(lower_t_solve(f.L0, B), 0, 1).reshape((n0 * q0,) + extra)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg as sla
 from scipy.linalg.blas import dnrm2
 from scipy.linalg.lapack import dgeqrf, dtrtri, dtrtrs
 
@@ -178,6 +179,16 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
             else:
                 np.divide(M[:, j], d[j], out=col)
     return out
+
+
+def lower_solve(L: np.ndarray, B: np.ndarray, trans: bool = False) -> np.ndarray:
+    """L⁻¹B (``trans``: L⁻ᵀB) for a lower-triangular L: LAPACK's ``dtrtrs``
+    directly (scipy's wrapper costs more than the small solves of a PIRLS
+    iteration); scipy's solver, which says what is wrong, where it fails."""
+    X, info = dtrtrs(L, B, lower=1, trans=int(trans))
+    if info == 0:
+        return X
+    return sla.solve_triangular(L, B, lower=True, trans="T" if trans else "N")
 
 
 def solve_small(A: np.ndarray, B: np.ndarray, lower: bool | None = None) -> np.ndarray:

@@ -35,7 +35,6 @@ link Fisher's are the same), the Hessian the implicit derivative needs.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg as sla
 from scipy.linalg.lapack import dtrtri
 
 from multilevel.compiled import kernel
@@ -45,6 +44,7 @@ from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.families.discrete import LINK_ROWS
 from multilevel.glmm.pirls import PirlsError, PirlsProblem, back_solve
+from multilevel.linalg.affine import lower_solve
 
 MAX_REST = 1500  # rest-block order up to which M⁻¹'s blocks are formed densely
 MAX_CELLS = 4_000_000  # n₀ × rest order: the dense K
@@ -291,7 +291,7 @@ class LaplaceGLMM:
         y0 = np.einsum("nab,nb->na", L0inv, rhs[: rb.Q0].reshape(n0, q0)).ravel()
         if f.LR is None:  # one term
             return back_solve(rb, f, y0, None)
-        yR = sla.solve_triangular(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0, lower=True, check_finite=False)
+        yR = lower_solve(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0)
         return back_solve(rb, f, y0, yR)
 
     def _compiled(self, phi: np.ndarray, grad: bool):
@@ -312,7 +312,7 @@ class LaplaceGLMM:
         """M⁻¹ rhs through L: forward with [[D₀, 0], [C₀ᵣᵀ, L_R]], then Lᵀ."""
         rb = self.prob.rb
         y0 = rhs[: rb.Q0] / f.L0[0, 0]
-        yR = sla.solve_triangular(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0, lower=True, check_finite=False)
+        yR = lower_solve(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0)
         return back_solve(rb, f, y0, yR)
 
 
