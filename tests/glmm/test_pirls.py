@@ -250,3 +250,16 @@ def test_dense_small_blocks_equal_the_sparse_path(formula, monkeypatch):
         strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_log_ndtr_pair_equals_two_log_ndtr():
+    """log Φ(η) and log Φ(−η) from one log Φ of the smaller tail: equal to
+    scipy's two calls to rounding, in both tails and at 0."""
+    from scipy import special
+
+    from multilevel.glmm.families.links import log_ndtr_pair
+
+    x = np.concatenate([np.linspace(-40.0, 40.0, 801), [0.0, -0.0, 1e-300, -8.3, 38.5]])
+    a, b = log_ndtr_pair(x)
+    np.testing.assert_allclose(a, special.log_ndtr(x), rtol=1e-13, atol=4e-16)
+    np.testing.assert_allclose(b, special.log_ndtr(-x), rtol=1e-13, atol=4e-16)

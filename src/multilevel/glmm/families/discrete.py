@@ -42,7 +42,7 @@ from multilevel.glmm.families.base import (
     numeric_column,
     prior_weights,
 )
-from multilevel.glmm.families.links import EPS, MAX_EXP, TINY
+from multilevel.glmm.families.links import EPS, MAX_EXP, TINY, log_ndtr_pair
 
 
 def softplus(eta: np.ndarray) -> np.ndarray:
@@ -61,9 +61,11 @@ def softplus(eta: np.ndarray) -> np.ndarray:
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
-def _mills(x: np.ndarray) -> np.ndarray:
-    """φ(x)/Φ(x), finite for every x."""
-    return np.exp(-0.5 * x * x - _HALF_LOG_2PI - special.log_ndtr(x))
+def _mills_pair(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """φ(x)/Φ(x) and φ(x)/Φ(−x), finite for every x (one log Φ)."""
+    lp, lm = log_ndtr_pair(x)
+    e = -0.5 * x * x - _HALF_LOG_2PI
+    return np.exp(e - lp), np.exp(e - lm)
 
 
 def probit_rows(eta, y, wt):
@@ -71,7 +73,7 @@ def probit_rows(eta, y, wt):
     with the probit link, through the inverse Mills ratio A = φ/Φ (finite in
     both tails): ℓ' = wt[yA(η) − (1 − y)A(−η)], W = wt A(η)A(−η),
     A' = −A(x + A)."""
-    Ap, Am = _mills(eta), _mills(-eta)
+    Ap, Am = _mills_pair(eta)
     dAp = -Ap * (eta + Ap)  # A'(η)
     dAm = -Am * (-eta + Am)  # A'(−η)
     lp = wt * (y * Ap - (1.0 - y) * Am)
@@ -119,8 +121,7 @@ class Binomial(Family):
         if self.link.name == "logit":  # y η − log(1 + e^η)
             return wt * (y * eta - softplus(eta))
         # y log μ + (1 − y) log(1 − μ), with 0·log 0 = 0 at the boundary
-        lm = self.link.log_mu(eta)
-        l1m = self.link.log1m_mu(eta)
+        lm, l1m = self.link.log_mu_pair(eta)
         with np.errstate(invalid="ignore"):  # 0 · (−∞) where the branch is unused
             a = np.where(y > 0, y * lm, 0.0)
             b = np.where(y < 1, (1.0 - y) * l1m, 0.0)

@@ -46,6 +46,10 @@ class Link:
     def log1m_mu(self, eta: np.ndarray) -> np.ndarray:
         return np.log1p(-self.linkinv(eta))
 
+    def log_mu_pair(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log μ and log(1 − μ) together (a link may share their work)."""
+        return self.log_mu(eta), self.log1m_mu(eta)
+
     def __repr__(self) -> str:
         return f"<link {self.name}>"
 
@@ -106,6 +110,18 @@ class ProbitLink(Link):
 
     def log1m_mu(self, eta):
         return special.log_ndtr(-eta)
+
+    def log_mu_pair(self, eta):
+        return log_ndtr_pair(eta)
+
+
+def log_ndtr_pair(eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log Φ(η) and log Φ(−η) with one log Φ: of the smaller tail, Φ(−|η|) ≤ ½,
+    and the larger one's as log1p(−Φ(−|η|)), accurate since Φ(−|η|) ≤ ½."""
+    small = special.log_ndtr(-np.abs(eta))
+    big = np.log1p(-np.exp(small))
+    pos = eta > 0
+    return np.where(pos, big, small), np.where(pos, small, big)
 
 
 class CloglogLink(Link):
