@@ -13,6 +13,12 @@ it solves the penalized weighted least-squares problem
 
 (over u with β fixed, or over (u, β) jointly as in lme4's first stage), and
 moves towards the solution, halving the step while pdev does not decrease.
+Where the family says so (``pirls_newton``: the binomial with a probit or
+cloglog link, cumulative models) the weights are Newton's, −∂²log f/∂η², and
+zᵢ = ηᵢ − offsetᵢ + (∂log f/∂η)/Wᵢ: scoring converges only linearly for a
+non-canonical link; the factor at the mode is then formed again with the
+curvature the Laplace approximation takes (Fisher's, lme4's, unless the
+observed one is asked for).
 At the mode, L Lᵀ = ΛᵀZᵀWZΛ + I and the Laplace approximation of the
 marginal deviance is
 
