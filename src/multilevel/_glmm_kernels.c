@@ -75,6 +75,8 @@ static double group_point(int logit, const double *base, const double *z, const 
 static double link_point(int cloglog, const double *base, const double *z, const double *y,
                          const double *wt, int64_t m, double theta, double u, double *lp,
                          double *obs, double *W, double *W1, double *Szlp, double *Sz2W);
+static inline double link_row(int cloglog, double eta, double y, double wt, double *lp,
+                              double *obs, double *W, double *W1);
 
 /* A group's linear predictor without its random effect: base_i = off_i + x_i beta
  * over its m rows (X row-major, p columns). */
@@ -835,23 +837,30 @@ vec_point_q(int logit, int want_f, const double *base, const double *Z, const do
         const double *zi = Z + i * q;
         double eta = base[i];
         for (int a = 0; a < q; a++) eta += zi[a] * bvec[a];
-        double mu, v, v3;
-        if (logit) {
-            double e = exp(-fabs(eta));
-            double rr = 1.0 / (1.0 + e);
-            mu = eta >= 0 ? rr : e * rr;
-            v = e * rr * rr;
-            v3 = v * (1.0 - 2.0 * mu);
-            if (want_f) ll += wt[i] * (y[i] * eta - ((eta > 0 ? eta : 0.0) + log1p(e)));
+        double mu, v, v3, l1, wi;
+        if (logit >= 2) { /* probit, cloglog: l', the observed curvature, W' */
+            double Wf;
+            ll += link_row(logit == 3, eta, y[i], wt[i], &l1, &wi, &Wf, &v3);
+            w3[i] = v3;
         } else {
-            mu = exp(eta < 700.0 ? eta : 700.0);
-            v = v3 = mu;
-            ll += wt[i] * (y[i] * eta - mu);
+            if (logit) {
+                double e = exp(-fabs(eta));
+                double rr = 1.0 / (1.0 + e);
+                mu = eta >= 0 ? rr : e * rr;
+                v = e * rr * rr;
+                v3 = v * (1.0 - 2.0 * mu);
+                if (want_f) ll += wt[i] * (y[i] * eta - ((eta > 0 ? eta : 0.0) + log1p(e)));
+            } else {
+                mu = exp(eta < 700.0 ? eta : 700.0);
+                v = v3 = mu;
+                ll += wt[i] * (y[i] * eta - mu);
+            }
+            l1 = wt[i] * (y[i] - mu);
+            wi = wt[i] * v;
+            w3[i] = wt[i] * v3;
         }
         eta_out[i] = eta;
-        double l1 = wt[i] * (y[i] - mu), wi = wt[i] * v;
         w[i] = wi;
-        w3[i] = wt[i] * v3;
         lp[i] = l1;
         for (int a = 0; a < q; a++) {
             g_[a] += l1 * zi[a];
@@ -880,7 +889,9 @@ static double vec_point(int logit, int want_f, const double *base, const double 
 static double vec_loglik(int logit, const double *eta, const double *y, const double *wt,
                          int64_t m) {
     double ll = 0.0;
-    for (int64_t i = 0; i < m; i++) ll += wt[i] * (y[i] * eta[i] - cumulant(logit, eta[i], NULL, NULL, NULL));
+    for (int64_t i = 0; i < m; i++)
+        ll += logit >= 2 ? link_row(logit == 3, eta[i], y[i], wt[i], NULL, NULL, NULL, NULL)
+                         : wt[i] * (y[i] * eta[i] - cumulant(logit, eta[i], NULL, NULL, NULL));
     return ll;
 }
 
@@ -998,6 +1009,8 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
     double gz[VEC_MAXQ], bvec[VEC_MAXQ], gvec[VEC_MAXQ], step[VEC_MAXQ], un[VEC_MAXQ];
     double gn[VEC_MAXQ], An[VEC_MAXQ * VEC_MAXQ], cvec[VEC_MAXQ], tc[VEC_MAXQ];
     double vj[VEC_MAXQ], Tv[VEC_MAXQ], ATv[VEC_MAXQ], Ts[VEC_MAXQ];
+    double AF[VEC_MAXQ * VEC_MAXQ], ATF[VEC_MAXQ * VEC_MAXQ], HF[VEC_MAXQ * VEC_MAXQ];
+    double PO[VEC_MAXQ * VEC_MAXQ];
     for (int64_t j = 0; j < J && !failed; j++) {
         int64_t r0 = starts[j], m = starts[j + 1] - r0;
         const double *Z = Zall + r0 * q, *yj = y + r0, *wj = wt + r0, *base = baseall + r0;
@@ -1050,7 +1063,7 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
         for (int a = 0; a < q; a++) uu += u[a] * u[a];
         /* f (a log per row for the logit) only where a step needs it, or at the mode */
         double f = 0.5 * uu - vec_point(logit, 0, base, Z, yj, wj, m, q, bvec, gz, A, eta, w, w3, lp);
-        int f_known = !logit, converged = 0;
+        int f_known = logit != 1, converged = 0; /* the logit's f is formed lazily */
         for (int it = 0; it < MAX_NEWTON && (!f_known || isfinite(f)); it++) {
             vec_curvature(q, T, A, AT, H);
             if (!vec_chol(H, q)) break;
@@ -1071,7 +1084,7 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
             vec_tmul(T, q, step, Ts);
             double D = 0.0; /* a bound on max_i |z_i'T s| */
             for (int a = 0; a < q; a++) D += zmax[a] * fabs(Ts[a]);
-            int safe = D <= VEC_SAFE_D;
+            int safe = D <= VEC_SAFE_D && logit < 2; /* non-canonical: f decides */
             if (!safe && !f_known) {
                 f = 0.5 * uu - vec_loglik(logit, eta, yj, wj, m);
                 f_known = 1;
@@ -1097,7 +1110,7 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
                     memcpy(A, An, sizeof(double) * q * q);
                     uu = uun;
                     f = fn;
-                    f_known = !safe || !logit; /* Poisson's f comes with the pass */
+                    f_known = !safe || logit != 1; /* others' f comes with the pass */
                     ok = 1;
                     break;
                 }
@@ -1114,22 +1127,49 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
             failed = 1;
             break;
         }
-        /* at the mode: eta, w, w3, lp, g and A are those of the last point taken */
+        /* at the mode: eta, w, w3, lp, g and A are those of the last point taken
+         * (w: the Newton curvature; for probit and cloglog the observed one) */
         vec_curvature(q, T, A, AT, H);
         if (!vec_chol(H, q)) {
             failed = 1;
             break;
         }
+        /* the Laplace curvature: the Newton one for canonical links; lme4's,
+         * Fisher's, for probit and cloglog (W, and its derivative W' in w3) */
+        double *HL = H, *ATL = AT;
+        if (logit >= 2) {
+            memset(AF, 0, sizeof(double) * q * q);
+            for (int64_t i = 0; i < m; i++) {
+                const double *zi = Z + i * q;
+                double l1_, o_, Wf, W1;
+                link_row(logit == 3, eta[i], yj[i], wj[i], &l1_, &o_, &Wf, &W1);
+                for (int a = 0; a < q; a++)
+                    for (int c = 0; c <= a; c++) AF[a * q + c] += Wf * zi[a] * zi[c];
+            }
+            vec_curvature(q, T, AF, ATF, HF);
+            if (!vec_chol(HF, q)) {
+                failed = 1;
+                break;
+            }
+            HL = HF;
+            ATL = ATF;
+        }
         double logdet = 0.0;
-        for (int a = 0; a < q; a++) logdet += 2.0 * log(H[a * q + a]);
+        for (int a = 0; a < q; a++) logdet += 2.0 * log(HL[a * q + a]);
         dev += 2.0 * f + logdet;
         if (!want_grad) continue;
-        /* P = H^{-1}, column by column */
+        /* P = HL^{-1} and the adjoint's PO = H^{-1} (the same for canonical
+         * links), column by column */
         for (int c = 0; c < q; c++) {
             for (int a = 0; a < q; a++) gvec[a] = a == c ? 1.0 : 0.0;
-            vec_solve(H, q, gvec, step);
+            vec_solve(HL, q, gvec, step);
             for (int a = 0; a < q; a++) P[a * q + c] = step[a];
+            if (HL != H) {
+                vec_solve(H, q, gvec, step);
+                for (int a = 0; a < q; a++) PO[a * q + c] = step[a];
+            }
         }
+        const double *Pv = HL != H ? PO : P;
         /* TP = T P, M = T P T' */
         for (int a = 0; a < q; a++)
             for (int c = 0; c < q; c++) {
@@ -1157,11 +1197,11 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
             double wh = w3[i] * hi;
             for (int a = 0; a < q; a++) cvec[a] += wh * zi[a];
         }
-        /* v = P T'c, Tv = T v, ATv = A T v */
+        /* v = PO T'c (the adjoint of the modes), Tv = T v, ATv = A T v */
         vec_ttmul(T, q, cvec, tc);
         for (int a = 0; a < q; a++) {
             double s = 0.0;
-            for (int c = 0; c < q; c++) s += P[a * q + c] * tc[c];
+            for (int c = 0; c < q; c++) s += Pv[a * q + c] * tc[c];
             vj[a] = s;
         }
         vec_tmul(T, q, vj, Tv);
@@ -1177,16 +1217,17 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
             rrow[r0 + i] = -2.0 * lp[i] + w3[i] * hrow[i] - w[i] * ztv;
             wrow[r0 + i] = w[i];
         }
-        /* dD/dT: (c - ATv - 2g) u' + g v' + 2 (AT) P */
+        /* dD/dT: (c - ATv - 2g) u' + g v' + 2 (A_L T) P */
         for (int a = 0; a < q; a++) {
             double ca = cvec[a] - ATv[a] - 2.0 * gz[a];
             for (int c = 0; c <= a; c++) {
                 double s = 0.0;
-                for (int k = 0; k < q; k++) s += AT[a * q + k] * P[k * q + c];
+                for (int k = 0; k < q; k++) s += ATL[a * q + k] * P[k * q + c];
                 GT[a * q + c] += ca * u[c] + gz[a] * vj[c] + 2.0 * s;
             }
         }
-        memcpy(sP, P, sizeof(double) * q * q);
+        /* the next evaluation's prediction: the Newton curvature's */
+        memcpy(sP, Pv, sizeof(double) * q * q);
         memcpy(sA, A, sizeof(double) * q * q);
         memcpy(sg, gz, sizeof(double) * q);
     }

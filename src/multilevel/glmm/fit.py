@@ -273,7 +273,7 @@ def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | 
     laplace = method == "laplace" and nAGQ == 1
     if scalar_glmm.supported(family, nterms, q0, prob.hessian):
         return "groupwise"
-    if vector_glmm.supported(family, nterms, q0, prob.hessian):
+    if vector_glmm.supported(family, nterms, q0, prob.hessian, laplace):
         return "vector"
     qs, nlevels = [r.q for r in rs], [r.nlevels for r in rs]
     if laplace and laplace_gradient.supported(family, qs, nlevels, prob.hessian, prob.n):

@@ -143,7 +143,50 @@ def test_which_models():
     assert supported(binomial(), 1, 2) and supported(poisson(), 1, 3)
     assert not supported(binomial(), 1, 1)  # scalar: scalar_glmm
     assert not supported(binomial(), 2, 2)
-    assert not supported(binomial("cloglog"), 1, 2)
+    # lme4's curvature with probit or cloglog: by Laplace, and only compiled
+    assert supported(binomial("cloglog"), 1, 2) == (vector_mod._fisher_kernel(2) is not None)
+    assert not supported(binomial("cloglog"), 1, 2, laplace=False)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_fisher_curvature_kernel_equals_the_general_path(link):
+    """One vector term with lme4's curvature and a probit or cloglog link: the
+    compiled vector kernel (modes by the observed curvature, the Laplace
+    determinant and its derivative by Fisher's) gives the deviance and
+    gradient of the several-terms route's numpy code."""
+    from multilevel.glmm.exact.laplace import LaplaceGLMM
+
+    ref = reference("contra_slope")
+    fit = quiet_glmer(ref["formula"], reference_data(ref), family=f"binomial({link})")
+    prob = fit._prob
+    compiled = VectorGLMM(prob)
+    if compiled._kernel is None:
+        pytest.skip("the compiled kernel was not built")
+    general = LaplaceGLMM(prob)
+    phi0 = np.concatenate([np.asarray(fit.optinfo.internal_theta), fit._mode.beta])
+    rng = np.random.default_rng(3)
+    for shift in (0.0, 0.1, 0.25):
+        phi = phi0 + shift * rng.standard_normal(phi0.size)
+        d1, g1 = compiled.deviance_grad(phi.copy())
+        d2, g2 = general.deviance_grad(phi.copy())
+        assert d1 == pytest.approx(d2, abs=1e-8)
+        np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6 * (1 + np.abs(g2).max()))
+
+
+def test_fisher_curvature_fit_reaches_the_general_optimum(monkeypatch):
+    ref = reference("contra_slope")
+    data = reference_data(ref)
+    fast = quiet_glmer(ref["formula"], data, family="binomial(probit)")
+    if vector_mod._fisher_kernel(2) is None:
+        pytest.skip("the compiled kernel was not built")
+    assert fast.optinfo.optimizer.startswith("bfgs")
+    monkeypatch.setattr(vector_mod, "KERNEL_DISABLED", True)  # the several-terms route
+    slow = quiet_glmer(ref["formula"], data, family="binomial(probit)")
+    assert fast.converged and slow.converged
+    assert fast.deviance <= slow.deviance + 1e-8
+    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-5 * slow.se.max())
+    np.testing.assert_allclose(fast.se, slow.se, rtol=1e-4)
+    np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("nagq", [1, 5])

@@ -39,7 +39,12 @@ from scipy.linalg.lapack import dtrtri
 
 from multilevel.compiled import kernel
 from multilevel.glmm import pirls
-from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
+from multilevel.glmm.exact.rows import (
+    RowTerms,
+    canonical_plain,
+    fisher_curvature,
+    has_derivatives,
+)
 from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.families.discrete import LINK_ROWS
@@ -81,17 +86,6 @@ def supported(
             (all(q == 1 for q in qs) and not fisher_curvature(family, hessian))
             or nrows * rest <= MAX_CELLS
         )
-    )
-
-
-def fisher_curvature(family: Family, hessian: str) -> bool:
-    """lme4's curvature (Fisher weights) with a probit or cloglog link: the
-    log-determinant's weights differ from the modes' (observed) curvature."""
-    return (
-        hessian != "observed"
-        and not family.canonical
-        and type(family) is Binomial
-        and family.link.name in LINK_ROWS
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.glmm.families import Binomial, Family, GlmResponse, Poisson
+from multilevel.glmm.families.discrete import LINK_ROWS
 
 
 def canonical_plain(family: Family) -> bool:
@@ -28,6 +29,17 @@ def has_derivatives(family: Family) -> bool:
     """Whether the family provides ℓ''' (and ∂/∂ψ where it has a parameter)."""
     cls = type(family)
     return cls.dmu3 is not Family.dmu3 and (not family.nfree or cls.dparam is not Family.dparam)
+
+
+def fisher_curvature(family: Family, hessian: str) -> bool:
+    """lme4's curvature (Fisher weights) with a probit or cloglog link: the
+    log-determinant's weights differ from the modes' (observed) curvature."""
+    return (
+        hessian != "observed"
+        and not family.canonical
+        and type(family) is Binomial
+        and family.link.name in LINK_ROWS
+    )
 
 
 class RowTerms:

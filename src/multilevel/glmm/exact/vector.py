@@ -38,7 +38,12 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.compiled import kernel
-from multilevel.glmm.exact.rows import RowTerms, canonical_plain, has_derivatives
+from multilevel.glmm.exact.rows import (
+    RowTerms,
+    canonical_plain,
+    fisher_curvature,
+    has_derivatives,
+)
 from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Family
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
@@ -53,15 +58,32 @@ KERNEL_DISABLED = False  # tests switch the compiled kernel off to check the num
 KERNEL_MAX_Q = 16  # random effects per level the compiled kernel takes
 
 
-def supported(family: Family, nterms: int, q: int, hessian: str = "fisher") -> bool:
+def supported(
+    family: Family, nterms: int, q: int, hessian: str = "fisher", laplace: bool = True
+) -> bool:
     """One vector term (q ≥ 2): binomial-logit or Poisson-log (plain classes),
     or a family with the derivatives of its log-density and the observed
-    curvature (or a canonical link)."""
+    curvature (or a canonical link); or, by Laplace, the binomial with a
+    probit or cloglog link and lme4's (Fisher's) curvature, compiled only
+    (without the kernel :mod:`multilevel.glmm.exact.laplace` takes it)."""
     if nterms != 1 or q < 2:
         return False
     if canonical_plain(family):
         return True
+    if fisher_curvature(family, hessian):
+        return laplace and _fisher_kernel(q) is not None
     return has_derivatives(family) and (hessian == "observed" or family.canonical)
+
+
+def _fisher_kernel(q: int):
+    """The compiled kernel for lme4's curvature with probit or cloglog (its
+    only implementation: the numpy code here has the observed curvature)."""
+    if KERNEL_DISABLED or q > KERNEL_MAX_Q:
+        return None
+    return kernel("_glmm_kernels", "vector_glmm")
+
+
+KINDS = {"log": 0, "logit": 1, "probit": 2, "cloglog": 3}  # the kernel's families
 
 
 def _lower(q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +114,16 @@ class VectorGLMM:
         if nagq > 1:
             self.nodes, self.logw = gauss_hermite_grid(nagq, self.q)
         self._kernel = None
-        if not (KERNEL_DISABLED or self.generic or nagq > 1 or self.q > KERNEL_MAX_Q):
+        # lme4's curvature with probit or cloglog: the modes' Newton curvature
+        # is the observed one, the Laplace approximation's Fisher's
+        self.fisher = fisher_curvature(prob.family, prob.hessian)
+        if self.fisher:
+            self._kernel = _fisher_kernel(self.q) if nagq == 1 else None
+            if self._kernel is None:
+                raise ValueError("lme4's curvature with this link needs the compiled kernel")
+        elif not (KERNEL_DISABLED or self.generic or nagq > 1 or self.q > KERNEL_MAX_Q):
             self._kernel = kernel("_glmm_kernels", "vector_glmm")
+        self._kind = KINDS[prob.family.link.name] if self._kernel is not None else -1
         if self._kernel is not None:
             starts = np.searchsorted(self.codes, np.arange(self.J + 1)).astype(np.int64)
             if np.any(np.diff(self.codes) < 0):
@@ -193,7 +223,7 @@ class VectorGLMM:
                 self._r,
                 g_theta,
                 self.q,
-                int(self.rows_.logit),
+                self._kind,
                 int(grad),
                 STEP_TOL,
                 int(predict),
