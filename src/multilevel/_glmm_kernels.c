@@ -790,9 +790,14 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
  * c = sum w' h z, v = P T'c, g = sum l' z)
  *   r_i = -2 l'_i + w'_i h_i - w_i z_i'T v      (dD/dbeta = X'r, by the caller)
  *   dD/dT += (c - A T v - 2 g) u' + g v' + 2 A T P.
- * The formulas are those of vector.py (its module docstring).
+ * The formulas are those of vector.py (its module docstring).  The binomial
+ * with a probit or cloglog link and lme4's curvature (kind 2, 3): w is the
+ * observed curvature O (Newton steps, the adjoint: A, v and the r_i term in
+ * w), the determinant Fisher's W (A_F, H_F, P = H_F^{-1}, h, 2 A_F T P) and
+ * w' = dW/deta (docs/glmm.md).
  *
- * f is needed only to refuse a step that raises it.  For these families
+ * f is needed only to refuse a step that raises it.  For the canonical
+ * families
  * |w'| <= w, so along u - ts the curvature s'H(t)s is at most e^{tD} s'H(0)s,
  * D = max_i |z_i'T s|, and with Q = s'H(0)s
  *   f(u - s) - f(u) <= -Q + Q (e^D - 1 - D)/D^2 <= -0.28 Q < 0  for D <= 1:

@@ -27,7 +27,11 @@ parameter ψ (its logarithm) enters φ after θ:
 For q = 1 these are :mod:`multilevel.glmm.exact.scalar`'s formulas.  The
 compiled kernel (``_glmm_kernels.c``, used when it was built) does the
 Laplace deviance and gradient of binomial-logit and Poisson-log group by
-group, each group's Newton iterations in cache.  With the
+group, each group's Newton iterations in cache; also of the binomial with a
+probit or cloglog link and lme4's curvature, where the modes' Newton steps
+and the adjoint v take the observed curvature O and the determinant
+Fisher's W: P = H_W⁻¹ in h and in 2A_WTP, v = H_O⁻¹Tᵀc, w = O in ∂D/∂β's
+last term and in A_OTv (that variant is compiled only).  With the
 observed curvature H_j is f_j'' (the modes' Newton matrix) and the Laplace
 approximation's; where a family that is not log-concave makes it indefinite
 at a trial point, the Newton step takes Fisher's weights instead.
