@@ -303,7 +303,7 @@ def _exact_search(route: str, prob, obj, nAGQ: int, theta0: np.ndarray, lower_t:
     its record in natural coordinates and its Hessian; not converged when the
     Hessian is not positive definite or a zero variance is not a minimum."""
     with np.errstate(over="ignore", under="ignore"):
-        if route in ("groupwise", "terms"):
+        if route in ("groupwise", "terms", "vector"):
             t0 = moment_theta(prob, obj.beta)
             if t0 is not None:  # the random effects'; a family's parameter keeps its start
                 theta0 = np.concatenate([t0, theta0[t0.size :]])
