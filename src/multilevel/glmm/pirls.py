@@ -51,7 +51,7 @@ from scipy.linalg.lapack import dposv, dpotrf
 from multilevel.compiled import kernel
 from multilevel.glmm.families import Binomial, Family, GlmResponse, Poisson
 from multilevel.linalg import batched
-from multilevel.linalg.affine import lower_solve
+from multilevel.linalg.affine import triangular_solve
 from multilevel.linalg.blockdiag import BlockDiagonal
 from multilevel.linalg.crossprod import group_sums, level_crossprod
 
@@ -344,7 +344,7 @@ def factor(
         if info != 0:
             return None
         logdet += 2.0 * float(np.log(np.diag(LR)).sum())
-        CRF = lower_solve(LR, MRF - C0R.T @ C0F)
+        CRF = triangular_solve(LR, MRF - C0R.T @ C0F)
         if joint:
             MFF = MFF - CRF.T @ CRF
     LFF = None
@@ -420,7 +420,7 @@ def back_solve(rb: RandomBlocks, f: Factor, c0: np.ndarray, cR: np.ndarray | Non
     q0, n0 = rb.q[0], rb.nlevels[0]
     extra = c0.shape[1:]
     if f.LR is not None:
-        uR = lower_solve(f.LR, cR, trans=True)
+        uR = triangular_solve(f.LR, cR, trans=True)
         c0 = c0 - f.C0R @ uR
     B = np.moveaxis(c0.reshape((n0, q0) + extra), 1, 0)  # (q0, n0, ...)
     u0 = np.moveaxis(lower_t_solve(f.L0, B), 0, 1).reshape((n0 * q0,) + extra)

@@ -181,14 +181,17 @@ def apply_affine(M: np.ndarray, N: np.ndarray) -> np.ndarray:
     return out
 
 
-def lower_solve(L: np.ndarray, B: np.ndarray, trans: bool = False) -> np.ndarray:
-    """L⁻¹B (``trans``: L⁻ᵀB) for a lower-triangular L: LAPACK's ``dtrtrs``
-    directly (scipy's wrapper costs more than the small solves of a PIRLS
-    iteration); scipy's solver, which says what is wrong, where it fails."""
-    X, info = dtrtrs(L, B, lower=1, trans=int(trans))
+def triangular_solve(
+    A: np.ndarray, B: np.ndarray, lower: bool = True, trans: bool = False
+) -> np.ndarray:
+    """A⁻¹B (``trans``: A⁻ᵀB) for a triangular A: LAPACK's ``dtrtrs``
+    directly (scipy's and numpy's wrappers cost more than the small solves of
+    a PIRLS iteration); scipy's solver, which says what is wrong, where it
+    fails."""
+    X, info = dtrtrs(A, B, lower=int(lower), trans=int(trans))
     if info == 0:
         return X
-    return sla.solve_triangular(L, B, lower=True, trans="T" if trans else "N")
+    return sla.solve_triangular(A, B, lower=lower, trans="T" if trans else "N")
 
 
 def solve_small(A: np.ndarray, B: np.ndarray, lower: bool | None = None) -> np.ndarray:
@@ -213,9 +216,7 @@ def solve_small(A: np.ndarray, B: np.ndarray, lower: bool | None = None) -> np.n
                 )
             return np.array([[d, -b], [-c, a]]) @ B / det
     if lower is not None and A.shape[0] > 2:
-        X, info = dtrtrs(A, B, lower=int(lower))
-        if info == 0:
-            return X
+        return triangular_solve(A, B, lower=lower)
     return np.linalg.solve(A, B)
 
 

@@ -49,7 +49,7 @@ from multilevel.glmm.exact.search import past_zero_columns, run_search
 from multilevel.glmm.families import Binomial, Family
 from multilevel.glmm.families.discrete import LINK_ROWS
 from multilevel.glmm.pirls import PirlsError, PirlsProblem, back_solve
-from multilevel.linalg.affine import lower_solve
+from multilevel.linalg.affine import triangular_solve
 
 MAX_REST = 1500  # rest-block order up to which M⁻¹'s blocks are formed densely
 MAX_CELLS = 4_000_000  # n₀ × rest order: the dense K
@@ -285,7 +285,7 @@ class LaplaceGLMM:
         y0 = np.einsum("nab,nb->na", L0inv, rhs[: rb.Q0].reshape(n0, q0)).ravel()
         if f.LR is None:  # one term
             return back_solve(rb, f, y0, None)
-        yR = lower_solve(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0)
+        yR = triangular_solve(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0)
         return back_solve(rb, f, y0, yR)
 
     def _compiled(self, phi: np.ndarray, grad: bool):
@@ -306,7 +306,7 @@ class LaplaceGLMM:
         """M⁻¹ rhs through L: forward with [[D₀, 0], [C₀ᵣᵀ, L_R]], then Lᵀ."""
         rb = self.prob.rb
         y0 = rhs[: rb.Q0] / f.L0[0, 0]
-        yR = lower_solve(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0)
+        yR = triangular_solve(f.LR, rhs[rb.Q0 :] - f.C0R.T @ y0)
         return back_solve(rb, f, y0, yR)
 
 

@@ -75,18 +75,11 @@ class Search:
 
     def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         key = x.tobytes()
-        seen = self._seen.get(key)
+        seen = self._recall(key, False)
         if seen is not None:
-            dev, gx, u, _ = seen
-            self.model.u = None if u is None else u.copy()
-            return dev, gx
-        if self.in_x:
-            phi = x
-        else:
-            phi = self._A @ x
-            phi += self._c
+            return seen[:2]
         try:
-            dev, g = self.model.deviance_grad(phi)
+            dev, g = self.model.deviance_grad(self._phi(x))
         except PirlsError:
             dev, g = math.inf, None
         return self._keep(key, dev, g, None)[:2]
@@ -95,17 +88,28 @@ class Search:
         """The deviance, its gradient and its exact Hessian in x (``exact``
         models; None where the deviance is not finite)."""
         key = x.tobytes()
-        seen = self._seen.get(key)
-        if seen is not None and seen[3] is not None:
-            dev, gx, u, Hx = seen
-            self.model.u = None if u is None else u.copy()
-            return dev, gx, Hx
-        phi = x if self.in_x else self._A @ x + self._c
+        seen = self._recall(key, True)
+        if seen is not None:
+            return seen
         try:
-            dev, g, H = self.model.deviance_grad_hess(phi)
+            dev, g, H = self.model.deviance_grad_hess(self._phi(x))
         except PirlsError:
             dev, g, H = math.inf, None, None
         return self._keep(key, dev, g, H)
+
+    def _phi(self, x: np.ndarray) -> np.ndarray:
+        """The model's point φ = Ax + c (x itself where the model is whitened)."""
+        return x if self.in_x else self._A @ x + self._c
+
+    def _recall(self, key: bytes, need_hessian: bool):
+        """A remembered point's (deviance, gradient, Hessian), its modes put
+        back in the model; None if not remembered (or without its Hessian)."""
+        seen = self._seen.get(key)
+        if seen is None or (need_hessian and seen[3] is None):
+            return None
+        dev, gx, u, Hx = seen
+        self.model.u = None if u is None else u.copy()
+        return dev, gx, Hx
 
     def _keep(self, key: bytes, dev: float, g, H):
         """The point's values in x, remembered with the modes it left."""
@@ -159,7 +163,7 @@ class Search:
 
         def derivatives(z: np.ndarray, _fz: float):
             gz = start.pop() if start else self.fg(z)[1]
-            return gz, lambda idx: H if idx.size == H.shape[0] else H[np.ix_(idx, idx)]
+            return gz, _restricted(H)
 
         res = newton_steps(
             fun, x, f, self.lower, derivatives, maxit=maxit, tol=tol,
@@ -186,7 +190,7 @@ class Search:
             _, gz, Hz = self.fgh(z)
             if Hz is None:  # refused as not positive definite
                 Hz = np.full((self.d, self.d), np.nan)
-            return gz, lambda idx: Hz if idx.size == Hz.shape[0] else Hz[np.ix_(idx, idx)]
+            return gz, _restricted(Hz)
 
         if not math.isfinite(f):
             return None, x0
@@ -255,6 +259,11 @@ class Search:
                 rec.messages.append(f"Model failed to converge: largest |gradient| {gmax:.3g}")
         self.fg(x)  # leaves the modes at the optimum
         return rec, H
+
+
+def _restricted(H: np.ndarray):
+    """H[idx][:, idx] for the Newton steps' free coordinates idx."""
+    return lambda idx: H if idx.size == H.shape[0] else H[np.ix_(idx, idx)]
 
 
 def _modified(H: np.ndarray | None, d: int) -> np.ndarray:

@@ -281,7 +281,10 @@ class Family:
         self, y: np.ndarray, eta: np.ndarray, wt: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The weights and working residuals of a PIRLS step (its steps are
-        halved while the penalized deviance rises): the scoring step here."""
+        halved while the penalized deviance rises): Newton's where the family
+        says so (``pirls_newton``), else the scoring step."""
+        if self.pirls_newton:
+            return self.newton_weights(y, eta, wt)
         return self.score_weights(y, eta, wt)
 
     def newton_weights(

@@ -129,13 +129,8 @@ class Binomial(Family):
 
     @property
     def pirls_newton(self) -> bool:
-        return self.link.name != "logit"
-
-    def pirls_weights(self, y, eta, wt):
         # probit and cloglog: Newton's steps (scoring's converge linearly there)
-        if self.link.name != "logit":
-            return self.newton_weights(y, eta, wt)
-        return self.score_weights(y, eta, wt)
+        return self.link.name != "logit"
 
     def newton_weights(self, y, eta, wt):
         rows = LINK_ROWS.get(self.link.name)

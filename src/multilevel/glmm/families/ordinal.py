@@ -411,10 +411,7 @@ class Cumulative(Family):
         w = self.irls_terms(eta, wt)[2]
         return w, self.eta_derivs(y, eta, wt, third=False)[1] / w
 
-    pirls_newton = True
-
-    def pirls_weights(self, y, eta, wt):
-        return self.newton_weights(y, eta, wt)
+    pirls_newton = True  # Newton's PIRLS steps (log-concave F)
 
     def observed_weights(self, y, eta, wt):
         return -self.eta_derivs(y, eta, wt, third=False)[2]
