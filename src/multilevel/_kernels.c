@@ -470,48 +470,39 @@ static int scalar_rest(const double *d, const double *B, const int64_t *Ap, cons
 }
 
 /*
- * Several random-effects terms of any size q_k, a small model whose blocks
- * are dense (multilevel.lmm.criterion forms the same criterion blockwise in
- * numpy): the criterion and its exact gradient from the whole Z^T Z.
- *   A (Q, Q)      Z^T Z, terms in order, each level's q_k columns together
- *   AZF (Q, m)    Z^T [X y];  AFF (m, m)  [X y]^T [X y]
- *   qk, nk (K)    each term's columns and levels (int64)
- * With Lam = blockdiag(T_k per level) (T_k lower, theta by columns, term by
- * term): M = Lam^T A Lam + I = L L^T, G = Lam^T AZF, U = M^{-1} G,
- * MFF = AFF - G^T U = L_F L_F^T.  Gradient: for theta_j, an entry (r, c)
- * of T_k, dCrit = sum over the levels of Gam[o + r, o + c] with
- *   Gam = 2 A Lam M^{-1} + 2 H Om U^T,  H = A Lam U - AZF,
- *   Om = (n - p)/r^2 z z^T + [P 0; 0 0] (REML) or n/r^2 z z^T (ML),
- * z = (-beta, 1), P = (L_X L_X^T)^{-1}: d log|M| = 2 <A Lam M^{-1}, dLam>
- * and tr(Om dMFF) = 2 <H Om U^T, dLam>.  Only Gam's diagonal blocks are
- * formed.  Work per evaluation: O(Q^3 + Q^2 m).
- */
-/*
  * Several random-effects terms of any size, blockwise: the first term (the
- * most levels) per level, the rest dense (multilevel.lmm.criterion's
- * layout, with the cross blocks dense: a small or middling model).
+ * most levels) per level, the rest's Schur complement dense
+ * (multilevel.lmm.criterion's layout, for a small or middling rest block).
  *   D1 (n1, q1, q1), B1 (n1, q1, m)  the first term's Z_i^T Z_i, Z_i^T [X y]
- *   A1R (n1 q1, Qr)                  Z_1^T Z_R;  ARR (Qr, Qr), ARF (Qr, m), AFF (m, m)
+ *   Ap (n1 + 1), Ai, Ax              Z_1^T Z_R by level of the first term: level
+ *                                    i meets the rest columns Ai[Ap[i] .. Ap[i+1])
+ *                                    (whole rest levels, ascending); its q1 rows
+ *                                    of them, row-major, from Ax + q1 Ap[i]
+ *   ARR (Qr, Qr), ARF (Qr, m), AFF (m, m)
  *   qk, nk (K)                       each term's columns and levels (int64)
  * With S_i = T1^T D_i T1 + I = L_i L_i^T, W_i = L_i^{-1} T1^T, C1_i = W_i B_i,
  * Y_i = A_R1,i T1 (Qr x q1), MR1_i = Lam_R^T Y_i, L21_i = MR1_i L_i^{-T}:
  *   S = Lam_R^T ARR Lam_R + I - sum L21_i L21_i^T = L22 L22^T,
  *   MRF = Lam_R^T ARF - sum L21_i C1_i,  C_R = L22^{-1} MRF,
  *   MFF = AFF - sum C1_i^T C1_i - C_R^T C_R = L_F L_F^T,
- * the blocked Cholesky factor of M = Lam^T A Lam + I and [X y]'s.  For
- * theta_j, an entry (r, c) of T_k, dCrit = sum over the levels of
- * Gam[o + r, o + c] with Gam = 2 A Lam M^{-1} + 2 H Om U^T (G = Lam^T
- * A_ZF, U = M^{-1} G, H = A Lam U - A_ZF, Om = (n - p)/r^2 z z^T + [P 0;
- * 0 0] for REML, n/r^2 z z^T for ML, z = (-beta, 1), P = (L_X L_X^T)^{-1}:
- * d log|M| = 2 <A Lam M^{-1}, dLam>, tr(Om dMFF) = 2 <H Om U^T, dLam>),
- * formed on Lam's diagonal blocks only, from the blocks of K = M^{-1}: K_RR = S^{-1},
- * K_Ri = -X_i with X_i = S^{-1} MR1_i S_i^{-1}, K_ii = S_i^{-1} + S_i^{-1}
- * MR1_i^T X_i; so for level i of the first term
+ * the blocked Cholesky factor of M = Lam^T A Lam + I and [X y]'s.  Y_i,
+ * MR1_i and L21_i are nonzero only on level i's rest columns (Lam_R keeps
+ * each rest level's columns together), so a level costs O(nz_i^2 q1) and a
+ * nested rest (each level meeting one rest level) stays cheap however many
+ * rest columns there are.  For theta_j, an entry (r, c) of T_k, dCrit = sum
+ * over the levels of Gam[o + r, o + c] with Gam = 2 A Lam M^{-1} + 2 H Om
+ * U^T (G = Lam^T A_ZF, U = M^{-1} G, H = A Lam U - A_ZF, Om = (n - p)/r^2
+ * z z^T + [P 0; 0 0] for REML, n/r^2 z z^T for ML, z = (-beta, 1), P =
+ * (L_X L_X^T)^{-1}: d log|M| = 2 <A Lam M^{-1}, dLam>, tr(Om dMFF) = 2 <H
+ * Om U^T, dLam>), formed on Lam's diagonal blocks only, from the blocks of
+ * K = M^{-1}: K_RR = S^{-1}, K_Ri = -X_i with X_i = S^{-1} MR1_i S_i^{-1},
+ * K_ii = S_i^{-1} + S_i^{-1} MR1_i^T X_i; so for level i of the first term
  *   (A Lam K)_ii = D_i T1 K_ii - A_1R,i Lam_R X_i,
- * and on the rest's diagonal (A Lam K)_RR = -sum Y_i X_i^T + ARR Lam_R S^{-1};
- * with U = M^{-1} G (U_R = L22^{-T} C_R, U1_i = L_i^{-T}(C1_i - L21_i^T U_R)),
- * H1_i = D_i T1 U1_i + A_1R,i Lam_R U_R - B_i and H_R = sum Y_i U1_i +
- * ARR Lam_R U_R - ARF.  Work per evaluation O(n1 Qr^2 q1 + Qr^3 + ...).
+ * and on the rest's diagonal (A Lam K)_RR = -sum Y_i X_i^T + ARR Lam_R S^{-1}.
+ * Each of these reads X_i only on level i's rest columns.  With U = M^{-1} G
+ * (U_R = L22^{-T} C_R, U1_i = L_i^{-T}(C1_i - L21_i^T U_R)), H1_i = D_i T1
+ * U1_i + A_1R,i Lam_R U_R - B_i and H_R = sum Y_i U1_i + ARR Lam_R U_R - ARF.
+ * Work per evaluation O(sum_i nz_i^2 q1 + Qr^3 + Qr^2 (q + m)).
  */
 /* A kept factorization's result: (log|S_1|, log|M_RR|), None where a block
  * was not positive definite, MemoryError where work space was not had. */
@@ -523,13 +514,108 @@ static PyObject *kept_result(int nomem, int ok, double logdet1, double logdetR) 
 
 typedef struct {
     int n1, q1, Qr, m, K;
-    const double *D1, *B1, *A1R, *ARR, *ARF, *AFF;
+    const double *D1, *B1;
+    const int64_t *Ap, *Ai;
+    const double *Ax, *ARR, *ARF, *AFF;
     const int64_t *qk, *nk;
-    /* filled by blocked_factor */
+    /* filled by blocked_factor; Y, L21 (nz_i x q1 per level) from q1 Ap[i] */
     double *T1, *LamR, *L, *W, *C1, *Y, *L21, *S, *MRF, *CR, *MFF;
     int64_t *rblk, *rsz; /* each rest column's block start and size */
+    int64_t *first;      /* S's envelope (Qr), and its inverse factor's (Qr) */
     double logdet1, logdetR;
 } Blocked;
+
+/* The rest block's Schur complement is factored within its envelope: row
+ * i of a matrix and of its Cholesky factor are zero before the same column
+ * first[i] (nested rest levels make it block diagonal, and then these cost
+ * O(n q^2) where the dense loops cost O(n^3)). */
+
+/* lower Cholesky of the n x n matrix a (row-major, lower triangle read) in
+ * place, its envelope in first; 0 if not positive definite */
+static int env_chol(double *a, int n, int64_t *first) {
+    for (int i = 0; i < n; i++) {
+        const double *ai = a + (size_t)i * n;
+        int f = 0;
+        while (f < i && ai[f] == 0.0) f++;
+        first[i] = f;
+    }
+    for (int j = 0; j < n; j++) {
+        double *aj = a + (size_t)j * n;
+        int fj = (int)first[j];
+        double d = aj[j] - dot(aj + fj, aj + fj, (size_t)(j - fj));
+        if (!(d > 0.0)) return 0;
+        d = sqrt(d);
+        aj[j] = d;
+        for (int i = j + 1; i < n; i++) {
+            if (first[i] > j) continue;
+            double *ai = a + (size_t)i * n;
+            int k0 = first[i] > fj ? (int)first[i] : fj;
+            ai[j] = (ai[j] - dot(ai + k0, aj + k0, (size_t)(j - k0))) / d;
+        }
+    }
+    return 1;
+}
+
+/* L X = B (forward) or L^T X = B (back) in place, L from env_chol, X with r
+ * columns (row-major n x r); both read L by rows */
+static void env_solve(const double *L, const int64_t *first, double *X, int n, int r,
+                      int transpose) {
+    if (!transpose) {
+        for (int i = 0; i < n; i++) {
+            const double *li = L + (size_t)i * n;
+            double *xi = X + (size_t)i * r;
+            for (int k = (int)first[i]; k < i; k++) {
+                double l = li[k];
+                const double *xk = X + (size_t)k * r;
+                for (int c = 0; c < r; c++) xi[c] -= l * xk[c];
+            }
+            for (int c = 0; c < r; c++) xi[c] /= li[i];
+        }
+    } else {
+        for (int i = n - 1; i >= 0; i--) {
+            const double *li = L + (size_t)i * n;
+            double *xi = X + (size_t)i * r;
+            for (int c = 0; c < r; c++) xi[c] /= li[i];
+            for (int k = (int)first[i]; k < i; k++) {
+                double l = li[k];
+                double *xk = X + (size_t)k * r;
+                for (int c = 0; c < r; c++) xk[c] -= l * xi[c];
+            }
+        }
+    }
+}
+
+/* S^{-1} (n x n, full) from L = env_chol(S): Li = L^{-1}, whose row i is
+ * zero before fi[i] (the least first[] it reaches), then L^{-T} L^{-1} */
+static void env_inverse(const double *L, const int64_t *first, int64_t *fi, double *Li,
+                        double *out, int n) {
+    memset(Li, 0, sizeof(double) * (size_t)n * n);
+    for (int i = 0; i < n; i++) {
+        const double *l = L + (size_t)i * n;
+        double *li = Li + (size_t)i * n;
+        int64_t f = i;
+        for (int k = (int)first[i]; k < i; k++) {
+            if (l[k] == 0.0) continue;
+            const double *lk = Li + (size_t)k * n;
+            for (int64_t c = fi[k]; c <= k; c++) li[c] -= l[k] * lk[c];
+            if (fi[k] < f) f = fi[k];
+        }
+        fi[i] = f;
+        li[i] += 1.0;
+        for (int64_t c = f; c <= i; c++) li[c] /= l[i];
+    }
+    memset(out, 0, sizeof(double) * (size_t)n * n);
+    for (int k = 0; k < n; k++) {
+        const double *lk = Li + (size_t)k * n;
+        for (int64_t a = fi[k]; a <= k; a++) {
+            double x = lk[a];
+            double *oa = out + (size_t)a * n;
+            for (int64_t c = fi[k]; c <= a; c++) oa[c] += x * lk[c];
+        }
+    }
+    for (int a = 0; a < n; a++)
+        for (int c = 0; c < a; c++) out[(size_t)c * n + a] = out[(size_t)a * n + c];
+}
 
 static int blocked_factor(Blocked *b, const double *theta) {
     int n1 = b->n1, q1 = b->q1, Qr = b->Qr, m = b->m;
@@ -579,7 +665,11 @@ static int blocked_factor(Blocked *b, const double *theta) {
     for (int lev = 0; lev < n1; lev++) {
         const double *D = b->D1 + lev * qq, *B = b->B1 + (size_t)lev * q1 * m;
         double *L = b->L + lev * qq, *W = b->W + lev * qq, *C1 = b->C1 + (size_t)lev * q1 * m;
-        double *Y = b->Y + (size_t)lev * Qr * q1, *L21 = b->L21 + (size_t)lev * Qr * q1;
+        int64_t o = b->Ap[lev];
+        int nz = (int)(b->Ap[lev + 1] - o);
+        const int64_t *ci = b->Ai + o;
+        const double *Ai = b->Ax + o * q1; /* q1 rows of nz */
+        double *Y = b->Y + o * q1, *L21 = b->L21 + o * q1;
         double ld = 0.0;
         if (!level_factor(D, T1, q1, L, DT, W, Li, &ld)) return 0;
         b->logdet1 += ld;
@@ -589,38 +679,39 @@ static int blocked_factor(Blocked *b, const double *theta) {
                 for (int k = 0; k < q1; k++) s += W[a * q1 + k] * B[k * m + c];
                 C1[a * m + c] = s;
             }
-        /* Y = A_R1,i T1; L21 = Lam_R^T A_R1,i W^T */
-        const double *Ai = b->A1R + (size_t)lev * q1 * Qr; /* q1 rows of Qr */
-        for (int a = 0; a < Qr; a++)
+        /* Y = A_R1,i T1; L21 = Lam_R^T A_R1,i W^T, on the level's rest columns */
+        for (int pa = 0; pa < nz; pa++)
             for (int c = 0; c < q1; c++) {
                 double s = 0.0;
-                for (int j = c; j < q1; j++) s += Ai[(size_t)j * Qr + a] * T1[j * q1 + c];
-                Y[(size_t)a * q1 + c] = s;
+                for (int j = c; j < q1; j++) s += Ai[(size_t)j * nz + pa] * T1[j * q1 + c];
+                Y[(size_t)pa * q1 + c] = s;
             }
-        for (int a = 0; a < Qr; a++) {
-            int64_t ea = b->rblk[a] + b->rsz[a];
+        for (int pa = 0; pa < nz; pa++) {
+            int64_t ga = ci[pa], ea = b->rblk[ga] + b->rsz[ga];
             for (int c = 0; c < q1; c++) {
                 double s = 0.0;
                 for (int j = 0; j < q1; j++) {
-                    double aw = 0.0; /* (Lam_R^T A_R1,i)[a, j] */
-                    for (int64_t i = a; i < ea; i++) aw += LamR[(size_t)i * Qr + a] * Ai[(size_t)j * Qr + i];
+                    double aw = 0.0; /* (Lam_R^T A_R1,i)[ga, j] */
+                    for (int64_t g = ga; g < ea; g++)
+                        aw += LamR[(size_t)g * Qr + ga] * Ai[(size_t)j * nz + pa + (g - ga)];
                     s += aw * W[c * q1 + j];
                 }
-                L21[(size_t)a * q1 + c] = s;
+                L21[(size_t)pa * q1 + c] = s;
             }
         }
-        for (int a = 0; a < Qr; a++) {
-            const double *la = L21 + (size_t)a * q1;
-            for (int c = 0; c <= a; c++) {
-                const double *lc = L21 + (size_t)c * q1;
+        for (int pa = 0; pa < nz; pa++) {
+            const double *la = L21 + (size_t)pa * q1;
+            double *Sa = b->S + (size_t)ci[pa] * Qr;
+            for (int pc = 0; pc <= pa; pc++) {
+                const double *lc = L21 + (size_t)pc * q1;
                 double s = 0.0;
                 for (int j = 0; j < q1; j++) s += la[j] * lc[j];
-                b->S[(size_t)a * Qr + c] -= s;
+                Sa[ci[pc]] -= s;
             }
             for (int j = 0; j < m; j++) {
                 double s = 0.0;
                 for (int k = 0; k < q1; k++) s += la[k] * C1[k * m + j];
-                b->MRF[(size_t)a * m + j] -= s;
+                b->MRF[(size_t)ci[pa] * m + j] -= s;
             }
         }
         for (int r = 0; r < m; r++)
@@ -630,11 +721,11 @@ static int blocked_factor(Blocked *b, const double *theta) {
                 b->MFF[r * m + c] -= s;
             }
     }
-    if (!chol(b->S, Qr)) return 0;
+    if (!env_chol(b->S, Qr, b->first)) return 0;
     b->logdetR = 0.0;
     for (int a = 0; a < Qr; a++) b->logdetR += 2.0 * log(b->S[(size_t)a * Qr + a]);
     memcpy(b->CR, b->MRF, sizeof(double) * (size_t)Qr * m);
-    tri_solve(b->S, b->CR, Qr, m, 0);
+    env_solve(b->S, b->first, b->CR, Qr, m, 0);
     for (int r = 0; r < m; r++)
         for (int c = 0; c <= r; c++) {
             double s = 0.0;
@@ -646,11 +737,11 @@ static int blocked_factor(Blocked *b, const double *theta) {
 
 /* the buffers of a Blocked problem, in one allocation (NULL if none) */
 static double *blocked_alloc(Blocked *b, size_t extra) {
-    size_t n1 = b->n1, q1 = b->q1, Qr = b->Qr, m = b->m;
-    size_t total = q1 * q1 + Qr * Qr + 2 * n1 * q1 * q1 + n1 * q1 * m + 2 * n1 * Qr * q1 +
+    size_t n1 = b->n1, q1 = b->q1, Qr = b->Qr, m = b->m, nnz = (size_t)b->Ap[n1];
+    size_t total = q1 * q1 + Qr * Qr + 2 * n1 * q1 * q1 + n1 * q1 * m + 2 * nnz * q1 +
                    Qr * Qr + 2 * Qr * m + m * m + extra + 1;
     double *w = calloc(total, sizeof(double));
-    int64_t *ib = malloc(sizeof(int64_t) * (2 * Qr + 1));
+    int64_t *ib = malloc(sizeof(int64_t) * (4 * Qr + 1));
     if (!w || !ib) {
         free(w);
         free(ib);
@@ -658,14 +749,15 @@ static double *blocked_alloc(Blocked *b, size_t extra) {
     }
     b->rblk = ib;
     b->rsz = ib + Qr;
+    b->first = ib + 2 * Qr;
     b->T1 = w;
     b->LamR = b->T1 + q1 * q1;
     b->L = b->LamR + Qr * Qr;
     b->W = b->L + n1 * q1 * q1;
     b->C1 = b->W + n1 * q1 * q1;
     b->Y = b->C1 + n1 * q1 * m;
-    b->L21 = b->Y + n1 * Qr * q1;
-    b->S = b->L21 + n1 * Qr * q1;
+    b->L21 = b->Y + nnz * q1;
+    b->S = b->L21 + nnz * q1;
     b->MRF = b->S + Qr * Qr;
     b->CR = b->MRF + Qr * m;
     b->MFF = b->CR + Qr * m;
@@ -677,26 +769,42 @@ static void blocked_free(Blocked *b) {
     free(b->rblk);
 }
 
-#define BLOCKED_ARGS "y*y*y*y*y*y*y*y*"
+/* the most rest columns one level of the first term meets */
+static int blocked_nzmax(const Blocked *b) {
+    int64_t mx = 0;
+    for (int lev = 0; lev < b->n1; lev++) {
+        int64_t nz = b->Ap[lev + 1] - b->Ap[lev];
+        if (nz > mx) mx = nz;
+    }
+    return (int)mx;
+}
+
+#define BLOCKED_ARGS "y*y*y*y*y*y*y*y*y*y*"
+#define BLOCKED_BUFS &bD, &bB, &bAp, &bAi, &bAx, &bARR, &bARF, &bAFF, &bq, &bn
+#define BLOCKED_INIT(b)                                                                    \
+    Blocked b = {n1, q1, Qr, m, K, bD.buf, bB.buf, bAp.buf, bAi.buf, bAx.buf, bARR.buf,   \
+                 bARF.buf, bAFF.buf, bq.buf, bn.buf}
 
 static PyObject *blocked_terms(PyObject *self, PyObject *args) {
-    Py_buffer bD, bB, bA1R, bARR, bARF, bAFF, bq, bn, bth, bg;
+    Py_buffer bD, bB, bAp, bAi, bAx, bARR, bARF, bAFF, bq, bn, bth, bg;
     int n1, q1, Qr, m, K, reml, want_grad;
     double nobs;
-    if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*iiiiidii", &bD, &bB, &bA1R, &bARR, &bARF, &bAFF,
-                          &bq, &bn, &bth, &bg, &n1, &q1, &Qr, &m, &K, &nobs, &reml, &want_grad))
+    if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*iiiiidii", BLOCKED_BUFS, &bth, &bg, &n1, &q1,
+                          &Qr, &m, &K, &nobs, &reml, &want_grad))
         return NULL;
-    Blocked b = {n1, q1, Qr, m, K, bD.buf, bB.buf, bA1R.buf, bARR.buf, bARF.buf, bAFF.buf,
-                 bq.buf, bn.buf};
+    BLOCKED_INIT(b);
     const double *theta = bth.buf;
     double *grad = bg.buf;
-    int p = m - 1;
-    size_t nq = (size_t)n1 * q1, Qq = (size_t)Qr * q1, mm = (size_t)m * m;
-    size_t extra = 5 * mm + (size_t)m + (size_t)Qr * m * 2 + nq * m + 2 * (size_t)Qr * Qr +
-                   (size_t)n1 * Qq + 4 * (size_t)q1 * q1 + 2 * Qq + (size_t)q1 * m * 2;
+    int p = m - 1, qmax = q1;
+    for (int k = 1; k < K; k++)
+        if (b.qk[k] > qmax) qmax = (int)b.qk[k];
+    int nzmax = blocked_nzmax(&b);
+    size_t nq = (size_t)n1 * q1, Zq = (size_t)nzmax * q1, mm = (size_t)m * m;
+    size_t extra = 5 * mm + (size_t)m + (size_t)Qr * m * 2 + nq * m + 3 * (size_t)Qr * Qr +
+                   (size_t)Qr * qmax + 4 * (size_t)q1 * q1 + 3 * Zq + (size_t)q1 * m * 2;
     double *x = blocked_alloc(&b, extra), value = INFINITY;
     if (!x) {
-        release(10, &bD, &bB, &bA1R, &bARR, &bARF, &bAFF, &bq, &bn, &bth, &bg);
+        release(12, BLOCKED_BUFS, &bth, &bg);
         return PyErr_NoMemory();
     }
     if (blocked_factor(&b, theta)) {
@@ -705,10 +813,11 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
         if (want_grad && r2 > 0) {
             double *LX = x, *LXinv = LX + mm, *P = LXinv + mm, *Om = P + mm, *z = Om + mm;
             double *UR = z + m, *HR = UR + (size_t)Qr * m, *U1 = HR + (size_t)Qr * m;
-            double *Sinv = U1 + nq * m, *ARL = Sinv + (size_t)Qr * Qr, *X = ARL + (size_t)Qr * Qr;
-            double *Si = X + (size_t)n1 * Qq, *Kii = Si + (size_t)q1 * q1, *G1 = Kii + (size_t)q1 * q1;
-            double *DT = G1 + (size_t)q1 * q1, *V = DT + (size_t)q1 * q1, *Z = V + Qq;
-            double *H1 = Z + Qq, *tq = H1 + (size_t)q1 * m;
+            double *Sinv = U1 + nq * m, *ARL = Sinv + (size_t)Qr * Qr, *Lwork = ARL + (size_t)Qr * Qr;
+            double *YX = Lwork + (size_t)Qr * Qr, *Si = YX + (size_t)Qr * qmax;
+            double *Kii = Si + (size_t)q1 * q1, *G1 = Kii + (size_t)q1 * q1;
+            double *DT = G1 + (size_t)q1 * q1, *V = DT + (size_t)q1 * q1, *Z = V + Zq;
+            double *X = Z + Zq, *H1 = X + Zq, *tq = H1 + (size_t)q1 * m;
             beta_and_P(b.MFF, m, LX, LXinv, z, P);
             double kk = (reml ? nobs - p : nobs) / r2;
             for (int r = 0; r < m; r++)
@@ -716,11 +825,8 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                     Om[r * m + c] = kk * z[r] * z[c] + (reml && r < p && c < p ? P[r * p + c] : 0.0);
             /* U_R = L22^{-T} C_R, S^{-1} */
             memcpy(UR, b.CR, sizeof(double) * (size_t)Qr * m);
-            tri_solve(b.S, UR, Qr, m, 1);
-            memset(Sinv, 0, sizeof(double) * (size_t)Qr * Qr);
-            for (int a = 0; a < Qr; a++) Sinv[(size_t)a * Qr + a] = 1.0;
-            tri_solve(b.S, Sinv, Qr, Qr, 0);
-            tri_solve(b.S, Sinv, Qr, Qr, 1);
+            env_solve(b.S, b.first, UR, Qr, m, 1);
+            env_inverse(b.S, b.first, b.first + Qr, Lwork, Sinv, Qr);
             /* ARL = ARR Lam_R; H_R starts at ARR Lam_R U_R - ARF */
             for (int a = 0; a < Qr; a++)
                 for (int c = 0; c < Qr; c++) {
@@ -735,20 +841,25 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                     for (int c = 0; c < Qr; c++) s += ARL[(size_t)a * Qr + c] * UR[(size_t)c * m + j];
                     HR[(size_t)a * m + j] = s;
                 }
+            memset(YX, 0, sizeof(double) * (size_t)Qr * qmax);
             int npar0 = q1 * (q1 + 1) / 2;
             double g0[64 * 65 / 2];
             for (int t = 0; t < npar0; t++) g0[t] = 0.0;
             for (int lev = 0; lev < n1; lev++) {
                 const double *D = b.D1 + (size_t)lev * q1 * q1, *B = b.B1 + (size_t)lev * q1 * m;
                 const double *L = b.L + (size_t)lev * q1 * q1, *C1 = b.C1 + (size_t)lev * q1 * m;
-                const double *Y = b.Y + (size_t)lev * Qq, *L21 = b.L21 + (size_t)lev * Qq;
-                const double *Ai = b.A1R + (size_t)lev * q1 * Qr;
-                double *u1 = U1 + (size_t)lev * q1 * m, *Xi = X + (size_t)lev * Qq;
+                int64_t o = b.Ap[lev];
+                int nz = (int)(b.Ap[lev + 1] - o);
+                const int64_t *ci = b.Ai + o;
+                const double *Ai = b.Ax + o * q1;
+                const double *Y = b.Y + o * q1, *L21 = b.L21 + o * q1;
+                double *u1 = U1 + (size_t)lev * q1 * m;
                 /* U1_i = L_i^{-T}(C1_i - L21_i^T U_R) */
                 for (int a = 0; a < q1; a++)
                     for (int j = 0; j < m; j++) {
                         double s = C1[a * m + j];
-                        for (int c = 0; c < Qr; c++) s -= L21[(size_t)c * q1 + a] * UR[(size_t)c * m + j];
+                        for (int pc = 0; pc < nz; pc++)
+                            s -= L21[(size_t)pc * q1 + a] * UR[(size_t)ci[pc] * m + j];
                         u1[a * m + j] = s;
                     }
                 tri_solve(L, u1, q1, m, 1);
@@ -757,37 +868,40 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                 for (int a = 0; a < q1; a++) Si[a * q1 + a] = 1.0;
                 tri_solve(L, Si, q1, q1, 0);
                 tri_solve(L, Si, q1, q1, 1);
-                /* Z = MR1_i S_i^{-1} = L21_i L_i^{-1}; X_i = S^{-1} Z */
-                for (int a = 0; a < Qr; a++)
+                /* Z = MR1_i S_i^{-1} = L21_i L_i^{-1}; X_i = S^{-1} Z on the level's columns */
+                for (int pa = 0; pa < nz; pa++)
                     for (int c = 0; c < q1; c++) {
                         double s = 0.0;
                         for (int j = 0; j < q1; j++) {
-                            double mr = 0.0; /* MR1_i[a, j] = (L21_i L_i^T)[a, j] */
-                            for (int k = 0; k <= j; k++) mr += L21[(size_t)a * q1 + k] * L[j * q1 + k];
+                            double mr = 0.0; /* MR1_i[ga, j] = (L21_i L_i^T)[ga, j] */
+                            for (int k = 0; k <= j; k++) mr += L21[(size_t)pa * q1 + k] * L[j * q1 + k];
                             s += mr * Si[j * q1 + c];
                         }
-                        Z[(size_t)a * q1 + c] = s;
+                        Z[(size_t)pa * q1 + c] = s;
                     }
-                for (int a = 0; a < Qr; a++)
+                for (int pa = 0; pa < nz; pa++) {
+                    const double *Sa = Sinv + (size_t)ci[pa] * Qr;
                     for (int c = 0; c < q1; c++) {
                         double s = 0.0;
-                        for (int k = 0; k < Qr; k++) s += Sinv[(size_t)a * Qr + k] * Z[(size_t)k * q1 + c];
-                        Xi[(size_t)a * q1 + c] = s;
+                        for (int pk = 0; pk < nz; pk++) s += Sa[ci[pk]] * Z[(size_t)pk * q1 + c];
+                        X[(size_t)pa * q1 + c] = s;
                     }
+                }
                 /* K_ii = S_i^{-1} + Z^T X_i (Z^T = S_i^{-1} MR1_i^T) */
                 for (int a = 0; a < q1; a++)
                     for (int c = 0; c < q1; c++) {
                         double s = Si[a * q1 + c];
-                        for (int k = 0; k < Qr; k++) s += Z[(size_t)k * q1 + a] * Xi[(size_t)k * q1 + c];
+                        for (int pk = 0; pk < nz; pk++) s += Z[(size_t)pk * q1 + a] * X[(size_t)pk * q1 + c];
                         Kii[a * q1 + c] = s;
                     }
-                /* V = A_1R,i Lam_R (q1 x Qr) */
+                /* V = A_1R,i Lam_R (q1 x nz) */
                 for (int a = 0; a < q1; a++)
-                    for (int c = 0; c < Qr; c++) {
-                        int64_t ec = b.rblk[c] + b.rsz[c];
+                    for (int pc = 0; pc < nz; pc++) {
+                        int64_t gc = ci[pc], ec = b.rblk[gc] + b.rsz[gc];
                         double s = 0.0;
-                        for (int64_t i = c; i < ec; i++) s += Ai[(size_t)a * Qr + i] * b.LamR[(size_t)i * Qr + c];
-                        V[(size_t)a * Qr + c] = s;
+                        for (int64_t g = gc; g < ec; g++)
+                            s += Ai[(size_t)a * nz + pc + (g - gc)] * b.LamR[(size_t)g * Qr + gc];
+                        V[(size_t)a * nz + pc] = s;
                     }
                 /* DT = D_i T1 */
                 for (int a = 0; a < q1; a++)
@@ -801,7 +915,8 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                     for (int j = 0; j < m; j++) {
                         double s = -B[a * m + j];
                         for (int c = 0; c < q1; c++) s += DT[a * q1 + c] * u1[c * m + j];
-                        for (int c = 0; c < Qr; c++) s += V[(size_t)a * Qr + c] * UR[(size_t)c * m + j];
+                        for (int pc = 0; pc < nz; pc++)
+                            s += V[(size_t)a * nz + pc] * UR[(size_t)ci[pc] * m + j];
                         H1[a * m + j] = s;
                     }
                 mat_mul(H1, Om, tq, q1, m, m);
@@ -809,20 +924,28 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                     for (int c = 0; c < q1; c++) {
                         double s = 0.0;
                         for (int k = 0; k < q1; k++) s += DT[a * q1 + k] * Kii[k * q1 + c];
-                        for (int k = 0; k < Qr; k++) s -= V[(size_t)a * Qr + k] * Xi[(size_t)k * q1 + c];
+                        for (int pk = 0; pk < nz; pk++) s -= V[(size_t)a * nz + pk] * X[(size_t)pk * q1 + c];
                         for (int j = 0; j < m; j++) s += tq[a * m + j] * u1[c * m + j];
                         G1[a * q1 + c] = s;
                     }
                 int t = 0;
                 for (int c = 0; c < q1; c++)
                     for (int r = c; r < q1; r++) g0[t++] += G1[r * q1 + c];
-                /* H_R += Y_i U1_i */
-                for (int a = 0; a < Qr; a++)
+                /* H_R += Y_i U1_i; (Y_i X_i^T) on the rest's diagonal blocks */
+                for (int pa = 0; pa < nz; pa++) {
+                    int64_t ga = ci[pa], lo = pa - (ga - b.rblk[ga]);
                     for (int j = 0; j < m; j++) {
                         double s = 0.0;
-                        for (int c = 0; c < q1; c++) s += Y[(size_t)a * q1 + c] * u1[c * m + j];
-                        HR[(size_t)a * m + j] += s;
+                        for (int c = 0; c < q1; c++) s += Y[(size_t)pa * q1 + c] * u1[c * m + j];
+                        HR[(size_t)ga * m + j] += s;
                     }
+                    for (int64_t t2 = 0; t2 < b.rsz[ga]; t2++) {
+                        const double *xb = X + (size_t)(lo + t2) * q1;
+                        double s = 0.0;
+                        for (int c = 0; c < q1; c++) s += Y[(size_t)pa * q1 + c] * xb[c];
+                        YX[(size_t)ga * qmax + t2] += s;
+                    }
+                }
             }
             for (int t = 0; t < npar0; t++) grad[t] = 2.0 * g0[t];
             /* the rest terms' diagonal blocks */
@@ -834,12 +957,8 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                         double s = 0.0;
                         for (int64_t l = 0; l < b.nk[k]; l++) {
                             size_t a = (size_t)col + (size_t)l * q + r, bb = (size_t)col + (size_t)l * q + c;
-                            double g1 = 0.0, g2 = 0.0;
+                            double g1 = -YX[a * qmax + c], g2 = 0.0;
                             for (int i = 0; i < Qr; i++) g1 += ARL[a * Qr + i] * Sinv[(size_t)i * Qr + bb];
-                            for (int lev = 0; lev < n1; lev++) {
-                                const double *Y = b.Y + (size_t)lev * Qq, *Xi = X + (size_t)lev * Qq;
-                                for (int j = 0; j < q1; j++) g1 -= Y[a * q1 + j] * Xi[bb * q1 + j];
-                            }
                             for (int j = 0; j < m; j++) {
                                 double ho = 0.0;
                                 for (int i = 0; i < m; i++) ho += HR[a * m + i] * Om[i * m + j];
@@ -855,7 +974,7 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
         }
     }
     blocked_free(&b);
-    release(10, &bD, &bB, &bA1R, &bARR, &bARF, &bAFF, &bq, &bn, &bth, &bg);
+    release(12, BLOCKED_BUFS, &bth, &bg);
     return PyFloat_FromDouble(value);
 }
 
@@ -866,15 +985,14 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
  * L22^{-T} C_R z, u1_i = L_i^{-T}(C1_i z - L21_i^T u_R)).  Returns
  * (log|S_1|, log|M_RR|), or None where a block is not positive definite. */
 static PyObject *blocked_terms_factor(PyObject *self, PyObject *args) {
-    Py_buffer bD, bB, bA1R, bARR, bARF, bAFF, bq, bn, bth;
+    Py_buffer bD, bB, bAp, bAi, bAx, bARR, bARF, bAFF, bq, bn, bth;
     Py_buffer bL1, bW, bC1, bLR, bMRF, bS, bLFF, bbeta, bu;
     int n1, q1, Qr, m, K;
-    if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*w*w*w*w*w*w*w*w*iiiii", &bD, &bB, &bA1R, &bARR,
-                          &bARF, &bAFF, &bq, &bn, &bth, &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF,
-                          &bbeta, &bu, &n1, &q1, &Qr, &m, &K))
+    if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*w*w*w*w*w*w*w*w*iiiii", BLOCKED_BUFS, &bth,
+                          &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF, &bbeta, &bu, &n1, &q1, &Qr,
+                          &m, &K))
         return NULL;
-    Blocked b = {n1, q1, Qr, m, K, bD.buf, bB.buf, bA1R.buf, bARR.buf, bARF.buf, bAFF.buf,
-                 bq.buf, bn.buf};
+    BLOCKED_INIT(b);
     int p = m - 1;
     size_t mm = (size_t)m * m, nq = (size_t)n1 * q1;
     double *x = blocked_alloc(&b, 4 * mm + 2 * (size_t)m);
@@ -904,14 +1022,18 @@ static PyObject *blocked_terms_factor(PyObject *self, PyObject *args) {
             for (int j = 0; j < m; j++) s += b.CR[(size_t)a * m + j] * z[j];
             uR[a] = s;
         }
-        tri_solve(b.S, uR, Qr, 1, 1);
+        env_solve(b.S, b.first, uR, Qr, 1, 1);
         for (int lev = 0; lev < n1; lev++) {
-            const double *C1 = b.C1 + (size_t)lev * q1 * m, *L21 = b.L21 + (size_t)lev * Qr * q1;
+            const double *C1 = b.C1 + (size_t)lev * q1 * m;
+            int64_t o = b.Ap[lev];
+            int nz = (int)(b.Ap[lev + 1] - o);
+            const int64_t *ci = b.Ai + o;
+            const double *L21 = b.L21 + o * q1;
             double *ui = u + (size_t)lev * q1;
             for (int a = 0; a < q1; a++) {
                 double s = 0.0;
                 for (int j = 0; j < m; j++) s += C1[a * m + j] * z[j];
-                for (int c = 0; c < Qr; c++) s -= L21[(size_t)c * q1 + a] * uR[c];
+                for (int pc = 0; pc < nz; pc++) s -= L21[(size_t)pc * q1 + a] * uR[ci[pc]];
                 ui[a] = s;
             }
             tri_solve(b.L + (size_t)lev * q1 * q1, ui, q1, 1, 1);
@@ -919,8 +1041,7 @@ static PyObject *blocked_terms_factor(PyObject *self, PyObject *args) {
     }
     double l1 = b.logdet1, lR = b.logdetR;
     if (x) blocked_free(&b);
-    release(18, &bD, &bB, &bA1R, &bARR, &bARF, &bAFF, &bq, &bn, &bth, &bL1, &bW, &bC1, &bLR,
-            &bMRF, &bS, &bLFF, &bbeta, &bu);
+    release(20, BLOCKED_BUFS, &bth, &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF, &bbeta, &bu);
     return kept_result(!x, ok, l1, lR);
 }
 
@@ -1793,11 +1914,11 @@ static PyMethodDef methods[] = {
      "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
      "usable levels of a term (moment equations of several scalar terms)"},
     {"blocked_terms", blocked_terms, METH_VARARGS,
-     "blocked_terms(D1, B1, A1R, ARR, ARF, AFF, qk, nk, theta, grad_out, n1, q1, Qr, m, K, nobs, "
+     "blocked_terms(D1, B1, Ap, Ai, Ax, ARR, ARF, AFF, qk, nk, theta, grad_out, n1, q1, Qr, m, K, nobs, "
      "reml, want_grad) -> criterion (several terms of any size, the first per level, the rest "
      "dense)"},
     {"blocked_terms_factor", blocked_terms_factor, METH_VARARGS,
-     "blocked_terms_factor(D1, B1, A1R, ARR, ARF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, "
+     "blocked_terms_factor(D1, B1, Ap, Ai, Ax, ARR, ARF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, "
      "LFF, beta, u, n1, q1, Qr, m, K) -> (log|S_1|, log|M_RR|) or None (the kept factorization "
      "and its solution)"},
     {"project_moments", project_moments, METH_VARARGS,

@@ -105,3 +105,66 @@ def test_blocked_kept_factor_equals_the_general_one(formula, reml):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-11)
     assert fit.optinfo.converged
     assert np.isfinite(fit.ranef_condsd[next(iter(fit.ranef_condsd))].to_numpy()).all()
+
+
+def _nested_frame(n_schools: int, per_school: int, seed: int = 5) -> pd.DataFrame:
+    """Growth data's shape: children nested in schools, three years each."""
+    rng = np.random.default_rng(seed)
+    child = np.repeat(np.arange(n_schools * per_school), 3)
+    school = child // per_school
+    year = np.tile([0.0, 1.0, 2.0], child.size // 3) + rng.normal(0, 0.1, child.size)
+    bc = rng.normal(size=(child.max() + 1, 2)) * [1.0, 0.3]
+    bs = rng.normal(size=(n_schools, 2)) * [0.7, 0.2]
+    y = 1 + 0.5 * year + bc[child, 0] + bc[child, 1] * year + bs[school, 0]
+    y = y + bs[school, 1] * year + rng.normal(0, 0.5, child.size)
+    return pd.DataFrame({"y": y, "year": year, "child": child.astype(str),
+                         "school": school.astype(str)})  # fmt: skip
+
+
+def test_level_pattern_is_the_same_from_dense_and_sparse_blocks():
+    """Each first-term level's rest columns (whole rest levels) and values,
+    read from the dense cross block and from its CSR form."""
+    import dataclasses
+
+    from multilevel.linalg.crossprod import dense_to_csr
+
+    fit = _fit("y ~ x + w + (x | g) + (x | h) + (1 | side)", True)
+    cp = fit.criterion.scaled.cp
+    assert cp.dense is not None
+    sparse = dataclasses.replace(
+        cp, _A1R=dense_to_csr(cp.dense[0]), _ARR=dense_to_csr(cp.dense[1]), dense=None
+    )
+    (p1, i1, x1), (p2, i2, x2) = crit_mod._level_pattern(cp), crit_mod._level_pattern(sparse)
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(x1, x2)
+    # every level of g meets every level of h and of side here: all rest columns
+    assert (np.diff(p1) == cp.Qr).all()
+    A = cp.dense[0].reshape(cp.nlevels[0], cp.q[0], cp.Qr)
+    lev = 3
+    nz = int(p1[lev + 1] - p1[lev])
+    block = x1[p1[lev] * cp.q[0] : p1[lev + 1] * cp.q[0]].reshape(cp.q[0], nz)
+    np.testing.assert_array_equal(block, A[lev][:, i1[p1[lev] : p1[lev + 1]]])
+
+
+def test_nested_vector_terms_with_sparse_cross_blocks_equal_numpy(monkeypatch):
+    """Children in schools, (year | child) + (year | school), large enough
+    that the cross blocks are kept sparse: each child meets one school, the
+    kernel reads two rest columns per child; value and gradient as numpy's."""
+    df = _nested_frame(n_schools=60, per_school=90)
+    fit = ml.lmer("y ~ year + (year | child) + (year | school)", df, REML=False)
+    cr = fit.criterion.scaled
+    assert cr.cp.dense is None
+    assert cr._kernel is not None and cr._kernel[0] is kernel("_kernels", "blocked_terms")
+    Ap = cr._kernel[1][2]
+    assert (np.diff(Ap) == 2).all()
+    monkeypatch.setattr(crit_mod, "_KERNEL_DISABLED", True)
+    numpy_crit = crit_mod.ProfiledCriterion(cr.cp, cr.tmpl, cr.reml, cr.sum_log_w)
+    opt = fit.optinfo.internal_theta
+    for theta in (opt, 1.2 * opt + 0.05):
+        v0, g0 = numpy_crit.value_and_gradient(theta)
+        v1, g1 = cr.value_and_gradient(theta)
+        assert v1 == pytest.approx(v0, rel=1e-12)
+        np.testing.assert_allclose(g1, g0, rtol=1e-7, atol=1e-8 * cr.n)
+    assert fit.optinfo.converged
+    assert np.abs(fit.optinfo.gradient).max() < 1e-4

@@ -756,21 +756,76 @@ BLOCKED_KERNEL_WORK = 3_000_000  # multiplications per evaluation up to which it
 
 def _blocked_terms_kernel(cp: CrossProducts):
     """The compiled criterion for several terms, some of more than one
-    column, with dense cross blocks (``_kernels.blocked_terms``: the first
-    term per level, the rest's Schur complement dense, about 2 n₁q₁Q_R² + Q_R³
-    multiplications per evaluation in plain loops, where the blockwise numpy
-    path's per-call costs are many times that), or None."""
+    column (``_kernels.blocked_terms``: the first term per level, each level
+    on the rest columns it meets, the rest's Schur complement dense; about
+    3q₁Σᵢnzᵢ² + Q_R³ + 3Q_R²(q + m) multiplications per evaluation in plain
+    loops, where the blockwise numpy path's per-call costs are many times
+    that), or None."""
     fn = kernel("_kernels", "blocked_terms")
-    if fn is None or _KERNEL_DISABLED or cp.dense is None or max(cp.q) == 1 or cp.q[0] > 64:
+    if fn is None or _KERNEL_DISABLED or max(cp.q) == 1 or cp.q[0] > 64:
         return None
     n1, q1, Qr, m = cp.nlevels[0], cp.q[0], cp.Qr, cp.p + 1
-    if 2.0 * n1 * q1 * Qr * Qr + float(Qr) ** 3 + n1 * q1 * Qr * m > BLOCKED_KERNEL_WORK:
+    rest = float(Qr) ** 3 + 3.0 * Qr * Qr * (max(cp.q) + m) + n1 * q1 * q1 * (q1 + m)
+    if rest > BLOCKED_KERNEL_WORK:
         return None
-    A1R, ARR = cp.dense
-    data = tuple(
-        np.ascontiguousarray(a, dtype=float) for a in (cp.D1, cp.B1F, A1R, ARR, cp.ARF, cp.AFF)
-    ) + (np.array(cp.q, dtype=np.int64), np.array(cp.nlevels, dtype=np.int64))
+    Ap, Ai, Ax = _level_pattern(cp)
+    nz = np.diff(Ap).astype(float)
+    if rest + 3.0 * q1 * float(nz @ nz) + 4.0 * q1 * (q1 + m) * nz.sum() > BLOCKED_KERNEL_WORK:
+        return None
+    data = (
+        np.ascontiguousarray(cp.D1, dtype=float),
+        np.ascontiguousarray(cp.B1F, dtype=float),
+        Ap,
+        Ai,
+        Ax,
+        np.ascontiguousarray(cp.ARR_dense(), dtype=float),
+        np.ascontiguousarray(cp.ARF, dtype=float),
+        np.ascontiguousarray(cp.AFF, dtype=float),
+        np.array(cp.q, dtype=np.int64),
+        np.array(cp.nlevels, dtype=np.int64),
+    )
     return fn, data, (n1, q1, Qr, m, len(cp.q))
+
+
+def _level_pattern(cp: CrossProducts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Z₁ᵀZ_R by level of the first term, as the blocked kernel reads it: the
+    rest columns level i meets, Ai[Ap[i]:Ap[i+1]] (whole rest levels,
+    ascending), and its q₁ rows of them, row-major, from Ax[q₁Ap[i]]."""
+    q1, n1, Qr = cp.q[0], cp.nlevels[0], cp.Qr
+    qs = np.repeat(np.asarray(cp.q[1:], dtype=np.int64), cp.nlevels[1:])  # per rest level
+    lstart = np.concatenate([[0], np.cumsum(qs)[:-1]])  # each rest level's first column
+    if cp.dense is not None:
+        A = cp.dense[0].reshape(n1, q1, Qr)
+        met = np.logical_or.reduceat((A != 0).any(axis=1), lstart, axis=1)  # (n1, rest levels)
+        lev, rl = np.nonzero(met)
+    else:
+        indptr, indices, values = cp.A1R_csr64
+        rows = np.repeat(np.arange(n1 * q1, dtype=np.int64), np.diff(indptr))
+        rlev = np.repeat(np.arange(qs.size, dtype=np.int64), qs)  # per rest column
+        pairs = np.unique((rows // q1) * qs.size + rlev[indices])
+        lev, rl = pairs // qs.size, pairs % qs.size
+    size = qs[rl]
+    total = int(size.sum())
+    cols = np.repeat(lstart[rl], size) + np.arange(total) - np.repeat(np.cumsum(size) - size, size)
+    levs = np.repeat(lev, size)
+    counts = np.bincount(levs, minlength=n1)
+    Ap = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if cp.dense is not None:
+        vals = A[levs, :, cols]  # (total, q1)
+    else:
+        # by lookup in the sorted (row, column) keys of A_1R's entries
+        keys = rows * Qr + indices
+        vals = np.zeros((total, q1))
+        for j in range(q1):  # the first term's columns
+            want = (levs * q1 + j) * Qr + cols
+            at = np.minimum(np.searchsorted(keys, want), keys.size - 1)
+            hit = keys[at] == want
+            vals[hit, j] = values[at[hit]]
+    Ax = np.empty(total * q1)
+    pos = Ap[levs] * q1 + (np.arange(total) - Ap[levs])
+    for j in range(q1):
+        Ax[pos + j * counts[levs]] = vals[:, j]
+    return Ap, np.ascontiguousarray(cols, dtype=np.int64), Ax
 
 
 _KERNEL_DISABLED = False  # tests switch the kernel off to compare with numpy
