@@ -168,3 +168,17 @@ def test_nested_vector_terms_with_sparse_cross_blocks_equal_numpy(monkeypatch):
         np.testing.assert_allclose(g1, g0, rtol=1e-7, atol=1e-8 * cr.n)
     assert fit.optinfo.converged
     assert np.abs(fit.optinfo.gradient).max() < 1e-4
+
+
+def test_envelope_work_follows_the_rest_blocks_structure():
+    """Nested rest levels (each first-term level meeting one rest level of
+    q columns) leave a block-diagonal Schur complement: work O(Q_R q²); a
+    level meeting all rest columns fills it: about Q_R³."""
+    Qr, q = 200, 2
+    ARR = np.kron(np.eye(Qr // q), np.ones((q, q)))
+    Ap = np.arange(0, Qr + 1, q, dtype=np.int64)
+    Ai = np.arange(Qr, dtype=np.int64)
+    nested = crit_mod._envelope_work(ARR, Ap, Ai)
+    assert nested <= 2.0 * Qr * q * q
+    crossed = crit_mod._envelope_work(ARR, np.array([0, Qr], dtype=np.int64), Ai)
+    assert crossed >= 0.5 * Qr**3

@@ -227,3 +227,68 @@ def test_scalar_terms_moments_take_xs_projection_out(balanced, monkeypatch):
         lambda mod, name: None if name == "project_moments" else compiled(mod, name),
     )
     np.testing.assert_allclose(moment_start_scalar(cp), x0, rtol=1e-10)
+
+
+def _egsingle() -> pd.DataFrame:
+    """mlmRev's egsingle (children's mathematics scores over school years,
+    children nested in schools), as exported for the benchmarks."""
+    from pathlib import Path
+
+    df = pd.read_csv(Path(__file__).parents[1] / "data" / "egsingle.csv")
+    for c in ("childid", "schoolid"):
+        df[c] = df[c].astype(str)
+    return df
+
+
+# lme4 1.1-31 on this machine, ML: deviance(lmer(math ~ year + (year | childid)
+# + (year | schoolid), egsingle, REML = FALSE)) after 172 evaluations
+EGSINGLE_LME4_DEVIANCE = 16326.2311168937
+
+
+def test_several_terms_start_on_growth_data():
+    """Nested vector terms (children in schools): every term's start from its
+    own levels, inside the bounds and of the optimum's scale; the search from
+    it reaches lme4's deviance or lower, and from the identity the same."""
+    from multilevel.lmm.start import moment_start_terms
+
+    df = _egsingle()
+    formula = "math ~ year + (year | childid) + (year | schoolid)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = ml.lmer(formula, df, REML=False)
+    cr = m.criterion.scaled
+    x0 = moment_start_terms(cr.cp, cr.tmpl)
+    opt = m.optinfo.internal_theta
+    diag = np.concatenate([t.rows == t.cols for t in cr.tmpl])
+    assert np.all(x0[diag] > 0)
+    # each standard deviation's scale within a factor of two of the optimum's
+    ratio = x0[diag] / opt[diag]
+    assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
+    assert m.converged
+    assert m.optinfo.criterion <= EGSINGLE_LME4_DEVIANCE + 1e-7
+    b = ml.lmer(formula, df, REML=False, start=np.concatenate([t.initial() for t in cr.tmpl]))
+    assert b.converged
+    assert b.optinfo.criterion == pytest.approx(m.optinfo.criterion, abs=1e-7)
+    # the start saves the identity's search for θ's scale
+    assert m.optinfo.evals < b.optinfo.evals
+
+
+def test_several_terms_start_from_sparse_diagonal_blocks():
+    """Each rest term's diagonal blocks read from A_RR in CSR (a model too
+    large for the dense blocks) equal those from the dense array."""
+    import dataclasses
+
+    from multilevel.linalg.crossprod import dense_to_csr
+    from multilevel.lmm.start import moment_start_terms
+
+    d = ml.datasets.load("sleepstudy").copy()
+    d["half"] = (d["Days"] >= 5).astype(str)
+    m = _fit("Reaction ~ Days + (Days | Subject) + (Days | half)", d)
+    cp, tmpl = m.criterion.scaled.cp, m.criterion.scaled.tmpl
+    assert cp.dense is not None
+    sparse = dataclasses.replace(
+        cp, _A1R=dense_to_csr(cp.dense[0]), _ARR=dense_to_csr(cp.dense[1]), dense=None
+    )
+    a, b = moment_start_terms(cp, tmpl), moment_start_terms(sparse, tmpl)
+    assert a is not None
+    np.testing.assert_allclose(a, b, rtol=1e-13)

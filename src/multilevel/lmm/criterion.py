@@ -757,20 +757,25 @@ BLOCKED_KERNEL_WORK = 3_000_000  # multiplications per evaluation up to which it
 def _blocked_terms_kernel(cp: CrossProducts):
     """The compiled criterion for several terms, some of more than one
     column (``_kernels.blocked_terms``: the first term per level, each level
-    on the rest columns it meets, the rest's Schur complement dense; about
-    3q₁Σᵢnzᵢ² + Q_R³ + 3Q_R²(q + m) multiplications per evaluation in plain
+    on the rest columns it meets, the rest's Schur complement dense and
+    factored within its envelope; about 3q₁Σᵢnzᵢ² + 3Q_R²(q + m) multiplications
+    per evaluation plus the envelope's (:func:`_envelope_work`) in plain
     loops, where the blockwise numpy path's per-call costs are many times
     that), or None."""
     fn = kernel("_kernels", "blocked_terms")
     if fn is None or _KERNEL_DISABLED or max(cp.q) == 1 or cp.q[0] > 64:
         return None
     n1, q1, Qr, m = cp.nlevels[0], cp.q[0], cp.Qr, cp.p + 1
-    rest = float(Qr) ** 3 + 3.0 * Qr * Qr * (max(cp.q) + m) + n1 * q1 * q1 * (q1 + m)
-    if rest > BLOCKED_KERNEL_WORK:
+    dense = 3.0 * Qr * Qr * (max(cp.q) + m) + n1 * q1 * q1 * (q1 + m)
+    if dense > BLOCKED_KERNEL_WORK:
         return None
     Ap, Ai, Ax = _level_pattern(cp)
     nz = np.diff(Ap).astype(float)
-    if rest + 3.0 * q1 * float(nz @ nz) + 4.0 * q1 * (q1 + m) * nz.sum() > BLOCKED_KERNEL_WORK:
+    work = dense + 3.0 * q1 * float(nz @ nz) + 4.0 * q1 * (q1 + m) * nz.sum()
+    if work > BLOCKED_KERNEL_WORK:
+        return None
+    ARR = np.ascontiguousarray(cp.ARR_dense(), dtype=float)
+    if work + _envelope_work(ARR, Ap, Ai) > BLOCKED_KERNEL_WORK:
         return None
     data = (
         np.ascontiguousarray(cp.D1, dtype=float),
@@ -778,13 +783,36 @@ def _blocked_terms_kernel(cp: CrossProducts):
         Ap,
         Ai,
         Ax,
-        np.ascontiguousarray(cp.ARR_dense(), dtype=float),
+        ARR,
         np.ascontiguousarray(cp.ARF, dtype=float),
         np.ascontiguousarray(cp.AFF, dtype=float),
         np.array(cp.q, dtype=np.int64),
         np.array(cp.nlevels, dtype=np.int64),
     )
     return fn, data, (n1, q1, Qr, m, len(cp.q))
+
+
+def _envelope_work(ARR: np.ndarray, Ap: np.ndarray, Ai: np.ndarray) -> float:
+    """Multiplications of the blocked kernel's factorization and inverse of
+    the rest's Schur complement S = Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I within its
+    envelope: row c of S (and of its factor) is zero before the least column
+    that A_RR's row c or a first-term level meeting c reaches; the inverse
+    factor's row i before the least such start along the rows it reads.
+    Nested rest levels make S block diagonal and this O(Q_R q²), crossed
+    ones make it Q_R³/2."""
+    Qr = ARR.shape[0]
+    nonzero = np.tril(ARR) != 0
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), np.arange(Qr))
+    counts = np.diff(Ap)
+    met = counts > 0
+    np.minimum.at(first, Ai, np.repeat(Ai[Ap[:-1][met]], counts[met]))
+    width = np.arange(Qr) - first
+    inv_first = first.copy()
+    for i in np.flatnonzero(width):  # rows of the inverse factor, in order
+        inv_first[i] = min(first[i], inv_first[first[i] : i].min())
+    inv_width = np.arange(Qr) - inv_first
+    w, v = width.astype(float), inv_width.astype(float)
+    return 0.5 * float(w @ w) + float(v @ w) + 0.5 * float(v @ v)
 
 
 def _level_pattern(cp: CrossProducts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from multilevel.formula.design import Design
 from multilevel.linalg.crossprod import CrossProducts, cross_products
 from multilevel.lmm.basis import Basis, ScaledCriterion
 from multilevel.lmm.criterion import ProfiledCriterion
-from multilevel.lmm.start import moment_start, moment_start_scalar
+from multilevel.lmm.start import moment_start, moment_start_scalar, moment_start_terms
 from multilevel.optimize.record import OptRecord
 from multilevel.optimize.theta import minimize_theta
 
@@ -134,7 +134,12 @@ def optimize_cross_products(
     if start is not None:
         x0 = np.asarray(start, float)
     else:
-        x0 = moment_start(cp, tmpl[0]) if len(tmpl) == 1 else moment_start_scalar(cp)
+        if len(tmpl) == 1:
+            x0 = moment_start(cp, tmpl[0])
+        elif max(qs) == 1:
+            x0 = moment_start_scalar(cp)
+        else:
+            x0 = moment_start_terms(cp, tmpl)
         if x0 is None:
             x0 = np.concatenate([t.initial() for t in tmpl])
         elif crit.has_gradient:

@@ -422,7 +422,7 @@ def _gradient(logged: Logged, x: np.ndarray, lower: np.ndarray, h: float = 1e-5)
         known = logged.known_grad
         if known is not None and np.array_equal(x, known[0]):
             return known[1].copy()  # from the search: the same function at the same point
-        return np.asarray(logged.fg(x)[1], dtype=float)
+        return logged.value_grad(x)[1]
     g = np.zeros_like(x)
     for i in range(x.size):  # a few parameters, not rows or groups
         e = np.zeros_like(x)
