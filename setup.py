@@ -15,6 +15,7 @@ setup(
         Extension(
             "multilevel._kernels",
             sources=["src/multilevel/_kernels.c"],
+            depends=["src/multilevel/_lapack.h"],
             # Python's own -fwrapv (signed overflow defined) keeps the compiler
             # from simplifying the small loops' index arithmetic: 5-19% per
             # evaluation here; these kernels never overflow an index
@@ -24,6 +25,7 @@ setup(
         Extension(
             "multilevel._glmm_kernels",
             sources=["src/multilevel/_glmm_kernels.c"],
+            depends=["src/multilevel/_lapack.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

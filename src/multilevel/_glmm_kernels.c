@@ -20,6 +20,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_lapack.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -423,26 +424,9 @@ done:
  * Several scalar random-effects terms (multilevel.laplace_gradient): PIRLS for
  * the conditional modes on the blocked factor of M = Lambda Z'WZ Lambda + I
  * (first term diagonal, the rest a dense Schur complement factored by
- * LAPACK's dpotrf, whose address scipy exports), the Laplace deviance and its
+ * LAPACK's dpotrf, _lapack.h), the Laplace deviance and its
  * exact gradient in (theta, beta).  Formulas: laplace_gradient.py.
  * ------------------------------------------------------------------------ */
-typedef void (*potrf_t)(char *, int *, double *, int *, int *);
-typedef void (*trtri_t)(char *, char *, int *, double *, int *, int *);
-static potrf_t lapack_potrf = NULL;
-static trtri_t lapack_trtri = NULL;
-
-static PyObject *set_lapack(PyObject *self, PyObject *args) {
-    PyObject *cp, *ct;
-    if (!PyArg_ParseTuple(args, "OO", &cp, &ct)) return NULL;
-    void *a = PyCapsule_GetPointer(cp, PyCapsule_GetName(cp));
-    if (!a) return NULL;
-    void *b = PyCapsule_GetPointer(ct, PyCapsule_GetName(ct));
-    if (!b) return NULL;
-    lapack_potrf = (potrf_t)a;
-    lapack_trtri = (trtri_t)b;
-    Py_RETURN_NONE;
-}
-
 typedef struct {
     int64_t n, p, K, n0, Qr, nnz, npairs;
     const double *X, *y, *wt, *off, *z;         /* z: K x n */
@@ -1534,7 +1518,7 @@ static PyMethodDef methods[] = {
     {"glm_irls", glm_irls, METH_VARARGS,
      "glm_irls(X, offset, y, wt, eta, beta, curv, logit, const, maxit) -> iterations, "
      "or -1 where numpy's IRLS must decide"},
-    {"set_lapack", set_lapack, METH_VARARGS, "set_lapack(dpotrf_capsule, dtrtri_capsule)"},
+    {"set_lapack", set_lapack, METH_VARARGS, "set_lapack(dpotrf, dtrtri, dpotri capsules)"},
     {"laplace_terms", laplace_terms, METH_VARARGS,
      "laplace_terms(X, y, wt, offset, z, pos, slot, erow, ecol, pe1, pe2, term, phi, "
      "u, grad, work, n0, Qr, logit, want_grad, step_tol) -> Laplace deviance without constants"},

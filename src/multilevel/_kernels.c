@@ -20,6 +20,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_lapack.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -479,6 +480,12 @@ static int scalar_rest(const double *d, const double *B, const int64_t *Ap, cons
  *                                    (whole rest levels, ascending); its q1 rows
  *                                    of them, row-major, from Ax + q1 Ap[i]
  *   ARR (Qr, Qr), ARF (Qr, m), AFF (m, m)
+ *   Rr (2, Qr)                       A_RR's row a is zero outside [Rr[0, a], Rr[1, a])
+ *                                    (whole rest levels)
+ *   perm (Qr)                        rest column a is row perm[a] of the Schur
+ *                                    complement S below (an ordering that keeps its
+ *                                    envelope narrow; the kept factorization is
+ *                                    asked for in the identity's)
  *   qk, nk (K)                       each term's columns and levels (int64)
  * With S_i = T1^T D_i T1 + I = L_i L_i^T, W_i = L_i^{-1} T1^T, C1_i = W_i B_i,
  * Y_i = A_R1,i T1 (Qr x q1), MR1_i = Lam_R^T Y_i, L21_i = MR1_i L_i^{-T}:
@@ -516,12 +523,16 @@ typedef struct {
     int n1, q1, Qr, m, K;
     const double *D1, *B1;
     const int64_t *Ap, *Ai;
-    const double *Ax, *ARR, *ARF, *AFF;
+    const double *Ax, *ARR;
+    const int64_t *Rlo, *Rhi; /* A_RR's row a is zero outside [Rlo[a], Rhi[a]) (whole rest levels) */
+    const int64_t *perm;      /* rest column a is row perm[a] of S, MRF, CR and their factor */
+    const double *ARF, *AFF;
     const int64_t *qk, *nk;
     /* filled by blocked_factor; Y, L21 (nz_i x q1 per level) from q1 Ap[i] */
     double *T1, *LamR, *L, *W, *C1, *Y, *L21, *S, *MRF, *CR, *MFF;
     int64_t *rblk, *rsz; /* each rest column's block start and size */
     int64_t *first;      /* S's envelope (Qr), and its inverse factor's (Qr) */
+    int lapack;          /* S factored by LAPACK (its envelope was wide) */
     double logdet1, logdetR;
 } Blocked;
 
@@ -531,14 +542,9 @@ typedef struct {
  * O(n q^2) where the dense loops cost O(n^3)). */
 
 /* lower Cholesky of the n x n matrix a (row-major, lower triangle read) in
- * place, its envelope in first; 0 if not positive definite */
-static int env_chol(double *a, int n, int64_t *first) {
-    for (int i = 0; i < n; i++) {
-        const double *ai = a + (size_t)i * n;
-        int f = 0;
-        while (f < i && ai[f] == 0.0) f++;
-        first[i] = f;
-    }
+ * place within its envelope first (row i zero before column first[i]); 0 if
+ * not positive definite */
+static int env_chol(double *a, int n, const int64_t *first) {
     for (int j = 0; j < n; j++) {
         double *aj = a + (size_t)j * n;
         int fj = (int)first[j];
@@ -585,83 +591,83 @@ static void env_solve(const double *L, const int64_t *first, double *X, int n, i
     }
 }
 
-/* S^{-1} (n x n, full) from L = env_chol(S): Li = L^{-1}, whose row i is
- * zero before fi[i] (the least first[] it reaches), then L^{-T} L^{-1} */
-static void env_inverse(const double *L, const int64_t *first, int64_t *fi, double *Li,
-                        double *out, int n) {
-    memset(Li, 0, sizeof(double) * (size_t)n * n);
-    for (int i = 0; i < n; i++) {
-        const double *l = L + (size_t)i * n;
-        double *li = Li + (size_t)i * n;
-        int64_t f = i;
-        for (int k = (int)first[i]; k < i; k++) {
-            if (l[k] == 0.0) continue;
-            const double *lk = Li + (size_t)k * n;
-            for (int64_t c = fi[k]; c <= k; c++) li[c] -= l[k] * lk[c];
-            if (fi[k] < f) f = fi[k];
-        }
-        fi[i] = f;
-        li[i] += 1.0;
-        for (int64_t c = f; c <= i; c++) li[c] /= l[i];
-    }
-    memset(out, 0, sizeof(double) * (size_t)n * n);
-    for (int k = 0; k < n; k++) {
-        const double *lk = Li + (size_t)k * n;
-        for (int64_t a = fi[k]; a <= k; a++) {
-            double x = lk[a];
-            double *oa = out + (size_t)a * n;
-            for (int64_t c = fi[k]; c <= a; c++) oa[c] += x * lk[c];
+/* S^{-1} on the envelope of L = env_chol(S), both triangles, by
+ * Takahashi's equations: for i >= j, Z_ij = (delta_ij / L_jj - sum_{k > j}
+ * L_kj Z_ik) / L_jj over the rows k of column j (first[k] <= j), columns from
+ * the last; every Z_ik they read lies in the envelope and is already formed.
+ * Entries outside the envelope are set to 0: the kernel reads S^{-1} only
+ * where S itself is nonzero.  rows: n work. */
+static void env_selected_inverse(const double *L, const int64_t *first, int64_t *rows, double *Z,
+                                 int n) {
+    memset(Z, 0, sizeof(double) * (size_t)n * n);
+    for (int j = n - 1; j >= 0; j--) {
+        int nk = 0;
+        for (int k = j + 1; k < n; k++)
+            if (first[k] <= j) rows[nk++] = k;
+        double ljj = L[(size_t)j * n + j];
+        /* the column's entries below the diagonal first: the diagonal reads them */
+        for (int t = nk - 1; t >= -1; t--) {
+            int64_t i = t >= 0 ? rows[t] : j;
+            double s = 0.0;
+            for (int u = 0; u < nk; u++) {
+                int64_t k = rows[u];
+                s += L[(size_t)k * n + j] * Z[i > k ? (size_t)i * n + k : (size_t)k * n + i];
+            }
+            Z[(size_t)i * n + j] = ((i == j ? 1.0 / ljj : 0.0) - s) / ljj;
         }
     }
-    for (int a = 0; a < n; a++)
-        for (int c = 0; c < a; c++) out[(size_t)c * n + a] = out[(size_t)a * n + c];
+    for (int i = 0; i < n; i++)
+        for (int64_t j = first[i]; j < i; j++) Z[(size_t)j * n + i] = Z[(size_t)i * n + j];
 }
 
-static int blocked_factor(Blocked *b, const double *theta) {
-    int n1 = b->n1, q1 = b->q1, Qr = b->Qr, m = b->m;
-    size_t qq = (size_t)q1 * q1;
-    memset(b->T1, 0, sizeof(double) * qq);
-    int e = 0;
-    for (int c = 0; c < q1; c++)
-        for (int r = c; r < q1; r++) b->T1[r * q1 + c] = theta[e++];
-    memset(b->LamR, 0, sizeof(double) * (size_t)Qr * Qr);
-    int col = 0;
-    for (int k = 1; k < b->K; k++) {
-        int q = (int)b->qk[k];
-        for (int64_t l = 0; l < b->nk[k]; l++) {
-            int t = e;
-            for (int c = 0; c < q; c++)
-                for (int r = c; r < q; r++) b->LamR[(size_t)(col + r) * Qr + col + c] = theta[t++];
-            for (int a = 0; a < q; a++) {
-                b->rblk[col + a] = col;
-                b->rsz[col + a] = q;
-            }
-            col += q;
-        }
-        e += q * (q + 1) / 2;
+/* S = L22 L22^T in place: within its envelope, or by LAPACK where the
+ * envelope's work (the factor's sum w_i^2 / 2 and about as much for the
+ * inverse on it) exceeds a fifth of LAPACK's Qr^3 for both (a crossed or
+ * loosely nested rest, where blocked BLAS is several times these loops).  LAPACK's factor keeps the envelope's zeros too, so the
+ * solves read both alike.  0 if S is not positive definite. */
+static int rest_chol(Blocked *b) {
+    int n = b->Qr;
+    double work = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double *si = b->S + (size_t)i * n;
+        int f = 0;
+        while (f < i && si[f] == 0.0) f++;
+        b->first[i] = f;
+        work += (double)(i - f) * (i - f);
     }
+    b->lapack = lapack_potrf != NULL && lapack_potri != NULL && n >= 64 &&
+                work > (double)n * n * n / 8.0;
+    if (!b->lapack) return env_chol(b->S, n, b->first);
+    char up = 'U'; /* row-major lower is column-major upper */
+    int info = 0;
+    lapack_potrf(&up, &n, b->S, &n, &info);
+    return info == 0;
+}
+
+/* S^{-1} from rest_chol's factor: within the envelope, or (LAPACK) whole */
+static void rest_inverse(Blocked *b, double *Sinv) {
+    int n = b->Qr;
+    if (!b->lapack) {
+        env_selected_inverse(b->S, b->first, b->first + n, Sinv, n);
+        return;
+    }
+    memcpy(Sinv, b->S, sizeof(double) * (size_t)n * n);
+    char up = 'U';
+    int info = 0;
+    lapack_potri(&up, &n, Sinv, &n, &info);
+    for (int a = 0; a < n; a++)
+        for (int c = 0; c < a; c++) Sinv[(size_t)c * n + a] = Sinv[(size_t)a * n + c];
+}
+
+/* The first term's levels in blocked_factor: each level's factor, C1, Y and
+ * L21 on its rest columns, and their updates of S, MRF and MFF.  Inlined
+ * with q1 known at the call (the dispatch passes small q1 as constants, so
+ * that the loops over q1 unroll).  0 if some S_i is not positive definite. */
+__attribute__((always_inline)) static inline int blocked_levels(Blocked *b, const int q1) {
+    int n1 = b->n1, Qr = b->Qr, m = b->m;
+    size_t qq = (size_t)q1 * q1;
     const double *T1 = b->T1, *LamR = b->LamR;
     double Li[64 * 64], DT[64 * 64];
-    if (q1 > 64) return 0;
-    b->logdet1 = 0.0;
-    /* S = Lam_R^T ARR Lam_R + I (lower), MRF = Lam_R^T ARF */
-    for (int a = 0; a < Qr; a++) {
-        int64_t ea = b->rblk[a] + b->rsz[a];
-        for (int c = 0; c <= a; c++) {
-            int64_t ec = b->rblk[c] + b->rsz[c];
-            double s = a == c ? 1.0 : 0.0;
-            for (int64_t i = a; i < ea; i++)
-                for (int64_t j = c; j < ec; j++)
-                    s += LamR[(size_t)i * Qr + a] * b->ARR[(size_t)i * Qr + j] * LamR[(size_t)j * Qr + c];
-            b->S[(size_t)a * Qr + c] = s;
-        }
-        for (int j = 0; j < m; j++) {
-            double s = 0.0;
-            for (int64_t i = a; i < ea; i++) s += LamR[(size_t)i * Qr + a] * b->ARF[(size_t)i * m + j];
-            b->MRF[(size_t)a * m + j] = s;
-        }
-    }
-    memcpy(b->MFF, b->AFF, sizeof(double) * (size_t)m * m);
     for (int lev = 0; lev < n1; lev++) {
         const double *D = b->D1 + lev * qq, *B = b->B1 + (size_t)lev * q1 * m;
         double *L = b->L + lev * qq, *W = b->W + lev * qq, *C1 = b->C1 + (size_t)lev * q1 * m;
@@ -701,17 +707,18 @@ static int blocked_factor(Blocked *b, const double *theta) {
         }
         for (int pa = 0; pa < nz; pa++) {
             const double *la = L21 + (size_t)pa * q1;
-            double *Sa = b->S + (size_t)ci[pa] * Qr;
+            int64_t sa = b->perm[ci[pa]];
             for (int pc = 0; pc <= pa; pc++) {
                 const double *lc = L21 + (size_t)pc * q1;
                 double s = 0.0;
                 for (int j = 0; j < q1; j++) s += la[j] * lc[j];
-                Sa[ci[pc]] -= s;
+                int64_t sc = b->perm[ci[pc]];
+                b->S[sa > sc ? (size_t)sa * Qr + sc : (size_t)sc * Qr + sa] -= s;
             }
             for (int j = 0; j < m; j++) {
                 double s = 0.0;
                 for (int k = 0; k < q1; k++) s += la[k] * C1[k * m + j];
-                b->MRF[(size_t)ci[pa] * m + j] -= s;
+                b->MRF[(size_t)sa * m + j] -= s;
             }
         }
         for (int r = 0; r < m; r++)
@@ -721,7 +728,61 @@ static int blocked_factor(Blocked *b, const double *theta) {
                 b->MFF[r * m + c] -= s;
             }
     }
-    if (!env_chol(b->S, Qr, b->first)) return 0;
+    return 1;
+}
+
+static int blocked_factor(Blocked *b, const double *theta) {
+    int q1 = b->q1, Qr = b->Qr, m = b->m;
+    size_t qq = (size_t)q1 * q1;
+    memset(b->T1, 0, sizeof(double) * qq);
+    int e = 0;
+    for (int c = 0; c < q1; c++)
+        for (int r = c; r < q1; r++) b->T1[r * q1 + c] = theta[e++];
+    memset(b->LamR, 0, sizeof(double) * (size_t)Qr * Qr);
+    int col = 0;
+    for (int k = 1; k < b->K; k++) {
+        int q = (int)b->qk[k];
+        for (int64_t l = 0; l < b->nk[k]; l++) {
+            int t = e;
+            for (int c = 0; c < q; c++)
+                for (int r = c; r < q; r++) b->LamR[(size_t)(col + r) * Qr + col + c] = theta[t++];
+            for (int a = 0; a < q; a++) {
+                b->rblk[col + a] = col;
+                b->rsz[col + a] = q;
+            }
+            col += q;
+        }
+        e += q * (q + 1) / 2;
+    }
+    const double *LamR = b->LamR;
+    if (q1 > 64) return 0;
+    b->logdet1 = 0.0;
+    /* S = Lam_R^T ARR Lam_R + I (lower), MRF = Lam_R^T ARF */
+    for (int a = 0; a < Qr; a++) {
+        int64_t ea = b->rblk[a] + b->rsz[a];
+        int64_t pa = b->perm[a];
+        for (int c = (int)b->Rlo[a]; c <= a; c++) {
+            int64_t ec = b->rblk[c] + b->rsz[c];
+            double s = a == c ? 1.0 : 0.0;
+            for (int64_t i = a; i < ea; i++)
+                for (int64_t j = c; j < ec; j++)
+                    s += LamR[(size_t)i * Qr + a] * b->ARR[(size_t)i * Qr + j] * LamR[(size_t)j * Qr + c];
+            int64_t pc = b->perm[c];
+            b->S[pa > pc ? (size_t)pa * Qr + pc : (size_t)pc * Qr + pa] = s;
+        }
+        for (int j = 0; j < m; j++) {
+            double s = 0.0;
+            for (int64_t i = a; i < ea; i++) s += LamR[(size_t)i * Qr + a] * b->ARF[(size_t)i * m + j];
+            b->MRF[(size_t)pa * m + j] = s;
+        }
+    }
+    memcpy(b->MFF, b->AFF, sizeof(double) * (size_t)m * m);
+    int ok = q1 == 1   ? blocked_levels(b, 1)
+             : q1 == 2 ? blocked_levels(b, 2)
+             : q1 == 3 ? blocked_levels(b, 3)
+                       : blocked_levels(b, q1);
+    if (!ok) return 0;
+    if (!rest_chol(b)) return 0;
     b->logdetR = 0.0;
     for (int a = 0; a < Qr; a++) b->logdetR += 2.0 * log(b->S[(size_t)a * Qr + a]);
     memcpy(b->CR, b->MRF, sizeof(double) * (size_t)Qr * m);
@@ -779,14 +840,136 @@ static int blocked_nzmax(const Blocked *b) {
     return (int)mx;
 }
 
-#define BLOCKED_ARGS "y*y*y*y*y*y*y*y*y*y*"
-#define BLOCKED_BUFS &bD, &bB, &bAp, &bAi, &bAx, &bARR, &bARF, &bAFF, &bq, &bn
+/* Work space and results of the gradient's pass over the first term's
+ * levels (blocked_terms): U1 and U_R, H_R and the rest's (Y_i X_i^T)
+ * diagonal blocks YX accumulated, the first term's gradient sums g0. */
+typedef struct {
+    double *U1, *UR, *HR, *Sinv, *YX, *Om, *Si, *Kii, *G1, *DT, *V, *Z, *X, *H1, *tq, *g0;
+    int qmax;
+} GradWork;
+
+/* The gradient's pass over the first term's levels, inlined with q1 known
+ * at the call (as blocked_levels). */
+__attribute__((always_inline)) static inline void blocked_grad_levels(const Blocked *b,
+                                                                       const int q1,
+                                                                       GradWork *w) {
+    int n1 = b->n1, Qr = b->Qr, m = b->m, qmax = w->qmax;
+    double *U1 = w->U1, *HR = w->HR, *YX = w->YX, *Si = w->Si, *Kii = w->Kii, *G1 = w->G1;
+    double *DT = w->DT, *V = w->V, *Z = w->Z, *X = w->X, *H1 = w->H1, *tq = w->tq, *g0 = w->g0;
+    const double *UR = w->UR, *Sinv = w->Sinv, *Om = w->Om;
+    for (int lev = 0; lev < n1; lev++) {
+        const double *D = b->D1 + (size_t)lev * q1 * q1, *B = b->B1 + (size_t)lev * q1 * m;
+        const double *L = b->L + (size_t)lev * q1 * q1, *C1 = b->C1 + (size_t)lev * q1 * m;
+        int64_t o = b->Ap[lev];
+        int nz = (int)(b->Ap[lev + 1] - o);
+        const int64_t *ci = b->Ai + o;
+        const double *Ai = b->Ax + o * q1;
+        const double *Y = b->Y + o * q1, *L21 = b->L21 + o * q1;
+        double *u1 = U1 + (size_t)lev * q1 * m;
+        /* U1_i = L_i^{-T}(C1_i - L21_i^T U_R) */
+        for (int a = 0; a < q1; a++)
+            for (int j = 0; j < m; j++) {
+                double s = C1[a * m + j];
+                for (int pc = 0; pc < nz; pc++)
+                    s -= L21[(size_t)pc * q1 + a] * UR[(size_t)ci[pc] * m + j];
+                u1[a * m + j] = s;
+            }
+        tri_solve(L, u1, q1, m, 1);
+        /* S_i^{-1} = L^{-T} L^{-1} */
+        memset(Si, 0, sizeof(double) * (size_t)q1 * q1);
+        for (int a = 0; a < q1; a++) Si[a * q1 + a] = 1.0;
+        tri_solve(L, Si, q1, q1, 0);
+        tri_solve(L, Si, q1, q1, 1);
+        /* Z = MR1_i S_i^{-1} = L21_i L_i^{-1}; X_i = S^{-1} Z on the level's columns */
+        for (int pa = 0; pa < nz; pa++)
+            for (int c = 0; c < q1; c++) {
+                double s = 0.0;
+                for (int j = 0; j < q1; j++) {
+                    double mr = 0.0; /* MR1_i[ga, j] = (L21_i L_i^T)[ga, j] */
+                    for (int k = 0; k <= j; k++) mr += L21[(size_t)pa * q1 + k] * L[j * q1 + k];
+                    s += mr * Si[j * q1 + c];
+                }
+                Z[(size_t)pa * q1 + c] = s;
+            }
+        for (int pa = 0; pa < nz; pa++) {
+            const double *Sa = Sinv + (size_t)b->perm[ci[pa]] * Qr;
+            for (int c = 0; c < q1; c++) {
+                double s = 0.0;
+                for (int pk = 0; pk < nz; pk++) s += Sa[b->perm[ci[pk]]] * Z[(size_t)pk * q1 + c];
+                X[(size_t)pa * q1 + c] = s;
+            }
+        }
+        /* K_ii = S_i^{-1} + Z^T X_i (Z^T = S_i^{-1} MR1_i^T) */
+        for (int a = 0; a < q1; a++)
+            for (int c = 0; c < q1; c++) {
+                double s = Si[a * q1 + c];
+                for (int pk = 0; pk < nz; pk++) s += Z[(size_t)pk * q1 + a] * X[(size_t)pk * q1 + c];
+                Kii[a * q1 + c] = s;
+            }
+        /* V = A_1R,i Lam_R (q1 x nz) */
+        for (int a = 0; a < q1; a++)
+            for (int pc = 0; pc < nz; pc++) {
+                int64_t gc = ci[pc], ec = b->rblk[gc] + b->rsz[gc];
+                double s = 0.0;
+                for (int64_t g = gc; g < ec; g++)
+                    s += Ai[(size_t)a * nz + pc + (g - gc)] * b->LamR[(size_t)g * Qr + gc];
+                V[(size_t)a * nz + pc] = s;
+            }
+        /* DT = D_i T1 */
+        for (int a = 0; a < q1; a++)
+            for (int c = 0; c < q1; c++) {
+                double s = 0.0;
+                for (int j = c; j < q1; j++) s += D[a * q1 + j] * b->T1[j * q1 + c];
+                DT[a * q1 + c] = s;
+            }
+        /* H1 = DT U1 + V U_R - B; Gam_i = DT K_ii - V X_i + H1 Om U1^T */
+        for (int a = 0; a < q1; a++)
+            for (int j = 0; j < m; j++) {
+                double s = -B[a * m + j];
+                for (int c = 0; c < q1; c++) s += DT[a * q1 + c] * u1[c * m + j];
+                for (int pc = 0; pc < nz; pc++)
+                    s += V[(size_t)a * nz + pc] * UR[(size_t)ci[pc] * m + j];
+                H1[a * m + j] = s;
+            }
+        mat_mul(H1, Om, tq, q1, m, m);
+        for (int a = 0; a < q1; a++)
+            for (int c = 0; c < q1; c++) {
+                double s = 0.0;
+                for (int k = 0; k < q1; k++) s += DT[a * q1 + k] * Kii[k * q1 + c];
+                for (int pk = 0; pk < nz; pk++) s -= V[(size_t)a * nz + pk] * X[(size_t)pk * q1 + c];
+                for (int j = 0; j < m; j++) s += tq[a * m + j] * u1[c * m + j];
+                G1[a * q1 + c] = s;
+            }
+        int t = 0;
+        for (int c = 0; c < q1; c++)
+            for (int r = c; r < q1; r++) g0[t++] += G1[r * q1 + c];
+        /* H_R += Y_i U1_i; (Y_i X_i^T) on the rest's diagonal blocks */
+        for (int pa = 0; pa < nz; pa++) {
+            int64_t ga = ci[pa], lo = pa - (ga - b->rblk[ga]);
+            for (int j = 0; j < m; j++) {
+                double s = 0.0;
+                for (int c = 0; c < q1; c++) s += Y[(size_t)pa * q1 + c] * u1[c * m + j];
+                HR[(size_t)ga * m + j] += s;
+            }
+            for (int64_t t2 = 0; t2 < b->rsz[ga]; t2++) {
+                const double *xb = X + (size_t)(lo + t2) * q1;
+                double s = 0.0;
+                for (int c = 0; c < q1; c++) s += Y[(size_t)pa * q1 + c] * xb[c];
+                YX[(size_t)ga * qmax + t2] += s;
+            }
+        }
+    }
+}
+
+#define BLOCKED_ARGS "y*y*y*y*y*y*y*y*y*y*y*y*"
+#define BLOCKED_BUFS &bD, &bB, &bAp, &bAi, &bAx, &bARR, &bRr, &bperm, &bARF, &bAFF, &bq, &bn
 #define BLOCKED_INIT(b)                                                                    \
     Blocked b = {n1, q1, Qr, m, K, bD.buf, bB.buf, bAp.buf, bAi.buf, bAx.buf, bARR.buf,   \
-                 bARF.buf, bAFF.buf, bq.buf, bn.buf}
+                 bRr.buf, (const int64_t *)bRr.buf + Qr, bperm.buf, bARF.buf, bAFF.buf,   \
+                 bq.buf, bn.buf}
 
 static PyObject *blocked_terms(PyObject *self, PyObject *args) {
-    Py_buffer bD, bB, bAp, bAi, bAx, bARR, bARF, bAFF, bq, bn, bth, bg;
+    Py_buffer bD, bB, bAp, bAi, bAx, bARR, bRr, bperm, bARF, bAFF, bq, bn, bth, bg;
     int n1, q1, Qr, m, K, reml, want_grad;
     double nobs;
     if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*iiiiidii", BLOCKED_BUFS, &bth, &bg, &n1, &q1,
@@ -800,11 +983,11 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
         if (b.qk[k] > qmax) qmax = (int)b.qk[k];
     int nzmax = blocked_nzmax(&b);
     size_t nq = (size_t)n1 * q1, Zq = (size_t)nzmax * q1, mm = (size_t)m * m;
-    size_t extra = 5 * mm + (size_t)m + (size_t)Qr * m * 2 + nq * m + 3 * (size_t)Qr * Qr +
+    size_t extra = 5 * mm + (size_t)m + (size_t)Qr * m * 3 + nq * m + 2 * (size_t)Qr * Qr +
                    (size_t)Qr * qmax + 4 * (size_t)q1 * q1 + 3 * Zq + (size_t)q1 * m * 2;
     double *x = blocked_alloc(&b, extra), value = INFINITY;
     if (!x) {
-        release(12, BLOCKED_BUFS, &bth, &bg);
+        release(14, BLOCKED_BUFS, &bth, &bg);
         return PyErr_NoMemory();
     }
     if (blocked_factor(&b, theta)) {
@@ -814,7 +997,7 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
             double *LX = x, *LXinv = LX + mm, *P = LXinv + mm, *Om = P + mm, *z = Om + mm;
             double *UR = z + m, *HR = UR + (size_t)Qr * m, *U1 = HR + (size_t)Qr * m;
             double *Sinv = U1 + nq * m, *ARL = Sinv + (size_t)Qr * Qr, *Lwork = ARL + (size_t)Qr * Qr;
-            double *YX = Lwork + (size_t)Qr * Qr, *Si = YX + (size_t)Qr * qmax;
+            double *YX = Lwork + (size_t)Qr * m, *Si = YX + (size_t)Qr * qmax;
             double *Kii = Si + (size_t)q1 * q1, *G1 = Kii + (size_t)q1 * q1;
             double *DT = G1 + (size_t)q1 * q1, *V = DT + (size_t)q1 * q1, *Z = V + Zq;
             double *X = Z + Zq, *H1 = X + Zq, *tq = H1 + (size_t)q1 * m;
@@ -824,12 +1007,15 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                 for (int c = 0; c < m; c++)
                     Om[r * m + c] = kk * z[r] * z[c] + (reml && r < p && c < p ? P[r * p + c] : 0.0);
             /* U_R = L22^{-T} C_R, S^{-1} */
-            memcpy(UR, b.CR, sizeof(double) * (size_t)Qr * m);
-            env_solve(b.S, b.first, UR, Qr, m, 1);
-            env_inverse(b.S, b.first, b.first + Qr, Lwork, Sinv, Qr);
-            /* ARL = ARR Lam_R; H_R starts at ARR Lam_R U_R - ARF */
+            memcpy(Lwork, b.CR, sizeof(double) * (size_t)Qr * m);
+            env_solve(b.S, b.first, Lwork, Qr, m, 1);
             for (int a = 0; a < Qr; a++)
-                for (int c = 0; c < Qr; c++) {
+                memcpy(UR + (size_t)a * m, Lwork + (size_t)b.perm[a] * m, sizeof(double) * m);
+            rest_inverse(&b, Sinv);
+            /* ARL = ARR Lam_R; H_R starts at ARR Lam_R U_R - ARF */
+            memset(ARL, 0, sizeof(double) * (size_t)Qr * Qr);
+            for (int a = 0; a < Qr; a++)
+                for (int c = (int)b.Rlo[a]; c < b.Rhi[a]; c++) {
                     int64_t ec = b.rblk[c] + b.rsz[c];
                     double s = 0.0;
                     for (int64_t i = c; i < ec; i++) s += b.ARR[(size_t)a * Qr + i] * b.LamR[(size_t)i * Qr + c];
@@ -838,115 +1024,22 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
             for (int a = 0; a < Qr; a++)
                 for (int j = 0; j < m; j++) {
                     double s = -b.ARF[(size_t)a * m + j];
-                    for (int c = 0; c < Qr; c++) s += ARL[(size_t)a * Qr + c] * UR[(size_t)c * m + j];
+                    for (int c = (int)b.Rlo[a]; c < b.Rhi[a]; c++) s += ARL[(size_t)a * Qr + c] * UR[(size_t)c * m + j];
                     HR[(size_t)a * m + j] = s;
                 }
             memset(YX, 0, sizeof(double) * (size_t)Qr * qmax);
             int npar0 = q1 * (q1 + 1) / 2;
             double g0[64 * 65 / 2];
             for (int t = 0; t < npar0; t++) g0[t] = 0.0;
-            for (int lev = 0; lev < n1; lev++) {
-                const double *D = b.D1 + (size_t)lev * q1 * q1, *B = b.B1 + (size_t)lev * q1 * m;
-                const double *L = b.L + (size_t)lev * q1 * q1, *C1 = b.C1 + (size_t)lev * q1 * m;
-                int64_t o = b.Ap[lev];
-                int nz = (int)(b.Ap[lev + 1] - o);
-                const int64_t *ci = b.Ai + o;
-                const double *Ai = b.Ax + o * q1;
-                const double *Y = b.Y + o * q1, *L21 = b.L21 + o * q1;
-                double *u1 = U1 + (size_t)lev * q1 * m;
-                /* U1_i = L_i^{-T}(C1_i - L21_i^T U_R) */
-                for (int a = 0; a < q1; a++)
-                    for (int j = 0; j < m; j++) {
-                        double s = C1[a * m + j];
-                        for (int pc = 0; pc < nz; pc++)
-                            s -= L21[(size_t)pc * q1 + a] * UR[(size_t)ci[pc] * m + j];
-                        u1[a * m + j] = s;
-                    }
-                tri_solve(L, u1, q1, m, 1);
-                /* S_i^{-1} = L^{-T} L^{-1} */
-                memset(Si, 0, sizeof(double) * (size_t)q1 * q1);
-                for (int a = 0; a < q1; a++) Si[a * q1 + a] = 1.0;
-                tri_solve(L, Si, q1, q1, 0);
-                tri_solve(L, Si, q1, q1, 1);
-                /* Z = MR1_i S_i^{-1} = L21_i L_i^{-1}; X_i = S^{-1} Z on the level's columns */
-                for (int pa = 0; pa < nz; pa++)
-                    for (int c = 0; c < q1; c++) {
-                        double s = 0.0;
-                        for (int j = 0; j < q1; j++) {
-                            double mr = 0.0; /* MR1_i[ga, j] = (L21_i L_i^T)[ga, j] */
-                            for (int k = 0; k <= j; k++) mr += L21[(size_t)pa * q1 + k] * L[j * q1 + k];
-                            s += mr * Si[j * q1 + c];
-                        }
-                        Z[(size_t)pa * q1 + c] = s;
-                    }
-                for (int pa = 0; pa < nz; pa++) {
-                    const double *Sa = Sinv + (size_t)ci[pa] * Qr;
-                    for (int c = 0; c < q1; c++) {
-                        double s = 0.0;
-                        for (int pk = 0; pk < nz; pk++) s += Sa[ci[pk]] * Z[(size_t)pk * q1 + c];
-                        X[(size_t)pa * q1 + c] = s;
-                    }
-                }
-                /* K_ii = S_i^{-1} + Z^T X_i (Z^T = S_i^{-1} MR1_i^T) */
-                for (int a = 0; a < q1; a++)
-                    for (int c = 0; c < q1; c++) {
-                        double s = Si[a * q1 + c];
-                        for (int pk = 0; pk < nz; pk++) s += Z[(size_t)pk * q1 + a] * X[(size_t)pk * q1 + c];
-                        Kii[a * q1 + c] = s;
-                    }
-                /* V = A_1R,i Lam_R (q1 x nz) */
-                for (int a = 0; a < q1; a++)
-                    for (int pc = 0; pc < nz; pc++) {
-                        int64_t gc = ci[pc], ec = b.rblk[gc] + b.rsz[gc];
-                        double s = 0.0;
-                        for (int64_t g = gc; g < ec; g++)
-                            s += Ai[(size_t)a * nz + pc + (g - gc)] * b.LamR[(size_t)g * Qr + gc];
-                        V[(size_t)a * nz + pc] = s;
-                    }
-                /* DT = D_i T1 */
-                for (int a = 0; a < q1; a++)
-                    for (int c = 0; c < q1; c++) {
-                        double s = 0.0;
-                        for (int j = c; j < q1; j++) s += D[a * q1 + j] * b.T1[j * q1 + c];
-                        DT[a * q1 + c] = s;
-                    }
-                /* H1 = DT U1 + V U_R - B; Gam_i = DT K_ii - V X_i + H1 Om U1^T */
-                for (int a = 0; a < q1; a++)
-                    for (int j = 0; j < m; j++) {
-                        double s = -B[a * m + j];
-                        for (int c = 0; c < q1; c++) s += DT[a * q1 + c] * u1[c * m + j];
-                        for (int pc = 0; pc < nz; pc++)
-                            s += V[(size_t)a * nz + pc] * UR[(size_t)ci[pc] * m + j];
-                        H1[a * m + j] = s;
-                    }
-                mat_mul(H1, Om, tq, q1, m, m);
-                for (int a = 0; a < q1; a++)
-                    for (int c = 0; c < q1; c++) {
-                        double s = 0.0;
-                        for (int k = 0; k < q1; k++) s += DT[a * q1 + k] * Kii[k * q1 + c];
-                        for (int pk = 0; pk < nz; pk++) s -= V[(size_t)a * nz + pk] * X[(size_t)pk * q1 + c];
-                        for (int j = 0; j < m; j++) s += tq[a * m + j] * u1[c * m + j];
-                        G1[a * q1 + c] = s;
-                    }
-                int t = 0;
-                for (int c = 0; c < q1; c++)
-                    for (int r = c; r < q1; r++) g0[t++] += G1[r * q1 + c];
-                /* H_R += Y_i U1_i; (Y_i X_i^T) on the rest's diagonal blocks */
-                for (int pa = 0; pa < nz; pa++) {
-                    int64_t ga = ci[pa], lo = pa - (ga - b.rblk[ga]);
-                    for (int j = 0; j < m; j++) {
-                        double s = 0.0;
-                        for (int c = 0; c < q1; c++) s += Y[(size_t)pa * q1 + c] * u1[c * m + j];
-                        HR[(size_t)ga * m + j] += s;
-                    }
-                    for (int64_t t2 = 0; t2 < b.rsz[ga]; t2++) {
-                        const double *xb = X + (size_t)(lo + t2) * q1;
-                        double s = 0.0;
-                        for (int c = 0; c < q1; c++) s += Y[(size_t)pa * q1 + c] * xb[c];
-                        YX[(size_t)ga * qmax + t2] += s;
-                    }
-                }
-            }
+            GradWork gw = {U1, UR, HR, Sinv, YX, Om, Si, Kii, G1, DT, V, Z, X, H1, tq, g0, qmax};
+            if (q1 == 1)
+                blocked_grad_levels(&b, 1, &gw);
+            else if (q1 == 2)
+                blocked_grad_levels(&b, 2, &gw);
+            else if (q1 == 3)
+                blocked_grad_levels(&b, 3, &gw);
+            else
+                blocked_grad_levels(&b, q1, &gw);
             for (int t = 0; t < npar0; t++) grad[t] = 2.0 * g0[t];
             /* the rest terms' diagonal blocks */
             int gk = npar0, col = 0;
@@ -958,7 +1051,8 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
                         for (int64_t l = 0; l < b.nk[k]; l++) {
                             size_t a = (size_t)col + (size_t)l * q + r, bb = (size_t)col + (size_t)l * q + c;
                             double g1 = -YX[a * qmax + c], g2 = 0.0;
-                            for (int i = 0; i < Qr; i++) g1 += ARL[a * Qr + i] * Sinv[(size_t)i * Qr + bb];
+                            const double *Sb = Sinv + (size_t)b.perm[bb] * Qr;
+                            for (int64_t i = b.Rlo[a]; i < b.Rhi[a]; i++) g1 += ARL[a * Qr + i] * Sb[b.perm[i]];
                             for (int j = 0; j < m; j++) {
                                 double ho = 0.0;
                                 for (int i = 0; i < m; i++) ho += HR[a * m + i] * Om[i * m + j];
@@ -974,7 +1068,7 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
         }
     }
     blocked_free(&b);
-    release(12, BLOCKED_BUFS, &bth, &bg);
+    release(14, BLOCKED_BUFS, &bth, &bg);
     return PyFloat_FromDouble(value);
 }
 
@@ -985,7 +1079,7 @@ static PyObject *blocked_terms(PyObject *self, PyObject *args) {
  * L22^{-T} C_R z, u1_i = L_i^{-T}(C1_i z - L21_i^T u_R)).  Returns
  * (log|S_1|, log|M_RR|), or None where a block is not positive definite. */
 static PyObject *blocked_terms_factor(PyObject *self, PyObject *args) {
-    Py_buffer bD, bB, bAp, bAi, bAx, bARR, bARF, bAFF, bq, bn, bth;
+    Py_buffer bD, bB, bAp, bAi, bAx, bARR, bRr, bperm, bARF, bAFF, bq, bn, bth;
     Py_buffer bL1, bW, bC1, bLR, bMRF, bS, bLFF, bbeta, bu;
     int n1, q1, Qr, m, K;
     if (!PyArg_ParseTuple(args, BLOCKED_ARGS "y*w*w*w*w*w*w*w*w*w*iiiii", BLOCKED_BUFS, &bth,
@@ -1041,7 +1135,7 @@ static PyObject *blocked_terms_factor(PyObject *self, PyObject *args) {
     }
     double l1 = b.logdet1, lR = b.logdetR;
     if (x) blocked_free(&b);
-    release(20, BLOCKED_BUFS, &bth, &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF, &bbeta, &bu);
+    release(22, BLOCKED_BUFS, &bth, &bL1, &bW, &bC1, &bLR, &bMRF, &bS, &bLFF, &bbeta, &bu);
     return kept_result(!x, ok, l1, lR);
 }
 
@@ -1913,12 +2007,13 @@ static PyMethodDef methods[] = {
     {"scalar_moments", scalar_moments, METH_VARARGS,
      "scalar_moments(d, B, Ap, Ai, Ax, Rp, Ri, Rx, ARF, term, z, S, rhs, n1, Q, m, K, nobs) -> fewest "
      "usable levels of a term (moment equations of several scalar terms)"},
+    {"set_lapack", set_lapack, METH_VARARGS, "set_lapack(dpotrf, dtrtri, dpotri capsules)"},
     {"blocked_terms", blocked_terms, METH_VARARGS,
-     "blocked_terms(D1, B1, Ap, Ai, Ax, ARR, ARF, AFF, qk, nk, theta, grad_out, n1, q1, Qr, m, K, nobs, "
+     "blocked_terms(D1, B1, Ap, Ai, Ax, ARR, Rr, perm, ARF, AFF, qk, nk, theta, grad_out, n1, q1, Qr, m, K, nobs, "
      "reml, want_grad) -> criterion (several terms of any size, the first per level, the rest "
      "dense)"},
     {"blocked_terms_factor", blocked_terms_factor, METH_VARARGS,
-     "blocked_terms_factor(D1, B1, Ap, Ai, Ax, ARR, ARF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, "
+     "blocked_terms_factor(D1, B1, Ap, Ai, Ax, ARR, Rr, perm, ARF, AFF, qk, nk, theta, L1, W, C1F, LR, MRF, schur, "
      "LFF, beta, u, n1, q1, Qr, m, K) -> (log|S_1|, log|M_RR|) or None (the kept factorization "
      "and its solution)"},
     {"project_moments", project_moments, METH_VARARGS,

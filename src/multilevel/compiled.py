@@ -16,3 +16,21 @@ def kernel(module: str, name: str) -> Any:
         return getattr(import_module(f"multilevel.{module}"), name)
     except (ImportError, AttributeError):
         return None
+
+
+@cache
+def lapack_kernel(module: str) -> bool:
+    """Hand LAPACK's dpotrf, dtrtri and dpotri (scipy's exported addresses) to
+    ``multilevel.<module>`` once; False where the module or scipy's export is
+    missing (callers then keep to their own loops or to numpy)."""
+    set_lapack = kernel(module, "set_lapack")
+    if set_lapack is None:
+        return False
+    try:
+        from scipy.linalg import cython_lapack
+
+        capi = cython_lapack.__pyx_capi__
+        set_lapack(capi["dpotrf"], capi["dtrtri"], capi["dpotri"])
+    except (ImportError, AttributeError, KeyError, ValueError):  # no exported LAPACK
+        return False
+    return True

@@ -15,6 +15,7 @@ import pytest
 import multilevel as ml
 import multilevel.lmm.criterion as crit_mod
 from multilevel.compiled import kernel
+from multilevel.lmm.blocked import envelope_work, level_pattern, rest_order
 
 pytestmark = pytest.mark.skipif(
     kernel("_kernels", "blocked_terms") is None, reason="the compiled kernel was not built"
@@ -134,7 +135,7 @@ def test_level_pattern_is_the_same_from_dense_and_sparse_blocks():
     sparse = dataclasses.replace(
         cp, _A1R=dense_to_csr(cp.dense[0]), _ARR=dense_to_csr(cp.dense[1]), dense=None
     )
-    (p1, i1, x1), (p2, i2, x2) = crit_mod._level_pattern(cp), crit_mod._level_pattern(sparse)
+    (p1, i1, x1), (p2, i2, x2) = level_pattern(cp), level_pattern(sparse)
     np.testing.assert_array_equal(p1, p2)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(x1, x2)
@@ -173,12 +174,53 @@ def test_nested_vector_terms_with_sparse_cross_blocks_equal_numpy(monkeypatch):
 def test_envelope_work_follows_the_rest_blocks_structure():
     """Nested rest levels (each first-term level meeting one rest level of
     q columns) leave a block-diagonal Schur complement: work O(Q_R q²); a
-    level meeting all rest columns fills it: about Q_R³."""
+    level meeting all rest columns fills it: about Q_R³/2."""
     Qr, q = 200, 2
     ARR = np.kron(np.eye(Qr // q), np.ones((q, q)))
     Ap = np.arange(0, Qr + 1, q, dtype=np.int64)
     Ai = np.arange(Qr, dtype=np.int64)
-    nested = crit_mod._envelope_work(ARR, Ap, Ai)
-    assert nested <= 2.0 * Qr * q * q
-    crossed = crit_mod._envelope_work(ARR, np.array([0, Qr], dtype=np.int64), Ai)
-    assert crossed >= 0.5 * Qr**3
+    pos = np.arange(Qr, dtype=np.int64)
+    assert envelope_work(ARR, Ap, Ai, pos) <= 2.0 * Qr * q * q
+    assert envelope_work(ARR, np.array([0, Qr], dtype=np.int64), Ai, pos) >= 0.4 * Qr**3
+
+
+def test_reverse_cuthill_mckee_narrows_a_chain_of_levels(monkeypatch):
+    """Rest levels coupled in a chain (first-term level j meets rest levels
+    j and j + 1), numbered at random: the natural order's envelope is wide,
+    the ordering found makes it a band of two levels; the kernel's value and
+    gradient with it equal numpy's."""
+    import multilevel.lmm.blocked as blocked
+
+    monkeypatch.setattr(blocked, "REORDER_WORK", 0.0)  # a small model, for speed
+    rng = np.random.default_rng(11)
+    n_rest, per = 60, 4
+    label = rng.permutation(n_rest)
+    rows = []
+    for j in range(n_rest - 1):
+        for _ in range(per):
+            for k in (j, j + 1):
+                rows.append((j, label[k], rng.normal()))
+    g, h, x = (np.array(v) for v in zip(*rows, strict=True))
+    bh = rng.normal(size=(n_rest, 2)) * [1.0, 0.4]
+    y = 1 + x + rng.normal(size=n_rest)[g] + bh[h, 0] + bh[h, 1] * x + rng.normal(size=g.size)
+    df = pd.DataFrame({"y": y, "x": x, "g": g.astype(str), "h": h.astype(str)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = ml.lmer("y ~ x + (1 | g) + (x | h)", df)
+    cr = fit.criterion.scaled
+    assert cr._kernel is not None and cr._kernel[0] is kernel("_kernels", "blocked_terms")
+    cp = cr.cp
+    Ap, Ai, _ = level_pattern(cp)
+    ARR = cp.ARR_dense()
+    natural = envelope_work(ARR, Ap, Ai, np.arange(cp.Qr))
+    pos, work = rest_order(cp, ARR, Ap, Ai, lapack=False)
+    assert work < natural / 5
+    assert sorted(pos) == list(range(cp.Qr))
+    np.testing.assert_array_equal(cr._kernel[1][7], pos)
+    numpy_crit = crit_mod.ProfiledCriterion(cp, cr.tmpl, cr.reml, cr.sum_log_w)
+    numpy_crit._kernel = None
+    for theta in (fit.optinfo.internal_theta, np.array([0.8, 1.1, 0.2, 0.5])):
+        v0, g0 = numpy_crit.value_and_gradient(theta)
+        v1, g1 = cr.value_and_gradient(theta)
+        assert v1 == pytest.approx(v0, rel=1e-12)
+        np.testing.assert_allclose(g1, g0, rtol=1e-8, atol=1e-8 * cr.n)

@@ -36,10 +36,11 @@ import scipy.sparse as sp
 # LAPACK directly: scipy.linalg's wrappers cost more than the work on small matrices
 from scipy.linalg.lapack import dpotrf, dtrtri
 
-from multilevel.compiled import kernel
+from multilevel.compiled import kernel, lapack_kernel
 from multilevel.covariance import Template
 from multilevel.linalg import batched
 from multilevel.linalg.crossprod import CrossProducts
+from multilevel.lmm.blocked import level_pattern, rest_order, row_ranges
 from multilevel.lmm.schur import RestBlock, RestFactor, lower_dot
 
 _LOG2PI = np.log(2 * np.pi)
@@ -758,24 +759,28 @@ def _blocked_terms_kernel(cp: CrossProducts):
     """The compiled criterion for several terms, some of more than one
     column (``_kernels.blocked_terms``: the first term per level, each level
     on the rest columns it meets, the rest's Schur complement dense and
-    factored within its envelope; about 3q₁Σᵢnzᵢ² + 3Q_R²(q + m) multiplications
-    per evaluation plus the envelope's (:func:`_envelope_work`) in plain
-    loops, where the blockwise numpy path's per-call costs are many times
-    that), or None."""
+    factored within its envelope, :mod:`multilevel.lmm.blocked`; about
+    3q₁Σᵢnzᵢ² + 3Σ_a w_a(q + m) multiplications per evaluation, w_a the
+    width of A_RR's row a, plus the envelope's, in plain loops, where the
+    blockwise numpy path's per-call costs are many times that), or None."""
     fn = kernel("_kernels", "blocked_terms")
     if fn is None or _KERNEL_DISABLED or max(cp.q) == 1 or cp.q[0] > 64:
         return None
     n1, q1, Qr, m = cp.nlevels[0], cp.q[0], cp.Qr, cp.p + 1
-    dense = 3.0 * Qr * Qr * (max(cp.q) + m) + n1 * q1 * q1 * (q1 + m)
-    if dense > BLOCKED_KERNEL_WORK:
+    if n1 * q1 * q1 * (q1 + m) + 3.0 * Qr * (max(cp.q) + m) > BLOCKED_KERNEL_WORK:
         return None
-    Ap, Ai, Ax = _level_pattern(cp)
+    Ap, Ai, Ax = level_pattern(cp)
     nz = np.diff(Ap).astype(float)
-    work = dense + 3.0 * q1 * float(nz @ nz) + 4.0 * q1 * (q1 + m) * nz.sum()
+    work = n1 * q1 * q1 * (q1 + m) + 3.0 * q1 * float(nz @ nz) + 4.0 * q1 * (q1 + m) * nz.sum()
     if work > BLOCKED_KERNEL_WORK:
         return None
     ARR = np.ascontiguousarray(cp.ARR_dense(), dtype=float)
-    if work + _envelope_work(ARR, Ap, Ai) > BLOCKED_KERNEL_WORK:
+    ranges = row_ranges(ARR, cp)
+    work += 3.0 * float((ranges[1] - ranges[0]).sum()) * (max(cp.q) + m)
+    if work > BLOCKED_KERNEL_WORK:
+        return None
+    pos, rest = rest_order(cp, ARR, Ap, Ai, lapack=lapack_kernel("_kernels"))
+    if work + rest > BLOCKED_KERNEL_WORK:
         return None
     data = (
         np.ascontiguousarray(cp.D1, dtype=float),
@@ -784,76 +789,14 @@ def _blocked_terms_kernel(cp: CrossProducts):
         Ai,
         Ax,
         ARR,
+        ranges,
+        pos,
         np.ascontiguousarray(cp.ARF, dtype=float),
         np.ascontiguousarray(cp.AFF, dtype=float),
         np.array(cp.q, dtype=np.int64),
         np.array(cp.nlevels, dtype=np.int64),
     )
     return fn, data, (n1, q1, Qr, m, len(cp.q))
-
-
-def _envelope_work(ARR: np.ndarray, Ap: np.ndarray, Ai: np.ndarray) -> float:
-    """Multiplications of the blocked kernel's factorization and inverse of
-    the rest's Schur complement S = Λ_Rᵀ(A_RR − A_R1 V A_1R)Λ_R + I within its
-    envelope: row c of S (and of its factor) is zero before the least column
-    that A_RR's row c or a first-term level meeting c reaches; the inverse
-    factor's row i before the least such start along the rows it reads.
-    Nested rest levels make S block diagonal and this O(Q_R q²), crossed
-    ones make it Q_R³/2."""
-    Qr = ARR.shape[0]
-    nonzero = np.tril(ARR) != 0
-    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), np.arange(Qr))
-    counts = np.diff(Ap)
-    met = counts > 0
-    np.minimum.at(first, Ai, np.repeat(Ai[Ap[:-1][met]], counts[met]))
-    width = np.arange(Qr) - first
-    inv_first = first.copy()
-    for i in np.flatnonzero(width):  # rows of the inverse factor, in order
-        inv_first[i] = min(first[i], inv_first[first[i] : i].min())
-    inv_width = np.arange(Qr) - inv_first
-    w, v = width.astype(float), inv_width.astype(float)
-    return 0.5 * float(w @ w) + float(v @ w) + 0.5 * float(v @ v)
-
-
-def _level_pattern(cp: CrossProducts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Z₁ᵀZ_R by level of the first term, as the blocked kernel reads it: the
-    rest columns level i meets, Ai[Ap[i]:Ap[i+1]] (whole rest levels,
-    ascending), and its q₁ rows of them, row-major, from Ax[q₁Ap[i]]."""
-    q1, n1, Qr = cp.q[0], cp.nlevels[0], cp.Qr
-    qs = np.repeat(np.asarray(cp.q[1:], dtype=np.int64), cp.nlevels[1:])  # per rest level
-    lstart = np.concatenate([[0], np.cumsum(qs)[:-1]])  # each rest level's first column
-    if cp.dense is not None:
-        A = cp.dense[0].reshape(n1, q1, Qr)
-        met = np.logical_or.reduceat((A != 0).any(axis=1), lstart, axis=1)  # (n1, rest levels)
-        lev, rl = np.nonzero(met)
-    else:
-        indptr, indices, values = cp.A1R_csr64
-        rows = np.repeat(np.arange(n1 * q1, dtype=np.int64), np.diff(indptr))
-        rlev = np.repeat(np.arange(qs.size, dtype=np.int64), qs)  # per rest column
-        pairs = np.unique((rows // q1) * qs.size + rlev[indices])
-        lev, rl = pairs // qs.size, pairs % qs.size
-    size = qs[rl]
-    total = int(size.sum())
-    cols = np.repeat(lstart[rl], size) + np.arange(total) - np.repeat(np.cumsum(size) - size, size)
-    levs = np.repeat(lev, size)
-    counts = np.bincount(levs, minlength=n1)
-    Ap = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    if cp.dense is not None:
-        vals = A[levs, :, cols]  # (total, q1)
-    else:
-        # by lookup in the sorted (row, column) keys of A_1R's entries
-        keys = rows * Qr + indices
-        vals = np.zeros((total, q1))
-        for j in range(q1):  # the first term's columns
-            want = (levs * q1 + j) * Qr + cols
-            at = np.minimum(np.searchsorted(keys, want), keys.size - 1)
-            hit = keys[at] == want
-            vals[hit, j] = values[at[hit]]
-    Ax = np.empty(total * q1)
-    pos = Ap[levs] * q1 + (np.arange(total) - Ap[levs])
-    for j in range(q1):
-        Ax[pos + j * counts[levs]] = vals[:, j]
-    return Ap, np.ascontiguousarray(cols, dtype=np.int64), Ax
 
 
 _KERNEL_DISABLED = False  # tests switch the kernel off to compare with numpy

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg.lapack import dtrtri
 
-from multilevel.compiled import kernel
+from multilevel.compiled import kernel, lapack_kernel
 from multilevel.glmm import pirls
 from multilevel.glmm.exact.rows import (
     RowTerms,
@@ -317,15 +317,7 @@ def _kernel_args(prob: PirlsProblem):
     pairs rows meet, sorted; pairs of entries of one first level (rest index
     descending-or-equal) update the Schur complement."""
     terms = kernel("_glmm_kernels", "laplace_terms")
-    set_lapack = kernel("_glmm_kernels", "set_lapack")
-    if terms is None or set_lapack is None:
-        return None
-    try:
-        from scipy.linalg import cython_lapack
-
-        capi = cython_lapack.__pyx_capi__
-        set_lapack(capi["dpotrf"], capi["dtrtri"])
-    except (ImportError, AttributeError, KeyError, ValueError):  # no exported LAPACK
+    if terms is None or not lapack_kernel("_glmm_kernels"):
         return None
     rb, r = prob.rb, prob.resp
     n, K, Qr, n0 = rb.n, rb.K, rb.Qr, rb.nlevels[0]
