@@ -246,6 +246,29 @@ CASES = {
                 "Block": None,
             },
         ),
+        # vector terms beside other terms on real data, added after the
+        # blocked kernel took such models (2026-12-06, seventh session)
+        Case(
+            "aa",
+            "chem97_lea_slope",
+            "score ~ gcsecnt + (1 | school) + (gcsecnt | lea)",
+            "data:real/chem97.csv",
+            {"school": None, "lea": None},
+        ),
+        Case(
+            "ab",
+            "chem97_school_slope",
+            "score ~ gcsecnt + (gcsecnt | school) + (1 | lea)",
+            "data:real/chem97.csv",
+            {"school": None, "lea": None},
+        ),
+        Case(
+            "ac",
+            "star_school_grade",
+            "math ~ gr + cltype + (1 | id) + (gr | sch)",
+            "data:real/star.csv",
+            {"gr": None, "cltype": None, "id": None, "sch": None},
+        ),
     ]
 }
 
