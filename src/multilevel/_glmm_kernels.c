@@ -77,7 +77,7 @@ static double link_point(int cloglog, const double *base, const double *z, const
                          const double *wt, int64_t m, double theta, double u, double *lp,
                          double *obs, double *W, double *W1, double *Szlp, double *Sz2W);
 static inline double link_row(int cloglog, double eta, double y, double wt, double *lp,
-                              double *obs, double *W, double *W1);
+                              double *obs, double *W, double *W1, double *O1);
 
 /* A group's linear predictor without its random effect: base_i = off_i + x_i beta
  * over its m rows (X row-major, p columns). */
@@ -469,8 +469,30 @@ static inline void moments_ex(int logit, double eta, double ex, double *mu, doub
     *v3 = ex;
 }
 
+/* The family's kind (Design.logit): 0 Poisson-log, 1 binomial-logit, 4 and 5
+ * the binomial with the probit and cloglog links and the observed curvature
+ * (link_row's terms: l', O = -l'', O'). */
+#define LINK_KIND(kind) ((kind) >= 4)
+
+/* l' and the curvature w at eta (w3 = w' as well when w3 != NULL), from
+ * cumulant_ex's exponential for the canonical links */
+static inline void row_terms(int kind, double eta, double ex, double y, double wt, double *lp,
+                             double *w, double *w3) {
+    if (LINK_KIND(kind)) {
+        double Wf, W1;
+        link_row(kind & 1, eta, y, wt, lp, w, &Wf, &W1, w3);
+        return;
+    }
+    double mu, v, v3;
+    moments_ex(kind, eta, ex, &mu, &v, &v3);
+    *lp = wt * (y - mu);
+    *w = wt * v;
+    if (w3) *w3 = wt * v3;
+}
+
 /* eta = base + sum_k theta_k z_k u[pos_k] and its exponentials (ex, see
- * cumulant_ex); returns sum wt (y eta - b) */
+ * cumulant_ex); returns the log-likelihood, sum wt (y eta - b) for the
+ * canonical links */
 static double eta_loglik(const Design *D, const double *base, const double *theta,
                          const double *u, double *eta, double *ex) {
     double ll = 0.0;
@@ -481,7 +503,10 @@ static double eta_loglik(const Design *D, const double *base, const double *thet
             e += theta[k] * D->z[k * D->n + i] * u[k == 0 ? q : D->n0 + q];
         }
         eta[i] = e;
-        ll += D->wt[i] * (D->y[i] * e - cumulant_ex(D->logit, e, ex + i));
+        if (LINK_KIND(D->logit))
+            ll += link_row(D->logit & 1, e, D->y[i], D->wt[i], NULL, NULL, NULL, NULL, NULL);
+        else
+            ll += D->wt[i] * (D->y[i] * e - cumulant_ex(D->logit, e, ex + i));
     }
     return ll;
 }
@@ -613,12 +638,8 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     double pdev = -2.0 * ll + uu;
     int converged = 0;
     for (int it = 0; it < 200 && isfinite(pdev); it++) {
-        for (int64_t i = 0; i < n; i++) {
-            double mu, v, v3;
-            moments_ex(logit, eta[i], ex[i], &mu, &v, &v3);
-            w[i] = D.wt[i] * v;
-            lp[i] = D.wt[i] * (D.y[i] - mu);
-        }
+        for (int64_t i = 0; i < n; i++)
+            row_terms(logit, eta[i], ex[i], D.y[i], D.wt[i], lp + i, w + i, NULL);
         if (!factor_m(&D, theta, w, Dg, Cd, S)) break;
         zt_rows(&D, theta, lp, r);
         for (int64_t q = 0; q < Q; q++) r[q] -= U[q];
@@ -665,9 +686,8 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     }
     if (!failed && want_grad) {
         for (int64_t i = 0; i < n; i++) {
-            double mu, v, v3;
-            moments_ex(logit, eta[i], ex[i], &mu, &v, &v3);
-            w3[i] = D.wt[i] * v3;
+            double lp_, w_;
+            row_terms(logit, eta[i], ex[i], D.y[i], D.wt[i], &lp_, &w_, w3 + i);
         }
         /* L_R^{-1} (column-major lower) in Li; S keeps L_R */
         int nn = (int)Qr, info = 0;
@@ -827,10 +847,10 @@ vec_point_q(int logit, int want_f, const double *base, const double *Z, const do
         double eta = base[i];
         for (int a = 0; a < q; a++) eta += zi[a] * bvec[a];
         double mu, v, v3, l1, wi;
-        if (logit >= 2) { /* probit, cloglog: l', the observed curvature, W' */
-            double Wf;
-            ll += link_row(logit == 3, eta, y[i], wt[i], &l1, &wi, &Wf, &v3);
-            w3[i] = v3;
+        if (logit >= 2) { /* probit, cloglog: l', the observed curvature, W' (or O') */
+            double Wf, o1;
+            ll += link_row(logit & 1, eta, y[i], wt[i], &l1, &wi, &Wf, &v3, logit >= 4 ? &o1 : NULL);
+            w3[i] = logit >= 4 ? o1 : v3;
         } else {
             if (logit) {
                 double e = exp(-fabs(eta));
@@ -879,7 +899,7 @@ static double vec_loglik(int logit, const double *eta, const double *y, const do
                          int64_t m) {
     double ll = 0.0;
     for (int64_t i = 0; i < m; i++)
-        ll += logit >= 2 ? link_row(logit == 3, eta[i], y[i], wt[i], NULL, NULL, NULL, NULL)
+        ll += logit >= 2 ? link_row(logit & 1, eta[i], y[i], wt[i], NULL, NULL, NULL, NULL, NULL)
                          : wt[i] * (y[i] * eta[i] - cumulant(logit, eta[i], NULL, NULL, NULL));
     return ll;
 }
@@ -1126,12 +1146,12 @@ static PyObject *vector_glmm(PyObject *self, PyObject *args) {
         /* the Laplace curvature: the Newton one for canonical links; lme4's,
          * Fisher's, for probit and cloglog (W, and its derivative W' in w3) */
         double *HL = H, *ATL = AT;
-        if (logit >= 2) {
+        if (logit == 2 || logit == 3) {
             memset(AF, 0, sizeof(double) * q * q);
             for (int64_t i = 0; i < m; i++) {
                 const double *zi = Z + i * q;
                 double l1_, o_, Wf, W1;
-                link_row(logit == 3, eta[i], yj[i], wj[i], &l1_, &o_, &Wf, &W1);
+                link_row(logit == 3, eta[i], yj[i], wj[i], &l1_, &o_, &Wf, &W1, NULL);
                 for (int a = 0; a < q; a++)
                     for (int c = 0; c <= a; c++) AF[a * q + c] += Wf * zi[a] * zi[c];
             }
@@ -1256,11 +1276,11 @@ done:
 #define LN_SQRT_2PI 0.91893853320467274178
 
 /* Row terms at eta: the log-likelihood, and when lp != NULL also l', O = -l'',
- * W and W'.  Probit: one erfc gives the smaller tail probability c (Phi of
+ * W and W' (and O' = dO/deta where O1 != NULL).  Probit: one erfc gives the smaller tail probability c (Phi of
  * -|eta|), log1p(-c) the larger one's logarithm, and the Mills ratios
  * A(+-eta) = phi(eta)/Phi(+-eta) share one exp (the series where c underflows). */
 static inline double link_row(int cloglog, double eta, double y, double wt, double *lp,
-                              double *obs, double *W, double *W1) {
+                              double *obs, double *W, double *W1, double *O1) {
     double ll;
     if (cloglog) {
         double t = exp(eta < 700.0 ? eta : 700.0);
@@ -1273,6 +1293,7 @@ static inline double link_row(int cloglog, double eta, double y, double wt, doub
             *obs = -wt * (y * dB - (1.0 - y) * t);
             *W = wt * t * B;
             *W1 = wt * t * B * (2.0 - t - B);
+            if (O1) *O1 = -wt * (y * (dB * (1.0 - t - B) - B * (t + dB)) - (1.0 - y) * t);
         }
         return ll;
     }
@@ -1302,6 +1323,11 @@ static inline double link_row(int cloglog, double eta, double y, double wt, doub
         *obs = -wt * (y * dAp + (1.0 - y) * dAm);
         *W = wt * Ap * Am;
         *W1 = wt * (dAp * Am - Ap * dAm);
+        if (O1) { /* O' = -(third derivative of l): A'' = -A'(x + A) - A(1 + A') */
+            double ddAp = -dAp * (eta + Ap) - Ap * (1.0 + dAp);
+            double ddAm = -dAm * (-eta + Am) - Am * (1.0 + dAm);
+            *O1 = -wt * (y * ddAp - (1.0 - y) * ddAm);
+        }
     }
     return ll;
 }
@@ -1315,7 +1341,7 @@ static double link_point(int cloglog, const double *base, const double *z, const
     double s = 0.0, a = 0.0, b = 0.0;
     for (int64_t i = 0; i < m; i++) {
         s += link_row(cloglog, base[i] + theta * z[i] * u, y[i], wt[i], lp + i, obs + i, W + i,
-                      W1 + i);
+                      W1 + i, NULL);
         a += z[i] * lp[i];
         b += z[i] * z[i] * W[i];
     }

@@ -271,10 +271,12 @@ def _exact_route(prob: PirlsProblem, rs: list, method: str, nAGQ: int) -> str | 
         return None
     nterms, q0 = len(rs), rs[0].q
     laplace = method == "laplace" and nAGQ == 1
-    if scalar_glmm.supported(family, nterms, q0, prob.hessian):
-        return "groupwise"
+    # the vector route first: it also takes one scalar term where its
+    # compiled kernel is the faster (probit or cloglog, observed curvature)
     if vector_glmm.supported(family, nterms, q0, prob.hessian, laplace):
         return "vector"
+    if scalar_glmm.supported(family, nterms, q0, prob.hessian):
+        return "groupwise"
     qs, nlevels = [r.q for r in rs], [r.nlevels for r in rs]
     if laplace and laplace_gradient.supported(family, qs, nlevels, prob.hessian, prob.n):
         return "terms"

@@ -68,6 +68,16 @@ def _probit_terms():
                        family="binomial(probit)")  # fmt: skip
 
 
+def _observed_link(link: str):
+    """Crossed scalar terms, probit or cloglog with the observed curvature
+    (glmm's approximation): the compiled kernel's kinds 4 and 5."""
+    import multilevel as ml
+
+    d = ml.datasets.load("contraception")
+    return quiet_glmer("use ~ age + urban + (1 | district) + (1 | livch)", d,
+                       family=f"binomial({link})", hessian="observed")  # fmt: skip
+
+
 def _probit_vector():
     import multilevel as ml
 
@@ -80,6 +90,8 @@ FITS = {
     "probit_fisher": _probit_terms(),
     "probit_vector": _probit_vector(),
     "crossed_binomial": _crossed_binomial(),
+    "probit_observed": _observed_link("probit"),
+    "cloglog_observed": _observed_link("cloglog"),
     **{k: _contraception(f)[0] for k, f in VECTOR.items()},
 }
 

@@ -173,6 +173,39 @@ def test_fisher_curvature_kernel_equals_the_general_path(link):
         np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6 * (1 + np.abs(g2).max()))
 
 
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_observed_curvature_kernel_equals_numpy(link, monkeypatch):
+    """One vector term, probit or cloglog with the observed curvature
+    (glmm's approximation): the compiled kernel (kinds 4, 5: O' from the
+    rows in place of W') gives the deviance and gradient of the numpy code,
+    and the fit the same optimum."""
+    ref = reference("contra_slope")
+    data = reference_data(ref)
+    fam = f"binomial({link})"
+    fit = quiet_glmer(ref["formula"], data, family=fam, hessian="observed")
+    prob = fit._prob
+    compiled = VectorGLMM(prob)
+    if compiled._kernel is None:
+        pytest.skip("the compiled kernel was not built")
+    assert compiled._kind == vector_mod.KINDS[link] + 2
+    monkeypatch.setattr(vector_mod, "KERNEL_DISABLED", True)
+    numpy_route = VectorGLMM(prob)
+    assert numpy_route._kernel is None
+    phi0 = np.concatenate([np.asarray(fit.optinfo.internal_theta), fit._mode.beta])
+    rng = np.random.default_rng(5)
+    for shift in (0.0, 0.1, 0.25):
+        phi = phi0 + shift * rng.standard_normal(phi0.size)
+        d1, g1 = compiled.deviance_grad(phi.copy())
+        d2, g2 = numpy_route.deviance_grad(phi.copy())
+        assert d1 == pytest.approx(d2, abs=1e-8)
+        np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6 * (1 + np.abs(g2).max()))
+    slow = quiet_glmer(ref["formula"], data, family=fam, hessian="observed")
+    assert fit.converged and slow.converged
+    assert fit.deviance <= slow.deviance + 1e-8
+    np.testing.assert_allclose(fit.fixef, slow.fixef, atol=1e-5 * slow.se.max())
+    np.testing.assert_allclose(fit.theta, slow.theta, rtol=1e-5, atol=1e-7)
+
+
 def test_fisher_curvature_fit_reaches_the_general_optimum(monkeypatch):
     ref = reference("contra_slope")
     data = reference_data(ref)

@@ -108,8 +108,11 @@ class LaplaceGLMM:
         self.evals = 0
         self.fisher = fisher_curvature(prob.family, prob.hessian)
         self.vector = any(q > 1 for q in rb.q) or self.fisher  # the general path
+        # the compiled kernel: binomial-logit, Poisson-log, and probit or
+        # cloglog with the observed curvature (its rows give l', O and O')
+        compiled = not self.rows_.generic or _link_kind(prob) is not None
         self._kernel = (
-            None if KERNEL_DISABLED or self.rows_.generic or self.vector else _kernel_args(prob)
+            None if KERNEL_DISABLED or not compiled or self.vector else _kernel_args(prob)
         )
 
     def _mode(self, theta: np.ndarray, beta: np.ndarray):
@@ -359,9 +362,18 @@ def _kernel_args(prob: PirlsProblem):
         term,
         n0,
         Qr,
-        int(isinstance(prob.family, Binomial)),
+        _link_kind(prob) or int(isinstance(prob.family, Binomial)),
     )
     return terms, args, work, float(r.const.sum()), Q
+
+
+def _link_kind(prob: PirlsProblem) -> int | None:
+    """The kernel's kind for the binomial with a probit (4) or cloglog (5) link
+    and the observed curvature; None otherwise."""
+    fam = prob.family
+    if prob.hessian != "observed" or type(fam) is not Binomial or fam.link.name not in LINK_ROWS:
+        return None
+    return 5 if fam.link.name == "cloglog" else 4
 
 
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None):

@@ -49,7 +49,8 @@ from multilevel.glmm.exact.rows import (
     has_derivatives,
 )
 from multilevel.glmm.exact.search import past_zero_columns, run_search
-from multilevel.glmm.families import Family
+from multilevel.glmm.families import Binomial, Family
+from multilevel.glmm.families.discrete import LINK_ROWS
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
 from multilevel.linalg.crossprod import group_sums
@@ -69,14 +70,32 @@ def supported(
     or a family with the derivatives of its log-density and the observed
     curvature (or a canonical link); or, by Laplace, the binomial with a
     probit or cloglog link and lme4's (Fisher's) curvature, compiled only
-    (without the kernel :mod:`multilevel.glmm.exact.laplace` takes it)."""
-    if nterms != 1 or q < 2:
+    (without the kernel :mod:`multilevel.glmm.exact.laplace` takes it).  One
+    scalar term with :func:`observed_link_kernel`."""
+    if nterms != 1 or q < 1:
         return False
+    if q == 1:  # one scalar term: the groupwise route, except where this kernel is faster
+        return observed_link_kernel(family, hessian, laplace)
     if canonical_plain(family):
         return True
     if fisher_curvature(family, hessian):
         return laplace and _fisher_kernel(q) is not None
     return has_derivatives(family) and (hessian == "observed" or family.canonical)
+
+
+def observed_link_kernel(family: Family, hessian: str, laplace: bool) -> bool:
+    """Probit or cloglog with the observed curvature, by Laplace, and the
+    compiled kernel built: one scalar term takes this route too (the
+    groupwise route has no compiled kernel for these links; Contraception's
+    `(1 | district)` evaluates in a third of its time)."""
+    return (
+        laplace
+        and hessian == "observed"
+        and type(family) is Binomial
+        and family.link.name in LINK_ROWS
+        and not KERNEL_DISABLED
+        and kernel("_glmm_kernels", "vector_glmm") is not None
+    )
 
 
 def _fisher_kernel(q: int):
@@ -87,7 +106,9 @@ def _fisher_kernel(q: int):
     return kernel("_glmm_kernels", "vector_glmm")
 
 
-KINDS = {"log": 0, "logit": 1, "probit": 2, "cloglog": 3}  # the kernel's families
+# the kernel's families; probit and cloglog with lme4's (Fisher's) curvature,
+# + 2 with the observed one
+KINDS = {"log": 0, "logit": 1, "probit": 2, "cloglog": 3}
 
 
 def _lower(q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,13 +142,25 @@ class VectorGLMM:
         # lme4's curvature with probit or cloglog: the modes' Newton curvature
         # is the observed one, the Laplace approximation's Fisher's
         self.fisher = fisher_curvature(prob.family, prob.hessian)
+        # probit or cloglog with the observed curvature: the kernel's rows
+        # give O' in place of W' (kinds 4, 5)
+        observed_link = type(prob.family) is Binomial and prob.family.link.name in LINK_ROWS
         if self.fisher:
             self._kernel = _fisher_kernel(self.q) if nagq == 1 else None
             if self._kernel is None:
                 raise ValueError("lme4's curvature with this link needs the compiled kernel")
-        elif not (KERNEL_DISABLED or self.generic or nagq > 1 or self.q > KERNEL_MAX_Q):
+        elif not (
+            KERNEL_DISABLED
+            or (self.generic and not observed_link)
+            or nagq > 1
+            or self.q > KERNEL_MAX_Q
+        ):
             self._kernel = kernel("_glmm_kernels", "vector_glmm")
-        self._kind = KINDS[prob.family.link.name] if self._kernel is not None else -1
+        self._kind = -1
+        if self._kernel is not None:
+            self._kind = KINDS[prob.family.link.name] + (
+                2 if observed_link and not self.fisher else 0
+            )
         if self._kernel is not None:
             starts = np.searchsorted(self.codes, np.arange(self.J + 1)).astype(np.int64)
             if np.any(np.diff(self.codes) < 0):
