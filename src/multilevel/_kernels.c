@@ -1696,25 +1696,57 @@ static PyObject *project_moments(PyObject *self, PyObject *args) {
             }
         }
         for (int i = 0; i < K1 * K1 - 1; i++) S[i] = 0.0; /* S[K, K] is the caller's */
-        for (int l = 0; l < Q; l++) {
-            const double *Wl = W + (size_t)l * p;
-            int tl = term[l];
-            for (int mm = 0; mm < Q; mm++) {
-                double a;
-                if (l < n1 && mm < n1) a = l == mm ? d1[l] : 0.0;
-                else if (l < n1) a = A1R[(size_t)l * Qr + (mm - n1)];
-                else if (mm < n1) a = A1R[(size_t)mm * Qr + (l - n1)];
-                else a = ARR[(size_t)(l - n1) * Qr + (mm - n1)];
-                const double *Wm = W + (size_t)mm * p;
-                double h = 0.0;
-                for (int b = 0; b < p; b++) h += Wl[b] * Wm[b];
-                double r = a - h;
-                S[tl * K1 + term[mm]] += w[l] * r * r;
-                if (mm == l) {
-                    S[tl * K1 + K] += (w[l] > 0.0 ? 1.0 : 0.0) - w[l] * h;
-                    S[K * K1 + tl] += r;
+        /* S[k, j] = sum_{l in k, mm in j} w_l (A_l,mm - h_l,mm)^2 with h = W W^T
+         * of rank p, expanded: the h^2 part is sum_l w_l W_l^T G_j W_l with
+         * G_j = sum_{mm in j} W_mm W_mm^T (O(Q p^2)); the A parts run over A's
+         * nonzeros only (the first term's levels never share a row) */
+        double *G = malloc(sizeof(double) * (size_t)K * p * p + 1);
+        if (!G) {
+            free(work);
+            work = NULL;
+        } else {
+            memset(G, 0, sizeof(double) * (size_t)K * p * p);
+            for (int l = 0; l < Q; l++) {
+                const double *Wl = W + (size_t)l * p;
+                double *Gk = G + (size_t)term[l] * p * p;
+                for (int a = 0; a < p; a++)
+                    for (int c = 0; c <= a; c++) Gk[a * p + c] += Wl[a] * Wl[c];
+            }
+            for (int k = 0; k < K; k++) {
+                double *Gk = G + (size_t)k * p * p;
+                for (int a = 0; a < p; a++)
+                    for (int c = a + 1; c < p; c++) Gk[a * p + c] = Gk[c * p + a];
+            }
+            for (int l = 0; l < Q; l++) {
+                const double *Wl = W + (size_t)l * p;
+                int tl = term[l];
+                if (w[l] != 0.0)
+                    for (int k = 0; k < K; k++) {
+                        const double *Gk = G + (size_t)k * p * p;
+                        double qf = 0.0;
+                        for (int a = 0; a < p; a++) qf += Wl[a] * dot(Gk + (size_t)a * p, Wl, p);
+                        S[tl * K1 + k] += w[l] * qf;
+                    }
+                /* the diagonal cell: A_ll = d_l */
+                double h = dot(Wl, Wl, p), al = l < n1 ? d1[l] : ARR[(size_t)(l - n1) * Qr + (l - n1)];
+                S[tl * K1 + tl] += w[l] * (al * al - 2.0 * al * h);
+                S[tl * K1 + K] += (w[l] > 0.0 ? 1.0 : 0.0) - w[l] * h;
+                S[K * K1 + tl] += al - h;
+            }
+            /* off-diagonal nonzeros of A, each pair (l, mm) once for both cells */
+            for (int l = n1; l < Q; l++) {
+                const double *Wl = W + (size_t)l * p;
+                int tl = term[l];
+                for (int mm = 0; mm < l; mm++) {
+                    double a = mm < n1 ? A1R[(size_t)mm * Qr + (l - n1)]
+                                       : ARR[(size_t)(l - n1) * Qr + (mm - n1)];
+                    if (a == 0.0) continue;
+                    double h = dot(Wl, W + (size_t)mm * p, p), t = a * a - 2.0 * a * h;
+                    S[tl * K1 + term[mm]] += w[l] * t;
+                    S[term[mm] * K1 + tl] += w[mm] * t;
                 }
             }
+            free(G);
         }
     }
     free(work);

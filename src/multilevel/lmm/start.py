@@ -282,7 +282,7 @@ def moment_start_scalar(cp: CrossProducts) -> np.ndarray | None:
     return _variance_ratios(S, rhs, dof, rss, K)
 
 
-PROJECT_WORK = 4_000_000  # (Q₁ + Q_R)² p multiplications up to which X's projection is taken out
+PROJECT_WORK = 4_000_000  # multiplications up to which X's projection is taken out
 
 
 def _project_out_x(cp: CrossProducts, S: np.ndarray, K: int) -> None:
@@ -304,12 +304,16 @@ def _project_out_x(cp: CrossProducts, S: np.ndarray, K: int) -> None:
         return
     A1R, ARR = cp.dense
     n1, Qr = cp.nlevels[0], cp.Qr
-    if float(n1 + Qr) ** 2 * p > PROJECT_WORK:
+    Q = float(n1 + Qr)
+    fn = kernel("_kernels", "project_moments")
+    # compiled: the h² part through each term's Σ WWᵀ (Q p²), the rest over
+    # the cross blocks' entries; numpy forms the whole Q x Q matrix R
+    work = Q * p * p + (n1 + Qr) * Qr * p if fn is not None else Q * Q * p
+    if work > PROJECT_WORK:
         return
     L, info = dpotrf(cp.AFF[:p, :p], lower=1)
     if info != 0:
         return
-    fn = kernel("_kernels", "project_moments")
     if fn is not None:
         starts = np.append(0, n1 + np.asarray(cp.rest_offsets, dtype=np.int64))
         fn(
