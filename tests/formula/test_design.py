@@ -300,3 +300,24 @@ def test_level_labels_formed_on_use_match_the_coding():
     assert spec.labels == level_labels(spec.values) == ["a", "b", "c"]
     inter.levels = labels[:4]
     assert inter.nlevels == 4 and inter.levels == labels[:4]
+
+
+@pytest.mark.parametrize("n", [30, 3000])  # the short columns' sort, then pandas' hashing
+@pytest.mark.parametrize("storage", ["object", "str", "category"])
+def test_text_levels_are_the_sorted_values(n, storage):
+    """A text column's levels are its distinct values sorted (R's factor()),
+    codes into them, -1 where missing, whatever pandas' string storage."""
+    from multilevel.formula.design import categorize
+
+    rng = np.random.default_rng(n)
+    words = np.array(["b10", "a", "B", "b2", "é", "zz", "a b"], dtype=object)
+    values = words[rng.integers(0, words.size, n)]
+    values[3] = None
+    col = pd.Series(values, dtype=object if storage == "object" else storage)
+    cat = categorize(col, "w", None)
+    present = sorted(set(v for v in values if v is not None))
+    assert list(cat.values) == present
+    assert cat.labels == present
+    expect = np.array([present.index(v) if v is not None else -1 for v in values])
+    np.testing.assert_array_equal(cat.codes, expect)
+    assert isinstance(cat.values, pd.Index) and cat.values.get_indexer(["B"])[0] == 0
