@@ -469,16 +469,20 @@ static inline void moments_ex(int logit, double eta, double ex, double *mu, doub
     *v3 = ex;
 }
 
-/* The family's kind (Design.logit): 0 Poisson-log, 1 binomial-logit, 4 and 5
- * the binomial with the probit and cloglog links and the observed curvature
- * (link_row's terms: l', O = -l'', O'). */
-#define LINK_KIND(kind) ((kind) >= 4)
+/* The family's kind (Design.logit): 0 Poisson-log, 1 binomial-logit; the
+ * binomial with the probit and cloglog links: 2 and 3 with lme4's (Fisher's)
+ * curvature, 4 and 5 with the observed one (link_row's terms).  PIRLS takes
+ * Newton steps with the observed curvature O = -l'' for all four; with
+ * Fisher's the Laplace determinant, h and the traces are those of M at W,
+ * the adjoint's solve stays with M at O (docs/glmm.md). */
+#define LINK_KIND(kind) ((kind) >= 2)
+#define FISHER_KIND(kind) ((kind) == 2 || (kind) == 3)
 
 /* l' and the curvature w at eta (w3 = w' as well when w3 != NULL), from
  * cumulant_ex's exponential for the canonical links */
 static inline void row_terms(int kind, double eta, double ex, double y, double wt, double *lp,
                              double *w, double *w3) {
-    if (LINK_KIND(kind)) {
+    if (LINK_KIND(kind)) { /* l' and O, and O' (requested by the observed kinds only) */
         double Wf, W1;
         link_row(kind & 1, eta, y, wt, lp, w, &Wf, &W1, w3);
         return;
@@ -624,6 +628,9 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
     double *du = r + Q, *uc = du + Q, *vs = uc + Q, *h = vs + Q, *KmT = h + n;
     double *Li = KmT + n0 * Qr; /* L_R^{-1}, beside the factor (which the solves need) */
     double *ex = Li + Qr * Qr, *exc = ex + n; /* the rows' exponentials at eta, etac */
+    /* Fisher's curvature (kinds 2, 3): M at W and its factor */
+    double *wF = exc + n, *DgF = wF + n, *CdF = DgF + n0, *SF = CdF + D.nnz;
+    int fisher = FISHER_KIND(logit);
     int failed = 0;
     double laplace = 0.0;
     Py_BEGIN_ALLOW_THREADS
@@ -678,21 +685,32 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
         if (!ok) break;
     }
     if (!converged) failed = 1;
+    if (!failed && fisher) {
+        for (int64_t i = 0; i < n; i++) {
+            double l1, o, W1;
+            link_row(logit & 1, eta[i], D.y[i], D.wt[i], &l1, &o, wF + i, &W1, NULL);
+            w3[i] = W1; /* W' for the gradient */
+        }
+        if (!factor_m(&D, theta, wF, DgF, CdF, SF)) failed = 3;
+    }
+    /* the Laplace curvature's factor: M at the Newton weights, or at Fisher's */
+    const double *hDg = fisher ? DgF : Dg, *hCd = fisher ? CdF : Cd, *hS = fisher ? SF : S;
     if (!failed) {
         double logdet = 0.0;
-        for (int64_t l = 0; l < n0; l++) logdet += 2.0 * log(Dg[l]);
-        for (int64_t j = 0; j < Qr; j++) logdet += 2.0 * log(S[j + j * Qr]);
+        for (int64_t l = 0; l < n0; l++) logdet += 2.0 * log(hDg[l]);
+        for (int64_t j = 0; j < Qr; j++) logdet += 2.0 * log(hS[j + j * Qr]);
         laplace = pdev + logdet;
     }
     if (!failed && want_grad) {
-        for (int64_t i = 0; i < n; i++) {
-            double lp_, w_;
-            row_terms(logit, eta[i], ex[i], D.y[i], D.wt[i], &lp_, &w_, w3 + i);
-        }
+        if (!fisher)
+            for (int64_t i = 0; i < n; i++) {
+                double lp_, w_;
+                row_terms(logit, eta[i], ex[i], D.y[i], D.wt[i], &lp_, &w_, w3 + i);
+            }
         /* L_R^{-1} (column-major lower) in Li; S keeps L_R */
         int nn = (int)Qr, info = 0;
         char lo = 'L', nd = 'N';
-        memcpy(Li, S, sizeof(double) * Qr * Qr);
+        memcpy(Li, hS, sizeof(double) * Qr * Qr);
         if (Qr > 0) lapack_trtri(&lo, &nd, &nn, Li, &nn, &info);
         if (info != 0) failed = 2;
         if (!failed) {
@@ -700,7 +718,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
             memset(KmT, 0, sizeof(double) * n0 * Qr);
             for (int64_t e = 0; e < D.nnz; e++) {
                 int64_t l = D.erow[e], c = D.ecol[e];
-                double ce = Cd[e] / Dg[l];
+                double ce = hCd[e] / hDg[l];
                 double *row = KmT + l * Qr;
                 for (int64_t j = c; j < Qr; j++) row[j] += ce * Li[j + c * Qr];
             }
@@ -715,7 +733,7 @@ static PyObject *laplace_terms(PyObject *self, PyObject *args) {
                 trk[D.term[c]] += s2;
             }
             for (int64_t l = 0; l < n0; l++) {
-                double s2 = 1.0 / (Dg[l] * Dg[l]);
+                double s2 = 1.0 / (hDg[l] * hDg[l]);
                 const double *row = KmT + l * Qr;
                 for (int64_t j = 0; j < Qr; j++) s2 += row[j] * row[j];
                 tr0 += s2;

@@ -107,13 +107,12 @@ class LaplaceGLMM:
         self.u: np.ndarray | None = None
         self.evals = 0
         self.fisher = fisher_curvature(prob.family, prob.hessian)
-        self.vector = any(q > 1 for q in rb.q) or self.fisher  # the general path
-        # the compiled kernel: binomial-logit, Poisson-log, and probit or
-        # cloglog with the observed curvature (its rows give l', O and O')
+        # the compiled kernel for scalar terms: binomial-logit, Poisson-log,
+        # and probit or cloglog (its rows give l', O and O', or Fisher's W, W')
         compiled = not self.rows_.generic or _link_kind(prob) is not None
-        self._kernel = (
-            None if KERNEL_DISABLED or not compiled or self.vector else _kernel_args(prob)
-        )
+        scalar = all(q == 1 for q in rb.q)
+        self._kernel = None if KERNEL_DISABLED or not compiled or not scalar else _kernel_args(prob)
+        self.vector = not scalar or (self.fisher and self._kernel is None)  # the general path
 
     def _mode(self, theta: np.ndarray, beta: np.ndarray):
         try:
@@ -346,7 +345,8 @@ def _kernel_args(prob: PirlsProblem):
     term = np.concatenate([np.full(rb.nlevels[k], k, dtype=np.int64) for k in range(1, K)])
     z = np.ascontiguousarray(np.stack([Z[:, 0] for Z in rb.Zs]), dtype=float)
     Q = n0 + Qr
-    work = np.empty(9 * n + n0 + uniq.size + 2 * Qr * Qr + 4 * Q + n0 * Qr)
+    # the last n + n0 + entries + Qr²: M at Fisher's weights and its factor
+    work = np.empty(10 * n + 2 * (n0 + uniq.size) + 3 * Qr * Qr + 4 * Q + n0 * Qr)
     args = (
         np.ascontiguousarray(prob.X, dtype=float),
         np.ascontiguousarray(r.y, dtype=float),
@@ -368,12 +368,13 @@ def _kernel_args(prob: PirlsProblem):
 
 
 def _link_kind(prob: PirlsProblem) -> int | None:
-    """The kernel's kind for the binomial with a probit (4) or cloglog (5) link
-    and the observed curvature; None otherwise."""
+    """The kernel's kind for the binomial with a probit or cloglog link: 2, 3
+    with lme4's (Fisher's) curvature, 4, 5 with the observed one; None for
+    other families."""
     fam = prob.family
-    if prob.hessian != "observed" or type(fam) is not Binomial or fam.link.name not in LINK_ROWS:
+    if type(fam) is not Binomial or fam.link.name not in LINK_ROWS:
         return None
-    return 5 if fam.link.name == "cloglog" else 4
+    return (3 if fam.link.name == "cloglog" else 2) + (2 if prob.hessian == "observed" else 0)
 
 
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None):
