@@ -2,7 +2,9 @@
 (nested or crossed, scalar or vector): binomial-logit, Poisson-log, or any
 family with the derivatives of its log-density and the observed curvature;
 with lme4's (Fisher) curvature and a probit or cloglog link also one vector
-term, where M is block diagonal (no rest block).
+term, where M is block diagonal (no rest block).  Scalar terms run the
+compiled kernel (``_glmm_kernels.laplace_terms``) for the canonical links and
+for probit and cloglog with either curvature.
 Scalar terms below; vector terms in :meth:`LaplaceGLMM._gradient_terms` (the
 same formula with each θ an entry of a template T_k).
 
