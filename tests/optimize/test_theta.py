@@ -169,29 +169,3 @@ def test_compiled_bfgs_search_takes_the_python_searchs_steps(case, monkeypatch):
         np.testing.assert_allclose(rc.theta, [1.0, 1.0], atol=1e-6)
     if case == "bound":
         np.testing.assert_allclose(rc.theta, [0.5, 2.0], atol=1e-8)
-
-
-def test_a_point_asked_again_is_not_evaluated_again():
-    """The search, its polish and the checks after it each ask for the point
-    where one of them stopped: the value and gradient are kept for the last
-    few points, and only evaluations made are logged and counted."""
-    from multilevel.optimize.record import RECENT, Logged
-
-    calls = []
-
-    def fg(x):
-        calls.append(x.copy())
-        return float(x @ x), 2.0 * x
-
-    logged = Logged(lambda x: float(x @ x), fg)
-    pts = [np.array([1.0, float(i)]) for i in range(RECENT + 1)]
-    for p in pts:
-        logged.value_grad(p)
-    v, g = logged.value_grad(pts[-1])
-    g[:] = 0.0  # a caller's change to the gradient stays its own
-    v2, g2 = logged.value_grad(pts[-1])
-    assert v == v2 == pytest.approx(1.0 + RECENT**2)
-    np.testing.assert_array_equal(g2, 2.0 * pts[-1])
-    assert len(calls) == RECENT + 1 and len(logged.values) == RECENT + 1
-    logged.value_grad(pts[0])  # no longer among the last few: evaluated again
-    assert len(calls) == RECENT + 2 and len(logged.values) == RECENT + 2

@@ -62,7 +62,7 @@ def moment_start_terms(cp: CrossProducts, tmpl: list[Template]) -> np.ndarray | 
     holds the variation of the terms it is nested in or crossed with, a start
     above the optimum rather than the identity's arbitrary scale (egsingle's
     growth model: 31 → 23 evaluations; Chem97's (1 | school) + (gcsecnt | lea):
-    55 → 30)."""
+    55 → 30, and one more since the polish's last gradient is counted)."""
     if not cp.has_rest:
         return None
     ols = _ols(cp)

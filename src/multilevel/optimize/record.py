@@ -59,9 +59,6 @@ class OptRecord:
         ]
 
 
-RECENT = 4  # points whose value and gradient Logged keeps
-
-
 class Logged:
     """A criterion that records every evaluation and the best point so far.
 
@@ -87,9 +84,6 @@ class Logged:
         self.hessian: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # an exact gradient the search already has: (x, gradient at x)
         self.known_grad: tuple[np.ndarray, np.ndarray] | None = None
-        # the last few (x, value, gradient): the search, its polish and the
-        # checks after it each ask again for the point where one stopped
-        self._recent: list[tuple[bytes, float, np.ndarray]] = []
 
     def hessian_near(self, x: np.ndarray, idx: np.ndarray, tol: float = 1e-3) -> np.ndarray | None:
         """The last Hessian formed, if in the coordinates ``idx`` and within
@@ -116,15 +110,8 @@ class Logged:
 
     def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         x = np.array(x, dtype=float)
-        key = x.tobytes()
-        for k, v, g in self._recent:
-            if k == key:
-                return v, g.copy()
         v, g = self.fg(x)
-        v = self._log(x, float(v))
-        g = np.ascontiguousarray(g, dtype=float)
-        self._recent = [(key, v, g.copy()), *self._recent[: RECENT - 1]]
-        return v, g
+        return self._log(x, float(v)), np.ascontiguousarray(g, dtype=float)
 
     def record(
         self,
