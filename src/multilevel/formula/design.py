@@ -203,7 +203,7 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
         # its fixed cost (a tenth of a small model's fit); not for long ones,
         # where comparing Python strings is slow
         items = _text_items(s)
-        if all(type(v) is str for v in items):  # else missing values or mixed types: pandas
+        if _all_str(items):  # else missing values or mixed types: pandas
             # sorted distinct values and a dict lookup: for a few hundred
             # strings cheaper than numpy's sort of an object array; the levels
             # as plain Python strings (an Arrow-backed index costs tens of µs
@@ -216,8 +216,8 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
     # text (pandas' default Arrow strings) its sort of the distinct values
     # costs a fixed ~60 µs a column, more than hashing a few thousand rows
     codes, uniques = pd.factorize(s, sort=False, use_na_sentinel=True)
-    labels = uniques.tolist()
-    if all(type(v) is str for v in labels):
+    labels = _text_items(uniques.array if isinstance(uniques, pd.Index) else uniques)
+    if _all_str(labels):
         order = sorted(range(len(labels)), key=labels.__getitem__)
         rank = np.empty(len(labels) + 1, dtype=np.int64)
         rank[order] = np.arange(len(labels))
@@ -225,6 +225,12 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, Any]:
         return rank[codes], _object_index([labels[i] for i in order])
     codes, uniques = pd.factorize(s, sort=True, use_na_sentinel=True)
     return codes.astype(np.int64), uniques
+
+
+def _all_str(items: list) -> bool:
+    """Whether every item is a Python str (the types' set: one C-level pass,
+    where a generator's steps cost a Python frame each)."""
+    return set(map(type, items)) <= {str}
 
 
 def _object_index(items: list) -> pd.Index:
