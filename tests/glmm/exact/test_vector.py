@@ -148,6 +148,19 @@ def test_which_models():
     assert not supported(binomial("cloglog"), 1, 2, laplace=False)
 
 
+def _assert_same_deviance_and_gradient(a, b, fit, seed: int) -> None:
+    """Two implementations of one deviance: equal values (1e-8) and gradients
+    at the optimum and at two random points around it."""
+    phi0 = np.concatenate([np.asarray(fit.optinfo.internal_theta), fit._mode.beta])
+    rng = np.random.default_rng(seed)
+    for shift in (0.0, 0.1, 0.25):
+        phi = phi0 + shift * rng.standard_normal(phi0.size)
+        d1, g1 = a.deviance_grad(phi.copy())
+        d2, g2 = b.deviance_grad(phi.copy())
+        assert d1 == pytest.approx(d2, abs=1e-8)
+        np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6 * (1 + np.abs(g2).max()))
+
+
 @pytest.mark.parametrize("link", ["probit", "cloglog"])
 def test_fisher_curvature_kernel_equals_the_general_path(link):
     """One vector term with lme4's curvature and a probit or cloglog link: the
@@ -162,15 +175,7 @@ def test_fisher_curvature_kernel_equals_the_general_path(link):
     compiled = VectorGLMM(prob)
     if compiled._kernel is None:
         pytest.skip("the compiled kernel was not built")
-    general = LaplaceGLMM(prob)
-    phi0 = np.concatenate([np.asarray(fit.optinfo.internal_theta), fit._mode.beta])
-    rng = np.random.default_rng(3)
-    for shift in (0.0, 0.1, 0.25):
-        phi = phi0 + shift * rng.standard_normal(phi0.size)
-        d1, g1 = compiled.deviance_grad(phi.copy())
-        d2, g2 = general.deviance_grad(phi.copy())
-        assert d1 == pytest.approx(d2, abs=1e-8)
-        np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6 * (1 + np.abs(g2).max()))
+    _assert_same_deviance_and_gradient(compiled, LaplaceGLMM(prob), fit, seed=3)
 
 
 @pytest.mark.parametrize("link", ["probit", "cloglog"])
@@ -191,14 +196,7 @@ def test_observed_curvature_kernel_equals_numpy(link, monkeypatch):
     monkeypatch.setattr(vector_mod, "KERNEL_DISABLED", True)
     numpy_route = VectorGLMM(prob)
     assert numpy_route._kernel is None
-    phi0 = np.concatenate([np.asarray(fit.optinfo.internal_theta), fit._mode.beta])
-    rng = np.random.default_rng(5)
-    for shift in (0.0, 0.1, 0.25):
-        phi = phi0 + shift * rng.standard_normal(phi0.size)
-        d1, g1 = compiled.deviance_grad(phi.copy())
-        d2, g2 = numpy_route.deviance_grad(phi.copy())
-        assert d1 == pytest.approx(d2, abs=1e-8)
-        np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6 * (1 + np.abs(g2).max()))
+    _assert_same_deviance_and_gradient(compiled, numpy_route, fit, seed=5)
     slow = quiet_glmer(ref["formula"], data, family=fam, hessian="observed")
     assert fit.converged and slow.converged
     assert fit.deviance <= slow.deviance + 1e-8
