@@ -269,3 +269,30 @@ def test_zero_diagonal_with_a_column_below_is_searched_past(monkeypatch):
     assert t1[0] == 0.0 and t1[1] > 0 and t2[1] < 0
     assert c1 > c2 + 0.018
     assert again.deviance == pytest.approx(fit.deviance, abs=1e-9)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_one_scalar_term_observed_curvature_takes_the_vector_kernel(link, monkeypatch):
+    """One scalar term, probit or cloglog with the observed curvature: the
+    vector route's compiled kernel (q = 1) in place of the groupwise numpy
+    route, with the same optimum, estimates and modes."""
+    import multilevel as ml
+
+    d = ml.datasets.load("contraception")
+    f = "use ~ age + age2 + urban + livch + (1 | district)"
+    fam = f"binomial({link})"
+    if not vector_mod.observed_link_kernel(binomial(link), "observed", True):
+        pytest.skip("the compiled kernel was not built")
+    routes = []
+    real = glmm_mod._exact_route
+    monkeypatch.setattr(glmm_mod, "_exact_route", lambda *a: routes.append(real(*a)) or routes[-1])
+    fast = quiet_glmer(f, d, family=fam, hessian="observed")
+    monkeypatch.setattr(vector_mod, "KERNEL_DISABLED", True)
+    slow = quiet_glmer(f, d, family=fam, hessian="observed")
+    assert routes == ["vector", "groupwise"]
+    assert fast.converged and slow.converged
+    assert fast.deviance == pytest.approx(slow.deviance, abs=1e-8)
+    np.testing.assert_allclose(fast.fixef, slow.fixef, atol=1e-7 * slow.se.max())
+    np.testing.assert_allclose(fast.se, slow.se, rtol=1e-4)
+    np.testing.assert_allclose(fast.theta, slow.theta, atol=1e-8)
+    np.testing.assert_allclose(fast.ranef["district"], slow.ranef["district"], atol=1e-8)
