@@ -224,3 +224,12 @@ def test_reverse_cuthill_mckee_narrows_a_chain_of_levels(monkeypatch):
         v1, g1 = cr.value_and_gradient(theta)
         assert v1 == pytest.approx(v0, rel=1e-12)
         np.testing.assert_allclose(g1, g0, rtol=1e-8, atol=1e-8 * cr.n)
+
+
+def test_a_large_rest_block_stays_with_numpy(monkeypatch):
+    """The kernel's rest buffers are dense Q_R x Q_R: beyond its limit of rest
+    columns the model takes the numpy path (a small limit here, for speed)."""
+    monkeypatch.setattr(crit_mod, "BLOCKED_MAX_REST", 4)
+    fit = _fit("y ~ x + w + (x | g) + (1 | h)", True)  # h: 5 rest columns
+    assert fit.criterion.scaled._kernel is None
+    assert fit.optinfo.converged

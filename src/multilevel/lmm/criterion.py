@@ -753,6 +753,7 @@ def _rest_lam(crit: ProfiledCriterion, T: list[np.ndarray]):
 
 
 BLOCKED_KERNEL_WORK = 3_000_000  # multiplications per evaluation up to which its loops win
+BLOCKED_MAX_REST = 1000  # rest columns up to which its dense Q_R x Q_R buffers are kept
 
 
 def _blocked_terms_kernel(cp: CrossProducts):
@@ -767,6 +768,10 @@ def _blocked_terms_kernel(cp: CrossProducts):
     if fn is None or _KERNEL_DISABLED or max(cp.q) == 1 or cp.q[0] > 64:
         return None
     n1, q1, Qr, m = cp.nlevels[0], cp.q[0], cp.Qr, cp.p + 1
+    # its Q_R x Q_R buffers (A_RR, Λ_R, S, S⁻¹, A_RR Λ_R) are dense and zeroed
+    # at every evaluation: a rest block of at most a thousand columns
+    if float(Qr) * Qr > BLOCKED_MAX_REST**2:
+        return None
     if n1 * q1 * q1 * (q1 + m) + 3.0 * Qr * (max(cp.q) + m) > BLOCKED_KERNEL_WORK:
         return None
     Ap, Ai, Ax = level_pattern(cp)
