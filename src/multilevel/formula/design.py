@@ -154,9 +154,8 @@ def level_labels(values_index: pd.Index) -> list[str]:
     dtype = values_index.dtype
     if isinstance(dtype, pd.StringDtype) and getattr(dtype, "storage", None) == "pyarrow":
         # Arrow-backed text (pandas' default string type when pyarrow is
-        # installed): its own list conversion, a quarter of the cost of one
-        # through numpy; levels are never missing, so every item is a str
-        return values_index.array.__arrow_array__().to_pylist()
+        # installed); levels are never missing, so every item is a str
+        return _text_items(values_index.array)
     arr = values_index.to_numpy()  # iterating an Arrow-backed index costs µs per item
     kind = arr.dtype.kind
     if kind in "iu":

@@ -43,6 +43,7 @@ from multilevel.compiled import kernel, lapack_kernel
 from multilevel.glmm import pirls
 from multilevel.glmm.exact.rows import (
     RowTerms,
+    binomial_link_rows,
     canonical_plain,
     fisher_curvature,
     has_derivatives,
@@ -373,10 +374,10 @@ def _link_kind(prob: PirlsProblem) -> int | None:
     """The kernel's kind for the binomial with a probit or cloglog link: 2, 3
     with lme4's (Fisher's) curvature, 4, 5 with the observed one; None for
     other families."""
-    fam = prob.family
-    if type(fam) is not Binomial or fam.link.name not in LINK_ROWS:
+    if not binomial_link_rows(prob.family):
         return None
-    return (3 if fam.link.name == "cloglog" else 2) + (2 if prob.hessian == "observed" else 0)
+    cloglog = prob.family.link.name == "cloglog"
+    return (3 if cloglog else 2) + (2 if prob.hessian == "observed" else 0)
 
 
 def optimize_laplace(prob: PirlsProblem, beta0: np.ndarray, theta0: np.ndarray, lower_theta=None):

@@ -32,9 +32,10 @@ from __future__ import annotations
 import numpy as np
 
 from multilevel.compiled import kernel
+from multilevel.glmm.exact.rows import binomial_link_rows
 from multilevel.glmm.exact.scalar import compiled_deviance_grad
 from multilevel.glmm.exact.search import run_search
-from multilevel.glmm.families import Binomial, Family
+from multilevel.glmm.families import Family
 from multilevel.glmm.families.discrete import LINK_ROWS
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
@@ -48,7 +49,7 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 
 def supported(family: Family, nterms: int, q: int) -> bool:
     """One scalar term, the plain binomial family with a probit or cloglog link."""
-    return nterms == 1 and q == 1 and type(family) is Binomial and family.link.name in LINK_ROWS
+    return nterms == 1 and q == 1 and binomial_link_rows(family)
 
 
 class LinkGLMM:

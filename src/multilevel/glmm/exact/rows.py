@@ -31,15 +31,16 @@ def has_derivatives(family: Family) -> bool:
     return cls.dmu3 is not Family.dmu3 and (not family.nfree or cls.dparam is not Family.dparam)
 
 
+def binomial_link_rows(family: Family) -> bool:
+    """The plain binomial with a probit or cloglog link: the per-row
+    formulas of :data:`LINK_ROWS` (and the compiled kernels' link rows)."""
+    return type(family) is Binomial and family.link.name in LINK_ROWS
+
+
 def fisher_curvature(family: Family, hessian: str) -> bool:
     """lme4's curvature (Fisher weights) with a probit or cloglog link: the
     log-determinant's weights differ from the modes' (observed) curvature."""
-    return (
-        hessian != "observed"
-        and not family.canonical
-        and type(family) is Binomial
-        and family.link.name in LINK_ROWS
-    )
+    return hessian != "observed" and not family.canonical and binomial_link_rows(family)
 
 
 class RowTerms:

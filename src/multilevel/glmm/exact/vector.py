@@ -44,13 +44,13 @@ import numpy as np
 from multilevel.compiled import kernel
 from multilevel.glmm.exact.rows import (
     RowTerms,
+    binomial_link_rows,
     canonical_plain,
     fisher_curvature,
     has_derivatives,
 )
 from multilevel.glmm.exact.search import past_zero_columns, run_search
-from multilevel.glmm.families import Binomial, Family
-from multilevel.glmm.families.discrete import LINK_ROWS
+from multilevel.glmm.families import Family
 from multilevel.glmm.pirls import PirlsError, halve_where_rising
 from multilevel.glmm.quadrature import gauss_hermite_grid
 from multilevel.linalg.crossprod import group_sums
@@ -91,8 +91,7 @@ def observed_link_kernel(family: Family, hessian: str, laplace: bool) -> bool:
     return (
         laplace
         and hessian == "observed"
-        and type(family) is Binomial
-        and family.link.name in LINK_ROWS
+        and binomial_link_rows(family)
         and not KERNEL_DISABLED
         and kernel("_glmm_kernels", "vector_glmm") is not None
     )
@@ -144,7 +143,7 @@ class VectorGLMM:
         self.fisher = fisher_curvature(prob.family, prob.hessian)
         # probit or cloglog with the observed curvature: the kernel's rows
         # give O' in place of W' (kinds 4, 5)
-        observed_link = type(prob.family) is Binomial and prob.family.link.name in LINK_ROWS
+        observed_link = binomial_link_rows(prob.family)
         if self.fisher:
             self._kernel = _fisher_kernel(self.q) if nagq == 1 else None
             if self._kernel is None:
